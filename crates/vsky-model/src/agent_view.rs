@@ -1,0 +1,146 @@
+//! What one server's agent must do, derived from the cluster: which chunks
+//! to export (storage role), which volumes to assemble (head role), and which
+//! freed chunks to wipe. The manager serves this as the agent's desired
+//! state; nothing here is stored.
+
+use crate::cluster::Cluster;
+use crate::entities::*;
+use crate::ids::{ChunkRef, ServerId};
+
+/// A chunk this server exports over NBD under a secret name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportSpec {
+    pub export_name: String,
+    pub chunk: ChunkRef,
+    pub disk_path: String,
+    pub offset_bytes: u64,
+    pub size_bytes: u64,
+}
+
+/// A freed chunk this server must wipe before it can be reused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WipeSpec {
+    pub chunk: ChunkRef,
+    pub disk_path: String,
+    pub offset_bytes: u64,
+    pub size_bytes: u64,
+}
+
+/// One leg as the head needs it to connect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LegSpec {
+    pub chunk: ChunkRef,
+    pub server: ServerId,
+    pub server_address: String,
+    pub export_name: String,
+    /// Set when the chunk is on the head's own disk: map it directly.
+    pub local_disk_path: Option<String>,
+    pub offset_bytes: u64,
+    pub state: LegState,
+}
+
+/// A volume this server (its head) assembles.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeSpec {
+    pub name: String,
+    pub size_bytes: u64,
+    pub stripe: Option<Stripe>,
+    pub chunk_size_bytes: u64,
+    pub leg_meta_bytes: u64,
+    pub mirrored_disks: Vec<Vec<LegSpec>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentView {
+    pub generation: u64,
+    pub exports: Vec<ExportSpec>,
+    pub wipes: Vec<WipeSpec>,
+    pub volumes: Vec<VolumeSpec>,
+}
+
+impl Cluster {
+    /// The desired state of one server's agent. O(its chunks + attached
+    /// volumes' legs).
+    pub fn agent_view(&self, server: ServerId) -> AgentView {
+        let s = self.settings();
+        let chunk = s.chunk_size_bytes;
+        let mut exports = Vec::new();
+        let mut wipes = Vec::new();
+        for disk in self.disks_of(server) {
+            if disk.state == DiskState::Failed {
+                continue;
+            }
+            for (index, addr) in self.legs_on_disk(disk.id) {
+                let v = self
+                    .volume(addr.volume)
+                    .expect("used chunks belong to volumes");
+                let leg =
+                    &v.mirrored_disks[addr.mirrored_disk as usize].legs[usize::from(addr.leg)];
+                exports.push(ExportSpec {
+                    export_name: leg.export_name.clone(),
+                    chunk: ChunkRef {
+                        disk: disk.id,
+                        index,
+                    },
+                    disk_path: disk.path.clone(),
+                    offset_bytes: s.chunk_offset_bytes(index),
+                    size_bytes: chunk,
+                });
+            }
+            for &index in &disk.releasing {
+                wipes.push(WipeSpec {
+                    chunk: ChunkRef {
+                        disk: disk.id,
+                        index,
+                    },
+                    disk_path: disk.path.clone(),
+                    offset_bytes: s.chunk_offset_bytes(index),
+                    size_bytes: chunk,
+                });
+            }
+        }
+        let volumes = self
+            .volumes()
+            .filter(|v| v.attachment.as_ref().is_some_and(|a| a.head == server))
+            .map(|v| VolumeSpec {
+                name: v.name.clone(),
+                size_bytes: v.size_bytes,
+                stripe: v.stripe,
+                chunk_size_bytes: chunk,
+                leg_meta_bytes: s.leg_meta_bytes,
+                mirrored_disks: v
+                    .mirrored_disks
+                    .iter()
+                    .map(|md| {
+                        md.legs
+                            .iter()
+                            .map(|leg| self.leg_spec(server, leg))
+                            .collect()
+                    })
+                    .collect(),
+            })
+            .collect();
+        AgentView {
+            generation: self.generation(),
+            exports,
+            wipes,
+            volumes,
+        }
+    }
+
+    fn leg_spec(&self, head: ServerId, leg: &Leg) -> LegSpec {
+        let disk = self.disk(leg.chunk.disk).expect("legs sit on known disks");
+        let owner = self
+            .server(disk.server)
+            .expect("disks sit on known servers");
+        LegSpec {
+            chunk: leg.chunk,
+            server: owner.id,
+            server_address: owner.address.clone(),
+            export_name: leg.export_name.clone(),
+            local_disk_path: (owner.id == head).then(|| disk.path.clone()),
+            offset_bytes: self.settings().chunk_offset_bytes(leg.chunk.index),
+            state: leg.state,
+        }
+    }
+}

@@ -1,0 +1,1206 @@
+//! [`Cluster`]: the whole cluster state in memory, and every mutation.
+//!
+//! Each mutation validates first and changes nothing on error (all or
+//! nothing), then applies and returns [`Changes`]: the ids of the records it
+//! touched. The manager writes exactly those records to the store in one
+//! transaction; at start-up [`Cluster::load`] rebuilds everything derived
+//! (free lists, load index, chunk owners) from the records and refuses to run
+//! on records that contradict each other (a chunk used twice, a leg on a
+//! missing disk).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::alloc::{AllocIndex, DiskEntry, Near};
+use crate::entities::*;
+use crate::error::ModelError;
+use crate::freelist::FreeList;
+use crate::ids::{self, ChunkRef, DiskId, ServerId, VolumeId};
+use crate::{SecretSource, limits};
+
+/// What a mutation touched. For each id, the store writes the record if it
+/// still exists in the cluster and deletes it otherwise.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub next_id: bool,
+    pub servers: BTreeSet<ServerId>,
+    pub disks: BTreeSet<DiskId>,
+    pub volumes: BTreeSet<VolumeId>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        !self.next_id && self.servers.is_empty() && self.disks.is_empty() && self.volumes.is_empty()
+    }
+}
+
+/// Where a used chunk is used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LegAddr {
+    pub volume: VolumeId,
+    pub mirrored_disk: u32,
+    pub leg: u8,
+}
+
+/// Derived per-disk state: which chunks are free and who uses the others.
+/// A chunk is in exactly one of: `free`, `used`, or the disk's `releasing`.
+#[derive(Clone, Debug, Default)]
+struct DiskRuntime {
+    free: FreeList,
+    used: BTreeMap<u32, LegAddr>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewServer {
+    pub name: String,
+    pub address: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewDisk {
+    pub server: String,
+    pub path: String,
+    pub size_bytes: u64,
+    pub class: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewVolume {
+    pub name: String,
+    pub size_bytes: u64,
+    pub replicas: Option<u8>,
+    pub stripe: Option<Stripe>,
+    pub class: Option<String>,
+    pub near_server: Option<String>,
+}
+
+/// Per-disk usage in chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskUsage {
+    pub legs: u64,
+    pub free_chunks: u64,
+    pub releasing_chunks: u64,
+}
+
+/// Cluster-wide totals.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub servers: usize,
+    pub servers_failed: usize,
+    pub disks: usize,
+    pub disks_failed: usize,
+    pub chunk_size_bytes: u64,
+    /// Chunk bytes on disks that can serve (online disk, online server).
+    pub capacity_bytes: u64,
+    /// Chunk bytes free for new legs.
+    pub free_bytes: u64,
+    /// Chunk bytes in use by legs, on any disk.
+    pub used_bytes: u64,
+    /// Chunk bytes freed but not yet wiped by their agent.
+    pub releasing_bytes: u64,
+    pub volumes: usize,
+    pub volumes_attached: usize,
+    pub mirrored_disks: usize,
+    pub mirrored_disks_degraded: usize,
+    pub mirrored_disks_rebuilding: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    settings: Settings,
+    /// Next id for any object; ids are never reused.
+    next_id: u64,
+    servers: BTreeMap<ServerId, Server>,
+    server_names: HashMap<String, ServerId>,
+    disks: BTreeMap<DiskId, Disk>,
+    disks_by_server: BTreeMap<ServerId, BTreeSet<DiskId>>,
+    volumes: BTreeMap<VolumeId, Volume>,
+    volume_names: HashMap<String, VolumeId>,
+    runtime: HashMap<DiskId, DiskRuntime>,
+    index: AllocIndex,
+    /// Bumped by every mutation that changed something; agents long-poll on
+    /// it. Not persisted: agents compare for inequality, so a restart that
+    /// resets it still wakes them.
+    generation: u64,
+}
+
+fn validate_settings(s: &Settings) -> Result<(), ModelError> {
+    let what = "chunk size";
+    if s.chunk_size_bytes < limits::CHUNK_SIZE_BYTES_MIN
+        || s.chunk_size_bytes > limits::CHUNK_SIZE_BYTES_MAX
+    {
+        return Err(ModelError::invalid(
+            what,
+            format!(
+                "{} bytes is outside {}..={} bytes",
+                s.chunk_size_bytes,
+                limits::CHUNK_SIZE_BYTES_MIN,
+                limits::CHUNK_SIZE_BYTES_MAX
+            ),
+        ));
+    }
+    if s.chunk_size_bytes % limits::CHUNK_ALIGN_BYTES != 0 {
+        return Err(ModelError::invalid(what, "must be a whole number of MiB"));
+    }
+    if !(limits::REPLICAS_MIN..=limits::REPLICAS_MAX).contains(&s.default_replicas) {
+        return Err(ModelError::invalid("default replicas", "must be 2..=9"));
+    }
+    ids::validate_name("failure domain label", &s.failure_domain_label)
+}
+
+fn not_found(kind: &'static str, cli: &'static str, key: impl ToString) -> ModelError {
+    ModelError::NotFound {
+        kind,
+        cli,
+        key: key.to_string(),
+    }
+}
+
+impl Cluster {
+    pub fn new(settings: Settings) -> Result<Self, ModelError> {
+        validate_settings(&settings)?;
+        Ok(Cluster {
+            settings,
+            next_id: 1,
+            servers: BTreeMap::new(),
+            server_names: HashMap::new(),
+            disks: BTreeMap::new(),
+            disks_by_server: BTreeMap::new(),
+            volumes: BTreeMap::new(),
+            volume_names: HashMap::new(),
+            runtime: HashMap::new(),
+            index: AllocIndex::default(),
+            generation: 1,
+        })
+    }
+
+    /// Rebuilds a cluster from stored records, checking that they agree.
+    pub fn load(
+        settings: Settings,
+        next_id: u64,
+        servers: Vec<Server>,
+        disks: Vec<Disk>,
+        volumes: Vec<Volume>,
+    ) -> Result<Self, ModelError> {
+        let corrupt = |msg: String| ModelError::Corrupt(msg);
+        let mut cluster = Cluster::new(settings)?;
+        cluster.next_id = next_id;
+        for server in servers {
+            if server.id.0 >= next_id || cluster.server_names.contains_key(&server.name) {
+                return Err(corrupt(format!(
+                    "server record {} is duplicated or beyond next id",
+                    server.id
+                )));
+            }
+            cluster.server_names.insert(server.name.clone(), server.id);
+            cluster.servers.insert(server.id, server);
+        }
+        for disk in disks {
+            if disk.id.0 >= next_id || !cluster.servers.contains_key(&disk.server) {
+                return Err(corrupt(format!(
+                    "disk record {} names a missing server",
+                    disk.id
+                )));
+            }
+            let mut free = FreeList::full(disk.chunk_count);
+            for &index in &disk.releasing {
+                if !free.take(index) {
+                    return Err(corrupt(format!(
+                        "{} releases chunk {index} beyond its end",
+                        disk.id
+                    )));
+                }
+            }
+            cluster.runtime.insert(
+                disk.id,
+                DiskRuntime {
+                    free,
+                    used: BTreeMap::new(),
+                },
+            );
+            cluster
+                .disks_by_server
+                .entry(disk.server)
+                .or_default()
+                .insert(disk.id);
+            cluster.disks.insert(disk.id, disk);
+        }
+        for volume in volumes {
+            if volume.id.0 >= next_id || cluster.volume_names.contains_key(&volume.name) {
+                return Err(corrupt(format!(
+                    "volume record {} is duplicated",
+                    volume.id
+                )));
+            }
+            for (m, md) in volume.mirrored_disks.iter().enumerate() {
+                for (l, leg) in md.legs.iter().enumerate() {
+                    let addr = LegAddr {
+                        volume: volume.id,
+                        mirrored_disk: m as u32,
+                        leg: l as u8,
+                    };
+                    let runtime = cluster.runtime.get_mut(&leg.chunk.disk).ok_or_else(|| {
+                        corrupt(format!("{} uses missing {}", volume.id, leg.chunk.disk))
+                    })?;
+                    if !runtime.free.take(leg.chunk.index) {
+                        return Err(corrupt(format!(
+                            "chunk {} of {} is used twice or also releasing",
+                            leg.chunk.index, leg.chunk.disk
+                        )));
+                    }
+                    runtime.used.insert(leg.chunk.index, addr);
+                }
+            }
+            cluster.volume_names.insert(volume.name.clone(), volume.id);
+            cluster.volumes.insert(volume.id, volume);
+        }
+        let ids: Vec<ServerId> = cluster.servers.keys().copied().collect();
+        for id in ids {
+            cluster.reindex_server(id);
+        }
+        Ok(cluster)
+    }
+
+    // ---- queries -------------------------------------------------------
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn servers(&self) -> impl Iterator<Item = &Server> {
+        self.servers.values()
+    }
+
+    pub fn server(&self, id: ServerId) -> Option<&Server> {
+        self.servers.get(&id)
+    }
+
+    pub fn server_by_name(&self, name: &str) -> Result<&Server, ModelError> {
+        self.server_names
+            .get(name)
+            .map(|id| &self.servers[id])
+            .ok_or_else(|| not_found("server", "server", name))
+    }
+
+    pub fn disks(&self) -> impl Iterator<Item = &Disk> {
+        self.disks.values()
+    }
+
+    pub fn disk(&self, id: DiskId) -> Result<&Disk, ModelError> {
+        self.disks
+            .get(&id)
+            .ok_or_else(|| not_found("disk", "disk", id.0))
+    }
+
+    pub fn disks_of(&self, server: ServerId) -> impl Iterator<Item = &Disk> {
+        self.disks_by_server
+            .get(&server)
+            .into_iter()
+            .flatten()
+            .map(|id| &self.disks[id])
+    }
+
+    pub fn disk_usage(&self, id: DiskId) -> DiskUsage {
+        let disk = &self.disks[&id];
+        let rt = &self.runtime[&id];
+        DiskUsage {
+            legs: rt.used.len() as u64,
+            free_chunks: rt.free.len(),
+            releasing_chunks: disk.releasing.len() as u64,
+        }
+    }
+
+    /// Every leg that uses a chunk of this disk.
+    pub fn legs_on_disk(&self, id: DiskId) -> impl Iterator<Item = (u32, LegAddr)> + '_ {
+        self.runtime
+            .get(&id)
+            .into_iter()
+            .flat_map(|rt| rt.used.iter().map(|(&i, &a)| (i, a)))
+    }
+
+    pub fn volumes(&self) -> impl Iterator<Item = &Volume> {
+        self.volumes.values()
+    }
+
+    pub fn volume(&self, id: VolumeId) -> Option<&Volume> {
+        self.volumes.get(&id)
+    }
+
+    pub fn volume_by_name(&self, name: &str) -> Result<&Volume, ModelError> {
+        self.volume_names
+            .get(name)
+            .map(|id| &self.volumes[id])
+            .ok_or_else(|| not_found("volume", "volume", name))
+    }
+
+    pub fn summary(&self) -> Summary {
+        let chunk = self.settings.chunk_size_bytes;
+        let mut s = Summary {
+            chunk_size_bytes: chunk,
+            ..Summary::default()
+        };
+        s.servers = self.servers.len();
+        s.servers_failed = self
+            .servers
+            .values()
+            .filter(|v| v.state == ServerState::Failed)
+            .count();
+        for disk in self.disks.values() {
+            s.disks += 1;
+            let serving = disk.state == DiskState::Online
+                && self.servers[&disk.server].state == ServerState::Online;
+            if disk.state == DiskState::Failed {
+                s.disks_failed += 1;
+            }
+            let usage = self.disk_usage(disk.id);
+            if serving {
+                s.capacity_bytes += u64::from(disk.chunk_count) * chunk;
+                s.free_bytes += usage.free_chunks * chunk;
+            }
+            s.used_bytes += usage.legs * chunk;
+            s.releasing_bytes += usage.releasing_chunks * chunk;
+        }
+        for volume in self.volumes.values() {
+            s.volumes += 1;
+            s.volumes_attached += usize::from(volume.attachment.is_some());
+            s.mirrored_disks += volume.mirrored_disks.len();
+            s.mirrored_disks_degraded += volume.degraded_mirrored_disks();
+            s.mirrored_disks_rebuilding += volume.rebuilding_mirrored_disks();
+        }
+        s
+    }
+
+    // ---- servers ---------------------------------------------------------
+
+    fn validate_new_server(
+        &self,
+        new: &NewServer,
+        except: Option<ServerId>,
+    ) -> Result<(), ModelError> {
+        ids::validate_name("server name", &new.name)?;
+        ids::validate_address(&new.address)?;
+        if new.labels.len() > limits::LABELS_PER_SERVER_MAX {
+            return Err(ModelError::invalid(
+                "labels",
+                format!("at most {} per server", limits::LABELS_PER_SERVER_MAX),
+            ));
+        }
+        for (k, v) in &new.labels {
+            ids::validate_label(k, v)?;
+        }
+        if let Some(other) = self
+            .servers
+            .values()
+            .find(|s| s.address == new.address && Some(s.id) != except)
+        {
+            return Err(ModelError::Conflict(format!(
+                "address {} is already used by server '{}'; each agent needs its own address",
+                new.address, other.name
+            )));
+        }
+        Ok(())
+    }
+
+    fn take_id(&mut self, changes: &mut Changes) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        changes.next_id = true;
+        id
+    }
+
+    /// Adds a server (admin). Fails if the name exists.
+    pub fn add_server(&mut self, new: NewServer) -> Result<(ServerId, Changes), ModelError> {
+        if self.server_names.contains_key(&new.name) {
+            return Err(ModelError::AlreadyExists {
+                kind: "server",
+                key: new.name,
+            });
+        }
+        self.validate_new_server(&new, None)?;
+        let mut changes = Changes::default();
+        let id = ServerId(self.take_id(&mut changes));
+        self.server_names.insert(new.name.clone(), id);
+        self.servers.insert(
+            id,
+            Server {
+                id,
+                name: new.name,
+                address: new.address,
+                labels: new.labels,
+                state: ServerState::Online,
+            },
+        );
+        changes.servers.insert(id);
+        Ok((id, self.commit(changes)))
+    }
+
+    /// Registers a server on behalf of its agent: creates it, or updates the
+    /// address and labels of an existing one. A failed server stays failed
+    /// (returning it to service is the recovery engine's decision).
+    pub fn register_server(&mut self, new: NewServer) -> Result<(ServerId, Changes), ModelError> {
+        let Some(&id) = self.server_names.get(&new.name) else {
+            return self.add_server(new);
+        };
+        self.validate_new_server(&new, Some(id))?;
+        let server = self.servers.get_mut(&id).expect("name index is consistent");
+        let mut changes = Changes::default();
+        if server.address != new.address || server.labels != new.labels {
+            server.address = new.address;
+            server.labels = new.labels;
+            changes.servers.insert(id);
+            // The failure domain may have changed.
+            self.reindex_server(id);
+        }
+        Ok((id, self.commit(changes)))
+    }
+
+    /// Removes a server and its disks; only when none of its chunks is used
+    /// and no volume is attached to it.
+    pub fn remove_server(&mut self, name: &str) -> Result<Changes, ModelError> {
+        let id = self.server_by_name(name)?.id;
+        let disks: Vec<DiskId> = self.disks_of(id).map(|d| d.id).collect();
+        let legs: usize = disks.iter().map(|d| self.runtime[d].used.len()).sum();
+        if legs > 0 {
+            return Err(ModelError::Conflict(format!(
+                "server '{name}' still holds {legs} legs of volumes; drain it or delete those volumes first"
+            )));
+        }
+        if let Some(v) = self
+            .volumes
+            .values()
+            .find(|v| v.attachment.as_ref().is_some_and(|a| a.head == id))
+        {
+            return Err(ModelError::Conflict(format!(
+                "volume '{}' is attached to server '{name}'; detach it first",
+                v.name
+            )));
+        }
+        let mut changes = Changes::default();
+        for d in disks {
+            self.drop_disk(d);
+            changes.disks.insert(d);
+        }
+        self.servers.remove(&id);
+        self.disks_by_server.remove(&id);
+        self.server_names.remove(name);
+        changes.servers.insert(id);
+        Ok(self.commit(changes))
+    }
+
+    /// Declares a server failed: every leg on its disks fails, and it gets
+    /// no new chunks. Idempotent.
+    pub fn fail_server(&mut self, name: &str) -> Result<Changes, ModelError> {
+        let id = self.server_by_name(name)?.id;
+        let mut changes = Changes::default();
+        let server = self.servers.get_mut(&id).expect("exists");
+        if server.state != ServerState::Failed {
+            server.state = ServerState::Failed;
+            changes.servers.insert(id);
+        }
+        let disks: Vec<DiskId> = self.disks_of(id).map(|d| d.id).collect();
+        for d in disks {
+            self.fail_legs_on(d, &mut changes);
+        }
+        self.reindex_server(id);
+        Ok(self.commit(changes))
+    }
+
+    // ---- disks -----------------------------------------------------------
+
+    fn validate_new_disk(&self, new: &NewDisk) -> Result<(ServerId, u32), ModelError> {
+        let server = self.server_by_name(&new.server)?.id;
+        ids::validate_device_path(&new.path)?;
+        if let Some(class) = &new.class {
+            ids::validate_name("disk class", class)?;
+        }
+        let chunks = self.settings.chunks_on_disk(new.size_bytes);
+        if chunks == 0 {
+            return Err(ModelError::invalid(
+                "disk size",
+                format!(
+                    "{} bytes holds no chunk: a disk needs at least {} bytes ({} header + one {}-byte chunk)",
+                    new.size_bytes,
+                    self.settings.disk_header_bytes + self.settings.chunk_size_bytes,
+                    self.settings.disk_header_bytes,
+                    self.settings.chunk_size_bytes
+                ),
+            ));
+        }
+        if chunks > limits::CHUNKS_PER_DISK_MAX {
+            return Err(ModelError::invalid(
+                "disk size",
+                "more than 2^32-1 chunks; use a bigger chunk size",
+            ));
+        }
+        Ok((server, chunks as u32))
+    }
+
+    /// Adds a disk to a server (admin). Fails if the path exists there.
+    pub fn add_disk(&mut self, new: NewDisk) -> Result<(DiskId, Changes), ModelError> {
+        let (server, chunk_count) = self.validate_new_disk(&new)?;
+        if self.disks_of(server).any(|d| d.path == new.path) {
+            return Err(ModelError::AlreadyExists {
+                kind: "disk",
+                key: format!("{}:{}", new.server, new.path),
+            });
+        }
+        let mut changes = Changes::default();
+        let id = DiskId(self.take_id(&mut changes));
+        self.disks.insert(
+            id,
+            Disk {
+                id,
+                server,
+                path: new.path,
+                size_bytes: new.size_bytes,
+                class: new.class,
+                state: DiskState::Online,
+                chunk_count,
+                releasing: BTreeSet::new(),
+            },
+        );
+        self.runtime.insert(
+            id,
+            DiskRuntime {
+                free: FreeList::full(chunk_count),
+                used: BTreeMap::new(),
+            },
+        );
+        self.disks_by_server.entry(server).or_default().insert(id);
+        self.reindex(id);
+        changes.disks.insert(id);
+        Ok((id, self.commit(changes)))
+    }
+
+    /// Registers a disk on behalf of its agent: adds it, or updates an
+    /// existing one (a disk that grew gets more chunks; one that shrank below
+    /// its chunks is refused, since that would lose data).
+    pub fn register_disk(&mut self, new: NewDisk) -> Result<(DiskId, Changes), ModelError> {
+        let (server, chunk_count) = self.validate_new_disk(&new)?;
+        let Some(id) = self
+            .disks_of(server)
+            .find(|d| d.path == new.path)
+            .map(|d| d.id)
+        else {
+            return self.add_disk(new);
+        };
+        let disk = self.disks.get_mut(&id).expect("exists");
+        let mut changes = Changes::default();
+        if chunk_count < disk.chunk_count {
+            return Err(ModelError::Conflict(format!(
+                "disk {} on '{}' shrank from {} to {} bytes; its chunks would be cut off. Restore its size, or fail and replace it",
+                new.path, new.server, disk.size_bytes, new.size_bytes
+            )));
+        }
+        if chunk_count > disk.chunk_count
+            || disk.class != new.class
+            || disk.size_bytes != new.size_bytes
+        {
+            let rt = self.runtime.get_mut(&id).expect("runtime for every disk");
+            rt.free.extend(disk.chunk_count, chunk_count);
+            disk.chunk_count = chunk_count;
+            disk.size_bytes = new.size_bytes;
+            disk.class = new.class;
+            changes.disks.insert(id);
+            self.reindex(id);
+        }
+        Ok((id, self.commit(changes)))
+    }
+
+    /// Removes a disk none of whose chunks is used.
+    pub fn remove_disk(&mut self, id: DiskId) -> Result<Changes, ModelError> {
+        self.disk(id)?;
+        let legs = self.runtime[&id].used.len();
+        if legs > 0 {
+            return Err(ModelError::Conflict(format!(
+                "disk {} still holds {legs} legs of volumes; drain it or delete those volumes first",
+                id.0
+            )));
+        }
+        self.drop_disk(id);
+        let mut changes = Changes::default();
+        changes.disks.insert(id);
+        Ok(self.commit(changes))
+    }
+
+    /// Declares a disk failed: its legs fail and it gets no new chunks.
+    /// Idempotent.
+    pub fn fail_disk(&mut self, id: DiskId) -> Result<Changes, ModelError> {
+        self.disk(id)?;
+        let mut changes = Changes::default();
+        let disk = self.disks.get_mut(&id).expect("exists");
+        if disk.state != DiskState::Failed {
+            disk.state = DiskState::Failed;
+            changes.disks.insert(id);
+        }
+        self.fail_legs_on(id, &mut changes);
+        self.reindex(id);
+        Ok(self.commit(changes))
+    }
+
+    /// The storage agent of `server` reports chunks it has wiped: they
+    /// become free. Chunks not awaiting a wipe are ignored (the report may be
+    /// a retry). Returns how many chunks were freed.
+    pub fn chunks_wiped(
+        &mut self,
+        server: ServerId,
+        chunks: &[ChunkRef],
+    ) -> Result<(usize, Changes), ModelError> {
+        for c in chunks {
+            let disk = self.disk(c.disk)?;
+            if disk.server != server {
+                return Err(ModelError::invalid(
+                    "wiped chunk",
+                    format!("disk {} does not belong to this server", c.disk.0),
+                ));
+            }
+        }
+        let mut changes = Changes::default();
+        let mut freed = 0;
+        for c in chunks {
+            let disk = self.disks.get_mut(&c.disk).expect("checked");
+            if disk.releasing.remove(&c.index) {
+                let rt = self
+                    .runtime
+                    .get_mut(&c.disk)
+                    .expect("runtime for every disk");
+                assert!(
+                    rt.free.give_back(c.index),
+                    "a releasing chunk is never free"
+                );
+                freed += 1;
+                changes.disks.insert(c.disk);
+            }
+        }
+        for d in changes.disks.clone() {
+            self.reindex(d);
+        }
+        Ok((freed, self.commit(changes)))
+    }
+
+    // ---- volumes ---------------------------------------------------------
+
+    /// Creates a volume: ceil(size / data per chunk) mirrored disks of
+    /// `replicas` legs each, placed by the allocation rules. All or nothing.
+    pub fn create_volume(
+        &mut self,
+        new: NewVolume,
+        secrets: &mut dyn SecretSource,
+    ) -> Result<(VolumeId, Changes), ModelError> {
+        ids::validate_name("volume name", &new.name)?;
+        if self.volume_names.contains_key(&new.name) {
+            return Err(ModelError::AlreadyExists {
+                kind: "volume",
+                key: new.name,
+            });
+        }
+        let replicas = new.replicas.unwrap_or(self.settings.default_replicas);
+        if !(limits::REPLICAS_MIN..=limits::REPLICAS_MAX).contains(&replicas) {
+            return Err(ModelError::invalid(
+                "replicas",
+                format!(
+                    "{replicas} is outside {}..={}",
+                    limits::REPLICAS_MIN,
+                    limits::REPLICAS_MAX
+                ),
+            ));
+        }
+        if let Some(class) = &new.class {
+            ids::validate_name("disk class", class)?;
+        }
+        let (size_bytes, count) = self.layout_for(new.size_bytes, new.stripe.as_ref())?;
+        let near = match &new.near_server {
+            Some(name) => Some(self.server_by_name(name)?.id),
+            None => None,
+        };
+        let mut volume = Volume {
+            id: VolumeId(0),
+            name: new.name,
+            size_bytes,
+            replicas,
+            stripe: new.stripe,
+            class: new.class,
+            near_server: near,
+            mirrored_disks: Vec::new(),
+            attachment: None,
+        };
+        let mut changes = Changes::default();
+        let id = VolumeId(self.next_id);
+        volume.id = id;
+        volume.mirrored_disks = self.allocate(&volume, count, 0, secrets)?;
+        self.take_id(&mut changes);
+        for md in &volume.mirrored_disks {
+            changes.disks.extend(md.legs.iter().map(|l| l.chunk.disk));
+        }
+        self.volume_names.insert(volume.name.clone(), id);
+        self.volumes.insert(id, volume);
+        changes.volumes.insert(id);
+        Ok((id, self.commit(changes)))
+    }
+
+    /// Grows a volume to at least `size_bytes` (shrinking would cut data off
+    /// and is refused). All or nothing.
+    pub fn resize_volume(
+        &mut self,
+        name: &str,
+        size_bytes: u64,
+        secrets: &mut dyn SecretSource,
+    ) -> Result<Changes, ModelError> {
+        let volume = self.volume_by_name(name)?;
+        let (new_size, count) = self.layout_for(size_bytes, volume.stripe.as_ref())?;
+        if new_size < volume.size_bytes {
+            return Err(ModelError::invalid(
+                "size",
+                format!(
+                    "volume '{name}' is {} bytes; shrinking to {new_size} would destroy data and is not supported",
+                    volume.size_bytes
+                ),
+            ));
+        }
+        let mut changes = Changes::default();
+        if new_size == volume.size_bytes {
+            return Ok(changes);
+        }
+        let id = volume.id;
+        let have = volume.mirrored_disks.len() as u64;
+        // allocate() needs the cluster mutably; it reads only the placement
+        // fields, so a shell copy without the layout is enough.
+        let shell = Volume {
+            mirrored_disks: Vec::new(),
+            ..volume.clone()
+        };
+        let added = self.allocate(&shell, count.saturating_sub(have), have, secrets)?;
+        for md in &added {
+            changes.disks.extend(md.legs.iter().map(|l| l.chunk.disk));
+        }
+        let volume = self.volumes.get_mut(&id).expect("exists");
+        volume.mirrored_disks.extend(added);
+        volume.size_bytes = new_size;
+        changes.volumes.insert(id);
+        Ok(self.commit(changes))
+    }
+
+    /// Deletes a detached volume. Its chunks go to their disks' releasing
+    /// sets until the storage agents wipe them.
+    pub fn delete_volume(&mut self, name: &str) -> Result<Changes, ModelError> {
+        let volume = self.volume_by_name(name)?;
+        if let Some(a) = &volume.attachment {
+            return Err(ModelError::Conflict(format!(
+                "volume '{name}' is attached to server '{}'; detach it first",
+                self.servers[&a.head].name
+            )));
+        }
+        let id = volume.id;
+        let volume = self.volumes.remove(&id).expect("exists");
+        self.volume_names.remove(name);
+        let mut changes = Changes::default();
+        for leg in volume.mirrored_disks.iter().flat_map(|m| &m.legs) {
+            let rt = self
+                .runtime
+                .get_mut(&leg.chunk.disk)
+                .expect("legs sit on known disks");
+            assert!(
+                rt.used.remove(&leg.chunk.index).is_some(),
+                "a leg's chunk is used"
+            );
+            let disk = self.disks.get_mut(&leg.chunk.disk).expect("exists");
+            assert!(disk.releasing.insert(leg.chunk.index));
+            changes.disks.insert(leg.chunk.disk);
+        }
+        for d in changes.disks.clone() {
+            self.reindex(d);
+        }
+        changes.volumes.insert(id);
+        Ok(self.commit(changes))
+    }
+
+    /// Attaches a volume to its head server. Attaching again to the same
+    /// server is a no-op; to another server is a conflict.
+    pub fn attach_volume(&mut self, name: &str, server: &str) -> Result<Changes, ModelError> {
+        let head = self.server_by_name(server)?;
+        let head_id = head.id;
+        if head.state == ServerState::Failed {
+            return Err(ModelError::Conflict(format!(
+                "server '{server}' is failed; attach on a healthy server"
+            )));
+        }
+        let volume = self.volume_by_name(name)?;
+        let mut changes = Changes::default();
+        match &volume.attachment {
+            Some(a) if a.head == head_id => return Ok(changes),
+            Some(a) => {
+                return Err(ModelError::Conflict(format!(
+                    "volume '{name}' is attached to server '{}'; detach it there first",
+                    self.servers[&a.head].name
+                )));
+            }
+            None => {}
+        }
+        let id = volume.id;
+        self.volumes.get_mut(&id).expect("exists").attachment = Some(Attachment { head: head_id });
+        changes.volumes.insert(id);
+        Ok(self.commit(changes))
+    }
+
+    /// Detaches a volume. Idempotent.
+    pub fn detach_volume(&mut self, name: &str) -> Result<Changes, ModelError> {
+        let id = self.volume_by_name(name)?.id;
+        let mut changes = Changes::default();
+        let volume = self.volumes.get_mut(&id).expect("exists");
+        if volume.attachment.take().is_some() {
+            changes.volumes.insert(id);
+        }
+        Ok(self.commit(changes))
+    }
+
+    /// The head of a volume reports that one of its legs failed.
+    pub fn report_leg_failed(
+        &mut self,
+        head: ServerId,
+        volume: &str,
+        mirrored_disk: u32,
+        leg: u8,
+    ) -> Result<Changes, ModelError> {
+        let v = self.volume_by_name(volume)?;
+        if v.attachment.as_ref().map(|a| a.head) != Some(head) {
+            return Err(ModelError::Conflict(format!(
+                "volume '{volume}' is not attached to this server; only its head reports leg failures"
+            )));
+        }
+        let id = v.id;
+        let l = v
+            .mirrored_disks
+            .get(mirrored_disk as usize)
+            .and_then(|m| m.legs.get(usize::from(leg)))
+            .ok_or_else(|| {
+                ModelError::invalid("leg", format!("{volume} has no leg {mirrored_disk}/{leg}"))
+            })?;
+        let mut changes = Changes::default();
+        if l.state != LegState::Failed {
+            let v = self.volumes.get_mut(&id).expect("exists");
+            v.mirrored_disks[mirrored_disk as usize].legs[usize::from(leg)].state =
+                LegState::Failed;
+            changes.volumes.insert(id);
+        }
+        Ok(self.commit(changes))
+    }
+
+    // ---- internals -------------------------------------------------------
+
+    /// Rounds a requested size and computes how many mirrored disks hold it.
+    fn layout_for(
+        &self,
+        size_bytes: u64,
+        stripe: Option<&Stripe>,
+    ) -> Result<(u64, u64), ModelError> {
+        if size_bytes == 0 {
+            return Err(ModelError::invalid("size", "must be greater than zero"));
+        }
+        let per_chunk = self.settings.data_bytes_per_chunk();
+        let too_big = || {
+            ModelError::invalid(
+                "size",
+                format!(
+                    "{size_bytes} bytes needs more than {} mirrored disks; use a bigger chunk size",
+                    limits::MIRRORED_DISKS_PER_VOLUME_MAX
+                ),
+            )
+        };
+        let (size, count) = match stripe {
+            None => {
+                let size = size_bytes
+                    .checked_next_multiple_of(limits::VOLUME_BLOCK_BYTES)
+                    .ok_or_else(too_big)?;
+                (size, size.div_ceil(per_chunk))
+            }
+            Some(s) => {
+                if !(2..=limits::STRIPE_WIDTH_MAX).contains(&s.width) {
+                    return Err(ModelError::invalid(
+                        "stripe width",
+                        format!("must be 2..={}", limits::STRIPE_WIDTH_MAX),
+                    ));
+                }
+                if !s.unit_bytes.is_power_of_two()
+                    || !(limits::STRIPE_UNIT_BYTES_MIN..=limits::STRIPE_UNIT_BYTES_MAX)
+                        .contains(&s.unit_bytes)
+                    || per_chunk % s.unit_bytes != 0
+                {
+                    return Err(ModelError::invalid(
+                        "stripe unit",
+                        format!(
+                            "must be a power of two from {} to {} bytes that divides the {per_chunk}-byte data area of a chunk",
+                            limits::STRIPE_UNIT_BYTES_MIN,
+                            limits::STRIPE_UNIT_BYTES_MAX
+                        ),
+                    ));
+                }
+                let row = u64::from(s.width) * s.unit_bytes;
+                let size = size_bytes
+                    .checked_next_multiple_of(row)
+                    .ok_or_else(too_big)?;
+                let per_column = size / u64::from(s.width);
+                (size, per_column.div_ceil(per_chunk) * u64::from(s.width))
+            }
+        };
+        if count > limits::MIRRORED_DISKS_PER_VOLUME_MAX {
+            return Err(too_big());
+        }
+        Ok((size, count))
+    }
+
+    /// Allocates `count` mirrored disks for `volume`, numbered from `first`.
+    /// On failure every chunk taken is given back: nothing stays allocated.
+    fn allocate(
+        &mut self,
+        volume: &Volume,
+        count: u64,
+        first: u64,
+        secrets: &mut dyn SecretSource,
+    ) -> Result<Vec<MirroredDisk>, ModelError> {
+        let class = volume.class.as_deref();
+        let needed = count * u64::from(volume.replicas);
+        let free = self.index.free_chunks(class);
+        let class_note = class
+            .map(|c| format!(" of class '{c}'"))
+            .unwrap_or_default();
+        if needed > free {
+            return Err(ModelError::NotEnoughChunks {
+                needed,
+                free,
+                class: class_note,
+            });
+        }
+        let near_server = volume
+            .near_server
+            .or(volume.attachment.as_ref().map(|a| a.head));
+        let near = near_server
+            .and_then(|id| self.servers.get(&id))
+            .map(|s| Near {
+                server: s.id,
+                domain: s.failure_domain(&self.settings.failure_domain_label),
+            });
+        let mut taken: Vec<ChunkRef> = Vec::with_capacity(needed as usize);
+        let mut mirrored = Vec::with_capacity(count as usize);
+        for m in 0..count {
+            let Some(disks) = self.index.pick(volume.replicas, class, near.as_ref()) else {
+                let eligible = self.index.eligible_servers(class);
+                self.give_back(&taken);
+                return Err(if eligible < usize::from(volume.replicas) {
+                    ModelError::NotEnoughServers {
+                        replicas: volume.replicas,
+                        eligible,
+                        class: class_note,
+                    }
+                } else {
+                    ModelError::NotEnoughChunks {
+                        needed,
+                        free,
+                        class: class_note,
+                    }
+                });
+            };
+            let mut legs = Vec::with_capacity(disks.len());
+            for (l, disk) in disks.into_iter().enumerate() {
+                let rt = self
+                    .runtime
+                    .get_mut(&disk)
+                    .expect("indexed disks have runtime");
+                let index = rt
+                    .free
+                    .take_lowest()
+                    .expect("indexed disks have a free chunk");
+                let addr = LegAddr {
+                    volume: volume.id,
+                    mirrored_disk: (first + m) as u32,
+                    leg: l as u8,
+                };
+                rt.used.insert(index, addr);
+                self.reindex(disk);
+                let chunk = ChunkRef { disk, index };
+                taken.push(chunk);
+                legs.push(chunk);
+            }
+            mirrored.push(legs);
+        }
+        // Secrets are drawn only once the allocation stands.
+        Ok(mirrored
+            .into_iter()
+            .map(|legs| MirroredDisk {
+                legs: legs
+                    .into_iter()
+                    .map(|chunk| Leg {
+                        chunk,
+                        state: LegState::Active,
+                        export_name: secrets.export_secret(),
+                    })
+                    .collect(),
+            })
+            .collect())
+    }
+
+    fn give_back(&mut self, chunks: &[ChunkRef]) {
+        for c in chunks {
+            let rt = self
+                .runtime
+                .get_mut(&c.disk)
+                .expect("taken from a known disk");
+            rt.used.remove(&c.index);
+            assert!(rt.free.give_back(c.index));
+            self.reindex(c.disk);
+        }
+    }
+
+    fn fail_legs_on(&mut self, disk: DiskId, changes: &mut Changes) {
+        let addrs: Vec<LegAddr> = self.runtime[&disk].used.values().copied().collect();
+        for a in addrs {
+            let v = self
+                .volumes
+                .get_mut(&a.volume)
+                .expect("used chunks belong to volumes");
+            let leg = &mut v.mirrored_disks[a.mirrored_disk as usize].legs[usize::from(a.leg)];
+            if leg.state != LegState::Failed {
+                leg.state = LegState::Failed;
+                changes.volumes.insert(a.volume);
+            }
+        }
+    }
+
+    fn drop_disk(&mut self, id: DiskId) {
+        self.index.set(id, None);
+        self.runtime.remove(&id);
+        let disk = self.disks.remove(&id).expect("dropping a known disk");
+        if let Some(set) = self.disks_by_server.get_mut(&disk.server) {
+            set.remove(&id);
+        }
+        self.reindex_server(disk.server);
+    }
+
+    /// Brings the allocation-index entries of a disk's server up to date
+    /// (a change on one disk moves its server's load, which is part of
+    /// every sibling disk's key).
+    fn reindex(&mut self, id: DiskId) {
+        let server = self.disks[&id].server;
+        self.reindex_server(server);
+    }
+
+    fn reindex_server(&mut self, server_id: ServerId) {
+        let Some(server) = self.servers.get(&server_id) else {
+            return;
+        };
+        let disks = self
+            .disks_by_server
+            .get(&server_id)
+            .cloned()
+            .unwrap_or_default();
+        let server_legs: u64 = disks
+            .iter()
+            .map(|d| self.runtime[d].used.len() as u64)
+            .sum();
+        let domain = server.failure_domain(&self.settings.failure_domain_label);
+        let online = server.state == ServerState::Online;
+        for id in disks {
+            let disk = &self.disks[&id];
+            let rt = &self.runtime[&id];
+            let entry = (online && disk.state == DiskState::Online).then(|| DiskEntry {
+                disk: id,
+                server: server_id,
+                domain: domain.clone(),
+                class: disk.class.clone(),
+                legs: rt.used.len() as u64,
+                server_legs,
+                free_chunks: rt.free.len(),
+            });
+            self.index.set(id, entry);
+        }
+    }
+
+    fn commit(&mut self, changes: Changes) -> Changes {
+        if !changes.is_empty() {
+            self.generation += 1;
+        }
+        changes
+    }
+
+    /// Checks every invariant from scratch (tests and the simulator call
+    /// this after each step; it is O(cluster)).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut seen = BTreeSet::new();
+        for v in self.volumes.values() {
+            if self.volume_names.get(&v.name) != Some(&v.id) {
+                return Err(format!("volume name index broken for {}", v.name));
+            }
+            for (m, md) in v.mirrored_disks.iter().enumerate() {
+                if md.legs.len() != usize::from(v.replicas) {
+                    return Err(format!(
+                        "{} mirrored disk {m} has {} legs",
+                        v.name,
+                        md.legs.len()
+                    ));
+                }
+                let mut servers = BTreeSet::new();
+                for (l, leg) in md.legs.iter().enumerate() {
+                    if !seen.insert(leg.chunk) {
+                        return Err(format!("chunk {:?} used twice", leg.chunk));
+                    }
+                    let disk = self
+                        .disks
+                        .get(&leg.chunk.disk)
+                        .ok_or("leg on missing disk")?;
+                    if !servers.insert(disk.server) {
+                        return Err(format!(
+                            "{} mirrored disk {m} has two legs on one server",
+                            v.name
+                        ));
+                    }
+                    let rt = &self.runtime[&disk.id];
+                    let want = LegAddr {
+                        volume: v.id,
+                        mirrored_disk: m as u32,
+                        leg: l as u8,
+                    };
+                    if rt.used.get(&leg.chunk.index) != Some(&want)
+                        || rt.free.contains(leg.chunk.index)
+                    {
+                        return Err(format!("chunk owner index broken for {:?}", leg.chunk));
+                    }
+                }
+            }
+        }
+        for disk in self.disks.values() {
+            let rt = &self.runtime[&disk.id];
+            let total = rt.free.len() + rt.used.len() as u64 + disk.releasing.len() as u64;
+            if total != u64::from(disk.chunk_count) {
+                return Err(format!(
+                    "{} chunk accounting: {total} != {}",
+                    disk.id, disk.chunk_count
+                ));
+            }
+            if disk
+                .releasing
+                .iter()
+                .any(|i| rt.free.contains(*i) || rt.used.contains_key(i))
+            {
+                return Err(format!(
+                    "{} has a releasing chunk that is also free or used",
+                    disk.id
+                ));
+            }
+        }
+        let used: usize = self.runtime.values().map(|r| r.used.len()).sum();
+        if used != seen.len() {
+            return Err(format!(
+                "{used} chunks marked used but {} legs exist",
+                seen.len()
+            ));
+        }
+        Ok(())
+    }
+}

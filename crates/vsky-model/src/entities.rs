@@ -1,0 +1,214 @@
+//! The persistent records of the cluster. These are what the store keeps;
+//! everything else in [`crate::Cluster`] (free lists, load indexes, leg
+//! counts) is derived from them at load time.
+//!
+//! They derive serde only so the store can encode them. The REST contract is
+//! separate (vsky-api), so the wire format and the store format can evolve
+//! on their own. New fields must carry `#[serde(default)]` so that older
+//! stores still load.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ChunkRef, DiskId, ServerId, VolumeId};
+use crate::limits;
+
+/// Cluster-wide settings, fixed when the cluster is created (the chunk size
+/// cannot change once disks are carved).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    pub chunk_size_bytes: u64,
+    /// Metadata area at the front of every chunk (dm-raid superblock and
+    /// write-intent bitmap of the leg that uses the chunk).
+    pub leg_meta_bytes: u64,
+    /// Bytes reserved at the front of every disk.
+    pub disk_header_bytes: u64,
+    /// The server label whose values are failure domains (e.g. `rack`):
+    /// legs of one mirrored disk go to distinct values when the pool allows.
+    /// A server without the label is a failure domain of its own.
+    pub failure_domain_label: String,
+    pub default_replicas: u8,
+}
+
+impl Settings {
+    pub fn new(chunk_size_bytes: u64) -> Self {
+        Settings {
+            chunk_size_bytes,
+            leg_meta_bytes: limits::LEG_META_BYTES,
+            disk_header_bytes: limits::DISK_HEADER_BYTES,
+            failure_domain_label: "rack".to_string(),
+            default_replicas: limits::REPLICAS_DEFAULT,
+        }
+    }
+
+    /// Bytes of volume data one chunk carries (the chunk minus its leg
+    /// metadata area).
+    pub fn data_bytes_per_chunk(&self) -> u64 {
+        self.chunk_size_bytes - self.leg_meta_bytes
+    }
+
+    /// How many whole chunks a disk of `size_bytes` holds.
+    pub fn chunks_on_disk(&self, size_bytes: u64) -> u64 {
+        size_bytes.saturating_sub(self.disk_header_bytes) / self.chunk_size_bytes
+    }
+
+    /// Byte offset of a chunk on its disk.
+    pub fn chunk_offset_bytes(&self, index: u32) -> u64 {
+        self.disk_header_bytes + u64::from(index) * self.chunk_size_bytes
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::new(limits::CHUNK_SIZE_BYTES_DEFAULT)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerState {
+    /// Serving and eligible for new chunks.
+    Online,
+    /// Declared failed (by an admin or a health check): its legs are failed
+    /// and it gets no new chunks.
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Server {
+    pub id: ServerId,
+    pub name: String,
+    /// `host:port` of the server's agent (NBD exports).
+    pub address: String,
+    pub labels: BTreeMap<String, String>,
+    pub state: ServerState,
+}
+
+impl Server {
+    /// The failure domain this server belongs to.
+    pub fn failure_domain(&self, label: &str) -> String {
+        match self.labels.get(label) {
+            Some(value) => format!("{label}={value}"),
+            None => format!("server={}", self.name),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskState {
+    Online,
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disk {
+    pub id: DiskId,
+    pub server: ServerId,
+    pub path: String,
+    pub size_bytes: u64,
+    /// Optional performance class (`ssd`, `nvme`, …) volumes can ask for.
+    pub class: Option<String>,
+    pub state: DiskState,
+    /// Chunks carved from the disk; fixed at registration, grows only.
+    pub chunk_count: u32,
+    /// Chunks freed by deleted volumes that the storage agent has not yet
+    /// wiped. They are neither free nor in use: a new volume must never read
+    /// an old volume's data, so they return to the free list only when the
+    /// agent reports them wiped.
+    #[serde(default)]
+    pub releasing: BTreeSet<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LegState {
+    /// In sync and serving.
+    Active,
+    /// Being resynced from the other legs.
+    Syncing,
+    /// Lost (disk or server failure, I/O error); awaiting replacement.
+    Failed,
+}
+
+/// One copy of a mirrored disk: a chunk plus its state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leg {
+    pub chunk: ChunkRef,
+    pub state: LegState,
+    /// The NBD export name of this leg: a secret only the head of the volume
+    /// and the storage server holding the chunk learn, so nobody else can
+    /// open the chunk.
+    pub export_name: String,
+}
+
+/// A RAID1 set of 2+ legs on distinct servers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirroredDisk {
+    pub legs: Vec<Leg>,
+}
+
+impl MirroredDisk {
+    pub fn healthy_legs(&self) -> usize {
+        self.legs
+            .iter()
+            .filter(|l| l.state == LegState::Active)
+            .count()
+    }
+
+    pub fn is_degraded(&self) -> bool {
+        self.legs.iter().any(|l| l.state == LegState::Failed)
+    }
+
+    pub fn is_rebuilding(&self) -> bool {
+        self.legs.iter().any(|l| l.state == LegState::Syncing)
+    }
+}
+
+/// Striping across mirrored disks: `width` mirrored disks form one stripe
+/// set with a `unit_bytes` stripe unit (dm-striped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stripe {
+    pub width: u32,
+    pub unit_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The server whose VMs use the volume and which assembles it.
+    pub head: ServerId,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    pub id: VolumeId,
+    pub name: String,
+    /// Exact usable size as requested (rounded up to 4 KiB).
+    pub size_bytes: u64,
+    pub replicas: u8,
+    pub stripe: Option<Stripe>,
+    /// Disk class the legs were placed on, if one was asked for.
+    pub class: Option<String>,
+    /// Server the legs should be placed near, if one was named.
+    pub near_server: Option<ServerId>,
+    /// Concatenated in order (or striped in sets of `stripe.width`).
+    pub mirrored_disks: Vec<MirroredDisk>,
+    pub attachment: Option<Attachment>,
+}
+
+impl Volume {
+    pub fn degraded_mirrored_disks(&self) -> usize {
+        self.mirrored_disks
+            .iter()
+            .filter(|m| m.is_degraded())
+            .count()
+    }
+
+    pub fn rebuilding_mirrored_disks(&self) -> usize {
+        self.mirrored_disks
+            .iter()
+            .filter(|m| m.is_rebuilding())
+            .count()
+    }
+}

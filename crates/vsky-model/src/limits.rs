@@ -1,0 +1,49 @@
+//! Every bound the model enforces, in one place, with the relations between
+//! them checked at compile time.
+
+/// Smallest chunk: the leg metadata area plus at least as much data.
+pub const CHUNK_SIZE_BYTES_MIN: u64 = 2 * LEG_META_BYTES;
+/// Largest chunk. Bigger chunks make rebuilds coarse and waste space.
+pub const CHUNK_SIZE_BYTES_MAX: u64 = 64 << 30;
+/// Default chunk size, as the issue asks: 1 GiB.
+pub const CHUNK_SIZE_BYTES_DEFAULT: u64 = 1 << 30;
+/// Chunks are aligned to this, so every chunk starts on a MiB boundary.
+pub const CHUNK_ALIGN_BYTES: u64 = 1 << 20;
+/// Per-leg dm-raid metadata area carved from the front of every chunk
+/// (superblock at 0, write-intent bitmap at 4 KiB). 1 MiB holds the bitmap
+/// of a 64 GiB chunk at the smallest region size dm-raid allows.
+pub const LEG_META_BYTES: u64 = 1 << 20;
+/// Bytes reserved at the start of every disk for a VastSky label, so chunk 0
+/// never overlaps a partition table or filesystem signature area.
+pub const DISK_HEADER_BYTES: u64 = 1 << 20;
+/// Volume sizes are rounded up to whole 4 KiB blocks (the NBD block size).
+pub const VOLUME_BLOCK_BYTES: u64 = 4096;
+/// Replica bounds, as the original VastSky had them (2..=9).
+pub const REPLICAS_MIN: u8 = 2;
+pub const REPLICAS_MAX: u8 = 9;
+pub const REPLICAS_DEFAULT: u8 = 2;
+/// Mirrored disks in one volume: bounds one allocation's work and the size
+/// of one stored volume record.
+pub const MIRRORED_DISKS_PER_VOLUME_MAX: u64 = 1 << 20;
+/// Chunks on one disk (the chunk index is a u32).
+pub const CHUNKS_PER_DISK_MAX: u64 = u32::MAX as u64;
+/// Name lengths (servers, volumes, disk classes, labels).
+pub const NAME_LEN_MAX: usize = 64;
+pub const LABEL_VALUE_LEN_MAX: usize = 128;
+pub const LABELS_PER_SERVER_MAX: usize = 32;
+pub const DEVICE_PATH_LEN_MAX: usize = 1024;
+pub const ADDRESS_LEN_MAX: usize = 256;
+pub const DESCRIPTION_LEN_MAX: usize = 1024;
+/// Stripe bounds: a stripe spans 2..=64 mirrored disks, with a power-of-two
+/// stripe unit between 4 KiB and 1 GiB (dm-striped needs a power of two
+/// number of sectors for speed; we require it outright).
+pub const STRIPE_WIDTH_MAX: u32 = 64;
+pub const STRIPE_UNIT_BYTES_MIN: u64 = 4096;
+pub const STRIPE_UNIT_BYTES_MAX: u64 = 1 << 30;
+
+const _: () = assert!(CHUNK_SIZE_BYTES_MIN > LEG_META_BYTES);
+const _: () = assert!(CHUNK_SIZE_BYTES_DEFAULT % CHUNK_ALIGN_BYTES == 0);
+const _: () = assert!(LEG_META_BYTES % CHUNK_ALIGN_BYTES == 0);
+const _: () = assert!(DISK_HEADER_BYTES % CHUNK_ALIGN_BYTES == 0);
+const _: () = assert!(REPLICAS_MIN <= REPLICAS_DEFAULT && REPLICAS_DEFAULT <= REPLICAS_MAX);
+const _: () = assert!(STRIPE_UNIT_BYTES_MAX <= CHUNK_SIZE_BYTES_MIN * 1024);
