@@ -1,0 +1,18 @@
+//! The VastSky REST API v1 contract and its typed client.
+//!
+//! This crate is an API boundary: every type here is serialised on the wire,
+//! so renaming a field is a breaking change. Requests refuse unknown fields
+//! (a typo must not be silently ignored); responses may gain fields.
+//!
+//! - [`types`]: request and response bodies, with OpenAPI schemas.
+//! - [`units`]: human sizes (`10GiB`) for the CLI and plugins.
+//! - [`client`]: an async client used by the CLI, the agent and plugins.
+
+pub mod client;
+pub mod types;
+pub mod units;
+
+pub use client::{Client, ClientConfig, ClientError};
+
+/// Path prefix of every v1 endpoint.
+pub const API_PREFIX: &str = "/api/v1";

@@ -1,0 +1,130 @@
+//! Human-readable sizes. Binary suffixes (`KiB`, `MiB`, `GiB`, `TiB`, `PiB`,
+//! and the bare `K`/`M`/`G`/`T`/`P` that LVM and qemu-img use) are powers of
+//! 1024; decimal suffixes (`kB`, `MB`, `GB`, `TB`, `PB`) are powers of 1000.
+//! A bare number is bytes. Fractions are allowed when the result is whole
+//! bytes (`1.5GiB`).
+
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("invalid size '{input}': {reason} (examples: 10GiB, 512MiB, 1.5TiB, 4096)")]
+pub struct SizeError {
+    input: String,
+    reason: &'static str,
+}
+
+fn multiplier(suffix: &str) -> Option<u64> {
+    let s = suffix.to_ascii_lowercase();
+    Some(match s.as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "p" | "pib" => 1 << 50,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "pb" => 1_000_000_000_000_000,
+        _ => return None,
+    })
+}
+
+/// Parses a size such as `10GiB` into bytes.
+pub fn parse_size(input: &str) -> Result<u64, SizeError> {
+    let err = |reason| SizeError {
+        input: input.to_string(),
+        reason,
+    };
+    let text = input.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let mult = multiplier(suffix.trim()).ok_or_else(|| err("unknown unit"))?;
+    let (whole, frac) = match number.split_once('.') {
+        Some((w, f)) => (w, f),
+        None => (number, ""),
+    };
+    if whole.is_empty() && frac.is_empty() {
+        return Err(err("no number"));
+    }
+    if frac.len() > 9 || frac.contains('.') {
+        return Err(err("too many decimals"));
+    }
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| err("number too large"))?
+    };
+    let mut bytes = whole.checked_mul(mult).ok_or_else(|| err("too large"))?;
+    if !frac.is_empty() {
+        let digits: u64 = frac.parse().map_err(|_| err("bad fraction"))?;
+        let scale = 10u64.pow(frac.len() as u32);
+        let part = u128::from(digits) * u128::from(mult);
+        if part % u128::from(scale) != 0 {
+            return Err(err("fraction is not a whole number of bytes"));
+        }
+        let part = u64::try_from(part / u128::from(scale)).map_err(|_| err("too large"))?;
+        bytes = bytes.checked_add(part).ok_or_else(|| err("too large"))?;
+    }
+    Ok(bytes)
+}
+
+/// Formats bytes with the largest binary unit that keeps the number ≥ 1,
+/// with up to two decimals (`1.5 GiB`, `512 MiB`, `4096 B` stays `4 KiB`).
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut unit = 0;
+    while unit + 1 < UNITS.len() && bytes >= 1u64 << (10 * (unit + 1)) {
+        unit += 1;
+    }
+    if unit == 0 {
+        return format!("{bytes} B");
+    }
+    let value = bytes as f64 / (1u64 << (10 * unit)) as f64;
+    let text = format!("{value:.2}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{text} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_binary_decimal_and_fractions() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("10GiB"), Ok(10 << 30));
+        assert_eq!(parse_size("10g"), Ok(10 << 30));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size(" 2 TiB "), Ok(2 << 40));
+        assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
+        assert_eq!(parse_size("8M"), Ok(8 << 20));
+    }
+
+    #[test]
+    fn refuses_garbage_and_overflow() {
+        for bad in [
+            "",
+            "GiB",
+            "1.2.3G",
+            "10XB",
+            "-1",
+            "99999999999PiB",
+            "0.3B",
+            "1.0000000001G",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn formats_readably() {
+        assert_eq!(format_size(0), "0 B");
+        assert_eq!(format_size(4096), "4 KiB");
+        assert_eq!(format_size(3 << 29), "1.5 GiB");
+        assert_eq!(format_size(10 << 40), "10 TiB");
+    }
+}

@@ -1,0 +1,220 @@
+//! Model → API translations. The only place that knows both shapes.
+
+use vsky_api::types as api;
+use vsky_model as m;
+use vsky_model::Cluster;
+
+fn server_state(s: m::ServerState) -> api::ServerState {
+    match s {
+        m::ServerState::Online => api::ServerState::Online,
+        m::ServerState::Failed => api::ServerState::Failed,
+    }
+}
+
+fn disk_state(s: m::DiskState) -> api::DiskState {
+    match s {
+        m::DiskState::Online => api::DiskState::Online,
+        m::DiskState::Failed => api::DiskState::Failed,
+    }
+}
+
+pub fn leg_state(s: m::LegState) -> api::LegState {
+    match s {
+        m::LegState::Active => api::LegState::Active,
+        m::LegState::Syncing => api::LegState::Syncing,
+        m::LegState::Failed => api::LegState::Failed,
+    }
+}
+
+pub fn stripe(s: m::Stripe) -> api::Stripe {
+    api::Stripe {
+        width: s.width,
+        unit_bytes: s.unit_bytes,
+    }
+}
+
+pub fn chunk(c: m::ChunkRef) -> api::ChunkId {
+    api::ChunkId {
+        disk_id: c.disk.0,
+        index: c.index,
+    }
+}
+
+pub fn summary(s: m::Summary) -> api::ClusterSummary {
+    api::ClusterSummary {
+        servers: s.servers,
+        servers_failed: s.servers_failed,
+        disks: s.disks,
+        disks_failed: s.disks_failed,
+        chunk_size_bytes: s.chunk_size_bytes,
+        capacity_bytes: s.capacity_bytes,
+        free_bytes: s.free_bytes,
+        used_bytes: s.used_bytes,
+        releasing_bytes: s.releasing_bytes,
+        volumes: s.volumes,
+        volumes_attached: s.volumes_attached,
+        mirrored_disks: s.mirrored_disks,
+        mirrored_disks_degraded: s.mirrored_disks_degraded,
+        mirrored_disks_rebuilding: s.mirrored_disks_rebuilding,
+    }
+}
+
+pub fn server(c: &Cluster, s: &m::Server) -> api::Server {
+    let chunk = c.settings().chunk_size_bytes;
+    let (mut disks, mut capacity, mut free, mut legs) = (0, 0, 0, 0);
+    for d in c.disks_of(s.id) {
+        let u = c.disk_usage(d.id);
+        disks += 1;
+        capacity += u64::from(d.chunk_count) * chunk;
+        free += u.free_chunks * chunk;
+        legs += u.legs;
+    }
+    api::Server {
+        id: s.id.0,
+        name: s.name.clone(),
+        address: s.address.clone(),
+        labels: s.labels.clone(),
+        state: server_state(s.state),
+        disks,
+        capacity_bytes: capacity,
+        free_bytes: free,
+        legs,
+    }
+}
+
+pub fn disk(c: &Cluster, d: &m::Disk) -> api::Disk {
+    let u = c.disk_usage(d.id);
+    api::Disk {
+        id: d.id.0,
+        server: c
+            .server(d.server)
+            .map(|s| s.name.clone())
+            .unwrap_or_default(),
+        path: d.path.clone(),
+        size_bytes: d.size_bytes,
+        class: d.class.clone(),
+        state: disk_state(d.state),
+        chunk_count: d.chunk_count,
+        legs: u.legs,
+        free_chunks: u.free_chunks,
+        releasing_chunks: u.releasing_chunks,
+    }
+}
+
+pub fn volume(c: &Cluster, v: &m::Volume) -> api::Volume {
+    let name_of = |id: m::ServerId| c.server(id).map(|s| s.name.clone());
+    let degraded = v.degraded_mirrored_disks();
+    let rebuilding = v.rebuilding_mirrored_disks();
+    api::Volume {
+        id: v.id.0,
+        name: v.name.clone(),
+        size_bytes: v.size_bytes,
+        replicas: v.replicas,
+        stripe: v.stripe.map(stripe),
+        class: v.class.clone(),
+        near_server: v.near_server.and_then(name_of),
+        attached_to: v.attachment.as_ref().and_then(|a| name_of(a.head)),
+        health: if degraded > 0 {
+            api::VolumeHealth::Degraded
+        } else if rebuilding > 0 {
+            api::VolumeHealth::Rebuilding
+        } else {
+            api::VolumeHealth::Healthy
+        },
+        mirrored_disks: v.mirrored_disks.len(),
+        mirrored_disks_degraded: degraded,
+        mirrored_disks_rebuilding: rebuilding,
+    }
+}
+
+/// A volume with its layout. Export secrets are deliberately left out: only
+/// the head's and the storage servers' agents receive them.
+pub fn volume_detail(c: &Cluster, v: &m::Volume) -> api::VolumeDetail {
+    let layout = v
+        .mirrored_disks
+        .iter()
+        .enumerate()
+        .map(|(index, md)| api::MirroredDisk {
+            index,
+            legs: md
+                .legs
+                .iter()
+                .map(|leg| {
+                    let d = c.disk(leg.chunk.disk).expect("legs sit on known disks");
+                    api::Leg {
+                        server: c
+                            .server(d.server)
+                            .map(|s| s.name.clone())
+                            .unwrap_or_default(),
+                        disk_id: d.id.0,
+                        disk_path: d.path.clone(),
+                        chunk_index: leg.chunk.index,
+                        offset_bytes: c.settings().chunk_offset_bytes(leg.chunk.index),
+                        state: leg_state(leg.state),
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    api::VolumeDetail {
+        volume: volume(c, v),
+        data_bytes_per_mirrored_disk: c.settings().data_bytes_per_chunk(),
+        layout,
+    }
+}
+
+pub fn desired_state(c: &Cluster, view: m::agent_view::AgentView) -> api::DesiredState {
+    let name_of = |id: m::ServerId| c.server(id).map(|s| s.name.clone()).unwrap_or_default();
+    api::DesiredState {
+        generation: view.generation,
+        exports: view
+            .exports
+            .into_iter()
+            .map(|e| api::ExportSpec {
+                export_name: e.export_name,
+                chunk: chunk(e.chunk),
+                disk_path: e.disk_path,
+                offset_bytes: e.offset_bytes,
+                size_bytes: e.size_bytes,
+            })
+            .collect(),
+        wipes: view
+            .wipes
+            .into_iter()
+            .map(|w| api::WipeSpec {
+                chunk: chunk(w.chunk),
+                disk_path: w.disk_path,
+                offset_bytes: w.offset_bytes,
+                size_bytes: w.size_bytes,
+            })
+            .collect(),
+        volumes: view
+            .volumes
+            .into_iter()
+            .map(|v| api::VolumeSpec {
+                name: v.name,
+                size_bytes: v.size_bytes,
+                stripe: v.stripe.map(stripe),
+                chunk_size_bytes: v.chunk_size_bytes,
+                leg_meta_bytes: v.leg_meta_bytes,
+                mirrored_disks: v
+                    .mirrored_disks
+                    .into_iter()
+                    .map(|legs| {
+                        legs.into_iter()
+                            .map(|l| api::LegSpec {
+                                chunk: chunk(l.chunk),
+                                server: name_of(l.server),
+                                server_address: l.server_address,
+                                export_name: l.export_name,
+                                local_disk_path: l.local_disk_path,
+                                offset_bytes: l.offset_bytes,
+                                state: leg_state(l.state),
+                            })
+                            .collect()
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,167 @@
+//! Agent endpoints: registration, heartbeat with observations, and the
+//! long-polled desired state.
+//!
+//! These take an agent token (or the admin token). A token bound to a server
+//! acts for that server only.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::{Extension, Json};
+use serde::Deserialize;
+use vsky_api::types::{
+    AgentRegistered, DesiredState, ErrorBody, Heartbeat, HeartbeatAck, RegisterAgent,
+    RegisteredDisk,
+};
+use vsky_model::{ChunkRef, DiskId, NewDisk, NewServer};
+
+use crate::auth::Principal;
+use crate::http::AppState;
+use crate::http::convert;
+use crate::http::error::{ApiError, ApiJson, ApiQuery};
+
+/// Longest a desired-state long-poll may wait.
+const LONG_POLL_MAX: Duration = Duration::from_secs(60);
+
+fn check_principal(principal: &Principal, server: &str) -> Result<(), ApiError> {
+    if principal.may_act_for(server) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "this agent token is bound to another server, not '{server}'"
+        )))
+    }
+}
+
+/// Registers (or updates) the calling agent's server and its disks.
+#[utoipa::path(post, path = "/api/v1/agent/register", tag = "agent", request_body = RegisterAgent,
+    responses((status = 200, body = AgentRegistered), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn register(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    ApiJson(req): ApiJson<RegisterAgent>,
+) -> Result<Json<AgentRegistered>, ApiError> {
+    check_principal(&principal, &req.server)?;
+    let server = req.server.clone();
+    let answer = app
+        .manager
+        .mutate(move |c, _| {
+            let new = NewServer {
+                name: req.server.clone(),
+                address: req.address,
+                labels: req.labels,
+            };
+            let (id, mut changes) = c.register_server(new)?;
+            let mut disks = Vec::new();
+            for d in req.disks {
+                let new = NewDisk {
+                    server: req.server.clone(),
+                    path: d.path,
+                    size_bytes: d.size_bytes,
+                    class: d.class,
+                };
+                let (disk_id, ch) = c.register_disk(new)?;
+                changes.next_id |= ch.next_id;
+                changes.disks.extend(ch.disks);
+                let disk = c.disk(disk_id)?;
+                disks.push(RegisteredDisk {
+                    id: disk.id.0,
+                    path: disk.path.clone(),
+                    chunk_count: disk.chunk_count,
+                });
+            }
+            let s = c.settings();
+            let answer = AgentRegistered {
+                server_id: id.0,
+                chunk_size_bytes: s.chunk_size_bytes,
+                leg_meta_bytes: s.leg_meta_bytes,
+                disk_header_bytes: s.disk_header_bytes,
+                disks,
+            };
+            Ok((answer, changes))
+        })
+        .await?;
+    app.manager
+        .saw_heartbeat(vsky_model::ServerId(answer.server_id));
+    tracing::info!(server = %server, disks = answer.disks.len(), "agent registered");
+    Ok(Json(answer))
+}
+
+/// Records a heartbeat and what the agent observed (wiped chunks, failed
+/// legs).
+#[utoipa::path(post, path = "/api/v1/agent/heartbeat", tag = "agent", request_body = Heartbeat,
+    responses((status = 200, body = HeartbeatAck), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn heartbeat(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    ApiJson(req): ApiJson<Heartbeat>,
+) -> Result<Json<HeartbeatAck>, ApiError> {
+    check_principal(&principal, &req.server)?;
+    let server_id = app
+        .manager
+        .read(|c| c.server_by_name(&req.server).map(|s| s.id))??;
+    app.manager.saw_heartbeat(server_id);
+    let generation = if req.wiped_chunks.is_empty() && req.failed_legs.is_empty() {
+        app.manager.read(|c| c.generation())?
+    } else {
+        let server = req.server.clone();
+        app.manager
+            .mutate(move |c, _| {
+                let chunks: Vec<ChunkRef> =
+                    req.wiped_chunks.iter().map(|w| ChunkRef { disk: DiskId(w.disk_id), index: w.index }).collect();
+                let (freed, mut changes) = c.chunks_wiped(server_id, &chunks)?;
+                if freed > 0 {
+                    tracing::info!(server = %server, freed, "wiped chunks returned to the pool");
+                }
+                for f in &req.failed_legs {
+                    let ch = c.report_leg_failed(server_id, &f.volume, f.mirrored_disk, f.leg)?;
+                    if !ch.is_empty() {
+                        tracing::warn!(server = %server, volume = %f.volume, mirrored_disk = f.mirrored_disk, leg = f.leg, "leg failed");
+                    }
+                    changes.volumes.extend(ch.volumes);
+                }
+                Ok((c.generation(), changes))
+            })
+            .await?
+    };
+    Ok(Json(HeartbeatAck { generation }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredQuery {
+    /// The server whose desired state to fetch.
+    server: String,
+    /// The generation the agent already holds: the answer waits until the
+    /// cluster's generation differs (or `wait_ms` passes).
+    generation: Option<u64>,
+    /// How long to wait for a change, in milliseconds (at most 60000).
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+/// The desired state of one server: chunks to export, chunks to wipe,
+/// volumes to assemble. Long-polls when `generation` is given.
+#[utoipa::path(get, path = "/api/v1/agent/desired-state", tag = "agent", params(DesiredQuery),
+    responses((status = 200, body = DesiredState), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn desired_state(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    ApiQuery(q): ApiQuery<DesiredQuery>,
+) -> Result<Json<DesiredState>, ApiError> {
+    check_principal(&principal, &q.server)?;
+    let server_id = app
+        .manager
+        .read(|c| c.server_by_name(&q.server).map(|s| s.id))??;
+    if let Some(known) = q.generation {
+        let mut rx = app.manager.subscribe();
+        let wait = Duration::from_millis(q.wait_ms).min(LONG_POLL_MAX);
+        // Wake on any change of generation, or give up after `wait`; either
+        // way answer with the state as it is then.
+        let _ = tokio::time::timeout(wait, rx.wait_for(|g| *g != known)).await;
+    }
+    let state = app
+        .manager
+        .read(|c| convert::desired_state(c, c.agent_view(server_id)))?;
+    Ok(Json(state))
+}

@@ -1,0 +1,26 @@
+//! Health and the cluster summary.
+
+use axum::Json;
+use axum::extract::State;
+use vsky_api::types::{ClusterSummary, ErrorBody, Health};
+
+use crate::http::AppState;
+use crate::http::convert;
+use crate::http::error::ApiError;
+
+/// Liveness: answers without a token.
+#[utoipa::path(get, path = "/api/v1/health", tag = "cluster",
+    responses((status = 200, body = Health)))]
+pub async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+/// Servers, disks, capacity, volumes and redundancy at a glance.
+#[utoipa::path(get, path = "/api/v1/cluster", tag = "cluster",
+    responses((status = 200, body = ClusterSummary), (status = 401, body = ErrorBody)))]
+pub async fn summary(State(app): State<AppState>) -> Result<Json<ClusterSummary>, ApiError> {
+    Ok(Json(app.manager.read(|c| convert::summary(c.summary()))?))
+}

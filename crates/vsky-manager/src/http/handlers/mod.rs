@@ -1,0 +1,8 @@
+//! One module per resource. Handlers only translate: parse the request,
+//! call one model operation through the service, convert the answer.
+
+pub mod agent;
+pub mod cluster;
+pub mod disks;
+pub mod servers;
+pub mod volumes;

@@ -1,0 +1,144 @@
+//! Volumes: create, list, show with layout, delete, attach, detach, grow.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use vsky_api::types::{AttachVolume, CreateVolume, ErrorBody, ResizeVolume, Volume, VolumeDetail};
+use vsky_model::{NewVolume, Stripe};
+
+use crate::http::AppState;
+use crate::http::convert;
+use crate::http::error::{ApiError, ApiJson, ApiPath};
+
+#[utoipa::path(get, path = "/api/v1/volumes", tag = "volumes",
+    responses((status = 200, body = Vec<Volume>), (status = 401, body = ErrorBody)))]
+pub async fn list(State(app): State<AppState>) -> Result<Json<Vec<Volume>>, ApiError> {
+    Ok(Json(app.manager.read(|c| {
+        c.volumes().map(|v| convert::volume(c, v)).collect()
+    })?))
+}
+
+/// Creates a volume; all or nothing.
+#[utoipa::path(post, path = "/api/v1/volumes", tag = "volumes", request_body = CreateVolume,
+    responses((status = 201, body = VolumeDetail), (status = 400, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 507, body = ErrorBody, description = "the pool cannot place the volume")))]
+pub async fn create(
+    State(app): State<AppState>,
+    ApiJson(req): ApiJson<CreateVolume>,
+) -> Result<(StatusCode, Json<VolumeDetail>), ApiError> {
+    let detail = app
+        .manager
+        .mutate(move |c, secrets| {
+            let new = NewVolume {
+                name: req.name,
+                size_bytes: req.size_bytes,
+                replicas: req.replicas,
+                stripe: req.stripe.map(|s| Stripe {
+                    width: s.width,
+                    unit_bytes: s.unit_bytes,
+                }),
+                class: req.class,
+                near_server: req.near_server,
+            };
+            let (id, changes) = c.create_volume(new, secrets)?;
+            Ok((
+                convert::volume_detail(c, c.volume(id).expect("just created")),
+                changes,
+            ))
+        })
+        .await?;
+    tracing::info!(volume = %detail.volume.name, size_bytes = detail.volume.size_bytes,
+        mirrored_disks = detail.layout.len(), "volume created");
+    Ok((StatusCode::CREATED, Json(detail)))
+}
+
+#[utoipa::path(get, path = "/api/v1/volumes/{name}", tag = "volumes",
+    params(("name" = String, Path, description = "volume name")),
+    responses((status = 200, body = VolumeDetail), (status = 404, body = ErrorBody)))]
+pub async fn show(
+    State(app): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<VolumeDetail>, ApiError> {
+    Ok(Json(app.manager.read(|c| {
+        c.volume_by_name(&name)
+            .map(|v| convert::volume_detail(c, v))
+    })??))
+}
+
+/// Deletes a detached volume; its chunks are wiped, then reused.
+#[utoipa::path(delete, path = "/api/v1/volumes/{name}", tag = "volumes",
+    params(("name" = String, Path, description = "volume name")),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "attached")))]
+pub async fn delete(
+    State(app): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let n = name.clone();
+    app.manager
+        .mutate(move |c, _| Ok(((), c.delete_volume(&n)?)))
+        .await?;
+    tracing::info!(volume = %name, "volume deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Attaches a volume to a head server (idempotent for the same server).
+#[utoipa::path(post, path = "/api/v1/volumes/{name}/attach", tag = "volumes", request_body = AttachVolume,
+    params(("name" = String, Path, description = "volume name")),
+    responses((status = 200, body = VolumeDetail), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn attach(
+    State(app): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<AttachVolume>,
+) -> Result<Json<VolumeDetail>, ApiError> {
+    let (n, server) = (name.clone(), req.server.clone());
+    let detail = app
+        .manager
+        .mutate(move |c, _| {
+            let changes = c.attach_volume(&n, &req.server)?;
+            Ok((convert::volume_detail(c, c.volume_by_name(&n)?), changes))
+        })
+        .await?;
+    tracing::info!(volume = %name, server = %server, "volume attached");
+    Ok(Json(detail))
+}
+
+/// Detaches a volume (idempotent).
+#[utoipa::path(post, path = "/api/v1/volumes/{name}/detach", tag = "volumes",
+    params(("name" = String, Path, description = "volume name")),
+    responses((status = 200, body = VolumeDetail), (status = 404, body = ErrorBody)))]
+pub async fn detach(
+    State(app): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<VolumeDetail>, ApiError> {
+    let n = name.clone();
+    let detail = app
+        .manager
+        .mutate(move |c, _| {
+            let changes = c.detach_volume(&n)?;
+            Ok((convert::volume_detail(c, c.volume_by_name(&n)?), changes))
+        })
+        .await?;
+    tracing::info!(volume = %name, "volume detached");
+    Ok(Json(detail))
+}
+
+/// Grows a volume (all or nothing); shrinking is refused.
+#[utoipa::path(post, path = "/api/v1/volumes/{name}/resize", tag = "volumes", request_body = ResizeVolume,
+    params(("name" = String, Path, description = "volume name")),
+    responses((status = 200, body = VolumeDetail), (status = 400, body = ErrorBody), (status = 507, body = ErrorBody)))]
+pub async fn resize(
+    State(app): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<ResizeVolume>,
+) -> Result<Json<VolumeDetail>, ApiError> {
+    let n = name.clone();
+    let detail = app
+        .manager
+        .mutate(move |c, secrets| {
+            let changes = c.resize_volume(&n, req.size_bytes, secrets)?;
+            Ok((convert::volume_detail(c, c.volume_by_name(&n)?), changes))
+        })
+        .await?;
+    tracing::info!(volume = %name, size_bytes = detail.volume.size_bytes, "volume resized");
+    Ok(Json(detail))
+}

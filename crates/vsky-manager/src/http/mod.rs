@@ -1,0 +1,237 @@
+//! The REST API v1: routing, the request pipeline, and the OpenAPI document.
+//!
+//! Pipeline, outermost first: panic catcher (a bug answers 500 JSON, never a
+//! dropped connection) → request id + tracing span + metrics → bearer-token
+//! authentication (health and the OpenAPI document stay open) → body limit
+//! → handler.
+
+pub mod convert;
+pub mod error;
+pub mod handlers;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::OpenApi;
+
+use crate::auth::{Principal, Tokens};
+use crate::metrics::Metrics;
+use crate::service::Manager;
+use error::{ApiError, REQUEST_ID};
+use handlers::{agent, cluster, disks, servers, volumes};
+
+/// Largest request body accepted.
+const BODY_BYTES_MAX: usize = 1 << 20;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub manager: Arc<Manager>,
+    pub tokens: Arc<Tokens>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "VastSky manager API", version = "1",
+        description = "Cluster block storage for XCP-ng/XenServer: servers, disks, mirrored volumes. \
+All endpoints but health and this document need `Authorization: Bearer <token>`."),
+    paths(
+        cluster::health, cluster::summary,
+        servers::list, servers::create, servers::show, servers::remove, servers::fail,
+        disks::list, disks::create, disks::show, disks::remove, disks::fail,
+        volumes::list, volumes::create, volumes::show, volumes::delete, volumes::attach, volumes::detach, volumes::resize,
+        agent::register, agent::heartbeat, agent::desired_state,
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags((name = "cluster"), (name = "servers"), (name = "disks"), (name = "volumes"),
+        (name = "agent", description = "called by vsky-agent; agent tokens are accepted here")),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+async fn openapi_json() -> impl IntoResponse {
+    axum::Json(ApiDoc::openapi())
+}
+
+async fn metrics_text(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let text = app.metrics.render(&app.manager)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see /api/v1/openapi.json",
+    )
+}
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/health", get(cluster::health))
+        .route("/openapi.json", get(openapi_json))
+        .route("/cluster", get(cluster::summary))
+        .route("/servers", get(servers::list).post(servers::create))
+        .route(
+            "/servers/{name}",
+            get(servers::show).delete(servers::remove),
+        )
+        .route("/servers/{name}/fail", post(servers::fail))
+        .route("/disks", get(disks::list).post(disks::create))
+        .route("/disks/{id}", get(disks::show).delete(disks::remove))
+        .route("/disks/{id}/fail", post(disks::fail))
+        .route("/volumes", get(volumes::list).post(volumes::create))
+        .route(
+            "/volumes/{name}",
+            get(volumes::show).delete(volumes::delete),
+        )
+        .route("/volumes/{name}/attach", post(volumes::attach))
+        .route("/volumes/{name}/detach", post(volumes::detach))
+        .route("/volumes/{name}/resize", post(volumes::resize))
+        .route("/agent/register", post(agent::register))
+        .route("/agent/heartbeat", post(agent::heartbeat))
+        .route("/agent/desired-state", get(agent::desired_state));
+    Router::new()
+        .nest(vsky_api::API_PREFIX, api)
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error; see the manager log",
+            )
+            .into_response()
+        }))
+        .with_state(state)
+}
+
+/// Which token a path needs.
+fn required_access(path: &str) -> Access {
+    let p = path.strip_prefix(vsky_api::API_PREFIX).unwrap_or("");
+    match p {
+        "/health" | "/openapi.json" => Access::Open,
+        _ if p.starts_with("/agent/") => Access::AgentOrAdmin,
+        _ => Access::Admin,
+    }
+}
+
+enum Access {
+    Open,
+    AgentOrAdmin,
+    Admin,
+}
+
+async fn authenticate(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
+    let access = required_access(req.uri().path());
+    if matches!(access, Access::Open) {
+        return next.run(req).await;
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let principal = presented.and_then(|t| app.tokens.authenticate(t));
+    match (access, principal) {
+        (_, None) => ApiError::unauthorized().into_response(),
+        (Access::Admin, Some(Principal::Agent { .. })) => ApiError::forbidden(
+            "agent tokens may only call /api/v1/agent/ endpoints; use the admin token",
+        )
+        .into_response(),
+        (_, Some(p)) => {
+            req.extensions_mut().insert(p);
+            next.run(req).await
+        }
+    }
+}
+
+/// Request ids: the caller's `x-request-id` if it is short and plain,
+/// otherwise a process-unique counter.
+fn request_id(req: &Request) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+        .map(String::from)
+        .unwrap_or_else(|| format!("r{:x}", NEXT.fetch_add(1, Ordering::Relaxed)))
+}
+
+async fn observe(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let id = request_id(&req);
+    let method = req.method().clone();
+    // The route template, not the raw path, keeps metric labels bounded.
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let span = tracing::info_span!("request", id = %id, method = %method, route = %route);
+    let start = Instant::now();
+    let mut response = REQUEST_ID
+        .scope(
+            id.clone(),
+            tracing::Instrument::instrument(next.run(req), span.clone()),
+        )
+        .await;
+    let elapsed = start.elapsed();
+    let status = response.status();
+    app.metrics
+        .observe_request(method.as_str(), &route, status.as_u16(), elapsed);
+    span.in_scope(|| {
+        tracing::debug!(
+            status = status.as_u16(),
+            latency_ms = elapsed.as_secs_f64() * 1e3,
+            "served"
+        );
+    });
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}

@@ -1,0 +1,61 @@
+//! The VastSky manager: holds the cluster's desired state and serves it.
+//!
+//! The manager owns the cluster model (in `vsky-model`), persists every
+//! change in a durable store before answering, and serves REST API v1 to
+//! admins (`vsky` CLI), agents and the SMAPIv3 plugins. It is never in the
+//! I/O path: agents assemble and serve volumes on their own.
+//!
+//! - [`service`]: the cluster behind a lock, kept in step with the store.
+//! - [`store`]: the durable store interface and its redb implementation.
+//! - [`http`]: routes, request pipeline, error mapping, OpenAPI document.
+//! - [`auth`]: admin and agent bearer tokens.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`tls`]: rustls listener.
+//!
+//! Entry point: [`run`], which the thin `vsky-manager` binary calls.
+
+pub mod auth;
+pub mod http;
+pub mod metrics;
+pub mod service;
+pub mod store;
+pub mod tls;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_rustls::rustls::ServerConfig;
+
+pub use auth::Tokens;
+pub use service::Manager;
+
+/// Serves the API on `listener` until `shutdown` resolves, then finishes
+/// in-flight requests and returns.
+pub async fn run(
+    manager: Arc<Manager>,
+    tokens: Tokens,
+    listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let state = http::AppState {
+        manager,
+        tokens: Arc::new(tokens),
+        metrics: Arc::new(metrics::Metrics::new()),
+    };
+    let app = http::router(state);
+    match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(config) => {
+            let listener = tls::TlsListener::new(listener, config)?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
+}
