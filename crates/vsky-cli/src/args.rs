@@ -1,0 +1,672 @@
+//! The command line grammar of `vsky`, as clap derive definitions.
+//!
+//! Everything a user can type is declared here and nowhere else, together
+//! with its `--help` text. Values are parsed into their final types at parse
+//! time (sizes into bytes, labels into pairs, the timeout into a
+//! [`Duration`]) so that a bad value is a clap usage error (exit status 2)
+//! naming the offending argument, before any request leaves the machine.
+//! Rules about what the cluster accepts (replica counts, stripe limits, name
+//! syntax) are deliberately *not* checked here: they live in the manager,
+//! and the CLI prints the manager's answer.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Default manager URL when neither `--manager` nor `VSKY_MANAGER` is given.
+pub const DEFAULT_MANAGER: &str = "http://127.0.0.1:8080";
+
+const ROOT_AFTER_HELP: &str = "\
+Connection settings come from flags or the environment:
+  VSKY_MANAGER      manager base URL (default http://127.0.0.1:8080)
+  VSKY_TOKEN_FILE   file holding the admin bearer token
+  VSKY_TOKEN        the admin bearer token itself (used when no token file is given)
+  VSKY_CA_FILE      PEM file of the CA that signed the manager's certificate
+  VSKY_TIMEOUT      per-request timeout (default 30s)
+
+The token is never accepted as a flag value, because flags are visible to
+every user in `ps`. A token file holds the token on its first line that is
+neither blank nor a comment (#); surrounding whitespace is ignored.
+
+Sizes accept binary units (KiB, MiB, GiB, TiB, PiB; also K, M, G, T, P) that
+are powers of 1024, decimal units (kB, MB, GB, TB, PB) that are powers of
+1000, fractions that come out as whole bytes (1.5GiB), and bare byte counts.
+
+Exit status: 0 success, 1 the manager refused the request, 2 bad command
+line, 3 the manager cannot be reached, 4 local configuration problem (token
+or CA file, manager URL).
+
+Examples:
+  vsky --manager https://mgr.example:8080 --token-file /etc/vsky/admin.token cluster status
+  vsky volume create vm-101-disk-0 --size 40GiB --replicas 2
+  vsky --json volume show vm-101-disk-0";
+
+/// VastSky admin command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "vsky",
+    version,
+    about = "VastSky admin command line: servers, disks and volumes of a VastSky storage pool",
+    long_about = "VastSky admin command line.\n\n\
+        Manages the servers, disks and mirrored volumes of a VastSky storage \
+        pool through the manager's REST API v1. Every command is one request \
+        (or a few reads) to the manager; the manager decides what is allowed \
+        and its error messages are printed as they are.",
+    after_help = ROOT_AFTER_HELP,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Connection and output options, accepted before or after the subcommand.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Manager base URL.
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "VSKY_MANAGER",
+        default_value = DEFAULT_MANAGER,
+        long_help = "Base URL of the VastSky manager, http:// or https://. \
+            Example: --manager https://mgr.example:8080"
+    )]
+    pub manager: String,
+
+    /// File holding the admin bearer token.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "VSKY_TOKEN_FILE",
+        long_help = "File holding the admin bearer token: its first line that is \
+            neither blank nor a comment (#), trimmed. Takes precedence over the \
+            VSKY_TOKEN environment variable. The token itself is never accepted \
+            as a flag value, since flags show in `ps`."
+    )]
+    pub token_file: Option<PathBuf>,
+
+    /// PEM file of the CA that signed the manager's certificate.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PEM",
+        env = "VSKY_CA_FILE",
+        long_help = "PEM file of the certificate authority that signed the manager's \
+            TLS certificate; it is trusted in addition to the system roots. \
+            Only meaningful with an https:// manager URL."
+    )]
+    pub ca_file: Option<PathBuf>,
+
+    /// Print the manager's JSON answer instead of tables.
+    #[arg(
+        long,
+        global = true,
+        long_help = "Print machine-readable output: the manager's JSON answer, \
+            pretty-printed. Commands whose answer is empty (delete, remove) print \
+            a small status object such as {\"result\": \"deleted\", \"volume\": \"v1\"}. \
+            Errors still go to stderr as text; use the exit status."
+    )]
+    pub json: bool,
+
+    /// Per-request timeout, e.g. 30s, 500ms, 2m.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DURATION",
+        env = "VSKY_TIMEOUT",
+        default_value = "30s",
+        value_parser = parse_timeout,
+        long_help = "How long to wait for each answer from the manager. A number \
+            with a unit: ms, s, m (a bare number is seconds). Example: --timeout 2m"
+    )]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the state of the whole storage pool.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Add, list, inspect, fail and remove storage servers.
+    #[command(subcommand)]
+    Server(ServerCommand),
+    /// Add, list, inspect, fail and remove physical disks.
+    #[command(subcommand)]
+    Disk(DiskCommand),
+    /// Create, inspect, attach, resize and delete mirrored volumes.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Summary: servers, disks, capacity, volumes, degraded and rebuilding.
+    #[command(
+        long_about = "Print a summary of the pool: servers and disks (and how many \
+            have failed), chunk capacity with free, used and releasing bytes, \
+            volumes, and how many mirrored disks are degraded (a failed leg) or \
+            rebuilding (a leg resyncing).",
+        after_help = "Example:\n  vsky cluster status\n  vsky --json cluster status"
+    )]
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Register a storage server with the manager.
+    #[command(
+        long_about = "Register a storage server. Its agent must listen at --address; \
+            disks are added afterwards with `vsky disk add` (or by the agent when \
+            it registers).",
+        after_help = "Examples:\n  vsky server add node1 --address 10.0.0.11:10809\n  \
+            vsky server add node2 --address node2.example:10809 --label rack=r2 --label room=b"
+    )]
+    Add {
+        /// Unique server name.
+        name: String,
+        /// host:port of the server's agent.
+        #[arg(long, value_name = "HOST:PORT")]
+        address: String,
+        /// A label KEY=VALUE; repeat for several. The `rack` label names the failure domain.
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+    },
+    /// List servers.
+    #[command(after_help = "Example:\n  vsky server list")]
+    List,
+    /// Show one server and its disks.
+    #[command(
+        long_about = "Show one server and its disks. With --json, prints the manager's \
+            server object only; use `vsky --json disk list --server NAME` for its disks.",
+        after_help = "Example:\n  vsky server show node1"
+    )]
+    Show {
+        /// Server name.
+        name: String,
+    },
+    /// Remove a server from the pool.
+    #[command(
+        long_about = "Remove a server from the pool. The manager refuses while the \
+            server still holds legs or disks; its message says what to do first.",
+        after_help = "Example:\n  vsky server remove node3"
+    )]
+    Remove {
+        /// Server name.
+        name: String,
+    },
+    /// Declare a server failed: its legs are rebuilt elsewhere.
+    #[command(
+        long_about = "Declare a server failed. Every leg on its disks is marked failed \
+            and the manager allocates replacement chunks on other servers, which the \
+            heads resync at once. Use when a server is known dead; this cannot be undone \
+            for the legs already moved.",
+        after_help = "Example:\n  vsky server fail node2"
+    )]
+    Fail {
+        /// Server name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DiskCommand {
+    /// Add a physical disk (block device or file) of a server.
+    #[command(
+        long_about = "Add a physical disk of a server to the pool. The manager carves \
+            it into fixed-size chunks. --size is the usable size of the device or \
+            file at PATH on that server.",
+        after_help = "Examples:\n  vsky disk add node1 /dev/sdb --size 1.8TiB\n  \
+            vsky disk add node1 /dev/nvme0n1 --size 900GB --class nvme"
+    )]
+    Add {
+        /// Name of the server holding the disk.
+        server: String,
+        /// Block device or file path on that server.
+        path: String,
+        /// Usable size, e.g. 100GiB, 1.8TiB, 900GB.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+        size: u64,
+        /// Performance class (ssd, nvme, hdd, …) that volumes may ask for.
+        #[arg(long, value_name = "CLASS")]
+        class: Option<String>,
+    },
+    /// List disks, optionally of one server.
+    #[command(after_help = "Examples:\n  vsky disk list\n  vsky disk list --server node1")]
+    List {
+        /// Only the disks of this server (an unknown server is an error).
+        #[arg(long, value_name = "NAME")]
+        server: Option<String>,
+    },
+    /// Show one disk.
+    #[command(after_help = "Example:\n  vsky disk show 7")]
+    Show {
+        /// Disk id, as printed by `vsky disk list`.
+        id: u64,
+    },
+    /// Remove a disk from the pool.
+    #[command(
+        long_about = "Remove a disk from the pool. The manager refuses while legs \
+            still live on it; its message says what to do first.",
+        after_help = "Example:\n  vsky disk remove 7"
+    )]
+    Remove {
+        /// Disk id.
+        id: u64,
+    },
+    /// Declare a disk failed: its legs are rebuilt elsewhere.
+    #[command(
+        long_about = "Declare a disk failed. Every leg on it is marked failed and the \
+            manager allocates replacement chunks on other disks, which the heads \
+            resync at once.",
+        after_help = "Example:\n  vsky disk fail 7"
+    )]
+    Fail {
+        /// Disk id.
+        id: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Create a mirrored volume.
+    #[command(
+        long_about = "Create a volume: a concatenation (or, with --stripe-width, a \
+            stripe) of mirrored disks, each mirrored over --replicas legs on \
+            different servers. Sizes are rounded up by the manager (to 4 KiB, or to \
+            whole stripe rows when striped).",
+        after_help = "Examples:\n  vsky volume create vm-101-disk-0 --size 40GiB\n  \
+            vsky volume create db --size 2TiB --replicas 3 --stripe-width 4 --stripe-unit 64KiB --class nvme\n  \
+            vsky volume create scratch --size 100GiB --near node4"
+    )]
+    Create {
+        /// Unique volume name.
+        name: String,
+        /// Usable size, e.g. 10GiB, 1.5TiB, 500GB.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+        size: u64,
+        /// Legs per mirrored disk; the cluster default when omitted.
+        #[arg(long, value_name = "N")]
+        replicas: Option<u8>,
+        /// Stripe over N mirrored disks (needs --stripe-unit).
+        #[arg(long, value_name = "N", requires = "stripe_unit")]
+        stripe_width: Option<u32>,
+        /// Stripe unit, a power of two such as 64KiB (needs --stripe-width).
+        #[arg(
+            long,
+            value_name = "SIZE",
+            value_parser = parse_size_arg,
+            requires = "stripe_width"
+        )]
+        stripe_unit: Option<u64>,
+        /// Place every leg on disks of this class.
+        #[arg(long, value_name = "CLASS")]
+        class: Option<String>,
+        /// Place legs near this server (the expected head) when possible.
+        #[arg(long, value_name = "SERVER")]
+        near: Option<String>,
+    },
+    /// List volumes.
+    #[command(after_help = "Example:\n  vsky volume list")]
+    List,
+    /// Show a volume with its full layout.
+    #[command(
+        long_about = "Show a volume and its full layout: every mirrored disk with its \
+            legs (server, disk id and path, chunk index, byte offset on the disk, \
+            state: active, syncing or failed).",
+        after_help = "Example:\n  vsky volume show vm-101-disk-0"
+    )]
+    Show {
+        /// Volume name.
+        name: String,
+    },
+    /// Delete a volume and free its chunks.
+    #[command(
+        long_about = "Delete a volume. Its chunks are wiped by their agents before \
+            they are reused (they show as releasing meanwhile). The manager refuses \
+            while the volume is attached.",
+        after_help = "Example:\n  vsky volume delete vm-101-disk-0"
+    )]
+    Delete {
+        /// Volume name.
+        name: String,
+    },
+    /// Attach a volume to a head server.
+    #[command(
+        long_about = "Attach a volume to a head server: that server's agent assembles \
+            /dev/mapper/vsky-<name>. The server may be given as a second positional \
+            argument or with --server.",
+        after_help = "Examples:\n  vsky volume attach vm-101-disk-0 --server node1\n  \
+            vsky volume attach vm-101-disk-0 node1"
+    )]
+    Attach {
+        /// Volume name.
+        name: String,
+        /// Head server name (same as --server).
+        #[arg(
+            value_name = "SERVER",
+            required_unless_present = "server",
+            conflicts_with = "server"
+        )]
+        server_pos: Option<String>,
+        /// Head server name.
+        #[arg(long, value_name = "SERVER")]
+        server: Option<String>,
+    },
+    /// Detach a volume from its head server.
+    #[command(after_help = "Example:\n  vsky volume detach vm-101-disk-0")]
+    Detach {
+        /// Volume name.
+        name: String,
+    },
+    /// Grow a volume.
+    #[command(
+        long_about = "Grow a volume to --size (the new total size, not an increment). \
+            Shrinking is refused by the manager.",
+        after_help = "Example:\n  vsky volume resize vm-101-disk-0 --size 80GiB"
+    )]
+    Resize {
+        /// Volume name.
+        name: String,
+        /// New total size, e.g. 20GiB.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+        size: u64,
+    },
+}
+
+/// Parses a size argument with the shared unit rules, so the CLI, the
+/// plugins and the manager's messages agree on what `10GiB` means.
+pub fn parse_size_arg(input: &str) -> Result<u64, String> {
+    vsky_api::units::parse_size(input).map_err(|e| e.to_string())
+}
+
+/// Parses `KEY=VALUE`. Only the shape is checked here; which keys and values
+/// are acceptable is the manager's decision. The value may be empty and may
+/// itself contain `=` (the first `=` separates).
+pub fn parse_label(input: &str) -> Result<(String, String), String> {
+    match input.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.to_string(), value.to_string())),
+        Some(_) => Err(format!(
+            "label '{input}' has an empty key; expected KEY=VALUE, e.g. rack=r1"
+        )),
+        None => Err(format!(
+            "label '{input}' has no '='; expected KEY=VALUE, e.g. rack=r1"
+        )),
+    }
+}
+
+/// Parses a timeout such as `30s`, `500ms`, `2m` or `45` (seconds).
+pub fn parse_timeout(input: &str) -> Result<Duration, String> {
+    let text = input.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let bad = |why: &str| format!("invalid timeout '{input}': {why} (examples: 30s, 500ms, 2m)");
+    if number.is_empty() {
+        return Err(bad("no number"));
+    }
+    let n: u64 = number.parse().map_err(|_| bad("number too large"))?;
+    let duration = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" | "min" => Duration::from_secs(n.checked_mul(60).ok_or_else(|| bad("too large"))?),
+        _ => return Err(bad("unknown unit")),
+    };
+    if duration.is_zero() {
+        return Err(bad("must be more than zero"));
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let mut argv = vec!["vsky"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv)
+    }
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_volume_create_with_all_options() {
+        let cli = parse(&[
+            "volume",
+            "create",
+            "v1",
+            "--size",
+            "10GiB",
+            "--replicas",
+            "3",
+            "--stripe-width",
+            "4",
+            "--stripe-unit",
+            "64KiB",
+            "--class",
+            "ssd",
+            "--near",
+            "n1",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Volume(VolumeCommand::Create {
+                name,
+                size,
+                replicas,
+                stripe_width,
+                stripe_unit,
+                class,
+                near,
+            }) => {
+                assert_eq!(name, "v1");
+                assert_eq!(size, 10 << 30);
+                assert_eq!(replicas, Some(3));
+                assert_eq!(stripe_width, Some(4));
+                assert_eq!(stripe_unit, Some(64 << 10));
+                assert_eq!(class.as_deref(), Some("ssd"));
+                assert_eq!(near.as_deref(), Some("n1"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_size_is_a_value_error_naming_the_argument() {
+        let err = parse(&["volume", "create", "v1", "--size", "10XB"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+        let text = err.to_string();
+        assert!(text.contains("--size"), "{text}");
+        assert!(text.contains("unknown unit"), "{text}");
+
+        let err = parse(&["disk", "add", "n1", "/dev/sdb", "--size", "lots"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+        let err = parse(&["volume", "resize", "v1", "--size", "1.2.3G"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+        let err = parse(&[
+            "volume",
+            "create",
+            "v",
+            "--size",
+            "1G",
+            "--stripe-width",
+            "2",
+            "--stripe-unit",
+            "x",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("--stripe-unit"), "{err}");
+    }
+
+    #[test]
+    fn labels_need_an_equals_sign_and_a_key() {
+        let cli = parse(&[
+            "server",
+            "add",
+            "n1",
+            "--address",
+            "h:1",
+            "--label",
+            "rack=r1",
+            "--label",
+            "note=a=b",
+            "--label",
+            "empty=",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Server(ServerCommand::Add { labels, .. }) => assert_eq!(
+                labels,
+                vec![
+                    ("rack".into(), "r1".into()),
+                    ("note".into(), "a=b".into()),
+                    ("empty".into(), String::new())
+                ]
+            ),
+            other => panic!("unexpected {other:?}"),
+        }
+        for bad in ["rack", "=r1", " =x"] {
+            let err =
+                parse(&["server", "add", "n1", "--address", "h:1", "--label", bad]).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::ValueValidation, "{bad}");
+            assert!(err.to_string().contains("--label"), "{err}");
+        }
+    }
+
+    #[test]
+    fn missing_required_arguments_are_usage_errors() {
+        for args in [
+            &["volume", "create", "v1"][..],
+            &["server", "add", "n1"],
+            &["disk", "add", "n1", "/dev/sdb"],
+            &["disk", "add", "n1"],
+            &["volume", "resize", "v1"],
+            &["volume", "attach", "v1"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument, "{args:?}");
+            assert_eq!(err.exit_code(), 2);
+        }
+        assert_eq!(
+            parse(&[]).unwrap_err().kind(),
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        );
+    }
+
+    #[test]
+    fn stripe_options_go_together() {
+        let err = parse(&[
+            "volume",
+            "create",
+            "v",
+            "--size",
+            "1G",
+            "--stripe-width",
+            "2",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+        let err = parse(&[
+            "volume",
+            "create",
+            "v",
+            "--size",
+            "1G",
+            "--stripe-unit",
+            "64K",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn non_numeric_ids_and_counts_are_refused() {
+        assert_eq!(
+            parse(&["disk", "show", "sdb"]).unwrap_err().kind(),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            parse(&["disk", "remove", "-1"]).unwrap_err().kind(),
+            ErrorKind::UnknownArgument
+        );
+        let err =
+            parse(&["volume", "create", "v", "--size", "1G", "--replicas", "300"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn attach_takes_the_server_positionally_or_as_a_flag_but_not_both() {
+        for args in [
+            &["volume", "attach", "v1", "n1"][..],
+            &["volume", "attach", "v1", "--server", "n1"],
+        ] {
+            match parse(args).unwrap().command {
+                Command::Volume(VolumeCommand::Attach {
+                    server_pos, server, ..
+                }) => {
+                    assert_eq!(server_pos.or(server).as_deref(), Some("n1"))
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let err = parse(&["volume", "attach", "v1", "n1", "--server", "n2"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn global_options_work_after_the_subcommand() {
+        let cli = parse(&[
+            "volume",
+            "list",
+            "--json",
+            "--manager",
+            "https://m:1",
+            "--timeout",
+            "500ms",
+        ])
+        .unwrap();
+        assert!(cli.global.json);
+        assert_eq!(cli.global.manager, "https://m:1");
+        assert_eq!(cli.global.timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn there_is_no_token_flag() {
+        let err = parse(&["--token", "secret", "volume", "list"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::UnknownArgument);
+    }
+
+    #[test]
+    fn timeouts_parse_with_units() {
+        assert_eq!(parse_timeout("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_timeout("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_timeout("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_timeout("2m"), Ok(Duration::from_secs(120)));
+        for bad in [
+            "",
+            "s",
+            "0",
+            "0ms",
+            "5h",
+            "-1s",
+            "1.5s",
+            "99999999999999999999m",
+        ] {
+            assert!(parse_timeout(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! End to end: the real `vsky` binary against a real manager (in-process,
+//! real HTTP on loopback, real redb store), walking the README quickstart:
+//! register a pool of 4 servers × 2 disks, create a 2-way mirrored volume,
+//! read its layout, attach, grow, and see errors become exit codes.
+
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use serde_json::Value;
+use vsky_manager::store::redb::RedbStore;
+use vsky_manager::{Manager, Tokens};
+use vsky_model::Settings;
+
+const TOKEN: &str = "cli-e2e-admin-token-0123456789";
+
+struct Env {
+    url: String,
+    token_file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    _runtime: tokio::runtime::Runtime,
+}
+
+fn start_manager() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let store = RedbStore::open(&dir.path().join("data")).unwrap();
+    let manager = Arc::new(Manager::open(Box::new(store), Settings::new(8 << 20), true).unwrap());
+    let tokens = Tokens::load(&token_file, None).unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    runtime.spawn(vsky_manager::run(
+        manager,
+        tokens,
+        listener,
+        None,
+        std::future::pending(),
+    ));
+    Env {
+        url,
+        token_file,
+        _dir: dir,
+        _runtime: runtime,
+    }
+}
+
+impl Env {
+    fn vsky(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_vsky"))
+            .env_remove("VSKY_MANAGER")
+            .env_remove("VSKY_TOKEN")
+            .env_remove("VSKY_TOKEN_FILE")
+            .arg("--manager")
+            .arg(&self.url)
+            .arg("--token-file")
+            .arg(&self.token_file)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.vsky(args);
+        assert!(
+            out.status.success(),
+            "vsky {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&all)).unwrap()
+    }
+}
+
+#[test]
+fn quickstart_through_the_cli() {
+    let env = start_manager();
+    for s in 0..4 {
+        let name = format!("node{s}");
+        let address = format!("127.0.0.1:{}", 10809 + s);
+        let rack = format!("rack=r{}", s % 2);
+        env.ok(&[
+            "server",
+            "add",
+            &name,
+            "--address",
+            &address,
+            "--label",
+            &rack,
+        ]);
+        for d in ["/dev/vdb", "/dev/vdc"] {
+            env.ok(&["disk", "add", &name, d, "--size", "129MiB"]);
+        }
+    }
+    let status = env.ok(&["cluster", "status"]);
+    assert!(
+        status.contains("1 GiB"),
+        "capacity 4×2×16×8 MiB = 1 GiB shown with units:\n{status}"
+    );
+
+    let created = env.json(&[
+        "volume",
+        "create",
+        "vm-disk",
+        "--size",
+        "60MiB",
+        "--replicas",
+        "2",
+    ]);
+    assert_eq!(created["size_bytes"], 60u64 << 20);
+    let layout = created["layout"].as_array().unwrap();
+    assert_eq!(layout.len(), 9, "60 MiB over 7 MiB of data per chunk");
+    for md in layout {
+        let legs = md["legs"].as_array().unwrap();
+        assert_eq!(legs.len(), 2);
+        assert_ne!(
+            legs[0]["server"], legs[1]["server"],
+            "legs on distinct servers"
+        );
+    }
+    let shown = env.ok(&["volume", "show", "vm-disk"]);
+    assert!(
+        shown.contains("node") && shown.contains("active"),
+        "{shown}"
+    );
+    let listed = env.ok(&["volume", "list"]);
+    assert!(listed.lines().any(|l| l.contains("vm-disk")), "{listed}");
+
+    env.ok(&["volume", "attach", "vm-disk", "--server", "node1"]);
+    let grown = env.json(&["volume", "resize", "vm-disk", "--size", "100MiB"]);
+    assert_eq!(grown["attached_to"], "node1");
+    assert_eq!(grown["layout"].as_array().unwrap().len(), 15);
+
+    // The manager's refusals become exit status 1 with its message.
+    let out = env.vsky(&["volume", "delete", "vm-disk"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("detach it first"));
+    let out = env.vsky(&["volume", "show", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not_found"));
+    let out = env.vsky(&["volume", "create", "x", "--size", "ten"]);
+    assert_eq!(out.status.code(), Some(2), "a bad size is a usage error");
+
+    env.ok(&["volume", "detach", "vm-disk"]);
+    env.ok(&["volume", "delete", "vm-disk"]);
+    let summary = env.json(&["cluster", "status"]);
+    assert_eq!(summary["volumes"], 0);
+    assert_eq!(summary["releasing_bytes"], 30u64 * (8 << 20));
+    env.ok(&["server", "fail", "node3"]);
+    let servers = env.json(&["server", "list"]);
+    assert_eq!(
+        servers
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["state"] == "failed")
+            .count(),
+        1
+    );
+}
