@@ -11,27 +11,48 @@
 //!    else to its failure domain, when such a disk qualifies.
 //! 5. A requested disk class restricts every leg to disks of that class.
 //!
-//! Disks are kept in ordered sets keyed by load, so a pick walks from the
-//! least loaded disk and stops at the first that qualifies: O(log disks) per
-//! leg plus the disks skipped because their server or domain is taken, which
-//! is bounded by the disks of the R−1 servers already chosen in the common
-//! case.
+//! The index has two levels. Each server keeps its eligible disks ordered by
+//! load; the servers are ordered by the key of their best disk plus their
+//! own load. That order is exactly the flat order of rule 3 (a server's load
+//! is the same for all its disks), but a leg taken from a disk only moves
+//! that disk within its server and that server within the server order:
+//! O(log disks) per leg, however many disks a server has. A pick walks the
+//! servers from the least loaded and stops at the first that qualifies, so it
+//! skips only servers already chosen or in a chosen failure domain.
+//!
+//! Every class gets its own two-level index (plus one for all disks), so a
+//! class-restricted pick never wades through disks of other classes.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::ids::{DiskId, ServerId};
 
-/// Ordering key of an eligible disk: least loaded first.
+/// Order of disks within one server: fewest legs, most free, lowest id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct LoadKey {
+struct DiskKey {
     legs: u64,
-    server_legs: u64,
     free_chunks: Reverse<u64>,
     disk: DiskId,
 }
 
-/// What the index needs to know about one eligible disk.
+/// Order of servers: their best disk's load, then the server's own load
+/// (legs on all its eligible disks), then the best disk's free chunks and
+/// id. Breaking ties between equally loaded disks by their server's load is
+/// what keeps a uniform pool within one leg per disk: otherwise the last
+/// disks left at the minimum can all sit on one server, and a mirrored disk,
+/// needing distinct servers, must then load an already fuller disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct ServerKey {
+    best_legs: u64,
+    server_legs: u64,
+    best_free_chunks: Reverse<u64>,
+    best_disk: DiskId,
+    server: ServerId,
+}
+
+/// What the index needs to know about one eligible disk (online disk on an
+/// online server).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskEntry {
     pub disk: DiskId,
@@ -39,20 +60,13 @@ pub struct DiskEntry {
     pub domain: String,
     pub class: Option<String>,
     pub legs: u64,
-    /// Legs on all disks of the disk's server. Breaking ties between equally
-    /// loaded disks by their server's load is what keeps a uniform pool
-    /// within one leg per disk: otherwise the last disks left at the minimum
-    /// can all sit on one server, and a mirrored disk, needing distinct
-    /// servers, must then load an already fuller disk.
-    pub server_legs: u64,
     pub free_chunks: u64,
 }
 
 impl DiskEntry {
-    fn key(&self) -> LoadKey {
-        LoadKey {
+    fn key(&self) -> DiskKey {
+        DiskKey {
             legs: self.legs,
-            server_legs: self.server_legs,
             free_chunks: Reverse(self.free_chunks),
             disk: self.disk,
         }
@@ -66,74 +80,198 @@ pub struct Near {
     pub domain: String,
 }
 
-/// The disks eligible for new legs (online disk on an online server with at
-/// least one free chunk), indexed by load, class, domain and server.
+/// A two-level index over one set of disks (all, or one class), holding
+/// only disks with a free chunk.
+#[derive(Clone, Debug, Default)]
+struct Bucket {
+    servers: BTreeSet<ServerKey>,
+    server_keys: HashMap<ServerId, ServerKey>,
+    disks: HashMap<ServerId, BTreeSet<DiskKey>>,
+    free_chunks: u64,
+}
+
+impl Bucket {
+    fn insert(&mut self, e: &DiskEntry) {
+        self.disks.entry(e.server).or_default().insert(e.key());
+        self.free_chunks += e.free_chunks;
+    }
+
+    fn remove(&mut self, e: &DiskEntry) {
+        if let Some(set) = self.disks.get_mut(&e.server) {
+            set.remove(&e.key());
+            if set.is_empty() {
+                self.disks.remove(&e.server);
+            }
+        }
+        self.free_chunks -= e.free_chunks;
+    }
+
+    /// Recomputes one server's place in the server order.
+    fn refresh(&mut self, server: ServerId, server_legs: u64) {
+        if let Some(old) = self.server_keys.remove(&server) {
+            self.servers.remove(&old);
+        }
+        let Some(best) = self.disks.get(&server).and_then(|set| set.first()) else {
+            return;
+        };
+        let key = ServerKey {
+            best_legs: best.legs,
+            server_legs,
+            best_free_chunks: best.free_chunks,
+            best_disk: best.disk,
+            server,
+        };
+        self.servers.insert(key);
+        self.server_keys.insert(server, key);
+    }
+}
+
+/// Per-server facts the index keeps: its load and where it sits.
+#[derive(Clone, Debug, Default)]
+struct ServerInfo {
+    /// Legs on the server's eligible disks.
+    legs: u64,
+    /// Eligible disks (full ones included).
+    disks: usize,
+    domain: String,
+    /// Classes of its eligible disks, with disk counts.
+    classes: BTreeMap<String, usize>,
+}
+
+/// The disks eligible for new legs, indexed for placement.
 #[derive(Clone, Debug, Default)]
 pub struct AllocIndex {
+    /// Every eligible disk, full ones included (their legs count towards
+    /// their server's load).
     entries: HashMap<DiskId, DiskEntry>,
-    all: BTreeSet<LoadKey>,
-    by_class: BTreeMap<String, BTreeSet<LoadKey>>,
-    by_domain: BTreeMap<String, BTreeSet<LoadKey>>,
-    by_server: BTreeMap<ServerId, BTreeSet<LoadKey>>,
-    free_chunks_all: u64,
-    free_chunks_by_class: BTreeMap<String, u64>,
+    servers: HashMap<ServerId, ServerInfo>,
+    servers_by_domain: BTreeMap<String, BTreeSet<ServerId>>,
+    all: Bucket,
+    by_class: BTreeMap<String, Bucket>,
 }
 
 impl AllocIndex {
     /// Inserts, updates or (with `None`) removes a disk's entry.
     pub fn set(&mut self, disk: DiskId, entry: Option<DiskEntry>) {
+        let mut touched = None;
         if let Some(old) = self.entries.remove(&disk) {
-            let key = old.key();
-            self.all.remove(&key);
-            self.free_chunks_all -= old.free_chunks;
-            if let Some(class) = &old.class {
-                shrink(&mut self.by_class, class, &key);
-                let free = self
-                    .free_chunks_by_class
-                    .get_mut(class)
-                    .expect("class counted");
-                *free -= old.free_chunks;
+            self.unlink(&old);
+            touched = Some(old.server);
+        }
+        if let Some(entry) = entry {
+            assert_eq!(entry.disk, disk);
+            if let Some(t) = touched
+                && t != entry.server
+            {
+                self.refresh(t);
             }
-            shrink(&mut self.by_domain, &old.domain, &key);
-            shrink(&mut self.by_server, &old.server, &key);
+            self.link(&entry);
+            touched = Some(entry.server);
+            self.entries.insert(disk, entry);
         }
-        let Some(entry) = entry else { return };
-        assert_eq!(entry.disk, disk);
-        if entry.free_chunks == 0 {
-            return; // a full disk cannot take a leg
+        if let Some(server) = touched {
+            self.refresh(server);
         }
-        let key = entry.key();
-        self.all.insert(key);
-        self.free_chunks_all += entry.free_chunks;
-        if let Some(class) = &entry.class {
-            self.by_class.entry(class.clone()).or_default().insert(key);
-            *self.free_chunks_by_class.entry(class.clone()).or_default() += entry.free_chunks;
+    }
+
+    fn link(&mut self, e: &DiskEntry) {
+        let info = self.servers.entry(e.server).or_default();
+        info.legs += e.legs;
+        info.disks += 1;
+        if info.domain != e.domain {
+            // New server, or its failure domain label changed.
+            if let Some(set) = self.servers_by_domain.get_mut(&info.domain) {
+                set.remove(&e.server);
+            }
+            info.domain = e.domain.clone();
+            self.servers_by_domain
+                .entry(e.domain.clone())
+                .or_default()
+                .insert(e.server);
         }
-        self.by_domain
-            .entry(entry.domain.clone())
-            .or_default()
-            .insert(key);
-        self.by_server.entry(entry.server).or_default().insert(key);
-        self.entries.insert(disk, entry);
+        if let Some(class) = &e.class {
+            *info.classes.entry(class.clone()).or_default() += 1;
+        }
+        if e.free_chunks > 0 {
+            self.all.insert(e);
+            if let Some(class) = &e.class {
+                self.by_class.entry(class.clone()).or_default().insert(e);
+            }
+        }
+    }
+
+    fn unlink(&mut self, e: &DiskEntry) {
+        let info = self.servers.get_mut(&e.server).expect("linked server");
+        info.legs -= e.legs;
+        info.disks -= 1;
+        if let Some(class) = &e.class {
+            let n = info.classes.get_mut(class).expect("linked class");
+            *n -= 1;
+            if *n == 0 {
+                info.classes.remove(class);
+            }
+        }
+        if info.disks == 0 {
+            let domain = std::mem::take(&mut info.domain);
+            self.servers.remove(&e.server);
+            if let Some(set) = self.servers_by_domain.get_mut(&domain) {
+                set.remove(&e.server);
+                if set.is_empty() {
+                    self.servers_by_domain.remove(&domain);
+                }
+            }
+        }
+        if e.free_chunks > 0 {
+            self.all.remove(e);
+            if let Some(class) = &e.class {
+                self.by_class
+                    .get_mut(class)
+                    .expect("linked class bucket")
+                    .remove(e);
+            }
+        }
+    }
+
+    /// Re-sorts a server in every bucket it is (or just was) in.
+    fn refresh(&mut self, server: ServerId) {
+        let legs = self.servers.get(&server).map_or(0, |i| i.legs);
+        self.all.refresh(server, legs);
+        let classes: Vec<String> = self
+            .servers
+            .get(&server)
+            .map(|i| i.classes.keys().cloned().collect())
+            .unwrap_or_default();
+        for class in &classes {
+            if let Some(bucket) = self.by_class.get_mut(class) {
+                bucket.refresh(server, legs);
+            }
+        }
+        // A class bucket the server just left still holds its old key.
+        if self.by_class.len() > classes.len() {
+            for bucket in self.by_class.values_mut() {
+                if bucket.server_keys.contains_key(&server) && !bucket.disks.contains_key(&server) {
+                    bucket.refresh(server, legs);
+                }
+            }
+        }
+    }
+
+    fn bucket(&self, class: Option<&str>) -> Option<&Bucket> {
+        match class {
+            None => Some(&self.all),
+            Some(c) => self.by_class.get(c),
+        }
     }
 
     /// Free chunks on eligible disks (of one class, if given).
     pub fn free_chunks(&self, class: Option<&str>) -> u64 {
-        match class {
-            None => self.free_chunks_all,
-            Some(c) => self.free_chunks_by_class.get(c).copied().unwrap_or(0),
-        }
+        self.bucket(class).map_or(0, |b| b.free_chunks)
     }
 
-    /// Servers with at least one eligible disk (of one class, if given).
-    /// O(disks); only used to explain a failed allocation.
+    /// Servers with at least one eligible disk with a free chunk (of one
+    /// class, if given).
     pub fn eligible_servers(&self, class: Option<&str>) -> usize {
-        self.entries
-            .values()
-            .filter(|e| class.is_none() || e.class.as_deref() == class)
-            .map(|e| e.server)
-            .collect::<BTreeSet<_>>()
-            .len()
+        self.bucket(class).map_or(0, |b| b.server_keys.len())
     }
 
     /// Picks `replicas` disks for one mirrored disk under the rules above.
@@ -146,53 +284,48 @@ impl AllocIndex {
         class: Option<&str>,
         near: Option<&Near>,
     ) -> Option<Vec<DiskId>> {
-        let candidates = match class {
-            None => &self.all,
-            Some(c) => self.by_class.get(c)?,
-        };
-        let mut chosen: Vec<&DiskEntry> = Vec::with_capacity(usize::from(replicas));
+        let bucket = self.bucket(class)?;
+        let mut chosen: Vec<(ServerId, &str)> = Vec::with_capacity(usize::from(replicas));
+        let mut disks = Vec::with_capacity(usize::from(replicas));
         for leg in 0..replicas {
-            let server_free =
-                |e: &DiskEntry, chosen: &[&DiskEntry]| chosen.iter().all(|c| c.server != e.server);
-            let domain_free =
-                |e: &DiskEntry, chosen: &[&DiskEntry]| chosen.iter().all(|c| c.domain != e.domain);
-            let class_ok = |e: &DiskEntry| class.is_none() || e.class.as_deref() == class;
-            let first = |set: &BTreeSet<LoadKey>, strict: bool, chosen: &[&DiskEntry]| {
-                set.iter().map(|k| &self.entries[&k.disk]).find(|e| {
-                    class_ok(e) && server_free(e, chosen) && (!strict || domain_free(e, chosen))
-                })
+            let qualifies = |k: &ServerKey, strict: bool, chosen: &[(ServerId, &str)]| {
+                let domain = self.servers[&k.server].domain.as_str();
+                chosen
+                    .iter()
+                    .all(|(s, d)| *s != k.server && (!strict || *d != domain))
             };
             let mut pick = None;
             if leg == 0
                 && let Some(near) = near
             {
-                pick = self
-                    .by_server
-                    .get(&near.server)
-                    .and_then(|set| first(set, true, &chosen))
-                    .or_else(|| {
-                        self.by_domain
-                            .get(&near.domain)
-                            .and_then(|set| first(set, true, &chosen))
-                    });
+                pick = bucket.server_keys.get(&near.server).copied().or_else(|| {
+                    let peers = self.servers_by_domain.get(&near.domain)?;
+                    peers
+                        .iter()
+                        .filter_map(|s| bucket.server_keys.get(s))
+                        .min()
+                        .copied()
+                });
             }
             let pick = pick
-                .or_else(|| first(candidates, true, &chosen))
-                .or_else(|| first(candidates, false, &chosen))?;
-            chosen.push(pick);
+                .or_else(|| {
+                    bucket
+                        .servers
+                        .iter()
+                        .find(|k| qualifies(k, true, &chosen))
+                        .copied()
+                })
+                .or_else(|| {
+                    bucket
+                        .servers
+                        .iter()
+                        .find(|k| qualifies(k, false, &chosen))
+                        .copied()
+                })?;
+            chosen.push((pick.server, self.servers[&pick.server].domain.as_str()));
+            disks.push(pick.best_disk);
         }
-        Some(chosen.iter().map(|e| e.disk).collect())
-    }
-}
-
-/// Removes `key` from the set under `at`, dropping the set once empty so
-/// iteration never meets empty sets.
-fn shrink<K: Ord + Clone>(map: &mut BTreeMap<K, BTreeSet<LoadKey>>, at: &K, key: &LoadKey) {
-    if let Some(set) = map.get_mut(at) {
-        set.remove(key);
-        if set.is_empty() {
-            map.remove(at);
-        }
+        Some(disks)
     }
 }
 
@@ -207,7 +340,6 @@ mod tests {
             domain: domain.to_string(),
             class: None,
             legs,
-            server_legs: 0,
             free_chunks: free,
         }
     }

@@ -139,7 +139,7 @@ fn validate_settings(s: &Settings) -> Result<(), ModelError> {
             ),
         ));
     }
-    if s.chunk_size_bytes % limits::CHUNK_ALIGN_BYTES != 0 {
+    if !s.chunk_size_bytes.is_multiple_of(limits::CHUNK_ALIGN_BYTES) {
         return Err(ModelError::invalid(what, "must be a whole number of MiB"));
     }
     if !(limits::REPLICAS_MIN..=limits::REPLICAS_MAX).contains(&s.default_replicas) {
@@ -931,7 +931,7 @@ impl Cluster {
                 if !s.unit_bytes.is_power_of_two()
                     || !(limits::STRIPE_UNIT_BYTES_MIN..=limits::STRIPE_UNIT_BYTES_MAX)
                         .contains(&s.unit_bytes)
-                    || per_chunk % s.unit_bytes != 0
+                    || !per_chunk.is_multiple_of(s.unit_bytes)
                 {
                     return Err(ModelError::invalid(
                         "stripe unit",
@@ -1083,42 +1083,34 @@ impl Cluster {
         self.reindex_server(disk.server);
     }
 
-    /// Brings the allocation-index entries of a disk's server up to date
-    /// (a change on one disk moves its server's load, which is part of
-    /// every sibling disk's key).
+    /// Brings a disk's allocation-index entry up to date.
     fn reindex(&mut self, id: DiskId) {
-        let server = self.disks[&id].server;
-        self.reindex_server(server);
+        let disk = &self.disks[&id];
+        let server = &self.servers[&disk.server];
+        let rt = &self.runtime[&id];
+        let eligible = disk.state == DiskState::Online && server.state == ServerState::Online;
+        let entry = eligible.then(|| DiskEntry {
+            disk: id,
+            server: server.id,
+            domain: server.failure_domain(&self.settings.failure_domain_label),
+            class: disk.class.clone(),
+            legs: rt.used.len() as u64,
+            free_chunks: rt.free.len(),
+        });
+        self.index.set(id, entry);
     }
 
-    fn reindex_server(&mut self, server_id: ServerId) {
-        let Some(server) = self.servers.get(&server_id) else {
-            return;
-        };
-        let disks = self
+    /// Re-indexes every disk of a server (its state or domain changed).
+    fn reindex_server(&mut self, server: ServerId) {
+        let disks: Vec<DiskId> = self
             .disks_by_server
-            .get(&server_id)
-            .cloned()
-            .unwrap_or_default();
-        let server_legs: u64 = disks
-            .iter()
-            .map(|d| self.runtime[d].used.len() as u64)
-            .sum();
-        let domain = server.failure_domain(&self.settings.failure_domain_label);
-        let online = server.state == ServerState::Online;
+            .get(&server)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
         for id in disks {
-            let disk = &self.disks[&id];
-            let rt = &self.runtime[&id];
-            let entry = (online && disk.state == DiskState::Online).then(|| DiskEntry {
-                disk: id,
-                server: server_id,
-                domain: domain.clone(),
-                class: disk.class.clone(),
-                legs: rt.used.len() as u64,
-                server_legs,
-                free_chunks: rt.free.len(),
-            });
-            self.index.set(id, entry);
+            self.reindex(id);
         }
     }
 

@@ -42,8 +42,8 @@ pub const STRIPE_UNIT_BYTES_MIN: u64 = 4096;
 pub const STRIPE_UNIT_BYTES_MAX: u64 = 1 << 30;
 
 const _: () = assert!(CHUNK_SIZE_BYTES_MIN > LEG_META_BYTES);
-const _: () = assert!(CHUNK_SIZE_BYTES_DEFAULT % CHUNK_ALIGN_BYTES == 0);
-const _: () = assert!(LEG_META_BYTES % CHUNK_ALIGN_BYTES == 0);
-const _: () = assert!(DISK_HEADER_BYTES % CHUNK_ALIGN_BYTES == 0);
+const _: () = assert!(CHUNK_SIZE_BYTES_DEFAULT.is_multiple_of(CHUNK_ALIGN_BYTES));
+const _: () = assert!(LEG_META_BYTES.is_multiple_of(CHUNK_ALIGN_BYTES));
+const _: () = assert!(DISK_HEADER_BYTES.is_multiple_of(CHUNK_ALIGN_BYTES));
 const _: () = assert!(REPLICAS_MIN <= REPLICAS_DEFAULT && REPLICAS_DEFAULT <= REPLICAS_MAX);
 const _: () = assert!(STRIPE_UNIT_BYTES_MAX <= CHUNK_SIZE_BYTES_MIN * 1024);
