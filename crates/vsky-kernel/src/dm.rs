@@ -4,8 +4,8 @@
 //! A volume on the head is built bottom-up:
 //!
 //! ```text
-//! /dev/nbdN ─┬─ vsky-<vol>-r<k>-<tag>-meta   dm-linear, first `meta_size` sectors (superblock + bitmap)
-//!            └─ vsky-<vol>-r<k>-<tag>-data   dm-linear, the rest
+//! /dev/nbdN ─┬─ vsky-<vol>+r<k>+<tag>+meta   dm-linear, first `meta_size` sectors (superblock + bitmap)
+//!            └─ vsky-<vol>+r<k>+<tag>+data   dm-linear, the rest
 //! vsky-<vol>-r<k>   dm-raid raid1 over 2+ (meta, data) pairs, `- -` for a missing leg
 //! vsky-<vol>        dm-linear concatenation (or dm-striped) of the raid1 devices
 //! ```
@@ -146,20 +146,24 @@ pub struct VolumeName(String);
 impl VolumeName {
     pub fn new(name: impl Into<String>) -> Result<Self> {
         let name = name.into();
-        // Leave room for "vsky-" and "-r<k>-<tag>-meta".
-        if name.is_empty() || name.len() > 48 {
+        // The manager's names: 1-64 of [A-Za-z0-9._-]. Internal devices
+        // separate name parts with '+', which volume names never contain, so
+        // `vsky-a+r0` (mirror 0 of volume `a`) can never collide with the top
+        // device of a volume named `a-r0` (`vsky-a-r0`). Room is left for
+        // "vsky-" and "+r<k>+<tag>+meta" within the kernel's 127 bytes.
+        if name.is_empty() || name.len() > 64 {
             return Err(DmError::InvalidName {
                 name,
-                reason: "volume names are 1-48 bytes",
+                reason: "volume names are 1-64 bytes",
             });
         }
         if !name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
         {
             return Err(DmError::InvalidName {
                 name,
-                reason: "volume names use ASCII letters, digits, _ and . (no -, it separates name parts)",
+                reason: "volume names use ASCII letters, digits, _, . and -",
             });
         }
         Ok(VolumeName(name))
@@ -168,9 +172,15 @@ impl VolumeName {
     pub fn top(&self) -> DevName {
         DevName(format!("{NAME_PREFIX}{}", self.0))
     }
-    /// Mirrored disk `k` of the volume, `vsky-<vol>-r<k>`.
+    /// Mirrored disk `k` of the volume, `vsky-<vol>+r<k>`.
     pub fn raid(&self, k: u32) -> DevName {
-        DevName(format!("{NAME_PREFIX}{}-r{k}", self.0))
+        DevName(format!("{NAME_PREFIX}{}+r{k}", self.0))
+    }
+
+    /// Column `k` of a striped volume whose columns span several mirrored
+    /// disks (a linear concatenation), `vsky-<vol>+c<k>`.
+    pub fn column(&self, k: u32) -> DevName {
+        DevName(format!("{NAME_PREFIX}{}+c{k}", self.0))
     }
     /// The meta/data pair of one leg of mirror `k`. `tag` identifies the
     /// chunk (a replacement leg needs a name different from the one it
@@ -187,10 +197,10 @@ impl VolumeName {
                 reason: "leg tags are 1-40 ASCII letters, digits, _ or .",
             });
         }
-        let base = format!("{NAME_PREFIX}{}-r{k}-{tag}", self.0);
+        let base = format!("{NAME_PREFIX}{}+r{k}+{tag}", self.0);
         Ok(LegNames {
-            meta: DevName::new(format!("{base}-meta"))?,
-            data: DevName::new(format!("{base}-data"))?,
+            meta: DevName::new(format!("{base}+meta"))?,
+            data: DevName::new(format!("{base}+data"))?,
         })
     }
     pub fn as_str(&self) -> &str {
@@ -688,6 +698,10 @@ impl Leg {
 /// How a leg is carved from its block device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LegLayout {
+    /// Where the chunk starts on the parent device: 0 for an imported
+    /// chunk (the NBD device is the chunk), the chunk's offset for a chunk
+    /// on a local disk mapped directly.
+    pub start: Sectors,
     /// The metadata area at the front (superblock at 0, bitmap at 4 KiB).
     pub meta_size: Sectors,
     /// The data area right after it.
@@ -714,9 +728,15 @@ impl LegLayout {
             });
         }
         Ok(LegLayout {
+            start: Sectors(0),
             meta_size,
             data_size: Sectors(*chunk_size - *meta_size),
         })
+    }
+
+    /// The same layout for a chunk that starts at `start` on its parent.
+    pub fn at(self, start: Sectors) -> Self {
+        LegLayout { start, ..self }
     }
 }
 
@@ -997,18 +1017,28 @@ impl Datapath {
         Ok(path)
     }
 
-    /// Carves a leg (meta + data linear devices) from `parent`. The first
-    /// 4 KiB of a *newly created* meta device is zeroed so dm-raid treats it
-    /// as a new member (an old superblock from a reused chunk would otherwise
-    /// be trusted); an adopted meta device is left alone, since it belongs to
-    /// a running mirror.
-    pub fn ensure_leg(&self, names: &LegNames, parent: Device, layout: LegLayout) -> Result<Leg> {
+    /// Carves a leg (meta + data linear devices) from `parent`.
+    ///
+    /// With `new_member`, the first 4 KiB of a *newly created* meta device
+    /// is zeroed so dm-raid treats the leg as a new member to rebuild (an old
+    /// superblock from a reused chunk would otherwise be trusted). Without
+    /// it (re-assembling a volume's existing legs, e.g. after a detach or a
+    /// reboot) the superblock and write-intent bitmap are kept, so dm-raid
+    /// knows the legs are in sync and resyncs only what the bitmap says. An
+    /// adopted meta device is never touched: it belongs to a running mirror.
+    pub fn ensure_leg(
+        &self,
+        names: &LegNames,
+        parent: Device,
+        layout: LegLayout,
+        new_member: bool,
+    ) -> Result<Leg> {
         let meta_line = [TargetLine {
             start: Sectors(0),
             len: layout.meta_size,
             target: Target::Linear {
                 dev: parent,
-                offset: Sectors(0),
+                offset: layout.start,
             },
         }];
         let data_line = [TargetLine {
@@ -1016,11 +1046,11 @@ impl Datapath {
             len: layout.data_size,
             target: Target::Linear {
                 dev: parent,
-                offset: layout.meta_size,
+                offset: Sectors(*layout.start + *layout.meta_size),
             },
         }];
         let meta = self.ensure_device(&names.meta, &meta_line)?;
-        let zeroed = if meta.created {
+        let zeroed = if meta.created && new_member {
             zero_head(&meta.path)
         } else {
             Ok(())
@@ -1234,7 +1264,7 @@ impl Datapath {
     /// caller's (disconnect them afterwards).
     pub fn teardown_volume(&self, volume: &VolumeName) -> Result<Vec<DevName>> {
         let top = volume.top();
-        let prefix = format!("{}-", top.as_str());
+        let prefix = format!("{}+", top.as_str());
         let mine: Vec<DevName> = self
             .list()?
             .into_iter()
@@ -1244,10 +1274,13 @@ impl Datapath {
         let rank = |n: &DevName| {
             if *n == top {
                 0
-            } else if n.as_str().ends_with("-meta") || n.as_str().ends_with("-data") {
-                2
-            } else {
+            } else if n.as_str().ends_with("+meta") || n.as_str().ends_with("+data") {
+                3
+            } else if n.as_str().starts_with(&format!("{prefix}c")) {
+                // Stripe columns sit between the top and the mirrors.
                 1
+            } else {
+                2
             }
         };
         let mut ordered = mine;
@@ -1513,13 +1546,16 @@ mod tests {
     fn names() {
         let v = VolumeName::new("vm42.disk0").unwrap();
         assert_eq!(v.top().as_str(), "vsky-vm42.disk0");
-        assert_eq!(v.raid(1).as_str(), "vsky-vm42.disk0-r1");
+        assert_eq!(v.raid(1).as_str(), "vsky-vm42.disk0+r1");
         let l = v.leg(1, "c17").unwrap();
-        assert_eq!(l.meta.as_str(), "vsky-vm42.disk0-r1-c17-meta");
-        assert_eq!(l.data.as_str(), "vsky-vm42.disk0-r1-c17-data");
-        assert!(VolumeName::new("a-b").is_err());
+        assert_eq!(l.meta.as_str(), "vsky-vm42.disk0+r1+c17+meta");
+        assert_eq!(l.data.as_str(), "vsky-vm42.disk0+r1+c17+data");
+        // Dashes are allowed in volume names and cannot collide with parts.
+        let dashed = VolumeName::new("a-r0").unwrap();
+        assert_ne!(dashed.top(), VolumeName::new("a").unwrap().raid(0));
+        assert!(VolumeName::new("a+b").is_err());
         assert!(VolumeName::new("").is_err());
-        assert!(VolumeName::new("x".repeat(49)).is_err());
+        assert!(VolumeName::new("x".repeat(65)).is_err());
         assert!(v.leg(0, "bad tag").is_err());
         assert!(DevName::new("other").is_err());
         assert!(DevName::new("vsky-ä").is_err());

@@ -327,10 +327,20 @@ fn kernel_mirror() {
 
     let layout = chunk_layout();
     let leg_a = dp
-        .ensure_leg(&vol.leg(0, "a").unwrap(), ia.device().unwrap(), layout)
+        .ensure_leg(
+            &vol.leg(0, "a").unwrap(),
+            ia.device().unwrap(),
+            layout,
+            true,
+        )
         .expect("leg a");
     let leg_b = dp
-        .ensure_leg(&vol.leg(0, "b").unwrap(), ib.device().unwrap(), layout)
+        .ensure_leg(
+            &vol.leg(0, "b").unwrap(),
+            ib.device().unwrap(),
+            layout,
+            true,
+        )
         .expect("leg b");
     let len = layout.data_size;
     let table = Raid1Table::new(
@@ -385,7 +395,12 @@ fn kernel_mirror() {
     // Replace the dead leg with server c's chunk and rebuild.
     let ic = import(&mut nl, &c, "lab/c", dead);
     let leg_c = dp
-        .ensure_leg(&vol.leg(0, "c").unwrap(), ic.device().unwrap(), layout)
+        .ensure_leg(
+            &vol.leg(0, "c").unwrap(),
+            ic.device().unwrap(),
+            layout,
+            true,
+        )
         .expect("leg c");
     let rebuild_start = Instant::now();
     assert!(
@@ -485,10 +500,20 @@ fn kernel_adopt() {
             idx.push(found.unwrap_or_else(|| import(&mut nl, s, id, Duration::from_secs(1))));
         }
         let la = dp
-            .ensure_leg(&vol.leg(0, "a").unwrap(), idx[0].device().unwrap(), layout)
+            .ensure_leg(
+                &vol.leg(0, "a").unwrap(),
+                idx[0].device().unwrap(),
+                layout,
+                true,
+            )
             .expect("leg a");
         let lb = dp
-            .ensure_leg(&vol.leg(0, "b").unwrap(), idx[1].device().unwrap(), layout)
+            .ensure_leg(
+                &vol.leg(0, "b").unwrap(),
+                idx[1].device().unwrap(),
+                layout,
+                true,
+            )
             .expect("leg b");
         let mut table =
             Raid1Table::new(vec![Some(la.devices()), Some(lb.devices())], Sectors(2048));
@@ -703,6 +728,7 @@ fn kernel_stripe() {
                     &vol.leg(k as u32, s.name).unwrap(),
                     i.device().unwrap(),
                     layout,
+                    true,
                 )
                 .expect("leg");
             legs.push(Some(leg.devices()));

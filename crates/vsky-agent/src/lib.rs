@@ -1,0 +1,29 @@
+//! The VastSky agent, one per server.
+//!
+//! - Storage role: registers the server and its disks with the manager,
+//!   serves the chunks allocated on them over NBD (`vsky-nbd`) under their
+//!   secret export names, and wipes chunks freed by deleted volumes before
+//!   reporting them reusable.
+//! - Head role: assembles the volumes attached to this server in the kernel
+//!   (`vsky-kernel`: NBD imports, dm-raid raid1 mirrors, a linear or striped
+//!   `/dev/mapper/vsky-<volume>`), tears down detached ones, and reports legs
+//!   the kernel marks dead.
+//!
+//! The agent reconciles: it long-polls the manager's desired state for its
+//! server and converges the local state onto it, so a missed message or a
+//! restart is harmless. Heartbeats carry what it observed (wiped chunks,
+//! failed legs).
+//!
+//! Modules: [`disks`] (probe), [`wipe`] (zeroing), [`head`] (kernel
+//! assembly), [`reconcile`] (the loops).
+//!
+//! Shutdown stops the NBD server after in-flight requests finish and leaves
+//! assembled volumes in place: VMs keep their disks while the agent
+//! restarts, and the next agent adopts them.
+
+pub mod disks;
+pub mod head;
+pub mod reconcile;
+pub mod wipe;
+
+pub use reconcile::{Config, run};

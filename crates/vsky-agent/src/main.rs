@@ -1,0 +1,153 @@
+//! `vsky-agent`: parses flags and runs the agent library.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use vsky_agent::disks::DiskArg;
+use vsky_agent::head::NbdTimeouts;
+use vsky_api::ClientConfig;
+
+/// The VastSky agent: runs on every server of the pool.
+///
+/// It registers the server and its disks with the manager, serves the chunks
+/// allocated on those disks over NBD, wipes chunks freed by deleted volumes,
+/// and (unless --storage-only) assembles the volumes attached to this server
+/// as /dev/mapper/vsky-<volume> (kernel NBD + dm-raid raid1 + linear/striped).
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    after_help = "Example:\n  vsky-agent --manager https://mgr:8080 --ca-file /etc/vsky/ca.pem --token-file /etc/vsky/agent.token \\\n      --server-name node1 --listen 0.0.0.0:10809 --advertise 10.0.0.11:10809 --disk /dev/sdb --disk /dev/nvme0n1,class=nvme"
+)]
+struct Args {
+    /// Manager base URL.
+    #[arg(long, env = "VSKY_MANAGER")]
+    manager: String,
+    /// File holding this agent's bearer token (first non-comment line).
+    #[arg(long, env = "VSKY_TOKEN_FILE")]
+    token_file: PathBuf,
+    /// PEM CA certificate that signed the manager's TLS certificate.
+    #[arg(long, env = "VSKY_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// This server's name in the cluster (letters, digits, '.', '_', '-').
+    #[arg(long)]
+    server_name: String,
+    /// Address the NBD server listens on.
+    #[arg(long, default_value = "0.0.0.0:10809")]
+    listen: SocketAddr,
+    /// host:port other servers reach this NBD server at (defaults to
+    /// --listen when that is not a wildcard address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// A disk to serve: block device or file, optionally with a class
+    /// (`/dev/sdb`, `/dev/nvme0n1,class=nvme`). Repeat for several disks.
+    #[arg(long = "disk")]
+    disks: Vec<DiskArg>,
+    /// Server label KEY=VALUE (e.g. rack=r1: legs of a mirror go to
+    /// distinct racks). Repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Seconds between heartbeats.
+    #[arg(long, default_value_t = 5)]
+    heartbeat_interval: u64,
+    /// Serve chunks only; do not assemble volumes (no nbd/dm modules needed).
+    #[arg(long)]
+    storage_only: bool,
+    /// Seconds an NBD request to a leg may take before the leg is failed.
+    #[arg(long, default_value_t = 10)]
+    nbd_timeout: u64,
+    /// Seconds I/O waits for a dead leg's connection to come back before it
+    /// fails (and the mirror degrades).
+    #[arg(long, default_value_t = 2)]
+    dead_connection_timeout: u64,
+    /// Log format: text or json.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    /// Log filter (tracing EnvFilter syntax), also read from RUST_LOG.
+    #[arg(long, default_value = "info", env = "RUST_LOG")]
+    log: String,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("label '{s}' must be KEY=VALUE"))
+}
+
+fn read_token(path: &PathBuf) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read token file {}", path.display()))?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .with_context(|| format!("token file {} holds no token", path.display()))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler can be installed");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let advertise = match args.advertise {
+        Some(a) => a,
+        None if !args.listen.ip().is_unspecified() => args.listen.to_string(),
+        None => bail!(
+            "--listen {} is a wildcard address: give --advertise HOST:PORT that other servers can reach",
+            args.listen
+        ),
+    };
+    if args.heartbeat_interval == 0 || args.nbd_timeout == 0 || args.dead_connection_timeout == 0 {
+        bail!(
+            "--heartbeat-interval, --nbd-timeout and --dead-connection-timeout must be at least 1 second"
+        );
+    }
+    let mut labels = BTreeMap::new();
+    for (k, v) in args.labels {
+        if labels.insert(k.clone(), v).is_some() {
+            bail!("label '{k}' given twice");
+        }
+    }
+    let config = vsky_agent::Config {
+        client: ClientConfig {
+            manager_url: args.manager,
+            token: Some(read_token(&args.token_file)?),
+            ca_file: args.ca_file,
+            timeout: None,
+        },
+        server_name: args.server_name,
+        nbd_listen: args.listen,
+        advertise,
+        disks: args.disks,
+        labels,
+        heartbeat_interval: Duration::from_secs(args.heartbeat_interval),
+        head: !args.storage_only,
+        timeouts: NbdTimeouts {
+            request: Duration::from_secs(args.nbd_timeout),
+            dead_connection: Duration::from_secs(args.dead_connection_timeout),
+            connect: Duration::from_secs(5),
+        },
+    };
+    vsky_agent::run(config, shutdown_signal()).await
+}

@@ -1,0 +1,432 @@
+//! The agent's loops: register, long-poll the desired state and apply it,
+//! heartbeat with observations, and watch assembled mirrors for dead legs.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{Notify, watch};
+use vsky_api::types::{
+    AgentDisk, ChunkId, DesiredState, FailedLeg, Heartbeat, RegisterAgent, VolumeSpec,
+};
+use vsky_api::{Client, ClientConfig};
+use vsky_nbd::{Export, ExportTable, ServerConfig};
+
+use crate::disks::{self, DiskArg, ProbedDisk};
+use crate::head::{Head, NbdTimeouts};
+use crate::wipe;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub client: ClientConfig,
+    pub server_name: String,
+    /// Where the NBD server listens.
+    pub nbd_listen: SocketAddr,
+    /// `host:port` other servers use to reach the NBD server.
+    pub advertise: String,
+    pub disks: Vec<DiskArg>,
+    pub labels: BTreeMap<String, String>,
+    pub heartbeat_interval: Duration,
+    /// Run the head role (needs the nbd, dm-mod and dm-raid modules).
+    pub head: bool,
+    pub timeouts: NbdTimeouts,
+}
+
+/// Longest wait of one desired-state long-poll.
+const LONG_POLL: Duration = Duration::from_secs(30);
+/// Retry delay after a partly failed apply (an unreachable leg, a failed
+/// wipe): sooner than the long-poll, later than a tight loop.
+const RETRY: Duration = Duration::from_secs(3);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How often assembled mirrors are checked for dead legs.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Observations waiting for the next heartbeat, plus the latest desired
+/// volumes for the health watcher.
+#[derive(Default)]
+struct Shared {
+    wiped: Mutex<Vec<ChunkId>>,
+    failed: Mutex<Vec<FailedLeg>>,
+    /// Failed legs already queued or reported, so each is sent once.
+    failed_seen: Mutex<BTreeSet<(String, u32, u8)>>,
+    volumes: Mutex<Vec<VolumeSpec>>,
+    heartbeat_now: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn leg_failed(&self, volume: &str, mirrored_disk: u32, leg: u8) {
+        if lock(&self.failed_seen).insert((volume.to_string(), mirrored_disk, leg)) {
+            tracing::warn!(
+                volume,
+                mirrored_disk,
+                leg,
+                "leg failed; reporting to the manager"
+            );
+            lock(&self.failed).push(FailedLeg {
+                volume: volume.to_string(),
+                mirrored_disk,
+                leg,
+            });
+            self.heartbeat_now.notify_one();
+        }
+    }
+}
+
+struct Agent {
+    config: Config,
+    client: Client,
+    exports: ExportTable,
+    head: Option<Arc<Mutex<Head>>>,
+    shared: Arc<Shared>,
+    /// Wipes done and reported (or queued) that the manager still lists.
+    wiped_done: BTreeSet<ChunkId>,
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let probed: Vec<ProbedDisk> = config
+        .disks
+        .iter()
+        .map(disks::probe)
+        .collect::<Result<_, _>>()?;
+    let client = Client::new(config.client.clone())?;
+    let head = if config.head {
+        let local: BTreeSet<PathBuf> = probed
+            .iter()
+            .filter(|d| d.is_block_device)
+            .map(|d| d.path.clone())
+            .collect();
+        let timeouts = config.timeouts;
+        let head = tokio::task::spawn_blocking(move || Head::open(timeouts, local))
+            .await?
+            .context("head role needs the nbd, dm-mod and dm-raid kernel modules (modprobe them, or run with --storage-only)")?;
+        Some(Arc::new(Mutex::new(head)))
+    } else {
+        None
+    };
+
+    let exports = ExportTable::new();
+    let listener = tokio::net::TcpListener::bind(config.nbd_listen)
+        .await
+        .with_context(|| format!("cannot listen for NBD on {}", config.nbd_listen))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let nbd = tokio::spawn(vsky_nbd::serve(
+        listener,
+        exports.clone(),
+        ServerConfig::default(),
+        wait_stop(stop_rx.clone()),
+    ));
+
+    let mut agent = Agent {
+        config,
+        client,
+        exports,
+        head,
+        shared: Arc::new(Shared::default()),
+        wiped_done: BTreeSet::new(),
+    };
+    tokio::pin!(shutdown);
+    tokio::select! {
+        r = agent.register(&probed) => r?,
+        _ = &mut shutdown => return stop(stop_tx, nbd).await,
+    }
+    let heartbeat = tokio::spawn(heartbeat_loop(
+        agent.client.clone(),
+        agent.config.clone(),
+        agent.shared.clone(),
+        stop_rx.clone(),
+    ));
+    let health = agent
+        .head
+        .clone()
+        .map(|h| tokio::spawn(health_loop(h, agent.shared.clone(), stop_rx.clone())));
+    tokio::select! {
+        () = agent.reconcile_loop() => {}
+        _ = &mut shutdown => {}
+    }
+    tracing::info!("shutting down; assembled volumes stay in place");
+    let result = stop(stop_tx, nbd).await;
+    heartbeat.abort();
+    if let Some(h) = health {
+        h.abort();
+    }
+    result
+}
+
+async fn wait_stop(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+async fn stop(
+    tx: watch::Sender<bool>,
+    nbd: tokio::task::JoinHandle<std::io::Result<()>>,
+) -> anyhow::Result<()> {
+    let _ = tx.send(true);
+    nbd.await?.context("NBD server failed")?;
+    Ok(())
+}
+
+impl Agent {
+    /// Registers the server and its disks, retrying while the manager is
+    /// unreachable (it may start after the agents).
+    async fn register(&mut self, probed: &[ProbedDisk]) -> anyhow::Result<()> {
+        let req = RegisterAgent {
+            server: self.config.server_name.clone(),
+            address: self.config.advertise.clone(),
+            labels: self.config.labels.clone(),
+            disks: probed
+                .iter()
+                .map(|d| AgentDisk {
+                    path: d.path.display().to_string(),
+                    size_bytes: d.size_bytes,
+                    class: d.class.clone(),
+                })
+                .collect(),
+        };
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.client.register_agent(&req).await {
+                Ok(answer) => {
+                    tracing::info!(server = %req.server, server_id = answer.server_id, disks = answer.disks.len(),
+                        chunk_size_bytes = answer.chunk_size_bytes, "registered with the manager");
+                    return Ok(());
+                }
+                // The manager refused (bad name, shrunk disk, …): retrying
+                // cannot help.
+                Err(e @ vsky_api::ClientError::Api { .. }) => {
+                    return Err(e).context("the manager refused the registration");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "manager unreachable; retrying registration");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    async fn reconcile_loop(&mut self) {
+        let mut known: Option<u64> = None;
+        let mut wait = Duration::ZERO;
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self
+                .client
+                .desired_state(&self.config.server_name, known, wait)
+                .await
+            {
+                Ok(desired) => {
+                    delay = Duration::from_millis(200);
+                    let generation = desired.generation;
+                    let complete = self.apply(desired).await;
+                    known = Some(generation);
+                    // After a partial failure, poll again soon (the long-
+                    // poll returns at once when the generation differs, so
+                    // forget it) rather than wait for the next change.
+                    if complete {
+                        wait = LONG_POLL;
+                    } else {
+                        known = None;
+                        tokio::time::sleep(RETRY).await;
+                        wait = Duration::ZERO;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot fetch desired state; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// Converges local state onto `desired`; returns false if something
+    /// must be retried.
+    async fn apply(&mut self, desired: DesiredState) -> bool {
+        let mut complete = true;
+        self.sync_exports(&desired);
+        complete &= self.wipe(&desired).await;
+        *lock(&self.shared.volumes) = desired.volumes.clone();
+        if let Some(head) = self.head.clone() {
+            complete &= self.assemble(head, desired.volumes).await;
+        }
+        complete
+    }
+
+    /// Exports exactly the chunks the manager lists. Removing an export
+    /// also cuts its open connections.
+    fn sync_exports(&self, desired: &DesiredState) {
+        let want: HashMap<&str, _> = desired
+            .exports
+            .iter()
+            .map(|e| (e.export_name.as_str(), e))
+            .collect();
+        let have: BTreeSet<String> = self.exports.names().into_iter().collect();
+        for name in &have {
+            if !want.contains_key(name.as_str()) {
+                self.exports.remove(name);
+                tracing::info!("export removed");
+            }
+        }
+        for (name, e) in want {
+            if !have.contains(name) {
+                self.exports.insert(
+                    name.to_string(),
+                    Export {
+                        path: PathBuf::from(&e.disk_path),
+                        offset_bytes: e.offset_bytes,
+                        size_bytes: e.size_bytes,
+                        read_only: false,
+                    },
+                );
+                tracing::info!(disk = %e.disk_path, chunk = e.chunk.index, "export added");
+            }
+        }
+    }
+
+    /// Wipes freed chunks not wiped yet and queues them for the heartbeat.
+    async fn wipe(&mut self, desired: &DesiredState) -> bool {
+        let listed: BTreeSet<ChunkId> = desired.wipes.iter().map(|w| w.chunk).collect();
+        self.wiped_done.retain(|c| listed.contains(c));
+        let mut complete = true;
+        for w in &desired.wipes {
+            if self.wiped_done.contains(&w.chunk) {
+                continue;
+            }
+            let (path, offset, len) = (PathBuf::from(&w.disk_path), w.offset_bytes, w.size_bytes);
+            match tokio::task::spawn_blocking(move || wipe::zero_range(&path, offset, len)).await {
+                Ok(Ok(())) => {
+                    self.wiped_done.insert(w.chunk);
+                    lock(&self.shared.wiped).push(w.chunk);
+                    self.shared.heartbeat_now.notify_one();
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(disk = %w.disk_path, chunk = w.chunk.index, error = %e, "wipe failed; will retry");
+                    complete = false;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "wipe task failed");
+                    complete = false;
+                }
+            }
+        }
+        complete
+    }
+
+    /// Assembles every desired volume and tears down the others.
+    async fn assemble(&self, head: Arc<Mutex<Head>>, volumes: Vec<VolumeSpec>) -> bool {
+        let shared = self.shared.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let mut head = lock(&head);
+            let mut complete = true;
+            for spec in &volumes {
+                match head.ensure(spec) {
+                    Ok(assembly) => {
+                        for (k, l) in &assembly.unreachable_legs {
+                            shared.leg_failed(&spec.name, *k, *l);
+                        }
+                        tracing::debug!(volume = %spec.name, device = %assembly.device.display(), "volume assembled");
+                    }
+                    Err(e) => {
+                        tracing::error!(volume = %spec.name, error = %e, "cannot assemble volume; will retry");
+                        complete = false;
+                    }
+                }
+            }
+            let desired: BTreeSet<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+            match head.assembled_volumes() {
+                Ok(present) => {
+                    for name in present.iter().filter(|n| !desired.contains(n.as_str())) {
+                        match head.teardown(name) {
+                            Ok(()) => tracing::info!(volume = %name, "volume detached"),
+                            Err(e) => {
+                                // Usually still open by a user: keep it, retry.
+                                tracing::warn!(volume = %name, error = %e, "cannot tear down volume; will retry");
+                                complete = false;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot list device-mapper devices");
+                    complete = false;
+                }
+            }
+            complete
+        });
+        task.await.unwrap_or(false)
+    }
+}
+
+async fn heartbeat_loop(
+    client: Client,
+    config: Config,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(config.heartbeat_interval) => {}
+            _ = shared.heartbeat_now.notified() => {}
+            _ = stop.changed() => return,
+        }
+        let wiped = lock(&shared.wiped).clone();
+        let failed = lock(&shared.failed).clone();
+        let beat = Heartbeat {
+            server: config.server_name.clone(),
+            wiped_chunks: wiped.clone(),
+            failed_legs: failed.clone(),
+        };
+        match client.heartbeat(&beat).await {
+            Ok(_) => {
+                // Drop exactly what was sent; newer observations stay queued.
+                lock(&shared.wiped).drain(..wiped.len());
+                lock(&shared.failed).drain(..failed.len());
+                if !wiped.is_empty() || !failed.is_empty() {
+                    tracing::info!(
+                        wiped = wiped.len(),
+                        failed_legs = failed.len(),
+                        "observations reported"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed; will retry"),
+        }
+    }
+}
+
+/// Polls assembled mirrors for legs the kernel marked dead. (dm-raid also
+/// raises a dm event; polling once a second is simpler and bounds the
+/// report delay just as well.)
+async fn health_loop(head: Arc<Mutex<Head>>, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
+            _ = stop.changed() => return,
+        }
+        let (head, shared) = (head.clone(), shared.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            let volumes = lock(&shared.volumes).clone();
+            let head = lock(&head);
+            for spec in &volumes {
+                if let Ok(dead) = head.dead_legs(spec) {
+                    for (k, l) in dead {
+                        shared.leg_failed(&spec.name, k, l);
+                    }
+                }
+            }
+        })
+        .await;
+    }
+}
