@@ -15,12 +15,14 @@
 //! failed legs).
 //!
 //! Modules: [`disks`] (probe), [`wipe`] (zeroing), [`head`] (kernel
-//! assembly), [`reconcile`] (the loops).
+//! assembly), [`reconcile`] (the loops), [`api`] (the local REST API the
+//! SMAPIv3 datapath plugin calls).
 //!
 //! Shutdown stops the NBD server after in-flight requests finish and leaves
 //! assembled volumes in place: VMs keep their disks while the agent
 //! restarts, and the next agent adopts them.
 
+pub mod api;
 pub mod disks;
 pub mod head;
 pub mod reconcile;

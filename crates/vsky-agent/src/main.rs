@@ -63,6 +63,14 @@ struct Args {
     /// fails (and the mirror degrades).
     #[arg(long, default_value_t = 2)]
     dead_connection_timeout: u64,
+    /// Address of the local API for the datapath plugin (attach, detach,
+    /// status). Enabled only together with --api-token-file.
+    #[arg(long, default_value = "127.0.0.1:10810")]
+    api_listen: SocketAddr,
+    /// File holding the bearer token local callers (the datapath plugin)
+    /// must present to the local API. Without it the local API is off.
+    #[arg(long)]
+    api_token_file: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -147,6 +155,13 @@ async fn main() -> anyhow::Result<()> {
             request: Duration::from_secs(args.nbd_timeout),
             dead_connection: Duration::from_secs(args.dead_connection_timeout),
             connect: Duration::from_secs(5),
+        },
+        api: match &args.api_token_file {
+            Some(path) => Some(vsky_agent::api::ApiConfig {
+                listen: args.api_listen,
+                token: read_token(path)?,
+            }),
+            None => None,
         },
     };
     vsky_agent::run(config, shutdown_signal()).await

@@ -34,6 +34,9 @@ pub struct Config {
     /// Run the head role (needs the nbd, dm-mod and dm-raid modules).
     pub head: bool,
     pub timeouts: NbdTimeouts,
+    /// The local API for the datapath plugin (attach/detach/status), if
+    /// enabled.
+    pub api: Option<crate::api::ApiConfig>,
 }
 
 /// Longest wait of one desired-state long-poll.
@@ -48,13 +51,21 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// Observations waiting for the next heartbeat, plus the latest desired
 /// volumes for the health watcher.
 #[derive(Default)]
-struct Shared {
+pub(crate) struct Shared {
     wiped: Mutex<Vec<ChunkId>>,
     failed: Mutex<Vec<FailedLeg>>,
     /// Failed legs already queued or reported, so each is sent once.
     failed_seen: Mutex<BTreeSet<(String, u32, u8)>>,
     volumes: Mutex<Vec<VolumeSpec>>,
     heartbeat_now: Notify,
+    /// Volumes assembled on this head, with their devices; the local API
+    /// waits on `assembly` for attaches and detaches to take effect.
+    pub(crate) assembled: Mutex<BTreeMap<String, PathBuf>>,
+    pub(crate) assembly: watch::Sender<u64>,
+}
+
+pub(crate) fn lock_shared<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    lock(m)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -151,6 +162,15 @@ pub async fn run(
         .head
         .clone()
         .map(|h| tokio::spawn(health_loop(h, agent.shared.clone(), stop_rx.clone())));
+    if let Some(api) = agent.config.api.clone() {
+        let ctx = crate::api::Context {
+            client: agent.client.clone(),
+            server: agent.config.server_name.clone(),
+            head: agent.head.is_some(),
+            shared: agent.shared.clone(),
+        };
+        crate::api::spawn(api, ctx, wait_stop(stop_rx.clone())).await?;
+    }
     tokio::select! {
         () = agent.reconcile_loop() => {}
         _ = &mut shutdown => {}
@@ -333,6 +353,7 @@ impl Agent {
             for spec in &volumes {
                 match head.ensure(spec) {
                     Ok(assembly) => {
+                        lock(&shared.assembled).insert(spec.name.clone(), assembly.device.clone());
                         for (k, l) in &assembly.unreachable_legs {
                             shared.leg_failed(&spec.name, *k, *l);
                         }
@@ -349,7 +370,10 @@ impl Agent {
                 Ok(present) => {
                     for name in present.iter().filter(|n| !desired.contains(n.as_str())) {
                         match head.teardown(name) {
-                            Ok(()) => tracing::info!(volume = %name, "volume detached"),
+                            Ok(()) => {
+                                lock(&shared.assembled).remove(name);
+                                tracing::info!(volume = %name, "volume detached");
+                            }
                             Err(e) => {
                                 // Usually still open by a user: keep it, retry.
                                 tracing::warn!(volume = %name, error = %e, "cannot tear down volume; will retry");
@@ -363,6 +387,7 @@ impl Agent {
                     complete = false;
                 }
             }
+            shared.assembly.send_modify(|n| *n += 1);
             complete
         });
         task.await.unwrap_or(false)

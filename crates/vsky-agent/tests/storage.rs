@@ -95,6 +95,7 @@ async fn agents_export_assigned_chunks_and_wipe_freed_ones() {
                 dead_connection: Duration::from_secs(1),
                 connect: Duration::from_secs(2),
             },
+            api: None,
         };
         tokio::spawn(vsky_agent::run(config, std::future::pending()));
     }
@@ -214,4 +215,106 @@ async fn connect_retrying(address: &str, name: &str) -> vsky_nbd::client::Client
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
+}
+
+/// The local API refuses callers without its token, lists nothing on a
+/// storage-only agent, refuses attaches there (it cannot assemble), and
+/// forwards detaches to the manager's agent endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_api_checks_tokens_and_roles() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = start_manager(dir.path()).await;
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (nbd_port, api_port) = (free_port(), free_port());
+    let disk = dir.path().join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(MIB + 8 * CHUNK)
+        .unwrap();
+    let token = "local-api-token-0123456789";
+    let config = vsky_agent::Config {
+        client: ClientConfig {
+            manager_url: url.clone(),
+            token: Some(AGENT.into()),
+            ..Default::default()
+        },
+        server_name: "solo".into(),
+        nbd_listen: format!("127.0.0.1:{nbd_port}").parse().unwrap(),
+        advertise: format!("127.0.0.1:{nbd_port}"),
+        disks: vec![DiskArg {
+            path: disk,
+            class: None,
+        }],
+        labels: Default::default(),
+        heartbeat_interval: Duration::from_millis(200),
+        head: false,
+        timeouts: NbdTimeouts {
+            request: Duration::from_secs(5),
+            dead_connection: Duration::from_secs(1),
+            connect: Duration::from_secs(2),
+        },
+        api: Some(vsky_agent::api::ApiConfig {
+            listen: format!("127.0.0.1:{api_port}").parse().unwrap(),
+            token: token.into(),
+        }),
+    };
+    tokio::spawn(vsky_agent::run(config, std::future::pending()));
+    let base = format!("http://127.0.0.1:{api_port}");
+    let http = reqwest::Client::new();
+    eventually("local API up", async || {
+        http.get(format!("{base}/v1/health")).send().await.is_ok()
+    })
+    .await;
+    assert_eq!(
+        http.get(format!("{base}/v1/volumes"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        http.get(format!("{base}/v1/volumes"))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let list: serde_json::Value = http
+        .get(format!("{base}/v1/volumes"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list, serde_json::json!([]));
+    let resp = http
+        .post(format!("{base}/v1/volumes/v/attach"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "storage_only");
+    // A detach of an unknown volume comes back with the manager's answer.
+    let resp = http
+        .post(format!("{base}/v1/volumes/ghost/detach"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "not_found");
 }

@@ -325,6 +325,34 @@ impl Client {
             .await
     }
 
+    /// Attaches `volume` to the calling agent's own `server`.
+    pub async fn agent_attach(
+        &self,
+        server: &str,
+        volume: &str,
+    ) -> Result<VolumeDetail, ClientError> {
+        let body = AgentAttachment {
+            server: server.into(),
+            volume: volume.into(),
+        };
+        self.post(&format!("{API_PREFIX}/agent/attach"), &body)
+            .await
+    }
+
+    /// Detaches `volume` from the calling agent's own `server`.
+    pub async fn agent_detach(
+        &self,
+        server: &str,
+        volume: &str,
+    ) -> Result<VolumeDetail, ClientError> {
+        let body = AgentAttachment {
+            server: server.into(),
+            volume: volume.into(),
+        };
+        self.post(&format!("{API_PREFIX}/agent/detach"), &body)
+            .await
+    }
+
     /// Long-polls the desired state of `server`: answers at once when the
     /// manager's generation differs from `known_generation`, otherwise when
     /// it changes or `wait` passes.

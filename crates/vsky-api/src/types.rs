@@ -296,6 +296,15 @@ pub struct Heartbeat {
     pub failed_legs: Vec<FailedLeg>,
 }
 
+/// An agent attaching a volume to (or detaching it from) its own server, on
+/// behalf of a local caller such as the SMAPIv3 datapath plugin.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentAttachment {
+    pub server: String,
+    pub volume: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct HeartbeatAck {
     /// The desired-state generation; when it differs from the one the agent

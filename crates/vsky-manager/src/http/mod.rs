@@ -48,7 +48,7 @@ All endpoints but health and this document need `Authorization: Bearer <token>`.
         servers::list, servers::create, servers::show, servers::remove, servers::fail,
         disks::list, disks::create, disks::show, disks::remove, disks::fail,
         volumes::list, volumes::create, volumes::show, volumes::delete, volumes::attach, volumes::detach, volumes::resize,
-        agent::register, agent::heartbeat, agent::desired_state,
+        agent::register, agent::heartbeat, agent::desired_state, agent::attach, agent::detach,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -118,7 +118,9 @@ pub fn router(state: AppState) -> Router {
         .route("/volumes/{name}/resize", post(volumes::resize))
         .route("/agent/register", post(agent::register))
         .route("/agent/heartbeat", post(agent::heartbeat))
-        .route("/agent/desired-state", get(agent::desired_state));
+        .route("/agent/desired-state", get(agent::desired_state))
+        .route("/agent/attach", post(agent::attach))
+        .route("/agent/detach", post(agent::detach));
     Router::new()
         .nest(vsky_api::API_PREFIX, api)
         .route("/metrics", get(metrics_text))

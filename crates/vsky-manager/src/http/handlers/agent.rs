@@ -10,8 +10,8 @@ use axum::extract::State;
 use axum::{Extension, Json};
 use serde::Deserialize;
 use vsky_api::types::{
-    AgentRegistered, DesiredState, ErrorBody, Heartbeat, HeartbeatAck, RegisterAgent,
-    RegisteredDisk,
+    AgentAttachment, AgentRegistered, DesiredState, ErrorBody, Heartbeat, HeartbeatAck,
+    RegisterAgent, RegisteredDisk, VolumeDetail,
 };
 use vsky_model::{ChunkRef, DiskId, NewDisk, NewServer};
 
@@ -125,6 +125,68 @@ pub async fn heartbeat(
             .await?
     };
     Ok(Json(HeartbeatAck { generation }))
+}
+
+/// Attaches a volume to the calling agent's own server (the datapath
+/// plugin's path to an attach, with no admin token on the host).
+#[utoipa::path(post, path = "/api/v1/agent/attach", tag = "agent", request_body = AgentAttachment,
+    responses((status = 200, body = VolumeDetail), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn attach(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    ApiJson(req): ApiJson<AgentAttachment>,
+) -> Result<Json<VolumeDetail>, ApiError> {
+    check_principal(&principal, &req.server)?;
+    let (volume, server) = (req.volume.clone(), req.server.clone());
+    let detail = app
+        .manager
+        .mutate(move |c, _| {
+            let changes = c.attach_volume(&req.volume, &req.server)?;
+            Ok((
+                convert::volume_detail(c, c.volume_by_name(&req.volume)?),
+                changes,
+            ))
+        })
+        .await?;
+    tracing::info!(volume = %volume, server = %server, "volume attached by its head's agent");
+    Ok(Json(detail))
+}
+
+/// Detaches a volume from the calling agent's own server; refused if it is
+/// attached elsewhere.
+#[utoipa::path(post, path = "/api/v1/agent/detach", tag = "agent", request_body = AgentAttachment,
+    responses((status = 200, body = VolumeDetail), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn detach(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    ApiJson(req): ApiJson<AgentAttachment>,
+) -> Result<Json<VolumeDetail>, ApiError> {
+    check_principal(&principal, &req.server)?;
+    let (volume, server) = (req.volume.clone(), req.server.clone());
+    let detail = app
+        .manager
+        .mutate(move |c, _| {
+            let head = c.server_by_name(&req.server)?.id;
+            let attached = c
+                .volume_by_name(&req.volume)?
+                .attachment
+                .as_ref()
+                .map(|a| a.head);
+            if attached.is_some_and(|h| h != head) {
+                return Err(vsky_model::ModelError::Conflict(format!(
+                    "volume '{}' is attached to another server; detach it there",
+                    req.volume
+                )));
+            }
+            let changes = c.detach_volume(&req.volume)?;
+            Ok((
+                convert::volume_detail(c, c.volume_by_name(&req.volume)?),
+                changes,
+            ))
+        })
+        .await?;
+    tracing::info!(volume = %volume, server = %server, "volume detached by its head's agent");
+    Ok(Json(detail))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

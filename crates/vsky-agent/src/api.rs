@@ -1,0 +1,244 @@
+//! The agent's local REST API, for the SMAPIv3 datapath plugin on the same
+//! host: attach a volume here (and wait for its device), detach it (and
+//! wait for the teardown), and report what is assembled.
+//!
+//! It listens on loopback (or wherever `--api-listen` says) and requires a
+//! bearer token from `--api-token-file`, compared in constant time. The
+//! agent forwards attach/detach to the manager's agent endpoints with its
+//! own token, so the plugin needs no admin token on the host.
+//!
+//! - `GET  /v1/health`                 (no token)
+//! - `GET  /v1/volumes`                assembled volumes and mirror health
+//! - `POST /v1/volumes/{name}/attach`  → `{"name", "device"}` once assembled
+//! - `POST /v1/volumes/{name}/detach`  → `{"name"}` once torn down
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use vsky_api::Client;
+
+use crate::reconcile::{Shared, lock_shared};
+
+/// How long an attach or detach waits for the local devices to follow.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    pub token: String,
+}
+
+#[derive(Clone)]
+pub(crate) struct Context {
+    pub client: Client,
+    pub server: String,
+    pub head: bool,
+    pub shared: Arc<Shared>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    ctx: Context,
+    token: Arc<String>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    code: String,
+    message: String,
+}
+
+struct ApiError(StatusCode, String, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.0,
+            Json(ErrorBody {
+                code: self.1,
+                message: self.2,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<vsky_api::ClientError> for ApiError {
+    fn from(e: vsky_api::ClientError) -> Self {
+        match &e {
+            vsky_api::ClientError::Api { status, code, .. } => ApiError(
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY),
+                code.clone(),
+                e.to_string(),
+            ),
+            _ => ApiError(
+                StatusCode::BAD_GATEWAY,
+                "manager_unreachable".into(),
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Attached {
+    name: String,
+    device: String,
+}
+
+#[derive(Serialize)]
+struct Detached {
+    name: String,
+}
+
+pub(crate) async fn spawn(
+    config: ApiConfig,
+    ctx: Context,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let state = AppState {
+        ctx,
+        token: Arc::new(config.token),
+    };
+    let app = axum::Router::new()
+        .route("/v1/volumes", get(list))
+        .route("/v1/volumes/{name}/attach", post(attach))
+        .route("/v1/volumes/{name}/detach", post(detach))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .route("/v1/health", get(|| async { Json(serde_json_ok()) }))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("cannot listen for the local API on {}: {e}", config.listen)
+        })?;
+    tracing::info!(address = %config.listen, "local API serving");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "local API stopped");
+        }
+    });
+    Ok(())
+}
+
+fn serde_json_ok() -> std::collections::BTreeMap<&'static str, &'static str> {
+    [("status", "ok")].into_iter().collect()
+}
+
+async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    let expected = state.token.as_bytes();
+    let ok = presented.len() == expected.len()
+        && presented
+            .bytes()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if !ok {
+        return ApiError(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized".into(),
+            "missing or invalid bearer token".into(),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+#[derive(Serialize)]
+struct LocalVolume {
+    name: String,
+    device: String,
+}
+
+async fn list(State(state): State<AppState>) -> Json<Vec<LocalVolume>> {
+    let assembled = lock_shared(&state.ctx.shared.assembled).clone();
+    Json(
+        assembled
+            .into_iter()
+            .map(|(name, device)| LocalVolume {
+                name,
+                device: device.display().to_string(),
+            })
+            .collect(),
+    )
+}
+
+/// Waits until `done` holds for the local assembly state.
+async fn settle(shared: &Shared, done: impl Fn(&Shared) -> bool) -> bool {
+    let mut rx = shared.assembly.subscribe();
+    let wait = async {
+        loop {
+            if done(shared) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(SETTLE_TIMEOUT, wait).await.is_ok() && done(shared)
+}
+
+async fn attach(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Attached>, ApiError> {
+    let ctx = &state.ctx;
+    if !ctx.head {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "storage_only".into(),
+            "this agent runs with --storage-only and cannot assemble volumes".into(),
+        ));
+    }
+    ctx.client.agent_attach(&ctx.server, &name).await?;
+    let assembled = |s: &Shared| lock_shared(&s.assembled).contains_key(&name);
+    if !settle(&ctx.shared, assembled).await {
+        return Err(ApiError(
+            StatusCode::GATEWAY_TIMEOUT,
+            "not_assembled".into(),
+            format!("volume '{name}' is attached but not assembled yet; see the agent log"),
+        ));
+    }
+    let device = lock_shared(&ctx.shared.assembled)[&name]
+        .display()
+        .to_string();
+    Ok(Json(Attached { name, device }))
+}
+
+async fn detach(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Detached>, ApiError> {
+    let ctx = &state.ctx;
+    ctx.client.agent_detach(&ctx.server, &name).await?;
+    let gone = |s: &Shared| !lock_shared(&s.assembled).contains_key(&name);
+    if !settle(&ctx.shared, gone).await {
+        return Err(ApiError(
+            StatusCode::GATEWAY_TIMEOUT,
+            "still_assembled".into(),
+            format!(
+                "volume '{name}' is detached in the manager but its devices are still here (in use?)"
+            ),
+        ));
+    }
+    Ok(Json(Detached { name }))
+}
