@@ -310,6 +310,55 @@ impl Client {
         .await
     }
 
+    pub async fn list_volumes_in(&self, group: &str) -> Result<Vec<Volume>, ClientError> {
+        self.get(&format!("{API_PREFIX}/volumes?group={}", segment(group)))
+            .await
+    }
+
+    pub async fn update_volume(
+        &self,
+        name: &str,
+        req: &UpdateVolume,
+    ) -> Result<VolumeDetail, ClientError> {
+        self.call(
+            Method::PATCH,
+            &format!("{API_PREFIX}/volumes/{}", segment(name)),
+            Some(req),
+            Duration::ZERO,
+        )
+        .await
+    }
+
+    // ---- groups ----------------------------------------------------------
+
+    pub async fn list_groups(&self) -> Result<Vec<Group>, ClientError> {
+        self.get(&format!("{API_PREFIX}/groups")).await
+    }
+
+    pub async fn group(&self, name: &str) -> Result<Group, ClientError> {
+        self.get(&format!("{API_PREFIX}/groups/{}", segment(name)))
+            .await
+    }
+
+    pub async fn create_group(&self, req: &CreateGroup) -> Result<Group, ClientError> {
+        self.post(&format!("{API_PREFIX}/groups"), req).await
+    }
+
+    pub async fn update_group(&self, name: &str, req: &UpdateGroup) -> Result<Group, ClientError> {
+        self.call(
+            Method::PATCH,
+            &format!("{API_PREFIX}/groups/{}", segment(name)),
+            Some(req),
+            Duration::ZERO,
+        )
+        .await
+    }
+
+    pub async fn delete_group(&self, name: &str) -> Result<(), ClientError> {
+        self.delete(&format!("{API_PREFIX}/groups/{}", segment(name)))
+            .await
+    }
+
     // ---- agents ----------------------------------------------------------
 
     pub async fn register_agent(

@@ -131,7 +131,7 @@ pub struct Stripe {
     pub unit_bytes: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVolume {
     pub name: String,
@@ -148,6 +148,72 @@ pub struct CreateVolume {
     /// Place legs near this server (the expected head) when possible.
     #[serde(default)]
     pub near_server: Option<String>,
+    /// The group (XAPI SR) the volume belongs to; it must exist.
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub description: String,
+    /// Free-form key/value metadata, stored and returned verbatim.
+    #[serde(default)]
+    pub keys: BTreeMap<String, String>,
+    #[serde(default)]
+    pub sharable: bool,
+}
+
+/// A change to a volume's descriptive data; absent fields stay as they are.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateVolume {
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Keys to add or overwrite.
+    #[serde(default)]
+    pub set_keys: BTreeMap<String, String>,
+    /// Keys to remove (absent keys are ignored).
+    #[serde(default)]
+    pub unset_keys: Vec<String>,
+}
+
+/// A named group of volumes (an XAPI SR); groups share the pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Group {
+    pub name: String,
+    pub uuid: Option<String>,
+    pub display_name: String,
+    pub description: String,
+    pub volumes: usize,
+    /// Sum of the sizes of its volumes.
+    pub virtual_size_bytes: u64,
+    /// Chunk bytes its volumes use, all replicas counted.
+    pub physical_bytes: u64,
+    pub mirrored_disks_degraded: usize,
+    pub mirrored_disks_rebuilding: usize,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGroup {
+    pub name: String,
+    /// Creating again with the same uuid succeeds without change.
+    #[serde(default)]
+    pub uuid: Option<String>,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateGroup {
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -176,6 +242,12 @@ pub struct Volume {
     pub mirrored_disks: usize,
     pub mirrored_disks_degraded: usize,
     pub mirrored_disks_rebuilding: usize,
+    pub group: Option<String>,
+    /// The display name, or the name when none was set.
+    pub display_name: String,
+    pub description: String,
+    pub keys: BTreeMap<String, String>,
+    pub sharable: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

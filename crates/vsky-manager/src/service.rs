@@ -64,6 +64,7 @@ fn load_cluster(store: &dyn Store) -> Result<Option<Cluster>, ServiceError> {
         st.servers,
         st.disks,
         st.volumes,
+        st.groups,
     )?))
 }
 

@@ -16,6 +16,7 @@ fn volume(name: &str, size: u64) -> CreateVolume {
         stripe: None,
         class: None,
         near_server: None,
+        ..Default::default()
     }
 }
 

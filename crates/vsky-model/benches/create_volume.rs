@@ -48,6 +48,7 @@ fn volume(name: &str, mirrored: u64) -> NewVolume {
         stripe: None,
         class: None,
         near_server: None,
+        meta: Default::default(),
     }
 }
 

@@ -22,6 +22,7 @@ use crate::{SecretSource, limits};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
     pub next_id: bool,
+    pub groups: BTreeSet<String>,
     pub servers: BTreeSet<ServerId>,
     pub disks: BTreeSet<DiskId>,
     pub volumes: BTreeSet<VolumeId>,
@@ -29,7 +30,11 @@ pub struct Changes {
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        !self.next_id && self.servers.is_empty() && self.disks.is_empty() && self.volumes.is_empty()
+        !self.next_id
+            && self.groups.is_empty()
+            && self.servers.is_empty()
+            && self.disks.is_empty()
+            && self.volumes.is_empty()
     }
 }
 
@@ -64,7 +69,7 @@ pub struct NewDisk {
     pub class: Option<String>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct NewVolume {
     pub name: String,
     pub size_bytes: u64,
@@ -72,6 +77,23 @@ pub struct NewVolume {
     pub stripe: Option<Stripe>,
     pub class: Option<String>,
     pub near_server: Option<String>,
+    pub meta: VolumeMeta,
+}
+
+/// A change to a volume's descriptive data; `None` leaves a field alone.
+#[derive(Clone, Debug, Default)]
+pub struct VolumeMetaUpdate {
+    pub display_name: Option<String>,
+    pub description: Option<String>,
+    pub set_keys: BTreeMap<String, String>,
+    pub unset_keys: Vec<String>,
+}
+
+/// A change to a group's descriptive data; `None` leaves a field alone.
+#[derive(Clone, Debug, Default)]
+pub struct GroupUpdate {
+    pub display_name: Option<String>,
+    pub description: Option<String>,
 }
 
 /// Per-disk usage in chunks.
@@ -116,6 +138,7 @@ pub struct Cluster {
     disks_by_server: BTreeMap<ServerId, BTreeSet<DiskId>>,
     volumes: BTreeMap<VolumeId, Volume>,
     volume_names: HashMap<String, VolumeId>,
+    groups: BTreeMap<String, Group>,
     runtime: HashMap<DiskId, DiskRuntime>,
     index: AllocIndex,
     /// Bumped by every mutation that changed something; agents long-poll on
@@ -148,6 +171,19 @@ fn validate_settings(s: &Settings) -> Result<(), ModelError> {
     ids::validate_name("failure domain label", &s.failure_domain_label)
 }
 
+fn validate_display_name(text: &str) -> Result<(), ModelError> {
+    if text.len() > limits::DISPLAY_NAME_LEN_MAX || text.chars().any(char::is_control) {
+        return Err(ModelError::invalid(
+            "display name",
+            format!(
+                "at most {} bytes without control characters",
+                limits::DISPLAY_NAME_LEN_MAX
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn not_found(kind: &'static str, cli: &'static str, key: impl ToString) -> ModelError {
     ModelError::NotFound {
         kind,
@@ -168,6 +204,7 @@ impl Cluster {
             disks_by_server: BTreeMap::new(),
             volumes: BTreeMap::new(),
             volume_names: HashMap::new(),
+            groups: BTreeMap::new(),
             runtime: HashMap::new(),
             index: AllocIndex::default(),
             generation: 1,
@@ -181,10 +218,14 @@ impl Cluster {
         servers: Vec<Server>,
         disks: Vec<Disk>,
         volumes: Vec<Volume>,
+        groups: Vec<Group>,
     ) -> Result<Self, ModelError> {
         let corrupt = |msg: String| ModelError::Corrupt(msg);
         let mut cluster = Cluster::new(settings)?;
         cluster.next_id = next_id;
+        for group in groups {
+            cluster.groups.insert(group.name.clone(), group);
+        }
         for server in servers {
             if server.id.0 >= next_id || cluster.server_names.contains_key(&server.name) {
                 return Err(corrupt(format!(
@@ -250,6 +291,14 @@ impl Cluster {
                     }
                     runtime.used.insert(leg.chunk.index, addr);
                 }
+            }
+            if let Some(g) = &volume.meta.group
+                && !cluster.groups.contains_key(g)
+            {
+                return Err(corrupt(format!(
+                    "{} belongs to missing group '{g}'",
+                    volume.id
+                )));
             }
             cluster.volume_names.insert(volume.name.clone(), volume.id);
             cluster.volumes.insert(volume.id, volume);
@@ -339,6 +388,24 @@ impl Cluster {
             .get(name)
             .map(|id| &self.volumes[id])
             .ok_or_else(|| not_found("volume", "volume", name))
+    }
+
+    pub fn groups(&self) -> impl Iterator<Item = &Group> {
+        self.groups.values()
+    }
+
+    pub fn group(&self, name: &str) -> Result<&Group, ModelError> {
+        self.groups
+            .get(name)
+            .ok_or_else(|| not_found("group", "group", name))
+    }
+
+    /// Volumes of one group.
+    pub fn volumes_in(&self, group: &str) -> impl Iterator<Item = &Volume> {
+        let group = group.to_string();
+        self.volumes
+            .values()
+            .filter(move |v| v.meta.group.as_deref() == Some(group.as_str()))
     }
 
     pub fn summary(&self) -> Summary {
@@ -721,6 +788,7 @@ impl Cluster {
             Some(name) => Some(self.server_by_name(name)?.id),
             None => None,
         };
+        self.validate_meta(&new.meta)?;
         let mut volume = Volume {
             id: VolumeId(0),
             name: new.name,
@@ -731,6 +799,7 @@ impl Cluster {
             near_server: near,
             mirrored_disks: Vec::new(),
             attachment: None,
+            meta: new.meta,
         };
         let mut changes = Changes::default();
         let id = VolumeId(self.next_id);
@@ -891,6 +960,139 @@ impl Cluster {
             changes.volumes.insert(id);
         }
         Ok(self.commit(changes))
+    }
+
+    // ---- groups and descriptive data ---------------------------------------
+
+    /// Creates a group. Creating it again with the same uuid is a no-op, so
+    /// a retried SR.create does not fail.
+    pub fn create_group(&mut self, group: Group) -> Result<Changes, ModelError> {
+        ids::validate_name("group name", &group.name)?;
+        validate_display_name(&group.display_name)?;
+        ids::validate_description(&group.description)?;
+        if let Some(u) = &group.uuid {
+            validate_display_name(u)?;
+        }
+        if let Some(existing) = self.groups.get(&group.name) {
+            if existing.uuid.is_some() && existing.uuid == group.uuid {
+                return Ok(Changes::default());
+            }
+            return Err(ModelError::AlreadyExists {
+                kind: "group",
+                key: group.name,
+            });
+        }
+        let mut changes = Changes::default();
+        changes.groups.insert(group.name.clone());
+        self.groups.insert(group.name.clone(), group);
+        Ok(self.commit(changes))
+    }
+
+    pub fn update_group(&mut self, name: &str, update: GroupUpdate) -> Result<Changes, ModelError> {
+        self.group(name)?;
+        if let Some(d) = &update.display_name {
+            validate_display_name(d)?;
+        }
+        if let Some(d) = &update.description {
+            ids::validate_description(d)?;
+        }
+        let group = self.groups.get_mut(name).expect("checked");
+        let mut changes = Changes::default();
+        if let Some(d) = update.display_name
+            && d != group.display_name
+        {
+            group.display_name = d;
+            changes.groups.insert(name.to_string());
+        }
+        if let Some(d) = update.description
+            && d != group.description
+        {
+            group.description = d;
+            changes.groups.insert(name.to_string());
+        }
+        Ok(self.commit(changes))
+    }
+
+    /// Deletes an empty group.
+    pub fn delete_group(&mut self, name: &str) -> Result<Changes, ModelError> {
+        self.group(name)?;
+        let volumes = self.volumes_in(name).count();
+        if volumes > 0 {
+            return Err(ModelError::Conflict(format!(
+                "group '{name}' still holds {volumes} volumes; delete them first"
+            )));
+        }
+        self.groups.remove(name);
+        let mut changes = Changes::default();
+        changes.groups.insert(name.to_string());
+        Ok(self.commit(changes))
+    }
+
+    /// Changes a volume's display name, description or keys.
+    pub fn update_volume_meta(
+        &mut self,
+        name: &str,
+        update: VolumeMetaUpdate,
+    ) -> Result<Changes, ModelError> {
+        let id = self.volume_by_name(name)?.id;
+        if let Some(d) = &update.display_name {
+            validate_display_name(d)?;
+        }
+        if let Some(d) = &update.description {
+            ids::validate_description(d)?;
+        }
+        let mut meta = self.volumes[&id].meta.clone();
+        if let Some(d) = update.display_name {
+            meta.display_name = Some(d);
+        }
+        if let Some(d) = update.description {
+            meta.description = d;
+        }
+        meta.keys.extend(update.set_keys);
+        for k in &update.unset_keys {
+            meta.keys.remove(k);
+        }
+        self.validate_meta(&meta)?;
+        let mut changes = Changes::default();
+        let volume = self.volumes.get_mut(&id).expect("exists");
+        if volume.meta != meta {
+            volume.meta = meta;
+            changes.volumes.insert(id);
+        }
+        Ok(self.commit(changes))
+    }
+
+    fn validate_meta(&self, meta: &VolumeMeta) -> Result<(), ModelError> {
+        if let Some(g) = &meta.group {
+            self.group(g)?;
+        }
+        if let Some(d) = &meta.display_name {
+            validate_display_name(d)?;
+        }
+        ids::validate_description(&meta.description)?;
+        if meta.keys.len() > limits::VOLUME_KEYS_MAX {
+            return Err(ModelError::invalid(
+                "keys",
+                format!("at most {} per volume", limits::VOLUME_KEYS_MAX),
+            ));
+        }
+        for (k, v) in &meta.keys {
+            if k.is_empty()
+                || k.len() > limits::VOLUME_KEY_LEN_MAX
+                || v.len() > limits::VOLUME_KEY_VALUE_LEN_MAX
+                || k.chars().any(char::is_control)
+            {
+                return Err(ModelError::invalid(
+                    "key",
+                    format!(
+                        "keys are 1..={} bytes without control characters, values at most {} bytes",
+                        limits::VOLUME_KEY_LEN_MAX,
+                        limits::VOLUME_KEY_VALUE_LEN_MAX
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     // ---- internals -------------------------------------------------------

@@ -195,6 +195,33 @@ pub struct Volume {
     /// Concatenated in order (or striped in sets of `stripe.width`).
     pub mirrored_disks: Vec<MirroredDisk>,
     pub attachment: Option<Attachment>,
+    /// What users and XAPI say about the volume; no effect on placement.
+    #[serde(default)]
+    pub meta: VolumeMeta,
+}
+
+/// Descriptive data of a volume, kept verbatim for its users (XAPI stores
+/// its VDI metadata in `keys`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMeta {
+    /// The group (an XAPI SR) the volume belongs to.
+    pub group: Option<String>,
+    /// Free-form display name (the internal name is fixed at creation).
+    pub display_name: Option<String>,
+    pub description: String,
+    pub keys: BTreeMap<String, String>,
+    /// May be attached by several hosts at once (the datapath decides).
+    pub sharable: bool,
+}
+
+/// A named group of volumes: what XAPI calls a storage repository (SR).
+/// Several groups share one pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    pub name: String,
+    pub uuid: Option<String>,
+    pub display_name: String,
+    pub description: String,
 }
 
 impl Volume {

@@ -26,7 +26,9 @@ pub mod freelist;
 pub mod ids;
 pub mod limits;
 
-pub use cluster::{Changes, Cluster, NewDisk, NewServer, NewVolume, Summary};
+pub use cluster::{
+    Changes, Cluster, GroupUpdate, NewDisk, NewServer, NewVolume, Summary, VolumeMetaUpdate,
+};
 pub use entities::*;
 pub use error::{ErrorKind, ModelError};
 pub use ids::{ChunkRef, DiskId, ServerId, VolumeId};

@@ -34,6 +34,11 @@ pub const LABELS_PER_SERVER_MAX: usize = 32;
 pub const DEVICE_PATH_LEN_MAX: usize = 1024;
 pub const ADDRESS_LEN_MAX: usize = 256;
 pub const DESCRIPTION_LEN_MAX: usize = 1024;
+/// Volume metadata bounds: XAPI keeps a handful of keys per VDI.
+pub const VOLUME_KEYS_MAX: usize = 128;
+pub const VOLUME_KEY_LEN_MAX: usize = 256;
+pub const VOLUME_KEY_VALUE_LEN_MAX: usize = 4096;
+pub const DISPLAY_NAME_LEN_MAX: usize = 256;
 /// Stripe bounds: a stripe spans 2..=64 mirrored disks, with a power-of-two
 /// stripe unit between 4 KiB and 1 GiB (dm-striped needs a power of two
 /// number of sectors for speed; we require it outright).

@@ -46,6 +46,7 @@ fn new_volume(name: &str, mirrored: u64, replicas: u8) -> NewVolume {
         stripe: None,
         class: None,
         near_server: None,
+        meta: Default::default(),
     }
 }
 
@@ -279,6 +280,7 @@ fn load_round_trips_and_refuses_double_use() {
         servers.clone(),
         disks.clone(),
         volumes.clone(),
+        vec![],
     )
     .unwrap();
     loaded.check_invariants().unwrap();
@@ -291,6 +293,14 @@ fn load_round_trips_and_refuses_double_use() {
     copy.id = VolumeId(c.next_id() - 1);
     copy.name = "copy".into();
     twice.push(copy);
-    let err = Cluster::load(c.settings().clone(), c.next_id(), servers, disks, twice).unwrap_err();
+    let err = Cluster::load(
+        c.settings().clone(),
+        c.next_id(),
+        servers,
+        disks,
+        twice,
+        vec![],
+    )
+    .unwrap_err();
     assert_eq!(err.code(), "store_corrupt");
 }

@@ -40,6 +40,7 @@ pub async fn run(cmd: &VolumeCommand, client: &Client, json: bool) -> Result<Str
                 stripe,
                 class: class.clone(),
                 near_server: near.clone(),
+                ..Default::default()
             };
             let detail = client.create_volume(&req).await?;
             Ok(detail_output(&detail, json, "Created"))
@@ -216,6 +217,11 @@ mod tests {
             mirrored_disks: 2,
             mirrored_disks_degraded: 0,
             mirrored_disks_rebuilding: 1,
+            group: None,
+            display_name: name.into(),
+            description: String::new(),
+            keys: Default::default(),
+            sharable: false,
         }
     }
 

@@ -124,7 +124,39 @@ pub fn volume(c: &Cluster, v: &m::Volume) -> api::Volume {
         mirrored_disks: v.mirrored_disks.len(),
         mirrored_disks_degraded: degraded,
         mirrored_disks_rebuilding: rebuilding,
+        group: v.meta.group.clone(),
+        display_name: v
+            .meta
+            .display_name
+            .clone()
+            .unwrap_or_else(|| v.name.clone()),
+        description: v.meta.description.clone(),
+        keys: v.meta.keys.clone(),
+        sharable: v.meta.sharable,
     }
+}
+
+pub fn group(c: &Cluster, g: &m::Group) -> api::Group {
+    let chunk = c.settings().chunk_size_bytes;
+    let mut out = api::Group {
+        name: g.name.clone(),
+        uuid: g.uuid.clone(),
+        display_name: g.display_name.clone(),
+        description: g.description.clone(),
+        volumes: 0,
+        virtual_size_bytes: 0,
+        physical_bytes: 0,
+        mirrored_disks_degraded: 0,
+        mirrored_disks_rebuilding: 0,
+    };
+    for v in c.volumes_in(&g.name) {
+        out.volumes += 1;
+        out.virtual_size_bytes += v.size_bytes;
+        out.physical_bytes += v.mirrored_disks.len() as u64 * u64::from(v.replicas) * chunk;
+        out.mirrored_disks_degraded += v.degraded_mirrored_disks();
+        out.mirrored_disks_rebuilding += v.rebuilding_mirrored_disks();
+    }
+    out
 }
 
 /// A volume with its layout. Export secrets are deliberately left out: only

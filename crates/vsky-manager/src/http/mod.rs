@@ -26,7 +26,7 @@ use crate::auth::{Principal, Tokens};
 use crate::metrics::Metrics;
 use crate::service::Manager;
 use error::{ApiError, REQUEST_ID};
-use handlers::{agent, cluster, disks, servers, volumes};
+use handlers::{agent, cluster, disks, groups, servers, volumes};
 
 /// Largest request body accepted.
 const BODY_BYTES_MAX: usize = 1 << 20;
@@ -47,12 +47,14 @@ All endpoints but health and this document need `Authorization: Bearer <token>`.
         cluster::health, cluster::summary,
         servers::list, servers::create, servers::show, servers::remove, servers::fail,
         disks::list, disks::create, disks::show, disks::remove, disks::fail,
-        volumes::list, volumes::create, volumes::show, volumes::delete, volumes::attach, volumes::detach, volumes::resize,
+        volumes::list, volumes::create, volumes::show, volumes::update, volumes::delete, volumes::attach, volumes::detach, volumes::resize,
+        groups::list, groups::create, groups::show, groups::update, groups::delete,
         agent::register, agent::heartbeat, agent::desired_state, agent::attach, agent::detach,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     tags((name = "cluster"), (name = "servers"), (name = "disks"), (name = "volumes"),
+        (name = "groups", description = "named groups of volumes: XAPI storage repositories"),
         (name = "agent", description = "called by vsky-agent; agent tokens are accepted here")),
 )]
 pub struct ApiDoc;
@@ -111,7 +113,16 @@ pub fn router(state: AppState) -> Router {
         .route("/volumes", get(volumes::list).post(volumes::create))
         .route(
             "/volumes/{name}",
-            get(volumes::show).delete(volumes::delete),
+            get(volumes::show)
+                .patch(volumes::update)
+                .delete(volumes::delete),
+        )
+        .route("/groups", get(groups::list).post(groups::create))
+        .route(
+            "/groups/{name}",
+            get(groups::show)
+                .patch(groups::update)
+                .delete(groups::delete),
         )
         .route("/volumes/{name}/attach", post(volumes::attach))
         .route("/volumes/{name}/detach", post(volumes::detach))

@@ -12,7 +12,7 @@
 
 pub mod redb;
 
-use vsky_model::{Changes, Cluster, Disk, Server, Settings, Volume};
+use vsky_model::{Changes, Cluster, Disk, Group, Server, Settings, Volume};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -34,6 +34,7 @@ pub struct StoredState {
     pub servers: Vec<Server>,
     pub disks: Vec<Disk>,
     pub volumes: Vec<Volume>,
+    pub groups: Vec<Group>,
 }
 
 pub trait Store: Send + Sync {

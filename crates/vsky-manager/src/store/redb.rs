@@ -19,6 +19,7 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SERVERS: TableDefinition<u64, &[u8]> = TableDefinition::new("servers");
 const DISKS: TableDefinition<u64, &[u8]> = TableDefinition::new("disks");
 const VOLUMES: TableDefinition<u64, &[u8]> = TableDefinition::new("volumes");
+const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
 
 /// Bumped when the layout changes incompatibly.
 const FORMAT_VERSION: u64 = 1;
@@ -103,6 +104,21 @@ impl Store for RedbStore {
             servers: Self::load_table(&txn, SERVERS)?,
             disks: Self::load_table(&txn, DISKS)?,
             volumes: Self::load_table(&txn, VOLUMES)?,
+            groups: {
+                // Added after the first release: an older store lacks it.
+                match txn.open_table(GROUPS) {
+                    Ok(t) => {
+                        let mut out = Vec::new();
+                        for row in t.iter().map_err(io)? {
+                            let (k, v) = row.map_err(io)?;
+                            out.push(decode(format!("groups/{}", k.value()), v.value())?);
+                        }
+                        out
+                    }
+                    Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
+                    Err(e) => return Err(io(e)),
+                }
+            },
         }))
     }
 
@@ -120,6 +136,7 @@ impl Store for RedbStore {
             txn.open_table(SERVERS).map_err(io)?;
             txn.open_table(DISKS).map_err(io)?;
             txn.open_table(VOLUMES).map_err(io)?;
+            txn.open_table(GROUPS).map_err(io)?;
         }
         txn.commit().map_err(io)
     }
@@ -148,6 +165,14 @@ impl Store for RedbStore {
                 match cluster.disk(*id) {
                     Ok(d) => t.insert(id.0, encode(d).as_slice()).map(drop),
                     Err(_) => t.remove(id.0).map(drop),
+                }
+                .map_err(io)?;
+            }
+            let mut t = txn.open_table(GROUPS).map_err(io)?;
+            for name in &changes.groups {
+                match cluster.group(name) {
+                    Ok(g) => t.insert(name.as_str(), encode(g).as_slice()).map(drop),
+                    Err(_) => t.remove(name.as_str()).map(drop),
                 }
                 .map_err(io)?;
             }
@@ -205,6 +230,7 @@ mod tests {
             stripe: None,
             class: None,
             near_server: None,
+            meta: Default::default(),
         };
         let (_, ch) = c.create_volume(new("a"), &mut secrets).unwrap();
         store.commit(&c, &ch).unwrap();
@@ -212,12 +238,32 @@ mod tests {
         store.commit(&c, &ch).unwrap();
         let ch = c.delete_volume("a").unwrap();
         store.commit(&c, &ch).unwrap();
+        let sr = vsky_model::Group {
+            name: "sr1".into(),
+            uuid: Some("u-1".into()),
+            display_name: "SR one".into(),
+            description: String::new(),
+        };
+        let ch = c.create_group(sr).unwrap();
+        store.commit(&c, &ch).unwrap();
+        let mut in_group = new("c");
+        in_group.meta.group = Some("sr1".into());
+        in_group.meta.keys.insert("vdi-type".into(), "user".into());
+        let (_, ch) = c.create_volume(in_group, &mut secrets).unwrap();
+        store.commit(&c, &ch).unwrap();
         drop(store);
 
         let store = RedbStore::open(dir.path()).unwrap();
         let st = store.load().unwrap().unwrap();
-        let loaded =
-            Cluster::load(st.settings, st.next_id, st.servers, st.disks, st.volumes).unwrap();
+        let loaded = Cluster::load(
+            st.settings,
+            st.next_id,
+            st.servers,
+            st.disks,
+            st.volumes,
+            st.groups,
+        )
+        .unwrap();
         loaded.check_invariants().unwrap();
         assert_eq!(loaded.summary(), c.summary());
         assert_eq!(
@@ -225,5 +271,10 @@ mod tests {
             c.volume_by_name("b").unwrap()
         );
         assert!(loaded.volume_by_name("a").is_err());
+        assert_eq!(loaded.group("sr1").unwrap(), c.group("sr1").unwrap());
+        assert_eq!(
+            loaded.volume_by_name("c").unwrap().meta.keys["vdi-type"],
+            "user"
+        );
     }
 }

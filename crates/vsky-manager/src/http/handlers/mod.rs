@@ -4,5 +4,6 @@
 pub mod agent;
 pub mod cluster;
 pub mod disks;
+pub mod groups;
 pub mod servers;
 pub mod volumes;

@@ -3,19 +3,62 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use vsky_api::types::{AttachVolume, CreateVolume, ErrorBody, ResizeVolume, Volume, VolumeDetail};
+use vsky_api::types::{
+    AttachVolume, CreateVolume, ErrorBody, ResizeVolume, UpdateVolume, Volume, VolumeDetail,
+};
 use vsky_model::{NewVolume, Stripe};
 
 use crate::http::AppState;
 use crate::http::convert;
-use crate::http::error::{ApiError, ApiJson, ApiPath};
+use crate::http::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 
-#[utoipa::path(get, path = "/api/v1/volumes", tag = "volumes",
-    responses((status = 200, body = Vec<Volume>), (status = 401, body = ErrorBody)))]
-pub async fn list(State(app): State<AppState>) -> Result<Json<Vec<Volume>>, ApiError> {
-    Ok(Json(app.manager.read(|c| {
-        c.volumes().map(|v| convert::volume(c, v)).collect()
-    })?))
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only volumes of this group.
+    group: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/volumes", tag = "volumes", params(ListQuery),
+    responses((status = 200, body = Vec<Volume>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list(
+    State(app): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Vec<Volume>>, ApiError> {
+    let volumes = app.manager.read(|c| match &q.group {
+        None => Ok(c.volumes().map(|v| convert::volume(c, v)).collect()),
+        Some(g) => c
+            .group(g)
+            .map(|_| c.volumes_in(g).map(|v| convert::volume(c, v)).collect()),
+    })??;
+    Ok(Json(volumes))
+}
+
+/// Changes a volume's display name, description or keys.
+#[utoipa::path(patch, path = "/api/v1/volumes/{name}", tag = "volumes", request_body = UpdateVolume,
+    params(("name" = String, Path, description = "volume name")),
+    responses((status = 200, body = VolumeDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn update(
+    State(app): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<UpdateVolume>,
+) -> Result<Json<VolumeDetail>, ApiError> {
+    let n = name.clone();
+    let detail = app
+        .manager
+        .mutate(move |c, _| {
+            let update = vsky_model::VolumeMetaUpdate {
+                display_name: req.display_name,
+                description: req.description,
+                set_keys: req.set_keys,
+                unset_keys: req.unset_keys,
+            };
+            let changes = c.update_volume_meta(&n, update)?;
+            Ok((convert::volume_detail(c, c.volume_by_name(&n)?), changes))
+        })
+        .await?;
+    tracing::info!(volume = %name, "volume metadata updated");
+    Ok(Json(detail))
 }
 
 /// Creates a volume; all or nothing.
@@ -39,6 +82,13 @@ pub async fn create(
                 }),
                 class: req.class,
                 near_server: req.near_server,
+                meta: vsky_model::VolumeMeta {
+                    group: req.group,
+                    display_name: req.display_name,
+                    description: req.description,
+                    keys: req.keys,
+                    sharable: req.sharable,
+                },
             };
             let (id, changes) = c.create_volume(new, secrets)?;
             Ok((
