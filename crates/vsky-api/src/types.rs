@@ -13,10 +13,11 @@ use utoipa::ToSchema;
 /// for people, which says what to do next.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
-    /// Stable code: `invalid_argument`, `unauthorized`, `not_found`,
-    /// `already_exists`, `conflict`, `not_enough_servers`, `not_enough_space`,
-    /// `payload_too_large`, `unsupported_media_type`, `store_unavailable`,
-    /// `store_corrupt`, `internal`.
+    /// Stable code: `invalid_argument`, `unauthorized`, `forbidden`,
+    /// `not_found`, `method_not_allowed`, `already_exists`, `conflict`,
+    /// `not_enough_servers`, `not_enough_space`, `payload_too_large`,
+    /// `unsupported_media_type`, `store_unavailable`, `store_corrupt`,
+    /// `internal`.
     pub code: String,
     pub message: String,
     /// The request id, also in the `x-request-id` header and the logs.

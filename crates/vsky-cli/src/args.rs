@@ -202,12 +202,13 @@ pub enum ServerCommand {
         /// Server name.
         name: String,
     },
-    /// Declare a server failed: its legs are rebuilt elsewhere.
+    /// Declare a server failed: its legs are marked failed.
     #[command(
         long_about = "Declare a server failed. Every leg on its disks is marked failed \
-            and the manager allocates replacement chunks on other servers, which the \
-            heads resync at once. Use when a server is known dead; this cannot be undone \
-            for the legs already moved.",
+            (the volumes keep serving from their other legs, degraded) and the server \
+            gets no new chunks. Use when a server is known dead. Replacing the failed \
+            legs automatically is the recovery engine's job, which is not wired into \
+            the manager yet.",
         after_help = "Example:\n  vsky server fail node2"
     )]
     Fail {
@@ -261,11 +262,12 @@ pub enum DiskCommand {
         /// Disk id.
         id: u64,
     },
-    /// Declare a disk failed: its legs are rebuilt elsewhere.
+    /// Declare a disk failed: its legs are marked failed.
     #[command(
-        long_about = "Declare a disk failed. Every leg on it is marked failed and the \
-            manager allocates replacement chunks on other disks, which the heads \
-            resync at once.",
+        long_about = "Declare a disk failed. Every leg on it is marked failed (the \
+            volumes keep serving from their other legs, degraded) and the disk gets \
+            no new chunks. Replacing the failed legs automatically is the recovery \
+            engine's job, which is not wired into the manager yet.",
         after_help = "Example:\n  vsky disk fail 7"
     )]
     Fail {

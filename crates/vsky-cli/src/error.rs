@@ -4,7 +4,7 @@
 //! request) from "the manager is not there" (retry later, check the
 //! network) from "this machine is misconfigured" (fix the token or CA
 //! file). So every failure is classified here once, and `main` only asks
-//! [`CliError::exit_code`]. Usage errors found by clap exit with clap's own
+//! [`CliError::exit_status`]. Usage errors found by clap exit with clap's own
 //! status 2, which [`ExitStatus::Usage`] mirrors for the few usage checks
 //! that can only run after parsing.
 

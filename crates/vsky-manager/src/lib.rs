@@ -39,6 +39,11 @@ pub async fn run(
     tls: Option<Arc<ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let stopping = Arc::clone(&manager);
+    let shutdown = async move {
+        shutdown.await;
+        stopping.begin_shutdown();
+    };
     let state = http::AppState {
         manager,
         tokens: Arc::new(tokens),

@@ -50,22 +50,18 @@ pub struct Manager {
     poisoned: AtomicBool,
     /// Publishes the cluster generation; agents long-poll on it.
     generation: watch::Sender<u64>,
+    /// Set when the manager begins shutting down, so long-polls answer at
+    /// once instead of holding the shutdown for up to a minute.
+    stopping: watch::Sender<bool>,
     /// Last heartbeat per server (volatile: a restart starts a new grace).
     last_seen: Mutex<HashMap<ServerId, Instant>>,
 }
 
 fn load_cluster(store: &dyn Store) -> Result<Option<Cluster>, ServiceError> {
-    let Some(st) = store.load()? else {
-        return Ok(None);
-    };
-    Ok(Some(Cluster::load(
-        st.settings,
-        st.next_id,
-        st.servers,
-        st.disks,
-        st.volumes,
-        st.groups,
-    )?))
+    match store.load()? {
+        Some(records) => Ok(Some(Cluster::load(records)?)),
+        None => Ok(None),
+    }
 }
 
 impl Manager {
@@ -93,20 +89,28 @@ impl Manager {
                 c
             }
         };
+        let mut cluster = cluster;
+        // Start generations at a random point: agents compare for
+        // inequality, and a restarted manager counting from 1 again could
+        // land on the very number an agent holds and leave it waiting.
+        let mut seed = [0u8; 4];
+        getrandom::fill(&mut seed).expect("the OS random source is available");
+        cluster.set_generation(u64::from(u32::from_le_bytes(seed)) << 16);
         let (generation, _) = watch::channel(cluster.generation());
         Ok(Manager {
             cluster: Mutex::new(cluster),
             store,
             poisoned: AtomicBool::new(false),
             generation,
+            stopping: watch::channel(false).0,
             last_seen: Mutex::new(HashMap::new()),
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, Cluster> {
-        // A panic while holding the lock can only come from a broken model
-        // invariant; the state is still the last committed one plus at most
-        // that mutation, so recover the guard rather than wedge the manager.
+        // A panic while holding the lock (a broken invariant) poisons the
+        // mutex; `mutate` then rebuilds the cluster from the store, so the
+        // guard is safe to take back here.
         self.cluster.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -119,6 +123,12 @@ impl Manager {
     }
 
     /// Runs one mutation and persists it before returning.
+    ///
+    /// A mutation is all or nothing as a whole, even when the closure chains
+    /// several model operations and a later one fails: whenever the
+    /// in-memory cluster may have run ahead of the store (an error after a
+    /// partial change, a failed commit, a panic), it is rebuilt from the
+    /// store, which holds exactly the acknowledged state.
     pub async fn mutate<T, F>(self: &Arc<Self>, f: F) -> Result<T, ServiceError>
     where
         T: Send + 'static,
@@ -127,9 +137,15 @@ impl Manager {
             + 'static,
     {
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || this.mutate_blocking(f))
-            .await
-            .unwrap_or(Err(ServiceError::Poisoned))
+        match tokio::task::spawn_blocking(move || this.mutate_blocking(f)).await {
+            Ok(result) => result,
+            Err(panic) => {
+                tracing::error!(error = %panic, "a mutation panicked; rebuilding state from the store");
+                let mut cluster = self.lock();
+                self.reload(&mut cluster);
+                Err(ServiceError::Poisoned)
+            }
+        }
     }
 
     fn mutate_blocking<T, F>(&self, f: F) -> Result<T, ServiceError>
@@ -140,22 +156,58 @@ impl Manager {
             return Err(ServiceError::Poisoned);
         }
         let mut cluster = self.lock();
-        let (value, changes) = f(&mut cluster, &mut OsSecrets)?;
+        let before = cluster.generation();
+        let (value, changes) = match f(&mut cluster, &mut OsSecrets) {
+            Ok(done) => done,
+            Err(e) => {
+                // Each model operation is all or nothing, so an unchanged
+                // generation proves nothing changed; otherwise an earlier
+                // step of this closure did, and it must not outlive the
+                // error.
+                if cluster.generation() != before {
+                    self.reload(&mut cluster);
+                }
+                return Err(e.into());
+            }
+        };
         if let Err(e) = self.store.commit(&cluster, &changes) {
             tracing::error!(error = %e, "store commit failed; reloading state from the store");
-            match load_cluster(self.store.as_ref()) {
-                Ok(Some(reloaded)) => *cluster = reloaded,
-                other => {
-                    tracing::error!(?other, "reload failed; refusing further requests");
-                    self.poisoned.store(true, Ordering::Release);
-                }
-            }
+            self.reload(&mut cluster);
             return Err(e.into());
         }
         if !changes.is_empty() {
             self.generation.send_replace(cluster.generation());
         }
         Ok(value)
+    }
+
+    /// Replaces the in-memory cluster with the store's; if even that fails
+    /// the manager refuses every request from then on (restart it).
+    fn reload(&self, cluster: &mut Cluster) {
+        match load_cluster(self.store.as_ref()) {
+            Ok(Some(mut reloaded)) => {
+                // Keep generations moving forward so long-polling agents
+                // notice whatever the reload undid.
+                reloaded.set_generation(cluster.generation() + 1);
+                self.generation.send_replace(reloaded.generation());
+                *cluster = reloaded;
+            }
+            other => {
+                tracing::error!(
+                    ?other,
+                    "reload from the store failed; refusing further requests"
+                );
+                self.poisoned.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stopping.subscribe()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {

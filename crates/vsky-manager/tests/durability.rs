@@ -100,3 +100,50 @@ fn chunk_size_is_fixed_once_the_store_exists() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("chunk size"), "{stderr}");
 }
+
+/// Regression (found in review): a request that chains several model
+/// changes and fails part-way must leave nothing behind, in memory or on
+/// disk. A registration whose second disk is invalid used to leave its
+/// server in memory only, so a later disk added to it made the store
+/// unloadable after a restart.
+#[tokio::test]
+async fn a_failed_multi_step_request_leaves_nothing_behind() {
+    use vsky_api::types::{AgentDisk, CreateDisk, RegisterAgent};
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
+    let agent = m.client(AGENT_TOKEN);
+    let disk = |path: &str| AgentDisk {
+        path: path.into(),
+        size_bytes: 1 << 30,
+        class: None,
+    };
+    let req = RegisterAgent {
+        server: "node9".into(),
+        address: "127.0.0.1:30009".into(),
+        labels: Default::default(),
+        disks: vec![disk("/dev/vdb"), disk("relative/path")],
+    };
+    assert_eq!(
+        agent.register_agent(&req).await.unwrap_err().code(),
+        Some("invalid_argument")
+    );
+    let admin = m.admin();
+    assert_eq!(
+        admin.server("node9").await.unwrap_err().code(),
+        Some("not_found")
+    );
+    let add = CreateDisk {
+        server: "node9".into(),
+        path: "/dev/vdc".into(),
+        size_bytes: 1 << 30,
+        class: None,
+    };
+    assert_eq!(
+        admin.create_disk(&add).await.unwrap_err().code(),
+        Some("not_found")
+    );
+    let before = admin.cluster().await.unwrap();
+    m.kill9();
+    let m = ManagerProcess::start(dir.path(), &[]);
+    assert_eq!(m.admin().cluster().await.unwrap(), before);
+}

@@ -284,10 +284,25 @@ impl AllocIndex {
         class: Option<&str>,
         near: Option<&Near>,
     ) -> Option<Vec<DiskId>> {
+        self.pick_more(&[], replicas, class, near)
+    }
+
+    /// Picks `count` more disks for a mirrored disk whose other live legs
+    /// sit on `taken` (server, failure domain) pairs: the new legs avoid
+    /// those servers always and those domains when possible. This is how a
+    /// replacement leg is placed.
+    pub fn pick_more(
+        &self,
+        taken: &[(ServerId, String)],
+        count: u8,
+        class: Option<&str>,
+        near: Option<&Near>,
+    ) -> Option<Vec<DiskId>> {
         let bucket = self.bucket(class)?;
-        let mut chosen: Vec<(ServerId, &str)> = Vec::with_capacity(usize::from(replicas));
-        let mut disks = Vec::with_capacity(usize::from(replicas));
-        for leg in 0..replicas {
+        let mut chosen: Vec<(ServerId, &str)> =
+            taken.iter().map(|(s, d)| (*s, d.as_str())).collect();
+        let mut disks = Vec::with_capacity(usize::from(count));
+        for leg in 0..count {
             let qualifies = |k: &ServerKey, strict: bool, chosen: &[(ServerId, &str)]| {
                 let domain = self.servers[&k.server].domain.as_str();
                 chosen
@@ -296,6 +311,7 @@ impl AllocIndex {
             };
             let mut pick = None;
             if leg == 0
+                && taken.is_empty()
                 && let Some(near) = near
             {
                 pick = bucket.server_keys.get(&near.server).copied().or_else(|| {

@@ -10,11 +10,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+pub mod recovery;
+
 use crate::alloc::{AllocIndex, DiskEntry, Near};
 use crate::entities::*;
 use crate::error::ModelError;
 use crate::freelist::FreeList;
-use crate::ids::{self, ChunkRef, DiskId, ServerId, VolumeId};
+use crate::ids::{self, ChunkRef, DiskId, JobId, ServerId, VolumeId};
 use crate::{SecretSource, limits};
 
 /// What a mutation touched. For each id, the store writes the record if it
@@ -23,6 +25,7 @@ use crate::{SecretSource, limits};
 pub struct Changes {
     pub next_id: bool,
     pub groups: BTreeSet<String>,
+    pub jobs: BTreeSet<JobId>,
     pub servers: BTreeSet<ServerId>,
     pub disks: BTreeSet<DiskId>,
     pub volumes: BTreeSet<VolumeId>,
@@ -32,10 +35,24 @@ impl Changes {
     pub fn is_empty(&self) -> bool {
         !self.next_id
             && self.groups.is_empty()
+            && self.jobs.is_empty()
             && self.servers.is_empty()
             && self.disks.is_empty()
             && self.volumes.is_empty()
     }
+}
+
+/// Everything the store keeps: the input of [`Cluster::load`] and the
+/// output of [`Cluster::records`].
+#[derive(Clone, Debug, Default)]
+pub struct Records {
+    pub settings: Settings,
+    pub next_id: u64,
+    pub servers: Vec<Server>,
+    pub disks: Vec<Disk>,
+    pub volumes: Vec<Volume>,
+    pub groups: Vec<Group>,
+    pub jobs: Vec<recovery::ResyncJob>,
 }
 
 /// Where a used chunk is used.
@@ -139,11 +156,15 @@ pub struct Cluster {
     volumes: BTreeMap<VolumeId, Volume>,
     volume_names: HashMap<String, VolumeId>,
     groups: BTreeMap<String, Group>,
+    /// Resync jobs, active and recent (see `recovery`).
+    jobs: BTreeMap<JobId, recovery::ResyncJob>,
+    /// The active (queued or running) job of each leg slot being repaired.
+    repairs: BTreeMap<(VolumeId, u32, u8), JobId>,
     runtime: HashMap<DiskId, DiskRuntime>,
     index: AllocIndex,
     /// Bumped by every mutation that changed something; agents long-poll on
-    /// it. Not persisted: agents compare for inequality, so a restart that
-    /// resets it still wakes them.
+    /// it. Not persisted: the manager starts each process at a random value
+    /// (agents compare for inequality, so a fresh value wakes them).
     generation: u64,
 }
 
@@ -184,7 +205,7 @@ fn validate_display_name(text: &str) -> Result<(), ModelError> {
     Ok(())
 }
 
-fn not_found(kind: &'static str, cli: &'static str, key: impl ToString) -> ModelError {
+pub(crate) fn not_found(kind: &'static str, cli: &'static str, key: impl ToString) -> ModelError {
     ModelError::NotFound {
         kind,
         cli,
@@ -205,6 +226,8 @@ impl Cluster {
             volumes: BTreeMap::new(),
             volume_names: HashMap::new(),
             groups: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            repairs: BTreeMap::new(),
             runtime: HashMap::new(),
             index: AllocIndex::default(),
             generation: 1,
@@ -212,14 +235,16 @@ impl Cluster {
     }
 
     /// Rebuilds a cluster from stored records, checking that they agree.
-    pub fn load(
-        settings: Settings,
-        next_id: u64,
-        servers: Vec<Server>,
-        disks: Vec<Disk>,
-        volumes: Vec<Volume>,
-        groups: Vec<Group>,
-    ) -> Result<Self, ModelError> {
+    pub fn load(records: Records) -> Result<Self, ModelError> {
+        let Records {
+            settings,
+            next_id,
+            servers,
+            disks,
+            volumes,
+            groups,
+            jobs,
+        } = records;
         let corrupt = |msg: String| ModelError::Corrupt(msg);
         let mut cluster = Cluster::new(settings)?;
         cluster.next_id = next_id;
@@ -307,10 +332,24 @@ impl Cluster {
         for id in ids {
             cluster.reindex_server(id);
         }
+        cluster.load_jobs(jobs)?;
         Ok(cluster)
     }
 
     // ---- queries -------------------------------------------------------
+
+    /// Every record, as a store would hold them.
+    pub fn records(&self) -> Records {
+        Records {
+            settings: self.settings.clone(),
+            next_id: self.next_id,
+            servers: self.servers.values().cloned().collect(),
+            disks: self.disks.values().cloned().collect(),
+            volumes: self.volumes.values().cloned().collect(),
+            groups: self.groups.values().cloned().collect(),
+            jobs: self.jobs.values().cloned().collect(),
+        }
+    }
 
     pub fn settings(&self) -> &Settings {
         &self.settings
@@ -322,6 +361,12 @@ impl Cluster {
 
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Moves the generation counter (the manager starts it at a random
+    /// point per process, and moves it forward after reloading the store).
+    pub fn set_generation(&mut self, generation: u64) {
+        self.generation = generation;
     }
 
     pub fn servers(&self) -> impl Iterator<Item = &Server> {
@@ -806,9 +851,6 @@ impl Cluster {
         volume.id = id;
         volume.mirrored_disks = self.allocate(&volume, count, 0, secrets)?;
         self.take_id(&mut changes);
-        for md in &volume.mirrored_disks {
-            changes.disks.extend(md.legs.iter().map(|l| l.chunk.disk));
-        }
         self.volume_names.insert(volume.name.clone(), id);
         self.volumes.insert(id, volume);
         changes.volumes.insert(id);
@@ -847,9 +889,6 @@ impl Cluster {
             ..volume.clone()
         };
         let added = self.allocate(&shell, count.saturating_sub(have), have, secrets)?;
-        for md in &added {
-            changes.disks.extend(md.legs.iter().map(|l| l.chunk.disk));
-        }
         let volume = self.volumes.get_mut(&id).expect("exists");
         volume.mirrored_disks.extend(added);
         volume.size_bytes = new_size;
@@ -952,7 +991,10 @@ impl Cluster {
             .ok_or_else(|| {
                 ModelError::invalid("leg", format!("{volume} has no leg {mirrored_disk}/{leg}"))
             })?;
+        let lost = l.chunk;
         let mut changes = Changes::default();
+        self.jobs_lose(|c| c == lost, &mut changes);
+        let l = &self.volumes[&id].mirrored_disks[mirrored_disk as usize].legs[usize::from(leg)];
         if l.state != LegState::Failed {
             let v = self.volumes.get_mut(&id).expect("exists");
             v.mirrored_disks[mirrored_disk as usize].legs[usize::from(leg)].state =
@@ -1261,6 +1303,7 @@ impl Cluster {
     }
 
     fn fail_legs_on(&mut self, disk: DiskId, changes: &mut Changes) {
+        self.jobs_lose_disk(disk, changes);
         let addrs: Vec<LegAddr> = self.runtime[&disk].used.values().copied().collect();
         for a in addrs {
             let v = self

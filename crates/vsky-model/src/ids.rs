@@ -29,6 +29,7 @@ macro_rules! id_type {
 id_type!(ServerId, "server#");
 id_type!(DiskId, "disk#");
 id_type!(VolumeId, "volume#");
+id_type!(JobId, "job#");
 
 /// One chunk: the `index`-th fixed-size slice of a disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -11,7 +11,8 @@
 //! - [`ids`]: typed identifiers and name validation.
 //! - [`entities`]: the persistent records (`Server`, `Disk`, `Volume`, …).
 //! - [`cluster`]: [`Cluster`], the in-memory state plus derived indexes, and
-//!   every mutation (`create_volume`, `fail_disk`, …).
+//!   every mutation (`create_volume`, `fail_disk`, …); `cluster::recovery`
+//!   plans replacement legs and schedules their resyncs.
 //! - [`alloc`]: the allocation index that picks disks for legs.
 //! - [`freelist`]: the compact per-disk set of free chunk indexes.
 //! - [`agent_view`]: what one server's agent must do (desired state).
@@ -26,12 +27,14 @@ pub mod freelist;
 pub mod ids;
 pub mod limits;
 
+pub use cluster::recovery::{JobState, ResyncJob};
 pub use cluster::{
-    Changes, Cluster, GroupUpdate, NewDisk, NewServer, NewVolume, Summary, VolumeMetaUpdate,
+    Changes, Cluster, GroupUpdate, NewDisk, NewServer, NewVolume, Records, Summary,
+    VolumeMetaUpdate,
 };
 pub use entities::*;
 pub use error::{ErrorKind, ModelError};
-pub use ids::{ChunkRef, DiskId, ServerId, VolumeId};
+pub use ids::{ChunkRef, DiskId, JobId, ServerId, VolumeId};
 
 /// Where per-leg export secrets come from. The manager draws them from the
 /// operating system's CSPRNG; tests and the simulator use a seeded source so

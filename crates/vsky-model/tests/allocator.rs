@@ -177,9 +177,10 @@ proptest! {
     }
 
     /// Deleting a volume can leave disks uneven (its legs leave only the
-    /// disks it used; moving legs back is the rebalancer's job). Creates
-    /// then heal: a create never widens the spread beyond max(spread, 1),
-    /// and a run of creates brings the pool back within 1 leg.
+    /// disks it used; moving legs back is the rebalancer's job), and a
+    /// create needing R distinct servers can briefly widen the spread when
+    /// the least loaded disks sit on fewer than R servers. Creates heal:
+    /// a run of small creates brings the pool back within 1 leg.
     #[test]
     fn uniform_pool_creates_heal_after_deletes(
         servers in 3usize..9, disks in 1usize..4,
@@ -191,11 +192,9 @@ proptest! {
         for (i, op) in ops.into_iter().enumerate() {
             match op {
                 Op::Create { mirrored, replicas } => {
-                    let before = leg_spread(&c);
                     let name = format!("v{i}");
                     c.create_volume(new_volume(&name, mirrored, replicas), &mut secrets).unwrap();
                     names.push(name);
-                    prop_assert!(leg_spread(&c) <= before.max(1), "create {i} widened {before} to {}", leg_spread(&c));
                 }
                 Op::Delete(k) if !names.is_empty() => {
                     let name = names.remove(k % names.len());
@@ -274,14 +273,14 @@ fn load_round_trips_and_refuses_double_use() {
     let servers: Vec<Server> = c.servers().cloned().collect();
     let disks: Vec<Disk> = c.disks().cloned().collect();
     let volumes: Vec<Volume> = c.volumes().cloned().collect();
-    let loaded = Cluster::load(
-        c.settings().clone(),
-        c.next_id(),
-        servers.clone(),
-        disks.clone(),
-        volumes.clone(),
-        vec![],
-    )
+    let loaded = Cluster::load(Records {
+        settings: c.settings().clone(),
+        next_id: c.next_id(),
+        servers: servers.clone(),
+        disks: disks.clone(),
+        volumes: volumes.clone(),
+        ..Default::default()
+    })
     .unwrap();
     loaded.check_invariants().unwrap();
     assert_eq!(loaded.summary(), c.summary());
@@ -293,14 +292,14 @@ fn load_round_trips_and_refuses_double_use() {
     copy.id = VolumeId(c.next_id() - 1);
     copy.name = "copy".into();
     twice.push(copy);
-    let err = Cluster::load(
-        c.settings().clone(),
-        c.next_id(),
+    let err = Cluster::load(Records {
+        settings: c.settings().clone(),
+        next_id: c.next_id(),
         servers,
         disks,
-        twice,
-        vec![],
-    )
+        volumes: twice,
+        ..Default::default()
+    })
     .unwrap_err();
     assert_eq!(err.code(), "store_corrupt");
 }

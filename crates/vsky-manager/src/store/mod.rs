@@ -12,7 +12,7 @@
 
 pub mod redb;
 
-use vsky_model::{Changes, Cluster, Disk, Group, Server, Settings, Volume};
+use vsky_model::{Changes, Cluster, Records};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -26,20 +26,9 @@ pub enum StoreError {
     SettingsMismatch { stored: String, requested: String },
 }
 
-/// Everything a store holds, as loaded at start-up.
-#[derive(Debug)]
-pub struct StoredState {
-    pub settings: Settings,
-    pub next_id: u64,
-    pub servers: Vec<Server>,
-    pub disks: Vec<Disk>,
-    pub volumes: Vec<Volume>,
-    pub groups: Vec<Group>,
-}
-
 pub trait Store: Send + Sync {
     /// Loads every record; `None` for a store never initialised.
-    fn load(&self) -> Result<Option<StoredState>, StoreError>;
+    fn load(&self) -> Result<Option<Records>, StoreError>;
 
     /// Initialises an empty store with the cluster's settings.
     fn initialise(&self, cluster: &Cluster) -> Result<(), StoreError>;

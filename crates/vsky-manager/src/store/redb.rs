@@ -11,15 +11,16 @@ use std::path::Path;
 use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use vsky_model::{Changes, Cluster};
+use vsky_model::{Changes, Cluster, Records};
 
-use super::{Store, StoreError, StoredState};
+use super::{Store, StoreError};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SERVERS: TableDefinition<u64, &[u8]> = TableDefinition::new("servers");
 const DISKS: TableDefinition<u64, &[u8]> = TableDefinition::new("disks");
 const VOLUMES: TableDefinition<u64, &[u8]> = TableDefinition::new("volumes");
 const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
+const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
 
 /// Bumped when the layout changes incompatibly.
 const FORMAT_VERSION: u64 = 1;
@@ -59,6 +60,18 @@ impl RedbStore {
         Ok(RedbStore { db })
     }
 
+    /// Like `load_table`, for tables added after the first release: an
+    /// older store simply lacks them.
+    fn load_table_if_present<T: DeserializeOwned>(
+        txn: &redb::ReadTransaction,
+        table: TableDefinition<u64, &[u8]>,
+    ) -> Result<Vec<T>, StoreError> {
+        match txn.open_table(table) {
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(Vec::new()),
+            _ => Self::load_table(txn, table),
+        }
+    }
+
     fn load_table<T: DeserializeOwned>(
         txn: &redb::ReadTransaction,
         table: TableDefinition<u64, &[u8]>,
@@ -77,7 +90,7 @@ impl RedbStore {
 }
 
 impl Store for RedbStore {
-    fn load(&self) -> Result<Option<StoredState>, StoreError> {
+    fn load(&self) -> Result<Option<Records>, StoreError> {
         let txn = self.db.begin_read().map_err(io)?;
         let meta = match txn.open_table(META) {
             Ok(t) => t,
@@ -98,12 +111,13 @@ impl Store for RedbStore {
         }
         let settings = decode("meta/settings", &get("settings")?.unwrap_or_default())?;
         let next_id = decode("meta/next_id", &get("next_id")?.unwrap_or_default())?;
-        Ok(Some(StoredState {
+        Ok(Some(Records {
             settings,
             next_id,
             servers: Self::load_table(&txn, SERVERS)?,
             disks: Self::load_table(&txn, DISKS)?,
             volumes: Self::load_table(&txn, VOLUMES)?,
+            jobs: Self::load_table_if_present(&txn, JOBS)?,
             groups: {
                 // Added after the first release: an older store lacks it.
                 match txn.open_table(GROUPS) {
@@ -137,6 +151,7 @@ impl Store for RedbStore {
             txn.open_table(DISKS).map_err(io)?;
             txn.open_table(VOLUMES).map_err(io)?;
             txn.open_table(GROUPS).map_err(io)?;
+            txn.open_table(JOBS).map_err(io)?;
         }
         txn.commit().map_err(io)
     }
@@ -173,6 +188,14 @@ impl Store for RedbStore {
                 match cluster.group(name) {
                     Ok(g) => t.insert(name.as_str(), encode(g).as_slice()).map(drop),
                     Err(_) => t.remove(name.as_str()).map(drop),
+                }
+                .map_err(io)?;
+            }
+            let mut t = txn.open_table(JOBS).map_err(io)?;
+            for id in &changes.jobs {
+                match cluster.job(*id) {
+                    Ok(j) => t.insert(id.0, encode(j).as_slice()).map(drop),
+                    Err(_) => t.remove(id.0).map(drop),
                 }
                 .map_err(io)?;
             }
@@ -255,15 +278,7 @@ mod tests {
 
         let store = RedbStore::open(dir.path()).unwrap();
         let st = store.load().unwrap().unwrap();
-        let loaded = Cluster::load(
-            st.settings,
-            st.next_id,
-            st.servers,
-            st.disks,
-            st.volumes,
-            st.groups,
-        )
-        .unwrap();
+        let loaded = Cluster::load(st).unwrap();
         loaded.check_invariants().unwrap();
         assert_eq!(loaded.summary(), c.summary());
         assert_eq!(

@@ -101,29 +101,46 @@ pub async fn heartbeat(
         .manager
         .read(|c| c.server_by_name(&req.server).map(|s| s.id))??;
     app.manager.saw_heartbeat(server_id);
-    let generation = if req.wiped_chunks.is_empty() && req.failed_legs.is_empty() {
-        app.manager.read(|c| c.generation())?
-    } else {
-        let server = req.server.clone();
-        app.manager
+    let generation =
+        if req.wiped_chunks.is_empty() && req.failed_legs.is_empty() {
+            app.manager.read(|c| c.generation())?
+        } else {
+            let server = req.server.clone();
+            app.manager
             .mutate(move |c, _| {
-                let chunks: Vec<ChunkRef> =
-                    req.wiped_chunks.iter().map(|w| ChunkRef { disk: DiskId(w.disk_id), index: w.index }).collect();
+                // Observations can be stale by the time they arrive (the
+                // volume was detached or deleted, the disk removed): those
+                // are dropped, not refused, or one stale item would block
+                // every later heartbeat of the agent.
+                let chunks: Vec<ChunkRef> = req
+                    .wiped_chunks
+                    .iter()
+                    .map(|w| ChunkRef { disk: DiskId(w.disk_id), index: w.index })
+                    .filter(|ch| c.disk(ch.disk).is_ok_and(|d| d.server == server_id))
+                    .collect();
                 let (freed, mut changes) = c.chunks_wiped(server_id, &chunks)?;
                 if freed > 0 {
                     tracing::info!(server = %server, freed, "wiped chunks returned to the pool");
                 }
                 for f in &req.failed_legs {
-                    let ch = c.report_leg_failed(server_id, &f.volume, f.mirrored_disk, f.leg)?;
-                    if !ch.is_empty() {
-                        tracing::warn!(server = %server, volume = %f.volume, mirrored_disk = f.mirrored_disk, leg = f.leg, "leg failed");
+                    match c.report_leg_failed(server_id, &f.volume, f.mirrored_disk, f.leg) {
+                        Ok(ch) => {
+                            if !ch.is_empty() {
+                                tracing::warn!(server = %server, volume = %f.volume,
+                                    mirrored_disk = f.mirrored_disk, leg = f.leg, "leg failed");
+                            }
+                            changes.volumes.extend(ch.volumes);
+                            changes.jobs.extend(ch.jobs);
+                            changes.disks.extend(ch.disks);
+                        }
+                        Err(e) => tracing::info!(server = %server, volume = %f.volume, error = %e,
+                            "stale failed-leg report dropped"),
                     }
-                    changes.volumes.extend(ch.volumes);
                 }
                 Ok((c.generation(), changes))
             })
             .await?
-    };
+        };
     Ok(Json(HeartbeatAck { generation }))
 }
 
@@ -217,10 +234,17 @@ pub async fn desired_state(
         .read(|c| c.server_by_name(&q.server).map(|s| s.id))??;
     if let Some(known) = q.generation {
         let mut rx = app.manager.subscribe();
+        let mut stopping = app.manager.stopping();
         let wait = Duration::from_millis(q.wait_ms).min(LONG_POLL_MAX);
-        // Wake on any change of generation, or give up after `wait`; either
-        // way answer with the state as it is then.
-        let _ = tokio::time::timeout(wait, rx.wait_for(|g| *g != known)).await;
+        // Wake on any change of generation, on shutdown, or after `wait`;
+        // either way answer with the state as it is then.
+        let _ = tokio::time::timeout(wait, async {
+            tokio::select! {
+                _ = rx.wait_for(|g| *g != known) => {}
+                _ = stopping.wait_for(|s| *s) => {}
+            }
+        })
+        .await;
     }
     let state = app
         .manager
