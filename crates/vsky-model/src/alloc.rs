@@ -5,8 +5,9 @@
 //! 2. They sit in distinct failure domains when the pool allows; when it does
 //!    not, the rule relaxes to distinct servers only.
 //! 3. Among the disks that qualify, the least loaded wins: fewest legs, then
-//!    fewest legs on its server, then most free chunks, then the lowest disk
-//!    id (deterministic tie-break).
+//!    fewest legs on its server, then most free chunks, then a deterministic
+//!    pseudo-random tie-break (so a disk's legs get many different partner
+//!    disks, and a rebuild spreads over the pool).
 //! 4. With a `near` hint, the first leg goes to the head server itself, or
 //!    else to its failure domain, when such a disk qualifies.
 //! 5. A requested disk class restricts every leg to disks of that class.
@@ -33,7 +34,22 @@ use crate::ids::{DiskId, ServerId};
 struct DiskKey {
     legs: u64,
     free_chunks: Reverse<u64>,
+    shuffle: u64,
     disk: DiskId,
+}
+
+/// A deterministic pseudo-random tie-break that changes whenever a disk's
+/// load does. Without it, equally loaded disks would always be visited in
+/// id order, the same disks would keep being paired into mirrored disks,
+/// and every leg of a failed disk would have its surviving copy on one
+/// partner disk: the rebuild would then crawl through that single disk
+/// instead of spreading across the pool. (SplitMix64 finaliser.)
+fn shuffle(disk: DiskId, legs: u64) -> u64 {
+    let mut z =
+        disk.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ legs.wrapping_mul(0xd1b5_4a32_d192_ed03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Order of servers: their best disk's load, then the server's own load
@@ -47,6 +63,7 @@ struct ServerKey {
     best_legs: u64,
     server_legs: u64,
     best_free_chunks: Reverse<u64>,
+    best_shuffle: u64,
     best_disk: DiskId,
     server: ServerId,
 }
@@ -68,6 +85,7 @@ impl DiskEntry {
         DiskKey {
             legs: self.legs,
             free_chunks: Reverse(self.free_chunks),
+            shuffle: shuffle(self.disk, self.legs),
             disk: self.disk,
         }
     }
@@ -118,6 +136,7 @@ impl Bucket {
             best_legs: best.legs,
             server_legs,
             best_free_chunks: best.free_chunks,
+            best_shuffle: best.shuffle,
             best_disk: best.disk,
             server,
         };
@@ -381,7 +400,7 @@ mod tests {
     }
 
     #[test]
-    fn least_loaded_first_then_most_free_then_lowest_id() {
+    fn least_loaded_first_then_most_free() {
         check(
             vec![
                 entry(1, 1, "a", 3, 9),
@@ -393,11 +412,28 @@ mod tests {
             Some(vec![3, 2]),
         );
         check(
-            vec![entry(1, 1, "a", 0, 5), entry(2, 2, "b", 0, 5)],
+            vec![entry(1, 1, "a", 0, 5), entry(2, 2, "b", 0, 6)],
             2,
             None,
-            Some(vec![1, 2]),
+            Some(vec![2, 1]),
         );
+    }
+
+    /// Equally loaded disks are visited in an order that changes with
+    /// their load, so the same disks are not paired over and over.
+    #[test]
+    fn ties_are_broken_differently_as_load_changes() {
+        let orders: BTreeSet<Vec<DiskId>> = (0..8)
+            .map(|legs| {
+                let idx = index(
+                    (1..=6)
+                        .map(|d| entry(d, d, &format!("r{d}"), legs, 5))
+                        .collect(),
+                );
+                idx.pick(2, None, None).unwrap()
+            })
+            .collect();
+        assert!(orders.len() > 1, "always {orders:?}");
     }
 
     #[test]
@@ -411,7 +447,7 @@ mod tests {
         check(
             vec![
                 entry(1, 1, "a", 0, 5),
-                entry(2, 1, "a", 0, 5),
+                entry(2, 1, "a", 1, 5),
                 entry(3, 2, "b", 9, 1),
             ],
             2,
@@ -422,11 +458,11 @@ mod tests {
 
     #[test]
     fn distinct_domains_when_possible_else_distinct_servers() {
-        // Disk 2 is less loaded but shares rack a with disk 1.
+        // Disk 2 is less loaded than disk 3 but shares rack a with disk 1.
         check(
             vec![
                 entry(1, 1, "a", 0, 5),
-                entry(2, 2, "a", 0, 5),
+                entry(2, 2, "a", 1, 5),
                 entry(3, 3, "b", 5, 5),
             ],
             2,

@@ -160,6 +160,9 @@ pub struct Cluster {
     jobs: BTreeMap<JobId, recovery::ResyncJob>,
     /// The active (queued or running) job of each leg slot being repaired.
     repairs: BTreeMap<(VolumeId, u32, u8), JobId>,
+    /// Set whenever a leg fails, cleared once every failed leg has a
+    /// repair: `plan_repairs` scans the volumes only when it is set.
+    repairs_pending: bool,
     runtime: HashMap<DiskId, DiskRuntime>,
     index: AllocIndex,
     /// Bumped by every mutation that changed something; agents long-poll on
@@ -228,6 +231,7 @@ impl Cluster {
             groups: BTreeMap::new(),
             jobs: BTreeMap::new(),
             repairs: BTreeMap::new(),
+            repairs_pending: true,
             runtime: HashMap::new(),
             index: AllocIndex::default(),
             generation: 1,
@@ -1000,6 +1004,7 @@ impl Cluster {
             v.mirrored_disks[mirrored_disk as usize].legs[usize::from(leg)].state =
                 LegState::Failed;
             changes.volumes.insert(id);
+            self.repairs_pending = true;
         }
         Ok(self.commit(changes))
     }
@@ -1314,6 +1319,7 @@ impl Cluster {
             if leg.state != LegState::Failed {
                 leg.state = LegState::Failed;
                 changes.volumes.insert(a.volume);
+                self.repairs_pending = true;
             }
         }
     }

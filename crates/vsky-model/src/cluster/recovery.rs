@@ -126,6 +126,9 @@ impl Cluster {
     pub fn plan_repairs(&mut self, secrets: &mut dyn SecretSource) -> (Vec<JobId>, Changes) {
         let mut changes = Changes::default();
         let mut planned = Vec::new();
+        if !self.repairs_pending {
+            return (planned, changes);
+        }
         let failed: Vec<(VolumeId, u32, u8)> = self
             .volumes
             .values()
@@ -143,11 +146,16 @@ impl Cluster {
             })
             .filter(|slot| !self.repairs.contains_key(slot))
             .collect();
+        let mut unplanned = false;
         for (volume, m, l) in failed {
-            if let Some(id) = self.plan_one(volume, m, l, secrets, &mut changes) {
-                planned.push(id);
+            match self.plan_one(volume, m, l, secrets, &mut changes) {
+                Some(id) => planned.push(id),
+                None => unplanned = true,
             }
         }
+        // Legs left without a repair (no room, no healthy leg) are retried
+        // on the next call.
+        self.repairs_pending = unplanned;
         (planned, self.commit(changes))
     }
 
@@ -363,6 +371,7 @@ impl Cluster {
             .legs[usize::from(job.leg)];
         leg.state = LegState::Failed;
         changes.volumes.insert(job.volume);
+        self.repairs_pending = true;
         self.end_job(id, JobState::Failed, Some(reason.to_string()), &mut changes);
         Ok(self.commit(changes))
     }
