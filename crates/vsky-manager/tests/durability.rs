@@ -6,19 +6,6 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::*;
-use vsky_api::types::CreateVolume;
-
-fn volume(name: &str, size: u64) -> CreateVolume {
-    CreateVolume {
-        name: name.into(),
-        size_bytes: size,
-        replicas: None,
-        stripe: None,
-        class: None,
-        near_server: None,
-        ..Default::default()
-    }
-}
 
 #[tokio::test]
 async fn kill_9_and_restart_keeps_every_acknowledged_change() {

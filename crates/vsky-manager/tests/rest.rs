@@ -22,18 +22,6 @@ async fn status_and_body(resp: reqwest::Response) -> (u16, Value) {
     (status, body)
 }
 
-fn create_volume(name: &str, size: u64) -> CreateVolume {
-    CreateVolume {
-        name: name.into(),
-        size_bytes: size,
-        replicas: None,
-        stripe: None,
-        class: None,
-        near_server: None,
-        ..Default::default()
-    }
-}
-
 /// Requests without a valid token get 401, agent tokens cannot use admin
 /// endpoints (403), a bound agent token acts for its own server only, and
 /// health plus the OpenAPI document stay open.
@@ -349,7 +337,7 @@ async fn volume_lifecycle() {
 
     // 100 MiB over 7 MiB data chunks → 15 mirrored disks.
     let v = admin
-        .create_volume(&create_volume("vm1", 100 * MIB))
+        .create_volume(&volume("vm1", 100 * MIB))
         .await
         .unwrap();
     assert_eq!(v.volume.size_bytes, 100 * MIB);
@@ -391,7 +379,7 @@ async fn volume_lifecycle() {
 
     assert_eq!(
         admin
-            .create_volume(&create_volume("vm1", MIB))
+            .create_volume(&volume("vm1", MIB))
             .await
             .unwrap_err()
             .code(),
@@ -476,10 +464,7 @@ async fn volume_lifecycle() {
     assert_eq!((s.releasing_bytes, s.free_bytes), (0, s.capacity_bytes));
 
     // Failing a disk fails its legs; removing a used disk is refused.
-    let v = admin
-        .create_volume(&create_volume("vm2", 20 * MIB))
-        .await
-        .unwrap();
+    let v = admin.create_volume(&volume("vm2", 20 * MIB)).await.unwrap();
     let disk = v.layout[0].legs[0].disk_id;
     assert_eq!(
         admin.remove_disk(disk).await.unwrap_err().code(),
@@ -537,10 +522,7 @@ async fn desired_state_long_poll_wakes_on_change() {
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!poll.is_finished(), "nothing changed yet");
-    admin
-        .create_volume(&create_volume("v", 30 * MIB))
-        .await
-        .unwrap();
+    admin.create_volume(&volume("v", 30 * MIB)).await.unwrap();
     let next = tokio::time::timeout(Duration::from_secs(20), poll)
         .await
         .expect("long-poll woke")
@@ -607,10 +589,7 @@ async fn metrics_and_openapi() {
     let m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
     let admin = m.admin();
     make_pool(&admin, 3, 1, 8, 0).await;
-    admin
-        .create_volume(&create_volume("v", 10 * MIB))
-        .await
-        .unwrap();
+    admin.create_volume(&volume("v", 10 * MIB)).await.unwrap();
     let text = raw()
         .get(format!("{}/metrics", m.url))
         .bearer_auth(ADMIN_TOKEN)
@@ -699,10 +678,7 @@ async fn groups_and_volume_metadata() {
         (v.volume.group.as_deref(), v.volume.display_name.as_str()),
         (Some("sr-1"), "my disk")
     );
-    admin
-        .create_volume(&create_volume("outside", MIB))
-        .await
-        .unwrap();
+    admin.create_volume(&volume("outside", MIB)).await.unwrap();
     let in_sr = admin.list_volumes_in("sr-1").await.unwrap();
     assert_eq!(
         in_sr.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),

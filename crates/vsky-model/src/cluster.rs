@@ -1258,21 +1258,12 @@ impl Cluster {
             };
             let mut legs = Vec::with_capacity(disks.len());
             for (l, disk) in disks.into_iter().enumerate() {
-                let rt = self
-                    .runtime
-                    .get_mut(&disk)
-                    .expect("indexed disks have runtime");
-                let index = rt
-                    .free
-                    .take_lowest()
-                    .expect("indexed disks have a free chunk");
                 let addr = LegAddr {
                     volume: volume.id,
                     mirrored_disk: (first + m) as u32,
                     leg: l as u8,
                 };
-                rt.used.insert(index, addr);
-                self.reindex(disk);
+                let index = self.take_chunk(disk, addr);
                 let chunk = ChunkRef { disk, index };
                 taken.push(chunk);
                 legs.push(chunk);
@@ -1293,6 +1284,22 @@ impl Cluster {
                     .collect(),
             })
             .collect())
+    }
+
+    /// Takes the lowest free chunk of an indexed disk for the leg at
+    /// `addr`, keeping the allocation index current.
+    fn take_chunk(&mut self, disk: DiskId, addr: LegAddr) -> u32 {
+        let rt = self
+            .runtime
+            .get_mut(&disk)
+            .expect("indexed disks have runtime");
+        let index = rt
+            .free
+            .take_lowest()
+            .expect("indexed disks have a free chunk");
+        rt.used.insert(index, addr);
+        self.reindex(disk);
+        index
     }
 
     fn give_back(&mut self, chunks: &[ChunkRef]) {

@@ -124,3 +124,12 @@ pub async fn make_pool(client: &Client, servers: usize, disks: usize, chunks: u6
         }
     }
 }
+
+/// A plain create-volume request: default replicas, no stripe or class.
+pub fn volume(name: &str, size: u64) -> vsky_api::types::CreateVolume {
+    vsky_api::types::CreateVolume {
+        name: name.into(),
+        size_bytes: size,
+        ..Default::default()
+    }
+}

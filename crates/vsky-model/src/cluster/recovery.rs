@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::{Changes, Cluster, LegAddr};
-use crate::entities::{DiskState, LegState, ServerState};
+use crate::entities::LegState;
 use crate::error::ModelError;
 use crate::ids::{ChunkRef, DiskId, JobId, ServerId, VolumeId};
 use crate::{SecretSource, alloc::Near};
@@ -200,23 +200,14 @@ impl Cluster {
 
         // Take the new chunk for the slot; release the failed one (it is
         // wiped if its disk ever serves again, dropped with the disk if not).
-        let rt = self
-            .runtime
-            .get_mut(&disk)
-            .expect("indexed disks have runtime");
-        let index = rt
-            .free
-            .take_lowest()
-            .expect("indexed disks have a free chunk");
-        rt.used.insert(
-            index,
+        let index = self.take_chunk(
+            disk,
             LegAddr {
                 volume,
                 mirrored_disk: m,
                 leg: l,
             },
         );
-        self.reindex(disk);
         let old = self
             .runtime
             .get_mut(&replaced.disk)
@@ -454,17 +445,6 @@ impl Cluster {
             .flat_map(|v| &v.mirrored_disks)
             .filter(|md| md.legs.iter().all(|l| l.state == LegState::Failed))
             .count()
-    }
-
-    /// Whether a disk can serve I/O (online disk on an online server).
-    pub fn disk_serving(&self, disk: DiskId) -> bool {
-        self.disks.get(&disk).is_some_and(|d| {
-            d.state == DiskState::Online
-                && self
-                    .servers
-                    .get(&d.server)
-                    .is_some_and(|s| s.state == ServerState::Online)
-        })
     }
 
     /// Checks the recovery invariants: every syncing leg has exactly one
