@@ -1,0 +1,275 @@
+//! The Datapath calls (see the crate docs for the semantics and why).
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use smapi::error::codes;
+use smapi::http::{HttpClient, HttpError, segment};
+use smapi::runner::Handler;
+use smapi::{Args, SmapiError, SmapiResult};
+
+use crate::config::DatapathConfig;
+use crate::uri::VolumeUri;
+
+pub const CALLS: &[(&str, Handler)] = &[
+    ("Plugin.Query", plugin_query),
+    ("Datapath.open", datapath_open),
+    ("Datapath.attach", datapath_attach),
+    ("Datapath.activate", datapath_activate),
+    ("Datapath.deactivate", datapath_deactivate),
+    ("Datapath.detach", datapath_detach),
+    ("Datapath.close", datapath_close),
+];
+
+fn plugin_query(args: &Args) -> SmapiResult<Value> {
+    args.str("dbg")?;
+    Ok(json!({
+        "plugin": crate::uri::SCHEME,
+        "name": "VastSky datapath plugin",
+        "description": "Assembles VastSky volumes in this host's kernel (NBD + dm-raid) through the local vsky-agent and hands them to blkback",
+        "vendor": "VastSky",
+        "copyright": "VastSky contributors, Apache-2.0",
+        "version": env!("CARGO_PKG_VERSION"),
+        "required_api_version": "5.0",
+        // No NONPERSISTENT: we cannot discard writes at close.
+        "features": [],
+        "configuration": {},
+        "required_cluster_stack": [],
+    }))
+}
+
+/// The `{"implementations": …}` answer of attach: XenDisk first (xenopsd
+/// requires it for a guest disk; `vbd` is kernel blkback on the device),
+/// then BlockDevice (what dom0 users and xenopsd's params lookup use).
+pub fn backend(device: &str) -> Value {
+    json!({
+        "implementations": [
+            ["XenDisk", {"backend_type": "vbd", "params": device, "extra": {}}],
+            ["BlockDevice", {"path": device}],
+        ]
+    })
+}
+
+fn datapath_open(args: &Args) -> SmapiResult<Value> {
+    args.str("dbg")?;
+    VolumeUri::parse(args.str("uri")?)?;
+    if !args.bool("persistent")? {
+        return Err(SmapiError::unimplemented(
+            "non-persistent disks (writes discarded at close) are not supported by VastSky; make the VDI persistent (on-boot=persist)",
+        ));
+    }
+    Ok(Value::Null)
+}
+
+fn datapath_attach(args: &Args) -> SmapiResult<Value> {
+    args.str("dbg")?;
+    let uri = VolumeUri::parse(args.str("uri")?)?;
+    args.str("domain")?;
+    Ok(backend(&uri.device()))
+}
+
+/// The agent's local API.
+struct Agent {
+    http: HttpClient,
+    url: String,
+}
+
+#[derive(Deserialize)]
+struct Attached {
+    device: String,
+}
+
+#[derive(Deserialize)]
+struct LocalVolume {
+    name: String,
+}
+
+impl Agent {
+    fn connect() -> SmapiResult<Agent> {
+        let cfg = DatapathConfig::load()?;
+        let http = HttpClient::new(&cfg.http_config()?)
+            .map_err(|e| SmapiError::new(codes::INVALID_CONFIGURATION, e.to_string()))?;
+        Ok(Agent {
+            http,
+            url: cfg.agent_url,
+        })
+    }
+
+    fn error(&self, e: HttpError, volume: &str) -> SmapiError {
+        match e {
+            HttpError::Api {
+                status: 401 | 403,
+                message,
+                ..
+            } => SmapiError::new(
+                codes::UNAUTHORIZED,
+                format!(
+                    "the local vsky-agent refused the token ({message}); token_file in {} must hold the agent's --api-token-file token",
+                    crate::config::config_path().display()
+                ),
+            ),
+            HttpError::Api {
+                status: 404,
+                message,
+                ..
+            } => SmapiError::new(codes::VOLUME_DOES_NOT_EXIST, message),
+            HttpError::Api { code, message, .. } if code == "storage_only" => SmapiError::new(
+                codes::CONFLICT,
+                format!(
+                    "{message}; volume '{volume}' can be activated only on hosts whose vsky-agent runs without --storage-only"
+                ),
+            ),
+            HttpError::Api {
+                status: 409,
+                message,
+                ..
+            } if message.contains("attached to") => {
+                SmapiError::new(codes::ACTIVATED_ON_ANOTHER_HOST, message)
+            }
+            HttpError::Api { code, message, .. } => {
+                let c = match code.as_str() {
+                    "conflict" => codes::CONFLICT,
+                    "manager_unreachable" => codes::BACKEND_UNREACHABLE,
+                    _ => codes::BACKEND_ERROR,
+                };
+                SmapiError::new(c, format!("vsky-agent: {message} [{code}]"))
+            }
+            HttpError::Transport { detail, .. } => SmapiError::new(
+                codes::BACKEND_UNREACHABLE,
+                format!(
+                    "cannot reach the local vsky-agent at {}: {detail}; is vsky-agent running with --api-token-file?",
+                    self.url
+                ),
+            ),
+            other => SmapiError::new(codes::BACKEND_ERROR, other.to_string()),
+        }
+    }
+
+    fn assembled_here(&self, volume: &str) -> SmapiResult<bool> {
+        let list: Vec<LocalVolume> = self
+            .http
+            .get("/v1/volumes")
+            .map_err(|e| self.error(e, volume))?;
+        Ok(list.iter().any(|v| v.name == volume))
+    }
+
+    /// Ensures the volume has no device on this host and is not attached
+    /// to this host in the manager. Idempotent.
+    fn release(&self, volume: &str) -> SmapiResult<()> {
+        let path = format!("/v1/volumes/{}/detach", segment(volume));
+        match self.http.post::<_, Value>(&path, &json!({})) {
+            Ok(_) => Ok(()),
+            // The volume is gone from the manager, or another host holds
+            // it: either way there is nothing of ours to tear down unless
+            // a device is still assembled here.
+            Err(HttpError::Api {
+                status: 404 | 409, ..
+            }) if !self.assembled_here(volume)? => Ok(()),
+            Err(e) => Err(self.error(e, volume)),
+        }
+    }
+}
+
+fn datapath_activate(args: &Args) -> SmapiResult<Value> {
+    args.str("dbg")?;
+    let uri = VolumeUri::parse(args.str("uri")?)?;
+    args.str("domain")?;
+    let agent = Agent::connect()?;
+    let path = format!("/v1/volumes/{}/attach", segment(&uri.volume));
+    let attached: Attached = agent
+        .http
+        .post(&path, &json!({}))
+        .map_err(|e| agent.error(e, &uri.volume))?;
+    if attached.device != uri.device() {
+        return Err(SmapiError::new(
+            codes::BACKEND_ERROR,
+            format!(
+                "vsky-agent assembled volume '{}' as {}, not {} as Datapath.attach answered; agent and plugin versions differ",
+                uri.volume,
+                attached.device,
+                uri.device()
+            ),
+        ));
+    }
+    Ok(Value::Null)
+}
+
+fn release(args: &Args, needs_domain: bool) -> SmapiResult<Value> {
+    args.str("dbg")?;
+    let uri = VolumeUri::parse(args.str("uri")?)?;
+    if needs_domain {
+        args.str("domain")?;
+    }
+    Agent::connect()?.release(&uri.volume)?;
+    Ok(Value::Null)
+}
+
+fn datapath_deactivate(args: &Args) -> SmapiResult<Value> {
+    release(args, true)
+}
+
+fn datapath_detach(args: &Args) -> SmapiResult<Value> {
+    release(args, true)
+}
+
+fn datapath_close(args: &Args) -> SmapiResult<Value> {
+    release(args, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attach_answers_xendisk_then_blockdevice_without_an_agent() {
+        let a = Args::parse(r#"{"dbg":"t","uri":"vsky://sr-1/v1","domain":"3"}"#).unwrap();
+        let b = datapath_attach(&a).unwrap();
+        let imps = b["implementations"].as_array().unwrap();
+        assert_eq!(imps[0][0], "XenDisk");
+        assert_eq!(imps[0][1]["backend_type"], "vbd");
+        assert_eq!(imps[0][1]["params"], "/dev/mapper/vsky-v1");
+        assert_eq!(
+            imps[1],
+            json!(["BlockDevice", {"path": "/dev/mapper/vsky-v1"}])
+        );
+    }
+
+    #[test]
+    fn open_accepts_only_persistent_disks() {
+        let ok = Args::parse(r#"{"dbg":"t","uri":"vsky://sr-1/v1","persistent":true}"#).unwrap();
+        assert_eq!(datapath_open(&ok).unwrap(), Value::Null);
+        let np = Args::parse(r#"{"dbg":"t","uri":"vsky://sr-1/v1","persistent":false}"#).unwrap();
+        assert_eq!(datapath_open(&np).unwrap_err().code, codes::UNIMPLEMENTED);
+    }
+
+    #[test]
+    fn conflicts_on_another_head_are_activated_on_another_host() {
+        let agent = Agent {
+            http: HttpClient::new(&smapi::http::HttpConfig {
+                base_urls: vec!["http://127.0.0.1:1".into()],
+                token: None,
+                ca_file: None,
+                timeout: std::time::Duration::from_secs(1),
+            })
+            .unwrap(),
+            url: "http://127.0.0.1:1".into(),
+        };
+        let e = agent.error(
+            HttpError::Api {
+                status: 409,
+                code: "conflict".into(),
+                message: "volume 'v' is attached to server 'h2'; detach it there first".into(),
+            },
+            "v",
+        );
+        assert_eq!(e.code, codes::ACTIVATED_ON_ANOTHER_HOST);
+        let e = agent.error(
+            HttpError::Api {
+                status: 409,
+                code: "storage_only".into(),
+                message: "storage only".into(),
+            },
+            "v",
+        );
+        assert_eq!(e.code, codes::CONFLICT);
+    }
+}

@@ -1,0 +1,1383 @@
+//! xapi's call sequences against installed plugins, each checking every
+//! answer's shape ([`crate::check`]) and the behaviour xapi relies on.
+//!
+//! Sequences follow xapi (ocaml/xapi/xapi_sr.ml, storage_access.ml,
+//! xenopsd storage.ml, xapi-storage-script main.ml): sr-create is SR.create
+//! then SR.attach and SR.stat with the returned configuration; vdi-create
+//! is Volume.create then Volume.set of `vdi-type`; VM start is open,
+//! attach, activate; VM shutdown is deactivate, deactivate again (DP
+//! destroy), detach, close. Every scenario cleans up what it created and
+//! returns a human-readable error on the first deviation.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use smapi::http::{HttpClient, HttpConfig, segment};
+
+use crate::check;
+use crate::runner::{CallError, PluginDir, choose_datapath};
+
+pub type Step<T = ()> = Result<T, String>;
+
+const DBG: &str = "xapi-tests";
+const MIB: u64 = 1 << 20;
+
+/// The plugins under test and the SR device-config to create SRs with.
+pub struct Rig {
+    pub volume: PluginDir,
+    pub datapaths: Vec<PluginDir>,
+    pub device_config: BTreeMap<String, String>,
+}
+
+/// What the scenarios need from the manager besides the plugins: its
+/// state (to prove a refused call changed nothing) and, for the lab's
+/// exclusivity check, attaching a volume elsewhere as an admin would.
+pub struct ManagerAdmin {
+    http: HttpClient,
+}
+
+impl ManagerAdmin {
+    pub fn new(url: &str, token: &str) -> Step<ManagerAdmin> {
+        let http = HttpClient::new(&HttpConfig {
+            base_urls: vec![url.to_string()],
+            token: Some(token.to_string()),
+            ca_file: None,
+            timeout: Duration::from_secs(30),
+        })
+        .map_err(|e| e.to_string())?;
+        Ok(ManagerAdmin { http })
+    }
+
+    /// Groups and volumes (with metadata and attachment) as the manager
+    /// reports them.
+    pub fn snapshot(&self) -> Step<Value> {
+        let groups: Value = self.http.get("/api/v1/groups").map_err(|e| e.to_string())?;
+        let volumes: Value = self
+            .http
+            .get("/api/v1/volumes")
+            .map_err(|e| e.to_string())?;
+        Ok(json!({"groups": groups, "volumes": volumes}))
+    }
+
+    pub fn volume(&self, name: &str) -> Step<Value> {
+        self.http
+            .get(&format!("/api/v1/volumes/{}", segment(name)))
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn attach_to(&self, volume: &str, server: &str) -> Step {
+        self.http
+            .post::<_, Value>(
+                &format!("/api/v1/volumes/{}/attach", segment(volume)),
+                &json!({"server": server}),
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Declares failed the disk holding the first leg of `volume`, as an
+    /// admin (or the agent's failure report) would; answers its id.
+    pub fn fail_disk_of(&self, volume: &str) -> Step<u64> {
+        let detail = self.volume(volume)?;
+        let disk = detail["layout"][0]["legs"][0]["disk_id"]
+            .as_u64()
+            .ok_or_else(|| format!("volume {volume} has no leg: {detail}"))?;
+        self.http
+            .post::<_, Value>(&format!("/api/v1/disks/{disk}/fail"), &json!({}))
+            .map_err(|e| e.to_string())?;
+        Ok(disk)
+    }
+
+    pub fn detach(&self, volume: &str) -> Step {
+        self.http
+            .post::<_, Value>(
+                &format!("/api/v1/volumes/{}/detach", segment(volume)),
+                &json!({}),
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A random version-4 UUID (xapi's SR and VDI uuids).
+pub fn new_uuid() -> String {
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .expect("/dev/urandom is readable");
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Runs a call that must succeed, and checks its answer.
+pub fn ok(
+    p: &PluginDir,
+    call: &str,
+    args: Value,
+    shape: fn(&Value) -> check::Check,
+) -> Step<Value> {
+    let out = p.call(call, &args).map_err(|e| e.to_string())?;
+    let v = out
+        .result
+        .map_err(|e| format!("{call} {args} failed: {} {:?}", e.code, e.params))?;
+    shape(&v).map_err(|e| format!("{call} answered a bad shape: {e}\n{v}"))?;
+    Ok(v)
+}
+
+/// Runs a call that must fail with the error object (any code).
+pub fn fails(p: &PluginDir, call: &str, stdin: &[u8]) -> Step<CallError> {
+    let out = p.call_raw(call, stdin).map_err(|e| e.to_string())?;
+    match out.result {
+        Ok(v) => Err(format!(
+            "{call} with stdin {} succeeded with {v}; expected an error",
+            String::from_utf8_lossy(stdin)
+        )),
+        Err(e) => {
+            if e.params.iter().all(|p| p.trim().is_empty()) {
+                return Err(format!("{call}: error {} has no message", e.code));
+            }
+            Ok(e)
+        }
+    }
+}
+
+/// Runs a call that must fail with `code`.
+pub fn fails_with(p: &PluginDir, call: &str, args: &Value, code: &str) -> Step<CallError> {
+    let e = fails(p, call, args.to_string().as_bytes())?;
+    if e.code != code {
+        return Err(format!(
+            "{call} {args}: expected error {code}, got {} {:?}",
+            e.code, e.params
+        ));
+    }
+    Ok(e)
+}
+
+fn str_field(v: &Value, k: &str) -> String {
+    v[k].as_str().unwrap_or_default().to_string()
+}
+
+// ---- Query ---------------------------------------------------------------------
+
+/// Both plugins register: Query answers are well formed, the volume
+/// plugin's `plugin` is its folder's SR type, and every declared feature
+/// that belongs to a call has that call's executable (and vice versa for
+/// the calls xapi derives features from).
+pub fn query(rig: &Rig) -> Step {
+    let q = ok(
+        &rig.volume,
+        "Plugin.Query",
+        json!({"dbg": DBG}),
+        check::query_result,
+    )?;
+    let sr_type = rig.volume.sr_type().ok_or_else(|| {
+        format!(
+            "folder {} is not org.xen.xapi.storage.<type>",
+            rig.volume.name
+        )
+    })?;
+    if str_field(&q, "plugin").to_ascii_lowercase() != sr_type {
+        return Err(format!(
+            "Query plugin {} != folder type {sr_type}",
+            q["plugin"]
+        ));
+    }
+    if q["required_api_version"] != "5.0" {
+        return Err("volume plugin must require API 5.0".into());
+    }
+    let calls = rig.volume.calls().map_err(|e| e.to_string())?;
+    let declared: Vec<String> = q["features"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.as_str().map(String::from))
+        .collect();
+    for (feature, call) in [
+        ("VDI_CLONE", "Volume.clone"),
+        ("VDI_SNAPSHOT", "Volume.snapshot"),
+        ("VDI_COPY", "Volume.copy"),
+        ("VDI_CREATE", "Volume.create"),
+        ("VDI_RESIZE", "Volume.resize"),
+        ("SR_PROBE", "SR.probe"),
+    ] {
+        let has_call = calls.iter().any(|c| c == call);
+        if declared.iter().any(|d| d == feature) && !has_call {
+            return Err(format!("declares {feature} but {call} is not installed"));
+        }
+        if has_call
+            && (feature == "VDI_CLONE" || feature == "VDI_SNAPSHOT")
+            && !declared.iter().any(|d| d == feature)
+        {
+            return Err(format!(
+                "{call} is installed (xapi derives {feature}) but not declared"
+            ));
+        }
+    }
+    for d in &rig.datapaths {
+        let dq = ok(d, "Plugin.Query", json!({"dbg": DBG}), check::query_result)?;
+        if dq["required_api_version"] != "5.0" {
+            return Err(format!("datapath {} must require API 5.0", d.name));
+        }
+    }
+    Ok(())
+}
+
+// ---- SR ------------------------------------------------------------------------
+
+/// sr-create as xapi does it: SR.create, SR.attach with the returned
+/// configuration, SR.stat. Returns (sr string, uuid, configuration).
+pub fn create_sr(rig: &Rig, name: &str) -> Step<(String, String, Value)> {
+    let uuid = new_uuid();
+    let cfg = ok(
+        &rig.volume,
+        "SR.create",
+        json!({"dbg": DBG, "uuid": uuid, "configuration": rig.device_config,
+               "name": name, "description": "made by xapi-tests"}),
+        |v| check::string_map(v, "SR.create result"),
+    )?;
+    let sr = ok(
+        &rig.volume,
+        "SR.attach",
+        json!({"dbg": DBG, "configuration": cfg}),
+        |v| {
+            v.is_string()
+                .then_some(())
+                .ok_or("SR.attach: expected a string".into())
+        },
+    )?;
+    let sr = sr.as_str().unwrap_or_default().to_string();
+    ok(
+        &rig.volume,
+        "SR.stat",
+        json!({"dbg": DBG, "sr": sr}),
+        check::sr_stat,
+    )?;
+    Ok((sr, uuid, cfg))
+}
+
+/// sr-destroy as xapi does it once the PBDs are unplugged: SR.attach,
+/// SR.destroy.
+pub fn destroy_sr(rig: &Rig, cfg: &Value) -> Step {
+    let sr = ok(
+        &rig.volume,
+        "SR.attach",
+        json!({"dbg": DBG, "configuration": cfg}),
+        |_| Ok(()),
+    )?;
+    ok(
+        &rig.volume,
+        "SR.destroy",
+        json!({"dbg": DBG, "sr": sr}),
+        check::unit,
+    )?;
+    Ok(())
+}
+
+fn attached_srs(rig: &Rig) -> Step<Vec<String>> {
+    let v = ok(&rig.volume, "Plugin.ls", json!({"dbg": DBG}), |v| {
+        check::list_of(v, |s| {
+            s.is_string()
+                .then_some(())
+                .ok_or("expected a string".into())
+        })
+    })?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(String::from))
+        .collect())
+}
+
+pub fn sr_lifecycle(rig: &Rig) -> Step {
+    let (sr, uuid, cfg) = create_sr(rig, "xapi-tests SR")?;
+    for (k, v) in &rig.device_config {
+        if cfg[k] != json!(v) {
+            return Err(format!("SR.create dropped or changed device-config:{k}"));
+        }
+    }
+    if cfg["sr_uuid"] != json!(uuid) {
+        return Err(format!(
+            "SR.create's configuration lacks sr_uuid {uuid}: {cfg}"
+        ));
+    }
+    // Repeating SR.create with the same uuid succeeds (xapi retries).
+    ok(
+        &rig.volume,
+        "SR.create",
+        json!({"dbg": DBG, "uuid": uuid, "configuration": rig.device_config,
+               "name": "xapi-tests SR", "description": "made by xapi-tests"}),
+        |v| check::string_map(v, "SR.create result"),
+    )?;
+    let stat = ok(
+        &rig.volume,
+        "SR.stat",
+        json!({"dbg": DBG, "sr": sr}),
+        check::sr_stat,
+    )?;
+    if stat["uuid"] != json!(uuid) || stat["name"] != "xapi-tests SR" || stat["sr"] != json!(sr) {
+        return Err(format!("SR.stat does not describe the new SR: {stat}"));
+    }
+    if stat["health"] != json!(["Healthy", ""]) || stat["total_space"].as_u64() == Some(0) {
+        return Err(format!("a fresh SR on a healthy pool: {stat}"));
+    }
+    let ls = ok(&rig.volume, "SR.ls", json!({"dbg": DBG, "sr": sr}), |v| {
+        check::list_of(v, check::volume)
+    })?;
+    if ls != json!([]) {
+        return Err(format!("a new SR lists volumes: {ls}"));
+    }
+    ok(
+        &rig.volume,
+        "SR.set_name",
+        json!({"dbg": DBG, "sr": sr, "new_name": "renamed ☃"}),
+        check::unit,
+    )?;
+    ok(
+        &rig.volume,
+        "SR.set_description",
+        json!({"dbg": DBG, "sr": sr, "new_description": "line one\nline two"}),
+        check::unit,
+    )?;
+    let stat = ok(
+        &rig.volume,
+        "SR.stat",
+        json!({"dbg": DBG, "sr": sr}),
+        check::sr_stat,
+    )?;
+    if stat["name"] != "renamed ☃" || stat["description"] != "line one\nline two" {
+        return Err(format!("SR.set_name/set_description not reflected: {stat}"));
+    }
+    // Probe with the user's device-config finds the SR, complete.
+    let probed = ok(
+        &rig.volume,
+        "SR.probe",
+        json!({"dbg": DBG, "configuration": rig.device_config}),
+        |v| check::list_of(v, check::probe_result),
+    )?;
+    let found = probed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["configuration"]["sr_uuid"] == json!(uuid))
+        .ok_or_else(|| format!("SR.probe does not find SR {uuid}: {probed}"))?;
+    if found["complete"] != true || found["sr"]["uuid"] != json!(uuid) {
+        return Err(format!("SR.probe result for {uuid}: {found}"));
+    }
+    // The probed configuration attaches as well as SR.create's.
+    if found["configuration"]["group"] != cfg["group"] {
+        return Err(format!(
+            "probe and create disagree on the group: {found} vs {cfg}"
+        ));
+    }
+    if !attached_srs(rig)?.contains(&sr) {
+        return Err(format!("Plugin.ls lacks the attached SR {sr}"));
+    }
+    let diag = ok(
+        &rig.volume,
+        "Plugin.diagnostics",
+        json!({"dbg": DBG}),
+        |v| {
+            v.is_string()
+                .then_some(())
+                .ok_or("expected a string".into())
+        },
+    )?;
+    if !diag.as_str().unwrap_or_default().contains(&sr) {
+        return Err(format!(
+            "Plugin.diagnostics does not report SR {sr}: {diag}"
+        ));
+    }
+    // Detach is idempotent; after it the SR is unknown to stat.
+    ok(
+        &rig.volume,
+        "SR.detach",
+        json!({"dbg": DBG, "sr": sr}),
+        check::unit,
+    )?;
+    ok(
+        &rig.volume,
+        "SR.detach",
+        json!({"dbg": DBG, "sr": sr}),
+        check::unit,
+    )?;
+    if attached_srs(rig)?.contains(&sr) {
+        return Err(format!("Plugin.ls still lists detached SR {sr}"));
+    }
+    fails_with(
+        &rig.volume,
+        "SR.stat",
+        &json!({"dbg": DBG, "sr": sr}),
+        "Sr_not_attached",
+    )?;
+    // Re-attach (as after a reboot) gives the same sr string.
+    let again = ok(
+        &rig.volume,
+        "SR.attach",
+        json!({"dbg": DBG, "configuration": cfg}),
+        |_| Ok(()),
+    )?;
+    if again != json!(sr) {
+        return Err(format!("re-attach gave {again}, not {sr}"));
+    }
+    destroy_sr(rig, &cfg)?;
+    if attached_srs(rig)?.contains(&sr) {
+        return Err(format!("Plugin.ls still lists destroyed SR {sr}"));
+    }
+    fails_with(
+        &rig.volume,
+        "SR.attach",
+        &json!({"dbg": DBG, "configuration": cfg}),
+        "SR_does_not_exist",
+    )?;
+    Ok(())
+}
+
+// ---- Volumes -------------------------------------------------------------------
+
+/// vdi-create as xapi does it: Volume.create, then Volume.set vdi-type.
+pub fn create_vdi(rig: &Rig, sr: &str, name: &str, size: u64) -> Step<Value> {
+    let v = ok(
+        &rig.volume,
+        "Volume.create",
+        json!({"dbg": DBG, "sr": sr, "name": name, "description": "a test disk",
+               "size": size, "sharable": false}),
+        check::volume,
+    )?;
+    let key = str_field(&v, "key");
+    ok(
+        &rig.volume,
+        "Volume.set",
+        json!({"dbg": DBG, "sr": sr, "key": key, "k": "vdi-type", "v": "user"}),
+        check::unit,
+    )?;
+    if v["virtual_size"].as_u64().unwrap_or(0) < size {
+        return Err(format!(
+            "Volume.create made {} bytes, asked {size}",
+            v["virtual_size"]
+        ));
+    }
+    Ok(v)
+}
+
+fn stat_vdi(rig: &Rig, sr: &str, key: &str) -> Step<Value> {
+    ok(
+        &rig.volume,
+        "Volume.stat",
+        json!({"dbg": DBG, "sr": sr, "key": key}),
+        check::volume,
+    )
+}
+
+pub fn vdi_lifecycle(rig: &Rig) -> Step {
+    let (sr, _, _) = create_sr(rig, "xapi-tests VDIs")?;
+    let size = 10 * MIB + 1;
+    let v = create_vdi(rig, &sr, "disk one", size)?;
+    let key = str_field(&v, "key");
+    let s = stat_vdi(rig, &sr, &key)?;
+    if s["keys"] != json!({"vdi-type": "user"})
+        || s["name"] != "disk one"
+        || s["description"] != "a test disk"
+    {
+        return Err(format!("Volume.stat after vdi-create: {s}"));
+    }
+    if s["sharable"] != false || s["read_write"] != true {
+        return Err(format!("Volume.stat flags: {s}"));
+    }
+    // The URI picks a registered datapath plugin, as xapi chooses it.
+    let uris: Vec<String> = s["uri"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|u| u.as_str().map(String::from))
+        .collect();
+    if !rig.datapaths.is_empty() && choose_datapath(&uris, &rig.datapaths).is_none() {
+        return Err(format!("no installed datapath plugin serves {uris:?}"));
+    }
+    // Keys xapi stores are returned verbatim, whatever their content.
+    let keys = [
+        ("content_id", "0f1c2d3e-0000-4000-8000-00000000000a"),
+        ("_sm_config_read-caching-enabled-on-x", "true"),
+        ("tags", "[\"a b\", \"é ☃\"]"),
+        ("snapshot_time", "20260101T00:00:00Z"),
+        ("odd=key with spaces", "value = with = signs"),
+        ("empty", ""),
+    ];
+    for (k, val) in keys {
+        ok(
+            &rig.volume,
+            "Volume.set",
+            json!({"dbg": DBG, "sr": sr, "key": key, "k": k, "v": val}),
+            check::unit,
+        )?;
+    }
+    ok(
+        &rig.volume,
+        "Volume.unset",
+        json!({"dbg": DBG, "sr": sr, "key": key, "k": "snapshot_time"}),
+        check::unit,
+    )?;
+    ok(
+        &rig.volume,
+        "Volume.unset",
+        json!({"dbg": DBG, "sr": sr, "key": key, "k": "never-set"}),
+        check::unit,
+    )?;
+    let s = stat_vdi(rig, &sr, &key)?;
+    let mut want: BTreeMap<&str, &str> = keys.into_iter().collect();
+    want.remove("snapshot_time");
+    want.insert("vdi-type", "user");
+    if s["keys"] != json!(want) {
+        return Err(format!(
+            "keys not verbatim: got {}, want {}",
+            s["keys"],
+            json!(want)
+        ));
+    }
+    ok(
+        &rig.volume,
+        "Volume.set_name",
+        json!({"dbg": DBG, "sr": sr, "key": key, "new_name": "disk ✓"}),
+        check::unit,
+    )?;
+    ok(
+        &rig.volume,
+        "Volume.set_description",
+        json!({"dbg": DBG, "sr": sr, "key": key, "new_description": "described"}),
+        check::unit,
+    )?;
+    let s = stat_vdi(rig, &sr, &key)?;
+    if s["name"] != "disk ✓" || s["description"] != "described" {
+        return Err(format!("set_name/set_description not reflected: {s}"));
+    }
+    // Grow: the answer is the new size, at least what was asked.
+    let old = s["virtual_size"].as_u64().unwrap_or(0);
+    let grown = ok(
+        &rig.volume,
+        "Volume.resize",
+        json!({"dbg": DBG, "sr": sr, "key": key, "new_size": old + 7 * MIB}),
+        |v| v.as_u64().map(|_| ()).ok_or("expected an int64".into()),
+    )?;
+    let grown = grown.as_u64().unwrap_or(0);
+    if grown < old + 7 * MIB || stat_vdi(rig, &sr, &key)?["virtual_size"] != json!(grown) {
+        return Err(format!("resize to {} answered {grown}", old + 7 * MIB));
+    }
+    fails_with(
+        &rig.volume,
+        "Volume.resize",
+        &json!({"dbg": DBG, "sr": sr, "key": key, "new_size": MIB}),
+        "Invalid_argument",
+    )?;
+    if stat_vdi(rig, &sr, &key)?["virtual_size"] != json!(grown) {
+        return Err("a refused shrink changed the size".into());
+    }
+    // Sharable volumes do not exist in VastSky (one head per volume).
+    fails_with(
+        &rig.volume,
+        "Volume.create",
+        &json!({"dbg": DBG, "sr": sr, "name": "shared", "description": "", "size": MIB, "sharable": true}),
+        "Unimplemented",
+    )?;
+    let second = create_vdi(rig, &sr, "disk two", 4 * MIB)?;
+    let ls = ok(&rig.volume, "SR.ls", json!({"dbg": DBG, "sr": sr}), |v| {
+        check::list_of(v, check::volume)
+    })?;
+    let mut listed: Vec<String> = ls
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| str_field(v, "key"))
+        .collect();
+    listed.sort();
+    let mut want = vec![key.clone(), str_field(&second, "key")];
+    want.sort();
+    if listed != want {
+        return Err(format!("SR.ls lists {listed:?}, want {want:?}"));
+    }
+    let stat = ok(
+        &rig.volume,
+        "SR.stat",
+        json!({"dbg": DBG, "sr": sr}),
+        check::sr_stat,
+    )?;
+    if stat["free_space"].as_u64() >= stat["total_space"].as_u64() {
+        return Err(format!(
+            "SR.stat free space does not account for VDIs: {stat}"
+        ));
+    }
+    // An SR with VDIs cannot be destroyed.
+    fails_with(
+        &rig.volume,
+        "SR.destroy",
+        &json!({"dbg": DBG, "sr": sr}),
+        "SR_not_empty",
+    )?;
+    // vdi-destroy: Volume.stat then Volume.destroy.
+    for k in [key.clone(), str_field(&second, "key")] {
+        stat_vdi(rig, &sr, &k)?;
+        ok(
+            &rig.volume,
+            "Volume.destroy",
+            json!({"dbg": DBG, "sr": sr, "key": k}),
+            check::unit,
+        )?;
+        fails_with(
+            &rig.volume,
+            "Volume.stat",
+            &json!({"dbg": DBG, "sr": sr, "key": k}),
+            "Volume_does_not_exist",
+        )?;
+        fails_with(
+            &rig.volume,
+            "Volume.destroy",
+            &json!({"dbg": DBG, "sr": sr, "key": k}),
+            "Volume_does_not_exist",
+        )?;
+    }
+    ok(
+        &rig.volume,
+        "SR.destroy",
+        json!({"dbg": DBG, "sr": sr}),
+        check::unit,
+    )?;
+    Ok(())
+}
+
+/// SR.stat's health follows the SR's mirrors: Healthy, then Recovering
+/// with a count once a disk holding one of its legs fails. (It fails a
+/// disk: run it on a cluster of its own.)
+pub fn health_follows_mirrors(rig: &Rig, admin: &ManagerAdmin) -> Step {
+    let (sr, _, _) = create_sr(rig, "health")?;
+    let v = create_vdi(rig, &sr, "d", 4 * MIB)?;
+    let stat = ok(
+        &rig.volume,
+        "SR.stat",
+        json!({"dbg": DBG, "sr": sr}),
+        check::sr_stat,
+    )?;
+    if stat["health"] != json!(["Healthy", ""]) {
+        return Err(format!("healthy SR: {stat}"));
+    }
+    admin.fail_disk_of(&str_field(&v, "key"))?;
+    let stat = ok(
+        &rig.volume,
+        "SR.stat",
+        json!({"dbg": DBG, "sr": sr}),
+        check::sr_stat,
+    )?;
+    let msg = stat["health"][1].as_str().unwrap_or_default();
+    if stat["health"][0] != "Recovering" || !msg.contains("mirrored disks rebuilding/degraded") {
+        return Err(format!("SR with a failed leg: {stat}"));
+    }
+    Ok(())
+}
+
+// ---- Bad input -----------------------------------------------------------------
+
+/// Every kind of bad input gets the error object with the expected code,
+/// and the manager's groups and volumes are exactly what they were.
+/// `wrong_token` must not be a valid manager token. Returns the number of
+/// cases run.
+pub fn bad_input_changes_nothing(
+    rig: &Rig,
+    admin: &ManagerAdmin,
+    wrong_token: &str,
+) -> Step<usize> {
+    let (sr_a, _, cfg_a) = create_sr(rig, "bad-input A")?;
+    let (sr_b, _, _) = create_sr(rig, "bad-input B")?;
+    let va = create_vdi(rig, &sr_a, "a", 4 * MIB)?;
+    let vb = create_vdi(rig, &sr_b, "b", 4 * MIB)?;
+    let (ka, kb) = (str_field(&va, "key"), str_field(&vb, "key"));
+    let before = admin.snapshot()?;
+    let mut cases = 0;
+
+    // Malformed stdin, for every installed call.
+    for call in rig.volume.calls().map_err(|e| e.to_string())? {
+        for stdin in ["", "not json", "[]", "\"x\"", "{}", "{\"dbg\": 1}"] {
+            let e = fails(&rig.volume, &call, stdin.as_bytes())?;
+            if e.code != "Invalid_argument" {
+                return Err(format!(
+                    "{call} stdin {stdin:?}: code {} {:?}",
+                    e.code, e.params
+                ));
+            }
+            cases += 1;
+        }
+    }
+    let config = |edit: &dyn Fn(&mut serde_json::Map<String, Value>)| {
+        let mut c = cfg_a.as_object().cloned().unwrap_or_default();
+        edit(&mut c);
+        Value::Object(c)
+    };
+    let unknown_uuid = new_uuid();
+    let no_manager = config(&|c| {
+        c.remove("manager");
+    });
+    let manager_down = config(&|c| {
+        c.insert("manager".into(), json!("http://127.0.0.1:1"));
+    });
+    let mut manager_down_new = rig.device_config.clone();
+    manager_down_new.insert("manager".into(), "http://127.0.0.1:1".into());
+    let wrong_token_cfg = config(&|c| {
+        c.remove("token_file");
+        c.insert("token".into(), json!(wrong_token));
+    });
+    let unknown_sr = config(&|c| {
+        c.insert("sr_uuid".into(), json!(unknown_uuid));
+        c.remove("group");
+    });
+    let bad_replicas = config(&|c| {
+        c.insert("replicas".into(), json!("many"));
+    });
+    let d = |extra: Value| {
+        let mut m = json!({"dbg": DBG});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            m[k] = v.clone();
+        }
+        m
+    };
+    let table: Vec<(&str, Value, &str)> = vec![
+        (
+            "SR.attach",
+            d(json!({"configuration": no_manager})),
+            "Invalid_configuration",
+        ),
+        (
+            "SR.attach",
+            d(json!({"configuration": manager_down})),
+            "Backend_unreachable",
+        ),
+        (
+            "SR.attach",
+            d(json!({"configuration": wrong_token_cfg})),
+            "Unauthorized",
+        ),
+        (
+            "SR.attach",
+            d(json!({"configuration": unknown_sr})),
+            "SR_does_not_exist",
+        ),
+        (
+            "SR.attach",
+            d(json!({"configuration": "manager=x"})),
+            "Invalid_argument",
+        ),
+        (
+            "SR.attach",
+            d(json!({"configuration": {"manager": 1}})),
+            "Invalid_argument",
+        ),
+        (
+            "SR.probe",
+            d(json!({"configuration": manager_down})),
+            "Backend_unreachable",
+        ),
+        (
+            "SR.create",
+            d(
+                json!({"uuid": "not-a-uuid", "configuration": cfg_a, "name": "n", "description": ""}),
+            ),
+            "Invalid_argument",
+        ),
+        (
+            "SR.create",
+            d(
+                json!({"uuid": new_uuid(), "configuration": bad_replicas, "name": "n", "description": ""}),
+            ),
+            "Invalid_configuration",
+        ),
+        (
+            "SR.create",
+            d(
+                json!({"uuid": new_uuid(), "configuration": rig.device_config, "name": "bell\u{7}", "description": ""}),
+            ),
+            "Invalid_argument",
+        ),
+        (
+            "SR.create",
+            d(
+                json!({"uuid": new_uuid(), "configuration": manager_down_new, "name": "n", "description": ""}),
+            ),
+            "Backend_unreachable",
+        ),
+        (
+            "SR.create",
+            d(json!({"uuid": new_uuid(), "configuration": cfg_a, "name": "n", "description": ""})),
+            "Invalid_configuration",
+        ),
+        (
+            "SR.create",
+            d(json!({"uuid": new_uuid(), "configuration": rig.device_config, "name": "n"})),
+            "Invalid_argument",
+        ),
+        ("SR.stat", d(json!({"sr": 5})), "Invalid_argument"),
+        ("SR.stat", d(json!({"sr": "sr-unknown"})), "Sr_not_attached"),
+        (
+            "SR.stat",
+            d(json!({"sr": "../../etc/passwd"})),
+            "Sr_not_attached",
+        ),
+        ("SR.ls", d(json!({})), "Invalid_argument"),
+        (
+            "SR.set_name",
+            d(json!({"sr": sr_a, "new_name": "x".repeat(100_000)})),
+            "Invalid_argument",
+        ),
+        (
+            "SR.set_description",
+            d(json!({"sr": sr_a})),
+            "Invalid_argument",
+        ),
+        ("SR.destroy", d(json!({"sr": sr_a})), "SR_not_empty"),
+        (
+            "SR.destroy",
+            d(json!({"sr": "sr-unknown"})),
+            "Sr_not_attached",
+        ),
+        (
+            "Volume.create",
+            d(json!({"sr": sr_a, "name": "n", "description": "", "size": -1, "sharable": false})),
+            "Invalid_argument",
+        ),
+        (
+            "Volume.create",
+            d(json!({"sr": sr_a, "name": "n", "description": "", "size": 0, "sharable": false})),
+            "Invalid_argument",
+        ),
+        (
+            "Volume.create",
+            d(json!({"sr": sr_a, "name": "n", "description": "", "size": "10", "sharable": false})),
+            "Invalid_argument",
+        ),
+        (
+            "Volume.create",
+            d(json!({"sr": sr_a, "name": "n", "description": "", "size": 1.5, "sharable": false})),
+            "Invalid_argument",
+        ),
+        (
+            "Volume.create",
+            d(
+                json!({"sr": sr_a, "name": "n", "description": "", "size": 1u64 << 60, "sharable": false}),
+            ),
+            "Invalid_argument",
+        ),
+        (
+            "Volume.create",
+            d(
+                json!({"sr": sr_a, "name": "n", "description": "", "size": 64u64 << 30, "sharable": false}),
+            ),
+            "Not_enough_space",
+        ),
+        (
+            "Volume.create",
+            d(json!({"sr": sr_a, "name": "n", "description": "", "size": MIB})),
+            "Invalid_argument",
+        ),
+        (
+            "Volume.create",
+            d(json!({"sr": sr_a, "name": "n", "description": "", "size": MIB, "sharable": true})),
+            "Unimplemented",
+        ),
+        (
+            "Volume.create",
+            d(
+                json!({"sr": "sr-unknown", "name": "n", "description": "", "size": MIB, "sharable": false}),
+            ),
+            "Sr_not_attached",
+        ),
+        (
+            "Volume.create",
+            d(
+                json!({"sr": sr_a, "name": "tab\u{1}", "description": "", "size": MIB, "sharable": false}),
+            ),
+            "Invalid_argument",
+        ),
+        (
+            "Volume.stat",
+            d(json!({"sr": sr_a, "key": new_uuid()})),
+            "Volume_does_not_exist",
+        ),
+        (
+            "Volume.stat",
+            d(json!({"sr": sr_a, "key": "../x"})),
+            "Volume_does_not_exist",
+        ),
+        (
+            "Volume.stat",
+            d(json!({"sr": sr_a, "key": kb})),
+            "Volume_does_not_exist",
+        ),
+        (
+            "Volume.destroy",
+            d(json!({"sr": sr_a, "key": kb})),
+            "Volume_does_not_exist",
+        ),
+        (
+            "Volume.set",
+            d(json!({"sr": sr_a, "key": kb, "k": "x", "v": "y"})),
+            "Volume_does_not_exist",
+        ),
+        (
+            "Volume.set",
+            d(json!({"sr": sr_a, "key": ka, "k": "x"})),
+            "Invalid_argument",
+        ),
+        (
+            "Volume.set",
+            d(json!({"sr": sr_a, "key": ka, "k": 1, "v": "y"})),
+            "Invalid_argument",
+        ),
+        (
+            "Volume.unset",
+            d(json!({"sr": sr_a, "key": ka})),
+            "Invalid_argument",
+        ),
+        (
+            "Volume.set_name",
+            d(json!({"sr": sr_a, "key": ka, "new_name": "x".repeat(100_000)})),
+            "Invalid_argument",
+        ),
+        (
+            "Volume.resize",
+            d(json!({"sr": sr_a, "key": ka, "new_size": MIB})),
+            "Invalid_argument",
+        ),
+        (
+            "Volume.resize",
+            d(json!({"sr": sr_a, "key": ka, "new_size": -5})),
+            "Invalid_argument",
+        ),
+        (
+            "Volume.resize",
+            d(json!({"sr": sr_a, "key": ka, "new_size": 64u64 << 30})),
+            "Not_enough_space",
+        ),
+        (
+            "Volume.resize",
+            d(json!({"sr": sr_a, "key": kb, "new_size": 64 * MIB})),
+            "Volume_does_not_exist",
+        ),
+    ];
+    for (call, args, code) in &table {
+        fails_with(&rig.volume, call, args, code)?;
+        cases += 1;
+    }
+    for dp in &rig.datapaths {
+        let uri = format!("{}://{sr_a}/{ka}", dp.name);
+        let dtable: Vec<(&str, Value, &str)> = vec![
+            (
+                "Datapath.attach",
+                d(json!({"uri": "nbd://x/y", "domain": "0"})),
+                "Invalid_argument",
+            ),
+            (
+                "Datapath.attach",
+                d(json!({"uri": format!("{}://../etc", dp.name), "domain": "0"})),
+                "Invalid_argument",
+            ),
+            (
+                "Datapath.attach",
+                d(json!({"uri": uri})),
+                "Invalid_argument",
+            ),
+            (
+                "Datapath.activate",
+                d(json!({"uri": 7, "domain": "0"})),
+                "Invalid_argument",
+            ),
+            (
+                "Datapath.open",
+                d(json!({"uri": uri, "persistent": false})),
+                "Unimplemented",
+            ),
+            (
+                "Datapath.open",
+                d(json!({"uri": uri, "persistent": "yes"})),
+                "Invalid_argument",
+            ),
+            ("Datapath.close", d(json!({})), "Invalid_argument"),
+        ];
+        for (call, args, code) in &dtable {
+            fails_with(dp, call, args, code)?;
+            cases += 1;
+        }
+        for call in dp.calls().map_err(|e| e.to_string())? {
+            for stdin in ["", "{", "[]", "{}"] {
+                let e = fails(dp, &call, stdin.as_bytes())?;
+                if e.code != "Invalid_argument" {
+                    return Err(format!(
+                        "{call} stdin {stdin:?}: code {} {:?}",
+                        e.code, e.params
+                    ));
+                }
+                cases += 1;
+            }
+        }
+    }
+    let after = admin.snapshot()?;
+    if before != after {
+        return Err(format!(
+            "refused calls changed the manager:\nbefore {before}\nafter  {after}"
+        ));
+    }
+    // The unimplemented calls have no executable (xapi: SCRIPT_MISSING).
+    for call in ["Volume.clone", "Volume.snapshot", "Volume.copy"] {
+        if rig
+            .volume
+            .calls()
+            .map_err(|e| e.to_string())?
+            .iter()
+            .any(|c| c == call)
+        {
+            return Err(format!("{call} is installed but not supported"));
+        }
+    }
+    for (sr, k) in [(&sr_a, &ka), (&sr_b, &kb)] {
+        ok(
+            &rig.volume,
+            "Volume.destroy",
+            json!({"dbg": DBG, "sr": sr, "key": k}),
+            check::unit,
+        )?;
+        ok(
+            &rig.volume,
+            "SR.destroy",
+            json!({"dbg": DBG, "sr": sr}),
+            check::unit,
+        )?;
+    }
+    Ok(cases)
+}
+
+// ---- Datapath ------------------------------------------------------------------
+
+/// The datapath plugin serving a volume, chosen as xapi chooses it.
+fn datapath_for<'a>(rig: &'a Rig, vol: &Value) -> Step<(&'a PluginDir, String)> {
+    let uris: Vec<String> = vol["uri"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|u| u.as_str().map(String::from))
+        .collect();
+    choose_datapath(&uris, &rig.datapaths)
+        .ok_or_else(|| format!("no datapath plugin for {uris:?} (xapi: MISSING_URI)"))
+}
+
+fn device_of(backend: &Value) -> Step<String> {
+    backend["implementations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i[0] == "BlockDevice")
+        .and_then(|i| i[1]["path"].as_str().map(String::from))
+        .ok_or_else(|| format!("no BlockDevice in {backend}"))
+}
+
+/// VM start on a host whose agent cannot assemble volumes (storage-only,
+/// as on the CI host without device-mapper): open and attach succeed (they
+/// claim nothing), activate fails with the error object and leaves the
+/// volume unattached, and the shutdown calls all succeed. With
+/// `other_server`, the volume is then attached there and this host's
+/// deactivate/detach/close must succeed without releasing it.
+pub fn datapath_without_head(rig: &Rig, admin: &ManagerAdmin, other_server: Option<&str>) -> Step {
+    let (sr, _, _) = create_sr(rig, "datapath (no head)")?;
+    let v = create_vdi(rig, &sr, "vm disk", 4 * MIB)?;
+    let key = str_field(&v, "key");
+    let vol = stat_vdi(rig, &sr, &key)?;
+    let (dp, uri) = datapath_for(rig, &vol)?;
+    ok(
+        dp,
+        "Datapath.open",
+        json!({"dbg": DBG, "uri": uri, "persistent": true}),
+        check::unit,
+    )?;
+    let b1 = ok(
+        dp,
+        "Datapath.attach",
+        json!({"dbg": DBG, "uri": uri, "domain": "7"}),
+        check::backend,
+    )?;
+    let b2 = ok(
+        dp,
+        "Datapath.attach",
+        json!({"dbg": DBG, "uri": uri, "domain": "7"}),
+        check::backend,
+    )?;
+    if b1 != b2 || device_of(&b1)? != format!("/dev/mapper/vsky-{key}") {
+        return Err(format!(
+            "attach answers differ or name another device: {b1} {b2}"
+        ));
+    }
+    let before = admin.snapshot()?;
+    let e = fails(
+        dp,
+        "Datapath.activate",
+        json!({"dbg": DBG, "uri": uri, "domain": "7"})
+            .to_string()
+            .as_bytes(),
+    )?;
+    if !e.params.join(" ").contains("storage-only") {
+        return Err(format!(
+            "activate on a storage-only host: {} {:?}",
+            e.code, e.params
+        ));
+    }
+    if admin.snapshot()? != before || !admin.volume(&key)?["attached_to"].is_null() {
+        return Err("a refused activate changed the manager".into());
+    }
+    for call in [
+        "Datapath.deactivate",
+        "Datapath.deactivate",
+        "Datapath.detach",
+    ] {
+        ok(
+            dp,
+            call,
+            json!({"dbg": DBG, "uri": uri, "domain": "7"}),
+            check::unit,
+        )?;
+    }
+    ok(
+        dp,
+        "Datapath.close",
+        json!({"dbg": DBG, "uri": uri}),
+        check::unit,
+    )?;
+    // A migration's source or a failed destination: the volume is held by
+    // another host, and this host's shutdown calls must leave it alone.
+    if let Some(other) = other_server {
+        admin.attach_to(&key, other)?;
+        for call in ["Datapath.deactivate", "Datapath.detach"] {
+            ok(
+                dp,
+                call,
+                json!({"dbg": DBG, "uri": uri, "domain": "7"}),
+                check::unit,
+            )?;
+        }
+        ok(
+            dp,
+            "Datapath.close",
+            json!({"dbg": DBG, "uri": uri}),
+            check::unit,
+        )?;
+        if admin.volume(&key)?["attached_to"] != json!(other) {
+            return Err("shutdown calls here released another host's attachment".into());
+        }
+        admin.detach(&key)?;
+    }
+    ok(
+        &rig.volume,
+        "Volume.destroy",
+        json!({"dbg": DBG, "sr": sr, "key": key}),
+        check::unit,
+    )?;
+    ok(
+        &rig.volume,
+        "SR.destroy",
+        json!({"dbg": DBG, "sr": sr}),
+        check::unit,
+    )?;
+    Ok(())
+}
+
+fn is_block_device(path: &str) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
+}
+
+/// A recognisable pattern for one MiB at `offset`.
+fn pattern(seed: u64, offset: u64) -> Vec<u8> {
+    let mut x = seed ^ offset.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (0..MIB)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn write_at(dev: &str, offset: u64, data: &[u8]) -> Step {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dev)
+        .map_err(|e| format!("open {dev}: {e}"))?;
+    f.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
+    f.write_all(data).map_err(|e| format!("write {dev}: {e}"))?;
+    f.sync_all().map_err(|e| format!("fsync {dev}: {e}"))
+}
+
+fn read_at(dev: &str, offset: u64, len: usize) -> Step<Vec<u8>> {
+    let mut f = std::fs::File::open(dev).map_err(|e| format!("open {dev}: {e}"))?;
+    f.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; len];
+    f.read_exact(&mut buf)
+        .map_err(|e| format!("read {dev}: {e}"))?;
+    Ok(buf)
+}
+
+fn start(dp: &PluginDir, uri: &str, domain: &str) -> Step<String> {
+    ok(
+        dp,
+        "Datapath.open",
+        json!({"dbg": DBG, "uri": uri, "persistent": true}),
+        check::unit,
+    )?;
+    let b = ok(
+        dp,
+        "Datapath.attach",
+        json!({"dbg": DBG, "uri": uri, "domain": domain}),
+        check::backend,
+    )?;
+    let dev = device_of(&b)?;
+    ok(
+        dp,
+        "Datapath.activate",
+        json!({"dbg": DBG, "uri": uri, "domain": domain}),
+        check::unit,
+    )?;
+    // Activating again (a retried VBD plug) is harmless.
+    ok(
+        dp,
+        "Datapath.activate",
+        json!({"dbg": DBG, "uri": uri, "domain": domain}),
+        check::unit,
+    )?;
+    if !is_block_device(&dev) {
+        return Err(format!("after activate, {dev} is not a block device"));
+    }
+    Ok(dev)
+}
+
+fn stop(dp: &PluginDir, uri: &str, domain: &str, dev: &str) -> Step {
+    // VBD unplug, then DP.destroy's deactivate + detach, then epoch_end.
+    for call in [
+        "Datapath.deactivate",
+        "Datapath.deactivate",
+        "Datapath.detach",
+    ] {
+        ok(
+            dp,
+            call,
+            json!({"dbg": DBG, "uri": uri, "domain": domain}),
+            check::unit,
+        )?;
+    }
+    ok(
+        dp,
+        "Datapath.close",
+        json!({"dbg": DBG, "uri": uri}),
+        check::unit,
+    )?;
+    if Path::new(dev).exists() {
+        return Err(format!("{dev} still exists after detach and close"));
+    }
+    Ok(())
+}
+
+/// VM start and shutdown on a head host (the lab VM): the device carries
+/// the volume's data across a full stop and start, shutdown leaves no
+/// device, and (given another server's name) activation is exclusive.
+pub fn vm_start_stop(
+    rig: &Rig,
+    admin: &ManagerAdmin,
+    size: u64,
+    other_server: Option<&str>,
+) -> Step {
+    let (sr, _, _) = create_sr(rig, "datapath lab")?;
+    let v = create_vdi(rig, &sr, "vm disk", size)?;
+    let key = str_field(&v, "key");
+    let vol = stat_vdi(rig, &sr, &key)?;
+    let vsize = vol["virtual_size"].as_u64().unwrap_or(0);
+    let (dp, uri) = datapath_for(rig, &vol)?;
+    let domain = "7";
+    let seed = u64::from_le_bytes(new_uuid().as_bytes()[..8].try_into().unwrap_or([7; 8]));
+    let offsets = [0, vsize / 2 / MIB * MIB, vsize - MIB];
+
+    let dev = start(dp, &uri, domain)?;
+    let len = std::fs::File::open(&dev)
+        .and_then(|mut f| f.seek(SeekFrom::End(0)))
+        .map_err(|e| format!("size of {dev}: {e}"))?;
+    if len != vsize {
+        return Err(format!("{dev} is {len} bytes; the volume is {vsize}"));
+    }
+    for &o in &offsets {
+        write_at(&dev, o, &pattern(seed, o))?;
+        if read_at(&dev, o, MIB as usize)? != pattern(seed, o) {
+            return Err(format!("read-back at {o} differs"));
+        }
+    }
+    stop(dp, &uri, domain, &dev)?;
+    if !admin.volume(&key)?["attached_to"].is_null() {
+        return Err("the volume is still attached after VM shutdown".into());
+    }
+
+    // Exclusivity: while another host holds the volume, activate refuses
+    // and deactivate/detach here do not disturb that host.
+    if let Some(other) = other_server {
+        admin.attach_to(&key, other)?;
+        ok(
+            dp,
+            "Datapath.attach",
+            json!({"dbg": DBG, "uri": uri, "domain": domain}),
+            check::backend,
+        )?;
+        fails_with(
+            dp,
+            "Datapath.activate",
+            &json!({"dbg": DBG, "uri": uri, "domain": domain}),
+            "Activated_on_another_host",
+        )?;
+        ok(
+            dp,
+            "Datapath.deactivate",
+            json!({"dbg": DBG, "uri": uri, "domain": domain}),
+            check::unit,
+        )?;
+        ok(
+            dp,
+            "Datapath.detach",
+            json!({"dbg": DBG, "uri": uri, "domain": domain}),
+            check::unit,
+        )?;
+        if admin.volume(&key)?["attached_to"] != json!(other) {
+            return Err("deactivate here released another host's attachment".into());
+        }
+        admin.detach(&key)?;
+    }
+
+    // Start again: the data is the volume's, not the old device's.
+    let dev = start(dp, &uri, domain)?;
+    for &o in &offsets {
+        if read_at(&dev, o, MIB as usize)? != pattern(seed, o) {
+            return Err(format!("data at offset {o} did not survive stop and start"));
+        }
+    }
+    stop(dp, &uri, domain, &dev)?;
+    ok(
+        &rig.volume,
+        "Volume.destroy",
+        json!({"dbg": DBG, "sr": sr, "key": key}),
+        check::unit,
+    )?;
+    ok(
+        &rig.volume,
+        "SR.destroy",
+        json!({"dbg": DBG, "sr": sr}),
+        check::unit,
+    )?;
+    Ok(())
+}
