@@ -118,11 +118,7 @@ impl Agent {
                     "{message}; volume '{volume}' can be activated only on hosts whose vsky-agent runs without --storage-only"
                 ),
             ),
-            HttpError::Api {
-                status: 409,
-                message,
-                ..
-            } if message.contains("attached to") => {
+            HttpError::Api { code, message, .. } if code == "attached_elsewhere" => {
                 SmapiError::new(codes::ACTIVATED_ON_ANOTHER_HOST, message)
             }
             HttpError::Api { code, message, .. } => {
@@ -256,7 +252,7 @@ mod tests {
         let e = agent.error(
             HttpError::Api {
                 status: 409,
-                code: "conflict".into(),
+                code: "attached_elsewhere".into(),
                 message: "volume 'v' is attached to server 'h2'; detach it there first".into(),
             },
             "v",

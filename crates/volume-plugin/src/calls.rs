@@ -141,9 +141,9 @@ fn plugin_diagnostics(args: &Args) -> SmapiResult<Value> {
 // ---- SR calls ----------------------------------------------------------------
 
 /// Replicas the usable sizes of an SR are computed with: its configured
-/// default, else the manager's usual 2.
-fn replicas_of(cfg: &SrConfig) -> u64 {
-    u64::from(cfg.replicas.unwrap_or(2))
+/// default, else the cluster's.
+fn replicas_of(cfg: &SrConfig, cluster: &vsky_api::types::ClusterSummary) -> u64 {
+    u64::from(cfg.replicas.unwrap_or(cluster.default_replicas))
 }
 
 fn health(g: &Group) -> Value {
@@ -166,7 +166,7 @@ fn health(g: &Group) -> Value {
 /// many times (the pool is shared by all SRs, so free space is too).
 fn sr_stat_json(m: &Manager, cfg: &SrConfig, sr: &str, g: &Group) -> SmapiResult<Value> {
     let c = m.cluster()?;
-    let r = replicas_of(cfg);
+    let r = replicas_of(cfg, &c).max(1);
     Ok(json!({
         "sr": sr,
         "name": g.display_name,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::{Notify, watch};
 use vsky_api::types::{
-    AgentDisk, ChunkId, DesiredState, FailedLeg, Heartbeat, RegisterAgent, VolumeSpec,
+    AgentDisk, ChunkId, DesiredState, FailedLeg, Heartbeat, LegState, RegisterAgent, VolumeSpec,
 };
 use vsky_api::{Client, ClientConfig};
 use vsky_nbd::{Export, ExportTable, ServerConfig};
@@ -54,8 +54,12 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 pub(crate) struct Shared {
     wiped: Mutex<Vec<ChunkId>>,
     failed: Mutex<Vec<FailedLeg>>,
-    /// Failed legs already queued or reported, so each is sent once.
-    failed_seen: Mutex<BTreeSet<(String, u32, u8)>>,
+    /// Failed legs already queued or reported, so each is sent once. Keyed
+    /// by chunk as well as slot: a slot (volume, mirrored disk, leg) is
+    /// reused by a re-created volume of the same name or a replacement leg,
+    /// and a failure of that new leg must be reported too. See
+    /// [`Shared::set_volumes`] for when entries are forgotten.
+    failed_seen: Mutex<BTreeSet<FailedKey>>,
     volumes: Mutex<Vec<VolumeSpec>>,
     heartbeat_now: Notify,
     /// Volumes assembled on this head, with their devices; the local API
@@ -68,13 +72,52 @@ pub(crate) fn lock_shared<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     lock(m)
 }
 
+/// (volume, mirrored disk, leg slot, chunk) of a failed leg.
+type FailedKey = (String, u32, u8, ChunkId);
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Shared {
-    fn leg_failed(&self, volume: &str, mirrored_disk: u32, leg: u8) {
-        if lock(&self.failed_seen).insert((volume.to_string(), mirrored_disk, leg)) {
+    /// Records the latest desired volumes, and forgets reported failures
+    /// the manager no longer needs to hear about: legs it now lists as
+    /// failed (the health loop skips those) and legs it no longer lists
+    /// (volume detached or deleted, leg replaced). Without this, a failure
+    /// in a slot that had failed before (same volume name, mirrored disk
+    /// and leg) was never reported again.
+    fn set_volumes(&self, volumes: &[VolumeSpec]) {
+        let mut live: BTreeSet<FailedKey> = BTreeSet::new();
+        for spec in volumes {
+            for (k, legs) in spec.mirrored_disks.iter().enumerate() {
+                for (l, leg) in legs.iter().enumerate() {
+                    if leg.state != LegState::Failed {
+                        live.insert((spec.name.clone(), k as u32, l as u8, leg.chunk));
+                    }
+                }
+            }
+        }
+        lock(&self.failed_seen).retain(|key| live.contains(key));
+        *lock(&self.volumes) = volumes.to_vec();
+    }
+
+    /// Queues a failure of leg `leg` of mirrored disk `mirrored_disk` of
+    /// `spec` for the next heartbeat, unless it was queued already or the
+    /// manager already lists the leg as failed.
+    fn leg_failed(&self, spec: &VolumeSpec, mirrored_disk: u32, leg: u8) {
+        let Some(leg_spec) = spec
+            .mirrored_disks
+            .get(mirrored_disk as usize)
+            .and_then(|legs| legs.get(leg as usize))
+        else {
+            return;
+        };
+        if leg_spec.state == LegState::Failed {
+            return;
+        }
+        let volume = spec.name.as_str();
+        let key = (volume.to_string(), mirrored_disk, leg, leg_spec.chunk);
+        if lock(&self.failed_seen).insert(key) {
             tracing::warn!(
                 volume,
                 mirrored_disk,
@@ -277,7 +320,7 @@ impl Agent {
         let mut complete = true;
         self.sync_exports(&desired);
         complete &= self.wipe(&desired).await;
-        *lock(&self.shared.volumes) = desired.volumes.clone();
+        self.shared.set_volumes(&desired.volumes);
         if let Some(head) = self.head.clone() {
             complete &= self.assemble(head, desired.volumes).await;
         }
@@ -355,7 +398,7 @@ impl Agent {
                     Ok(assembly) => {
                         lock(&shared.assembled).insert(spec.name.clone(), assembly.device.clone());
                         for (k, l) in &assembly.unreachable_legs {
-                            shared.leg_failed(&spec.name, *k, *l);
+                            shared.leg_failed(spec, *k, *l);
                         }
                         tracing::debug!(volume = %spec.name, device = %assembly.device.display(), "volume assembled");
                     }
@@ -447,11 +490,87 @@ async fn health_loop(head: Arc<Mutex<Head>>, shared: Arc<Shared>, mut stop: watc
             for spec in &volumes {
                 if let Ok(dead) = head.dead_legs(spec) {
                     for (k, l) in dead {
-                        shared.leg_failed(&spec.name, k, l);
+                        shared.leg_failed(spec, k, l);
                     }
                 }
             }
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vsky_api::types::LegSpec;
+
+    fn spec(name: &str, chunks: &[(u64, u32)], failed: &[usize]) -> VolumeSpec {
+        let leg = |i: usize, (disk_id, index): (u64, u32)| LegSpec {
+            chunk: ChunkId { disk_id, index },
+            server: format!("s{i}"),
+            server_address: format!("10.0.0.{i}:10809"),
+            export_name: format!("e{i}"),
+            local_disk_path: None,
+            offset_bytes: 0,
+            state: if failed.contains(&i) {
+                LegState::Failed
+            } else {
+                LegState::Active
+            },
+        };
+        VolumeSpec {
+            name: name.to_string(),
+            size_bytes: 1 << 20,
+            stripe: None,
+            chunk_size_bytes: 8 << 20,
+            leg_meta_bytes: 1 << 20,
+            mirrored_disks: vec![chunks.iter().enumerate().map(|(i, c)| leg(i, *c)).collect()],
+        }
+    }
+
+    fn queued(shared: &Shared) -> usize {
+        lock(&shared.failed).drain(..).count()
+    }
+
+    #[test]
+    fn a_failed_leg_is_reported_once() {
+        let shared = Shared::default();
+        let v = spec("v", &[(1, 0), (2, 0)], &[]);
+        shared.set_volumes(std::slice::from_ref(&v));
+        shared.leg_failed(&v, 0, 1);
+        shared.leg_failed(&v, 0, 1);
+        assert_eq!(queued(&shared), 1);
+        // Still active in the manager's view (report in flight): not again.
+        shared.set_volumes(std::slice::from_ref(&v));
+        shared.leg_failed(&v, 0, 1);
+        assert_eq!(queued(&shared), 0);
+        // The manager lists it failed: the kernel's dead leg is not resent.
+        let v = spec("v", &[(1, 0), (2, 0)], &[1]);
+        shared.set_volumes(std::slice::from_ref(&v));
+        shared.leg_failed(&v, 0, 1);
+        assert_eq!(queued(&shared), 0);
+        // Out-of-range slots are ignored rather than reported.
+        shared.leg_failed(&v, 3, 0);
+        assert_eq!(queued(&shared), 0);
+    }
+
+    #[test]
+    fn a_reused_slot_is_reported_again() {
+        let shared = Shared::default();
+        let v = spec("v", &[(1, 0), (2, 0)], &[]);
+        shared.set_volumes(std::slice::from_ref(&v));
+        shared.leg_failed(&v, 0, 1);
+        assert_eq!(queued(&shared), 1);
+        // Detached and deleted, then a volume of the same name is created
+        // on the very same chunks and its leg 1 fails as well.
+        shared.set_volumes(&[]);
+        shared.set_volumes(std::slice::from_ref(&v));
+        shared.leg_failed(&v, 0, 1);
+        assert_eq!(queued(&shared), 1);
+        // A replacement leg (new chunk) in the same slot fails.
+        let w = spec("v", &[(1, 0), (3, 5)], &[]);
+        shared.set_volumes(std::slice::from_ref(&w));
+        shared.leg_failed(&w, 0, 1);
+        assert_eq!(queued(&shared), 1);
     }
 }

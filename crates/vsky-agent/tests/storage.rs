@@ -118,7 +118,7 @@ async fn agents_export_assigned_chunks_and_wipe_freed_ones() {
             stripe: None,
             class: None,
             near_server: None,
-                ..Default::default()
+            ..Default::default()
         })
         .await
         .unwrap();

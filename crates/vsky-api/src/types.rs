@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 pub struct ErrorBody {
     /// Stable code: `invalid_argument`, `unauthorized`, `forbidden`,
     /// `not_found`, `method_not_allowed`, `already_exists`, `conflict`,
+    /// `attached_elsewhere`,
     /// `not_enough_servers`, `not_enough_space`, `payload_too_large`,
     /// `unsupported_media_type`, `store_unavailable`, `store_corrupt`,
     /// `internal`.
@@ -39,6 +40,8 @@ pub struct ClusterSummary {
     pub disks: usize,
     pub disks_failed: usize,
     pub chunk_size_bytes: u64,
+    /// Legs per mirrored disk of a volume created without `replicas`.
+    pub default_replicas: u8,
     /// Chunk bytes on serving disks.
     pub capacity_bytes: u64,
     /// Chunk bytes free for new legs.

@@ -390,7 +390,7 @@ async fn volume_lifecycle() {
     admin.attach_volume("vm1", "s1").await.unwrap();
     assert_eq!(
         admin.attach_volume("vm1", "s2").await.unwrap_err().code(),
-        Some("conflict")
+        Some("attached_elsewhere")
     );
     assert_eq!(
         admin.delete_volume("vm1").await.unwrap_err().code(),

@@ -129,6 +129,7 @@ pub struct Summary {
     pub disks: usize,
     pub disks_failed: usize,
     pub chunk_size_bytes: u64,
+    pub default_replicas: u8,
     /// Chunk bytes on disks that can serve (online disk, online server).
     pub capacity_bytes: u64,
     /// Chunk bytes free for new legs.
@@ -461,6 +462,7 @@ impl Cluster {
         let chunk = self.settings.chunk_size_bytes;
         let mut s = Summary {
             chunk_size_bytes: chunk,
+            default_replicas: self.settings.default_replicas,
             ..Summary::default()
         };
         s.servers = self.servers.len();
@@ -949,10 +951,10 @@ impl Cluster {
         match &volume.attachment {
             Some(a) if a.head == head_id => return Ok(changes),
             Some(a) => {
-                return Err(ModelError::Conflict(format!(
-                    "volume '{name}' is attached to server '{}'; detach it there first",
-                    self.servers[&a.head].name
-                )));
+                return Err(ModelError::AttachedElsewhere {
+                    volume: name.to_string(),
+                    server: self.servers[&a.head].name.clone(),
+                });
             }
             None => {}
         }

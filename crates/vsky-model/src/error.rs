@@ -35,6 +35,8 @@ pub enum ModelError {
     AlreadyExists { kind: &'static str, key: String },
     #[error("{0}")]
     Conflict(String),
+    #[error("volume '{volume}' is attached to server '{server}'; detach it there first")]
+    AttachedElsewhere { volume: String, server: String },
     #[error(
         "{replicas} replicas need {replicas} servers with free chunks{class}, but only {eligible} have any; add servers or lower --replicas"
     )]
@@ -67,7 +69,9 @@ impl ModelError {
         match self {
             ModelError::Invalid { .. } => ErrorKind::BadInput,
             ModelError::NotFound { .. } => ErrorKind::NotFound,
-            ModelError::AlreadyExists { .. } | ModelError::Conflict(_) => ErrorKind::Conflict,
+            ModelError::AlreadyExists { .. }
+            | ModelError::Conflict(_)
+            | ModelError::AttachedElsewhere { .. } => ErrorKind::Conflict,
             ModelError::NotEnoughServers { .. } | ModelError::NotEnoughChunks { .. } => {
                 ErrorKind::Capacity
             }
@@ -82,6 +86,7 @@ impl ModelError {
             ModelError::NotFound { .. } => "not_found",
             ModelError::AlreadyExists { .. } => "already_exists",
             ModelError::Conflict(_) => "conflict",
+            ModelError::AttachedElsewhere { .. } => "attached_elsewhere",
             ModelError::NotEnoughServers { .. } => "not_enough_servers",
             ModelError::NotEnoughChunks { .. } => "not_enough_space",
             ModelError::Corrupt(_) => "store_corrupt",

@@ -47,6 +47,7 @@ pub fn summary(s: m::Summary) -> api::ClusterSummary {
         disks: s.disks,
         disks_failed: s.disks_failed,
         chunk_size_bytes: s.chunk_size_bytes,
+        default_replicas: s.default_replicas,
         capacity_bytes: s.capacity_bytes,
         free_bytes: s.free_bytes,
         used_bytes: s.used_bytes,

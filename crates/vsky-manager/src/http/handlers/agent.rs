@@ -189,11 +189,11 @@ pub async fn detach(
                 .attachment
                 .as_ref()
                 .map(|a| a.head);
-            if attached.is_some_and(|h| h != head) {
-                return Err(vsky_model::ModelError::Conflict(format!(
-                    "volume '{}' is attached to another server; detach it there",
-                    req.volume
-                )));
+            if let Some(h) = attached.filter(|h| *h != head) {
+                return Err(vsky_model::ModelError::AttachedElsewhere {
+                    volume: req.volume.clone(),
+                    server: c.server(h).map(|s| s.name.clone()).unwrap_or_default(),
+                });
             }
             let changes = c.detach_volume(&req.volume)?;
             Ok((
