@@ -2,7 +2,8 @@
 # Cluster scenarios of the VM lab: the real binaries (vsky-manager,
 # vsky-agent, vsky) on the real kernel datapath (NBD + dm-raid raid1).
 #
-#   sh cluster.sh cluster-attach | cluster-kill-server | cluster-agent-restart | demo
+#   sh cluster.sh cluster-attach | cluster-kill-server | cluster-agent-restart |
+#                 cluster-xapi | demo
 #
 # Run by lab/init inside the VM. Prints progress, one `LAB-DETAIL <text>` line
 # on success (lab/init turns it into `LAB PASS`), and `LAB-WHY <reason>` plus
@@ -154,12 +155,17 @@ agent_start() {
 }
 
 # head_start: the head agent in the root namespace. Short NBD timeouts bound
-# how long a write waits on a dead server before md fails the leg.
+# how long a write waits on a dead server before md fails the leg. With
+# HEAD_API=1 it also serves its local API (127.0.0.1:10810, the default) for
+# the datapath plugin, with the token in $W/agent-api.token, as in dom0.
 head_start() {
+  local api=
+  [ "${HEAD_API:-0}" = 1 ] && api="--api-token-file $W/agent-api.token"
   echo "=== start $(now)" >>"$W/head.log"
+  # shellcheck disable=SC2086 # $api is empty or two words
   vsky-agent --manager http://127.0.0.1:8080 --token-file "$W/agent.token" \
     --server-name head --listen 127.0.0.1:10809 --heartbeat-interval 1 \
-    --nbd-timeout 5 --dead-connection-timeout 2 --log info,vsky_agent=debug >>"$W/head.log" 2>&1 &
+    --nbd-timeout 5 --dead-connection-timeout 2 --log info,vsky_agent=debug $api >>"$W/head.log" 2>&1 &
   echo $! >"$W/head.pid"
 }
 # How often the head has (re)assembled volumes: grows by one per apply.
@@ -174,6 +180,7 @@ cluster_up() {
   mkdir -p "$W"
   echo lab-admin-token-0123456789 >"$W/admin.token"
   echo lab-agent-token-0123456789 >"$W/agent.token"
+  echo lab-agent-api-token-0123456789 >"$W/agent-api.token"
   vsky-manager --listen 0.0.0.0:8080 --data-dir "$W/store" --token-file "$W/admin.token" \
     --agent-token-file "$W/agent.token" --chunk-size $CHUNK >"$W/manager.out" 2>"$W/manager.log" &
   echo $! >"$W/manager.pid"
@@ -506,6 +513,68 @@ scenario_demo() {
   echo "LAB-DETAIL 4 servers + head; 64 MiB 2-way volume attached, written, verified; $victim killed mid-write without I/O error; degraded volume still serves the right data"
 }
 
+# cluster-xapi: the SMAPIv3 plugins as xapi drives them, on the real kernel.
+# scripts/install-plugins put them under /usr/libexec/xapi-storage-script at
+# initramfs build time; xapi-tests (crates/xapi-tests) plays xapi: SR.create
+# + SR.attach, Volume.create, then VM start (Datapath.open, attach, activate
+# twice) and checks the answered /dev/mapper device is a block device of the
+# volume's size; writes and reads back 1 MiB patterns at three offsets; VM
+# shutdown (deactivate twice, detach, close) must leave no device and the
+# volume unattached; with the volume attached to storage server s1, activate
+# here must fail with Activated_on_another_host and deactivate/detach here
+# must leave s1's attachment alone; a second start reads the patterns back.
+# This script checks around it what xapi-tests cannot see: the kernel state.
+scenario_xapi() {
+  local start out dm0 nbd0 rc took n sampler mirrors plugins=/usr/libexec/xapi-storage-script
+  HEAD_API=1
+  cluster_up 2 128
+  # The head's local API answers before the plugin is pointed at it.
+  wait_for 30 "the head agent's local API on 127.0.0.1:10810" head_api_up
+  # As packaging/etc/vsky/datapath.json, with the lab's token file.
+  printf '{"agent_url": "http://127.0.0.1:10810", "token_file": "%s"}\n' "$W/agent-api.token" >"$W/datapath.json"
+  [ -x $plugins/datapath/vsky/Datapath.activate ] || fail "the datapath plugin is not installed under $plugins (scripts/install-plugins)"
+  dm0=$(dm_count)
+  nbd0=$(nbd_connected)
+  start=$(now)
+  # What the kernel holds while xapi-tests runs: proves the device was the
+  # head's real dm-raid assembly, not just a path in an answer.
+  (while :; do
+    echo "$(dmsetup status 2>/dev/null | grep -c ' raid raid1 ') $(ls /dev/mapper | grep -c '^vsky-[^+]*$')"
+    sleep 0.3
+  done >"$W/seen") &
+  sampler=$!
+  # 32 MiB at 2 replicas over two 128 MiB disks (8 MiB chunks, less the
+  # dm-raid metadata each: 5 mirrors). Bounded like every wait here: each
+  # plugin call may take up to 150 s, a hung datapath must not use up the
+  # lab's own timeout.
+  timeout 300 xapi-tests datapath --plugins $plugins --state-dir "$W/sr" \
+    --manager http://127.0.0.1:8080 --token-file "$W/admin.token" \
+    --datapath-config "$W/datapath.json" --size $((32 << 20)) --other-server s1 >"$W/xapi-tests.out" 2>&1
+  rc=$?
+  kill "$sampler"
+  sed "s/^/$P:   xapi-tests: /" "$W/xapi-tests.out"
+  [ "$rc" = 0 ] || fail "xapi-tests datapath failed (exit $rc; 143 = killed after 300 s): $(grep -v ': ok ' "$W/xapi-tests.out" | head -3 | tr '\n' ' ')"
+  out=$(grep -c ': ok ' "$W/xapi-tests.out")
+  [ "$out" = 2 ] || fail "xapi-tests datapath exited 0 but reported $out of 2 steps ok"
+  took=$(since "$start")
+  mirrors=$(awk '$1 > m {m = $1} END {print m + 0}' "$W/seen")
+  [ "$mirrors" -gt 0 ] && awk '$2 > 0 {f = 1} END {exit !f}' "$W/seen" \
+    || fail "no dm-raid mirror or /dev/mapper/vsky- device was ever seen while xapi-tests ran"
+  # Every start was undone by its shutdown: nothing assembled, nothing
+  # connected, no vsky device node, no volume left attached in the manager.
+  [ "$(dm_count)" = "$dm0" ] && [ "$(nbd_connected)" = "$nbd0" ] \
+    || fail "kernel devices left after xapi-tests: $(dm_count) dm (was $dm0), $(nbd_connected) NBD connected (was $nbd0)"
+  ! ls /dev/mapper | grep -q '^vsky-' || fail "device nodes left: $(ls /dev/mapper | grep '^vsky-' | tr '\n' ' ')"
+  [ "$(vsky --json volume list | tr -d ' \n')" = "[]" ] || fail "xapi-tests left volumes behind: $(vsky volume list | tr '\n' ' ')"
+  # The head really assembled through its local API, at least once per VM
+  # start (a later reconcile may log it again).
+  n=$(grep -c 'volume assembled' "$W/head.log")
+  [ "$n" -ge 2 ] || fail "the head assembled the volume $n times; expected one per VM start (2)"
+  cluster_down
+  echo "LAB-DETAIL xapi-tests datapath through the installed plugins in ${took}s: VM start (open/attach/activate) → $mirrors dm-raid raid1 mirrors under block device /dev/mapper/vsky-<vdi> of 32 MiB, 3 MiB written and read back; VM shutdown (deactivate ×2, detach, close) → device, dm and NBD gone; activate refused (Activated_on_another_host) while s1 holds it, s1 kept it; restart → data intact; nothing left attached"
+}
+head_api_up() { wget -q -O /dev/null http://127.0.0.1:10810/v1/health; }
+
 # lab/run passes LAB_DEBUG=1 as vsky.debug=1 on the kernel command line.
 debug_dump() { grep -q 'vsky\.debug=1' /proc/cmdline && DUMP_LINES=60 dump; }
 
@@ -513,6 +582,7 @@ case $scenario in
   cluster-attach) scenario_attach ;;
   cluster-kill-server) scenario_kill_server ;;
   cluster-agent-restart) scenario_agent_restart ;;
+  cluster-xapi) scenario_xapi ;;
   demo) scenario_demo ;;
   *) echo "LAB-WHY unknown cluster scenario '$scenario'"; exit 2 ;;
 esac
