@@ -312,7 +312,10 @@ fn simulate(
     apply(&mut c, fault)?;
     // Full checks are O(cluster); on big pools they run every 64 steps and
     // at the end, the per-disk limit on every step.
-    let legs: usize = c.volumes().map(|v| v.mirrored_disks.len() * usize::from(v.replicas)).sum();
+    let legs: usize = c
+        .volumes()
+        .map(|v| v.mirrored_disks.len() * usize::from(v.replicas))
+        .sum();
     let full_every = if legs > 50_000 { 64 } else { 1 };
     let mut done: HashMap<JobId, f64> = HashMap::new();
     let mut jobs_seen: BTreeSet<JobId> = BTreeSet::new();
