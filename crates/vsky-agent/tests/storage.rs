@@ -47,6 +47,33 @@ fn client(url: &str, token: &str) -> Client {
     .unwrap()
 }
 
+/// A storage-only agent of server `name` on loopback `port`, serving `disk`.
+fn storage_agent(url: &str, name: &str, port: u16, disk: std::path::PathBuf) -> vsky_agent::Config {
+    vsky_agent::Config {
+        client: ClientConfig {
+            manager_url: url.to_string(),
+            token: Some(AGENT.into()),
+            ..Default::default()
+        },
+        server_name: name.to_string(),
+        nbd_listen: format!("127.0.0.1:{port}").parse().unwrap(),
+        advertise: format!("127.0.0.1:{port}"),
+        disks: vec![DiskArg {
+            path: disk,
+            class: None,
+        }],
+        labels: Default::default(),
+        heartbeat_interval: Duration::from_millis(200),
+        head: false,
+        timeouts: NbdTimeouts {
+            request: Duration::from_secs(5),
+            dead_connection: Duration::from_secs(1),
+            connect: Duration::from_secs(2),
+        },
+        api: None,
+    }
+}
+
 async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut check: F) {
     let start = Instant::now();
     while !check().await {
@@ -74,29 +101,7 @@ async fn agents_export_assigned_chunks_and_wipe_freed_ones() {
             .set_len(MIB + 8 * CHUNK)
             .unwrap();
         disks.push(disk.clone());
-        let config = vsky_agent::Config {
-            client: ClientConfig {
-                manager_url: url.clone(),
-                token: Some(AGENT.into()),
-                ..Default::default()
-            },
-            server_name: format!("s{s}"),
-            nbd_listen: format!("127.0.0.1:{port}").parse().unwrap(),
-            advertise: format!("127.0.0.1:{port}"),
-            disks: vec![DiskArg {
-                path: disk,
-                class: None,
-            }],
-            labels: Default::default(),
-            heartbeat_interval: Duration::from_millis(200),
-            head: false,
-            timeouts: NbdTimeouts {
-                request: Duration::from_secs(5),
-                dead_connection: Duration::from_secs(1),
-                connect: Duration::from_secs(2),
-            },
-            api: None,
-        };
+        let config = storage_agent(&url, &format!("s{s}"), port, disk);
         tokio::spawn(vsky_agent::run(config, std::future::pending()));
     }
     let admin = client(&url, ADMIN);
@@ -240,30 +245,11 @@ async fn local_api_checks_tokens_and_roles() {
         .unwrap();
     let token = "local-api-token-0123456789";
     let config = vsky_agent::Config {
-        client: ClientConfig {
-            manager_url: url.clone(),
-            token: Some(AGENT.into()),
-            ..Default::default()
-        },
-        server_name: "solo".into(),
-        nbd_listen: format!("127.0.0.1:{nbd_port}").parse().unwrap(),
-        advertise: format!("127.0.0.1:{nbd_port}"),
-        disks: vec![DiskArg {
-            path: disk,
-            class: None,
-        }],
-        labels: Default::default(),
-        heartbeat_interval: Duration::from_millis(200),
-        head: false,
-        timeouts: NbdTimeouts {
-            request: Duration::from_secs(5),
-            dead_connection: Duration::from_secs(1),
-            connect: Duration::from_secs(2),
-        },
         api: Some(vsky_agent::api::ApiConfig {
             listen: format!("127.0.0.1:{api_port}").parse().unwrap(),
             token: token.into(),
         }),
+        ..storage_agent(&url, "solo", nbd_port, disk)
     };
     tokio::spawn(vsky_agent::run(config, std::future::pending()));
     let base = format!("http://127.0.0.1:{api_port}");
