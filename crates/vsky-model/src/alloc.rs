@@ -303,23 +303,36 @@ impl AllocIndex {
         class: Option<&str>,
         near: Option<&Near>,
     ) -> Option<Vec<DiskId>> {
-        self.pick_more(&[], replicas, class, near)
+        self.pick_more(&[], replicas, class, near, &|_, _| 0)
     }
 
     /// Picks `count` more disks for a mirrored disk whose other live legs
-    /// sit on `taken` (server, failure domain) pairs: the new legs avoid
+    /// sit on `taken` (server, failure domain, disk): the new legs avoid
     /// those servers always and those domains when possible. This is how a
-    /// replacement leg is placed.
+    /// replacement leg is placed, and how every leg after a mirrored disk's
+    /// first is placed.
+    ///
+    /// `shared(a, b)` counts the mirrored disks disks `a` and `b` already
+    /// share. Among the first few equally loaded candidates (so balance is
+    /// untouched), a leg goes to the disk sharing the fewest mirrored disks
+    /// with the legs already placed. That spreads each disk's partners over
+    /// the pool: when a disk dies, the surviving copies of its legs sit on
+    /// many disks, so their resyncs run in parallel instead of queueing on
+    /// the few disks a plain load order would pair it with.
     pub fn pick_more(
         &self,
-        taken: &[(ServerId, String)],
+        taken: &[(ServerId, String, DiskId)],
         count: u8,
         class: Option<&str>,
         near: Option<&Near>,
+        shared: &dyn Fn(DiskId, DiskId) -> u32,
     ) -> Option<Vec<DiskId>> {
+        /// Equally loaded candidates weighed for partner spread.
+        const PARTNER_CANDIDATES: usize = 8;
         let bucket = self.bucket(class)?;
         let mut chosen: Vec<(ServerId, &str)> =
-            taken.iter().map(|(s, d)| (*s, d.as_str())).collect();
+            taken.iter().map(|(s, d, _)| (*s, d.as_str())).collect();
+        let mut placed: Vec<DiskId> = taken.iter().map(|(_, _, d)| *d).collect();
         let mut disks = Vec::with_capacity(usize::from(count));
         for leg in 0..count {
             let qualifies = |k: &ServerKey, strict: bool, chosen: &[(ServerId, &str)]| {
@@ -342,22 +355,39 @@ impl AllocIndex {
                         .copied()
                 });
             }
-            let pick = pick
-                .or_else(|| {
-                    bucket
-                        .servers
-                        .iter()
-                        .find(|k| qualifies(k, true, &chosen))
-                        .copied()
-                })
-                .or_else(|| {
-                    bucket
-                        .servers
-                        .iter()
-                        .find(|k| qualifies(k, false, &chosen))
-                        .copied()
-                })?;
+            let strict = || {
+                let first = *bucket
+                    .servers
+                    .iter()
+                    .find(|k| qualifies(k, true, &chosen))?;
+                if placed.is_empty() {
+                    return Some(first);
+                }
+                let load = (first.best_legs, first.server_legs);
+                bucket
+                    .servers
+                    .range(first..)
+                    .filter(|k| qualifies(k, true, &chosen))
+                    .take_while(|k| (k.best_legs, k.server_legs) == load)
+                    .take(PARTNER_CANDIDATES)
+                    .enumerate()
+                    .min_by_key(|(rank, k)| {
+                        (
+                            placed.iter().map(|p| shared(*p, k.best_disk)).sum::<u32>(),
+                            *rank,
+                        )
+                    })
+                    .map(|(_, k)| *k)
+            };
+            let pick = pick.or_else(strict).or_else(|| {
+                bucket
+                    .servers
+                    .iter()
+                    .find(|k| qualifies(k, false, &chosen))
+                    .copied()
+            })?;
             chosen.push((pick.server, self.servers[&pick.server].domain.as_str()));
+            placed.push(pick.best_disk);
             disks.push(pick.best_disk);
         }
         Some(disks)

@@ -161,6 +161,9 @@ pub struct Cluster {
     jobs: BTreeMap<JobId, recovery::ResyncJob>,
     /// The active (queued or running) job of each leg slot being repaired.
     repairs: BTreeMap<(VolumeId, u32, u8), JobId>,
+    /// How many mirrored disks each pair of disks shares, keyed (lower id,
+    /// higher id): the allocator spreads a disk's partners with it.
+    pairs: HashMap<(DiskId, DiskId), u32>,
     /// Set whenever a leg fails, cleared once every failed leg has a
     /// repair: `plan_repairs` scans the volumes only when it is set.
     repairs_pending: bool,
@@ -232,6 +235,7 @@ impl Cluster {
             groups: BTreeMap::new(),
             jobs: BTreeMap::new(),
             repairs: BTreeMap::new(),
+            pairs: HashMap::new(),
             repairs_pending: true,
             runtime: HashMap::new(),
             index: AllocIndex::default(),
@@ -329,6 +333,10 @@ impl Cluster {
                     "{} belongs to missing group '{g}'",
                     volume.id
                 )));
+            }
+            for md in &volume.mirrored_disks {
+                let chunks: Vec<ChunkRef> = md.legs.iter().map(|l| l.chunk).collect();
+                cluster.link_pairs(&chunks, true);
             }
             cluster.volume_names.insert(volume.name.clone(), volume.id);
             cluster.volumes.insert(volume.id, volume);
@@ -916,6 +924,10 @@ impl Cluster {
         let volume = self.volumes.remove(&id).expect("exists");
         self.volume_names.remove(name);
         let mut changes = Changes::default();
+        for md in &volume.mirrored_disks {
+            let chunks: Vec<ChunkRef> = md.legs.iter().map(|l| l.chunk).collect();
+            self.link_pairs(&chunks, false);
+        }
         for leg in volume.mirrored_disks.iter().flat_map(|m| &m.legs) {
             let rt = self
                 .runtime
@@ -1239,10 +1251,17 @@ impl Cluster {
                 domain: s.failure_domain(&self.settings.failure_domain_label),
             });
         let mut taken: Vec<ChunkRef> = Vec::with_capacity(needed as usize);
-        let mut mirrored = Vec::with_capacity(count as usize);
+        let mut mirrored: Vec<Vec<ChunkRef>> = Vec::with_capacity(count as usize);
         for m in 0..count {
-            let Some(disks) = self.index.pick(volume.replicas, class, near.as_ref()) else {
+            let shared = |a: DiskId, b: DiskId| self.shared(a, b);
+            let picked = self
+                .index
+                .pick_more(&[], volume.replicas, class, near.as_ref(), &shared);
+            let Some(disks) = picked else {
                 let eligible = self.index.eligible_servers(class);
+                for legs in &mirrored {
+                    self.link_pairs(legs, false);
+                }
                 self.give_back(&taken);
                 return Err(if eligible < usize::from(volume.replicas) {
                     ModelError::NotEnoughServers {
@@ -1270,6 +1289,7 @@ impl Cluster {
                 taken.push(chunk);
                 legs.push(chunk);
             }
+            self.link_pairs(&legs, true);
             mirrored.push(legs);
         }
         // Secrets are drawn only once the allocation stands.
@@ -1286,6 +1306,33 @@ impl Cluster {
                     .collect(),
             })
             .collect())
+    }
+
+    /// Mirrored disks that disks `a` and `b` share.
+    pub(super) fn shared(&self, a: DiskId, b: DiskId) -> u32 {
+        self.pairs.get(&(a.min(b), a.max(b))).copied().unwrap_or(0)
+    }
+
+    /// Counts (or with `add` false, uncounts) every pair of the legs of one
+    /// mirrored disk.
+    pub(super) fn link_pairs(&mut self, legs: &[ChunkRef], add: bool) {
+        for (i, a) in legs.iter().enumerate() {
+            for b in &legs[i + 1..] {
+                let key = (a.disk.min(b.disk), a.disk.max(b.disk));
+                if add {
+                    *self.pairs.entry(key).or_insert(0) += 1;
+                } else {
+                    let n = self
+                        .pairs
+                        .get_mut(&key)
+                        .expect("counted pairs are uncounted once");
+                    *n -= 1;
+                    if *n == 0 {
+                        self.pairs.remove(&key);
+                    }
+                }
+            }
+        }
     }
 
     /// Takes the lowest free chunk of an indexed disk for the leg at
@@ -1445,6 +1492,22 @@ impl Cluster {
                     disk.id
                 ));
             }
+        }
+        let mut pairs: HashMap<(DiskId, DiskId), u32> = HashMap::new();
+        for md in self.volumes.values().flat_map(|v| &v.mirrored_disks) {
+            for (i, a) in md.legs.iter().enumerate() {
+                for b in &md.legs[i + 1..] {
+                    *pairs
+                        .entry((
+                            a.chunk.disk.min(b.chunk.disk),
+                            a.chunk.disk.max(b.chunk.disk),
+                        ))
+                        .or_insert(0) += 1;
+                }
+            }
+        }
+        if pairs != self.pairs {
+            return Err("partner-pair counts differ from the volumes' legs".into());
         }
         let used: usize = self.runtime.values().map(|r| r.used.len()).sum();
         if used != seen.len() {

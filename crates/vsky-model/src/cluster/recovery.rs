@@ -173,14 +173,17 @@ impl Cluster {
             return None;
         }
         let label = &self.settings.failure_domain_label;
-        let taken: Vec<(ServerId, String)> = md
+        let taken: Vec<(ServerId, String, DiskId)> = md
             .legs
             .iter()
             .enumerate()
             .filter(|(i, leg)| *i != usize::from(l) && leg.state != LegState::Failed)
             .filter_map(|(_, leg)| self.disks.get(&leg.chunk.disk))
-            .filter_map(|d| self.servers.get(&d.server))
-            .map(|s| (s.id, s.failure_domain(label)))
+            .filter_map(|d| {
+                self.servers
+                    .get(&d.server)
+                    .map(|s| (s.id, s.failure_domain(label), d.id))
+            })
             .collect();
         let near = v
             .attachment
@@ -194,9 +197,11 @@ impl Cluster {
             });
         let class = v.class.clone();
         let replaced = md.legs[usize::from(l)].chunk;
+        let shared = |a: DiskId, b: DiskId| self.shared(a, b);
         let disk = self
             .index
-            .pick_more(&taken, 1, class.as_deref(), near.as_ref())?[0];
+            .pick_more(&taken, 1, class.as_deref(), near.as_ref(), &shared)?[0];
+        let before: Vec<ChunkRef> = md.legs.iter().map(|l| l.chunk).collect();
 
         // Take the new chunk for the slot; release the failed one (it is
         // wiped if its disk ever serves again, dropped with the disk if not).
@@ -234,6 +239,10 @@ impl Cluster {
         leg.chunk = target;
         leg.state = LegState::Syncing;
         leg.export_name = secrets.export_secret();
+        let mut after = before.clone();
+        after[usize::from(l)] = target;
+        self.link_pairs(&before, false);
+        self.link_pairs(&after, true);
 
         let id = JobId(self.next_id);
         self.next_id += 1;
