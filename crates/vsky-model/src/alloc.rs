@@ -11,6 +11,10 @@
 //! 4. With a `near` hint, the first leg goes to the head server itself, or
 //!    else to its failure domain, when such a disk qualifies.
 //! 5. A requested disk class restricts every leg to disks of that class.
+//! 6. Among equally loaded candidates for a mirrored disk's second and later
+//!    legs, the disk sharing the fewest mirrored disks with the legs already
+//!    placed wins, so each disk's partners spread over the pool and a failed
+//!    disk's resyncs read from many disks at once.
 //!
 //! The index has two levels. Each server keeps its eligible disks ordered by
 //! load; the servers are ordered by the key of their best disk plus their
