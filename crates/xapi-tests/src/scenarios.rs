@@ -1220,13 +1220,29 @@ fn write_at(dev: &str, offset: u64, data: &[u8]) -> Step {
     f.sync_all().map_err(|e| format!("fsync {dev}: {e}"))
 }
 
+/// Reads with O_DIRECT, so the bytes come from the volume's mirrors and not
+/// from the page cache the writes just went through.
 fn read_at(dev: &str, offset: u64, len: usize) -> Step<Vec<u8>> {
-    let mut f = std::fs::File::open(dev).map_err(|e| format!("open {dev}: {e}"))?;
-    f.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; len];
-    f.read_exact(&mut buf)
-        .map_err(|e| format!("read {dev}: {e}"))?;
-    Ok(buf)
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    /// O_DIRECT needs the buffer, offset and length aligned to the logical
+    /// block size; 4 KiB covers every device.
+    const ALIGN: usize = 4096;
+    if !offset.is_multiple_of(ALIGN as u64) || !len.is_multiple_of(ALIGN) {
+        return Err(format!(
+            "direct read of {len} bytes at {offset} is not 4 KiB aligned"
+        ));
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(dev)
+        .map_err(|e| format!("open {dev} with O_DIRECT: {e}"))?;
+    let mut raw = vec![0u8; len + ALIGN];
+    let start = raw.as_ptr().align_offset(ALIGN);
+    let buf = &mut raw[start..start + len];
+    f.read_exact_at(buf, offset)
+        .map_err(|e| format!("direct read {dev}: {e}"))?;
+    Ok(buf.to_vec())
 }
 
 fn start(dp: &PluginDir, uri: &str, domain: &str) -> Step<String> {
