@@ -575,6 +575,56 @@ scenario_xapi() {
 }
 head_api_up() { wget -q -O /dev/null http://127.0.0.1:10810/v1/health; }
 
+# cluster-bench (a benchmark, not a test; only when named): sequential
+# O_DIRECT throughput of a mirrored volume against one raw leg, same chunk
+# sizes, same run. The raw leg is one mirror's /dev/nbdN, read through its
+# data area; for writes a second, sacrificial volume's leg is used (writing
+# under a live mirror desynchronises it, so that volume is deleted after).
+rate_mib_s() { # MIB SECONDS
+  awk -v m="$1" -v s="$2" 'BEGIN { if (s <= 0) s = 0.01; printf "%.1f", m / s }'
+}
+timed_dd() { # IF OF BS COUNT SKIP SEEK FLAGS -> seconds
+  local start
+  start=$(now)
+  dd if="$1" of="$2" bs="$3" count="$4" skip="$5" seek="$6" $7 2>"$W/dd.err" || fail "dd $1 → $2 failed: $(cat "$W/dd.err")"
+  since "$start"
+}
+leg_device() { # VOLUME: the /dev/nbdN of leg 0 of mirrored disk 0
+  local f
+  for f in /sys/block/nbd*/backend; do
+    case "$(cat "$f" 2>/dev/null)" in
+      "vsky:$1:0:0:"*) echo "/dev/$(basename "$(dirname "$f")")"; return 0 ;;
+    esac
+  done
+  return 1
+}
+scenario_bench() {
+  local rounds=24 mib=7 i t mw mr rw rr raw_w raw_r
+  cluster_up 2 256
+  vsky volume create vb --size 7MiB --replicas 2 >/dev/null || fail "create vb failed"
+  vsky volume create vr --size 7MiB --replicas 2 >/dev/null || fail "create vr failed"
+  attach_wait vb
+  attach_wait vr
+  raw_r=$(leg_device vb) || fail "no NBD device for vb's first leg"
+  raw_w=$(leg_device vr) || fail "no NBD device for vr's first leg"
+  # Each volume is one mirrored disk of 7 MiB of data; the raw leg's data
+  # area starts 1 MiB into the chunk (after the dm-raid metadata area).
+  t=0; for i in $(seq 1 $rounds); do t=$(awk -v a="$t" -v b="$(timed_dd /dev/zero /dev/mapper/vsky-vb 1M $mib 0 0 oflag=direct)" 'BEGIN{print a+b}'); done
+  mw=$(rate_mib_s $((rounds * mib)) "$t")
+  t=0; for i in $(seq 1 $rounds); do t=$(awk -v a="$t" -v b="$(timed_dd /dev/zero "$raw_w" 1M $mib 0 1 oflag=direct)" 'BEGIN{print a+b}'); done
+  rw=$(rate_mib_s $((rounds * mib)) "$t")
+  t=0; for i in $(seq 1 $rounds); do t=$(awk -v a="$t" -v b="$(timed_dd /dev/mapper/vsky-vb /dev/null 1M $mib 0 0 iflag=direct)" 'BEGIN{print a+b}'); done
+  mr=$(rate_mib_s $((rounds * mib)) "$t")
+  t=0; for i in $(seq 1 $rounds); do t=$(awk -v a="$t" -v b="$(timed_dd "$raw_r" /dev/null 1M $mib 1 0 iflag=direct)" 'BEGIN{print a+b}'); done
+  rr=$(rate_mib_s $((rounds * mib)) "$t")
+  # vb stays attached meanwhile, so wait only for vr's own device.
+  vsky volume detach vr >/dev/null || fail "detach vr failed"
+  wait_for 60 "/dev/mapper/vsky-vr to vanish" is_gone /dev/mapper/vsky-vr
+  vsky volume delete vr >/dev/null || fail "delete vr failed"
+  detach_wait vb
+  echo "LAB-DETAIL bench (1 MiB O_DIRECT, ${rounds}×${mib} MiB): write mirror ${mw} MiB/s vs raw leg ${rw} MiB/s (ratio $(awk -v a="$mw" -v b="$rw" 'BEGIN{printf "%.2f", a/b}')); read mirror ${mr} MiB/s vs raw leg ${rr} MiB/s (ratio $(awk -v a="$mr" -v b="$rr" 'BEGIN{printf "%.2f", a/b}'))"
+}
+
 # lab/run passes LAB_DEBUG=1 as vsky.debug=1 on the kernel command line.
 debug_dump() { grep -q 'vsky\.debug=1' /proc/cmdline && DUMP_LINES=60 dump; }
 
@@ -583,6 +633,7 @@ case $scenario in
   cluster-kill-server) scenario_kill_server ;;
   cluster-agent-restart) scenario_agent_restart ;;
   cluster-xapi) scenario_xapi ;;
+  cluster-bench) scenario_bench ;;
   demo) scenario_demo ;;
   *) echo "LAB-WHY unknown cluster scenario '$scenario'"; exit 2 ;;
 esac
