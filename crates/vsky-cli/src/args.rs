@@ -144,6 +144,43 @@ pub enum Command {
     /// Create, inspect, attach, resize and delete mirrored volumes.
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Create, list, inspect and delete groups of volumes (XAPI SRs).
+    #[command(subcommand)]
+    Group(GroupCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Create a group. The SMAPIv3 volume plugin creates one per SR
+    /// (`sr-<uuid>`); admins rarely need to.
+    #[command(after_help = "Example:\n  vsky group create lab --display-name \"Lab VMs\"")]
+    Create {
+        /// Group name (letters, digits, '.', '_', '-').
+        name: String,
+        /// Free-form display name (defaults to the name).
+        #[arg(long, value_name = "TEXT")]
+        display_name: Option<String>,
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        description: String,
+        /// A uuid: creating again with the same uuid succeeds unchanged.
+        #[arg(long, value_name = "UUID")]
+        uuid: Option<String>,
+    },
+    /// List groups with their volumes' sizes and redundancy.
+    #[command(after_help = "Example:\n  vsky group list")]
+    List,
+    /// Show one group and its volumes.
+    #[command(after_help = "Example:\n  vsky group show sr-3f2c…")]
+    Show {
+        /// Group name.
+        name: String,
+    },
+    /// Delete an empty group (delete its volumes first).
+    #[command(after_help = "Example:\n  vsky group delete lab")]
+    Delete {
+        /// Group name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

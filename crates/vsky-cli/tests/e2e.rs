@@ -148,6 +148,16 @@ fn quickstart_through_the_cli() {
     let out = env.vsky(&["volume", "create", "x", "--size", "ten"]);
     assert_eq!(out.status.code(), Some(2), "a bad size is a usage error");
 
+    // Groups (XAPI SRs) through the CLI: create, list, show, delete when empty.
+    env.ok(&["group", "create", "lab", "--display-name", "Lab VMs"]);
+    let groups = env.json(&["group", "list"]);
+    assert_eq!(groups[0]["display_name"], "Lab VMs");
+    assert!(env.ok(&["group", "show", "lab"]).contains("No volumes."));
+    let out = env.vsky(&["group", "show", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    env.ok(&["group", "delete", "lab"]);
+    assert_eq!(env.json(&["group", "list"]), serde_json::json!([]));
+
     env.ok(&["volume", "detach", "vm-disk"]);
     env.ok(&["volume", "delete", "vm-disk"]);
     let summary = env.json(&["cluster", "status"]);

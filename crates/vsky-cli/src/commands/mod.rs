@@ -9,6 +9,7 @@
 
 pub mod cluster;
 pub mod disk;
+pub mod group;
 pub mod server;
 pub mod volume;
 
@@ -24,5 +25,6 @@ pub async fn run(command: &Command, client: &Client, json: bool) -> Result<Strin
         Command::Server(cmd) => server::run(cmd, client, json).await,
         Command::Disk(cmd) => disk::run(cmd, client, json).await,
         Command::Volume(cmd) => volume::run(cmd, client, json).await,
+        Command::Group(cmd) => group::run(cmd, client, json).await,
     }
 }
