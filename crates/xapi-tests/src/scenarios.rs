@@ -1137,42 +1137,12 @@ pub fn datapath_without_head(rig: &Rig, admin: &ManagerAdmin, other_server: Opti
     if admin.snapshot()? != before || !admin.volume(&key)?["attached_to"].is_null() {
         return Err("a refused activate changed the manager".into());
     }
-    for call in [
-        "Datapath.deactivate",
-        "Datapath.deactivate",
-        "Datapath.detach",
-    ] {
-        ok(
-            dp,
-            call,
-            json!({"dbg": DBG, "uri": uri, "domain": "7"}),
-            check::unit,
-        )?;
-    }
-    ok(
-        dp,
-        "Datapath.close",
-        json!({"dbg": DBG, "uri": uri}),
-        check::unit,
-    )?;
+    shutdown_calls(dp, &uri, "7", 2)?;
     // A migration's source or a failed destination: the volume is held by
     // another host, and this host's shutdown calls must leave it alone.
     if let Some(other) = other_server {
         admin.attach_to(&key, other)?;
-        for call in ["Datapath.deactivate", "Datapath.detach"] {
-            ok(
-                dp,
-                call,
-                json!({"dbg": DBG, "uri": uri, "domain": "7"}),
-                check::unit,
-            )?;
-        }
-        ok(
-            dp,
-            "Datapath.close",
-            json!({"dbg": DBG, "uri": uri}),
-            check::unit,
-        )?;
+        shutdown_calls(dp, &uri, "7", 1)?;
         if admin.volume(&key)?["attached_to"] != json!(other) {
             return Err("shutdown calls here released another host's attachment".into());
         }
@@ -1278,13 +1248,12 @@ fn start(dp: &PluginDir, uri: &str, domain: &str) -> Step<String> {
     Ok(dev)
 }
 
-fn stop(dp: &PluginDir, uri: &str, domain: &str, dev: &str) -> Step {
-    // VBD unplug, then DP.destroy's deactivate + detach, then epoch_end.
-    for call in [
-        "Datapath.deactivate",
-        "Datapath.deactivate",
-        "Datapath.detach",
-    ] {
+/// The calls of a VM shutdown after `deactivations` Datapath.deactivate
+/// calls (xapi sends two: VBD unplug, then DP.destroy): detach, then close.
+fn shutdown_calls(dp: &PluginDir, uri: &str, domain: &str, deactivations: usize) -> Step {
+    let calls =
+        std::iter::repeat_n("Datapath.deactivate", deactivations).chain(["Datapath.detach"]);
+    for call in calls {
         ok(
             dp,
             call,
@@ -1298,6 +1267,12 @@ fn stop(dp: &PluginDir, uri: &str, domain: &str, dev: &str) -> Step {
         json!({"dbg": DBG, "uri": uri}),
         check::unit,
     )?;
+    Ok(())
+}
+
+fn stop(dp: &PluginDir, uri: &str, domain: &str, dev: &str) -> Step {
+    // VBD unplug, then DP.destroy's deactivate + detach, then epoch_end.
+    shutdown_calls(dp, uri, domain, 2)?;
     if Path::new(dev).exists() {
         return Err(format!("{dev} still exists after detach and close"));
     }
