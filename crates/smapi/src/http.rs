@@ -10,6 +10,10 @@
 //! to the first one that accepts a connection. Only connection set-up
 //! failures move on to the next URL; once a request may have reached a
 //! manager it is never replayed elsewhere, so a create cannot happen twice.
+//! The one exception is a standby's `not_leader` answer, which guarantees
+//! nothing was done: the request then goes to the leader it names, or the
+//! next URL, and while no manager leads (an election takes a few seconds)
+//! the whole list is tried again until the request timeout runs out.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -104,6 +108,18 @@ pub struct HttpClient {
     agent: ureq::Agent,
     bases: Vec<String>,
     token: Option<String>,
+    /// How long to keep looking for a leader (the request timeout).
+    failover_wait: Duration,
+}
+
+/// A standby's answer: `Some(leader URL or None)` when the body says
+/// `not_leader`.
+fn not_leader(status: u16, text: &str) -> Option<Option<String>> {
+    if status != 503 {
+        return None;
+    }
+    let v: Value = serde_json::from_str(text).ok()?;
+    (v["code"] == "not_leader").then(|| v["leader"].as_str().map(str::to_string))
 }
 
 fn load_roots(path: &PathBuf) -> Result<RootCerts, HttpError> {
@@ -183,6 +199,7 @@ impl HttpClient {
             agent,
             bases,
             token: config.token.clone(),
+            failover_wait: config.timeout,
         })
     }
 
@@ -217,26 +234,61 @@ impl HttpClient {
         path: &str,
         body: Option<Value>,
     ) -> Result<T, HttpError> {
-        let mut last = None;
-        for base in &self.bases {
-            let url = format!("{base}{path}");
-            match self.exchange(method, &url, body.as_ref()) {
-                Ok((status, text)) => return decode(&url, status, &text),
-                Err(e) if never_sent(&e) => {
-                    last = Some(HttpError::Transport {
-                        url,
-                        detail: e.to_string(),
-                    })
+        let deadline = std::time::Instant::now() + self.failover_wait;
+        loop {
+            let mut queue: std::collections::VecDeque<String> =
+                self.bases.iter().cloned().collect();
+            let mut tried: Vec<String> = Vec::new();
+            let mut last = None;
+            let mut standby = None;
+            while let Some(base) = queue.pop_front() {
+                if tried.contains(&base) {
+                    continue;
                 }
-                Err(e) => {
-                    return Err(HttpError::Transport {
-                        url,
-                        detail: e.to_string(),
-                    });
+                tried.push(base.clone());
+                let url = format!("{base}{path}");
+                match self.exchange(method, &url, body.as_ref()) {
+                    Ok((status, text)) => match not_leader(status, &text) {
+                        Some(leader) => {
+                            // Nothing was done: ask the leader it names.
+                            if let Some(l) = leader {
+                                let l = l.trim_end_matches('/').to_string();
+                                if l.starts_with("http://") || l.starts_with("https://") {
+                                    queue.push_front(l);
+                                }
+                            }
+                            standby = Some((url, status, text));
+                        }
+                        None => return decode(&url, status, &text),
+                    },
+                    Err(e) if never_sent(&e) => {
+                        last = Some(HttpError::Transport {
+                            url,
+                            detail: e.to_string(),
+                        })
+                    }
+                    Err(e) => {
+                        return Err(HttpError::Transport {
+                            url,
+                            detail: e.to_string(),
+                        });
+                    }
+                }
+            }
+            match standby {
+                // Only standbys answered: an election is under way.
+                Some((url, status, text)) => {
+                    if std::time::Instant::now() + Duration::from_millis(500) > deadline {
+                        return decode(&url, status, &text);
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                None => {
+                    return Err(last
+                        .unwrap_or_else(|| HttpError::Config("no server URL configured".into())));
                 }
             }
         }
-        Err(last.unwrap_or_else(|| HttpError::Config("no server URL configured".into())))
     }
 
     fn exchange(
@@ -346,6 +398,21 @@ mod tests {
         assert!(matches!(e, HttpError::Decode { status: 502, .. }));
         let e = decode::<Vec<u8>>("u", 200, r#"{"a":1}"#).unwrap_err();
         assert!(matches!(e, HttpError::Decode { .. }));
+    }
+
+    #[test]
+    fn standby_answers_are_recognised() {
+        let body = r#"{"code":"not_leader","message":"standby","leader":"http://m2:8080"}"#;
+        assert_eq!(not_leader(503, body), Some(Some("http://m2:8080".into())));
+        assert_eq!(
+            not_leader(503, r#"{"code":"not_leader","message":"election"}"#),
+            Some(None)
+        );
+        assert_eq!(
+            not_leader(503, r#"{"code":"store_unavailable","message":"x"}"#),
+            None
+        );
+        assert_eq!(not_leader(409, body), None);
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub const KEY_SR_UUID: &str = "sr_uuid";
 pub const CONFIGURATION_KEYS: &[(&str, &str)] = &[
     (
         KEY_MANAGER,
-        "Required. VastSky manager base URL, e.g. https://mgr:8080; several comma-separated URLs (an HA manager's members) are tried in order",
+        "Required. VastSky manager base URL, e.g. https://mgr:8080; several comma-separated URLs (an HA manager's members) are tried in order, and a standby's not_leader answer sends the call to the leader",
     ),
     (
         KEY_TOKEN_FILE,

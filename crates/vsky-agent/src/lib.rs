@@ -6,26 +6,32 @@
 //!   reporting them reusable.
 //! - Head role: assembles the volumes attached to this server in the kernel
 //!   (`vsky-kernel`: NBD imports, dm-raid raid1 mirrors, a linear or striped
-//!   `/dev/mapper/vsky-<volume>`), tears down detached ones, and reports legs
-//!   the kernel marks dead.
+//!   `/dev/mapper/vsky-<volume>`), tears down detached ones, reports legs
+//!   the kernel marks dead, and swaps replacement legs into running mirrors
+//!   when the manager's scheduler starts their resync.
+//! - Resyncs of detached volumes: the storage agent holding a replacement
+//!   chunk fills it from a healthy leg over NBD ([`copy`]).
 //!
 //! The agent reconciles: it long-polls the manager's desired state for its
 //! server and converges the local state onto it, so a missed message or a
 //! restart is harmless. Heartbeats carry what it observed (wiped chunks,
-//! failed legs).
+//! failed legs, resync progress).
 //!
 //! Modules: [`disks`] (probe), [`wipe`] (zeroing), [`head`] (kernel
-//! assembly), [`reconcile`] (the loops), [`api`] (the local REST API the
-//! SMAPIv3 datapath plugin calls).
+//! assembly and online leg replacement), [`copy`] (server-to-server resync),
+//! [`reconcile`] (the loops), [`scrub`] (the head's patrol that checks its
+//! mirrors), [`api`] (the local REST API the SMAPIv3 datapath plugin calls).
 //!
 //! Shutdown stops the NBD server after in-flight requests finish and leaves
 //! assembled volumes in place: VMs keep their disks while the agent
 //! restarts, and the next agent adopts them.
 
 pub mod api;
+pub mod copy;
 pub mod disks;
 pub mod head;
 pub mod reconcile;
+pub mod scrub;
 pub mod wipe;
 
 pub use reconcile::{Config, run};

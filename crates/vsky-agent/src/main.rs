@@ -23,8 +23,9 @@ use vsky_api::ClientConfig;
     after_help = "Example:\n  vsky-agent --manager https://mgr:8080 --ca-file /etc/vsky/ca.pem --token-file /etc/vsky/agent.token \\\n      --server-name node1 --listen 0.0.0.0:10809 --advertise 10.0.0.11:10809 --disk /dev/sdb --disk /dev/nvme0n1,class=nvme"
 )]
 struct Args {
-    /// Manager base URL.
-    #[arg(long, env = "VSKY_MANAGER")]
+    /// Manager base URL; several comma-separated for managers on etcd (the
+    /// agent follows the leader and fails over on its own).
+    #[arg(long, env = "VSKY_MANAGER", value_name = "URL[,URL…]")]
     manager: String,
     /// File holding this agent's bearer token (first non-comment line).
     #[arg(long, env = "VSKY_TOKEN_FILE")]
@@ -71,6 +72,12 @@ struct Args {
     /// must present to the local API. Without it the local API is off.
     #[arg(long)]
     api_token_file: Option<PathBuf>,
+    /// Seconds between two scrubs of the same mirror: the head has dm-raid
+    /// read and compare every leg of each mirror it assembles, one mirror at
+    /// a time, and reports mismatches to the manager. 0 turns the patrol
+    /// off. Default: a week.
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    scrub_interval: u64,
     /// Log format: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -156,6 +163,7 @@ async fn main() -> anyhow::Result<()> {
             dead_connection: Duration::from_secs(args.dead_connection_timeout),
             connect: Duration::from_secs(5),
         },
+        scrub_interval: (args.scrub_interval > 0).then(|| Duration::from_secs(args.scrub_interval)),
         api: match &args.api_token_file {
             Some(path) => Some(vsky_agent::api::ApiConfig {
                 listen: args.api_listen,

@@ -11,11 +11,13 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::{Notify, watch};
 use vsky_api::types::{
-    AgentDisk, ChunkId, DesiredState, FailedLeg, Heartbeat, LegState, RegisterAgent, VolumeSpec,
+    AgentDisk, ChunkId, DesiredState, FailedLeg, Heartbeat, LegState, RegisterAgent, ResyncReport,
+    ScrubReport, VolumeSpec,
 };
 use vsky_api::{Client, ClientConfig};
 use vsky_nbd::{Export, ExportTable, ServerConfig};
 
+use crate::copy::Copies;
 use crate::disks::{self, DiskArg, ProbedDisk};
 use crate::head::{Head, NbdTimeouts};
 use crate::wipe;
@@ -37,6 +39,8 @@ pub struct Config {
     /// The local API for the datapath plugin (attach/detach/status), if
     /// enabled.
     pub api: Option<crate::api::ApiConfig>,
+    /// How often the head checks each mirror it assembles (`None`: never).
+    pub scrub_interval: Option<Duration>,
 }
 
 /// Longest wait of one desired-state long-poll.
@@ -61,6 +65,19 @@ pub(crate) struct Shared {
     /// [`Shared::set_volumes`] for when entries are forgotten.
     failed_seen: Mutex<BTreeSet<FailedKey>>,
     volumes: Mutex<Vec<VolumeSpec>>,
+    /// Legs the manager listed failed and now lists active again on the same
+    /// chunk (their server came back within its grace period): the kernel
+    /// still has them dead until the next assembly brings them back, so the
+    /// health loop must not report them meanwhile (that would have them
+    /// replaced after all). Cleared once an assembly has tried.
+    returning: Mutex<BTreeSet<FailedKey>>,
+    /// Progress of the resyncs this head runs, by job (replaced on every
+    /// health pass).
+    head_resyncs: Mutex<BTreeMap<u64, ResyncReport>>,
+    /// Progress of the copies this storage agent runs, by job.
+    pub(crate) copy_resyncs: Arc<Mutex<BTreeMap<u64, ResyncReport>>>,
+    /// Finished scrubs waiting for the next heartbeat.
+    scrubs: Mutex<Vec<ScrubReport>>,
     heartbeat_now: Notify,
     /// Volumes assembled on this head, with their devices; the local API
     /// waits on `assembly` for attaches and detaches to take effect.
@@ -75,6 +92,20 @@ pub(crate) fn lock_shared<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// (volume, mirrored disk, leg slot, chunk) of a failed leg.
 type FailedKey = (String, u32, u8, ChunkId);
 
+/// Every leg slot of `volumes` with its state.
+fn slots(volumes: &[VolumeSpec]) -> impl Iterator<Item = (FailedKey, LegState)> + '_ {
+    volumes.iter().flat_map(|spec| {
+        spec.mirrored_disks
+            .iter()
+            .enumerate()
+            .flat_map(move |(k, legs)| {
+                legs.iter().enumerate().map(move |(l, leg)| {
+                    ((spec.name.clone(), k as u32, l as u8, leg.chunk), leg.state)
+                })
+            })
+    })
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -87,24 +118,69 @@ impl Shared {
     /// in a slot that had failed before (same volume name, mirrored disk
     /// and leg) was never reported again.
     fn set_volumes(&self, volumes: &[VolumeSpec]) {
-        let mut live: BTreeSet<FailedKey> = BTreeSet::new();
-        for spec in volumes {
-            for (k, legs) in spec.mirrored_disks.iter().enumerate() {
-                for (l, leg) in legs.iter().enumerate() {
-                    if leg.state != LegState::Failed {
-                        live.insert((spec.name.clone(), k as u32, l as u8, leg.chunk));
-                    }
-                }
-            }
-        }
+        let failed_before: BTreeSet<FailedKey> = slots(&lock(&self.volumes))
+            .filter(|(_, state)| *state == LegState::Failed)
+            .map(|(key, _)| key)
+            .collect();
+        let live: BTreeSet<FailedKey> = slots(volumes)
+            .filter(|(_, state)| *state != LegState::Failed)
+            .map(|(key, _)| key)
+            .collect();
+        let back: Vec<FailedKey> = slots(volumes)
+            .filter(|(key, state)| *state == LegState::Active && failed_before.contains(key))
+            .map(|(key, _)| key)
+            .collect();
         lock(&self.failed_seen).retain(|key| live.contains(key));
+        let mut returning = lock(&self.returning);
+        returning.retain(|key| live.contains(key));
+        returning.extend(back);
+        drop(returning);
         *lock(&self.volumes) = volumes.to_vec();
     }
 
+    /// (volume, mirrored disk) of every volume this head should have
+    /// assembled, for the scrub patrol.
+    pub(crate) fn assembled_mirrors(&self) -> Vec<(String, u32)> {
+        let assembled = lock(&self.assembled);
+        lock(&self.volumes)
+            .iter()
+            .filter(|v| assembled.contains_key(&v.name))
+            .flat_map(|v| (0..v.mirrored_disks.len() as u32).map(|k| (v.name.clone(), k)))
+            .collect()
+    }
+
+    /// Queues a finished scrub for the next heartbeat (sent at once).
+    pub(crate) fn scrub_done(&self, report: ScrubReport) {
+        lock(&self.scrubs).push(report);
+        self.heartbeat_now.notify_one();
+    }
+
+    /// The returning legs of one volume, now handed to an assembly.
+    fn take_returning(&self, volume: &str) -> Vec<FailedKey> {
+        let mut returning = lock(&self.returning);
+        let mine: Vec<FailedKey> = returning
+            .iter()
+            .filter(|key| key.0 == volume)
+            .cloned()
+            .collect();
+        for key in &mine {
+            returning.remove(key);
+        }
+        mine
+    }
+
     /// Queues a failure of leg `leg` of mirrored disk `mirrored_disk` of
-    /// `spec` for the next heartbeat, unless it was queued already or the
-    /// manager already lists the leg as failed.
-    fn leg_failed(&self, spec: &VolumeSpec, mirrored_disk: u32, leg: u8) {
+    /// `spec` for the next heartbeat, unless it was queued already, the
+    /// manager already lists the leg as failed, or the dead device is
+    /// another chunk than the one the manager lists (`dead_chunk`: the old
+    /// leg of a slot whose replacement is not swapped in yet).
+    fn leg_failed(
+        &self,
+        spec: &VolumeSpec,
+        mirrored_disk: u32,
+        leg: u8,
+        dead_chunk: Option<ChunkId>,
+    ) {
         let Some(leg_spec) = spec
             .mirrored_disks
             .get(mirrored_disk as usize)
@@ -112,11 +188,14 @@ impl Shared {
         else {
             return;
         };
-        if leg_spec.state == LegState::Failed {
+        if leg_spec.state == LegState::Failed || dead_chunk.is_some_and(|c| c != leg_spec.chunk) {
             return;
         }
         let volume = spec.name.as_str();
         let key = (volume.to_string(), mirrored_disk, leg, leg_spec.chunk);
+        if lock(&self.returning).contains(&key) {
+            return;
+        }
         if lock(&self.failed_seen).insert(key) {
             tracing::warn!(
                 volume,
@@ -128,9 +207,16 @@ impl Shared {
                 volume: volume.to_string(),
                 mirrored_disk,
                 leg,
+                chunk: Some(leg_spec.chunk),
             });
             self.heartbeat_now.notify_one();
         }
+    }
+}
+
+impl crate::copy::Notifier for Shared {
+    fn notify(&self) {
+        self.heartbeat_now.notify_one();
     }
 }
 
@@ -142,6 +228,8 @@ struct Agent {
     shared: Arc<Shared>,
     /// Wipes done and reported (or queued) that the manager still lists.
     wiped_done: BTreeSet<ChunkId>,
+    /// Resyncs of detached volumes this storage agent copies.
+    copies: Copies,
 }
 
 /// Runs the agent until `shutdown` resolves.
@@ -182,12 +270,14 @@ pub async fn run(
         wait_stop(stop_rx.clone()),
     ));
 
+    let shared = Arc::new(Shared::default());
     let mut agent = Agent {
         config,
         client,
         exports,
         head,
-        shared: Arc::new(Shared::default()),
+        copies: Copies::new(shared.copy_resyncs.clone(), shared.clone()),
+        shared,
         wiped_done: BTreeSet::new(),
     };
     tokio::pin!(shutdown);
@@ -205,6 +295,15 @@ pub async fn run(
         .head
         .clone()
         .map(|h| tokio::spawn(health_loop(h, agent.shared.clone(), stop_rx.clone())));
+    let patrol = match (agent.head.clone(), agent.config.scrub_interval) {
+        (Some(h), Some(interval)) => Some(tokio::spawn(crate::scrub::patrol_loop(
+            h,
+            agent.shared.clone(),
+            interval,
+            stop_rx.clone(),
+        ))),
+        _ => None,
+    };
     if let Some(api) = agent.config.api.clone() {
         let ctx = crate::api::Context {
             client: agent.client.clone(),
@@ -223,6 +322,9 @@ pub async fn run(
     heartbeat.abort();
     if let Some(h) = health {
         h.abort();
+    }
+    if let Some(p) = patrol {
+        p.abort();
     }
     result
 }
@@ -318,12 +420,19 @@ impl Agent {
     /// must be retried.
     async fn apply(&mut self, desired: DesiredState) -> bool {
         let mut complete = true;
+        // Copies the manager stopped listing end (their last write done)
+        // before any export is added: a chunk being copied into is exported
+        // to a head only after its copy stopped.
+        self.copies.retain(&desired.copies).await;
         self.sync_exports(&desired);
         complete &= self.wipe(&desired).await;
         self.shared.set_volumes(&desired.volumes);
         if let Some(head) = self.head.clone() {
-            complete &= self.assemble(head, desired.volumes).await;
+            complete &= self
+                .assemble(head, desired.volumes, desired.resync_rate_bytes_per_second)
+                .await;
         }
+        self.copies.start(&desired.copies);
         complete
     }
 
@@ -388,17 +497,32 @@ impl Agent {
     }
 
     /// Assembles every desired volume and tears down the others.
-    async fn assemble(&self, head: Arc<Mutex<Head>>, volumes: Vec<VolumeSpec>) -> bool {
+    async fn assemble(
+        &self,
+        head: Arc<Mutex<Head>>,
+        volumes: Vec<VolumeSpec>,
+        resync_rate: u64,
+    ) -> bool {
         let shared = self.shared.clone();
         let task = tokio::task::spawn_blocking(move || {
             let mut head = lock(&head);
+            head.set_resync_rate(resync_rate);
             let mut complete = true;
             for spec in &volumes {
+                // Legs brought back by the manager: try them now, whatever
+                // an earlier attempt (during the outage) said.
+                let returning = shared.take_returning(&spec.name);
+                head.forget_revive_attempts(
+                    &spec.name,
+                    returning
+                        .iter()
+                        .map(|(_, k, l, _)| (*k as usize, *l as usize)),
+                );
                 match head.ensure(spec) {
                     Ok(assembly) => {
                         lock(&shared.assembled).insert(spec.name.clone(), assembly.device.clone());
                         for (k, l) in &assembly.unreachable_legs {
-                            shared.leg_failed(spec, *k, *l);
+                            shared.leg_failed(spec, *k, *l, None);
                         }
                         tracing::debug!(volume = %spec.name, device = %assembly.device.display(), "volume assembled");
                     }
@@ -451,16 +575,22 @@ async fn heartbeat_loop(
         }
         let wiped = lock(&shared.wiped).clone();
         let failed = lock(&shared.failed).clone();
+        let scrubs = lock(&shared.scrubs).clone();
+        let mut resyncs: Vec<ResyncReport> = lock(&shared.head_resyncs).values().cloned().collect();
+        resyncs.extend(lock(&shared.copy_resyncs).values().cloned());
         let beat = Heartbeat {
             server: config.server_name.clone(),
             wiped_chunks: wiped.clone(),
             failed_legs: failed.clone(),
+            resyncs,
+            scrubs: scrubs.clone(),
         };
         match client.heartbeat(&beat).await {
             Ok(_) => {
                 // Drop exactly what was sent; newer observations stay queued.
                 lock(&shared.wiped).drain(..wiped.len());
                 lock(&shared.failed).drain(..failed.len());
+                lock(&shared.scrubs).drain(..scrubs.len());
                 if !wiped.is_empty() || !failed.is_empty() {
                     tracing::info!(
                         wiped = wiped.len(),
@@ -487,12 +617,25 @@ async fn health_loop(head: Arc<Mutex<Head>>, shared: Arc<Shared>, mut stop: watc
         let _ = tokio::task::spawn_blocking(move || {
             let volumes = lock(&shared.volumes).clone();
             let head = lock(&head);
+            let mut resyncs = BTreeMap::new();
             for spec in &volumes {
                 if let Ok(dead) = head.dead_legs(spec) {
-                    for (k, l) in dead {
-                        shared.leg_failed(spec, k, l);
+                    for (k, l, chunk) in dead {
+                        shared.leg_failed(spec, k, l, chunk);
                     }
                 }
+                match head.resyncs(spec) {
+                    Ok(reports) => resyncs.extend(reports.into_iter().map(|r| (r.job, r))),
+                    Err(e) => tracing::debug!(volume = %spec.name, error = %e, "cannot read resync progress"),
+                }
+            }
+            let finished = resyncs.values().any(|r| r.done)
+                && lock(&shared.head_resyncs).values().all(|r| !r.done);
+            *lock(&shared.head_resyncs) = resyncs;
+            if finished {
+                // Let the manager turn the leg active without waiting for
+                // the next regular heartbeat.
+                shared.heartbeat_now.notify_one();
             }
         })
         .await;
@@ -517,6 +660,7 @@ mod tests {
             } else {
                 LegState::Active
             },
+            resync_job: None,
         };
         VolumeSpec {
             name: name.to_string(),
@@ -537,21 +681,64 @@ mod tests {
         let shared = Shared::default();
         let v = spec("v", &[(1, 0), (2, 0)], &[]);
         shared.set_volumes(std::slice::from_ref(&v));
-        shared.leg_failed(&v, 0, 1);
-        shared.leg_failed(&v, 0, 1);
+        shared.leg_failed(&v, 0, 1, None);
+        shared.leg_failed(&v, 0, 1, None);
         assert_eq!(queued(&shared), 1);
         // Still active in the manager's view (report in flight): not again.
         shared.set_volumes(std::slice::from_ref(&v));
-        shared.leg_failed(&v, 0, 1);
+        shared.leg_failed(&v, 0, 1, None);
         assert_eq!(queued(&shared), 0);
         // The manager lists it failed: the kernel's dead leg is not resent.
         let v = spec("v", &[(1, 0), (2, 0)], &[1]);
         shared.set_volumes(std::slice::from_ref(&v));
-        shared.leg_failed(&v, 0, 1);
+        shared.leg_failed(&v, 0, 1, None);
         assert_eq!(queued(&shared), 0);
         // Out-of-range slots are ignored rather than reported.
-        shared.leg_failed(&v, 3, 0);
+        shared.leg_failed(&v, 3, 0, None);
         assert_eq!(queued(&shared), 0);
+    }
+
+    /// A leg the manager brings back (failed, then active on the same
+    /// chunk) is not reported dead again before an assembly has tried to
+    /// revive it; after that, it is.
+    #[test]
+    fn a_returning_leg_waits_for_its_revival() {
+        let shared = Shared::default();
+        let failed = spec("v", &[(1, 0), (2, 0)], &[1]);
+        shared.set_volumes(std::slice::from_ref(&failed));
+        let back = spec("v", &[(1, 0), (2, 0)], &[]);
+        shared.set_volumes(std::slice::from_ref(&back));
+        shared.leg_failed(
+            &back,
+            0,
+            1,
+            Some(ChunkId {
+                disk_id: 2,
+                index: 0,
+            }),
+        );
+        assert_eq!(
+            queued(&shared),
+            0,
+            "the kernel's dead leg is about to be revived"
+        );
+        assert_eq!(shared.take_returning("v").len(), 1);
+        assert!(shared.take_returning("v").is_empty());
+        shared.leg_failed(
+            &back,
+            0,
+            1,
+            Some(ChunkId {
+                disk_id: 2,
+                index: 0,
+            }),
+        );
+        assert_eq!(queued(&shared), 1, "still dead after the attempt: reported");
+        // A slot that gets a new chunk is not "returning".
+        shared.set_volumes(std::slice::from_ref(&failed));
+        let replaced = spec("v", &[(1, 0), (3, 0)], &[]);
+        shared.set_volumes(std::slice::from_ref(&replaced));
+        assert!(shared.take_returning("v").is_empty());
     }
 
     #[test]
@@ -559,18 +746,18 @@ mod tests {
         let shared = Shared::default();
         let v = spec("v", &[(1, 0), (2, 0)], &[]);
         shared.set_volumes(std::slice::from_ref(&v));
-        shared.leg_failed(&v, 0, 1);
+        shared.leg_failed(&v, 0, 1, None);
         assert_eq!(queued(&shared), 1);
         // Detached and deleted, then a volume of the same name is created
         // on the very same chunks and its leg 1 fails as well.
         shared.set_volumes(&[]);
         shared.set_volumes(std::slice::from_ref(&v));
-        shared.leg_failed(&v, 0, 1);
+        shared.leg_failed(&v, 0, 1, None);
         assert_eq!(queued(&shared), 1);
         // A replacement leg (new chunk) in the same slot fails.
         let w = spec("v", &[(1, 0), (3, 5)], &[]);
         shared.set_volumes(std::slice::from_ref(&w));
-        shared.leg_failed(&w, 0, 1);
+        shared.leg_failed(&w, 0, 1, None);
         assert_eq!(queued(&shared), 1);
     }
 }

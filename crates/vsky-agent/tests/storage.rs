@@ -4,86 +4,13 @@
 //! wipe freed chunks before the manager reuses them.
 
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use vsky_agent::disks::DiskArg;
-use vsky_agent::head::NbdTimeouts;
 use vsky_api::types::{CreateVolume, DesiredState};
-use vsky_api::{Client, ClientConfig};
-use vsky_manager::store::redb::RedbStore;
-use vsky_manager::{Manager, Tokens};
-use vsky_model::Settings;
 
-const ADMIN: &str = "storage-test-admin-token-0123";
-const AGENT: &str = "storage-test-agent-token-0123";
-const MIB: u64 = 1 << 20;
-const CHUNK: u64 = 4 * MIB;
+mod common;
 
-async fn start_manager(dir: &std::path::Path) -> String {
-    std::fs::write(dir.join("admin"), ADMIN).unwrap();
-    std::fs::write(dir.join("agent"), AGENT).unwrap();
-    let store = RedbStore::open(&dir.join("data")).unwrap();
-    let manager = Arc::new(Manager::open(Box::new(store), Settings::new(CHUNK), true).unwrap());
-    let tokens = Tokens::load(&dir.join("admin"), Some(&dir.join("agent"))).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(vsky_manager::run(
-        manager,
-        tokens,
-        listener,
-        None,
-        std::future::pending(),
-    ));
-    url
-}
-
-fn client(url: &str, token: &str) -> Client {
-    Client::new(ClientConfig {
-        manager_url: url.into(),
-        token: Some(token.into()),
-        ..Default::default()
-    })
-    .unwrap()
-}
-
-/// A storage-only agent of server `name` on loopback `port`, serving `disk`.
-fn storage_agent(url: &str, name: &str, port: u16, disk: std::path::PathBuf) -> vsky_agent::Config {
-    vsky_agent::Config {
-        client: ClientConfig {
-            manager_url: url.to_string(),
-            token: Some(AGENT.into()),
-            ..Default::default()
-        },
-        server_name: name.to_string(),
-        nbd_listen: format!("127.0.0.1:{port}").parse().unwrap(),
-        advertise: format!("127.0.0.1:{port}"),
-        disks: vec![DiskArg {
-            path: disk,
-            class: None,
-        }],
-        labels: Default::default(),
-        heartbeat_interval: Duration::from_millis(200),
-        head: false,
-        timeouts: NbdTimeouts {
-            request: Duration::from_secs(5),
-            dead_connection: Duration::from_secs(1),
-            connect: Duration::from_secs(2),
-        },
-        api: None,
-    }
-}
-
-async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut check: F) {
-    let start = Instant::now();
-    while !check().await {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_export_assigned_chunks_and_wipe_freed_ones() {
@@ -91,10 +18,7 @@ async fn agents_export_assigned_chunks_and_wipe_freed_ones() {
     let url = start_manager(dir.path()).await;
     let mut disks = Vec::new();
     for s in 0..3 {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        let port = free_port();
         let disk = dir.path().join(format!("disk{s}.img"));
         std::fs::File::create(&disk)
             .unwrap()
@@ -210,19 +134,6 @@ async fn agents_export_assigned_chunks_and_wipe_freed_ones() {
     );
 }
 
-async fn connect_retrying(address: &str, name: &str) -> vsky_nbd::client::Client {
-    let start = Instant::now();
-    loop {
-        match vsky_nbd::client::Client::connect(address, name).await {
-            Ok(c) => return c,
-            Err(e) if start.elapsed() > Duration::from_secs(30) => {
-                panic!("export never appeared: {e}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
-
 /// The local API refuses callers without its token, lists nothing on a
 /// storage-only agent, refuses attaches there (it cannot assemble), and
 /// forwards detaches to the manager's agent endpoint.
@@ -230,13 +141,6 @@ async fn connect_retrying(address: &str, name: &str) -> vsky_nbd::client::Client
 async fn local_api_checks_tokens_and_roles() {
     let dir = tempfile::tempdir().unwrap();
     let url = start_manager(dir.path()).await;
-    let free_port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
     let (nbd_port, api_port) = (free_port(), free_port());
     let disk = dir.path().join("disk.img");
     std::fs::File::create(&disk)

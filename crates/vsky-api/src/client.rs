@@ -2,9 +2,24 @@
 //!
 //! Errors keep the manager's machine code and message intact, so a CLI can
 //! print exactly what the manager said and scripts can match on the code.
+//!
+//! **Failover.** The manager URL may list several managers, comma-separated
+//! (an HA group on etcd: one leader, standbys). A request goes to the
+//! manager that answered last. It moves on, to the leader a standby names
+//! in its `not_leader` answer or else to the next URL, when
+//! - a standby answers `not_leader` (it did nothing, so resending is safe);
+//! - a manager cannot be reached: for reads always, for changes only when
+//!   the connection was never made, so a change that may have reached a
+//!   manager is never sent twice (its outcome is reported instead).
+//!
+//! When every manager has been tried (an election is under way, or all
+//! are down), it waits and tries again until the failover wait (15 s by
+//! default) runs out. With a single URL, an unreachable manager is
+//! reported at once, as before.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -52,7 +67,9 @@ impl ClientError {
 
 #[derive(Clone, Debug, Default)]
 pub struct ClientConfig {
-    /// Manager base URL, e.g. `https://manager:8080`.
+    /// Manager base URL, e.g. `https://manager:8080`, or several
+    /// comma-separated (`https://mgr1:8080,https://mgr2:8080`) for managers
+    /// on etcd: the client follows the leader (see the module docs).
     pub manager_url: String,
     /// Bearer token (admin or agent).
     pub token: Option<String>,
@@ -66,9 +83,41 @@ pub struct ClientConfig {
 #[derive(Clone, Debug)]
 pub struct Client {
     http: reqwest::Client,
-    base: url::Url,
+    /// The managers as configured, in order.
+    bases: Arc<Vec<url::Url>>,
+    /// The manager that answered last (or the leader a standby named);
+    /// shared by clones, so one discovery serves every task.
+    preferred: Arc<Mutex<url::Url>>,
+    configured: String,
     token: Option<String>,
     timeout: Duration,
+    failover_wait: Duration,
+}
+
+/// How long a request keeps trying other managers, by default: longer than
+/// a leader election with the default lease (about 7 s).
+pub const FAILOVER_WAIT_DEFAULT: Duration = Duration::from_secs(15);
+
+/// What one attempt at one manager says about trying another.
+enum Attempt {
+    /// Try the next manager: the named leader first, if any.
+    Elsewhere(ClientError, Option<String>),
+    /// Final: success is returned directly, this is a definite error.
+    Final(ClientError),
+}
+
+fn parse_base(url: &str) -> Result<url::Url, ClientError> {
+    let base = url::Url::parse(url).map_err(|e| {
+        ClientError::Config(format!(
+            "invalid manager URL '{url}': {e}; expected e.g. http://127.0.0.1:8080 (several: comma-separated)"
+        ))
+    })?;
+    if !matches!(base.scheme(), "http" | "https") {
+        return Err(ClientError::Config(format!(
+            "manager URL '{url}' must start with http:// or https://"
+        )));
+    }
+    Ok(base)
 }
 
 /// Percent-encodes one path segment (names are validated server-side, but
@@ -81,18 +130,19 @@ fn segment(s: &str) -> String {
 
 impl Client {
     pub fn new(config: ClientConfig) -> Result<Self, ClientError> {
-        let base = url::Url::parse(&config.manager_url).map_err(|e| {
-            ClientError::Config(format!(
-                "invalid manager URL '{}': {e}; expected e.g. http://127.0.0.1:8080",
-                config.manager_url
-            ))
-        })?;
-        if !matches!(base.scheme(), "http" | "https") {
+        let bases = config
+            .manager_url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(parse_base)
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some(first) = bases.first().cloned() else {
             return Err(ClientError::Config(format!(
-                "manager URL '{}' must start with http:// or https://",
+                "invalid manager URL '{}': expected e.g. http://127.0.0.1:8080 (several: comma-separated)",
                 config.manager_url
             )));
-        }
+        };
         let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
         if let Some(path) = &config.ca_file {
             let pem = std::fs::read(path).map_err(|e| {
@@ -111,14 +161,37 @@ impl Client {
             .map_err(|e| ClientError::Config(format!("cannot set up HTTP client: {e}")))?;
         Ok(Client {
             http,
-            base,
+            bases: Arc::new(bases),
+            preferred: Arc::new(Mutex::new(first)),
+            configured: config.manager_url.trim().to_string(),
             token: config.token,
             timeout: config.timeout.unwrap_or(Duration::from_secs(30)),
+            failover_wait: FAILOVER_WAIT_DEFAULT,
         })
     }
 
+    /// How long a request keeps trying other managers when none accepts
+    /// it (see the module docs).
+    pub fn with_failover_wait(mut self, wait: Duration) -> Self {
+        self.failover_wait = wait;
+        self
+    }
+
+    /// The manager URL(s) as configured.
     pub fn base_url(&self) -> &str {
-        self.base.as_str()
+        &self.configured
+    }
+
+    /// The manager requests go to first: the one that answered last.
+    pub fn current_url(&self) -> String {
+        self.preferred().as_str().to_string()
+    }
+
+    fn preferred(&self) -> url::Url {
+        self.preferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     async fn call<B: Serialize + ?Sized, R: DeserializeOwned>(
@@ -128,7 +201,61 @@ impl Client {
         body: Option<&B>,
         extra_timeout: Duration,
     ) -> Result<R, ClientError> {
-        let url = format!("{}{}", self.base.as_str().trim_end_matches('/'), path);
+        let deadline = Instant::now() + self.failover_wait;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            // One round: the preferred manager, then every configured one,
+            // with a leader named by a standby jumping the queue.
+            let mut queue: std::collections::VecDeque<url::Url> = std::iter::once(self.preferred())
+                .chain(self.bases.iter().cloned())
+                .collect();
+            let mut tried: Vec<url::Url> = Vec::new();
+            let mut last = None;
+            while let Some(base) = queue.pop_front() {
+                if tried.contains(&base) {
+                    continue;
+                }
+                tried.push(base.clone());
+                match self
+                    .attempt(&base, method.clone(), path, body, extra_timeout)
+                    .await
+                {
+                    Ok(value) => {
+                        *self.preferred.lock().unwrap_or_else(|p| p.into_inner()) = base;
+                        return Ok(value);
+                    }
+                    Err(Attempt::Final(e)) => return Err(e),
+                    Err(Attempt::Elsewhere(e, leader)) => {
+                        if let Some(leader) = leader.as_deref().and_then(|l| parse_base(l).ok()) {
+                            queue.push_front(leader);
+                        }
+                        last = Some(e);
+                    }
+                }
+            }
+            let last = last.expect("at least one manager was tried");
+            // A single manager that cannot be reached: say so at once.
+            let unreachable_single =
+                self.bases.len() == 1 && matches!(last, ClientError::Transport { .. });
+            if unreachable_single || Instant::now() + pause > deadline {
+                return Err(last);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// One request to one manager.
+    async fn attempt<B: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        base: &url::Url,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        extra_timeout: Duration,
+    ) -> Result<R, Attempt> {
+        let reads = matches!(method, Method::GET | Method::HEAD);
+        let url = format!("{}{}", base.as_str().trim_end_matches('/'), path);
         let mut req = self
             .http
             .request(method, &url)
@@ -139,30 +266,47 @@ impl Client {
         if let Some(body) = body {
             req = req.json(body);
         }
-        let resp = req.send().await.map_err(|source| ClientError::Transport {
-            url: url.clone(),
-            source,
-        })?;
-        let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|source| ClientError::Transport {
+        let transport = |source: reqwest::Error| {
+            // A change is only resent when it certainly never left.
+            let resend = reads || source.is_connect();
+            let e = ClientError::Transport {
                 url: url.clone(),
                 source,
-            })?;
+            };
+            if resend {
+                Attempt::Elsewhere(e, None)
+            } else {
+                Attempt::Final(e)
+            }
+        };
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|source| {
+            Attempt::Final(ClientError::Transport {
+                url: url.clone(),
+                source,
+            })
+        })?;
         if !status.is_success() {
             return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(e) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: e.code,
-                    message: e.message,
-                },
-                Err(_) => ClientError::Decode {
+                Ok(e) => {
+                    let not_leader = e.code == "not_leader";
+                    let err = ClientError::Api {
+                        status: status.as_u16(),
+                        code: e.code,
+                        message: e.message,
+                    };
+                    if not_leader {
+                        Attempt::Elsewhere(err, e.leader)
+                    } else {
+                        Attempt::Final(err)
+                    }
+                }
+                Err(_) => Attempt::Final(ClientError::Decode {
                     url,
                     status: status.as_u16(),
                     detail: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
-                },
+                }),
             });
         }
         let bytes = if status == StatusCode::NO_CONTENT || bytes.is_empty() {
@@ -170,10 +314,12 @@ impl Client {
         } else {
             bytes
         };
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
-            url,
-            status: status.as_u16(),
-            detail: e.to_string(),
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Attempt::Final(ClientError::Decode {
+                url,
+                status: status.as_u16(),
+                detail: e.to_string(),
+            })
         })
     }
 
@@ -400,6 +546,30 @@ impl Client {
         };
         self.post(&format!("{API_PREFIX}/agent/detach"), &body)
             .await
+    }
+
+    // ---- recovery ----------------------------------------------------------
+
+    /// Rebuild jobs: active ones, plus recent finished ones with `all`.
+    pub async fn rebuilds(&self, all: bool) -> Result<RebuildList, ClientError> {
+        self.get(&format!("{API_PREFIX}/rebuilds?all={all}")).await
+    }
+
+    /// Events after `since`; waits up to `wait` for one when none is newer.
+    pub async fn events(
+        &self,
+        since: u64,
+        limit: Option<usize>,
+        wait: Duration,
+    ) -> Result<EventList, ClientError> {
+        let mut path = format!(
+            "{API_PREFIX}/events?since={since}&wait_ms={}",
+            wait.as_millis()
+        );
+        if let Some(limit) = limit {
+            path.push_str(&format!("&limit={limit}"));
+        }
+        self.call::<(), _>(Method::GET, &path, None, wait).await
     }
 
     /// Long-polls the desired state of `server`: answers at once when the

@@ -18,12 +18,16 @@ pub struct ErrorBody {
     /// `attached_elsewhere`,
     /// `not_enough_servers`, `not_enough_space`, `payload_too_large`,
     /// `unsupported_media_type`, `store_unavailable`, `store_corrupt`,
-    /// `internal`.
+    /// `not_leader`, `internal`.
     pub code: String,
     pub message: String,
     /// The request id, also in the `x-request-id` header and the logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// With `not_leader` (HTTP 503): the URL of the manager that leads, when
+    /// one does; also in the `x-vsky-leader` header. Send the request there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -31,6 +35,14 @@ pub struct Health {
     /// Always `ok` when the manager answers.
     pub status: String,
     pub version: String,
+    /// `single` (embedded store, always writable), `leader` or `standby`
+    /// (several managers on etcd; a standby answers reads only).
+    #[serde(default)]
+    pub role: String,
+    /// The leading manager's URL, when known (for a standby: where writes
+    /// go).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -357,6 +369,28 @@ pub struct FailedLeg {
     pub volume: String,
     pub mirrored_disk: u32,
     pub leg: u8,
+    /// The chunk the failed device imported. A slot gets a new chunk when
+    /// its leg is replaced, so the manager drops a report about a chunk the
+    /// slot no longer holds (the kernel may still list the old, dead device
+    /// there until the replacement goes in).
+    #[serde(default)]
+    pub chunk: Option<ChunkId>,
+}
+
+/// How far a resync this agent executes has got.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResyncReport {
+    /// The job id (`LegSpec::resync_job` or `CopySpec::job`).
+    pub job: u64,
+    pub bytes_done: u64,
+    /// The replacement leg holds all the data: the leg becomes active.
+    #[serde(default)]
+    pub done: bool,
+    /// The copy failed for good (set instead of `done`); the manager fails
+    /// the job and plans a new replacement.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// What an agent observed since its last heartbeat.
@@ -370,6 +404,23 @@ pub struct Heartbeat {
     /// Legs of volumes this agent heads whose I/O failed.
     #[serde(default)]
     pub failed_legs: Vec<FailedLeg>,
+    /// Progress of the resyncs this agent executes.
+    #[serde(default)]
+    pub resyncs: Vec<ResyncReport>,
+    /// Scrubs (dm-raid `check` of a mirror) this head finished.
+    #[serde(default)]
+    pub scrubs: Vec<ScrubReport>,
+}
+
+/// A finished scrub of one mirrored disk: its legs were read and compared.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScrubReport {
+    pub volume: String,
+    pub mirrored_disk: u32,
+    /// Sectors whose copies differ (dm-raid's mismatch count); 0 when the
+    /// legs agree.
+    pub mismatched_sectors: u64,
 }
 
 /// An agent attaching a volume to (or detaching it from) its own server, on
@@ -417,6 +468,33 @@ pub struct LegSpec {
     pub local_disk_path: Option<String>,
     pub offset_bytes: u64,
     pub state: LegState,
+    /// Set on a `syncing` leg whose resync runs now, with this head as its
+    /// executor: put the leg into the running mirror as a new member and
+    /// report progress under this job id. A `syncing` leg without it waits
+    /// for its turn (the scheduler limits resyncs per disk) and is left
+    /// out of the mirror.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync_job: Option<u64>,
+}
+
+/// A resync of a detached volume's leg, run by the storage agent that holds
+/// the new chunk: it reads the data area from a healthy leg over NBD and
+/// writes it into its own chunk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CopySpec {
+    pub job: u64,
+    /// The healthy leg to read (its server and secret export name).
+    pub source: LegSpec,
+    /// The new chunk, on this agent's disk.
+    pub target_chunk: ChunkId,
+    pub target_disk_path: String,
+    pub target_offset_bytes: u64,
+    /// Bytes at the start of each chunk that hold the mirror's metadata:
+    /// not copied (the metadata belongs to one leg slot).
+    pub leg_meta_bytes: u64,
+    pub chunk_size_bytes: u64,
+    /// Copy no faster than this (0: no limit).
+    pub rate_bytes_per_second: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -437,4 +515,101 @@ pub struct DesiredState {
     pub exports: Vec<ExportSpec>,
     pub wipes: Vec<WipeSpec>,
     pub volumes: Vec<VolumeSpec>,
+    /// Resyncs of detached volumes this agent copies.
+    #[serde(default)]
+    pub copies: Vec<CopySpec>,
+    /// The per-leg resync rate limit of the cluster (0: no limit). Heads
+    /// apply it to dm-raid recovery, storage agents to copies.
+    #[serde(default)]
+    pub resync_rate_bytes_per_second: u64,
+}
+
+/// Where a rebuild reads or writes: one chunk of one server's disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ChunkLocation {
+    /// The server's name (empty if the server has since been removed).
+    pub server: String,
+    pub disk_id: u64,
+    pub chunk_index: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RebuildState {
+    /// Waiting until its disks are free (each disk takes part in a bounded
+    /// number of resyncs at a time).
+    Queued,
+    Running,
+    Done,
+    /// Gave up; the leg was planned again on another chunk.
+    Failed,
+}
+
+/// One resync job: a failed leg's replacement being filled.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Rebuild {
+    pub id: u64,
+    /// The volume's name (`#<id>` if it was deleted since).
+    pub volume: String,
+    pub mirrored_disk: u32,
+    pub leg: u8,
+    pub state: RebuildState,
+    /// The healthy leg copied from (chosen when the job starts).
+    pub source: Option<ChunkLocation>,
+    /// The new chunk being filled.
+    pub target: ChunkLocation,
+    /// The failed chunk it replaces.
+    pub replaced: ChunkLocation,
+    /// Who copies: the volume's head (dm-raid) when attached, else the
+    /// storage agent holding the target chunk.
+    pub executor: Option<String>,
+    pub bytes_total: u64,
+    pub bytes_done: u64,
+    /// Copy rate measured from progress reports since the job started, when
+    /// known.
+    pub rate_bytes_per_second: Option<f64>,
+    /// Seconds left at that rate.
+    pub eta_seconds: Option<f64>,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RebuildList {
+    pub queued: usize,
+    pub running: usize,
+    /// Jobs in id order: active ones, then (with `all=true`) recent
+    /// finished ones.
+    pub rebuilds: Vec<Rebuild>,
+}
+
+/// One state change in the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    /// Increases by one per event; pass the last one seen as `since`.
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch (UTC).
+    pub time_unix_ms: u64,
+    /// `info`, `warning` or `error`.
+    pub severity: String,
+    /// Stable kind: `server_failed`, `server_silent`, `leg_failed`,
+    /// `rebuild_queued`, `rebuild_started`, `rebuild_done`,
+    /// `rebuild_failed`, `disk_failed`, `volume_created`, …
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild: Option<u64>,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EventList {
+    pub events: Vec<Event>,
+    /// The `since` to pass next time.
+    pub next: u64,
+    /// True when older events than `since` asked for were already dropped
+    /// from the manager's bounded log.
+    pub truncated: bool,
 }

@@ -68,15 +68,18 @@ pub struct Cli {
 /// Connection and output options, accepted before or after the subcommand.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Manager base URL.
+    /// Manager base URL(s), comma-separated for an HA group.
     #[arg(
         long,
         global = true,
-        value_name = "URL",
+        value_name = "URL[,URL…]",
         env = "VSKY_MANAGER",
         default_value = DEFAULT_MANAGER,
         long_help = "Base URL of the VastSky manager, http:// or https://. \
-            Example: --manager https://mgr.example:8080"
+            With several managers on etcd (one leader, standbys), list them \
+            comma-separated: requests go to the leader, and move to another \
+            manager when one is unreachable or answers not_leader. \
+            Example: --manager https://mgr1.example:8080,https://mgr2.example:8080"
     )]
     pub manager: String,
 
@@ -147,6 +150,46 @@ pub enum Command {
     /// Create, list, inspect and delete groups of volumes (XAPI SRs).
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Watch the rebuilds (resyncs) that restore failed legs.
+    #[command(subcommand)]
+    Rebuild(RebuildCommand),
+    /// Show the cluster's event log: failures, rebuilds queued, started,
+    /// done and failed.
+    #[command(
+        after_help = "Examples:\n  vsky events\n  vsky events --follow\n  vsky events --since 120 --limit 50"
+    )]
+    Events {
+        /// Only events after this sequence number.
+        #[arg(long, value_name = "SEQ", default_value_t = 0)]
+        since: u64,
+        /// At most this many events (1-1000).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: Option<u16>,
+        /// Keep printing new events as they happen (Ctrl-C to stop).
+        #[arg(long)]
+        follow: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RebuildCommand {
+    /// List rebuilds: which leg, from where to where, by whom, progress,
+    /// rate and ETA.
+    #[command(
+        after_help = "Examples:\n  vsky rebuild list\n  vsky rebuild list --all\n  vsky rebuild list --wait --wait-timeout 30m"
+    )]
+    List {
+        /// Include recent finished (done and failed) rebuilds.
+        #[arg(long)]
+        all: bool,
+        /// Show a progress bar until no rebuild is queued or running, then
+        /// the list; exits 1 if --wait-timeout passes first.
+        #[arg(long)]
+        wait: bool,
+        /// Longest --wait (e.g. 30m, 2h as 120m).
+        #[arg(long, value_name = "DURATION", default_value = "60m", value_parser = parse_timeout, requires = "wait")]
+        wait_timeout: Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -239,18 +282,25 @@ pub enum ServerCommand {
         /// Server name.
         name: String,
     },
-    /// Declare a server failed: its legs are marked failed.
+    /// Declare a server failed: its legs are replaced from the pool.
     #[command(
-        long_about = "Declare a server failed. Every leg on its disks is marked failed \
-            (the volumes keep serving from their other legs, degraded) and the server \
-            gets no new chunks. Use when a server is known dead. Replacing the failed \
-            legs automatically is the recovery engine's job, which is not wired into \
-            the manager yet.",
-        after_help = "Example:\n  vsky server fail node2"
+        long_about = "Declare a server failed, as an outside health check would. Every leg \
+            on its disks is marked failed (the volumes keep serving from their other \
+            legs), the server gets no new chunks, and the manager rebuilds each of those \
+            legs on another server at once, without waiting for the grace period. \
+            With --wait, shows the rebuilds' progress until they are done.",
+        after_help = "Examples:\n  vsky server fail node2\n  vsky server fail node2 --wait"
     )]
     Fail {
         /// Server name.
         name: String,
+        /// Show a progress bar until every rebuild is done (exit 1 if
+        /// --wait-timeout passes first).
+        #[arg(long)]
+        wait: bool,
+        /// Longest --wait.
+        #[arg(long, value_name = "DURATION", default_value = "60m", value_parser = parse_timeout, requires = "wait")]
+        wait_timeout: Duration,
     },
 }
 
@@ -299,17 +349,25 @@ pub enum DiskCommand {
         /// Disk id.
         id: u64,
     },
-    /// Declare a disk failed: its legs are marked failed.
+    /// Declare a disk failed: its legs are replaced from the pool.
     #[command(
         long_about = "Declare a disk failed. Every leg on it is marked failed (the \
-            volumes keep serving from their other legs, degraded) and the disk gets \
-            no new chunks. Replacing the failed legs automatically is the recovery \
-            engine's job, which is not wired into the manager yet.",
-        after_help = "Example:\n  vsky disk fail 7"
+            volumes keep serving from their other legs), the disk gets no new chunks, \
+            and the manager rebuilds each of those legs elsewhere at once, in parallel \
+            across the pool (at most --resyncs-per-disk per disk). Its free chunks are \
+            not copied. With --wait, shows the rebuilds' progress until they are done.",
+        after_help = "Examples:\n  vsky disk fail 7\n  vsky disk fail 7 --wait"
     )]
     Fail {
         /// Disk id.
         id: u64,
+        /// Show a progress bar until every rebuild is done (exit 1 if
+        /// --wait-timeout passes first).
+        #[arg(long)]
+        wait: bool,
+        /// Longest --wait.
+        #[arg(long, value_name = "DURATION", default_value = "60m", value_parser = parse_timeout, requires = "wait")]
+        wait_timeout: Duration,
     },
 }
 

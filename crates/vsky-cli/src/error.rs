@@ -42,6 +42,8 @@ pub enum CliError {
     Config(String),
     /// A usage problem only visible after parsing (e.g. a repeated label).
     Usage(String),
+    /// A `--wait` ran out of time before the operation finished.
+    WaitTimedOut(String),
 }
 
 impl CliError {
@@ -60,6 +62,8 @@ impl CliError {
             CliError::Client(ClientError::Decode { .. }) => ExitStatus::Manager,
             CliError::Client(ClientError::Config(_)) | CliError::Config(_) => ExitStatus::Config,
             CliError::Usage(_) => ExitStatus::Usage,
+            // Like a refusal: the cluster did not get there in time.
+            CliError::WaitTimedOut(_) => ExitStatus::Manager,
         }
     }
 }
@@ -87,7 +91,9 @@ impl fmt::Display for CliError {
                 }
                 Ok(())
             }
-            CliError::Config(msg) | CliError::Usage(msg) => f.write_str(msg),
+            CliError::Config(msg) | CliError::Usage(msg) | CliError::WaitTimedOut(msg) => {
+                f.write_str(msg)
+            }
         }
     }
 }

@@ -37,6 +37,11 @@ fn start_manager() -> Env {
         tokens,
         listener,
         None,
+        vsky_manager::RecoveryConfig {
+            // Servers here may stay silent (no agent); keep them.
+            server_grace: std::time::Duration::from_secs(3600),
+            ..Default::default()
+        },
         std::future::pending(),
     ));
     Env {
@@ -163,7 +168,25 @@ fn quickstart_through_the_cli() {
     let summary = env.json(&["cluster", "status"]);
     assert_eq!(summary["volumes"], 0);
     assert_eq!(summary["releasing_bytes"], 30u64 * (8 << 20));
-    env.ok(&["server", "fail", "node3"]);
+    // Nothing to rebuild (no volume left): `--wait` returns at once.
+    env.ok(&["server", "fail", "node3", "--wait", "--wait-timeout", "10s"]);
+    assert!(env.ok(&["rebuild", "list"]).contains("No rebuilds"));
+    assert_eq!(env.json(&["rebuild", "list", "--all"])["running"], 0);
+    // The event log tells the story so far, oldest first.
+    let events = env.ok(&["events"]);
+    let order: Vec<usize> = ["volume_created", "volume_deleted", "server_failed"]
+        .iter()
+        .map(|kind| {
+            events
+                .find(&format!(" {kind} "))
+                .unwrap_or_else(|| panic!("{kind} in {events}"))
+        })
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{events}");
+    let page = env.json(&["events", "--limit", "1"]);
+    assert_eq!(page["events"].as_array().unwrap().len(), 1);
+    let out = env.vsky(&["events", "--limit", "0"]);
+    assert_eq!(out.status.code(), Some(2), "limit 0 is a usage error");
     let servers = env.json(&["server", "list"]);
     assert_eq!(
         servers

@@ -238,6 +238,9 @@ pub struct Raid1Table {
     pub rebuild: Vec<usize>,
     /// Skip the initial resync (legs known to be zero).
     pub nosync: bool,
+    /// Resync/recovery rate limit per leg, KiB/s (`max_recovery_rate`);
+    /// `None` leaves md's default.
+    pub max_recovery_rate_kib: Option<u64>,
 }
 
 impl Raid1Table {
@@ -247,6 +250,7 @@ impl Raid1Table {
             region_size,
             rebuild: Vec::new(),
             nosync: false,
+            max_recovery_rate_kib: None,
         }
     }
 
@@ -297,6 +301,9 @@ impl fmt::Display for Raid1Table {
         }
         for i in &self.rebuild {
             opts.push(format!("rebuild {i}"));
+        }
+        if let Some(rate) = self.max_recovery_rate_kib {
+            opts.push(format!("max_recovery_rate {rate}"));
         }
         opts.push(format!("region_size {}", *self.region_size));
         let opts = opts.join(" ");
@@ -351,6 +358,7 @@ impl FromStr for Raid1Table {
                     match key.as_str() {
                         "rebuild" => table.rebuild.push(v as usize),
                         "region_size" => table.region_size = Sectors(v),
+                        "max_recovery_rate" => table.max_recovery_rate_kib = Some(v),
                         // Not used by VastSky; tolerated so that adoption of a
                         // hand-tuned device reports a mismatch, not a parse error.
                         _ => {}
@@ -1140,6 +1148,28 @@ impl Datapath {
         // repeated (it would restart that leg's full rebuild).
         table.rebuild = vec![index];
         table.nosync = false;
+        self.reload_raid1_table(name, len, table)?;
+        tracing::info!(%name, index, "replaced raid1 leg; rebuild started");
+        Ok(true)
+    }
+
+    /// Reloads a running raid1 with its own table (no `rebuild`, no
+    /// `nosync`), so dm-raid reads every leg's superblock again. A leg it
+    /// had failed whose device works again (its NBD import reconnected)
+    /// comes back as a returning member: md resyncs only the regions its
+    /// write-intent bitmap marks dirty, not the whole leg.
+    pub fn reload_raid1(&self, name: &DevName) -> Result<()> {
+        let (len, mut table) = self.raid1_table(name)?;
+        table.rebuild.clear();
+        table.nosync = false;
+        self.reload_raid1_table(name, len, table)?;
+        tracing::info!(%name, "reloaded raid1 table; returning legs are re-added");
+        Ok(())
+    }
+
+    /// Loads `table` as the inactive table of `name`, then suspends and
+    /// resumes to swap it in.
+    fn reload_raid1_table(&self, name: &DevName, len: Sectors, table: Raid1Table) -> Result<()> {
         let line = [TargetLine {
             start: Sectors(0),
             len,
@@ -1172,8 +1202,7 @@ impl Datapath {
         self.dm
             .device_suspend(&id, DmOptions::default())
             .map_err(dm_err("resume", name))?;
-        tracing::info!(%name, index, "replaced raid1 leg; rebuild started");
-        Ok(true)
+        Ok(())
     }
 
     /// Parsed status of a raid1 device.
@@ -1389,6 +1418,22 @@ mod tests {
             "raid1 3 0 region_size 4096 3 253:0 253:1 - - 253:4 253:5"
         ));
         assert!(!Target::Raid1(plain).matches("linear", "253:0 0"));
+    }
+
+    /// The recovery rate goes where dm-raid prints it (after `rebuild`,
+    /// before `region_size`), parses back, and does not change the layout.
+    #[test]
+    fn raid1_table_carries_the_recovery_rate() {
+        let mut r = Raid1Table::new(vec![leg(0), leg(2)], Sectors(1024));
+        r.rebuild = vec![1];
+        r.max_recovery_rate_kib = Some(20480);
+        assert_eq!(
+            r.to_string(),
+            "raid1 7 0 rebuild 1 max_recovery_rate 20480 region_size 1024 2 253:0 253:1 253:2 253:3"
+        );
+        let parsed: Raid1Table = r.to_string().parse().unwrap();
+        assert_eq!(parsed, r);
+        assert!(Raid1Table::new(vec![leg(0), leg(2)], Sectors(1024)).same_layout(&parsed));
     }
 
     /// Garbage from the kernel (or a hand-made device) is an error, not a panic.

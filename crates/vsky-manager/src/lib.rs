@@ -6,17 +6,32 @@
 //! I/O path: agents assemble and serve volumes on their own.
 //!
 //! - [`service`]: the cluster behind a lock, kept in step with the store.
-//! - [`store`]: the durable store interface and its redb implementation.
+//! - [`store`]: the durable store interface, its embedded redb
+//!   implementation and the replicated etcd one.
+//! - [`etcd`]: a small blocking client of etcd's v3 JSON API.
+//! - [`leader`]: leader election among managers sharing an etcd store.
+//! - [`migrate`]: copying a cluster between stores (redb ⇄ etcd).
 //! - [`http`]: routes, request pipeline, error mapping, OpenAPI document.
 //! - [`auth`]: admin and agent bearer tokens.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`tls`]: rustls listener.
+//! - [`etcd`]: a small blocking client of etcd's v3 JSON API; [`leader`]:
+//!   leader election among managers sharing an etcd store; [`migrate`]:
+//!   copying a cluster between stores (redb ⇄ etcd).
+//! - [`recovery`]: the background loop that fails silent servers, plans
+//!   replacement legs and starts resyncs.
+//! - [`events`]: the bounded event log behind `/api/v1/events`.
 //!
 //! Entry point: [`run`], which the thin `vsky-manager` binary calls.
 
 pub mod auth;
+pub mod etcd;
+pub mod events;
 pub mod http;
+pub mod leader;
 pub mod metrics;
+pub mod migrate;
+pub mod recovery;
 pub mod service;
 pub mod store;
 pub mod tls;
@@ -28,15 +43,17 @@ use tokio::net::TcpListener;
 use tokio_rustls::rustls::ServerConfig;
 
 pub use auth::Tokens;
+pub use recovery::RecoveryConfig;
 pub use service::Manager;
 
-/// Serves the API on `listener` until `shutdown` resolves, then finishes
-/// in-flight requests and returns.
+/// Serves the API on `listener`, and runs the recovery loop, until
+/// `shutdown` resolves; then finishes in-flight requests and returns.
 pub async fn run(
     manager: Arc<Manager>,
     tokens: Tokens,
     listener: TcpListener,
     tls: Option<Arc<ServerConfig>>,
+    recovery: RecoveryConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let stopping = Arc::clone(&manager);
@@ -44,12 +61,30 @@ pub async fn run(
         shutdown.await;
         stopping.begin_shutdown();
     };
+    let recovery = Arc::new(recovery::Recovery::new(recovery));
+    let background = tokio::spawn(recovery::run(
+        Arc::clone(&manager),
+        Arc::clone(&recovery),
+        manager.stopping(),
+    ));
     let state = http::AppState {
         manager,
         tokens: Arc::new(tokens),
         metrics: Arc::new(metrics::Metrics::new()),
+        recovery,
     };
     let app = http::router(state);
+    let served = serve(app, listener, tls, shutdown).await;
+    background.abort();
+    served
+}
+
+async fn serve(
+    app: axum::Router,
+    listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     match tls {
         None => {
             axum::serve(listener, app)

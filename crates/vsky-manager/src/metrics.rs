@@ -5,6 +5,7 @@
 //! the model at scrape time, so they can never drift from the truth.
 
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -15,6 +16,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use vsky_model::{JobState, ResyncJob};
+
+use crate::recovery::Recovery;
 use crate::service::{Manager, ServiceError};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -22,6 +26,12 @@ struct RequestLabels {
     method: String,
     route: String,
     status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RebuildLabels {
+    rebuild: String,
+    volume: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -35,6 +45,10 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
     gauges: Gauges,
+    /// Per running rebuild: bytes left and measured rate (rebuilt at every
+    /// scrape, so finished rebuilds disappear).
+    rebuild_left: Family<RebuildLabels, Gauge>,
+    rebuild_rate: Family<RebuildLabels, Gauge<f64, AtomicU64>>,
     /// Encoding needs exclusive access to nothing but the output buffer;
     /// the mutex only serialises concurrent scrapes.
     scrape: Mutex<()>,
@@ -54,6 +68,10 @@ struct Gauges {
     mirrored_disks: Gauge,
     degraded: Gauge,
     rebuilding: Gauge,
+    rebuilds_queued: Gauge,
+    rebuilds_running: Gauge,
+    scrubs: Gauge,
+    scrub_mismatches: Gauge,
 }
 
 impl Default for Metrics {
@@ -76,7 +94,23 @@ impl Metrics {
             latency.clone(),
         );
         let g = Gauges::default();
-        let gauges: [(&str, &str, &Gauge); 12] = [
+        let gauges: [(&str, &str, &Gauge); 16] = [
+            (
+                "scrubs_finished",
+                "Mirrored disk scrubs reported finished since the manager started",
+                &g.scrubs,
+            ),
+            (
+                "scrub_mismatches",
+                "Scrubs that found legs differing, since the manager started",
+                &g.scrub_mismatches,
+            ),
+            (
+                "rebuilds_queued",
+                "Resyncs waiting for their disks (per-disk limit)",
+                &g.rebuilds_queued,
+            ),
+            ("rebuilds_running", "Resyncs running", &g.rebuilds_running),
             (
                 "capacity_bytes",
                 "Chunk bytes on serving disks",
@@ -113,11 +147,25 @@ impl Metrics {
         for (name, help, gauge) in gauges {
             registry.register(name, help, gauge.clone());
         }
+        let rebuild_left = Family::<RebuildLabels, Gauge>::default();
+        let rebuild_rate = Family::<RebuildLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "rebuild_bytes_left",
+            "Bytes a running resync still has to copy",
+            rebuild_left.clone(),
+        );
+        registry.register(
+            "rebuild_rate_bytes_per_second",
+            "Copy rate of a running resync, measured from its progress reports",
+            rebuild_rate.clone(),
+        );
         Metrics {
             registry,
             requests,
             latency,
             gauges: g,
+            rebuild_left,
+            rebuild_rate,
             scrape: Mutex::new(()),
         }
     }
@@ -138,8 +186,15 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    pub fn render(&self, manager: &Manager) -> Result<String, ServiceError> {
-        let s = manager.read(|c| c.summary())?;
+    pub fn render(&self, manager: &Manager, recovery: &Recovery) -> Result<String, ServiceError> {
+        let (s, jobs) = manager.read(|c| {
+            let jobs: Vec<(ResyncJob, String)> = c
+                .jobs()
+                .filter(|j| j.is_active())
+                .map(|j| (j.clone(), c.volume_label(j.volume)))
+                .collect();
+            (c.summary(), jobs)
+        })?;
         let _guard = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         let g = &self.gauges;
         let set = |gauge: &Gauge, v: u64| gauge.set(i64::try_from(v).unwrap_or(i64::MAX));
@@ -155,6 +210,30 @@ impl Metrics {
         set(&g.mirrored_disks, s.mirrored_disks as u64);
         set(&g.degraded, s.mirrored_disks_degraded as u64);
         set(&g.rebuilding, s.mirrored_disks_rebuilding as u64);
+        let (scrubs, mismatches) = recovery.scrub_counts();
+        set(&g.scrubs, scrubs);
+        set(&g.scrub_mismatches, mismatches);
+        let running: Vec<&(ResyncJob, String)> = jobs
+            .iter()
+            .filter(|(j, _)| j.state == JobState::Running)
+            .collect();
+        set(&g.rebuilds_running, running.len() as u64);
+        set(&g.rebuilds_queued, (jobs.len() - running.len()) as u64);
+        self.rebuild_left.clear();
+        self.rebuild_rate.clear();
+        for (j, volume) in running {
+            let labels = RebuildLabels {
+                rebuild: j.id.0.to_string(),
+                volume: volume.clone(),
+            };
+            set(
+                &self.rebuild_left.get_or_create(&labels),
+                j.bytes_total.saturating_sub(j.bytes_done),
+            );
+            if let Some(rate) = recovery.rate(j.id) {
+                self.rebuild_rate.get_or_create(&labels).set(rate);
+            }
+        }
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         Ok(out)

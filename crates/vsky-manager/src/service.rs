@@ -19,6 +19,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 use vsky_model::{Changes, Cluster, ModelError, SecretSource, ServerId, Settings};
 
+use crate::leader::Role;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +56,10 @@ pub struct Manager {
     stopping: watch::Sender<bool>,
     /// Last heartbeat per server (volatile: a restart starts a new grace).
     last_seen: Mutex<HashMap<ServerId, Instant>>,
+    /// Whether this manager may write: always with redb, only while it
+    /// leads with etcd (`crate::leader` drives it). Leader-only background
+    /// work should wait on [`Manager::role_watch`].
+    role: watch::Sender<Role>,
 }
 
 fn load_cluster(store: &dyn Store) -> Result<Option<Cluster>, ServiceError> {
@@ -104,6 +109,7 @@ impl Manager {
             generation,
             stopping: watch::channel(false).0,
             last_seen: Mutex::new(HashMap::new()),
+            role: watch::channel(Role::Single).0,
         })
     }
 
@@ -155,6 +161,9 @@ impl Manager {
         if self.poisoned.load(Ordering::Acquire) {
             return Err(ServiceError::Poisoned);
         }
+        if let Role::Standby { leader } = self.role() {
+            return Err(StoreError::NotLeader { leader }.into());
+        }
         let mut cluster = self.lock();
         let before = cluster.generation();
         let (value, changes) = match f(&mut cluster, &mut OsSecrets) {
@@ -200,6 +209,65 @@ impl Manager {
                 self.poisoned.store(true, Ordering::Release);
             }
         }
+    }
+
+    /// Replaces the in-memory cluster with the store's current records: a
+    /// standby following the leader, a new leader taking over, or recovery
+    /// after a failed write once the store answers again. Unlike the reload
+    /// after a failed commit, a failure here changes nothing (the caller
+    /// retries) and a success clears `poisoned`.
+    pub fn resync(&self) -> Result<(), ServiceError> {
+        let Some(mut loaded) = load_cluster(self.store.as_ref())? else {
+            return Err(
+                StoreError::Io("the store holds no cluster (not initialised)".into()).into(),
+            );
+        };
+        let mut cluster = self.lock();
+        loaded.set_generation(cluster.generation() + 1);
+        *cluster = loaded;
+        self.generation.send_replace(cluster.generation());
+        self.poisoned.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
+    pub fn role(&self) -> Role {
+        self.role.borrow().clone()
+    }
+
+    /// True when this manager accepts writes (single, or elected leader).
+    pub fn is_leader(&self) -> bool {
+        self.role.borrow().is_leader()
+    }
+
+    /// Follows role changes, e.g. to run leader-only background work.
+    pub fn role_watch(&self) -> watch::Receiver<Role> {
+        self.role.subscribe()
+    }
+
+    pub fn set_role(&self, role: Role) {
+        let taking_over = role == Role::Leader && !self.is_leader();
+        if taking_over {
+            // Agents heartbeated to the previous leader, so this process has
+            // no recent heartbeats: give every server a fresh grace period
+            // rather than declare them all silent.
+            let servers: Vec<ServerId> = self.lock().servers().map(|s| s.id).collect();
+            let now = Instant::now();
+            let mut seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+            for id in servers {
+                seen.insert(id, now);
+            }
+        }
+        self.role.send_if_modified(|current| {
+            if *current == role {
+                return false;
+            }
+            *current = role;
+            true
+        });
     }
 
     pub fn begin_shutdown(&self) {

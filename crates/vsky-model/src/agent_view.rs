@@ -4,8 +4,9 @@
 //! state; nothing here is stored.
 
 use crate::cluster::Cluster;
+use crate::cluster::executor::Executor;
 use crate::entities::*;
-use crate::ids::{ChunkRef, ServerId};
+use crate::ids::{ChunkRef, JobId, ServerId, VolumeId};
 
 /// A chunk this server exports over NBD under a secret name.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +38,19 @@ pub struct LegSpec {
     pub local_disk_path: Option<String>,
     pub offset_bytes: u64,
     pub state: LegState,
+    /// A syncing leg whose resync this head runs now.
+    pub resync_job: Option<JobId>,
+}
+
+/// A resync of a detached volume that this (storage) server copies into
+/// its own chunk, reading the healthy `source` leg over NBD.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopySpec {
+    pub job: JobId,
+    pub source: LegSpec,
+    pub target: ChunkRef,
+    pub target_disk_path: String,
+    pub target_offset_bytes: u64,
 }
 
 /// A volume this server (its head) assembles.
@@ -56,6 +70,7 @@ pub struct AgentView {
     pub exports: Vec<ExportSpec>,
     pub wipes: Vec<WipeSpec>,
     pub volumes: Vec<VolumeSpec>,
+    pub copies: Vec<CopySpec>,
 }
 
 impl Cluster {
@@ -71,6 +86,9 @@ impl Cluster {
                 continue;
             }
             for (index, addr) in self.legs_on_disk(disk.id) {
+                if !self.leg_exported(addr.volume, addr.mirrored_disk, addr.leg) {
+                    continue;
+                }
                 let v = self
                     .volume(addr.volume)
                     .expect("used chunks belong to volumes");
@@ -111,10 +129,23 @@ impl Cluster {
                 mirrored_disks: v
                     .mirrored_disks
                     .iter()
-                    .map(|md| {
+                    .enumerate()
+                    .map(|(m, md)| {
                         md.legs
                             .iter()
-                            .map(|leg| self.leg_spec(server, leg))
+                            .enumerate()
+                            .map(|(l, leg)| {
+                                let mut spec = self.leg_spec(server, leg);
+                                spec.resync_job = self
+                                    .active_job(v.id, m as u32, l as u8)
+                                    .filter(|j| {
+                                        leg.state == LegState::Syncing
+                                            && self.job_executor(j.id)
+                                                == Some(Executor::Head(server))
+                                    })
+                                    .map(|j| j.id);
+                                spec
+                            })
                             .collect()
                     })
                     .collect(),
@@ -125,7 +156,39 @@ impl Cluster {
             exports,
             wipes,
             volumes,
+            copies: self.copies_of(server),
         }
+    }
+
+    /// Running resyncs of detached volumes whose target chunk is on
+    /// `server`.
+    fn copies_of(&self, server: ServerId) -> Vec<CopySpec> {
+        self.jobs()
+            .filter(|j| self.job_executor(j.id) == Some(Executor::Storage(server)))
+            .filter_map(|j| {
+                let source = j.source?;
+                let v = self.volume(j.volume)?;
+                let leg = v.mirrored_disks[j.mirrored_disk as usize]
+                    .legs
+                    .iter()
+                    .find(|l| l.chunk == source)?;
+                let target_disk = self.disk(j.target.disk).ok()?;
+                Some(CopySpec {
+                    job: j.id,
+                    source: self.leg_spec(server, leg),
+                    target: j.target,
+                    target_disk_path: target_disk.path.clone(),
+                    target_offset_bytes: self.settings().chunk_offset_bytes(j.target.index),
+                })
+            })
+            .collect()
+    }
+
+    /// The volume a job repairs, by name, for messages.
+    pub fn volume_label(&self, id: VolumeId) -> String {
+        self.volume(id)
+            .map(|v| v.name.clone())
+            .unwrap_or_else(|| format!("#{}", id.0))
     }
 
     fn leg_spec(&self, head: ServerId, leg: &Leg) -> LegSpec {
@@ -141,6 +204,7 @@ impl Cluster {
             local_disk_path: (owner.id == head).then(|| disk.path.clone()),
             offset_bytes: self.settings().chunk_offset_bytes(leg.chunk.index),
             state: leg.state,
+            resync_job: None,
         }
     }
 }

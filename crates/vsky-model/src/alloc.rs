@@ -12,9 +12,20 @@
 //!    else to its failure domain, when such a disk qualifies.
 //! 5. A requested disk class restricts every leg to disks of that class.
 //! 6. Among equally loaded candidates for a mirrored disk's second and later
-//!    legs, the disk sharing the fewest mirrored disks with the legs already
-//!    placed wins, so each disk's partners spread over the pool and a failed
-//!    disk's resyncs read from many disks at once.
+//!    legs (the first 8 servers in load order, then the disks of the chosen
+//!    server as loaded as its best one), the one that crowds the legs
+//!    already placed least wins ([`Partners`]: mirrored disks a placed leg
+//!    already shares with the candidate's server, the candidate with the
+//!    placed leg's server, and the two disks with each other; the first
+//!    with nothing shared at once). Each disk's partners then spread over
+//!    the pool's disks and servers, so a failed disk's or server's resyncs
+//!    read from many disks behind many links at once.
+//! 7. A replacement leg (recovery) trades strict balance for rebuild speed:
+//!    among qualifying disks (rules 1, 2, 5), the least busy wins: the
+//!    fewest resyncs bound to the disk (as target, or as the source a
+//!    queued resync must read), or if more, the resyncs its server already
+//!    receives per half its disks (its link); then rule 6; then rule 3's
+//!    order, walking at most 128 servers.
 //!
 //! The index has two levels. Each server keeps its eligible disks ordered by
 //! load; the servers are ordered by the key of their best disk plus their
@@ -92,6 +103,117 @@ impl DiskEntry {
             shuffle: shuffle(self.disk, self.legs),
             disk: self.disk,
         }
+    }
+}
+
+/// How many mirrored disks each pair of disks shares, and each disk with
+/// each server: what rule 6 spreads. Kept by the cluster as legs come and
+/// go ([`Partners::link`]); derived from the volumes, never stored.
+///
+/// A disk's partner count with another disk is how many resyncs must read
+/// from that other disk when the first one dies (with 2 replicas the
+/// surviving copy is the only source). Its count with a server is the same
+/// for a whole server's loss, and also how many of those resyncs share
+/// that server's network link.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Partners {
+    /// Keyed (lower id, higher id).
+    disks: HashMap<(DiskId, DiskId), u32, IdHash>,
+    /// Keyed (disk, server of a partner leg).
+    servers: HashMap<(DiskId, ServerId), u32, IdHash>,
+}
+
+/// The partner tables are the hot path of placement (several look-ups per
+/// leg into tables of millions of entries on large pools). Their keys are
+/// ids the cluster assigns, never input, so a multiply-rotate hash (as in
+/// rustc's FxHash) is safe here and several times faster than SipHash.
+type IdHash = std::hash::BuildHasherDefault<IdHasher>;
+
+#[derive(Clone, Copy, Debug, Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl Partners {
+    /// Counts (or with `add` false, uncounts) every pair of the legs of one
+    /// mirrored disk, given as (disk, its server).
+    pub fn link(&mut self, legs: &[(DiskId, ServerId)], add: bool) {
+        fn bump<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32, IdHash>, key: K, add: bool) {
+            if add {
+                *map.entry(key).or_insert(0) += 1;
+            } else {
+                let n = map.get_mut(&key).expect("counted pairs are uncounted once");
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&key);
+                }
+            }
+        }
+        for (i, &(a, sa)) in legs.iter().enumerate() {
+            for &(b, sb) in &legs[i + 1..] {
+                bump(&mut self.disks, (a.min(b), a.max(b)), add);
+                bump(&mut self.servers, (a, sb), add);
+                bump(&mut self.servers, (b, sa), add);
+            }
+        }
+    }
+
+    /// Mirrored disks that disks `a` and `b` share.
+    pub fn disks(&self, a: DiskId, b: DiskId) -> u32 {
+        self.disks.get(&(a.min(b), a.max(b))).copied().unwrap_or(0)
+    }
+
+    /// Mirrored disks that disk `a` shares with disks of `server`.
+    pub fn disk_server(&self, a: DiskId, server: ServerId) -> u32 {
+        self.servers.get(&(a, server)).copied().unwrap_or(0)
+    }
+
+    /// How much a leg on `disk` (of `server`) would crowd the partners of
+    /// the legs already `placed`: for each placed leg, the mirrored disks it
+    /// already shares with `server`, those `disk` shares with the placed
+    /// leg's server, and those `disk` shares with the placed leg itself.
+    /// Zero means every pair is new. Gives up (returning `limit`) as soon
+    /// as the sum reaches `limit`: the caller has a candidate that good.
+    fn crowding(
+        &self,
+        placed: &[(DiskId, ServerId)],
+        disk: DiskId,
+        server: ServerId,
+        limit: u32,
+    ) -> u32 {
+        let mut sum = 0;
+        for &(p, ps) in placed {
+            let to_server = self.disk_server(p, server);
+            sum += to_server;
+            if sum >= limit {
+                return limit;
+            }
+            let from_server = self.disk_server(disk, ps);
+            sum += from_server;
+            if sum >= limit {
+                return limit;
+            }
+            // Sharing with the disk implies sharing with its server both
+            // ways, so a zero above spares the look-up.
+            if to_server > 0 && from_server > 0 {
+                sum += self.disks(p, disk);
+            }
+        }
+        sum.min(limit)
     }
 }
 
@@ -297,46 +419,49 @@ impl AllocIndex {
         self.bucket(class).map_or(0, |b| b.server_keys.len())
     }
 
-    /// Picks `replicas` disks for one mirrored disk under the rules above.
-    /// Returns None when no placement exists. Does not change the index:
-    /// the caller takes the chunks and updates the entries, so a pick for
-    /// the next mirrored disk sees the new load.
+    /// Picks `replicas` disks for one mirrored disk under the rules above,
+    /// with `partners` for rule 6. Returns None when no placement exists.
+    /// Does not change the index: the caller takes the chunks and updates
+    /// the entries (and links the partners), so a pick for the next
+    /// mirrored disk sees the new load.
     pub fn pick(
         &self,
         replicas: u8,
         class: Option<&str>,
         near: Option<&Near>,
+        partners: &Partners,
     ) -> Option<Vec<DiskId>> {
-        self.pick_more(&[], replicas, class, near, &|_, _| 0)
+        self.pick_more(&[], replicas, class, near, partners)
     }
 
     /// Picks `count` more disks for a mirrored disk whose other live legs
     /// sit on `taken` (server, failure domain, disk): the new legs avoid
-    /// those servers always and those domains when possible. This is how a
-    /// replacement leg is placed, and how every leg after a mirrored disk's
-    /// first is placed.
+    /// those servers always and those domains when possible. Every leg
+    /// after a mirrored disk's first is placed this way.
     ///
-    /// `shared(a, b)` counts the mirrored disks disks `a` and `b` already
-    /// share. Among the first few equally loaded candidates (so balance is
-    /// untouched), a leg goes to the disk sharing the fewest mirrored disks
-    /// with the legs already placed. That spreads each disk's partners over
-    /// the pool: when a disk dies, the surviving copies of its legs sit on
-    /// many disks, so their resyncs run in parallel instead of queueing on
-    /// the few disks a plain load order would pair it with.
+    /// Rule 6: among the first few equally loaded candidate servers (so
+    /// balance is untouched), a leg goes to the one whose best disk crowds
+    /// the legs already placed the least ([`Partners`]), the first with
+    /// nothing shared at once; then, on that server, to the equally loaded
+    /// disk that crowds them least. That spreads each disk's partners over
+    /// the pool's disks and servers: when a disk or a server dies, the
+    /// surviving copies of its legs sit on many disks behind many links,
+    /// so their resyncs run in parallel instead of queueing on the few
+    /// disks a plain load order would pair it with.
     pub fn pick_more(
         &self,
         taken: &[(ServerId, String, DiskId)],
         count: u8,
         class: Option<&str>,
         near: Option<&Near>,
-        shared: &dyn Fn(DiskId, DiskId) -> u32,
+        partners: &Partners,
     ) -> Option<Vec<DiskId>> {
         /// Equally loaded candidates weighed for partner spread.
         const PARTNER_CANDIDATES: usize = 8;
         let bucket = self.bucket(class)?;
         let mut chosen: Vec<(ServerId, &str)> =
             taken.iter().map(|(s, d, _)| (*s, d.as_str())).collect();
-        let mut placed: Vec<DiskId> = taken.iter().map(|(_, _, d)| *d).collect();
+        let mut placed: Vec<(DiskId, ServerId)> = taken.iter().map(|(s, _, d)| (*d, *s)).collect();
         let mut disks = Vec::with_capacity(usize::from(count));
         for leg in 0..count {
             let qualifies = |k: &ServerKey, strict: bool, chosen: &[(ServerId, &str)]| {
@@ -359,42 +484,160 @@ impl AllocIndex {
                         .copied()
                 });
             }
+            let pick = pick.map(|k| (k.server, k.best_disk));
             let strict = || {
                 let first = *bucket
                     .servers
                     .iter()
                     .find(|k| qualifies(k, true, &chosen))?;
                 if placed.is_empty() {
-                    return Some(first);
+                    return Some((first.server, first.best_disk));
                 }
                 let load = (first.best_legs, first.server_legs);
-                bucket
+                // (crowding, rank in load order, server's best disk)
+                let mut best: Option<(u32, usize, &ServerKey)> = None;
+                for (rank, k) in bucket
                     .servers
                     .range(first..)
                     .filter(|k| qualifies(k, true, &chosen))
                     .take_while(|k| (k.best_legs, k.server_legs) == load)
                     .take(PARTNER_CANDIDATES)
                     .enumerate()
-                    .min_by_key(|(rank, k)| {
-                        (
-                            placed.iter().map(|p| shared(*p, k.best_disk)).sum::<u32>(),
-                            *rank,
-                        )
-                    })
-                    .map(|(_, k)| *k)
+                {
+                    let limit = best.map_or(u32::MAX, |(c, _, _)| c);
+                    let crowding = partners.crowding(&placed, k.best_disk, k.server, limit);
+                    if best.is_none_or(|(c, _, _)| crowding < c) {
+                        best = Some((crowding, rank, k));
+                    }
+                    if crowding == 0 {
+                        break;
+                    }
+                }
+                let (crowding, _, k) = best?;
+                Some((
+                    k.server,
+                    self.least_crowded_sibling(bucket, k, crowding, &placed, partners),
+                ))
             };
-            let pick = pick.or_else(strict).or_else(|| {
+            let (server, disk) = pick.or_else(strict).or_else(|| {
                 bucket
                     .servers
                     .iter()
                     .find(|k| qualifies(k, false, &chosen))
-                    .copied()
+                    .map(|k| (k.server, k.best_disk))
             })?;
-            chosen.push((pick.server, self.servers[&pick.server].domain.as_str()));
-            placed.push(pick.best_disk);
-            disks.push(pick.best_disk);
+            chosen.push((server, self.servers[&server].domain.as_str()));
+            placed.push((disk, server));
+            disks.push(disk);
         }
         Some(disks)
+    }
+
+    /// On the server of `k`, the disk as loaded as its best one that
+    /// crowds `placed` the least (the best disk itself, crowding
+    /// `crowding`, unless a sibling does better).
+    fn least_crowded_sibling(
+        &self,
+        bucket: &Bucket,
+        k: &ServerKey,
+        crowding: u32,
+        placed: &[(DiskId, ServerId)],
+        partners: &Partners,
+    ) -> DiskId {
+        let mut best = (crowding, k.best_disk);
+        if crowding == 0 {
+            return k.best_disk;
+        }
+        for d in bucket.disks[&k.server]
+            .iter()
+            .skip(1)
+            .take_while(|d| d.legs == k.best_legs)
+        {
+            let c = partners.crowding(placed, d.disk, k.server, best.0);
+            if c < best.0 {
+                best = (c, d.disk);
+                if c == 0 {
+                    break;
+                }
+            }
+        }
+        best.1
+    }
+
+    /// Picks the disk for one replacement leg of a mirrored disk whose
+    /// other live legs sit on `taken` (rule 7): distinct servers always,
+    /// distinct domains when possible; then the least busy: the fewest
+    /// resyncs bound to the disk (`resyncs`, as target or source), or, if
+    /// more, the resyncs its server receives (`receiving`) per half its
+    /// disks, so the new resync neither queues behind others on its disk
+    /// nor crowds its server's link; then the least crowding of the
+    /// surviving legs' partners (rule 6); then least loaded.
+    ///
+    /// Servers are walked from the least loaded, and on each server its
+    /// disks in load order until one with no resync. The walk stops once
+    /// `PARTNER_CANDIDATES` servers offered an idle disk on an idle server,
+    /// or after `SERVERS_WEIGHED` servers, so a pick stays cheap however
+    /// large the pool and however many disks are busy.
+    pub fn pick_replacement(
+        &self,
+        taken: &[(ServerId, String, DiskId)],
+        class: Option<&str>,
+        partners: &Partners,
+        resyncs: &dyn Fn(DiskId) -> u32,
+        receiving: &dyn Fn(ServerId) -> u32,
+    ) -> Option<DiskId> {
+        /// Idle candidates weighed for partner spread.
+        const PARTNER_CANDIDATES: usize = 8;
+        /// Servers visited at most when no idle disk turns up.
+        const SERVERS_WEIGHED: usize = 128;
+        let bucket = self.bucket(class)?;
+        let placed: Vec<(DiskId, ServerId)> = taken.iter().map(|(s, _, d)| (*d, *s)).collect();
+        for strict in [true, false] {
+            let qualifies = |k: &&ServerKey| {
+                let domain = self.servers[&k.server].domain.as_str();
+                taken
+                    .iter()
+                    .all(|(s, d, _)| *s != k.server && (!strict || d != domain))
+            };
+            // (busiest of disk and link, disk's resyncs, crowding, rank in
+            // the walk, disk): smallest wins.
+            let mut best: Option<(u32, u32, u32, usize, DiskId)> = None;
+            let mut idle = 0;
+            for (rank, k) in bucket.servers.iter().filter(qualifies).enumerate() {
+                if rank >= SERVERS_WEIGHED && best.is_some() {
+                    break;
+                }
+                // The server's least busy disk, the least loaded among equals.
+                let mut least: Option<(u32, DiskId)> = None;
+                for d in &bucket.disks[&k.server] {
+                    let n = resyncs(d.disk);
+                    if least.is_none_or(|(m, _)| n < m) {
+                        least = Some((n, d.disk));
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let Some((n, disk)) = least else { continue };
+                let link_slots = (self.servers[&k.server].disks as u32).div_ceil(2).max(1);
+                let busiest = n.max(receiving(k.server).div_ceil(link_slots));
+                let crowding = partners.crowding(&placed, disk, k.server, u32::MAX);
+                let candidate = (busiest, n, crowding, rank, disk);
+                if best.is_none_or(|b| candidate < b) {
+                    best = Some(candidate);
+                }
+                if busiest == 0 {
+                    idle += 1;
+                    if idle == PARTNER_CANDIDATES || crowding == 0 {
+                        break;
+                    }
+                }
+            }
+            if let Some((.., disk)) = best {
+                return Some(disk);
+            }
+        }
+        None
     }
 }
 
@@ -429,7 +672,7 @@ mod tests {
         expected: Option<Vec<u64>>,
     ) {
         let idx = index(entries);
-        let got = idx.pick(replicas, None, near.as_ref());
+        let got = idx.pick(replicas, None, near.as_ref(), &Partners::default());
         assert_eq!(got, expected.map(|v| v.into_iter().map(DiskId).collect()));
     }
 
@@ -464,7 +707,7 @@ mod tests {
                         .map(|d| entry(d, d, &format!("r{d}"), legs, 5))
                         .collect(),
                 );
-                idx.pick(2, None, None).unwrap()
+                idx.pick(2, None, None, &Partners::default()).unwrap()
             })
             .collect();
         assert!(orders.len() > 1, "always {orders:?}");
@@ -545,10 +788,10 @@ mod tests {
             ssd2,
         ]);
         assert_eq!(
-            idx.pick(2, Some("ssd"), None),
+            idx.pick(2, Some("ssd"), None, &Partners::default()),
             Some(vec![DiskId(3), DiskId(4)])
         );
-        assert_eq!(idx.pick(2, Some("nvme"), None), None);
+        assert_eq!(idx.pick(2, Some("nvme"), None, &Partners::default()), None);
         assert_eq!(idx.free_chunks(Some("ssd")), 10);
         assert_eq!(idx.free_chunks(None), 20);
     }
@@ -557,7 +800,7 @@ mod tests {
     fn removing_and_full_disks_leave_the_index() {
         let mut idx = index(vec![entry(1, 1, "a", 0, 5), entry(2, 2, "b", 0, 5)]);
         idx.set(DiskId(2), Some(entry(2, 2, "b", 5, 0)));
-        assert_eq!(idx.pick(2, None, None), None);
+        assert_eq!(idx.pick(2, None, None, &Partners::default()), None);
         assert_eq!(idx.free_chunks(None), 5);
         idx.set(DiskId(1), None);
         assert_eq!(idx.free_chunks(None), 0);

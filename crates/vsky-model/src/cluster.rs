@@ -10,9 +10,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+pub mod executor;
 pub mod recovery;
 
-use crate::alloc::{AllocIndex, DiskEntry, Near};
+use crate::alloc::{AllocIndex, DiskEntry, Near, Partners};
 use crate::entities::*;
 use crate::error::ModelError;
 use crate::freelist::FreeList;
@@ -32,6 +33,17 @@ pub struct Changes {
 }
 
 impl Changes {
+    /// Adds what another mutation touched (for callers that chain several
+    /// mutations into one store transaction).
+    pub fn merge(&mut self, other: Changes) {
+        self.next_id |= other.next_id;
+        self.groups.extend(other.groups);
+        self.jobs.extend(other.jobs);
+        self.servers.extend(other.servers);
+        self.disks.extend(other.disks);
+        self.volumes.extend(other.volumes);
+    }
+
     pub fn is_empty(&self) -> bool {
         !self.next_id
             && self.groups.is_empty()
@@ -161,12 +173,15 @@ pub struct Cluster {
     jobs: BTreeMap<JobId, recovery::ResyncJob>,
     /// The active (queued or running) job of each leg slot being repaired.
     repairs: BTreeMap<(VolumeId, u32, u8), JobId>,
-    /// How many mirrored disks each pair of disks shares, keyed (lower id,
-    /// higher id): the allocator spreads a disk's partners with it.
-    pairs: HashMap<(DiskId, DiskId), u32>,
+    /// How many mirrored disks each pair of disks, and each disk and
+    /// server, share: the allocator spreads a disk's partners with it.
+    partners: Partners,
     /// Set whenever a leg fails, cleared once every failed leg has a
     /// repair: `plan_repairs` scans the volumes only when it is set.
     repairs_pending: bool,
+    /// Servers in their grace period: their failed legs are not replaced
+    /// yet (set by the manager from heartbeats; not persisted).
+    repair_hold: BTreeSet<ServerId>,
     runtime: HashMap<DiskId, DiskRuntime>,
     index: AllocIndex,
     /// Bumped by every mutation that changed something; agents long-poll on
@@ -235,7 +250,8 @@ impl Cluster {
             groups: BTreeMap::new(),
             jobs: BTreeMap::new(),
             repairs: BTreeMap::new(),
-            pairs: HashMap::new(),
+            repair_hold: BTreeSet::new(),
+            partners: Partners::default(),
             repairs_pending: true,
             runtime: HashMap::new(),
             index: AllocIndex::default(),
@@ -621,6 +637,15 @@ impl Cluster {
         Ok(self.commit(changes))
     }
 
+    /// Whether the server still holds any leg: a live one (failing the
+    /// server degrades its mirrored disk) or a failed one not replaced yet
+    /// (it waits for the server to come back or be declared failed). A
+    /// replaced leg's chunk is released, so it no longer counts.
+    pub fn server_holds_legs(&self, id: ServerId) -> bool {
+        self.disks_of(id)
+            .any(|d| self.legs_on_disk(d.id).next().is_some())
+    }
+
     /// Declares a server failed: every leg on its disks fails, and it gets
     /// no new chunks. Idempotent.
     pub fn fail_server(&mut self, name: &str) -> Result<Changes, ModelError> {
@@ -921,9 +946,10 @@ impl Cluster {
             )));
         }
         let id = volume.id;
+        let mut changes = Changes::default();
+        self.end_jobs_of(id, &mut changes);
         let volume = self.volumes.remove(&id).expect("exists");
         self.volume_names.remove(name);
-        let mut changes = Changes::default();
         for md in &volume.mirrored_disks {
             let chunks: Vec<ChunkRef> = md.legs.iter().map(|l| l.chunk).collect();
             self.link_pairs(&chunks, false);
@@ -973,6 +999,8 @@ impl Cluster {
         let id = volume.id;
         self.volumes.get_mut(&id).expect("exists").attachment = Some(Attachment { head: head_id });
         changes.volumes.insert(id);
+        // A storage agent was copying its resyncs; the head takes over.
+        self.requeue_jobs_of(id, &mut changes);
         Ok(self.commit(changes))
     }
 
@@ -983,6 +1011,8 @@ impl Cluster {
         let volume = self.volumes.get_mut(&id).expect("exists");
         if volume.attachment.take().is_some() {
             changes.volumes.insert(id);
+            // The head was rebuilding; storage agents take over.
+            self.requeue_jobs_of(id, &mut changes);
         }
         Ok(self.commit(changes))
     }
@@ -1021,6 +1051,83 @@ impl Cluster {
             self.repairs_pending = true;
         }
         Ok(self.commit(changes))
+    }
+
+    /// A failed leg whose server came back within its grace period, with
+    /// the leg's chunk intact: the leg is active again, and its head re-adds
+    /// it to the running mirror, which then resyncs only the regions written
+    /// while it was away (dm-raid's write-intent bitmap). Refused once the
+    /// slot has a replacement, or when the leg's disk or server failed.
+    pub fn leg_returned(
+        &mut self,
+        volume: VolumeId,
+        mirrored_disk: u32,
+        leg: u8,
+    ) -> Result<Changes, ModelError> {
+        let v = self
+            .volumes
+            .get(&volume)
+            .ok_or_else(|| not_found("volume", "volume", volume.0))?;
+        let l = v
+            .mirrored_disks
+            .get(mirrored_disk as usize)
+            .and_then(|m| m.legs.get(usize::from(leg)))
+            .ok_or_else(|| {
+                ModelError::invalid(
+                    "leg",
+                    format!("{} has no leg {mirrored_disk}/{leg}", v.name),
+                )
+            })?;
+        if l.state != LegState::Failed {
+            return Ok(Changes::default());
+        }
+        if self.repairs.contains_key(&(volume, mirrored_disk, leg)) {
+            return Err(ModelError::Conflict(format!(
+                "leg {mirrored_disk}/{leg} of '{}' is being replaced already",
+                v.name
+            )));
+        }
+        let disk = self.disk(l.chunk.disk)?;
+        let server_failed = self
+            .server(disk.server)
+            .is_none_or(|s| s.state == ServerState::Failed);
+        if disk.state == DiskState::Failed || server_failed {
+            return Err(ModelError::Conflict(format!(
+                "the disk or server of leg {mirrored_disk}/{leg} of '{}' failed; it is replaced, not revived",
+                v.name
+            )));
+        }
+        self.volumes
+            .get_mut(&volume)
+            .expect("exists")
+            .mirrored_disks[mirrored_disk as usize]
+            .legs[usize::from(leg)]
+        .state = LegState::Active;
+        let mut changes = Changes::default();
+        changes.volumes.insert(volume);
+        Ok(self.commit(changes))
+    }
+
+    /// Failed legs on `server`'s serving disks that nothing replaces yet:
+    /// the candidates for [`Self::leg_returned`] when the server is back.
+    pub fn failed_legs_on(&self, server: ServerId) -> Vec<(VolumeId, u32, u8, ChunkRef)> {
+        self.disks_of(server)
+            .filter(|d| d.state != DiskState::Failed)
+            .flat_map(|d| {
+                self.legs_on_disk(d.id)
+                    .map(move |(index, a)| (a, ChunkRef { disk: d.id, index }))
+            })
+            .filter(|(a, _)| {
+                self.volumes[&a.volume].mirrored_disks[a.mirrored_disk as usize].legs
+                    [usize::from(a.leg)]
+                .state
+                    == LegState::Failed
+                    && !self
+                        .repairs
+                        .contains_key(&(a.volume, a.mirrored_disk, a.leg))
+            })
+            .map(|(a, c)| (a.volume, a.mirrored_disk, a.leg, c))
+            .collect()
     }
 
     // ---- groups and descriptive data ---------------------------------------
@@ -1253,10 +1360,9 @@ impl Cluster {
         let mut taken: Vec<ChunkRef> = Vec::with_capacity(needed as usize);
         let mut mirrored: Vec<Vec<ChunkRef>> = Vec::with_capacity(count as usize);
         for m in 0..count {
-            let shared = |a: DiskId, b: DiskId| self.shared(a, b);
             let picked = self
                 .index
-                .pick_more(&[], volume.replicas, class, near.as_ref(), &shared);
+                .pick(volume.replicas, class, near.as_ref(), &self.partners);
             let Some(disks) = picked else {
                 let eligible = self.index.eligible_servers(class);
                 for legs in &mirrored {
@@ -1308,31 +1414,14 @@ impl Cluster {
             .collect())
     }
 
-    /// Mirrored disks that disks `a` and `b` share.
-    pub(super) fn shared(&self, a: DiskId, b: DiskId) -> u32 {
-        self.pairs.get(&(a.min(b), a.max(b))).copied().unwrap_or(0)
-    }
-
     /// Counts (or with `add` false, uncounts) every pair of the legs of one
-    /// mirrored disk.
+    /// mirrored disk in the partner counts.
     pub(super) fn link_pairs(&mut self, legs: &[ChunkRef], add: bool) {
-        for (i, a) in legs.iter().enumerate() {
-            for b in &legs[i + 1..] {
-                let key = (a.disk.min(b.disk), a.disk.max(b.disk));
-                if add {
-                    *self.pairs.entry(key).or_insert(0) += 1;
-                } else {
-                    let n = self
-                        .pairs
-                        .get_mut(&key)
-                        .expect("counted pairs are uncounted once");
-                    *n -= 1;
-                    if *n == 0 {
-                        self.pairs.remove(&key);
-                    }
-                }
-            }
-        }
+        let legs: Vec<(DiskId, ServerId)> = legs
+            .iter()
+            .map(|c| (c.disk, self.disks[&c.disk].server))
+            .collect();
+        self.partners.link(&legs, add);
     }
 
     /// Takes the lowest free chunk of an indexed disk for the leg at
@@ -1493,20 +1582,16 @@ impl Cluster {
                 ));
             }
         }
-        let mut pairs: HashMap<(DiskId, DiskId), u32> = HashMap::new();
+        let mut partners = Partners::default();
         for md in self.volumes.values().flat_map(|v| &v.mirrored_disks) {
-            for (i, a) in md.legs.iter().enumerate() {
-                for b in &md.legs[i + 1..] {
-                    *pairs
-                        .entry((
-                            a.chunk.disk.min(b.chunk.disk),
-                            a.chunk.disk.max(b.chunk.disk),
-                        ))
-                        .or_insert(0) += 1;
-                }
-            }
+            let legs: Vec<(DiskId, ServerId)> = md
+                .legs
+                .iter()
+                .map(|l| (l.chunk.disk, self.disks[&l.chunk.disk].server))
+                .collect();
+            partners.link(&legs, true);
         }
-        if pairs != self.pairs {
+        if partners != self.partners {
             return Err("partner-pair counts differ from the volumes' legs".into());
         }
         let used: usize = self.runtime.values().map(|r| r.used.len()).sum();

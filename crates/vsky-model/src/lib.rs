@@ -27,6 +27,7 @@ pub mod freelist;
 pub mod ids;
 pub mod limits;
 
+pub use cluster::executor::Executor;
 pub use cluster::recovery::{JobState, ResyncJob};
 pub use cluster::{
     Changes, Cluster, GroupUpdate, NewDisk, NewServer, NewVolume, Records, Summary,

@@ -303,3 +303,70 @@ fn load_round_trips_and_refuses_double_use() {
     .unwrap_err();
     assert_eq!(err.code(), "store_corrupt");
 }
+
+/// For every disk: the most mirrored disks it shares with any one other
+/// disk, and with any one other server.
+fn partner_peaks(c: &Cluster) -> (u32, u32) {
+    let mut disks: BTreeMap<(DiskId, DiskId), u32> = BTreeMap::new();
+    let mut servers: BTreeMap<(DiskId, ServerId), u32> = BTreeMap::new();
+    for md in c.volumes().flat_map(|v| &v.mirrored_disks) {
+        for a in &md.legs {
+            for b in &md.legs {
+                if a.chunk.disk < b.chunk.disk {
+                    *disks.entry((a.chunk.disk, b.chunk.disk)).or_default() += 1;
+                }
+                if a.chunk.disk != b.chunk.disk {
+                    let server = c.disk(b.chunk.disk).unwrap().server;
+                    *servers.entry((a.chunk.disk, server)).or_default() += 1;
+                }
+            }
+        }
+    }
+    (
+        disks.values().copied().max().unwrap_or(0),
+        servers.values().copied().max().unwrap_or(0),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// Partner spread (rule 6): filling a uniform pool half full of 2-way
+    /// mirrored disks, each disk's legs are mirrored with many distinct
+    /// disks and servers: no disk shares more than 2 mirrored disks over
+    /// the even share with any one other disk (⌈legs ÷ disks on other
+    /// servers⌉), nor with any one other server (⌈legs ÷ other servers⌉).
+    /// So when a disk dies, its resyncs read from many disks behind many
+    /// links at once, and when a server dies, no surviving disk must serve
+    /// many of them. (On these small pools, where few candidates are ever
+    /// equally loaded, spreading over disks only went up to 3 over the
+    /// even share, and over servers up to 4.)
+    #[test]
+    fn partners_spread_over_disks_and_servers(
+        servers in 12usize..24, disks in 2usize..5,
+        sizes in prop::collection::vec(1u64..16, 1..32),
+    ) {
+        let mut c = pool(servers, disks, 96, 0);
+        let mut secrets = CountingSecrets::default();
+        let legs_per_disk = 48u64;
+        let mut left = (servers * disks) as u64 * legs_per_disk / 2;
+        let mut i = 0;
+        while left > 0 {
+            let mirrored = sizes[i % sizes.len()].min(left);
+            c.create_volume(new_volume(&format!("v{i}"), mirrored, 2), &mut secrets).unwrap();
+            left -= mirrored;
+            i += 1;
+        }
+        let (disk_peak, server_peak) = partner_peaks(&c);
+        let even_disk = legs_per_disk.div_ceil(((servers - 1) * disks) as u64) as u32;
+        let even_server = legs_per_disk.div_ceil(servers as u64 - 1) as u32;
+        prop_assert!(
+            disk_peak <= even_disk + 2,
+            "two disks share {disk_peak} mirrored disks (even share {even_disk})"
+        );
+        prop_assert!(
+            server_peak <= even_server + 2,
+            "a disk shares {server_peak} mirrored disks with one server (even share {even_server})"
+        );
+    }
+}

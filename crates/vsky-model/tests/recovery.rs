@@ -191,3 +191,49 @@ fn second_failures_during_a_resync() {
     );
     loaded.check_recovery_invariants(1).unwrap();
 }
+
+/// Replacement targets avoid disks already bound to a resync (rule 7):
+/// when a disk dies in a pool with room, every resync gets its own target
+/// disk, none of them a source, so with one resync per disk they all start
+/// at once.
+#[test]
+fn replacements_avoid_busy_disks_and_start_together() {
+    let mut c = pool(12, 2);
+    let mut secrets = CountingSecrets::default();
+    for i in 0..4 {
+        volume(&mut c, &format!("v{i}"), 6, 2, &mut secrets);
+    }
+    let victim = c.volume_by_name("v0").unwrap().mirrored_disks[0].legs[0]
+        .chunk
+        .disk;
+    c.fail_disk(victim).unwrap();
+    let (jobs, _) = c.plan_repairs(&mut secrets);
+    assert!(jobs.len() >= 2);
+    let sources: BTreeSet<DiskId> = jobs
+        .iter()
+        .map(|id| {
+            let job = c.job(*id).unwrap();
+            let md = &c.volume(job.volume).unwrap().mirrored_disks[job.mirrored_disk as usize];
+            md.legs
+                .iter()
+                .find(|l| l.state == LegState::Active)
+                .unwrap()
+                .chunk
+                .disk
+        })
+        .collect();
+    assert_eq!(
+        sources.len(),
+        jobs.len(),
+        "partners spread: distinct sources"
+    );
+    let targets: BTreeSet<DiskId> = jobs
+        .iter()
+        .map(|id| c.job(*id).unwrap().target.disk)
+        .collect();
+    assert_eq!(targets.len(), jobs.len(), "one target disk per resync");
+    assert!(targets.is_disjoint(&sources), "no target is a source");
+    let (started, _) = c.start_jobs(1);
+    assert_eq!(started.len(), jobs.len(), "all start in the first round");
+    check(&c, 1);
+}

@@ -49,7 +49,7 @@ enum Command {
 
 fn row(r: &Report) -> String {
     format!(
-        "| {} × {} | {:?} | {} | {:.0} s | {:.0} s | {:.0} s | {:.0} s | {:.0}× | {:.2} | {} | {} |",
+        "| {} × {} | {:?} | {} | {:.0} s | {:.0} s | {:.0} s | {:.1} s | {:.1} s | {:.0}× | {:.2} | {:.2} | {} | {} | {} |",
         r.config.servers,
         r.config.disks_per_server,
         r.config.scenario,
@@ -58,14 +58,17 @@ fn row(r: &Report) -> String {
         r.unscheduled.restore_seconds,
         r.dedicated_spare_seconds,
         r.ideal_seconds,
+        r.bound_seconds,
         r.speedup_vs_dedicated_spare,
         r.fraction_of_ideal,
+        r.fraction_of_bound,
+        r.bounds.busiest_source_reads,
         r.scheduled.peak_resyncs_per_disk,
         r.unscheduled.peak_resyncs_per_disk,
     )
 }
 
-const HEADER: &str = "| pool | scenario | legs rebuilt | scheduled (k=1) | unscheduled | dedicated spare | ideal | vs spare | of ideal | peak/disk (k=1) | peak/disk (unscheduled) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
+const HEADER: &str = "| pool | scenario | legs rebuilt | scheduled (k=1) | unscheduled | dedicated spare | ideal (fluid) | bound (whole chunks) | vs spare | of ideal | of bound | busiest source | peak/disk (k=1) | peak/disk (unscheduled) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
 
 fn main() {
     let args = Args::parse();

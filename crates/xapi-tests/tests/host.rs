@@ -146,6 +146,11 @@ fn start() -> Cluster {
         tokens,
         listener,
         None,
+        vsky_manager::RecoveryConfig {
+            // Servers here may stay silent (no agent); keep them.
+            server_grace: std::time::Duration::from_secs(3600),
+            ..Default::default()
+        },
         std::future::pending(),
     ));
     for s in 0..3 {
@@ -180,6 +185,7 @@ fn start() -> Cluster {
                 listen: format!("127.0.0.1:{api_port}").parse().unwrap(),
                 token: LOCAL_API.into(),
             }),
+            scrub_interval: None,
         };
         runtime.spawn(vsky_agent::run(config, std::future::pending()));
     }

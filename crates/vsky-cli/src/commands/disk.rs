@@ -71,8 +71,16 @@ pub async fn run(cmd: &DiskCommand, client: &Client, json: bool) -> Result<Strin
                 format!("Removed disk {id}.\n")
             })
         }
-        DiskCommand::Fail { id } => {
+        DiskCommand::Fail {
+            id,
+            wait,
+            wait_timeout,
+        } => {
             let disk = client.fail_disk(*id).await?;
+            if *wait && !super::recovery::wait_for_rebuilds(client, *wait_timeout, json).await? {
+                return Ok(String::new());
+            }
+            let disk = if *wait { client.disk(*id).await? } else { disk };
             Ok(if json {
                 render::json(&disk)
             } else {

@@ -67,8 +67,20 @@ pub async fn run(cmd: &ServerCommand, client: &Client, json: bool) -> Result<Str
                 format!("Removed server {}.\n", render::clean(name))
             })
         }
-        ServerCommand::Fail { name } => {
+        ServerCommand::Fail {
+            name,
+            wait,
+            wait_timeout,
+        } => {
             let server = client.fail_server(name).await?;
+            if *wait && !super::recovery::wait_for_rebuilds(client, *wait_timeout, json).await? {
+                return Ok(String::new());
+            }
+            let server = if *wait {
+                client.server(name).await?
+            } else {
+                server
+            };
             Ok(if json {
                 render::json(&server)
             } else {

@@ -196,9 +196,39 @@ pub fn volume_detail(c: &Cluster, v: &m::Volume) -> api::VolumeDetail {
     }
 }
 
-pub fn desired_state(c: &Cluster, view: m::agent_view::AgentView) -> api::DesiredState {
+pub fn desired_state(
+    c: &Cluster,
+    view: m::agent_view::AgentView,
+    resync_rate_bytes_per_second: u64,
+) -> api::DesiredState {
     let name_of = |id: m::ServerId| c.server(id).map(|s| s.name.clone()).unwrap_or_default();
+    let leg_spec = |l: m::agent_view::LegSpec| api::LegSpec {
+        chunk: chunk(l.chunk),
+        server: name_of(l.server),
+        server_address: l.server_address,
+        export_name: l.export_name,
+        local_disk_path: l.local_disk_path,
+        offset_bytes: l.offset_bytes,
+        state: leg_state(l.state),
+        resync_job: l.resync_job.map(|j| j.0),
+    };
+    let settings = c.settings();
     api::DesiredState {
+        resync_rate_bytes_per_second,
+        copies: view
+            .copies
+            .into_iter()
+            .map(|cp| api::CopySpec {
+                job: cp.job.0,
+                source: leg_spec(cp.source),
+                target_chunk: chunk(cp.target),
+                target_disk_path: cp.target_disk_path,
+                target_offset_bytes: cp.target_offset_bytes,
+                leg_meta_bytes: settings.leg_meta_bytes,
+                chunk_size_bytes: settings.chunk_size_bytes,
+                rate_bytes_per_second: resync_rate_bytes_per_second,
+            })
+            .collect(),
         generation: view.generation,
         exports: view
             .exports
@@ -233,21 +263,54 @@ pub fn desired_state(c: &Cluster, view: m::agent_view::AgentView) -> api::Desire
                 mirrored_disks: v
                     .mirrored_disks
                     .into_iter()
-                    .map(|legs| {
-                        legs.into_iter()
-                            .map(|l| api::LegSpec {
-                                chunk: chunk(l.chunk),
-                                server: name_of(l.server),
-                                server_address: l.server_address,
-                                export_name: l.export_name,
-                                local_disk_path: l.local_disk_path,
-                                offset_bytes: l.offset_bytes,
-                                state: leg_state(l.state),
-                            })
-                            .collect()
-                    })
+                    .map(|legs| legs.into_iter().map(leg_spec).collect())
                     .collect(),
             })
             .collect(),
+    }
+}
+
+fn location(c: &Cluster, at: m::ChunkRef) -> api::ChunkLocation {
+    api::ChunkLocation {
+        server: c
+            .disk(at.disk)
+            .ok()
+            .and_then(|d| c.server(d.server))
+            .map(|s| s.name.clone())
+            .unwrap_or_default(),
+        disk_id: at.disk.0,
+        chunk_index: at.index,
+    }
+}
+
+/// A resync job as the API shows it; `rate` is the measured copy rate.
+pub fn rebuild(c: &Cluster, j: &m::ResyncJob, rate: Option<f64>) -> api::Rebuild {
+    let state = match j.state {
+        m::JobState::Queued => api::RebuildState::Queued,
+        m::JobState::Running => api::RebuildState::Running,
+        m::JobState::Done => api::RebuildState::Done,
+        m::JobState::Failed => api::RebuildState::Failed,
+    };
+    let rate = rate.filter(|_| j.state == m::JobState::Running);
+    api::Rebuild {
+        id: j.id.0,
+        volume: c.volume_label(j.volume),
+        mirrored_disk: j.mirrored_disk,
+        leg: j.leg,
+        state,
+        source: j.source.map(|s| location(c, s)),
+        target: location(c, j.target),
+        replaced: location(c, j.replaced),
+        executor: c
+            .job_executor(j.id)
+            .and_then(|e| c.server(e.server()))
+            .map(|s| s.name.clone()),
+        bytes_total: j.bytes_total,
+        bytes_done: j.bytes_done,
+        rate_bytes_per_second: rate,
+        eta_seconds: rate
+            .filter(|r| *r > 0.0)
+            .map(|r| j.bytes_total.saturating_sub(j.bytes_done) as f64 / r),
+        error: j.error.clone(),
     }
 }

@@ -7,14 +7,18 @@
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use vsky_api::types::ErrorBody;
 use vsky_model::{ErrorKind, ModelError};
 
 use crate::service::ServiceError;
+use crate::store::StoreError;
+
+/// Response header naming the leading manager on `not_leader` answers.
+pub const LEADER_HEADER: &str = "x-vsky-leader";
 
 tokio::task_local! {
     /// The id of the request being served, for error bodies.
@@ -26,6 +30,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// With `not_leader`: where the leader is.
+    pub leader: Option<String>,
 }
 
 impl ApiError {
@@ -34,6 +40,20 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            leader: None,
+        }
+    }
+
+    /// 503 `not_leader`: this manager is a standby (or was deposed), and
+    /// nothing was done. Clients retry at `leader`.
+    pub fn not_leader(leader: Option<String>) -> Self {
+        let message = StoreError::NotLeader {
+            leader: leader.clone(),
+        }
+        .to_string();
+        ApiError {
+            leader,
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", message)
         }
     }
 
@@ -71,6 +91,7 @@ impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         match e {
             ServiceError::Model(m) => m.into(),
+            ServiceError::Store(StoreError::NotLeader { leader }) => ApiError::not_leader(leader),
             other => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",
@@ -82,18 +103,31 @@ impl From<ServiceError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        // 507 (no capacity) is the pool's state, not a manager failure.
-        if self.status.is_server_error() && self.status != StatusCode::INSUFFICIENT_STORAGE {
+        // 507 (no capacity) is the pool's state and `not_leader` a standby's
+        // normal answer, not manager failures.
+        if self.status.is_server_error()
+            && self.status != StatusCode::INSUFFICIENT_STORAGE
+            && self.code != "not_leader"
+        {
             tracing::error!(code = self.code, message = %self.message, "request failed");
         } else {
             tracing::info!(code = self.code, message = %self.message, "request refused");
         }
+        let leader_header = self
+            .leader
+            .as_deref()
+            .and_then(|l| HeaderValue::from_str(l).ok());
         let body = ErrorBody {
             code: self.code.to_string(),
             message: self.message,
             request_id: REQUEST_ID.try_with(Clone::clone).ok(),
+            leader: self.leader,
         };
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(v) = leader_header {
+            response.headers_mut().insert(LEADER_HEADER, v);
+        }
+        response
     }
 }
 

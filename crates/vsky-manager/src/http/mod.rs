@@ -2,12 +2,13 @@
 //!
 //! Pipeline, outermost first: panic catcher (a bug answers 500 JSON, never a
 //! dropped connection) → request id + tracing span + metrics → bearer-token
-//! authentication (health and the OpenAPI document stay open) → body limit
-//! → handler.
+//! authentication (health and the OpenAPI document stay open) → standby
+//! refusal of writes (`standby.rs`) → body limit → handler.
 
 pub mod convert;
 pub mod error;
 pub mod handlers;
+pub mod standby;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,16 +27,25 @@ use crate::auth::{Principal, Tokens};
 use crate::metrics::Metrics;
 use crate::service::Manager;
 use error::{ApiError, REQUEST_ID};
-use handlers::{agent, cluster, disks, groups, servers, volumes};
+use handlers::{agent, cluster, disks, events, groups, rebuilds, servers, volumes};
 
 /// Largest request body accepted.
 const BODY_BYTES_MAX: usize = 1 << 20;
+
+impl AppState {
+    /// Records an event in the log behind `/api/v1/events` (it is also
+    /// written to the manager's log).
+    pub fn event(&self, e: crate::events::NewEvent) {
+        self.recovery.events.record(e);
+    }
+}
 
 #[derive(Clone)]
 pub struct AppState {
     pub manager: Arc<Manager>,
     pub tokens: Arc<Tokens>,
     pub metrics: Arc<Metrics>,
+    pub recovery: Arc<crate::recovery::Recovery>,
 }
 
 #[derive(OpenApi)]
@@ -49,12 +59,14 @@ All endpoints but health and this document need `Authorization: Bearer <token>`.
         disks::list, disks::create, disks::show, disks::remove, disks::fail,
         volumes::list, volumes::create, volumes::show, volumes::update, volumes::delete, volumes::attach, volumes::detach, volumes::resize,
         groups::list, groups::create, groups::show, groups::update, groups::delete,
+        rebuilds::list, events::list,
         agent::register, agent::heartbeat, agent::desired_state, agent::attach, agent::detach,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     tags((name = "cluster"), (name = "servers"), (name = "disks"), (name = "volumes"),
         (name = "groups", description = "named groups of volumes: XAPI storage repositories"),
+        (name = "recovery", description = "rebuilds of failed legs and the event log"),
         (name = "agent", description = "called by vsky-agent; agent tokens are accepted here")),
 )]
 pub struct ApiDoc;
@@ -77,7 +89,7 @@ async fn openapi_json() -> impl IntoResponse {
 }
 
 async fn metrics_text(State(app): State<AppState>) -> Result<Response, ApiError> {
-    let text = app.metrics.render(&app.manager)?;
+    let text = app.metrics.render(&app.manager, &app.recovery)?;
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -127,6 +139,8 @@ pub fn router(state: AppState) -> Router {
         .route("/volumes/{name}/attach", post(volumes::attach))
         .route("/volumes/{name}/detach", post(volumes::detach))
         .route("/volumes/{name}/resize", post(volumes::resize))
+        .route("/rebuilds", get(rebuilds::list))
+        .route("/events", get(events::list))
         .route("/agent/register", post(agent::register))
         .route("/agent/heartbeat", post(agent::heartbeat))
         .route("/agent/desired-state", get(agent::desired_state))
@@ -144,6 +158,10 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            standby::refuse_writes,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(CatchPanicLayer::custom(|_| {

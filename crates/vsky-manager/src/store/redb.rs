@@ -9,11 +9,13 @@
 use std::path::Path;
 
 use redb::{Database, ReadableTable, TableDefinition, TableHandle};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use vsky_model::{Changes, Cluster, Records};
 
-use super::{Store, StoreError};
+use super::{
+    FORMAT_VERSION, RecordKey, RecordWrite, Store, StoreError, Table, all_records, changed_records,
+    decode, encode,
+};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SERVERS: TableDefinition<u64, &[u8]> = TableDefinition::new("servers");
@@ -21,9 +23,6 @@ const DISKS: TableDefinition<u64, &[u8]> = TableDefinition::new("disks");
 const VOLUMES: TableDefinition<u64, &[u8]> = TableDefinition::new("volumes");
 const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
 const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
-
-/// Bumped when the layout changes incompatibly.
-const FORMAT_VERSION: u64 = 1;
 
 pub struct RedbStore {
     db: Database,
@@ -33,15 +32,39 @@ fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("model records always serialise")
+fn id_table(table: Table) -> TableDefinition<'static, u64, &'static [u8]> {
+    match table {
+        Table::Servers => SERVERS,
+        Table::Disks => DISKS,
+        Table::Volumes => VOLUMES,
+        Table::Jobs => JOBS,
+        Table::Groups => unreachable!("groups are keyed by name"),
+    }
 }
 
-fn decode<T: DeserializeOwned>(key: impl std::fmt::Display, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Decode {
-        key: key.to_string(),
-        detail: e.to_string(),
-    })
+/// Applies record writes inside one write transaction.
+fn write_records(txn: &redb::WriteTransaction, writes: &[RecordWrite]) -> Result<(), StoreError> {
+    for w in writes {
+        match &w.key {
+            RecordKey::Name(name) => {
+                let mut t = txn.open_table(GROUPS).map_err(io)?;
+                match &w.value {
+                    Some(v) => t.insert(name.as_str(), v.as_slice()).map(drop),
+                    None => t.remove(name.as_str()).map(drop),
+                }
+                .map_err(io)?;
+            }
+            RecordKey::Id(id) => {
+                let mut t = txn.open_table(id_table(w.table)).map_err(io)?;
+                match &w.value {
+                    Some(v) => t.insert(*id, v.as_slice()).map(drop),
+                    None => t.remove(*id).map(drop),
+                }
+                .map_err(io)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl RedbStore {
@@ -161,53 +184,39 @@ impl Store for RedbStore {
             return Ok(());
         }
         let txn = self.db.begin_write().map_err(io)?;
-        {
-            if changes.next_id {
-                let mut meta = txn.open_table(META).map_err(io)?;
-                meta.insert("next_id", encode(&cluster.next_id()).as_slice())
-                    .map_err(io)?;
-            }
-            let mut t = txn.open_table(SERVERS).map_err(io)?;
-            for id in &changes.servers {
-                match cluster.server(*id) {
-                    Some(s) => t.insert(id.0, encode(s).as_slice()).map(drop),
-                    None => t.remove(id.0).map(drop),
-                }
+        if changes.next_id {
+            let mut meta = txn.open_table(META).map_err(io)?;
+            meta.insert("next_id", encode(&cluster.next_id()).as_slice())
                 .map_err(io)?;
-            }
-            let mut t = txn.open_table(DISKS).map_err(io)?;
-            for id in &changes.disks {
-                match cluster.disk(*id) {
-                    Ok(d) => t.insert(id.0, encode(d).as_slice()).map(drop),
-                    Err(_) => t.remove(id.0).map(drop),
-                }
-                .map_err(io)?;
-            }
-            let mut t = txn.open_table(GROUPS).map_err(io)?;
-            for name in &changes.groups {
-                match cluster.group(name) {
-                    Ok(g) => t.insert(name.as_str(), encode(g).as_slice()).map(drop),
-                    Err(_) => t.remove(name.as_str()).map(drop),
-                }
-                .map_err(io)?;
-            }
-            let mut t = txn.open_table(JOBS).map_err(io)?;
-            for id in &changes.jobs {
-                match cluster.job(*id) {
-                    Ok(j) => t.insert(id.0, encode(j).as_slice()).map(drop),
-                    Err(_) => t.remove(id.0).map(drop),
-                }
-                .map_err(io)?;
-            }
-            let mut t = txn.open_table(VOLUMES).map_err(io)?;
-            for id in &changes.volumes {
-                match cluster.volume(*id) {
-                    Some(v) => t.insert(id.0, encode(v).as_slice()).map(drop),
-                    None => t.remove(id.0).map(drop),
-                }
-                .map_err(io)?;
-            }
         }
+        write_records(&txn, &changed_records(cluster, changes))?;
+        txn.commit().map_err(io)
+    }
+
+    fn import(&self, records: &Records) -> Result<(), StoreError> {
+        if self.load()?.is_some() {
+            return Err(StoreError::NotEmpty(
+                "the target --data-dir already holds a cluster; migrate into an empty directory"
+                    .into(),
+            ));
+        }
+        // One transaction: an interrupted import leaves nothing behind.
+        let txn = self.db.begin_write().map_err(io)?;
+        {
+            let mut meta = txn.open_table(META).map_err(io)?;
+            meta.insert("format_version", encode(&FORMAT_VERSION).as_slice())
+                .map_err(io)?;
+            meta.insert("settings", encode(&records.settings).as_slice())
+                .map_err(io)?;
+            meta.insert("next_id", encode(&records.next_id).as_slice())
+                .map_err(io)?;
+            txn.open_table(SERVERS).map_err(io)?;
+            txn.open_table(DISKS).map_err(io)?;
+            txn.open_table(VOLUMES).map_err(io)?;
+            txn.open_table(GROUPS).map_err(io)?;
+            txn.open_table(JOBS).map_err(io)?;
+        }
+        write_records(&txn, &all_records(records))?;
         txn.commit().map_err(io)
     }
 }

@@ -2,29 +2,32 @@
 //!
 //! When a leg fails, [`Cluster::plan_repairs`] takes a new chunk from the
 //! pool for it (on a server that holds no other live leg of its mirrored
-//! disk, in another failure domain when possible, least loaded first), puts
-//! it in the leg's slot as `Syncing`, releases the failed chunk, and queues
-//! a [`ResyncJob`]. [`Cluster::start_jobs`] starts queued jobs as soon as
-//! their disks are free: every physical disk, as resync source or target,
-//! takes part in at most `per_disk_limit` running resyncs, and mirrored
-//! disks with the fewest healthy legs go first. Whoever copies (the head's
-//! dm-raid for an attached volume, a storage agent for a detached one)
-//! reports progress and completion; [`Cluster::finish_job`] turns the leg
-//! `Active`.
+//! disk, in another failure domain when possible, on the disk with the
+//! fewest resyncs already bound to it, least loaded first: allocation rule
+//! 7 in `alloc.rs`), puts it in the leg's slot as `Syncing`, releases the
+//! failed chunk, and queues a [`ResyncJob`]. [`Cluster::start_jobs`] starts
+//! queued jobs as soon as their disks are free: every physical disk, as
+//! resync source or target, takes part in at most `per_disk_limit` running
+//! resyncs; mirrored disks with the fewest healthy legs go first, then the
+//! jobs on the disks with the most resyncs still to do (those disks set the
+//! end of the rebuild). Whoever copies (the head's dm-raid for an attached
+//! volume, a storage agent for a detached one) reports progress and
+//! completion; [`Cluster::finish_job`] turns the leg `Active`.
 //!
 //! Everything here is pure state-machine code, like the rest of the model:
 //! the manager drives it from its loop, and `vsky-sim` drives the very same
 //! code under simulated time with injected faults.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
 use super::{Changes, Cluster, LegAddr};
-use crate::entities::LegState;
+use crate::SecretSource;
+use crate::entities::{DiskState, LegState};
 use crate::error::ModelError;
 use crate::ids::{ChunkRef, DiskId, JobId, ServerId, VolumeId};
-use crate::{SecretSource, alloc::Near};
 
 /// Finished jobs kept for `vsky rebuild list` and the event history.
 const FINISHED_JOBS_KEPT: usize = 1000;
@@ -93,6 +96,38 @@ impl Cluster {
         busy
     }
 
+    /// Active resyncs (queued or running) bound to each disk: as target,
+    /// as chosen source, or as the only healthy leg a queued job can copy
+    /// from. A disk's count is the number of chunk copies it must still
+    /// take part in, so the largest count bounds how soon the rebuild can
+    /// end.
+    pub fn resyncs_bound_per_disk(&self) -> HashMap<DiskId, u32> {
+        let mut load = HashMap::new();
+        for id in self.repairs.values() {
+            let job = &self.jobs[id];
+            *load.entry(job.target.disk).or_insert(0) += 1;
+            if let Some(d) = job
+                .source
+                .map(|s| s.disk)
+                .or_else(|| self.forced_source(job.volume, job.mirrored_disk))
+            {
+                *load.entry(d).or_insert(0) += 1;
+            }
+        }
+        load
+    }
+
+    /// The disk of a mirrored disk's only healthy leg, if it has exactly
+    /// one: every resync of that mirrored disk must copy from it.
+    fn forced_source(&self, volume: VolumeId, m: u32) -> Option<DiskId> {
+        let md = self.volumes.get(&volume)?.mirrored_disks.get(m as usize)?;
+        let mut active = md.legs.iter().filter(|l| l.state == LegState::Active);
+        match (active.next(), active.next()) {
+            (Some(only), None) => Some(only.chunk.disk),
+            _ => None,
+        }
+    }
+
     pub(super) fn load_jobs(&mut self, jobs: Vec<ResyncJob>) -> Result<(), ModelError> {
         for job in jobs {
             if job.id.0 >= self.next_id {
@@ -145,10 +180,34 @@ impl Cluster {
                     })
             })
             .filter(|slot| !self.repairs.contains_key(slot))
+            // Legs on a server in its grace period wait (executor.rs).
+            .filter(|slot| !self.repair_held(*slot))
             .collect();
+        // Resyncs bound to each disk, counting the sources the new jobs will
+        // be bound to before any target is chosen, so targets avoid them.
+        let mut load = self.resyncs_bound_per_disk();
+        for &(volume, m, _) in &failed {
+            if let Some(d) = self.forced_source(volume, m) {
+                *load.entry(d).or_insert(0) += 1;
+            }
+        }
+        // Resyncs each server receives (their targets).
+        let mut receiving: HashMap<ServerId, u32> = HashMap::new();
+        for id in self.repairs.values() {
+            let server = self.disks[&self.jobs[id].target.disk].server;
+            *receiving.entry(server).or_insert(0) += 1;
+        }
         let mut unplanned = false;
         for (volume, m, l) in failed {
-            match self.plan_one(volume, m, l, secrets, &mut changes) {
+            match self.plan_one(
+                volume,
+                m,
+                l,
+                &mut load,
+                &mut receiving,
+                secrets,
+                &mut changes,
+            ) {
                 Some(id) => planned.push(id),
                 None => unplanned = true,
             }
@@ -159,11 +218,17 @@ impl Cluster {
         (planned, self.commit(changes))
     }
 
+    /// Plans one leg's replacement; `load` holds the resyncs bound to each
+    /// disk and `receiving` those each server receives; both gain the new
+    /// target.
+    #[allow(clippy::too_many_arguments)]
     fn plan_one(
         &mut self,
         volume: VolumeId,
         m: u32,
         l: u8,
+        load: &mut HashMap<DiskId, u32>,
+        receiving: &mut HashMap<ServerId, u32>,
         secrets: &mut dyn SecretSource,
         changes: &mut Changes,
     ) -> Option<JobId> {
@@ -185,22 +250,19 @@ impl Cluster {
                     .map(|s| (s.id, s.failure_domain(label), d.id))
             })
             .collect();
-        let near = v
-            .attachment
-            .as_ref()
-            .map(|a| a.head)
-            .or(v.near_server)
-            .and_then(|id| self.servers.get(&id))
-            .map(|s| Near {
-                server: s.id,
-                domain: s.failure_domain(label),
-            });
         let class = v.class.clone();
         let replaced = md.legs[usize::from(l)].chunk;
-        let shared = |a: DiskId, b: DiskId| self.shared(a, b);
-        let disk = self
-            .index
-            .pick_more(&taken, 1, class.as_deref(), near.as_ref(), &shared)?[0];
+        let resyncs = |d: DiskId| load.get(&d).copied().unwrap_or(0);
+        let receives = |s: ServerId| receiving.get(&s).copied().unwrap_or(0);
+        let disk = self.index.pick_replacement(
+            &taken,
+            class.as_deref(),
+            &self.partners,
+            &resyncs,
+            &receives,
+        )?;
+        *load.entry(disk).or_insert(0) += 1;
+        *receiving.entry(self.disks[&disk].server).or_insert(0) += 1;
         let before: Vec<ChunkRef> = md.legs.iter().map(|l| l.chunk).collect();
 
         // Take the new chunk for the slot; release the failed one (it is
@@ -270,45 +332,127 @@ impl Cluster {
         Some(id)
     }
 
-    /// Starts queued jobs whose disks have room, fewest healthy legs first,
-    /// so that no disk takes part in more than `per_disk_limit` running
-    /// resyncs. The source is the healthy leg on the least busy disk.
-    /// Returns the started jobs.
+    /// Starts queued jobs whose disks have room, so that no disk takes part
+    /// in more than `per_disk_limit` running resyncs. Order: mirrored disks
+    /// with the fewest healthy legs first (they are closest to data loss);
+    /// then the jobs whose disks have the most resyncs still bound to them
+    /// (queued or running, see [`Self::resyncs_bound_per_disk`]), busiest
+    /// disk first, then both disks together. A disk with n resyncs to go
+    /// needs n copy times whatever happens, so starting its jobs first keeps
+    /// it from being the tail of the rebuild, and a chain of jobs sharing
+    /// disks is entered in the middle, which leaves its ends free to pair
+    /// up next. The source is the healthy leg on the least busy disk, then
+    /// the one with the fewest resyncs to go. Returns the started jobs.
     pub fn start_jobs(&mut self, per_disk_limit: u32) -> (Vec<JobId>, Changes) {
         assert!(per_disk_limit > 0);
         let mut busy = self.running_per_disk();
-        let mut queued: Vec<(usize, JobId)> = self
+        let load = self.resyncs_bound_per_disk();
+        let load_of = |d: DiskId| load.get(&d).copied().unwrap_or(0);
+        type Priority = (usize, Reverse<u32>, Reverse<u32>, JobId);
+        let mut queued: Vec<Priority> = self
             .jobs
             .values()
             .filter(|j| j.state == JobState::Queued)
             .map(|j| {
+                let md = &self.volumes[&j.volume].mirrored_disks[j.mirrored_disk as usize];
+                let target = load_of(j.target.disk);
+                let source = md
+                    .legs
+                    .iter()
+                    .filter(|l| l.state == LegState::Active)
+                    .map(|l| load_of(l.chunk.disk))
+                    .min()
+                    .unwrap_or(0);
                 (
-                    self.volumes[&j.volume].mirrored_disks[j.mirrored_disk as usize].healthy_legs(),
+                    md.healthy_legs(),
+                    Reverse(target.max(source)),
+                    Reverse(target + source),
                     j.id,
                 )
             })
             .collect();
         queued.sort();
+
+        // A server's link carries its disks' resyncs both ways. When most of
+        // its busy disks send (or most receive), the link, not the disks,
+        // sets the pace. So within each class of jobs equal in the first
+        // two keys above, a first pass starts only jobs that keep every
+        // server's sending and receiving resyncs each within half its
+        // resync slots (live disks × limit); a second pass starts whatever
+        // else fits.
+        let server_of = |d: DiskId| self.disks[&d].server;
+        let mut sending: HashMap<ServerId, u32> = HashMap::new();
+        let mut receiving: HashMap<ServerId, u32> = HashMap::new();
+        for job in self.jobs.values().filter(|j| j.state == JobState::Running) {
+            if let Some(source) = job.source {
+                *sending.entry(server_of(source.disk)).or_insert(0) += 1;
+            }
+            *receiving.entry(server_of(job.target.disk)).or_insert(0) += 1;
+        }
+        let mut half_slots: HashMap<ServerId, u32> = HashMap::new();
+        let mut half = |s: ServerId| {
+            *half_slots.entry(s).or_insert_with(|| {
+                let live = self
+                    .disks_of(s)
+                    .filter(|d| d.state == DiskState::Online)
+                    .count() as u32;
+                live.saturating_mul(per_disk_limit).div_ceil(2)
+            })
+        };
+        let free = |d: DiskId, busy: &BTreeMap<DiskId, u32>| {
+            busy.get(&d).copied().unwrap_or(0) < per_disk_limit
+        };
+        let mut plan: Vec<(JobId, ChunkRef)> = Vec::new();
+        let mut rest = queued.as_slice();
+        while let Some(&(healthy, busiest, ..)) = rest.first() {
+            let split = rest
+                .iter()
+                .position(|p| (p.0, p.1) != (healthy, busiest))
+                .unwrap_or(rest.len());
+            let (class, tail) = rest.split_at(split);
+            rest = tail;
+            let mut waiting: Vec<JobId> = class.iter().map(|p| p.3).collect();
+            for balanced in [true, false] {
+                waiting.retain(|id| {
+                    let job = &self.jobs[id];
+                    let target_server = server_of(job.target.disk);
+                    if !free(job.target.disk, &busy)
+                        || (balanced
+                            && receiving.get(&target_server).copied().unwrap_or(0)
+                                >= half(target_server))
+                    {
+                        return true;
+                    }
+                    let md = &self.volumes[&job.volume].mirrored_disks[job.mirrored_disk as usize];
+                    let source = md
+                        .legs
+                        .iter()
+                        .filter(|leg| leg.state == LegState::Active && free(leg.chunk.disk, &busy))
+                        .filter(|leg| {
+                            let s = server_of(leg.chunk.disk);
+                            !balanced || sending.get(&s).copied().unwrap_or(0) < half(s)
+                        })
+                        .min_by_key(|leg| {
+                            (
+                                busy.get(&leg.chunk.disk).copied().unwrap_or(0),
+                                load_of(leg.chunk.disk),
+                                leg.chunk,
+                            )
+                        })
+                        .map(|leg| leg.chunk);
+                    let Some(source) = source else { return true };
+                    *busy.entry(job.target.disk).or_insert(0) += 1;
+                    *busy.entry(source.disk).or_insert(0) += 1;
+                    *sending.entry(server_of(source.disk)).or_insert(0) += 1;
+                    *receiving.entry(target_server).or_insert(0) += 1;
+                    plan.push((*id, source));
+                    false
+                });
+            }
+        }
         let mut started = Vec::new();
         let mut changes = Changes::default();
-        for (_, id) in queued {
-            let job = &self.jobs[&id];
-            let free = |d: &DiskId, busy: &BTreeMap<DiskId, u32>| {
-                busy.get(d).copied().unwrap_or(0) < per_disk_limit
-            };
-            if !free(&job.target.disk, &busy) {
-                continue;
-            }
-            let md = &self.volumes[&job.volume].mirrored_disks[job.mirrored_disk as usize];
-            let source = md
-                .legs
-                .iter()
-                .filter(|leg| leg.state == LegState::Active && free(&leg.chunk.disk, &busy))
-                .min_by_key(|leg| (busy.get(&leg.chunk.disk).copied().unwrap_or(0), leg.chunk))
-                .map(|leg| leg.chunk);
-            let Some(source) = source else { continue };
-            *busy.entry(job.target.disk).or_insert(0) += 1;
-            *busy.entry(source.disk).or_insert(0) += 1;
+        for (id, source) in plan {
             let job = self.jobs.get_mut(&id).expect("listed");
             job.source = Some(source);
             job.state = JobState::Running;
@@ -387,7 +531,7 @@ impl Cluster {
         Ok(job)
     }
 
-    fn end_job(
+    pub(super) fn end_job(
         &mut self,
         id: JobId,
         state: JobState,

@@ -10,12 +10,13 @@ use axum::extract::State;
 use axum::{Extension, Json};
 use serde::Deserialize;
 use vsky_api::types::{
-    AgentAttachment, AgentRegistered, DesiredState, ErrorBody, Heartbeat, HeartbeatAck,
-    RegisterAgent, RegisteredDisk, VolumeDetail,
+    AgentAttachment, AgentRegistered, ChunkId, DesiredState, ErrorBody, FailedLeg, Heartbeat,
+    HeartbeatAck, RegisterAgent, RegisteredDisk, VolumeDetail,
 };
-use vsky_model::{ChunkRef, DiskId, NewDisk, NewServer};
+use vsky_model::{ChunkRef, DiskId, JobId, NewDisk, NewServer, ServerId};
 
 use crate::auth::Principal;
+use crate::events::{NewEvent, Severity};
 use crate::http::AppState;
 use crate::http::convert;
 use crate::http::error::{ApiError, ApiJson, ApiQuery};
@@ -88,7 +89,7 @@ pub async fn register(
 }
 
 /// Records a heartbeat and what the agent observed (wiped chunks, failed
-/// legs).
+/// legs, resync progress).
 #[utoipa::path(post, path = "/api/v1/agent/heartbeat", tag = "agent", request_body = Heartbeat,
     responses((status = 200, body = HeartbeatAck), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn heartbeat(
@@ -101,47 +102,191 @@ pub async fn heartbeat(
         .manager
         .read(|c| c.server_by_name(&req.server).map(|s| s.id))??;
     app.manager.saw_heartbeat(server_id);
-    let generation =
-        if req.wiped_chunks.is_empty() && req.failed_legs.is_empty() {
-            app.manager.read(|c| c.generation())?
-        } else {
-            let server = req.server.clone();
-            app.manager
-            .mutate(move |c, _| {
-                // Observations can be stale by the time they arrive (the
-                // volume was detached or deleted, the disk removed): those
-                // are dropped, not refused, or one stale item would block
-                // every later heartbeat of the agent.
-                let chunks: Vec<ChunkRef> = req
-                    .wiped_chunks
-                    .iter()
-                    .map(|w| ChunkRef { disk: DiskId(w.disk_id), index: w.index })
-                    .filter(|ch| c.disk(ch.disk).is_ok_and(|d| d.server == server_id))
-                    .collect();
-                let (freed, mut changes) = c.chunks_wiped(server_id, &chunks)?;
-                if freed > 0 {
-                    tracing::info!(server = %server, freed, "wiped chunks returned to the pool");
+    app.recovery.heard_from(&req.server);
+    if app.recovery.returned(server_id) {
+        bring_back_legs(&app, server_id, &req.server).await?;
+    }
+    for scrub in &req.scrubs {
+        app.recovery.scrub_finished(&req.server, scrub);
+    }
+    if req.wiped_chunks.is_empty() && req.failed_legs.is_empty() && req.resyncs.is_empty() {
+        let generation = app.manager.read(|c| c.generation())?;
+        return Ok(Json(HeartbeatAck { generation }));
+    }
+    let server = req.server.clone();
+    let (generation, events, suspects, progress) = app
+        .manager
+        .mutate(move |c, _| {
+            // Observations can be stale by the time they arrive (the
+            // volume was detached or deleted, the disk removed, the leg
+            // replaced, the job requeued): those are dropped, not refused,
+            // or one stale item would block every later heartbeat.
+            let mut events = Vec::new();
+            // Servers holding the legs reported failed: held for their grace
+            // period unless they show they are alive.
+            let mut suspects = Vec::new();
+            let mut progress = Vec::new();
+            let chunks: Vec<ChunkRef> = req
+                .wiped_chunks
+                .iter()
+                .map(|w| ChunkRef { disk: DiskId(w.disk_id), index: w.index })
+                .filter(|ch| c.disk(ch.disk).is_ok_and(|d| d.server == server_id))
+                .collect();
+            let (freed, mut changes) = c.chunks_wiped(server_id, &chunks)?;
+            if freed > 0 {
+                tracing::info!(server = %server, freed, "wiped chunks returned to the pool");
+            }
+            for f in &req.failed_legs {
+                if let Some(reported) = f.chunk
+                    && current_chunk(c, f) != Some(reported)
+                {
+                    tracing::info!(server = %server, volume = %f.volume, "failure report about a replaced chunk dropped");
+                    continue;
                 }
-                for f in &req.failed_legs {
-                    match c.report_leg_failed(server_id, &f.volume, f.mirrored_disk, f.leg) {
-                        Ok(ch) => {
-                            if !ch.is_empty() {
-                                tracing::warn!(server = %server, volume = %f.volume,
-                                    mirrored_disk = f.mirrored_disk, leg = f.leg, "leg failed");
-                            }
-                            changes.volumes.extend(ch.volumes);
-                            changes.jobs.extend(ch.jobs);
-                            changes.disks.extend(ch.disks);
+                let holder = current_chunk(c, f)
+                    .and_then(|ch| c.disk(DiskId(ch.disk_id)).ok())
+                    .map(|d| d.server);
+                match c.report_leg_failed(server_id, &f.volume, f.mirrored_disk, f.leg) {
+                    Ok(ch) => {
+                        if !ch.volumes.is_empty() {
+                            suspects.extend(holder);
+                            events.push(
+                                NewEvent::new(
+                                    Severity::Warning,
+                                    "leg_failed",
+                                    format!(
+                                        "head {server} reports leg {} of mirrored disk {} of volume {} failed",
+                                        f.leg, f.mirrored_disk, f.volume
+                                    ),
+                                )
+                                .server(&server)
+                                .volume(&f.volume),
+                            );
                         }
-                        Err(e) => tracing::info!(server = %server, volume = %f.volume, error = %e,
-                            "stale failed-leg report dropped"),
+                        changes.merge(ch);
                     }
+                    Err(e) => tracing::info!(server = %server, volume = %f.volume, error = %e,
+                        "stale failed-leg report dropped"),
                 }
-                Ok((c.generation(), changes))
-            })
-            .await?
-        };
+            }
+            for r in &req.resyncs {
+                let job = JobId(r.job);
+                // Only the job's current executor may move it on.
+                if c.job_executor(job).map(|e| e.server()) != Some(server_id) {
+                    tracing::debug!(server = %server, %job, "resync report from a non-executor dropped");
+                    continue;
+                }
+                let volume = c.job(job).map(|j| c.volume_label(j.volume)).unwrap_or_default();
+                let ch = if let Some(error) = &r.error {
+                    events.push(
+                        NewEvent::new(
+                            Severity::Error,
+                            "rebuild_failed",
+                            format!("{job} failed on {server}: {error}; the leg gets a new replacement"),
+                        )
+                        .server(&server)
+                        .volume(&volume)
+                        .rebuild(job.0),
+                    );
+                    c.fail_job(job, error)?
+                } else if r.done {
+                    events.push(
+                        NewEvent::new(
+                            Severity::Info,
+                            "rebuild_done",
+                            format!("{job} done: volume {volume} mirrored disk has its leg back"),
+                        )
+                        .server(&server)
+                        .volume(&volume)
+                        .rebuild(job.0),
+                    );
+                    c.finish_job(job)?
+                } else {
+                    progress.push((job, r.bytes_done));
+                    c.job_progress(job, r.bytes_done)?
+                };
+                changes.merge(ch);
+            }
+            Ok(((c.generation(), events, suspects, progress), changes))
+        })
+        .await?;
+    // Rate samples only from the executor's accepted reports.
+    for (job, bytes_done) in progress {
+        app.recovery.progress(job, bytes_done);
+    }
+    for s in suspects {
+        app.recovery.suspect(s);
+    }
+    for e in events {
+        if let Some(job) = e.rebuild {
+            app.recovery.forget(JobId(job));
+        }
+        app.event(e);
+    }
     Ok(Json(HeartbeatAck { generation }))
+}
+
+/// A server a head had reported legs failed on speaks again: each of its
+/// failed legs that nothing replaces yet is active again (once), and its
+/// head re-adds it to the mirror, which catches up on the regions written
+/// meanwhile instead of copying the whole leg. A leg that fails again is
+/// replaced.
+async fn bring_back_legs(
+    app: &AppState,
+    server_id: ServerId,
+    server: &str,
+) -> Result<(), ApiError> {
+    let candidates = app.manager.read(|c| c.failed_legs_on(server_id))?;
+    let legs = app.recovery.first_returns(candidates);
+    if legs.is_empty() {
+        return Ok(());
+    }
+    let back = app
+        .manager
+        .mutate(move |c, _| {
+            let mut changes = vsky_model::Changes::default();
+            let mut back = Vec::new();
+            for (volume, m, l, _) in legs {
+                // Stale candidates (replaced or failed meanwhile) are skipped.
+                if let Ok(ch) = c.leg_returned(volume, m, l)
+                    && !ch.is_empty()
+                {
+                    changes.merge(ch);
+                    back.push(format!("{} {m}/{l}", c.volume_label(volume)));
+                }
+            }
+            Ok((back, changes))
+        })
+        .await?;
+    if !back.is_empty() {
+        app.event(
+            NewEvent::new(
+                Severity::Info,
+                "legs_returned",
+                format!(
+                    "server '{server}' is back within its grace period: {} legs active again and catching up ({})",
+                    back.len(),
+                    back.join(", ")
+                ),
+            )
+            .server(server),
+        );
+    }
+    Ok(())
+}
+
+/// The chunk a failure report's slot holds now, if the slot exists.
+fn current_chunk(c: &vsky_model::Cluster, f: &FailedLeg) -> Option<ChunkId> {
+    let v = c.volume_by_name(&f.volume).ok()?;
+    let leg = v
+        .mirrored_disks
+        .get(f.mirrored_disk as usize)?
+        .legs
+        .get(usize::from(f.leg))?;
+    Some(ChunkId {
+        disk_id: leg.chunk.disk.0,
+        index: leg.chunk.index,
+    })
 }
 
 /// Attaches a volume to the calling agent's own server (the datapath
@@ -165,7 +310,15 @@ pub async fn attach(
             ))
         })
         .await?;
-    tracing::info!(volume = %volume, server = %server, "volume attached by its head's agent");
+    app.event(
+        NewEvent::new(
+            Severity::Info,
+            "volume_attached",
+            format!("volume {volume} attached to {server} by its agent"),
+        )
+        .volume(&volume)
+        .server(&server),
+    );
     Ok(Json(detail))
 }
 
@@ -202,7 +355,15 @@ pub async fn detach(
             ))
         })
         .await?;
-    tracing::info!(volume = %volume, server = %server, "volume detached by its head's agent");
+    app.event(
+        NewEvent::new(
+            Severity::Info,
+            "volume_detached",
+            format!("volume {volume} detached by the agent of {server}"),
+        )
+        .volume(&volume)
+        .server(&server),
+    );
     Ok(Json(detail))
 }
 
@@ -246,8 +407,12 @@ pub async fn desired_state(
         })
         .await;
     }
-    let state = app
-        .manager
-        .read(|c| convert::desired_state(c, c.agent_view(server_id)))?;
+    let state = app.manager.read(|c| {
+        convert::desired_state(
+            c,
+            c.agent_view(server_id),
+            app.recovery.config.rate_bytes_per_second,
+        )
+    })?;
     Ok(Json(state))
 }

@@ -7,14 +7,22 @@ use vsky_api::types::{ClusterSummary, ErrorBody, Health};
 use crate::http::AppState;
 use crate::http::convert;
 use crate::http::error::ApiError;
+use crate::leader::Role;
 
 /// Liveness: answers without a token.
 #[utoipa::path(get, path = "/api/v1/health", tag = "cluster",
     responses((status = 200, body = Health)))]
-pub async fn health() -> Json<Health> {
+pub async fn health(State(app): State<AppState>) -> Json<Health> {
+    let role = app.manager.role();
+    let leader = match &role {
+        Role::Standby { leader } => leader.clone(),
+        _ => None,
+    };
     Json(Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
+        role: role.name().into(),
+        leader,
     })
 }
 

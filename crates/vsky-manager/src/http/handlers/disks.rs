@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use vsky_api::types::{CreateDisk, Disk, ErrorBody};
 use vsky_model::{DiskId, NewDisk};
 
+use crate::events::{NewEvent, Severity};
 use crate::http::AppState;
 use crate::http::convert;
 use crate::http::error::{ApiError, ApiJson, ApiPath};
@@ -37,7 +38,17 @@ pub async fn create(
             Ok((convert::disk(c, c.disk(id)?), changes))
         })
         .await?;
-    tracing::info!(server = %disk.server, disk = disk.id, path = %disk.path, "disk added");
+    app.event(
+        NewEvent::new(
+            Severity::Info,
+            "disk_added",
+            format!(
+                "disk {} ({}, {} chunks) added to {}",
+                disk.id, disk.path, disk.chunk_count, disk.server
+            ),
+        )
+        .server(&disk.server),
+    );
     Ok((StatusCode::CREATED, Json(disk)))
 }
 
@@ -64,7 +75,11 @@ pub async fn remove(
     app.manager
         .mutate(move |c, _| Ok(((), c.remove_disk(DiskId(id))?)))
         .await?;
-    tracing::info!(disk = id, "disk removed");
+    app.event(NewEvent::new(
+        Severity::Info,
+        "disk_removed",
+        format!("disk {id} removed"),
+    ));
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -83,6 +98,16 @@ pub async fn fail(
             Ok((convert::disk(c, c.disk(DiskId(id))?), changes))
         })
         .await?;
-    tracing::warn!(disk = id, "disk marked failed");
+    app.event(
+        NewEvent::new(
+            Severity::Error,
+            "disk_failed",
+            format!(
+                "disk {id} ({}) of server '{}' declared failed by an admin: its legs are being replaced",
+                disk.path, disk.server
+            ),
+        )
+        .server(&disk.server),
+    );
     Ok(Json(disk))
 }

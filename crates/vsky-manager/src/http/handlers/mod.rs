@@ -4,6 +4,8 @@
 pub mod agent;
 pub mod cluster;
 pub mod disks;
+pub mod events;
 pub mod groups;
+pub mod rebuilds;
 pub mod servers;
 pub mod volumes;

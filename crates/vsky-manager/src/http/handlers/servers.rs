@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use vsky_api::types::{CreateServer, ErrorBody, Server};
 use vsky_model::NewServer;
 
+use crate::events::{NewEvent, Severity};
 use crate::http::AppState;
 use crate::http::convert;
 use crate::http::error::{ApiError, ApiJson, ApiPath};
@@ -38,7 +39,14 @@ pub async fn create(
             ))
         })
         .await?;
-    tracing::info!(server = %server.name, "server added");
+    app.event(
+        NewEvent::new(
+            Severity::Info,
+            "server_added",
+            format!("server {} added at {}", server.name, server.address),
+        )
+        .server(&server.name),
+    );
     Ok((StatusCode::CREATED, Json(server)))
 }
 
@@ -67,7 +75,14 @@ pub async fn remove(
     app.manager
         .mutate(move |c, _| Ok(((), c.remove_server(&n)?)))
         .await?;
-    tracing::info!(server = %name, "server removed");
+    app.event(
+        NewEvent::new(
+            Severity::Info,
+            "server_removed",
+            format!("server {name} removed"),
+        )
+        .server(&name),
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -87,6 +102,13 @@ pub async fn fail(
             Ok((convert::server(c, c.server_by_name(&n)?), changes))
         })
         .await?;
-    tracing::warn!(server = %name, "server marked failed");
+    app.event(
+        NewEvent::new(
+            Severity::Error,
+            "server_failed",
+            format!("server '{name}' declared failed by an admin: its legs are being replaced"),
+        )
+        .server(&name),
+    );
     Ok(Json(server))
 }

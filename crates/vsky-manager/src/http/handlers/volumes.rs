@@ -8,6 +8,7 @@ use vsky_api::types::{
 };
 use vsky_model::{NewVolume, Stripe};
 
+use crate::events::{NewEvent, Severity};
 use crate::http::AppState;
 use crate::http::convert;
 use crate::http::error::{ApiError, ApiJson, ApiPath, ApiQuery};
@@ -97,8 +98,19 @@ pub async fn create(
             ))
         })
         .await?;
-    tracing::info!(volume = %detail.volume.name, size_bytes = detail.volume.size_bytes,
-        mirrored_disks = detail.layout.len(), "volume created");
+    app.event(
+        NewEvent::new(
+            Severity::Info,
+            "volume_created",
+            format!(
+                "volume {} created: {} bytes, {} mirrored disks",
+                detail.volume.name,
+                detail.volume.size_bytes,
+                detail.layout.len()
+            ),
+        )
+        .volume(&detail.volume.name),
+    );
     Ok((StatusCode::CREATED, Json(detail)))
 }
 
@@ -127,7 +139,14 @@ pub async fn delete(
     app.manager
         .mutate(move |c, _| Ok(((), c.delete_volume(&n)?)))
         .await?;
-    tracing::info!(volume = %name, "volume deleted");
+    app.event(
+        NewEvent::new(
+            Severity::Info,
+            "volume_deleted",
+            format!("volume {name} deleted"),
+        )
+        .volume(&name),
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -148,7 +167,15 @@ pub async fn attach(
             Ok((convert::volume_detail(c, c.volume_by_name(&n)?), changes))
         })
         .await?;
-    tracing::info!(volume = %name, server = %server, "volume attached");
+    app.event(
+        NewEvent::new(
+            Severity::Info,
+            "volume_attached",
+            format!("volume {name} attached to {server}"),
+        )
+        .volume(&name)
+        .server(&server),
+    );
     Ok(Json(detail))
 }
 
@@ -168,7 +195,14 @@ pub async fn detach(
             Ok((convert::volume_detail(c, c.volume_by_name(&n)?), changes))
         })
         .await?;
-    tracing::info!(volume = %name, "volume detached");
+    app.event(
+        NewEvent::new(
+            Severity::Info,
+            "volume_detached",
+            format!("volume {name} detached"),
+        )
+        .volume(&name),
+    );
     Ok(Json(detail))
 }
 
@@ -189,6 +223,13 @@ pub async fn resize(
             Ok((convert::volume_detail(c, c.volume_by_name(&n)?), changes))
         })
         .await?;
-    tracing::info!(volume = %name, size_bytes = detail.volume.size_bytes, "volume resized");
+    app.event(
+        NewEvent::new(
+            Severity::Info,
+            "volume_resized",
+            format!("volume {name} grown to {} bytes", detail.volume.size_bytes),
+        )
+        .volume(&name),
+    );
     Ok(Json(detail))
 }

@@ -1,0 +1,401 @@
+//! Server-to-server resync of a detached volume's leg.
+//!
+//! When a leg of a detached volume fails, no head is there to rebuild it
+//! through dm-raid, yet the volume must not stay with one copy of its data.
+//! The manager then asks the storage agent holding the new chunk to fill it:
+//! this module reads the healthy source leg over NBD (the same secret export
+//! a head would use) and writes the data area into the local chunk.
+//!
+//! Only the data area is copied. The metadata area (dm-raid's superblock and
+//! bitmap) belongs to one slot of one mirror; the new chunk's stays zeroed
+//! (freed chunks are wiped before reuse), so the next head to assemble the
+//! volume sees a new member and resyncs it from an in-sync leg. The copy
+//! restores redundancy now; that later resync keeps dm-raid's metadata
+//! honest.
+//!
+//! A copy must never overlap a head writing the same chunk. The manager
+//! lists a copy and exports the chunk to a head in mutually exclusive
+//! states, and [`Copies::retain`] waits until a cancelled copy's last write
+//! has landed, so the agent can stop copies before it adds exports.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use vsky_api::types::{CopySpec, ResyncReport};
+
+/// Bytes read and written per step.
+const PIECE: u64 = 1 << 20;
+/// Wait before retrying a copy whose source could not be reached.
+const RETRY: Duration = Duration::from_secs(3);
+/// Attempts before a copy is reported failed (the manager then plans a new
+/// replacement or another source).
+const ATTEMPTS: u32 = 5;
+
+/// The copies this agent runs, by job id.
+pub struct Copies {
+    running: BTreeMap<u64, Running>,
+    /// Latest progress per job, for the heartbeat.
+    progress: Arc<Mutex<BTreeMap<u64, ResyncReport>>>,
+    /// Woken when a copy ends, so the heartbeat carries it at once.
+    ended: Arc<dyn Notifier>,
+}
+
+/// Something to poke when a copy ends (the agent's heartbeat).
+pub trait Notifier: Send + Sync {
+    fn notify(&self);
+}
+
+impl Notifier for () {
+    fn notify(&self) {}
+}
+
+struct Running {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Copies {
+    pub fn new(
+        progress: Arc<Mutex<BTreeMap<u64, ResyncReport>>>,
+        ended: Arc<dyn Notifier>,
+    ) -> Self {
+        Copies {
+            running: BTreeMap::new(),
+            progress,
+            ended,
+        }
+    }
+
+    /// Stops (and waits for) every copy not in `keep`, and forgets reports
+    /// of jobs the manager no longer lists.
+    pub async fn retain(&mut self, keep: &[CopySpec]) {
+        let wanted: Vec<u64> = keep.iter().map(|c| c.job).collect();
+        let gone: Vec<u64> = self
+            .running
+            .keys()
+            .copied()
+            .filter(|j| !wanted.contains(j))
+            .collect();
+        for job in gone {
+            let r = self.running.remove(&job).expect("listed");
+            let _ = r.stop.send(true);
+            // Waiting (not aborting) guarantees the last write is done.
+            let _ = r.task.await;
+            tracing::info!(job, "copy stopped");
+        }
+        lock(&self.progress).retain(|job, _| wanted.contains(job));
+    }
+
+    /// Starts the listed copies that are not running yet. A copy that
+    /// finished or failed stays in the progress map until the manager stops
+    /// listing it, so it is not started twice.
+    pub fn start(&mut self, copies: &[CopySpec]) {
+        for spec in copies {
+            if self.running.contains_key(&spec.job) {
+                continue;
+            }
+            let (stop, stop_rx) = watch::channel(false);
+            let progress = self.progress.clone();
+            let ended = self.ended.clone();
+            let spec = spec.clone();
+            let job = spec.job;
+            tracing::info!(job, source = %spec.source.server, "copy started");
+            let task = tokio::spawn(async move {
+                let report = match copy_with_retries(&spec, stop_rx, &progress).await {
+                    Ok(true) => ResyncReport {
+                        job,
+                        bytes_done: data_bytes(&spec),
+                        done: true,
+                        error: None,
+                    },
+                    Ok(false) => return, // stopped
+                    Err(e) => {
+                        tracing::error!(job, error = %e, "copy failed");
+                        ResyncReport {
+                            job,
+                            bytes_done: 0,
+                            done: false,
+                            error: Some(e),
+                        }
+                    }
+                };
+                lock(&progress).insert(job, report);
+                ended.notify();
+            });
+            self.running.insert(job, Running { stop, task });
+        }
+    }
+
+    /// The reports to send with the next heartbeat.
+    pub fn reports(&self) -> Vec<ResyncReport> {
+        lock(&self.progress).values().cloned().collect()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn data_bytes(spec: &CopySpec) -> u64 {
+    spec.chunk_size_bytes.saturating_sub(spec.leg_meta_bytes)
+}
+
+/// Copies, retrying transient errors. Ok(true): done; Ok(false): stopped.
+async fn copy_with_retries(
+    spec: &CopySpec,
+    mut stop: watch::Receiver<bool>,
+    progress: &Mutex<BTreeMap<u64, ResyncReport>>,
+) -> Result<bool, String> {
+    let (meta, chunk) = (spec.leg_meta_bytes, spec.chunk_size_bytes);
+    if meta >= chunk {
+        // Retrying cannot fix this.
+        return Err(format!(
+            "bad copy spec: {meta}-byte metadata in a {chunk}-byte chunk"
+        ));
+    }
+    let mut last = String::new();
+    for attempt in 1..=ATTEMPTS {
+        match copy_once(spec, &mut stop, progress).await {
+            Ok(done) => return Ok(done),
+            Err(e) => {
+                tracing::warn!(job = spec.job, attempt, error = %e, "copy attempt failed");
+                last = e;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(false),
+        }
+    }
+    Err(format!("gave up after {ATTEMPTS} attempts: {last}"))
+}
+
+async fn copy_once(
+    spec: &CopySpec,
+    stop: &mut watch::Receiver<bool>,
+    progress: &Mutex<BTreeMap<u64, ResyncReport>>,
+) -> Result<bool, String> {
+    let meta = spec.leg_meta_bytes;
+    let data = data_bytes(spec);
+    let mut source = vsky_nbd::client::Client::connect(
+        spec.source.server_address.as_str(),
+        &spec.source.export_name,
+    )
+    .await
+    .map_err(|e| {
+        format!(
+            "cannot open the source leg on {} ({}): {e}",
+            spec.source.server, spec.source.server_address
+        )
+    })?;
+    if source.info().size_bytes != spec.chunk_size_bytes {
+        return Err(format!(
+            "the source exports {} bytes, expected a {}-byte chunk",
+            source.info().size_bytes,
+            spec.chunk_size_bytes
+        ));
+    }
+    let path = PathBuf::from(&spec.target_disk_path);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let file = Arc::new(file);
+    let base = spec.target_offset_bytes + meta;
+    let started = Instant::now();
+    let mut done = 0u64;
+    while done < data {
+        if *stop.borrow() {
+            return Ok(false);
+        }
+        let len = PIECE.min(data - done);
+        let buf = source
+            .read(meta + done, len as u32)
+            .await
+            .map_err(|e| format!("reading the source at {}: {e}", meta + done))?;
+        let f = file.clone();
+        let at = base + done;
+        tokio::task::spawn_blocking(move || f.write_all_at(&buf, at))
+            .await
+            .map_err(|e| format!("write task: {e}"))?
+            .map_err(|e| format!("writing {} at {at}: {e}", path.display()))?;
+        done += len;
+        lock(progress).insert(
+            spec.job,
+            ResyncReport {
+                job: spec.job,
+                bytes_done: done,
+                done: false,
+                error: None,
+            },
+        );
+        if spec.rate_bytes_per_second > 0 {
+            // Stay under the rate: sleep until `done` bytes are due.
+            let due = Duration::from_secs_f64(done as f64 / spec.rate_bytes_per_second as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.wait_for(|s| *s) => return Ok(false),
+                }
+            }
+        }
+    }
+    let f = file.clone();
+    tokio::task::spawn_blocking(move || f.sync_data())
+        .await
+        .map_err(|e| format!("sync task: {e}"))?
+        .map_err(|e| format!("syncing {}: {e}", path.display()))?;
+    let _ = source.disconnect().await;
+    tracing::info!(
+        job = spec.job,
+        bytes = data,
+        seconds = started.elapsed().as_secs_f64(),
+        "copy done"
+    );
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vsky_api::types::{ChunkId, LegSpec, LegState};
+    use vsky_nbd::{Export, ExportTable, ServerConfig};
+
+    const MIB: u64 = 1 << 20;
+
+    fn spec(address: String, target: &std::path::Path, rate: u64) -> CopySpec {
+        CopySpec {
+            job: 7,
+            source: LegSpec {
+                chunk: ChunkId {
+                    disk_id: 1,
+                    index: 1,
+                },
+                server: "src".into(),
+                server_address: address,
+                export_name: "secret".into(),
+                local_disk_path: None,
+                offset_bytes: 0,
+                state: LegState::Active,
+                resync_job: None,
+            },
+            target_chunk: ChunkId {
+                disk_id: 2,
+                index: 0,
+            },
+            target_disk_path: target.display().to_string(),
+            target_offset_bytes: MIB,
+            leg_meta_bytes: MIB,
+            chunk_size_bytes: 4 * MIB,
+            rate_bytes_per_second: rate,
+        }
+    }
+
+    /// A source disk with a patterned 4 MiB chunk at 4 MiB, served over NBD.
+    async fn source(dir: &std::path::Path) -> (String, Vec<u8>) {
+        let path = dir.join("source");
+        let mut bytes = vec![0u8; 12 * MIB as usize];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let exports = ExportTable::new();
+        exports.insert(
+            "secret".into(),
+            Export {
+                path,
+                offset_bytes: 4 * MIB,
+                size_bytes: 4 * MIB,
+                read_only: false,
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(vsky_nbd::serve(
+            listener,
+            exports,
+            ServerConfig::default(),
+            std::future::pending(),
+        ));
+        (address, bytes[4 * MIB as usize..8 * MIB as usize].to_vec())
+    }
+
+    #[tokio::test]
+    async fn copies_the_data_area_and_leaves_the_metadata_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (address, chunk) = source(dir.path()).await;
+        let target = dir.path().join("target");
+        std::fs::write(&target, vec![0xeeu8; 6 * MIB as usize]).unwrap();
+        let mut copies = Copies::new(Default::default(), Arc::new(()));
+        let s = spec(address, &target, 0);
+        copies.start(std::slice::from_ref(&s));
+        let report = loop {
+            if let Some(r) = copies
+                .reports()
+                .into_iter()
+                .find(|r| r.done || r.error.is_some())
+            {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(report.done, "{report:?}");
+        assert_eq!(report.bytes_done, 3 * MIB);
+        let written = std::fs::read(&target).unwrap();
+        let m = MIB as usize;
+        // Before the chunk and its metadata area: untouched.
+        assert!(written[..2 * m].iter().all(|b| *b == 0xee));
+        // The data area is the source's data area.
+        assert_eq!(&written[2 * m..5 * m], &chunk[m..]);
+        // Past the chunk: untouched.
+        assert!(written[5 * m..].iter().all(|b| *b == 0xee));
+        // Still listed: not restarted; unlisted: its report is forgotten.
+        copies.start(std::slice::from_ref(&s));
+        copies.retain(&[]).await;
+        assert!(copies.reports().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stopped_copy_writes_nothing_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let (address, _) = source(dir.path()).await;
+        let target = dir.path().join("target");
+        std::fs::write(&target, vec![0u8; 6 * MIB as usize]).unwrap();
+        let mut copies = Copies::new(Default::default(), Arc::new(()));
+        // 1 MiB/s: the copy takes about 3 s, so it is stopped midway.
+        copies.start(&[spec(address, &target, MIB)]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        copies.retain(&[]).await;
+        let after_stop = std::fs::read(&target).unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(std::fs::read(&target).unwrap(), after_stop);
+        assert!(
+            after_stop[5 * MIB as usize - 1] == 0,
+            "the copy was stopped before its end"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bad_spec_is_reported_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, vec![0u8; 6 * MIB as usize]).unwrap();
+        let mut s = spec("127.0.0.1:1".into(), &target, 0);
+        s.chunk_size_bytes = MIB; // no data area
+        let mut copies = Copies::new(Default::default(), Arc::new(()));
+        copies.start(&[s]);
+        let report = loop {
+            if let Some(r) = copies.reports().into_iter().find(|r| r.error.is_some()) {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(!report.done);
+        assert!(report.error.unwrap().contains("bad copy spec"));
+    }
+}

@@ -1,0 +1,440 @@
+//! The recovery loop: turns failures into rebuilds without an admin.
+//!
+//! Once a second, and whenever the cluster changes, the leader:
+//! 1. declares failed every server whose heartbeats stopped longer ago than
+//!    the grace period (`--server-grace`): a server that merely rebooted or
+//!    lost its link for a moment keeps its legs; one that stays away has
+//!    them replaced;
+//! 2. plans a replacement chunk for every failed leg
+//!    (`Cluster::plan_repairs`) and starts the queued resyncs whose disks are
+//!    free (`Cluster::start_jobs`, at most `--resyncs-per-disk` per disk).
+//!
+//! The policy is the model's; this module only supplies time and records
+//! events. Progress and completion come from the executors through their
+//! heartbeats (see `http::handlers::agent::heartbeat`), which also feed the
+//! rate estimates kept here.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use vsky_model::{ChunkRef, Cluster, JobId, JobState, ServerId, ServerState, VolumeId};
+
+use crate::events::{EventLog, NewEvent, Severity};
+use crate::service::Manager;
+
+#[derive(Clone, Debug)]
+pub struct RecoveryConfig {
+    /// Resyncs one physical disk takes part in at a time (as source or
+    /// target).
+    pub per_disk_limit: u32,
+    /// How long a server may miss heartbeats before its legs are replaced.
+    pub server_grace: Duration,
+    /// Per-resync copy rate limit (0: none).
+    pub rate_bytes_per_second: u64,
+    /// How often the loop runs when nothing changes.
+    pub tick: Duration,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        RecoveryConfig {
+            per_disk_limit: 1,
+            server_grace: Duration::from_secs(60),
+            rate_bytes_per_second: 0,
+            tick: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What the recovery loop and the handlers share: the event log, the
+/// configuration, and progress samples for rate estimates.
+pub struct Recovery {
+    pub config: RecoveryConfig,
+    pub events: EventLog,
+    /// When this manager process started: servers not heard from since are
+    /// given the grace period from here.
+    started: Instant,
+    /// First and latest progress sample per running job.
+    samples: Mutex<HashMap<JobId, Samples>>,
+    /// Servers already reported silent (cleared when they speak again).
+    silent: Mutex<HashMap<String, Instant>>,
+    /// Servers a head reported a failed leg on, since when, until they show
+    /// they are alive (a heartbeat after the report) or are declared failed.
+    /// Their failed legs are held: a server that merely went away gets the
+    /// grace period before its legs are replaced.
+    suspects: Mutex<HashMap<ServerId, Instant>>,
+    /// Legs brought back once after their server returned. A leg that fails
+    /// again is replaced: its server is alive, so its failure is real.
+    revived: Mutex<HashSet<(VolumeId, u32, u8, ChunkRef)>>,
+    /// Scrubs reported finished, and those with mismatches (since start).
+    scrubs: AtomicU64,
+    scrub_mismatches: AtomicU64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Samples {
+    first: (Instant, u64),
+    last: (Instant, u64),
+}
+
+/// A server's heartbeats are reported missing after this long (or the
+/// grace period, if shorter).
+const SILENT_AFTER: Duration = Duration::from_secs(15);
+
+impl Recovery {
+    pub fn new(config: RecoveryConfig) -> Self {
+        Recovery {
+            config,
+            events: EventLog::default(),
+            started: Instant::now(),
+            samples: Mutex::new(HashMap::new()),
+            silent: Mutex::new(HashMap::new()),
+            suspects: Mutex::new(HashMap::new()),
+            revived: Mutex::new(HashSet::new()),
+            scrubs: AtomicU64::new(0),
+            scrub_mismatches: AtomicU64::new(0),
+        }
+    }
+
+    /// A head reported a failed leg on `server`.
+    pub fn suspect(&self, server: ServerId) {
+        self.suspects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(server)
+            .or_insert_with(Instant::now);
+    }
+
+    /// The servers whose failed legs wait: suspected and not heard from
+    /// since (the caller filters servers declared failed).
+    fn held(&self) -> BTreeSet<ServerId> {
+        self.suspects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// A heartbeat from `server`: if it was suspected, it is back (or was
+    /// alive all along). Returns whether it was.
+    pub fn returned(&self, server: ServerId) -> bool {
+        self.suspects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&server)
+            .is_some()
+    }
+
+    /// Of a returned server's failed legs, those not brought back before
+    /// (each leg gets one chance; remembers them).
+    pub fn first_returns(
+        &self,
+        legs: Vec<(VolumeId, u32, u8, ChunkRef)>,
+    ) -> Vec<(VolumeId, u32, u8, ChunkRef)> {
+        let mut revived = self.revived.lock().unwrap_or_else(|p| p.into_inner());
+        legs.into_iter().filter(|l| revived.insert(*l)).collect()
+    }
+
+    fn forget_suspect(&self, server: ServerId) {
+        self.suspects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&server);
+    }
+
+    /// Records a progress report of a running job.
+    pub fn progress(&self, job: JobId, bytes_done: u64) {
+        let now = Instant::now();
+        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let s = samples.entry(job).or_insert(Samples {
+            first: (now, bytes_done),
+            last: (now, bytes_done),
+        });
+        if bytes_done < s.last.1 {
+            // The job restarted (new executor or source): start over.
+            s.first = (now, bytes_done);
+        }
+        s.last = (now, bytes_done);
+    }
+
+    /// Forgets the samples of a job that ended.
+    pub fn forget(&self, job: JobId) {
+        self.samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&job);
+    }
+
+    /// The measured copy rate of a running job, in bytes per second.
+    pub fn rate(&self, job: JobId) -> Option<f64> {
+        let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let s = samples.get(&job)?;
+        let secs = s.last.0.duration_since(s.first.0).as_secs_f64();
+        (secs >= 0.5 && s.last.1 > s.first.1).then(|| (s.last.1 - s.first.1) as f64 / secs)
+    }
+
+    /// A head finished scrubbing a mirrored disk: an event, and the counts
+    /// behind `/metrics`.
+    pub fn scrub_finished(&self, head: &str, scrub: &vsky_api::types::ScrubReport) {
+        self.scrubs.fetch_add(1, Ordering::Relaxed);
+        let what = format!(
+            "volume {} mirrored disk {}",
+            scrub.volume, scrub.mirrored_disk
+        );
+        let event = if scrub.mismatched_sectors > 0 {
+            self.scrub_mismatches.fetch_add(1, Ordering::Relaxed);
+            NewEvent::new(
+                Severity::Warning,
+                "scrub_mismatch",
+                format!(
+                    "scrub of {what} by {head}: {} sectors differ between its legs; \
+                     check the disks' health (a leg that cannot be read is failed and replaced)",
+                    scrub.mismatched_sectors
+                ),
+            )
+        } else {
+            NewEvent::new(
+                Severity::Info,
+                "scrub_done",
+                format!("scrub of {what} by {head}: its legs agree"),
+            )
+        };
+        self.events.record(event.server(head).volume(&scrub.volume));
+    }
+
+    /// Scrubs finished, and those that found mismatches, since start.
+    pub fn scrub_counts(&self) -> (u64, u64) {
+        (
+            self.scrubs.load(Ordering::Relaxed),
+            self.scrub_mismatches.load(Ordering::Relaxed),
+        )
+    }
+
+    /// A server spoke: if it had been reported silent, say it is back.
+    pub fn heard_from(&self, server: &str) {
+        let was = self
+            .silent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(server);
+        if let Some(since) = was {
+            self.events.record(
+                NewEvent::new(
+                    Severity::Info,
+                    "server_back",
+                    format!(
+                        "server '{server}' answers again after {} s",
+                        since.elapsed().as_secs()
+                    ),
+                )
+                .server(server),
+            );
+        }
+    }
+
+    fn heartbeat_age(&self, manager: &Manager, server: vsky_model::ServerId) -> Duration {
+        manager
+            .heartbeat_age_seconds(server)
+            .map(Duration::from_secs_f64)
+            .unwrap_or_else(|| self.started.elapsed())
+    }
+}
+
+/// Runs the loop until `stop` turns true.
+pub async fn run(manager: Arc<Manager>, recovery: Arc<Recovery>, mut stop: watch::Receiver<bool>) {
+    let mut changes = manager.subscribe();
+    loop {
+        // Only the leader decides (a standby's writes would be refused).
+        if manager.is_leader()
+            && let Err(e) = step(&manager, &recovery).await
+        {
+            tracing::warn!(error = %e, "recovery step failed; retrying");
+        }
+        let changed = tokio::select! {
+            _ = tokio::time::sleep(recovery.config.tick) => false,
+            _ = changes.changed() => true,
+            r = stop.changed() => {
+                if r.is_err() || *stop.borrow() {
+                    return;
+                }
+                false
+            }
+        };
+        if changed {
+            // Let a burst of changes (a server's legs failing one report at
+            // a time) settle into one planning pass.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// One pass: silent servers, then planning and scheduling.
+pub async fn step(
+    manager: &Arc<Manager>,
+    recovery: &Arc<Recovery>,
+) -> Result<(), crate::service::ServiceError> {
+    let grace = recovery.config.server_grace;
+    let silent_after = SILENT_AFTER.min(grace);
+    // (id, name, still holds legs: live ones, or failed ones waiting for it)
+    let servers: Vec<(vsky_model::ServerId, String, bool)> = manager.read(|c| {
+        c.servers()
+            .filter(|s| s.state != ServerState::Failed)
+            .map(|s| (s.id, s.name.clone(), c.server_holds_legs(s.id)))
+            .collect()
+    })?;
+    for (id, name, holds_legs) in servers {
+        let age = recovery.heartbeat_age(manager, id);
+        if age < silent_after {
+            continue;
+        }
+        let newly_silent = {
+            let mut silent = recovery.silent.lock().unwrap_or_else(|p| p.into_inner());
+            let fresh = !silent.contains_key(&name);
+            silent.entry(name.clone()).or_insert_with(Instant::now);
+            fresh
+        };
+        if newly_silent && age < grace {
+            recovery.events.record(
+                NewEvent::new(
+                    Severity::Warning,
+                    "server_silent",
+                    format!(
+                        "server '{name}' sent no heartbeat for {} s; its legs are replaced if it stays away {} s",
+                        age.as_secs(),
+                        grace.as_secs()
+                    ),
+                )
+                .server(&name),
+            );
+        }
+        // A silent server holding no leg is only reported: failing it would
+        // replace nothing, and a failed server stays failed. One whose legs
+        // all failed already (its head saw them die) is failed: its legs
+        // wait for exactly this.
+        if age >= grace && holds_legs {
+            let failing = name.clone();
+            let legs = manager
+                .mutate(move |c, _| {
+                    let before = c.summary().mirrored_disks_degraded;
+                    let changes = c.fail_server(&failing)?;
+                    let after = c.summary().mirrored_disks_degraded;
+                    Ok((after.saturating_sub(before), changes))
+                })
+                .await?;
+            recovery
+                .silent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&name);
+            recovery.forget_suspect(id);
+            recovery.events.record(
+                NewEvent::new(
+                    Severity::Error,
+                    "server_failed",
+                    format!(
+                        "server '{name}' sent no heartbeat for {} s (grace {} s): declared failed; {legs} mirrored disks newly degraded, their legs are being replaced",
+                        age.as_secs(),
+                        grace.as_secs()
+                    ),
+                )
+                .server(&name),
+            );
+        }
+    }
+    schedule(manager, recovery).await
+}
+
+/// Plans replacements for failed legs and starts what the per-disk limit
+/// allows, recording an event per job.
+pub async fn schedule(
+    manager: &Arc<Manager>,
+    recovery: &Arc<Recovery>,
+) -> Result<(), crate::service::ServiceError> {
+    let limit = recovery.config.per_disk_limit;
+    let held = recovery.held();
+    let (planned, started) = manager
+        .mutate(move |c, secrets| {
+            let held = held
+                .into_iter()
+                .filter(|s| c.server(*s).is_some_and(|s| s.state != ServerState::Failed))
+                .collect();
+            c.set_repair_hold(held);
+            let (planned, mut changes) = c.plan_repairs(secrets);
+            let (started, more) = c.start_jobs(limit);
+            changes.merge(more);
+            let describe = |c: &Cluster, ids: &[JobId]| -> Vec<(JobId, String, String)> {
+                ids.iter()
+                    .filter_map(|id| c.job(*id).ok())
+                    .map(|j| (j.id, c.volume_label(j.volume), describe_job(c, j)))
+                    .collect()
+            };
+            Ok(((describe(c, &planned), describe(c, &started)), changes))
+        })
+        .await?;
+    for (id, volume, what) in planned {
+        recovery.events.record(
+            NewEvent::new(
+                Severity::Info,
+                "rebuild_queued",
+                format!("{id} queued: {what}"),
+            )
+            .volume(volume)
+            .rebuild(id.0),
+        );
+    }
+    for (id, volume, what) in started {
+        recovery.events.record(
+            NewEvent::new(
+                Severity::Info,
+                "rebuild_started",
+                format!("{id} started: {what}"),
+            )
+            .volume(volume)
+            .rebuild(id.0),
+        );
+    }
+    Ok(())
+}
+
+/// "volume v, mirrored disk 0, leg 1: disk 7 chunk 3 → disk 12 chunk 40
+/// (from disk 9), by server s3".
+pub fn describe_job(c: &Cluster, j: &vsky_model::ResyncJob) -> String {
+    let server_of = |d: vsky_model::DiskId| {
+        c.disk(d)
+            .ok()
+            .and_then(|d| c.server(d.server))
+            .map(|s| s.name.clone())
+            .unwrap_or_else(|| "?".into())
+    };
+    let mut s = format!(
+        "volume {} mirrored disk {} leg {}: {}:{}#{} replaced by {}:{}#{}",
+        c.volume_label(j.volume),
+        j.mirrored_disk,
+        j.leg,
+        server_of(j.replaced.disk),
+        j.replaced.disk,
+        j.replaced.index,
+        server_of(j.target.disk),
+        j.target.disk,
+        j.target.index
+    );
+    if let Some(src) = j.source {
+        s.push_str(&format!(
+            ", copied from {}:{}#{}",
+            server_of(src.disk),
+            src.disk,
+            src.index
+        ));
+    }
+    if j.state == JobState::Running
+        && let Some(e) = c.job_executor(j.id)
+        && let Some(server) = c.server(e.server())
+    {
+        s.push_str(&format!(", by {}", server.name));
+    }
+    s
+}

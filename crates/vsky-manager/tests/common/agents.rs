@@ -1,0 +1,66 @@
+//! The test plays the agents over the agent API: heartbeats (plain, or
+//! carrying resync reports) and a background task that keeps servers alive.
+
+use std::time::{Duration, Instant};
+
+use vsky_api::Client;
+use vsky_api::types::{Heartbeat, ResyncReport};
+
+/// A heartbeat that reports nothing.
+pub fn beat(server: &str) -> Heartbeat {
+    Heartbeat {
+        server: server.into(),
+        ..Heartbeat::default()
+    }
+}
+
+/// A heartbeat from `server` reporting one resync's progress (`done`: the
+/// copy finished).
+pub fn resync_beat(server: &str, job: u64, bytes_done: u64, done: bool) -> Heartbeat {
+    let mut b = beat(server);
+    b.resyncs = vec![ResyncReport {
+        job,
+        bytes_done,
+        done,
+        error: None,
+    }];
+    b
+}
+
+/// Heartbeats for `servers` every 200 ms until dropped. Errors are ignored
+/// (a failover client simply retries on the next round).
+pub struct KeepAlive(tokio::task::JoinHandle<()>);
+
+impl KeepAlive {
+    pub fn start(agent: Client, servers: Vec<String>) -> Self {
+        KeepAlive(tokio::spawn(async move {
+            loop {
+                for s in &servers {
+                    let _ = agent.heartbeat(&beat(s)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }))
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Polls `check` every 100 ms until it gives a value; panics after 30 s.
+pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,336 @@
+//! A real 3-member etcd cluster on loopback ports for the HA tests (Debian's
+//! `etcd-server`, `/usr/bin/etcd`), and managers that use it.
+//!
+//! Members can be killed and restarted on the same data directory, which is
+//! how quorum loss and recovery are tested.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vsky_api::{Client, ClientConfig};
+
+use super::{ADMIN_TOKEN, AGENT_TOKEN, write_tokens};
+
+/// The etcd binary, or `None` with a skip message. Under CI a missing etcd
+/// fails the test instead: the suite must not pass by skipping.
+pub fn etcd_binary() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/bin")])
+        .map(|d| d.join("etcd"))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        if std::env::var_os("CI").is_some() {
+            panic!(
+                "etcd is not installed but CI is set: run scripts/install-deps (it installs etcd-server)"
+            );
+        }
+        eprintln!(
+            "SKIPPED: etcd is not installed; install Debian's etcd-server (scripts/install-deps) to run the HA tests"
+        );
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+pub struct EtcdCluster {
+    binary: PathBuf,
+    dir: tempfile::TempDir,
+    members: Vec<Member>,
+    token: String,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members and waits until the cluster has a leader.
+    pub fn start(binary: PathBuf, n: usize) -> EtcdCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let members = (0..n)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                child: None,
+            })
+            .collect();
+        let mut cluster = EtcdCluster {
+            binary,
+            token: format!("vsky-test-{}", dir.path().display()),
+            dir,
+            members,
+        };
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        cluster.wait_healthy(Duration::from_secs(30));
+        cluster
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let initial: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect();
+        let m = &self.members[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{}.log", m.name)))
+            .unwrap();
+        let child = Command::new(&self.binary)
+            .arg("--name")
+            .arg(&m.name)
+            .arg("--data-dir")
+            .arg(self.dir.path().join(&m.name))
+            .arg("--listen-client-urls")
+            .arg(format!("http://127.0.0.1:{}", m.client_port))
+            .arg("--advertise-client-urls")
+            .arg(format!("http://127.0.0.1:{}", m.client_port))
+            .arg("--listen-peer-urls")
+            .arg(format!("http://127.0.0.1:{}", m.peer_port))
+            .arg("--initial-advertise-peer-urls")
+            .arg(format!("http://127.0.0.1:{}", m.peer_port))
+            .arg("--initial-cluster")
+            .arg(initial.join(","))
+            .arg("--initial-cluster-token")
+            .arg(&self.token)
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .args(["--max-txn-ops", "4096"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("etcd starts");
+        self.members[i].child = Some(child);
+    }
+
+    /// `etcd://…/PREFIX` over every member.
+    pub fn store_url(&self, prefix: &str) -> String {
+        let hosts: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.client_port))
+            .collect();
+        format!("etcd://{}/{prefix}", hosts.join(","))
+    }
+
+    /// SIGKILL one member.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Restarts a killed member on its data directory.
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.members[i].child.is_none(), "member {i} is running");
+        self.spawn(i);
+    }
+
+    fn healthy(port: u16) -> bool {
+        let Ok(resp) = http_get(&format!("http://127.0.0.1:{port}/health")) else {
+            return false;
+        };
+        resp.contains("\"health\":\"true\"")
+    }
+
+    /// Waits until every running member reports health (a quorum with a
+    /// leader).
+    pub fn wait_healthy(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let all = self
+                .members
+                .iter()
+                .filter(|m| m.child.is_some())
+                .all(|m| Self::healthy(m.client_port));
+            if all {
+                return;
+            }
+            if Instant::now() > deadline {
+                let logs: String = self
+                    .members
+                    .iter()
+                    .map(|m| {
+                        std::fs::read_to_string(self.dir.path().join(format!("{}.log", m.name)))
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                let tail: String = logs.lines().rev().take(30).collect::<Vec<_>>().join("\n");
+                panic!("etcd did not become healthy within {within:?}; last log lines:\n{tail}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// A tiny blocking GET over a raw socket (the tests need no extra HTTP
+/// client for etcd's health endpoint).
+fn http_get(url: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut s = std::net::TcpStream::connect(host)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        s,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// A `vsky-manager --store etcd://…` process, killed when dropped.
+pub struct HaManager {
+    pub child: Child,
+    pub url: String,
+    pub pid: u32,
+}
+
+/// The lease TTL the HA tests run with: short, so failover tests are fast.
+pub const TEST_LEASE_TTL_SECONDS: u64 = 3;
+
+impl HaManager {
+    pub fn start(dir: &Path, store_url: &str, extra: &[&str]) -> HaManager {
+        write_tokens(dir);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vsky-manager"))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--store")
+            .arg(store_url)
+            .arg("--lease-ttl")
+            .arg(TEST_LEASE_TTL_SECONDS.to_string())
+            .arg("--token-file")
+            .arg(dir.join("admin.token"))
+            .arg("--agent-token-file")
+            .arg(dir.join("agent.tokens"))
+            .args(extra)
+            .env("RUST_LOG", "warn,vsky_manager::leader=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("vsky-manager starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from vsky-manager: {line:?}"))
+            .to_string();
+        let pid = child.id();
+        HaManager { child, url, pid }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid.to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} {}", self.pid);
+    }
+
+    /// One POST to this manager only (no failover, no following of a named
+    /// leader): the status and the error code, if any.
+    pub async fn post_raw(&self, path: &str, body: serde_json::Value) -> (u16, String, String) {
+        let resp = reqwest::Client::new()
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        let code = body["code"].as_str().unwrap_or_default().to_string();
+        let message = body["message"].as_str().unwrap_or_default().to_string();
+        (status, code, message)
+    }
+
+    /// A client of this manager first. It still follows a leader named in
+    /// a `not_leader` answer; use `post_raw` to see the answer itself.
+    pub fn direct(&self) -> Client {
+        Client::new(ClientConfig {
+            manager_url: self.url.clone(),
+            token: Some(ADMIN_TOKEN.into()),
+            ..ClientConfig::default()
+        })
+        .unwrap()
+        .with_failover_wait(Duration::ZERO)
+    }
+
+    /// This manager's role from /health.
+    pub async fn role(&self) -> Option<(String, Option<String>)> {
+        let h = self.direct().health().await.ok()?;
+        Some((h.role, h.leader))
+    }
+}
+
+impl Drop for HaManager {
+    fn drop(&mut self) {
+        // A stopped process cannot die of SIGKILL until continued.
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.pid.to_string()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A failover client over several managers.
+pub fn client_of(managers: &[&HaManager]) -> Client {
+    failover_client(managers, ADMIN_TOKEN)
+}
+
+/// A failover client over several managers with the (unbound) agent
+/// token: what agents use to heartbeat to whichever manager leads.
+pub fn agent_client_of(managers: &[&HaManager]) -> Client {
+    failover_client(managers, AGENT_TOKEN)
+}
+
+fn failover_client(managers: &[&HaManager], token: &str) -> Client {
+    let urls: Vec<&str> = managers.iter().map(|m| m.url.as_str()).collect();
+    Client::new(ClientConfig {
+        manager_url: urls.join(","),
+        token: Some(token.into()),
+        ..ClientConfig::default()
+    })
+    .unwrap()
+}

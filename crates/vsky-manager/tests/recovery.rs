@@ -1,0 +1,294 @@
+//! The recovery loop against a real `vsky-manager` process on loopback,
+//! with the test playing the agents over the agent API: the grace period
+//! for silent servers, the hold and return of legs a head reported failed,
+//! stale and foreign reports, executors' progress, and the event log.
+
+mod common;
+
+use std::time::Duration;
+
+use common::agents::{KeepAlive, beat, eventually, resync_beat};
+use common::*;
+use vsky_api::Client;
+use vsky_api::types::{ChunkId, FailedLeg, LegState, RebuildState, VolumeDetail};
+
+fn chunk_of(v: &VolumeDetail, m: usize, l: usize) -> ChunkId {
+    let leg = &v.layout[m].legs[l];
+    ChunkId {
+        disk_id: leg.disk_id,
+        index: leg.chunk_index,
+    }
+}
+
+async fn kinds(admin: &Client) -> Vec<String> {
+    admin
+        .events(0, None, Duration::ZERO)
+        .await
+        .unwrap()
+        .events
+        .into_iter()
+        .map(|e| e.kind)
+        .collect()
+}
+
+/// A manager with `--server-grace GRACE`, four servers of one disk, and a
+/// 2-replica volume "v" of `size` bytes.
+async fn manager_with_volume(grace: &str, size: u64) -> (tempfile::TempDir, ManagerProcess) {
+    let dir = tempfile::tempdir().unwrap();
+    let m = ManagerProcess::start(
+        dir.path(),
+        &["--chunk-size", "8MiB", "--server-grace", grace],
+    );
+    let admin = m.admin();
+    make_pool(&admin, 4, 1, 16, 0).await;
+    let mut req = volume("v", size);
+    req.replicas = Some(2);
+    admin.create_volume(&req).await.unwrap();
+    (dir, m)
+}
+
+/// s3 never speaks: after the grace period it is declared failed and its
+/// legs are replaced; the storage servers of the new chunks run the copies
+/// (the volume is detached), and only a job's executor can move it on.
+#[tokio::test]
+async fn a_silent_server_is_failed_after_its_grace_period_and_its_legs_rebuilt() {
+    let (_dir, m) = manager_with_volume("2s", 4 * 7 * MIB).await;
+    let (admin, agent) = (m.admin(), m.client(AGENT_TOKEN));
+    let _alive = KeepAlive::start(agent.clone(), vec!["s0".into(), "s1".into(), "s2".into()]);
+    let lost = admin
+        .volume("v")
+        .await
+        .unwrap()
+        .layout
+        .iter()
+        .flat_map(|md| &md.legs)
+        .filter(|l| l.server == "s3")
+        .count();
+    assert!(lost > 0, "fixture: s3 holds legs");
+
+    eventually("s3 declared failed", async || {
+        admin
+            .server("s3")
+            .await
+            .ok()
+            .filter(|s| s.state == vsky_api::types::ServerState::Failed)
+    })
+    .await;
+    eventually("every lost leg's rebuild to start", async || {
+        let list = admin.rebuilds(false).await.unwrap();
+        (list.running + list.queued == lost && list.running > 0).then_some(list)
+    })
+    .await;
+    assert!(kinds(&admin).await.contains(&"server_failed".to_string()));
+
+    // Finish every job as its executor, one running job at a time (queued
+    // ones start as their disks free up); a report from anyone else is
+    // dropped.
+    loop {
+        let list = admin.rebuilds(false).await.unwrap();
+        if list.rebuilds.is_empty() {
+            break;
+        }
+        let job = eventually("a job to run", async || {
+            admin
+                .rebuilds(false)
+                .await
+                .unwrap()
+                .rebuilds
+                .into_iter()
+                .find(|r| r.state == RebuildState::Running)
+        })
+        .await;
+        let executor = job.executor.clone().expect("a running job has an executor");
+        assert_eq!(executor, job.target.server, "detached: the target copies");
+        let stranger = ["s0", "s1", "s2"]
+            .into_iter()
+            .find(|s| *s != executor)
+            .unwrap();
+        let report = |server: &str, bytes_done: u64, done: bool| {
+            resync_beat(server, job.id, bytes_done, done)
+        };
+        agent
+            .heartbeat(&report(stranger, job.bytes_total, true))
+            .await
+            .unwrap();
+        let still = admin.rebuilds(false).await.unwrap();
+        assert!(
+            still.rebuilds.iter().any(|r| r.id == job.id),
+            "a non-executor cannot finish a job"
+        );
+        agent
+            .heartbeat(&report(&executor, job.bytes_total / 2, false))
+            .await
+            .unwrap();
+        let shown = admin.rebuilds(false).await.unwrap();
+        assert_eq!(
+            shown
+                .rebuilds
+                .iter()
+                .find(|r| r.id == job.id)
+                .unwrap()
+                .bytes_done,
+            job.bytes_total / 2
+        );
+        agent
+            .heartbeat(&report(&executor, job.bytes_total, true))
+            .await
+            .unwrap();
+    }
+    let v = admin.volume("v").await.unwrap();
+    for md in &v.layout {
+        assert!(
+            md.legs
+                .iter()
+                .all(|l| l.state == LegState::Active && l.server != "s3")
+        );
+    }
+    let all = admin.rebuilds(true).await.unwrap();
+    assert_eq!(
+        all.rebuilds
+            .iter()
+            .filter(|r| r.state == RebuildState::Done)
+            .count(),
+        lost
+    );
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", m.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("vsky_rebuilds_running 0"), "{metrics}");
+    assert!(metrics.contains("vsky_rebuilds_queued 0"), "{metrics}");
+}
+
+/// A head reports a leg failed. A report about another chunk is dropped;
+/// a real one holds the leg while its server may come back; the server
+/// speaking again brings the leg back (once); failing again, it is
+/// replaced, with the head as the executor of the attached volume.
+#[tokio::test]
+async fn reported_legs_are_held_brought_back_once_then_replaced() {
+    let (_dir, m) = manager_with_volume("1h", 7 * MIB).await;
+    let (admin, agent) = (m.admin(), m.client(AGENT_TOKEN));
+    let v = admin.volume("v").await.unwrap();
+    let holder = v.layout[0].legs[1].server.clone();
+    let head = ["s0", "s1", "s2", "s3"]
+        .into_iter()
+        .find(|s| v.layout[0].legs.iter().all(|l| l.server != *s))
+        .unwrap();
+    admin.attach_volume("v", head).await.unwrap();
+
+    let report = |chunk: ChunkId| {
+        let mut b = beat(head);
+        b.failed_legs = vec![FailedLeg {
+            volume: "v".into(),
+            mirrored_disk: 0,
+            leg: 1,
+            chunk: Some(chunk),
+        }];
+        b
+    };
+    // About a chunk the slot does not hold: dropped.
+    let other = ChunkId {
+        disk_id: chunk_of(&v, 0, 1).disk_id,
+        index: chunk_of(&v, 0, 1).index + 5,
+    };
+    agent.heartbeat(&report(other)).await.unwrap();
+    assert_eq!(
+        admin.volume("v").await.unwrap().layout[0].legs[1].state,
+        LegState::Active
+    );
+
+    // The real failure: failed, and held while its server is silent.
+    agent.heartbeat(&report(chunk_of(&v, 0, 1))).await.unwrap();
+    assert_eq!(
+        admin.volume("v").await.unwrap().layout[0].legs[1].state,
+        LegState::Failed
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        admin.rebuilds(true).await.unwrap().rebuilds.is_empty(),
+        "no replacement while the server may come back"
+    );
+    // The server speaks: the leg is back in place.
+    agent.heartbeat(&beat(&holder)).await.unwrap();
+    let back = admin.volume("v").await.unwrap();
+    assert_eq!(back.layout[0].legs[1].state, LegState::Active);
+    assert_eq!(back.layout[0].legs[1].server, holder);
+    assert!(kinds(&admin).await.contains(&"legs_returned".to_string()));
+
+    // It fails again although its server is alive: replaced now.
+    agent.heartbeat(&report(chunk_of(&v, 0, 1))).await.unwrap();
+    agent.heartbeat(&beat(&holder)).await.unwrap();
+    let job = eventually("the replacement to run", async || {
+        admin
+            .rebuilds(false)
+            .await
+            .unwrap()
+            .rebuilds
+            .into_iter()
+            .find(|r| r.state == RebuildState::Running)
+    })
+    .await;
+    assert_eq!(
+        job.executor.as_deref(),
+        Some(head),
+        "attached: the head resyncs"
+    );
+    assert_eq!(job.replaced.server, holder);
+    let now = admin.volume("v").await.unwrap();
+    assert_eq!(now.layout[0].legs[1].state, LegState::Syncing);
+    assert_ne!(now.layout[0].legs[1].server, holder);
+    // The head's desired state lists the new leg with its job.
+    let desired = agent
+        .desired_state(head, None, Duration::ZERO)
+        .await
+        .unwrap();
+    let leg = &desired.volumes[0].mirrored_disks[0][1];
+    assert_eq!(leg.resync_job, Some(job.id));
+
+    // A failure report about the old chunk (the kernel still holds its dead
+    // device until the swap) must not fail the new leg.
+    agent.heartbeat(&report(chunk_of(&v, 0, 1))).await.unwrap();
+    assert_eq!(
+        admin.volume("v").await.unwrap().layout[0].legs[1].state,
+        LegState::Syncing
+    );
+}
+
+#[tokio::test]
+async fn bad_event_and_rebuild_queries_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = ManagerProcess::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    for query in [
+        "events?limit=0",
+        "events?limit=5000",
+        "events?since=abc",
+        "events?wait_ms=-1",
+        "events?colour=red",
+        "rebuilds?all=maybe",
+        "rebuilds?state=running",
+    ] {
+        let resp = http
+            .get(format!("{}/api/v1/{query}", m.url))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "{query}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["code"], "invalid_argument", "{query}: {body}");
+    }
+    // Agent tokens do not read the admin views.
+    let resp = http
+        .get(format!("{}/api/v1/events", m.url))
+        .bearer_auth(AGENT_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+}
