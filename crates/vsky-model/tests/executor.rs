@@ -89,7 +89,14 @@ fn a_detached_volume_is_copied_by_the_target_server() {
     let source_server = c.disk(source.disk).unwrap().server;
     assert!(exported(&c, source_server, source));
 
-    c.job_progress(job, 1000).unwrap();
+    let generation = c.generation();
+    let changes = c.job_progress(job, 1000).unwrap();
+    assert!(changes.jobs.contains(&job), "progress is stored");
+    assert_eq!(
+        c.generation(),
+        generation,
+        "progress does not wake every agent's long-poll"
+    );
     c.finish_job(job).unwrap();
     assert!(c.agent_view(target_server).copies.is_empty());
     assert!(exported(&c, target_server, target));

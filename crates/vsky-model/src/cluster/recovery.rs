@@ -462,7 +462,7 @@ impl Cluster {
         (started, self.commit(changes))
     }
 
-    /// Records how far a running job got.
+    /// Records how far a running job got (the generation does not move).
     pub fn job_progress(&mut self, id: JobId, bytes_done: u64) -> Result<Changes, ModelError> {
         let job = self.running_job(id)?;
         let bytes_done = bytes_done.min(job.bytes_total);
@@ -472,7 +472,10 @@ impl Cluster {
             job.bytes_done = bytes_done;
             changes.jobs.insert(id);
         }
-        Ok(self.commit(changes))
+        // Stored, but no agent's desired state depends on it: the
+        // generation stays, so progress reports do not wake every agent's
+        // long-poll.
+        Ok(changes)
     }
 
     /// A running job copied everything: its leg is healthy again.
