@@ -320,7 +320,7 @@ pub async fn step(
             let legs = manager
                 .mutate(move |c, _| {
                     let before = c.summary().mirrored_disks_degraded;
-                    let changes = c.fail_server(&failing)?;
+                    let changes = c.fail_silent_server(&failing)?;
                     let after = c.summary().mirrored_disks_degraded;
                     Ok((after.saturating_sub(before), changes))
                 })
@@ -336,7 +336,7 @@ pub async fn step(
                     Severity::Error,
                     "server_failed",
                     format!(
-                        "server '{name}' sent no heartbeat for {} s (grace {} s): declared failed; {legs} mirrored disks newly degraded, their legs are being replaced",
+                        "server '{name}' sent no heartbeat for {} s (grace {} s): declared failed; {legs} mirrored disks newly degraded, their legs are being replaced (if its agent comes back, the server serves new chunks again)",
                         age.as_secs(),
                         grace.as_secs()
                     ),

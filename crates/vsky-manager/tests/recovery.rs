@@ -163,6 +163,21 @@ async fn a_silent_server_is_failed_after_its_grace_period_and_its_legs_rebuilt()
         .unwrap();
     assert!(metrics.contains("vsky_rebuilds_running 0"), "{metrics}");
     assert!(metrics.contains("vsky_rebuilds_queued 0"), "{metrics}");
+
+    // s3's agent speaks again: failed for its silence, it serves again.
+    agent.heartbeat(&beat("s3")).await.unwrap();
+    assert_eq!(
+        admin.server("s3").await.unwrap().state,
+        vsky_api::types::ServerState::Online
+    );
+    assert!(kinds(&admin).await.contains(&"server_back".to_string()));
+    // An admin's verdict stands although the agent keeps talking.
+    admin.fail_server("s2").await.unwrap();
+    agent.heartbeat(&beat("s2")).await.unwrap();
+    assert_eq!(
+        admin.server("s2").await.unwrap().state,
+        vsky_api::types::ServerState::Failed
+    );
 }
 
 /// A head reports a leg failed. A report about another chunk is dropped;

@@ -578,6 +578,7 @@ impl Cluster {
                 address: new.address,
                 labels: new.labels,
                 state: ServerState::Online,
+                failed_by_silence: false,
             },
         );
         changes.servers.insert(id);
@@ -649,11 +650,28 @@ impl Cluster {
     /// Declares a server failed: every leg on its disks fails, and it gets
     /// no new chunks. Idempotent.
     pub fn fail_server(&mut self, name: &str) -> Result<Changes, ModelError> {
+        self.fail_server_as(name, false)
+    }
+
+    /// Declares a server failed because its heartbeats stopped for longer
+    /// than its grace period: like [`Self::fail_server`], but the server
+    /// returns to service when its agent speaks again
+    /// ([`Self::server_returned`]).
+    pub fn fail_silent_server(&mut self, name: &str) -> Result<Changes, ModelError> {
+        self.fail_server_as(name, true)
+    }
+
+    fn fail_server_as(&mut self, name: &str, by_silence: bool) -> Result<Changes, ModelError> {
         let id = self.server_by_name(name)?.id;
         let mut changes = Changes::default();
         let server = self.servers.get_mut(&id).expect("exists");
         if server.state != ServerState::Failed {
             server.state = ServerState::Failed;
+            server.failed_by_silence = by_silence;
+            changes.servers.insert(id);
+        } else if server.failed_by_silence && !by_silence {
+            // An admin confirms the failure: it now stands.
+            server.failed_by_silence = false;
             changes.servers.insert(id);
         }
         let disks: Vec<DiskId> = self.disks_of(id).map(|d| d.id).collect();
@@ -661,6 +679,26 @@ impl Cluster {
             self.fail_legs_on(d, &mut changes);
         }
         self.reindex_server(id);
+        Ok(self.commit(changes))
+    }
+
+    /// The agent of a server declared failed for its silence speaks again:
+    /// the server serves new chunks again. Its legs were failed (and those
+    /// with room elsewhere replaced; the replaced chunks are wiped before
+    /// reuse), so nothing stale is trusted. A server an admin failed stays
+    /// failed. Returns no changes when there is nothing to do.
+    pub fn server_returned(&mut self, id: ServerId) -> Result<Changes, ModelError> {
+        let server = self
+            .servers
+            .get_mut(&id)
+            .ok_or_else(|| not_found("server", "server", id.0))?;
+        let mut changes = Changes::default();
+        if server.state == ServerState::Failed && server.failed_by_silence {
+            server.state = ServerState::Online;
+            server.failed_by_silence = false;
+            changes.servers.insert(id);
+            self.reindex_server(id);
+        }
         Ok(self.commit(changes))
     }
 

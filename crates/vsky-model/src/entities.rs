@@ -83,6 +83,11 @@ pub struct Server {
     pub address: String,
     pub labels: BTreeMap<String, String>,
     pub state: ServerState,
+    /// Set when the recovery loop (not an admin) declared the server failed
+    /// because its heartbeats stopped: if its agent speaks again, it returns
+    /// to service. An admin's verdict stands until the admin acts.
+    #[serde(default)]
+    pub failed_by_silence: bool,
 }
 
 impl Server {

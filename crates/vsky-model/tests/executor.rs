@@ -227,3 +227,47 @@ fn a_failed_disk_is_replaced_even_on_a_held_server() {
         "a dead disk does not come back"
     );
 }
+
+/// A server the recovery loop failed for its silence serves again when its
+/// agent speaks; an admin's verdict stands.
+#[test]
+fn a_silent_server_returns_to_service_but_an_admins_verdict_stands() {
+    let mut c = pool(4);
+    let mut secrets = CountingSecrets::default();
+    one_mirrored_disk(&mut c, &mut secrets);
+    let id = |c: &Cluster, n: &str| c.server_by_name(n).unwrap().id;
+    let state = |c: &Cluster, n: &str| c.server_by_name(n).unwrap().state;
+
+    c.fail_silent_server("s0").unwrap();
+    assert_eq!(state(&c, "s0"), ServerState::Failed);
+    c.plan_repairs(&mut secrets);
+    let changes = c.server_returned(id(&c, "s0")).unwrap();
+    assert!(!changes.servers.is_empty());
+    assert_eq!(state(&c, "s0"), ServerState::Online);
+    assert!(
+        c.server_returned(id(&c, "s0")).unwrap().is_empty(),
+        "idempotent"
+    );
+    // It takes new chunks again: 4 replicas need all 4 servers.
+    c.create_volume(
+        NewVolume {
+            name: "wide".into(),
+            size_bytes: CHUNK - MIB,
+            replicas: Some(4),
+            ..Default::default()
+        },
+        &mut secrets,
+    )
+    .unwrap();
+
+    // An admin's verdict stands, also over an earlier silence verdict.
+    c.fail_server("s1").unwrap();
+    c.fail_silent_server("s2").unwrap();
+    c.fail_server("s2").unwrap();
+    for s in ["s1", "s2"] {
+        assert!(c.server_returned(id(&c, s)).unwrap().is_empty());
+        assert_eq!(state(&c, s), ServerState::Failed, "{s}");
+    }
+    c.check_invariants().unwrap();
+    Cluster::load(c.records()).unwrap();
+}

@@ -13,7 +13,7 @@ use vsky_api::types::{
     AgentAttachment, AgentRegistered, ChunkId, DesiredState, ErrorBody, FailedLeg, Heartbeat,
     HeartbeatAck, RegisterAgent, RegisteredDisk, VolumeDetail,
 };
-use vsky_model::{ChunkRef, DiskId, JobId, NewDisk, NewServer, ServerId};
+use vsky_model::{ChunkRef, DiskId, JobId, NewDisk, NewServer, ServerId, ServerState};
 
 use crate::auth::Principal;
 use crate::events::{NewEvent, Severity};
@@ -103,7 +103,14 @@ pub async fn heartbeat(
         .read(|c| c.server_by_name(&req.server).map(|s| s.id))??;
     app.manager.saw_heartbeat(server_id);
     app.recovery.heard_from(&req.server);
-    if app.recovery.returned(server_id) {
+    let failed_for_silence = app.manager.read(|c| {
+        c.server(server_id)
+            .is_some_and(|s| s.state == ServerState::Failed && s.failed_by_silence)
+    })?;
+    if failed_for_silence {
+        return_to_service(&app, server_id, &req.server).await?;
+    }
+    if app.recovery.returned(server_id) || failed_for_silence {
         bring_back_legs(&app, server_id, &req.server).await?;
     }
     for scrub in &req.scrubs {
@@ -224,6 +231,35 @@ pub async fn heartbeat(
         app.event(e);
     }
     Ok(Json(HeartbeatAck { generation }))
+}
+
+/// The agent of a server declared failed for its silence speaks again: the
+/// server takes new chunks again (its replaced chunks are wiped first).
+async fn return_to_service(
+    app: &AppState,
+    server_id: ServerId,
+    server: &str,
+) -> Result<(), ApiError> {
+    let back = app
+        .manager
+        .mutate(move |c, _| {
+            let changes = c.server_returned(server_id)?;
+            Ok((!changes.is_empty(), changes))
+        })
+        .await?;
+    if back {
+        app.event(
+            NewEvent::new(
+                Severity::Info,
+                "server_back",
+                format!(
+                    "server '{server}' answers again after it was declared failed for its silence: it serves new chunks again"
+                ),
+            )
+            .server(server),
+        );
+    }
+    Ok(())
 }
 
 /// A server a head had reported legs failed on speaks again: each of its
