@@ -1167,6 +1167,28 @@ impl Datapath {
         Ok(())
     }
 
+    /// Reloads a running raid1 with another set of legs: more (a new leg
+    /// listed in `rebuild` is synced from the others while the mirror keeps
+    /// serving), fewer (a leg dropped from the table leaves the mirror), or
+    /// the same ones in other slots (dm-raid lets raid1 legs change
+    /// position). This is how a leg moves without the mirror ever having
+    /// fewer in-sync copies: add the new leg, wait until it is in sync, then
+    /// drop the old one. The region size and options are kept.
+    pub fn reshape_raid1(
+        &self,
+        name: &DevName,
+        legs: Vec<Option<LegDevices>>,
+        rebuild: Vec<usize>,
+    ) -> Result<()> {
+        let (len, mut table) = self.raid1_table(name)?;
+        table.legs = legs;
+        table.rebuild = rebuild;
+        table.nosync = false;
+        self.reload_raid1_table(name, len, table)?;
+        tracing::info!(%name, "reshaped raid1");
+        Ok(())
+    }
+
     /// Loads `table` as the inactive table of `name`, then suspends and
     /// resumes to swap it in.
     fn reload_raid1_table(&self, name: &DevName, len: Sectors, table: Raid1Table) -> Result<()> {

@@ -474,6 +474,108 @@ fn kernel_mirror() {
 /// ensure_* is idempotent, and a fresh process (no in-memory state) adopts
 /// the NBD and dm devices the kernel already has instead of duplicating them;
 /// a differing table is refused.
+/// A leg moves without the mirror ever having fewer in-sync copies (the
+/// primitive for draining a disk): a third leg joins the running mirror and
+/// syncs, then the leg being moved away leaves, the new one taking its
+/// slot. The moved-to leg then serves the data alone.
+#[test]
+#[ignore = "needs root, nbd and dm-raid: runs in the VM lab (lab/run sets VSKY_LAB=1)"]
+fn kernel_reshape() {
+    let Some(lab) = lab() else { return };
+    let t0 = Instant::now();
+    let dp = Datapath::new().expect("open device-mapper");
+    let mut nl = NbdNetlink::open().expect("open nbd netlink");
+    let vol = VolumeName::new("labmv").unwrap();
+    let (raid, top) = (vol.raid(0), vol.top());
+    let a = Server::start(&lab, "ma", 10811);
+    let mut b = Server::start(&lab, "mb", 10812);
+    let mut c = Server::start(&lab, "mc", 10813);
+    let dead = Duration::from_secs(1);
+    let layout = chunk_layout();
+    let leg = |nl: &mut NbdNetlink, s: &Server, tag: &str| {
+        let i = import(nl, s, &format!("lab/{tag}"), dead);
+        let l = dp
+            .ensure_leg(&vol.leg(0, tag).unwrap(), i.device().unwrap(), layout, true)
+            .expect("leg");
+        (i, l)
+    };
+    let (ia, leg_a) = leg(&mut nl, &a, "ma");
+    let (ib, leg_b) = leg(&mut nl, &b, "mb");
+    let len = layout.data_size;
+    let table = Raid1Table::new(
+        vec![Some(leg_a.devices()), Some(leg_b.devices())],
+        Sectors(1024),
+    );
+    let r = dp.ensure_raid1(&raid, len, &table).expect("raid1");
+    dp.wait_raid1_in_sync(&raid, Duration::from_secs(120))
+        .expect("initial resync");
+    let v = dp
+        .ensure_volume(&top, &VolumeLayout::Linear(vec![(r.device, len)]))
+        .expect("volume");
+    let progress = AtomicU64::new(0);
+    write_pattern(&v.path, 0, DATA_BYTES / MIB, &progress).expect("write");
+    step(t0, "2-leg mirror a+b in sync, 64 MiB written");
+
+    // Grow: c joins as slot 2 and is rebuilt while the mirror serves.
+    let (ic, leg_c) = leg(&mut nl, &c, "mc");
+    dp.reshape_raid1(
+        &raid,
+        vec![
+            Some(leg_a.devices()),
+            Some(leg_b.devices()),
+            Some(leg_c.devices()),
+        ],
+        vec![2],
+    )
+    .expect("add leg c");
+    let s = dp
+        .wait_raid1_in_sync(&raid, Duration::from_secs(180))
+        .expect("leg c in sync");
+    assert_eq!(s.legs.len(), 3, "three legs: {s}");
+    step(t0, &format!("leg c added and synced: {s}"));
+    verify(&v.path, 0, DATA_BYTES / MIB).expect("data with three legs");
+
+    // Shrink: a leaves, c takes its slot (a position change).
+    dp.reshape_raid1(
+        &raid,
+        vec![Some(leg_c.devices()), Some(leg_b.devices())],
+        vec![],
+    )
+    .expect("drop leg a, c into slot 0");
+    let s = dp
+        .wait_raid1_in_sync(&raid, Duration::from_secs(60))
+        .expect("two legs in sync");
+    assert_eq!(s.legs.len(), 2, "two legs: {s}");
+    let (_, t) = dp.raid1_table(&raid).expect("table");
+    assert_eq!(t.legs, vec![Some(leg_c.devices()), Some(leg_b.devices())]);
+    step(t0, &format!("leg a dropped, c in slot 0: {s}"));
+    dp.remove(&leg_a.meta.name).expect("remove a's meta");
+    dp.remove(&leg_a.data.name).expect("remove a's data");
+    nl.disconnect(ia).expect("disconnect a");
+    drop(a);
+
+    // The moved-to leg alone carries the data: b dies, a write (the same
+    // pattern again) makes md fail it, and every read then comes from c.
+    b.kill();
+    write_pattern(&v.path, 0, 1, &progress).expect("write after b died");
+    let s = wait_for("leg b marked dead", Duration::from_secs(30), || {
+        let s = dp.raid1_status(&raid).expect("status");
+        (s.legs == [LegHealth::InSync, LegHealth::Dead]).then_some(s)
+    });
+    verify(&v.path, 0, DATA_BYTES / MIB).expect("data served by leg c alone");
+    step(t0, &format!("b killed: 64 MiB verified from c alone; {s}"));
+    dp.teardown_volume(&vol).expect("teardown");
+    for i in [ib, ic] {
+        nl.disconnect(i).expect("disconnect");
+    }
+    c.kill();
+    assert_clean(&dp, &mut nl, &[ia, ib, ic]);
+    println!(
+        "LAB-DETAIL raid1 leg moved online: a third leg added and synced under a running mirror, the old leg dropped with the new one taking its slot (dm-raid position change), then the other original leg killed: 64 MiB intact from the moved-to leg; {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+}
+
 #[test]
 #[ignore = "needs root, nbd and dm-raid: runs in the VM lab (lab/run sets VSKY_LAB=1)"]
 fn kernel_adopt() {

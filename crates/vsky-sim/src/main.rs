@@ -2,7 +2,7 @@
 //! results (a Markdown table, or JSON with --json).
 
 use clap::{Parser, Subcommand};
-use vsky_sim::{Report, Scenario, SimConfig, run};
+use vsky_sim::{Report, ReturnReport, Scenario, SimConfig, run, run_return};
 
 /// Simulates VastSky's pool-wide rebuild with the real allocator and
 /// scheduler, next to dedicated-spare RAID1, an unscheduled rebuild and the
@@ -38,13 +38,32 @@ enum Command {
         scenario: Scenario,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// server-return: seconds the server is away (less than --grace).
+        #[arg(long, default_value_t = 30.0)]
+        outage: f64,
+        /// server-return: seconds a silent server's legs are held.
+        #[arg(long, default_value_t = 60.0)]
+        grace: f64,
+        /// server-return: mean bytes per second written to each mirrored
+        /// disk (1 GiB of a volume) while the server is away.
+        #[arg(long, default_value_t = 100e3)]
+        write_rate: f64,
     },
-    /// The table of docs/benchmarks.md: 10, 100 and 1000 servers × 10 disks,
-    /// every scenario.
+    /// The tables of docs/benchmarks.md: 10, 100 and 1000 servers × 10
+    /// disks, every scenario (server-return in a second table).
     Table {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+}
+
+/// One report of either kind, for `--json` (each names its scenario in its
+/// config).
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum AnyReport {
+    Rebuild(Report),
+    Return(ReturnReport),
 }
 
 fn row(r: &Report) -> String {
@@ -68,6 +87,30 @@ fn row(r: &Report) -> String {
     )
 }
 
+fn return_row(r: &ReturnReport) -> String {
+    const GIB: f64 = (1u64 << 30) as f64;
+    format!(
+        "| {} × {} | {:.0} s | {:.0} kB/s | {} | {:.1} GiB | {:.0} GiB | {:.0}× | {:.1} s | {:.1} s | {:.1} s | {:.0} s | {:.0} s | {} | {} |",
+        r.config.servers,
+        r.config.disks_per_server,
+        r.config.outage_seconds,
+        r.config.write_bytes_per_second / 1e3,
+        r.legs_returned,
+        r.returned.bytes_copied as f64 / GIB,
+        r.no_grace.bytes_copied as f64 / GIB,
+        r.bytes_saved_factor,
+        r.catch_up_seconds,
+        r.catch_up_unscheduled_seconds,
+        r.returned.restore_seconds,
+        r.no_grace.restore_seconds,
+        r.never_back.restore_seconds,
+        r.returned.peak_resyncs_per_disk,
+        r.returned_unscheduled.peak_resyncs_per_disk,
+    )
+}
+
+const RETURN_HEADER: &str = "| pool | outage | writes per mirrored disk | legs back | caught up | rebuilt without grace | fewer bytes | catch-up (k=1) | catch-up (unscheduled) | redundant again (k=1) | without grace | never back | peak/disk (k=1) | peak/disk (unscheduled) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
+
 const HEADER: &str = "| pool | scenario | legs rebuilt | scheduled (k=1) | unscheduled | dedicated spare | ideal (fluid) | bound (whole chunks) | vs spare | of ideal | of bound | busiest source | peak/disk (k=1) | peak/disk (unscheduled) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
 
 fn main() {
@@ -81,14 +124,19 @@ fn main() {
             per_disk_limit,
             scenario,
             seed,
+            outage,
+            grace,
+            write_rate,
         } => {
             if !(0.0..1.0).contains(&fill)
                 || servers < 3
                 || disks_per_server == 0
                 || per_disk_limit == 0
+                || !(0.0..grace).contains(&outage)
+                || !(write_rate >= 0.0 && write_rate.is_finite())
             {
                 eprintln!(
-                    "vsky-sim: need --fill in 0..1, at least 3 servers, 1 disk per server and --per-disk-limit ≥ 1"
+                    "vsky-sim: need --fill in 0..1, at least 3 servers, 1 disk per server, --per-disk-limit ≥ 1, 0 ≤ --outage < --grace and --write-rate ≥ 0"
                 );
                 std::process::exit(2);
             }
@@ -97,6 +145,9 @@ fn main() {
             c.chunks_per_disk = chunks_per_disk;
             c.fill = fill;
             c.per_disk_limit = per_disk_limit;
+            c.outage_seconds = outage;
+            c.grace_seconds = grace;
+            c.write_bytes_per_second = write_rate;
             vec![c]
         }
         Command::Table { seed } => [10usize, 100, 1000]
@@ -109,19 +160,46 @@ fn main() {
                 ]
                 .map(|s| SimConfig::standard(servers, s, seed))
             })
+            .chain(
+                [(10usize, 100e3), (100, 100e3), (100, 300e3), (1000, 100e3)].map(
+                    |(servers, write_rate)| {
+                        let mut c = SimConfig::standard(servers, Scenario::ServerReturn, seed);
+                        c.write_bytes_per_second = write_rate;
+                        c
+                    },
+                ),
+            )
             .collect(),
     };
-    let mut reports = Vec::new();
-    if !args.json {
-        println!("{HEADER}");
-    }
+    // One array, in table order; each report names its scenario.
+    let mut reports: Vec<AnyReport> = Vec::new();
+    let mut header = None;
     for c in &configs {
-        match run(c) {
-            Ok(r) => {
+        let result = if c.scenario == Scenario::ServerReturn {
+            run_return(c).map(|r| {
+                let line = return_row(&r);
+                reports.push(AnyReport::Return(r));
+                (RETURN_HEADER, line)
+            })
+        } else {
+            run(c).map(|r| {
+                let line = row(&r);
+                reports.push(AnyReport::Rebuild(r));
+                (HEADER, line)
+            })
+        };
+        match result {
+            Ok((h, line)) => {
                 if !args.json {
-                    println!("{}", row(&r));
+                    if header != Some(h) {
+                        if header.is_some() {
+                            println!();
+                        }
+                        println!("{h}");
+                        header = Some(h);
+                    }
+                    println!("{line}");
                 }
-                reports.push(r);
             }
             Err(e) => {
                 eprintln!(
