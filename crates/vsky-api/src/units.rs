@@ -1,4 +1,6 @@
-//! Human-readable sizes. Binary suffixes (`KiB`, `MiB`, `GiB`, `TiB`, `PiB`,
+//! Human-readable sizes and durations.
+//!
+//! Sizes: binary suffixes (`KiB`, `MiB`, `GiB`, `TiB`, `PiB`,
 //! and the bare `K`/`M`/`G`/`T`/`P` that LVM and qemu-img use) are powers of
 //! 1024; decimal suffixes (`kB`, `MB`, `GB`, `TB`, `PB`) are powers of 1000.
 //! A bare number is bytes. Fractions are allowed when the result is whole
@@ -89,8 +91,78 @@ pub fn format_size(bytes: u64) -> String {
     format!("{text} {}", UNITS[unit])
 }
 
+/// Why a duration did not parse (`no number`, `unknown unit`, …).
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("invalid duration '{input}': {reason} (examples: 30s, 500ms, 2m)")]
+pub struct DurationError {
+    input: String,
+    reason: &'static str,
+}
+
+impl DurationError {
+    /// The reason alone, for callers that name the value themselves.
+    pub fn reason(&self) -> &'static str {
+        self.reason
+    }
+}
+
+/// Parses a duration such as `30s`, `500ms`, `2m` (also `min`) or `45`
+/// (seconds). Zero is refused: every duration VastSky takes is a wait or a
+/// period that must be positive.
+pub fn parse_duration(input: &str) -> Result<std::time::Duration, DurationError> {
+    use std::time::Duration;
+    let bad = |reason| DurationError {
+        input: input.to_string(),
+        reason,
+    };
+    let text = input.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    if number.is_empty() {
+        return Err(bad("no number"));
+    }
+    let n: u64 = number.parse().map_err(|_| bad("number too large"))?;
+    let duration = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" | "min" => Duration::from_secs(n.checked_mul(60).ok_or_else(|| bad("too large"))?),
+        _ => return Err(bad("unknown unit")),
+    };
+    if duration.is_zero() {
+        return Err(bad("must be more than zero"));
+    }
+    Ok(duration)
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn durations_parse_with_units_and_refuse_nonsense() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration(" 30s "), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2min"), Ok(Duration::from_secs(120)));
+        for (bad, why) in [
+            ("", "no number"),
+            ("0s", "must be more than zero"),
+            ("1h", "unknown unit"),
+            ("-1s", "no number"),
+            ("99999999999999999999", "number too large"),
+            ("999999999999999999m", "too large"),
+        ] {
+            assert_eq!(parse_duration(bad).unwrap_err().reason(), why, "{bad:?}");
+        }
+        assert!(
+            parse_duration("x")
+                .unwrap_err()
+                .to_string()
+                .contains("examples")
+        );
+    }
     use super::*;
 
     #[test]

@@ -501,26 +501,12 @@ pub fn parse_label(input: &str) -> Result<(String, String), String> {
 
 /// Parses a timeout such as `30s`, `500ms`, `2m` or `45` (seconds).
 pub fn parse_timeout(input: &str) -> Result<Duration, String> {
-    let text = input.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let bad = |why: &str| format!("invalid timeout '{input}': {why} (examples: 30s, 500ms, 2m)");
-    if number.is_empty() {
-        return Err(bad("no number"));
-    }
-    let n: u64 = number.parse().map_err(|_| bad("number too large"))?;
-    let duration = match unit.trim() {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" | "min" => Duration::from_secs(n.checked_mul(60).ok_or_else(|| bad("too large"))?),
-        _ => return Err(bad("unknown unit")),
-    };
-    if duration.is_zero() {
-        return Err(bad("must be more than zero"));
-    }
-    Ok(duration)
+    vsky_api::units::parse_duration(input).map_err(|e| {
+        format!(
+            "invalid timeout '{input}': {} (examples: 30s, 500ms, 2m)",
+            e.reason()
+        )
+    })
 }
 
 #[cfg(test)]

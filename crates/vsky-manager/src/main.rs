@@ -108,7 +108,7 @@ struct Args {
     resyncs_per_disk: u32,
 
     /// How long a server may miss heartbeats before it is declared failed
-    /// and its legs are replaced (e.g. 60s, 5m, 1h). Legs a head reports
+    /// and its legs are replaced (e.g. 60s, 5m, 90m). Legs a head reports
     /// failed on a server that has gone silent wait this long too; a server
     /// back within it keeps its legs.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
@@ -298,26 +298,8 @@ fn advertise_url(args: &Args, local: SocketAddr, scheme: &str) -> anyhow::Result
     Ok(format!("{scheme}://{local}"))
 }
 
-/// `30s`, `5m`, `1h`, or plain seconds.
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let s = s.trim();
-    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration; use e.g. 30s, 5m or 1h"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n.saturating_mul(60),
-        "h" => n.saturating_mul(3600),
-        _ => return Err(format!("unknown unit in '{s}'; use s, m or h")),
-    };
-    if secs == 0 {
-        return Err("must be at least 1s".into());
-    }
-    Ok(std::time::Duration::from_secs(secs))
+    vsky_api::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {

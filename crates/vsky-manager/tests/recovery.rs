@@ -186,7 +186,7 @@ async fn a_silent_server_is_failed_after_its_grace_period_and_its_legs_rebuilt()
 /// replaced, with the head as the executor of the attached volume.
 #[tokio::test]
 async fn reported_legs_are_held_brought_back_once_then_replaced() {
-    let (_dir, m) = manager_with_volume("1h", 7 * MIB).await;
+    let (_dir, m) = manager_with_volume("60m", 7 * MIB).await;
     let (admin, agent) = (m.admin(), m.client(AGENT_TOKEN));
     let v = admin.volume("v").await.unwrap();
     let holder = v.layout[0].legs[1].server.clone();
