@@ -20,6 +20,8 @@ pub enum Principal {
     Agent {
         server: Option<String>,
     },
+    /// A metrics scraper: may read `/metrics` and nothing else.
+    Metrics,
 }
 
 impl Principal {
@@ -29,6 +31,7 @@ impl Principal {
             Principal::Admin => true,
             Principal::Agent { server: None } => true,
             Principal::Agent { server: Some(s) } => s == server,
+            Principal::Metrics => false,
         }
     }
 }
@@ -40,15 +43,17 @@ const TOKEN_LEN_MIN: usize = 16;
 pub struct Tokens {
     admin: Vec<Vec<u8>>,
     agents: Vec<(Option<String>, Vec<u8>)>,
+    metrics: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "Tokens {{ admin: {}, agents: {} }}",
+            "Tokens {{ admin: {}, agents: {}, metrics: {} }}",
             self.admin.len(),
-            self.agents.len()
+            self.agents.len(),
+            self.metrics.len()
         )
     }
 }
@@ -98,6 +103,17 @@ impl Tokens {
         Ok(tokens)
     }
 
+    /// Adds the tokens of a metrics scraper (one per line, like the admin
+    /// file): they may read `/metrics` only, so a Prometheus server holds
+    /// no token that can change the cluster.
+    pub fn with_metrics_file(mut self, path: &Path) -> Result<Self, String> {
+        for line in lines(path)? {
+            check_token(path, &line)?;
+            self.metrics.push(line.into_bytes());
+        }
+        Ok(self)
+    }
+
     /// Resolves a presented bearer token. Every stored token is compared,
     /// each in constant time, so the timing says nothing about which one
     /// (or how much of one) matched.
@@ -114,6 +130,11 @@ impl Tokens {
                 found = Some(Principal::Agent {
                     server: server.clone(),
                 });
+            }
+        }
+        for t in &self.metrics {
+            if constant_time_eq(t, presented) && found.is_none() {
+                found = Some(Principal::Metrics);
             }
         }
         found

@@ -86,6 +86,12 @@ struct Args {
     #[arg(long, env = "VSKY_MANAGER_AGENT_TOKEN_FILE")]
     agent_token_file: Option<PathBuf>,
 
+    /// File holding token(s) for metrics scrapers, one per line: they may
+    /// read /metrics and nothing else (give Prometheus one of these, not the
+    /// admin token).
+    #[arg(long, env = "VSKY_MANAGER_METRICS_TOKEN_FILE")]
+    metrics_token_file: Option<PathBuf>,
+
     /// Chunk size for a new cluster (e.g. 1GiB, 64MiB; a whole number of MiB,
     /// at least 2 MiB). Fixed once the store exists; giving a different
     /// value for an existing store is an error.
@@ -342,8 +348,11 @@ async fn main() -> anyhow::Result<()> {
         .token_file
         .clone()
         .context("--token-file is required")?;
-    let tokens =
+    let mut tokens =
         Tokens::load(&token_file, args.agent_token_file.as_deref()).map_err(anyhow::Error::msg)?;
+    if let Some(path) = &args.metrics_token_file {
+        tokens = tokens.with_metrics_file(path).map_err(anyhow::Error::msg)?;
+    }
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             Some(vsky_manager::tls::server_config(cert, key).map_err(anyhow::Error::msg)?)

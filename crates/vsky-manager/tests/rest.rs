@@ -86,6 +86,46 @@ async fn authentication_is_enforced() {
     );
 }
 
+/// A metrics token reads /metrics and nothing else; agent tokens do not
+/// read /metrics.
+#[tokio::test]
+async fn metrics_tokens_only_read_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    const SCRAPER: &str = "metrics-token-for-tests-0123456";
+    std::fs::write(dir.path().join("metrics.token"), format!("{SCRAPER}\n")).unwrap();
+    let metrics_file = dir.path().join("metrics.token");
+    let m = ManagerProcess::start(
+        dir.path(),
+        &[
+            "--chunk-size",
+            "8MiB",
+            "--metrics-token-file",
+            metrics_file.to_str().unwrap(),
+        ],
+    );
+    let http = raw();
+    let get = |path: &str, token: &str| {
+        http.get(format!("{}{path}", m.url))
+            .bearer_auth(token)
+            .send()
+    };
+    let resp = get("/metrics", SCRAPER).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().contains("vsky_rebuilds_running"));
+    for path in [
+        "/api/v1/cluster",
+        "/api/v1/events",
+        "/api/v1/agent/desired-state?server=s0",
+    ] {
+        let (status, body) = status_and_body(get(path, SCRAPER).await.unwrap()).await;
+        assert_eq!(status, 403, "{path}");
+        assert_eq!(body["code"], "forbidden");
+    }
+    let (status, _) = status_and_body(get("/metrics", AGENT_TOKEN).await.unwrap()).await;
+    assert_eq!(status, 403, "agent tokens do not read metrics");
+    assert_eq!(get("/metrics", ADMIN_TOKEN).await.unwrap().status(), 200);
+}
+
 /// Bad input of every kind gets a 4xx with a stable code and changes
 /// nothing.
 #[tokio::test]

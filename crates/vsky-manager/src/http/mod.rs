@@ -177,6 +177,9 @@ pub fn router(state: AppState) -> Router {
 
 /// Which token a path needs.
 fn required_access(path: &str) -> Access {
+    if path == "/metrics" {
+        return Access::MetricsOrAdmin;
+    }
     let p = path.strip_prefix(vsky_api::API_PREFIX).unwrap_or("");
     match p {
         "/health" | "/openapi.json" => Access::Open,
@@ -188,6 +191,7 @@ fn required_access(path: &str) -> Access {
 enum Access {
     Open,
     AgentOrAdmin,
+    MetricsOrAdmin,
     Admin,
 }
 
@@ -205,10 +209,16 @@ async fn authenticate(State(app): State<AppState>, mut req: Request, next: Next)
     let principal = presented.and_then(|t| app.tokens.authenticate(t));
     match (access, principal) {
         (_, None) => ApiError::unauthorized().into_response(),
-        (Access::Admin, Some(Principal::Agent { .. })) => ApiError::forbidden(
-            "agent tokens may only call /api/v1/agent/ endpoints; use the admin token",
-        )
-        .into_response(),
+        (Access::Admin | Access::MetricsOrAdmin, Some(Principal::Agent { .. })) => {
+            ApiError::forbidden(
+                "agent tokens may only call /api/v1/agent/ endpoints; use the admin token",
+            )
+            .into_response()
+        }
+        (Access::Admin | Access::AgentOrAdmin, Some(Principal::Metrics)) => {
+            ApiError::forbidden("metrics tokens may only read /metrics; use the admin token")
+                .into_response()
+        }
         (_, Some(p)) => {
             req.extensions_mut().insert(p);
             next.run(req).await
