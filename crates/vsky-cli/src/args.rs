@@ -476,6 +476,25 @@ pub enum VolumeCommand {
         #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
         size: u64,
     },
+    /// Change a volume's display name, description or keys (free-form
+    /// metadata, e.g. what the SMAPIv3 plugin stores for XAPI).
+    #[command(
+        after_help = "Examples:\n  vsky volume set vm-101-disk-0 --display-name \"web server root\"\n  vsky volume set vm-101-disk-0 --key owner=alice --key tier=gold --unset-key old"
+    )]
+    Set {
+        /// Volume name.
+        name: String,
+        #[arg(long, value_name = "TEXT")]
+        display_name: Option<String>,
+        #[arg(long, value_name = "TEXT")]
+        description: Option<String>,
+        /// Add or overwrite a key (KEY=VALUE). Repeatable.
+        #[arg(long = "key", value_name = "KEY=VALUE", value_parser = parse_key)]
+        keys: Vec<(String, String)>,
+        /// Remove a key (absent keys are ignored). Repeatable.
+        #[arg(long = "unset-key", value_name = "KEY")]
+        unset_keys: Vec<String>,
+    },
 }
 
 /// Parses a size argument with the shared unit rules, so the CLI, the
@@ -495,6 +514,19 @@ pub fn parse_label(input: &str) -> Result<(String, String), String> {
         )),
         None => Err(format!(
             "label '{input}' has no '='; expected KEY=VALUE, e.g. rack=r1"
+        )),
+    }
+}
+
+/// Parses a volume key as `KEY=VALUE` (the value may be empty).
+pub fn parse_key(input: &str) -> Result<(String, String), String> {
+    match input.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.to_string(), value.to_string())),
+        Some(_) => Err(format!(
+            "key '{input}' has an empty name; expected KEY=VALUE, e.g. owner=alice"
+        )),
+        None => Err(format!(
+            "key '{input}' has no '='; expected KEY=VALUE, e.g. owner=alice"
         )),
     }
 }

@@ -143,6 +143,32 @@ fn quickstart_through_the_cli() {
     assert_eq!(grown["attached_to"], "node1");
     assert_eq!(grown["layout"].as_array().unwrap().len(), 15);
 
+    // Metadata: display name, description and keys.
+    env.ok(&[
+        "volume",
+        "set",
+        "vm-disk",
+        "--display-name",
+        "web root",
+        "--key",
+        "owner=alice",
+        "--key",
+        "tier=gold",
+    ]);
+    env.ok(&["volume", "set", "vm-disk", "--unset-key", "tier"]);
+    let shown = env.ok(&["volume", "show", "vm-disk"]);
+    assert!(shown.contains("web root"), "{shown}");
+    assert!(shown.contains("owner=alice"), "{shown}");
+    assert!(!shown.contains("tier=gold"), "{shown}");
+    let out = env.vsky(&["volume", "set", "vm-disk"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "nothing to change is a usage error"
+    );
+    let out = env.vsky(&["volume", "set", "vm-disk", "--key", "noequals"]);
+    assert_eq!(out.status.code(), Some(2));
+
     // The manager's refusals become exit status 1 with its message.
     let out = env.vsky(&["volume", "delete", "vm-disk"]);
     assert_eq!(out.status.code(), Some(1));

@@ -7,7 +7,7 @@
 //! compared with what the agent and device-mapper report.
 
 use vsky_api::Client;
-use vsky_api::types::{CreateVolume, Stripe, Volume, VolumeDetail};
+use vsky_api::types::{CreateVolume, Stripe, UpdateVolume, Volume, VolumeDetail};
 
 use crate::args::VolumeCommand;
 use crate::error::CliError;
@@ -90,6 +90,38 @@ pub async fn run(cmd: &VolumeCommand, client: &Client, json: bool) -> Result<Str
             let detail = client.resize_volume(name, *size).await?;
             Ok(detail_output(&detail, json, "Resized"))
         }
+        VolumeCommand::Set {
+            name,
+            display_name,
+            description,
+            keys,
+            unset_keys,
+        } => {
+            let mut set_keys = std::collections::BTreeMap::new();
+            for (k, v) in keys {
+                if set_keys.insert(k.clone(), v.clone()).is_some() {
+                    return Err(CliError::Usage(format!("key '{k}' given twice")));
+                }
+            }
+            if display_name.is_none()
+                && description.is_none()
+                && set_keys.is_empty()
+                && unset_keys.is_empty()
+            {
+                return Err(CliError::Usage(
+                    "nothing to change: give --display-name, --description, --key or --unset-key"
+                        .into(),
+                ));
+            }
+            let req = UpdateVolume {
+                display_name: display_name.clone(),
+                description: description.clone(),
+                set_keys,
+                unset_keys: unset_keys.clone(),
+            };
+            let detail = client.update_volume(name, &req).await?;
+            Ok(detail_output(&detail, json, "Updated"))
+        }
     }
 }
 
@@ -163,7 +195,11 @@ pub fn render_volume_detail(d: &VolumeDetail) -> String {
         .add(
             "Data per mirrored disk",
             render::size_exact(d.data_bytes_per_mirrored_disk),
-        );
+        )
+        .add("Group", render::opt(v.group.as_deref()))
+        .add("Display name", render::clean(&v.display_name))
+        .add("Description", render::clean(&v.description))
+        .add("Keys", render::clean(&render::labels(&v.keys)));
     let mut out = kv.render();
     out.push('\n');
     if d.layout.is_empty() {
