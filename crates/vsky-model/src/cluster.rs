@@ -1083,8 +1083,7 @@ impl Cluster {
         let l = &self.volumes[&id].mirrored_disks[mirrored_disk as usize].legs[usize::from(leg)];
         if l.state != LegState::Failed {
             let v = self.volumes.get_mut(&id).expect("exists");
-            v.mirrored_disks[mirrored_disk as usize].legs[usize::from(leg)].state =
-                LegState::Failed;
+            v.mirrored_disks[mirrored_disk as usize].legs[usize::from(leg)].fail();
             changes.volumes.insert(id);
             self.repairs_pending = true;
         }
@@ -1118,6 +1117,12 @@ impl Cluster {
             })?;
         if l.state != LegState::Failed {
             return Ok(Changes::default());
+        }
+        if l.never_synced {
+            return Err(ModelError::Conflict(format!(
+                "leg {mirrored_disk}/{leg} of '{}' failed before it was in sync; it is replaced, not revived",
+                v.name
+            )));
         }
         if self.repairs.contains_key(&(volume, mirrored_disk, leg)) {
             return Err(ModelError::Conflict(format!(
@@ -1160,6 +1165,9 @@ impl Cluster {
                     [usize::from(a.leg)]
                 .state
                     == LegState::Failed
+                    && !self.volumes[&a.volume].mirrored_disks[a.mirrored_disk as usize].legs
+                        [usize::from(a.leg)]
+                    .never_synced
                     && !self
                         .repairs
                         .contains_key(&(a.volume, a.mirrored_disk, a.leg))
@@ -1446,6 +1454,7 @@ impl Cluster {
                         chunk,
                         state: LegState::Active,
                         export_name: secrets.export_secret(),
+                        never_synced: false,
                     })
                     .collect(),
             })
@@ -1500,7 +1509,7 @@ impl Cluster {
                 .expect("used chunks belong to volumes");
             let leg = &mut v.mirrored_disks[a.mirrored_disk as usize].legs[usize::from(a.leg)];
             if leg.state != LegState::Failed {
-                leg.state = LegState::Failed;
+                leg.fail();
                 changes.volumes.insert(a.volume);
                 self.repairs_pending = true;
             }

@@ -146,6 +146,21 @@ pub struct Leg {
     /// and the storage server holding the chunk learn, so nobody else can
     /// open the chunk.
     pub export_name: String,
+    /// The leg failed while it was still being synced: its chunk holds an
+    /// incomplete copy, so it may never come back as a healthy leg (only be
+    /// replaced), even if its server returns.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub never_synced: bool,
+}
+
+impl Leg {
+    /// Marks the leg failed, remembering whether it ever held a full copy.
+    pub fn fail(&mut self) {
+        if self.state == LegState::Syncing {
+            self.never_synced = true;
+        }
+        self.state = LegState::Failed;
+    }
 }
 
 /// A RAID1 set of 2+ legs on distinct servers.

@@ -271,3 +271,45 @@ fn a_silent_server_returns_to_service_but_an_admins_verdict_stands() {
     c.check_invariants().unwrap();
     Cluster::load(c.records()).unwrap();
 }
+
+/// A leg that failed while it was still being synced holds an incomplete
+/// copy: it is never brought back as healthy, only replaced, and the flag
+/// survives a reload from the store.
+#[test]
+fn a_leg_that_failed_mid_sync_is_never_revived() {
+    let mut c = pool(4);
+    let mut secrets = CountingSecrets::default();
+    let (job, target_server) = degraded(&mut c, &mut secrets);
+    // The head: a server holding no leg of the volume.
+    let holders: Vec<ServerId> = c.volume_by_name("v").unwrap().mirrored_disks[0]
+        .legs
+        .iter()
+        .map(|l| c.disk(l.chunk.disk).unwrap().server)
+        .collect();
+    let head_name = ["s0", "s1", "s2", "s3"]
+        .into_iter()
+        .find(|n| !holders.contains(&c.server_by_name(n).unwrap().id))
+        .unwrap();
+    let head = c.server_by_name(head_name).unwrap().id;
+    c.attach_volume("v", head_name).unwrap();
+    c.start_jobs(1);
+    let slot = c.job(job).unwrap().leg;
+    // The head loses the new leg mid-rebuild: the job fails.
+    c.report_leg_failed(head, "v", 0, slot).unwrap();
+    assert_eq!(c.job(job).unwrap().state, JobState::Failed);
+    let reloaded = Cluster::load(c.records()).unwrap();
+    for c in [&c, &reloaded] {
+        assert!(
+            c.failed_legs_on(target_server).is_empty(),
+            "an incomplete copy is no candidate for a return"
+        );
+    }
+    let v = c.volume_by_name("v").unwrap().id;
+    assert!(c.leg_returned(v, 0, slot).is_err());
+    // It is replaced instead; the replacement starts clean.
+    let (jobs, _) = c.plan_repairs(&mut secrets);
+    assert_eq!(jobs.len(), 1);
+    let leg = &c.volume_by_name("v").unwrap().mirrored_disks[0].legs[usize::from(slot)];
+    assert!(!leg.never_synced);
+    c.check_recovery_invariants(1).unwrap();
+}

@@ -300,6 +300,7 @@ impl Cluster {
             .legs[usize::from(l)];
         leg.chunk = target;
         leg.state = LegState::Syncing;
+        leg.never_synced = false;
         leg.export_name = secrets.export_secret();
         let mut after = before.clone();
         after[usize::from(l)] = target;
@@ -516,7 +517,7 @@ impl Cluster {
             .expect("active jobs name volumes")
             .mirrored_disks[job.mirrored_disk as usize]
             .legs[usize::from(job.leg)];
-        leg.state = LegState::Failed;
+        leg.fail();
         changes.volumes.insert(job.volume);
         self.repairs_pending = true;
         self.end_job(id, JobState::Failed, Some(reason.to_string()), &mut changes);
