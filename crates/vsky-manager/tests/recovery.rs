@@ -31,6 +31,20 @@ async fn kinds(admin: &Client) -> Vec<String> {
         .collect()
 }
 
+/// Waits for a running rebuild and returns it.
+async fn running_rebuild(admin: &Client, what: &str) -> vsky_api::types::Rebuild {
+    eventually(what, async || {
+        admin
+            .rebuilds(false)
+            .await
+            .unwrap()
+            .rebuilds
+            .into_iter()
+            .find(|r| r.state == RebuildState::Running)
+    })
+    .await
+}
+
 /// A manager with `--server-grace GRACE`, four servers of one disk, and a
 /// 2-replica volume "v" of `size` bytes.
 async fn manager_with_volume(grace: &str, size: u64) -> (tempfile::TempDir, ManagerProcess) {
@@ -89,16 +103,7 @@ async fn a_silent_server_is_failed_after_its_grace_period_and_its_legs_rebuilt()
         if list.rebuilds.is_empty() {
             break;
         }
-        let job = eventually("a job to run", async || {
-            admin
-                .rebuilds(false)
-                .await
-                .unwrap()
-                .rebuilds
-                .into_iter()
-                .find(|r| r.state == RebuildState::Running)
-        })
-        .await;
+        let job = running_rebuild(&admin, "a job to run").await;
         let executor = job.executor.clone().expect("a running job has an executor");
         assert_eq!(executor, job.target.server, "detached: the target copies");
         let stranger = ["s0", "s1", "s2"]
@@ -238,16 +243,7 @@ async fn reported_legs_are_held_brought_back_once_then_replaced() {
     // It fails again although its server is alive: replaced now.
     agent.heartbeat(&report(chunk_of(&v, 0, 1))).await.unwrap();
     agent.heartbeat(&beat(&holder)).await.unwrap();
-    let job = eventually("the replacement to run", async || {
-        admin
-            .rebuilds(false)
-            .await
-            .unwrap()
-            .rebuilds
-            .into_iter()
-            .find(|r| r.state == RebuildState::Running)
-    })
-    .await;
+    let job = running_rebuild(&admin, "the replacement to run").await;
     assert_eq!(
         job.executor.as_deref(),
         Some(head),

@@ -4,7 +4,6 @@
 //! Members can be killed and restarted on the same data directory, which is
 //! how quorum loss and recovery are tested.
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -222,10 +221,8 @@ pub const TEST_LEASE_TTL_SECONDS: u64 = 3;
 impl HaManager {
     pub fn start(dir: &Path, store_url: &str, extra: &[&str]) -> HaManager {
         write_tokens(dir);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vsky-manager"))
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--store")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vsky-manager"));
+        cmd.arg("--store")
             .arg(store_url)
             .arg("--lease-ttl")
             .arg(TEST_LEASE_TTL_SECONDS.to_string())
@@ -234,20 +231,8 @@ impl HaManager {
             .arg("--agent-token-file")
             .arg(dir.join("agent.tokens"))
             .args(extra)
-            .env("RUST_LOG", "warn,vsky_manager::leader=info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("vsky-manager starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from vsky-manager: {line:?}"))
-            .to_string();
+            .env("RUST_LOG", "warn,vsky_manager::leader=info");
+        let (child, url) = super::spawn_listening(cmd);
         let pid = child.id();
         HaManager { child, url, pid }
     }

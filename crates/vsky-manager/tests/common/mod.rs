@@ -38,30 +38,16 @@ pub fn write_tokens(dir: &Path) {
 impl ManagerProcess {
     pub fn start(dir: &Path, extra_args: &[&str]) -> Self {
         write_tokens(dir);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vsky-manager"))
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vsky-manager"));
+        cmd.arg("--data-dir")
             .arg(dir.join("data"))
             .arg("--token-file")
             .arg(dir.join("admin.token"))
             .arg("--agent-token-file")
             .arg(dir.join("agent.tokens"))
             .args(extra_args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("vsky-manager starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from vsky-manager: {line:?}"))
-            .to_string();
+            .env("RUST_LOG", "warn");
+        let (child, url) = spawn_listening(cmd);
         ManagerProcess {
             child,
             url,
@@ -95,6 +81,28 @@ impl Drop for ManagerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts `vsky-manager` with `cmd`'s arguments on a free loopback port
+/// and returns it with its URL, read from the `listening on …` line.
+pub fn spawn_listening(mut cmd: Command) -> (Child, String) {
+    let mut child = cmd
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("vsky-manager starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line from vsky-manager: {line:?}"))
+        .to_string();
+    (child, url)
 }
 
 /// Registers `servers` servers with `disks` disks of `chunks` chunks each,
