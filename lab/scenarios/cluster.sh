@@ -3,7 +3,9 @@
 # vsky-agent, vsky) on the real kernel datapath (NBD + dm-raid raid1).
 #
 #   sh cluster.sh cluster-attach | cluster-kill-server | cluster-agent-restart |
-#                 cluster-rebuild | cluster-xapi | demo
+#                 cluster-rebuild | cluster-disk-rebuild | cluster-drain |
+#                 cluster-return | cluster-scrub | cluster-ha-rebuild |
+#                 cluster-xapi | cluster-bench | demo
 #
 # Run by lab/init inside the VM. Prints progress, one `LAB-DETAIL <text>` line
 # on success (lab/init turns it into `LAB PASS`), and `LAB-WHY <reason>` plus
@@ -15,9 +17,10 @@
 #   - storage server sN: its own network namespace, held open by a `sleep`
 #     started under `unshare -n`, joined to the root namespace by a veth pair
 #     on a /30 of 10.99.0.0/24 (root side 10.99.0.(4N+1), server side
-#     10.99.0.(4N+2)). Its agent runs there (`nsenter -n`), storage-only,
-#     serving one file-backed disk on the ext4-over-loop /srv (tmpfs has no
-#     O_DIRECT). Killing the agent leaves the namespace (and link) in place, so
+#     10.99.0.(4N+2)), whose default route is the root side: the root
+#     namespace forwards between servers. Its agent runs there (`nsenter
+#     -n`), storage-only, serving one file-backed disk ($DISKS with DISKS
+#     set) on the ext4-over-loop /srv (tmpfs has no O_DIRECT). Killing the agent leaves the namespace (and link) in place, so
 #     the head sees exactly what a crashed storage daemon looks like;
 #   - the head: an agent (not storage-only, no disks) in the root namespace,
 #     which assembles attached volumes as /dev/mapper/vsky-<volume>.
@@ -98,13 +101,17 @@ is_gone() { [ ! -e "$1" ]; }
 # the bytes come from the legs).
 dev_sum() { dd if="$1" bs=1M count="$2" skip="${3:-0}" iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1; }
 file_sum() { sha256sum "$1" | cut -d' ' -f1; }
-# "mdisk leg server state" per leg, from the manager's JSON.
+# "mdisk leg server state disk_id" per leg, from the manager's JSON.
 legs() {
   vsky --json volume show "$1" | awk -F'"' '
     /"index":/ { md = $0; gsub(/[^0-9]/, "", md); leg = -1 }
     /"server":/ { srv = $4; leg++ }
-    /"state":/ { print md, leg, srv, $4 }'
+    /"disk_id":/ { did = $3; gsub(/[^0-9]/, "", did) }
+    /"state":/ { print md, leg, srv, $4, did }'
 }
+# backend_disk FILE: the disk id in an NBD import's backend id
+# (vsky:<volume>:<k>:[<slot>:]<disk>:<index>).
+backend_disk() { awk -F: '{print $(NF-1)}' "$1" 2>/dev/null; }
 # Every raid1 mirror in the kernel (one volume per scenario) is in sync with
 # every leg alive: health all `A`, sync action `idle`.
 mirrors_in_sync() {
@@ -141,8 +148,13 @@ ns_up() {
   ip link set "$peer" netns "$pid" || fail "cannot move $peer into the namespace of s$i"
   ip addr add "$host/30" dev "vh$i"
   ip link set "vh$i" up
+  # The root namespace routes between the servers (as a switch would), so
+  # storage agents reach each other: a detached volume's new leg is copied
+  # server-to-server.
+  echo 1 >/proc/sys/net/ipv4/ip_forward
   nsenter -t "$pid" -n sh -c "ip link set lo up && ip link set $peer name eth0 &&
-    ip addr add $srv/30 dev eth0 && ip link set eth0 up" || fail "cannot configure the network of s$i"
+    ip addr add $srv/30 dev eth0 && ip link set eth0 up && ip route add default via $host" \
+    || fail "cannot configure the network of s$i"
 }
 ns_differs() { [ "$(readlink "/proc/$1/ns/net")" != "$(readlink /proc/self/ns/net)" ]; }
 
@@ -150,9 +162,10 @@ ns_differs() { [ "$(readlink "/proc/$1/ns/net")" != "$(readlink /proc/self/ns/ne
 agent_start() {
   local i=$1
   echo "=== start $(now)" >>"$W/s$i.log"
+  # shellcheck disable=SC2046 # one --disk FILE pair per disk image
   nsenter -t "$(cat "$W/ns$i.pid")" -n vsky-agent --manager "$(manager_urls "$i")" \
     --token-file "$W/agent.token" --server-name "s$i" --listen "10.99.0.$((4 * i + 2)):10809" \
-    --disk "$SRV/s$i.img" --storage-only --heartbeat-interval 1 >>"$W/s$i.log" 2>&1 &
+    $(disk_args "$i") --storage-only --heartbeat-interval 1 >>"$W/s$i.log" 2>&1 &
   echo $! >"$W/s$i.pid"
 }
 
@@ -177,13 +190,16 @@ assembled_count() { grep -c 'volume assembled' "$W/head.log"; }
 # manager_start ID PORT ARGS…: a manager on 0.0.0.0:PORT (pid in
 # $W/managerID.pid). A short grace period: a silent server's legs are
 # replaced after ${GRACE:-10s} (production default 60s); RESYNC_RATE sets
-# the per-resync rate limit.
+# the per-resync rate limit. The manager's scrubs of detached volumes are
+# off unless MANAGER_SCRUB_INTERVAL is set, so they do not disturb the
+# scenarios' timings (their loopback test is vsky-agent/tests/scrub.rs).
 manager_start() {
   local id=$1 port=$2
   shift 2
   # shellcheck disable=SC2086 # RESYNC_RATE may add two words
   vsky-manager --listen "0.0.0.0:$port" --token-file "$W/admin.token" \
     --agent-token-file "$W/agent.token" --chunk-size $CHUNK --server-grace "${GRACE:-10s}" \
+    --scrub-interval "${MANAGER_SCRUB_INTERVAL:-0}" \
     ${RESYNC_RATE:+--resync-rate $RESYNC_RATE} "$@" >"$W/manager$id.out" 2>>"$W/manager$id.log" &
   echo $! >"$W/manager$id.pid"
 }
@@ -225,13 +241,21 @@ cluster_up() {
   fi
   for i in $(seq 1 "$n"); do
     ns_up "$i"
-    truncate -s "${mib}M" "$SRV/s$i.img"
+    for f in $(disk_files "$i"); do truncate -s "${mib}M" "$f"; done
     agent_start "$i"
   done
   head_start
   wait_for 60 "manager and $((n + 1)) agents online" servers_online $((n + 1))
-  say "cluster up in $(since "$start")s: manager, $n storage servers (s1..s$n, one netns + veth + ${mib} MiB disk each), head"
+  say "cluster up in $(since "$start")s: manager, $n storage servers (s1..s$n, one netns + veth + ${DISKS:-1} × ${mib} MiB disk each), head"
 }
+
+# disk_files N: the disk images of storage server sN: one, or $DISKS.
+disk_files() {
+  local j
+  if [ "${DISKS:-1}" = 1 ]; then echo "$SRV/s$1.img"; return; fi
+  for j in $(seq 1 "$DISKS"); do echo "$SRV/s$1-d$j.img"; done
+}
+disk_args() { local f; for f in $(disk_files "$1"); do echo "--disk $f"; done; }
 
 kill_pid_file() { # FILE [SIGNAL]
   [ -f "$1" ] || return 0
@@ -591,14 +615,12 @@ scenario_rebuild() {
 # victim_written_mib VOLUME SERVER: MiB written so far to the head's NBD
 # imports of SERVER's legs of VOLUME (from /sys/block/nbdN/stat).
 victim_written_mib() {
-  local f dev k l sectors=0 n
-  legs "$1" | awk -v s="$2" '$3 == s {print $1 ":" $2}' >"$W/victim-slots"
+  local f dev sectors=0 n
+  legs "$1" | awk -v s="$2" '$3 == s {print $5}' >"$W/victim-disks"
   for f in /sys/block/nbd*/backend; do
     dev=$(dirname "$f")
-    k=$(cut -d: -f3 "$f" 2>/dev/null)
-    l=$(cut -d: -f4 "$f" 2>/dev/null)
     [ "$(cut -d: -f2 "$f" 2>/dev/null)" = "$1" ] || continue
-    grep -qx "$k:$l" "$W/victim-slots" || continue
+    grep -qx "$(backend_disk "$f")" "$W/victim-disks" || continue
     n=$(awk '{print $7}' "$dev/stat")
     sectors=$((sectors + n))
   done
@@ -888,10 +910,11 @@ timed_dd() { # IF OF BS COUNT SKIP SEEK FLAGS -> seconds
   since "$start"
 }
 leg_device() { # VOLUME: the /dev/nbdN of leg 0 of mirrored disk 0
-  local f
+  local f disk
+  disk=$(legs "$1" | awk '$1 == 0 && $2 == 0 {print $5}')
   for f in /sys/block/nbd*/backend; do
     case "$(cat "$f" 2>/dev/null)" in
-      "vsky:$1:0:0:"*) echo "/dev/$(basename "$(dirname "$f")")"; return 0 ;;
+      "vsky:$1:0:"*) [ "$(backend_disk "$f")" = "$disk" ] && { echo "/dev/$(basename "$(dirname "$f")")"; return 0; } ;;
     esac
   done
   return 1
@@ -923,6 +946,139 @@ scenario_bench() {
   echo "LAB-DETAIL bench (1 MiB O_DIRECT, ${rounds}×${mib} MiB): write mirror ${mw} MiB/s vs raw leg ${rw} MiB/s (ratio $(awk -v a="$mw" -v b="$rw" 'BEGIN{printf "%.2f", a/b}')); read mirror ${mr} MiB/s vs raw leg ${rr} MiB/s (ratio $(awk -v a="$mr" -v b="$rr" 'BEGIN{printf "%.2f", a/b}'))"
 }
 
+# job_log: replays the manager's event log (rebuild_started, then
+# rebuild_done or rebuild_failed per job) and checks that no disk ever took
+# part in two running resyncs (as source or target). Prints "JOBS PEAK"
+# (jobs started, most running at once); fails on a disk in two.
+job_log() {
+  vsky events --limit 1000 | awk '
+    function release(j,   d) {
+      if (!(j in disks)) return
+      split(disks[j], d, " "); delete busy[d[1]]; if (d[2] != "") delete busy[d[2]]
+      delete disks[j]; running--
+    }
+    $5 == "rebuild_started" {
+      j = $6; release(j); n = 0; t = ""; src = ""
+      for (i = 7; i <= NF; i++) if ($i ~ /:disk#[0-9]+#[0-9]+,?$/) {
+        n++; split($i, p, "#"); if (n == 2) t = p[2]; if (n == 3) src = p[2]
+      }
+      if (t in busy) { print "disk " t " in " busy[t] " and " j > "/dev/stderr"; bad = 1 }
+      if (src != "" && src in busy) { print "disk " src " in " busy[src] " and " j > "/dev/stderr"; bad = 1 }
+      busy[t] = j; if (src != "") busy[src] = j; disks[j] = t " " src
+      started++; if (++running > peak) peak = running
+    }
+    $5 == "rebuild_done" || $5 == "rebuild_failed" { release($6) }
+    END { print started + 0, peak + 0; exit bad }'
+}
+# legs_by_disk VOLUME: "count disk_id" per disk holding legs, most first.
+legs_by_disk() { legs "$1" | awk '{print $5}' | sort | uniq -c | sort -rn; }
+# no_leg_on VOLUME DISK_ID: every leg of VOLUME is active, none on the disk.
+no_leg_on() {
+  legs "$1" >"$W/legs" || return 1
+  [ -s "$W/legs" ] || return 1
+  awk -v d="$2" '$4 != "active" || $5 == d {bad = 1} END {exit bad}' "$W/legs"
+}
+
+# cluster-disk-rebuild: one disk that holds legs of several mirrored disks
+# is declared failed (as a health check would) while its volume is
+# attached. Its mirrored disks are rebuilt in parallel across the pool by
+# the head, and the manager's job log (events) shows no disk in two
+# resyncs at once; `vsky disk fail --wait` watches it to the end.
+scenario_disk_rebuild() {
+  local v=vd dev=/dev/mapper/vsky-vd victim n start took jobs peak log
+  CHUNK=4MiB DISKS=2
+  cluster_up 5 32
+  # 20 mirrored disks of 3 MiB over 10 disks: about 4 legs per disk.
+  vsky volume create $v --size 60MiB --replicas 2 >/dev/null || fail "vsky volume create failed"
+  attach_wait $v
+  dd if=/dev/urandom of=/tmp/pat bs=1M count=60 2>/dev/null
+  dd if=/tmp/pat of=$dev bs=1M oflag=direct 2>"$W/dd.err" || fail "write failed: $(cat "$W/dd.err")"
+  legs_by_disk $v >"$W/by-disk"
+  n=$(head -1 "$W/by-disk" | awk '{print $1}')
+  victim=$(head -1 "$W/by-disk" | awk '{print $2}')
+  [ "$n" -ge 3 ] || fail "the fullest disk holds $n legs; the scenario needs several"
+  say "disk $victim holds legs of $n mirrored disks; declaring it failed"
+  start=$(now)
+  vsky disk fail "$victim" --wait --wait-timeout 300s >"$W/fail-wait.out" 2>&1 || fail "vsky disk fail $victim --wait failed: $(tail -3 "$W/fail-wait.out" | tr '\n' ' ')"
+  took=$(since "$start")
+  sed "s/^/$P:   /" "$W/fail-wait.out" | tail -5
+  wait_for 60 "every leg active and none on disk $victim" no_leg_on $v "$victim"
+  vsky rebuild list --all | sed "s/^/$P:   /"
+  log=$(job_log 2>"$W/job-log.err") || fail "the job log shows a disk in two resyncs: $(head -3 "$W/job-log.err" | tr '\n' ' ')"
+  jobs=${log% *} peak=${log#* }
+  [ "$jobs" -ge "$n" ] || fail "$jobs rebuilds started, expected at least $n"
+  [ "$peak" -ge 2 ] || fail "at most $peak rebuild ran at once: not parallel"
+  wait_for 30 "the kernel mirrors to be in sync on every leg" mirrors_in_sync
+  [ "$(dev_sum $dev 60)" = "$(file_sum /tmp/pat)" ] || fail "data read back after the rebuild differs"
+  detach_wait $v
+  cluster_down
+  echo "LAB-DETAIL disk $victim (legs of $n mirrored disks) declared failed under an attached volume: $jobs rebuilds, up to $peak at once across 10 disks, the job log (events) shows no disk in two resyncs; \`vsky disk fail --wait\` returned after ${took}s; mirrors all A; sha256 of 60 MiB matches"
+}
+
+# cluster-drain: a storage server is drained while an O_DIRECT writer keeps
+# rewriting the attached volume. Each of its legs gets a new chunk that
+# syncs as an extra leg of its mirror (the head grows the running dm-raid,
+# then drops the old leg), and a detached volume's legs are copied
+# server-to-server. The writer sees no error, the server ends with no leg,
+# its agent is stopped and it is removed, and both volumes read back intact.
+scenario_drain() {
+  local v=vm w=vn dev=/dev/mapper/vsky-vm start took rounds n nw writer victim i
+  cluster_up 4 64
+  vsky volume create $v --size 35MiB --replicas 2 >/dev/null || fail "vsky volume create $v failed"
+  vsky volume create $w --size 14MiB --replicas 2 >/dev/null || fail "vsky volume create $w failed"
+  # The detached volume's data: written through the head, then detached.
+  dd if=/dev/urandom of=/tmp/patw bs=1M count=14 2>/dev/null
+  attach_wait $w
+  dd if=/tmp/patw of=/dev/mapper/vsky-$w bs=1M oflag=direct 2>"$W/dd.err" || fail "write to $w failed"
+  detach_wait $w
+  attach_wait $v
+  dd if=/dev/urandom of=/tmp/pat bs=1M count=35 2>/dev/null
+  # The drained server: one holding legs of both volumes, so both the
+  # head's online move and the storage agents' copy are exercised.
+  victim=
+  for i in 1 2 3 4; do
+    n=$(legs $v | awk -v s="s$i" '$3 == s' | wc -l)
+    nw=$(legs $w | awk -v s="s$i" '$3 == s' | wc -l)
+    if [ "$n" -ge 1 ] && [ "$nw" -ge 1 ]; then victim=s$i; break; fi
+  done
+  [ -n "$victim" ] || fail "no server holds legs of both $v and $w: $(legs $v | tr '\n' ';') / $(legs $w | tr '\n' ';')"
+  # The writer rewrites the pattern until told to stop.
+  rm -f "$W/stop" "$W/rounds"
+  (while [ ! -f "$W/stop" ]; do
+     dd if=/tmp/pat of=$dev bs=64k oflag=direct 2>"$W/dd.err" || { echo FAIL >>"$W/rounds"; break; }
+     echo ok >>"$W/rounds"
+   done) &
+  writer=$!
+  sleep 1
+  start=$(now)
+  vsky server drain "$victim" --wait --wait-timeout 300s >"$W/drain.out" 2>&1 || fail "vsky server drain "$victim" --wait failed: $(tail -3 "$W/drain.out" | tr '\n' ' ')"
+  took=$(since "$start")
+  sed "s/^/$P:   /" "$W/drain.out" | tail -5
+  kill -0 "$writer" 2>/dev/null || fail "the writer stopped during the drain: $(cat "$W/dd.err")"
+  touch "$W/stop"
+  wait "$writer"
+  ! grep -q FAIL "$W/rounds" || fail "the writer saw an I/O error: $(cat "$W/dd.err")"
+  rounds=$(grep -c ok "$W/rounds")
+  say "drain of $victim ($n legs of $v attached, $nw of $w detached) done in ${took}s; the writer rewrote $v $rounds times meanwhile, no error"
+  [ -z "$(legs $v | awk -v s="$victim" '$3 == s || $4 != "active"')" ] || fail "$v still has legs on $victim or not active: $(legs $v | tr '\n' ';')"
+  [ -z "$(legs $w | awk -v s="$victim" '$3 == s || $4 != "active"')" ] || fail "$w still has legs on $victim or not active: $(legs $w | tr '\n' ';')"
+  vsky rebuild list --all | sed "s/^/$P:   /"
+  wait_for 30 "the kernel mirrors to be in sync on every leg" mirrors_in_sync
+  [ "$(dmsetup status | grep " raid raid1 " | awk '{print $7}' | grep -vc '^AA$')" = 0 ] \
+    || fail "a mirror does not have exactly its two legs after the drain: $(dmsetup status | grep ' raid raid1 ' | awk '{print $7}' | tr '\n' ' ')"
+  # As an admin retires a server: stop its agent, then remove it.
+  kill -9 "$(cat "$W/$victim.pid")"
+  rm -f "$W/$victim.pid"
+  vsky server remove "$victim" >/dev/null || fail "vsky server remove $victim refused after the drain"
+  [ "$(dev_sum $dev 35)" = "$(file_sum /tmp/pat)" ] || fail "$v read back after the drain differs"
+  detach_wait $v
+  attach_wait $w
+  [ "$(dev_sum /dev/mapper/vsky-$w 14)" = "$(file_sum /tmp/patw)" ] || fail "$w (moved while detached) read back differs"
+  detach_wait $w
+  cluster_down
+  echo "LAB-DETAIL server $victim drained under an O_DIRECT rewrite loop ($rounds rounds, no I/O error) in ${took}s: $n legs of the attached volume moved online by the head (mirror grows to 3 legs, then drops the old one), $nw legs of a detached volume copied server-to-server; $victim then held no leg, its agent was stopped and it was removed: both volumes' sha256 match"
+}
+
 # lab/run passes LAB_DEBUG=1 as vsky.debug=1 on the kernel command line.
 debug_dump() { grep -q 'vsky\.debug=1' /proc/cmdline && DUMP_LINES=60 dump; }
 
@@ -931,6 +1087,8 @@ case $scenario in
   cluster-kill-server) scenario_kill_server ;;
   cluster-agent-restart) scenario_agent_restart ;;
   cluster-rebuild) scenario_rebuild ;;
+  cluster-disk-rebuild) scenario_disk_rebuild ;;
+  cluster-drain) scenario_drain ;;
   cluster-return) scenario_return ;;
   cluster-scrub) scenario_scrub ;;
   cluster-ha-rebuild) scenario_ha_rebuild ;;

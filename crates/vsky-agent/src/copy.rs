@@ -4,7 +4,8 @@
 //! through dm-raid, yet the volume must not stay with one copy of its data.
 //! The manager then asks the storage agent holding the new chunk to fill it:
 //! this module reads the healthy source leg over NBD (the same secret export
-//! a head would use) and writes the data area into the local chunk.
+//! a head would use; `leg_reader.rs`) and writes the data area into the
+//! local chunk.
 //!
 //! Only the data area is copied. The metadata area (dm-raid's superblock and
 //! bitmap) belongs to one slot of one mirror; the new chunk's stays zeroed
@@ -27,6 +28,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use vsky_api::types::{CopySpec, ResyncReport};
+
+use crate::leg_reader::{LegReader, pace};
 
 /// Bytes read and written per step.
 const PIECE: u64 = 1 << 20;
@@ -182,24 +185,9 @@ async fn copy_once(
 ) -> Result<bool, String> {
     let meta = spec.leg_meta_bytes;
     let data = data_bytes(spec);
-    let mut source = vsky_nbd::client::Client::connect(
-        spec.source.server_address.as_str(),
-        &spec.source.export_name,
-    )
-    .await
-    .map_err(|e| {
-        format!(
-            "cannot open the source leg on {} ({}): {e}",
-            spec.source.server, spec.source.server_address
-        )
-    })?;
-    if source.info().size_bytes != spec.chunk_size_bytes {
-        return Err(format!(
-            "the source exports {} bytes, expected a {}-byte chunk",
-            source.info().size_bytes,
-            spec.chunk_size_bytes
-        ));
-    }
+    let mut source = LegReader::open(&spec.source, spec.chunk_size_bytes)
+        .await
+        .map_err(|e| format!("source: {e}"))?;
     let path = PathBuf::from(&spec.target_disk_path);
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -234,15 +222,9 @@ async fn copy_once(
                 error: None,
             },
         );
-        if spec.rate_bytes_per_second > 0 {
-            // Stay under the rate: sleep until `done` bytes are due.
-            let due = Duration::from_secs_f64(done as f64 / spec.rate_bytes_per_second as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.wait_for(|s| *s) => return Ok(false),
-                }
-            }
+        // Stay under the rate.
+        if !pace(started, done, spec.rate_bytes_per_second, stop).await {
+            return Ok(false);
         }
     }
     let f = file.clone();
@@ -250,7 +232,7 @@ async fn copy_once(
         .await
         .map_err(|e| format!("sync task: {e}"))?
         .map_err(|e| format!("syncing {}: {e}", path.display()))?;
-    let _ = source.disconnect().await;
+    source.close().await;
     tracing::info!(
         job = spec.job,
         bytes = data,

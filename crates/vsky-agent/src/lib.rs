@@ -11,25 +11,31 @@
 //!   when the manager's scheduler starts their resync.
 //! - Resyncs of detached volumes: the storage agent holding a replacement
 //!   chunk fills it from a healthy leg over NBD ([`copy`]).
+//! - Scrubs of detached volumes: the storage agent holding a mirrored
+//!   disk's first leg compares its legs when the manager asks ([`compare`]).
 //!
 //! The agent reconciles: it long-polls the manager's desired state for its
 //! server and converges the local state onto it, so a missed message or a
 //! restart is harmless. Heartbeats carry what it observed (wiped chunks,
-//! failed legs, resync progress).
+//! failed legs, resync progress, scrub results).
 //!
 //! Modules: [`disks`] (probe), [`wipe`] (zeroing), [`head`] (kernel
 //! assembly and online leg replacement), [`copy`] (server-to-server resync),
-//! [`reconcile`] (the loops), [`scrub`] (the head's patrol that checks its
-//! mirrors), [`api`] (the local REST API the SMAPIv3 datapath plugin calls).
+//! [`compare`] (scrubs of detached volumes), [`leg_reader`] (reading a leg
+//! in place or over NBD, for both), [`reconcile`] (the loops), [`scrub`]
+//! (the head's patrol that checks its mirrors), [`api`] (the local REST API
+//! the SMAPIv3 datapath plugin calls).
 //!
 //! Shutdown stops the NBD server after in-flight requests finish and leaves
 //! assembled volumes in place: VMs keep their disks while the agent
 //! restarts, and the next agent adopts them.
 
 pub mod api;
+pub mod compare;
 pub mod copy;
 pub mod disks;
 pub mod head;
+pub mod leg_reader;
 pub mod reconcile;
 pub mod scrub;
 pub mod wipe;

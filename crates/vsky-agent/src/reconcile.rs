@@ -17,6 +17,7 @@ use vsky_api::types::{
 use vsky_api::{Client, ClientConfig};
 use vsky_nbd::{Export, ExportTable, ServerConfig};
 
+use crate::compare::Scrubs;
 use crate::copy::Copies;
 use crate::disks::{self, DiskArg, ProbedDisk};
 use crate::head::{Head, NbdTimeouts};
@@ -78,6 +79,9 @@ pub(crate) struct Shared {
     pub(crate) copy_resyncs: Arc<Mutex<BTreeMap<u64, ResyncReport>>>,
     /// Finished scrubs waiting for the next heartbeat.
     scrubs: Mutex<Vec<ScrubReport>>,
+    /// Verdicts of the detached volumes' scrubs this storage agent ran,
+    /// by scrub id (sent until the manager stops listing them).
+    pub(crate) detached_scrubs: Arc<Mutex<BTreeMap<u64, ScrubReport>>>,
     heartbeat_now: Notify,
     /// Volumes assembled on this head, with their devices; the local API
     /// waits on `assembly` for attaches and detaches to take effect.
@@ -230,6 +234,8 @@ struct Agent {
     wiped_done: BTreeSet<ChunkId>,
     /// Resyncs of detached volumes this storage agent copies.
     copies: Copies,
+    /// Scrubs of detached volumes this storage agent runs.
+    scrubs: Scrubs,
 }
 
 /// Runs the agent until `shutdown` resolves.
@@ -277,6 +283,7 @@ pub async fn run(
         exports,
         head,
         copies: Copies::new(shared.copy_resyncs.clone(), shared.clone()),
+        scrubs: Scrubs::new(shared.detached_scrubs.clone(), shared.clone()),
         shared,
         wiped_done: BTreeSet::new(),
     };
@@ -424,6 +431,7 @@ impl Agent {
         // before any export is added: a chunk being copied into is exported
         // to a head only after its copy stopped.
         self.copies.retain(&desired.copies).await;
+        self.scrubs.retain(&desired.scrubs);
         self.sync_exports(&desired);
         complete &= self.wipe(&desired).await;
         self.shared.set_volumes(&desired.volumes);
@@ -433,6 +441,8 @@ impl Agent {
                 .await;
         }
         self.copies.start(&desired.copies);
+        self.scrubs
+            .start(&desired.scrubs, desired.resync_rate_bytes_per_second);
         complete
     }
 
@@ -524,6 +534,9 @@ impl Agent {
                         for (k, l) in &assembly.unreachable_legs {
                             shared.leg_failed(spec, *k, *l, None);
                         }
+                        if assembly.retry_new_members {
+                            complete = false;
+                        }
                         tracing::debug!(volume = %spec.name, device = %assembly.device.display(), "volume assembled");
                     }
                     Err(e) => {
@@ -575,7 +588,9 @@ async fn heartbeat_loop(
         }
         let wiped = lock(&shared.wiped).clone();
         let failed = lock(&shared.failed).clone();
-        let scrubs = lock(&shared.scrubs).clone();
+        let head_scrubs = lock(&shared.scrubs).clone();
+        let mut scrubs = head_scrubs.clone();
+        scrubs.extend(lock(&shared.detached_scrubs).values().cloned());
         let mut resyncs: Vec<ResyncReport> = lock(&shared.head_resyncs).values().cloned().collect();
         resyncs.extend(lock(&shared.copy_resyncs).values().cloned());
         let beat = Heartbeat {
@@ -583,14 +598,14 @@ async fn heartbeat_loop(
             wiped_chunks: wiped.clone(),
             failed_legs: failed.clone(),
             resyncs,
-            scrubs: scrubs.clone(),
+            scrubs,
         };
         match client.heartbeat(&beat).await {
             Ok(_) => {
                 // Drop exactly what was sent; newer observations stay queued.
                 lock(&shared.wiped).drain(..wiped.len());
                 lock(&shared.failed).drain(..failed.len());
-                lock(&shared.scrubs).drain(..scrubs.len());
+                lock(&shared.scrubs).drain(..head_scrubs.len());
                 if !wiped.is_empty() || !failed.is_empty() {
                     tracing::info!(
                         wiped = wiped.len(),

@@ -11,7 +11,8 @@
 //!
 //! Only one mirror per head is checked at a time, and only mirrors that are
 //! in sync: a check never competes with a rebuild on the same mirror.
-//! Detached volumes are not scrubbed (no head reads them).
+//! Detached volumes have no head: the manager schedules their scrubs, and
+//! a storage agent compares their legs (`compare.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -83,6 +84,9 @@ impl Patrol {
                         volume,
                         mirrored_disk: k,
                         mismatched_sectors,
+                        scrub: None,
+                        unreadable_legs: Vec::new(),
+                        error: None,
                     })
                 }
                 Err(e) => {

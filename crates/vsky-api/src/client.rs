@@ -342,6 +342,12 @@ impl Client {
             .await
     }
 
+    /// A DELETE whose answer carries a body.
+    async fn delete_returning<R: DeserializeOwned>(&self, path: &str) -> Result<R, ClientError> {
+        self.call::<(), R>(Method::DELETE, path, None, Duration::ZERO)
+            .await
+    }
+
     // ---- cluster ---------------------------------------------------------
 
     pub async fn health(&self) -> Result<Health, ClientError> {
@@ -377,6 +383,22 @@ impl Client {
             .await
     }
 
+    /// Starts draining a server: it takes no new chunks and its legs move
+    /// to other servers. Idempotent.
+    pub async fn drain_server(&self, name: &str) -> Result<Server, ClientError> {
+        self.post(
+            &format!("{API_PREFIX}/servers/{}/drain", segment(name)),
+            &(),
+        )
+        .await
+    }
+
+    /// Stops draining a server; moves already under way finish.
+    pub async fn stop_drain_server(&self, name: &str) -> Result<Server, ClientError> {
+        self.delete_returning(&format!("{API_PREFIX}/servers/{}/drain", segment(name)))
+            .await
+    }
+
     // ---- disks -----------------------------------------------------------
 
     pub async fn list_disks(&self) -> Result<Vec<Disk>, ClientError> {
@@ -397,6 +419,31 @@ impl Client {
 
     pub async fn fail_disk(&self, id: u64) -> Result<Disk, ClientError> {
         self.post(&format!("{API_PREFIX}/disks/{id}/fail"), &())
+            .await
+    }
+
+    /// Starts draining a disk: it takes no new chunks and its legs move to
+    /// other disks. Idempotent.
+    pub async fn drain_disk(&self, id: u64) -> Result<Disk, ClientError> {
+        self.post(&format!("{API_PREFIX}/disks/{id}/drain"), &())
+            .await
+    }
+
+    /// Stops draining a disk; moves already under way finish.
+    pub async fn stop_drain_disk(&self, id: u64) -> Result<Disk, ClientError> {
+        self.delete_returning(&format!("{API_PREFIX}/disks/{id}/drain"))
+            .await
+    }
+
+    // ---- pool --------------------------------------------------------------
+
+    /// Plans moves from the fullest disks to the emptiest (at most
+    /// `req.max_moves`, the manager's default when absent).
+    pub async fn rebalance(
+        &self,
+        req: &RebalanceRequest,
+    ) -> Result<RebalanceResponse, ClientError> {
+        self.post(&format!("{API_PREFIX}/pool/rebalance"), req)
             .await
     }
 

@@ -90,6 +90,19 @@ pub struct Server {
     pub capacity_bytes: u64,
     pub free_bytes: u64,
     pub legs: u64,
+    /// An admin asked for the server to be emptied: it keeps serving its
+    /// legs, takes no new chunks, and its legs are moved to other servers
+    /// (`POST /api/v1/servers/{name}/drain`).
+    #[serde(default)]
+    pub draining: bool,
+    /// Legs still on its disks (summed over them): while draining, what
+    /// is left to move. The server can be removed once this is 0.
+    #[serde(default)]
+    pub legs_left: u64,
+    /// Of those, legs whose move (drain or rebalance) is queued or
+    /// running.
+    #[serde(default)]
+    pub legs_moving: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -123,6 +136,19 @@ pub struct Disk {
     pub legs: u64,
     pub free_chunks: u64,
     pub releasing_chunks: u64,
+    /// The disk, or its server, is draining: it keeps serving its legs,
+    /// takes no new chunks, and its legs are moved to other disks
+    /// (`POST /api/v1/disks/{id}/drain`).
+    #[serde(default)]
+    pub draining: bool,
+    /// Legs still on the disk: while draining, what is left to move. The
+    /// disk can be removed once this is 0.
+    #[serde(default)]
+    pub legs_left: u64,
+    /// Of those, legs whose move (drain or rebalance) is queued or
+    /// running.
+    #[serde(default)]
+    pub legs_moving: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -289,6 +315,11 @@ pub struct Leg {
 pub struct MirroredDisk {
     pub index: usize,
     pub legs: Vec<Leg>,
+    /// When the manager's patrol last compared this mirrored disk's legs
+    /// while its volume was detached (Unix seconds); absent if never. Heads
+    /// scrub attached volumes on their own and report events only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scrub_unix_s: Option<u64>,
 }
 
 /// A volume with its full layout.
@@ -407,7 +438,8 @@ pub struct Heartbeat {
     /// Progress of the resyncs this agent executes.
     #[serde(default)]
     pub resyncs: Vec<ResyncReport>,
-    /// Scrubs (dm-raid `check` of a mirror) this head finished.
+    /// Scrubs this agent finished: dm-raid `check`s of the mirrors it
+    /// heads, and the manager's scrubs of detached volumes (`scrub` set).
     #[serde(default)]
     pub scrubs: Vec<ScrubReport>,
 }
@@ -418,9 +450,23 @@ pub struct Heartbeat {
 pub struct ScrubReport {
     pub volume: String,
     pub mirrored_disk: u32,
-    /// Sectors whose copies differ (dm-raid's mismatch count); 0 when the
-    /// legs agree.
+    /// Sectors whose copies differ (dm-raid's mismatch count, or the
+    /// 512-byte sectors of the data area where the legs that could be read
+    /// disagree); 0 when the legs agree.
     pub mismatched_sectors: u64,
+    /// The scrub of a detached volume the manager asked for
+    /// (`ScrubSpec::scrub`); absent for a head's own check. The report is
+    /// sent with every heartbeat until the manager stops listing the scrub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrub: Option<u64>,
+    /// Legs (slots of the mirrored disk) that returned read errors; the
+    /// manager fails them, and they are replaced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable_legs: Vec<u8>,
+    /// The scrub could not be done (a leg stayed unreachable); set instead
+    /// of a verdict. The manager tries again later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// An agent attaching a volume to (or detaching it from) its own server, on
@@ -497,6 +543,23 @@ pub struct CopySpec {
     pub rate_bytes_per_second: u64,
 }
 
+/// A scrub of a detached volume's mirrored disk, run by the storage agent
+/// holding its first leg: it reads the data area of every leg (its own in
+/// place, the others over NBD under their secret export names), compares
+/// them, and reports a `ScrubReport` with this `scrub` id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ScrubSpec {
+    pub scrub: u64,
+    pub volume: String,
+    pub mirrored_disk: u32,
+    /// Every leg, in slot order (`unreadable_legs` names these slots).
+    pub legs: Vec<LegSpec>,
+    /// Bytes at the start of each chunk that hold the mirror's metadata:
+    /// not compared (each slot's superblock and bitmap differ).
+    pub leg_meta_bytes: u64,
+    pub chunk_size_bytes: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct VolumeSpec {
     pub name: String,
@@ -518,8 +581,11 @@ pub struct DesiredState {
     /// Resyncs of detached volumes this agent copies.
     #[serde(default)]
     pub copies: Vec<CopySpec>,
+    /// Scrubs of detached volumes this agent runs.
+    #[serde(default)]
+    pub scrubs: Vec<ScrubSpec>,
     /// The per-leg resync rate limit of the cluster (0: no limit). Heads
-    /// apply it to dm-raid recovery, storage agents to copies.
+    /// apply it to dm-raid recovery, storage agents to copies and scrubs.
     #[serde(default)]
     pub resync_rate_bytes_per_second: u64,
 }
@@ -541,24 +607,63 @@ pub enum RebuildState {
     Queued,
     Running,
     Done,
-    /// Gave up; the leg was planned again on another chunk.
+    /// Gave up: a repair is planned again on another chunk; a move is
+    /// abandoned (the leg stays where it was; a drain plans it again).
     Failed,
 }
 
-/// One resync job: a failed leg's replacement being filled.
+/// Why a resync job copies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RebuildKind {
+    /// A failed leg gets a new chunk.
+    #[default]
+    Repair,
+    /// A healthy leg moves to a new chunk (drain or rebalance). The new
+    /// leg syncs in an extra slot (the mirrored disk has one leg more
+    /// than its replicas meanwhile), then takes the moving leg's slot and
+    /// the old chunk is released: redundancy never drops.
+    Move,
+}
+
+/// Why a leg moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MoveReason {
+    /// Its disk or server is draining.
+    Drain,
+    /// `POST /api/v1/pool/rebalance` moves it to a less full disk.
+    Rebalance,
+}
+
+/// One resync job: a failed leg's replacement, or a moving leg's new
+/// chunk, being filled.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Rebuild {
     pub id: u64,
+    /// `repair` (a failed leg) or `move` (a healthy leg moving away).
+    #[serde(default)]
+    pub kind: RebuildKind,
+    /// For a move: why it moves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<MoveReason>,
+    /// For a move: the slot of the leg moving away. The new chunk syncs
+    /// in the extra slot `leg` and then takes this slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_leg: Option<u8>,
     /// The volume's name (`#<id>` if it was deleted since).
     pub volume: String,
     pub mirrored_disk: u32,
+    /// The slot being filled (for a move: the extra slot, one past the
+    /// replicas).
     pub leg: u8,
     pub state: RebuildState,
     /// The healthy leg copied from (chosen when the job starts).
     pub source: Option<ChunkLocation>,
     /// The new chunk being filled.
     pub target: ChunkLocation,
-    /// The failed chunk it replaces.
+    /// The chunk it replaces: the failed one (repair), or the one moving
+    /// away, released once the move is done (move).
     pub replaced: ChunkLocation,
     /// Who copies: the volume's head (dm-raid) when attached, else the
     /// storage agent holding the target chunk.
@@ -582,6 +687,49 @@ pub struct RebuildList {
     pub rebuilds: Vec<Rebuild>,
 }
 
+/// Moves a rebalance plans when the request does not say
+/// (`RebalanceRequest::max_moves`).
+pub const REBALANCE_MAX_MOVES_DEFAULT: u32 = 64;
+/// The most moves one rebalance request may plan.
+pub const REBALANCE_MAX_MOVES_MAX: u32 = 10_000;
+
+/// Asks the manager to even out the pool: legs move from the fullest disks
+/// (by the fraction of their chunks in use) to the emptiest, under the
+/// placement rules. An empty body takes the defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RebalanceRequest {
+    /// At most this many moves (1..=10000; 64 when omitted). Moves run
+    /// under the same per-disk limit as rebuilds, repairs first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 10000)]
+    pub max_moves: Option<u32>,
+}
+
+/// One move a rebalance planned: a resync job (`/api/v1/rebuilds`, kind
+/// `move`, reason `rebalance`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PlannedMoveInfo {
+    /// The job's id in `/api/v1/rebuilds`.
+    pub rebuild: u64,
+    pub volume: String,
+    pub mirrored_disk: u32,
+    pub from_disk: u64,
+    pub from_server: String,
+    pub to_disk: u64,
+    pub to_server: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RebalanceResponse {
+    /// The moves planned, in order; empty when no move narrows the gap
+    /// between the fullest and the emptiest disk.
+    pub moves: Vec<PlannedMoveInfo>,
+    /// Fill (fraction of chunks in use, 0..1) of the fullest disk that
+    /// takes new chunks minus that of the emptiest, before these moves.
+    pub fill_spread_before: f64,
+}
+
 /// One state change in the cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Event {
@@ -593,7 +741,9 @@ pub struct Event {
     pub severity: String,
     /// Stable kind: `server_failed`, `server_silent`, `leg_failed`,
     /// `rebuild_queued`, `rebuild_started`, `rebuild_done`,
-    /// `rebuild_failed`, `disk_failed`, `volume_created`, …
+    /// `rebuild_failed`, `disk_failed`, `disk_draining`,
+    /// `disk_drain_stopped`, `server_draining`, `server_drain_stopped`,
+    /// `rebalance_planned`, `volume_created`, …
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,

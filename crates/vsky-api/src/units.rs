@@ -106,8 +106,8 @@ impl DurationError {
     }
 }
 
-/// Parses a duration such as `30s`, `500ms`, `2m` (also `min`) or `45`
-/// (seconds). Zero is refused: every duration VastSky takes is a wait or a
+/// Parses a duration such as `30s`, `500ms`, `2m` (also `min`), `6h`, `7d`
+/// or `45` (seconds). Zero is refused: every duration VastSky takes is a wait or a
 /// period that must be positive.
 pub fn parse_duration(input: &str) -> Result<std::time::Duration, DurationError> {
     use std::time::Duration;
@@ -128,6 +128,8 @@ pub fn parse_duration(input: &str) -> Result<std::time::Duration, DurationError>
         "ms" => Duration::from_millis(n),
         "" | "s" => Duration::from_secs(n),
         "m" | "min" => Duration::from_secs(n.checked_mul(60).ok_or_else(|| bad("too large"))?),
+        "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(|| bad("too large"))?),
+        "d" => Duration::from_secs(n.checked_mul(86400).ok_or_else(|| bad("too large"))?),
         _ => return Err(bad("unknown unit")),
     };
     if duration.is_zero() {
@@ -146,13 +148,16 @@ mod tests {
         assert_eq!(parse_duration(" 30s "), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2min"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("6h"), Ok(Duration::from_secs(6 * 3600)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
         for (bad, why) in [
             ("", "no number"),
             ("0s", "must be more than zero"),
-            ("1h", "unknown unit"),
+            ("1w", "unknown unit"),
             ("-1s", "no number"),
             ("99999999999999999999", "number too large"),
             ("999999999999999999m", "too large"),
+            ("999999999999999999d", "too large"),
         ] {
             assert_eq!(parse_duration(bad).unwrap_err().reason(), why, "{bad:?}");
         }

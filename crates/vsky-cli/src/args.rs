@@ -138,19 +138,23 @@ pub enum Command {
     /// Show the state of the whole storage pool.
     #[command(subcommand)]
     Cluster(ClusterCommand),
-    /// Add, list, inspect, fail and remove storage servers.
+    /// Add, list, inspect, drain, fail and remove storage servers.
     #[command(subcommand)]
     Server(ServerCommand),
-    /// Add, list, inspect, fail and remove physical disks.
+    /// Add, list, inspect, drain, fail and remove physical disks.
     #[command(subcommand)]
     Disk(DiskCommand),
+    /// Work on the pool as a whole: rebalance legs between disks.
+    #[command(subcommand)]
+    Pool(PoolCommand),
     /// Create, inspect, attach, resize and delete mirrored volumes.
     #[command(subcommand)]
     Volume(VolumeCommand),
     /// Create, list, inspect and delete groups of volumes (XAPI SRs).
     #[command(subcommand)]
     Group(GroupCommand),
-    /// Watch the rebuilds (resyncs) that restore failed legs.
+    /// Watch the rebuilds (resyncs) that restore failed legs and move
+    /// healthy ones.
     #[command(subcommand)]
     Rebuild(RebuildCommand),
     /// Show the cluster's event log: failures, rebuilds queued, started,
@@ -172,9 +176,41 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Move legs from the fullest disks to the emptiest.
+    #[command(
+        long_about = "Even out the pool, e.g. after adding servers or disks: the manager \
+            moves legs from the fullest disks (by the fraction of their chunks in use) \
+            to the emptiest, as long as each move narrows the gap, and only where the \
+            placement rules allow (distinct servers, racks, disk class). Each move is a \
+            resync job (`vsky rebuild list` shows it as `move (rebalance)`): the new leg \
+            syncs while the old one keeps serving, then the old chunk is freed, so \
+            redundancy never drops. Moves run under the per-disk resync limit, after \
+            repairs. Legs of a degraded or busy mirrored disk wait; run the command \
+            again later for more.\n\n\
+            With --wait, shows the progress of the planned moves until each is done or \
+            failed, and exits 1 if any failed.",
+        after_help = "Examples:\n  vsky pool rebalance\n  vsky pool rebalance --max-moves 500 --wait"
+    )]
+    Rebalance {
+        /// Plan at most N moves (1-10000; the manager's default, 64, when
+        /// omitted).
+        #[arg(long, value_name = "N")]
+        max_moves: Option<u32>,
+        /// Show the planned moves' progress until each is done or failed
+        /// (exit 1 if one failed or --wait-timeout passes first).
+        #[arg(long)]
+        wait: bool,
+        /// Longest --wait.
+        #[arg(long, value_name = "DURATION", default_value = "60m", value_parser = parse_timeout, requires = "wait")]
+        wait_timeout: Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum RebuildCommand {
-    /// List rebuilds: which leg, from where to where, by whom, progress,
-    /// rate and ETA.
+    /// List rebuilds and moves: which leg, why, from where to where, by
+    /// whom, progress, rate and ETA.
     #[command(
         after_help = "Examples:\n  vsky rebuild list\n  vsky rebuild list --all\n  vsky rebuild list --wait --wait-timeout 30m"
     )]
@@ -182,8 +218,8 @@ pub enum RebuildCommand {
         /// Include recent finished (done and failed) rebuilds.
         #[arg(long)]
         all: bool,
-        /// Show a progress bar until no rebuild is queued or running, then
-        /// the list; exits 1 if --wait-timeout passes first.
+        /// Show progress until no rebuild or move is queued or running,
+        /// then the list; exits 1 if --wait-timeout passes first.
         #[arg(long)]
         wait: bool,
         /// Longest --wait (e.g. 30m, 2h as 120m).
@@ -302,6 +338,35 @@ pub enum ServerCommand {
         #[arg(long, value_name = "DURATION", default_value = "60m", value_parser = parse_timeout, requires = "wait")]
         wait_timeout: Duration,
     },
+    /// Empty a server gracefully: move its legs to other servers.
+    #[command(
+        long_about = "Drain a server before taking it out of service. It keeps serving \
+            its legs but takes no new chunks, and the manager moves every leg on its \
+            disks to another server, one copy at a time per mirrored disk and at most \
+            --resyncs-per-disk per disk, after repairs. Each new leg syncs while the old \
+            one keeps serving, so redundancy never drops (unlike `vsky server fail`). \
+            Once it holds no legs, `vsky server remove` takes it out. Draining again \
+            is harmless. A failed server cannot be drained: its legs are being \
+            replaced already.\n\n\
+            --stop ends the drain: the server takes new chunks again; moves already \
+            queued or running finish. With --wait, shows the progress (legs left, moves \
+            running, bytes copied) until the server holds no legs.",
+        after_help = "Examples:\n  vsky server drain node3\n  vsky server drain node3 --wait && vsky server remove node3\n  vsky server drain node3 --stop"
+    )]
+    Drain {
+        /// Server name.
+        name: String,
+        /// Stop draining instead: the server takes new chunks again.
+        #[arg(long, conflicts_with = "wait")]
+        stop: bool,
+        /// Show the progress until the server holds no legs (exit 1 if the
+        /// drain is stopped or --wait-timeout passes first).
+        #[arg(long)]
+        wait: bool,
+        /// Longest --wait.
+        #[arg(long, value_name = "DURATION", default_value = "60m", value_parser = parse_timeout, requires = "wait")]
+        wait_timeout: Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -363,6 +428,35 @@ pub enum DiskCommand {
         id: u64,
         /// Show a progress bar until every rebuild is done (exit 1 if
         /// --wait-timeout passes first).
+        #[arg(long)]
+        wait: bool,
+        /// Longest --wait.
+        #[arg(long, value_name = "DURATION", default_value = "60m", value_parser = parse_timeout, requires = "wait")]
+        wait_timeout: Duration,
+    },
+    /// Empty a disk gracefully: move its legs to other disks.
+    #[command(
+        long_about = "Drain a disk before replacing it. It keeps serving its legs but \
+            takes no new chunks, and the manager moves every leg on it to another disk, \
+            one copy at a time per mirrored disk and at most --resyncs-per-disk per \
+            disk, after repairs. Each new leg syncs while the old one keeps serving, so \
+            redundancy never drops (unlike `vsky disk fail`). Once it holds no legs, \
+            `vsky disk remove` takes it out. Draining again is harmless. A failed disk \
+            cannot be drained: its legs are being replaced already.\n\n\
+            --stop ends the drain: the disk takes new chunks again (unless its server \
+            is draining); moves already queued or running finish. With --wait, shows \
+            the progress (legs left, moves running, bytes copied) until the disk holds \
+            no legs.",
+        after_help = "Examples:\n  vsky disk drain 7\n  vsky disk drain 7 --wait && vsky disk remove 7\n  vsky disk drain 7 --stop"
+    )]
+    Drain {
+        /// Disk id.
+        id: u64,
+        /// Stop draining instead: the disk takes new chunks again.
+        #[arg(long, conflicts_with = "wait")]
+        stop: bool,
+        /// Show the progress until the disk holds no legs (exit 1 if the
+        /// drain is stopped or --wait-timeout passes first).
         #[arg(long)]
         wait: bool,
         /// Longest --wait.
@@ -760,6 +854,95 @@ mod tests {
     }
 
     #[test]
+    fn drain_takes_stop_or_wait_but_not_both() {
+        match parse(&["disk", "drain", "7"]).unwrap().command {
+            Command::Disk(DiskCommand::Drain { id, stop, wait, .. }) => {
+                assert_eq!((id, stop, wait), (7, false, false));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match parse(&["disk", "drain", "7", "--wait", "--wait-timeout", "5m"])
+            .unwrap()
+            .command
+        {
+            Command::Disk(DiskCommand::Drain {
+                wait, wait_timeout, ..
+            }) => {
+                assert!(wait);
+                assert_eq!(wait_timeout, Duration::from_secs(300));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match parse(&["server", "drain", "node3", "--stop"])
+            .unwrap()
+            .command
+        {
+            Command::Server(ServerCommand::Drain { name, stop, .. }) => {
+                assert_eq!(name, "node3");
+                assert!(stop);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        for args in [
+            &["disk", "drain", "7", "--stop", "--wait"][..],
+            &["server", "drain", "n1", "--wait", "--stop"],
+        ] {
+            assert_eq!(
+                parse(args).unwrap_err().kind(),
+                ErrorKind::ArgumentConflict,
+                "{args:?}"
+            );
+        }
+        assert_eq!(
+            parse(&["disk", "drain", "7", "--wait-timeout", "5m"])
+                .unwrap_err()
+                .kind(),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            parse(&["disk", "drain", "sdb"]).unwrap_err().kind(),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            parse(&["server", "drain"]).unwrap_err().kind(),
+            ErrorKind::MissingRequiredArgument
+        );
+    }
+
+    #[test]
+    fn rebalance_takes_a_move_count_and_wait() {
+        match parse(&["pool", "rebalance"]).unwrap().command {
+            Command::Pool(PoolCommand::Rebalance {
+                max_moves, wait, ..
+            }) => {
+                assert_eq!(max_moves, None);
+                assert!(!wait);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match parse(&["pool", "rebalance", "--max-moves", "500", "--wait"])
+            .unwrap()
+            .command
+        {
+            Command::Pool(PoolCommand::Rebalance {
+                max_moves, wait, ..
+            }) => {
+                assert_eq!(max_moves, Some(500));
+                assert!(wait);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // The bound (1-10000) is the manager's to enforce; only the shape
+        // is checked here.
+        for bad in ["-1", "many", "1.5"] {
+            assert!(
+                parse(&["pool", "rebalance", "--max-moves", bad]).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn there_is_no_token_flag() {
         let err = parse(&["--token", "secret", "volume", "list"]).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::UnknownArgument);
@@ -776,7 +959,7 @@ mod tests {
             "s",
             "0",
             "0ms",
-            "5h",
+            "5w",
             "-1s",
             "1.5s",
             "99999999999999999999m",

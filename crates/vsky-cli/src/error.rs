@@ -44,6 +44,9 @@ pub enum CliError {
     Usage(String),
     /// A `--wait` ran out of time before the operation finished.
     WaitTimedOut(String),
+    /// What a `--wait` watched ended without completing: a planned move
+    /// failed, or a drain was stopped.
+    Incomplete(String),
 }
 
 impl CliError {
@@ -62,8 +65,8 @@ impl CliError {
             CliError::Client(ClientError::Decode { .. }) => ExitStatus::Manager,
             CliError::Client(ClientError::Config(_)) | CliError::Config(_) => ExitStatus::Config,
             CliError::Usage(_) => ExitStatus::Usage,
-            // Like a refusal: the cluster did not get there in time.
-            CliError::WaitTimedOut(_) => ExitStatus::Manager,
+            // Like a refusal: the cluster did not get there (in time).
+            CliError::WaitTimedOut(_) | CliError::Incomplete(_) => ExitStatus::Manager,
         }
     }
 }
@@ -91,9 +94,10 @@ impl fmt::Display for CliError {
                 }
                 Ok(())
             }
-            CliError::Config(msg) | CliError::Usage(msg) | CliError::WaitTimedOut(msg) => {
-                f.write_str(msg)
-            }
+            CliError::Config(msg)
+            | CliError::Usage(msg)
+            | CliError::WaitTimedOut(msg)
+            | CliError::Incomplete(msg) => f.write_str(msg),
         }
     }
 }
@@ -166,6 +170,10 @@ mod tests {
         assert_eq!(
             CliError::Usage("label given twice".into()).exit_status(),
             ExitStatus::Usage
+        );
+        assert_eq!(
+            CliError::Incomplete("1 of 3 moves failed".into()).exit_status(),
+            ExitStatus::Manager
         );
     }
 

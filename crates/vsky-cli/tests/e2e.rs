@@ -224,3 +224,141 @@ fn quickstart_through_the_cli() {
         1
     );
 }
+
+/// Plays every executor until the runtime stops: each running resync is
+/// reported done by the server that runs it (or failed, while `fail` is
+/// set). The admin token may call the agent endpoints.
+fn play_executors(env: &Env, fail: Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::Ordering;
+    use vsky_api::types::{Heartbeat, RebuildState, ResyncReport};
+    let client = vsky_api::Client::new(vsky_api::ClientConfig {
+        manager_url: env.url.clone(),
+        token: Some(TOKEN.into()),
+        ..Default::default()
+    })
+    .unwrap();
+    env._runtime.spawn(async move {
+        loop {
+            if let Ok(list) = client.rebuilds(false).await {
+                for r in list.rebuilds {
+                    let Some(server) = r.executor.filter(|_| r.state == RebuildState::Running)
+                    else {
+                        continue;
+                    };
+                    let failing = fail.load(Ordering::Relaxed);
+                    let report = ResyncReport {
+                        job: r.id,
+                        bytes_done: if failing { 0 } else { r.bytes_total },
+                        done: !failing,
+                        error: failing.then(|| "test: copy refused".to_string()),
+                    };
+                    let _ = client
+                        .heartbeat(&Heartbeat {
+                            server,
+                            resyncs: vec![report],
+                            ..Default::default()
+                        })
+                        .await;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+}
+
+#[test]
+fn drain_and_rebalance_through_the_cli() {
+    let env = start_manager();
+    let add = |s: usize| {
+        let name = format!("node{s}");
+        env.ok(&[
+            "server",
+            "add",
+            &name,
+            "--address",
+            &format!("127.0.0.1:{}", 10809 + s),
+        ]);
+        env.json(&["disk", "add", &name, "/dev/vdb", "--size", "129MiB"])["id"]
+            .as_u64()
+            .unwrap()
+    };
+    let disks: Vec<u64> = (0..4).map(add).collect();
+    // 12 mirrored disks, 24 legs: 6 on each disk of 16 chunks.
+    env.ok(&[
+        "volume",
+        "create",
+        "v",
+        "--size",
+        "84MiB",
+        "--replicas",
+        "2",
+    ]);
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    play_executors(&env, fail.clone());
+
+    // Drain a disk and wait: plain progress lines (stdout is no terminal),
+    // then the drained disk.
+    let id = disks[0].to_string();
+    let out = env.ok(&["disk", "drain", &id, "--wait", "--wait-timeout", "60s"]);
+    assert!(out.contains(&format!("Disk {id} is drained")), "{out}");
+    assert!(out.contains("Draining:          yes: 0 legs left"), "{out}");
+    assert!(!out.contains('\r'), "no bar redrawn in a pipe: {out:?}");
+    let all = env.ok(&["rebuild", "list", "--all"]);
+    assert!(all.contains("move (drain)"), "{all}");
+    let listed = env.ok(&["disk", "list"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(&format!("{id:>2} ")) && l.contains(" online  yes ")),
+        "{listed}"
+    );
+    // Stopping the drain, then draining a failed server, as the manager says.
+    let out = env.ok(&["disk", "drain", &id, "--stop"]);
+    assert!(
+        out.starts_with(&format!("Stopped draining disk {id}")),
+        "{out}"
+    );
+    env.ok(&["disk", "remove", &id]);
+    env.ok(&["server", "remove", "node0"]);
+
+    // New servers join; a rebalance moves legs to them and waits.
+    add(4);
+    add(5);
+    let out = env.ok(&[
+        "pool",
+        "rebalance",
+        "--max-moves",
+        "3",
+        "--wait",
+        "--wait-timeout",
+        "60s",
+    ]);
+    assert!(out.contains("3 moves done"), "{out}");
+    assert!(out.contains("REBUILD  VOLUME"), "{out}");
+    let all = env.ok(&["rebuild", "list", "--all"]);
+    assert!(all.contains("move (rebalance)"), "{all}");
+
+    // A move that fails makes the wait fail, naming it.
+    fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    let out = env.vsky(&[
+        "pool",
+        "rebalance",
+        "--max-moves",
+        "2",
+        "--wait",
+        "--wait-timeout",
+        "60s",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("2 of 2 moves failed"), "{stderr}");
+    assert!(stderr.contains("test: copy refused"), "{stderr}");
+
+    // Bounds are the manager's: out of range is its 400, exit 1.
+    let out = env.vsky(&["pool", "rebalance", "--max-moves", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_argument"));
+    let out = env.vsky(&["disk", "drain", "999"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not_found"));
+}

@@ -1362,6 +1362,36 @@ fn format_raw_table(t: &[(u64, u64, String, String)]) -> String {
 }
 
 /// Writes 4 KiB of zeros at the start of a block device and flushes it.
+/// dm-raid's superblock magic ("DmRd", little endian), at the start of a
+/// leg's metadata device.
+const DM_RAID_MAGIC: u32 = 0x6452_6D44;
+
+/// Whether a leg's metadata device holds a dm-raid superblock: a leg that
+/// was part of a mirror has one; a chunk filled by a server-to-server copy
+/// (or never used) starts zeroed. A mirror assembled from legs with and
+/// without one must list the latter under `rebuild`, or dm-raid refuses the
+/// table ("new device injected into existing raid set"). The device is
+/// read directly (O_DIRECT), so no stale page cache answers.
+pub fn has_raid_superblock(meta: &Path) -> Result<bool> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| DmError::Io {
+        path: meta.to_path_buf(),
+        source,
+    };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(meta)
+        .map_err(io)?;
+    // O_DIRECT wants a buffer aligned to the logical block size.
+    #[repr(C, align(4096))]
+    struct Block([u8; 4096]);
+    let mut block = Block([0; 4096]);
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut block.0, 0).map_err(io)?;
+    let magic = u32::from_le_bytes(block.0[..4].try_into().expect("4 bytes"));
+    Ok(magic == DM_RAID_MAGIC)
+}
+
 fn zero_head(path: &Path) -> Result<()> {
     use std::io::Write;
     let io = |source| DmError::Io {

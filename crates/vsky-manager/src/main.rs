@@ -126,6 +126,29 @@ struct Args {
     #[arg(long, default_value = "0", value_parser = parse_size)]
     resync_rate: u64,
 
+    /// Background rebalancing: when the fullest and the emptiest disk's
+    /// fill differ by more than this many percent and no rebuild or move is
+    /// queued or running, the leader moves legs from full disks to empty
+    /// ones (as `vsky pool rebalance` does), e.g. after new servers join.
+    /// Off unless given.
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=100))]
+    auto_rebalance: Option<u8>,
+
+    /// Moves one background rebalance pass plans at most (they run under
+    /// the same per-disk limit as rebuilds).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    auto_rebalance_moves: u32,
+
+    /// How often each mirrored disk of a detached volume is scrubbed (e.g.
+    /// 7d, 12h; 0 turns it off): the storage agent holding its first leg
+    /// reads the legs' data, at no more than --resync-rate per leg and
+    /// under --resyncs-per-disk together with rebuilds (which go first),
+    /// and compares them. Mismatches become `scrub_mismatch` events; a leg
+    /// that cannot be read is replaced. Heads scrub the volumes attached to
+    /// them on their own (the agent's --scrub-interval).
+    #[arg(long, default_value = "7d", value_parser = parse_interval)]
+    scrub_interval: std::time::Duration,
+
     /// Log format: `text` for people, `json` for log collectors.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -308,6 +331,14 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     vsky_api::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
+/// A duration, or `0` for "never".
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    if s.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    parse_duration(s)
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     vsky_api::units::parse_size(s).map_err(|e| e.to_string())
 }
@@ -407,6 +438,9 @@ async fn main() -> anyhow::Result<()> {
             per_disk_limit: args.resyncs_per_disk,
             server_grace: args.server_grace,
             rate_bytes_per_second: args.resync_rate,
+            auto_rebalance_spread: args.auto_rebalance.map(|p| f64::from(p) / 100.0),
+            auto_rebalance_moves: args.auto_rebalance_moves as usize,
+            scrub_interval: (!args.scrub_interval.is_zero()).then_some(args.scrub_interval),
             ..Default::default()
         },
         shutdown_signal(),

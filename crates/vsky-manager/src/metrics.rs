@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use vsky_model::{JobState, ResyncJob};
+use vsky_model::{JobKind, JobState, ResyncJob};
 
 use crate::recovery::Recovery;
 use crate::service::{Manager, ServiceError};
@@ -72,6 +72,10 @@ struct Gauges {
     rebuilds_running: Gauge,
     scrubs: Gauge,
     scrub_mismatches: Gauge,
+    moves: Gauge,
+    disks_draining: Gauge,
+    drain_legs_left: Gauge,
+    fill_spread: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -94,7 +98,22 @@ impl Metrics {
             latency.clone(),
         );
         let g = Gauges::default();
-        let gauges: [(&str, &str, &Gauge); 16] = [
+        let gauges: [(&str, &str, &Gauge); 19] = [
+            (
+                "moves",
+                "Leg moves (drain, rebalance) queued or running; also counted in rebuilds_*",
+                &g.moves,
+            ),
+            (
+                "disks_draining",
+                "Disks draining (on their own or with their server)",
+                &g.disks_draining,
+            ),
+            (
+                "drain_legs_left",
+                "Legs still on draining disks",
+                &g.drain_legs_left,
+            ),
             (
                 "scrubs_finished",
                 "Mirrored disk scrubs reported finished since the manager started",
@@ -147,6 +166,11 @@ impl Metrics {
         for (name, help, gauge) in gauges {
             registry.register(name, help, gauge.clone());
         }
+        registry.register(
+            "disk_fill_spread_ratio",
+            "Fill (used chunks / chunks) of the fullest minus the emptiest disk taking new chunks",
+            g.fill_spread.clone(),
+        );
         let rebuild_left = Family::<RebuildLabels, Gauge>::default();
         let rebuild_rate = Family::<RebuildLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
@@ -187,13 +211,18 @@ impl Metrics {
     }
 
     pub fn render(&self, manager: &Manager, recovery: &Recovery) -> Result<String, ServiceError> {
-        let (s, jobs) = manager.read(|c| {
+        let (s, jobs, draining, spread) = manager.read(|c| {
             let jobs: Vec<(ResyncJob, String)> = c
                 .jobs()
                 .filter(|j| j.is_active())
                 .map(|j| (j.clone(), c.volume_label(j.volume)))
                 .collect();
-            (c.summary(), jobs)
+            let draining: Vec<u64> = c
+                .disks()
+                .filter(|d| c.is_draining(d.id))
+                .map(|d| c.drain_progress(d.id).legs_left)
+                .collect();
+            (c.summary(), jobs, draining, c.fill_spread())
         })?;
         let _guard = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         let g = &self.gauges;
@@ -219,6 +248,15 @@ impl Metrics {
             .collect();
         set(&g.rebuilds_running, running.len() as u64);
         set(&g.rebuilds_queued, (jobs.len() - running.len()) as u64);
+        set(
+            &g.moves,
+            jobs.iter()
+                .filter(|(j, _)| matches!(j.kind, JobKind::Move { .. }))
+                .count() as u64,
+        );
+        set(&g.disks_draining, draining.len() as u64);
+        set(&g.drain_legs_left, draining.iter().sum());
+        g.fill_spread.set(spread);
         self.rebuild_left.clear();
         self.rebuild_rate.clear();
         for (j, volume) in running {

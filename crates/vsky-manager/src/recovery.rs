@@ -6,8 +6,15 @@
 //!    lost its link for a moment keeps its legs; one that stays away has
 //!    them replaced;
 //! 2. plans a replacement chunk for every failed leg
-//!    (`Cluster::plan_repairs`) and starts the queued resyncs whose disks are
-//!    free (`Cluster::start_jobs`, at most `--resyncs-per-disk` per disk).
+//!    (`Cluster::plan_repairs`), a move for every leg on a draining disk or
+//!    server (`Cluster::plan_drains`) and, with `--auto-rebalance` on,
+//!    moves from full disks to empty ones when nothing else runs
+//!    (`Cluster::rebalance`); then starts the queued resyncs whose disks are
+//!    free (`Cluster::start_jobs`, at most `--resyncs-per-disk` per disk;
+//!    repairs first). It says when a draining disk or server is empty;
+//! 3. with `--scrub-interval`, starts the scrubs of detached volumes that
+//!    are due on the disks the resyncs left free (`Cluster::start_scrubs`);
+//!    their executors report the verdicts through their heartbeats.
 //!
 //! The policy is the model's; this module only supplies time and records
 //! events. Progress and completion come from the executors through their
@@ -36,6 +43,16 @@ pub struct RecoveryConfig {
     pub rate_bytes_per_second: u64,
     /// How often the loop runs when nothing changes.
     pub tick: Duration,
+    /// The background rebalance policy: when the fill of the fullest and
+    /// the emptiest disk differ by more than this fraction (0..1) and no
+    /// resync is queued or running, the leader plans up to
+    /// `auto_rebalance_moves` moves. `None`: only `vsky pool rebalance`.
+    pub auto_rebalance_spread: Option<f64>,
+    pub auto_rebalance_moves: usize,
+    /// How often each mirrored disk of a detached volume is scrubbed (its
+    /// legs read and compared by a storage agent, under the per-disk
+    /// limit; `Cluster::start_scrubs`). `None`: never.
+    pub scrub_interval: Option<Duration>,
 }
 
 impl Default for RecoveryConfig {
@@ -45,6 +62,9 @@ impl Default for RecoveryConfig {
             server_grace: Duration::from_secs(60),
             rate_bytes_per_second: 0,
             tick: Duration::from_secs(1),
+            auto_rebalance_spread: None,
+            auto_rebalance_moves: 64,
+            scrub_interval: None,
         }
     }
 }
@@ -72,6 +92,9 @@ pub struct Recovery {
     /// Scrubs reported finished, and those with mismatches (since start).
     scrubs: AtomicU64,
     scrub_mismatches: AtomicU64,
+    /// Draining disks and servers already reported empty (forgotten when
+    /// they stop draining), so `disk_drained` is said once.
+    drained: Mutex<BTreeSet<String>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -96,6 +119,7 @@ impl Recovery {
             revived: Mutex::new(HashSet::new()),
             scrubs: AtomicU64::new(0),
             scrub_mismatches: AtomicU64::new(0),
+            drained: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -137,6 +161,29 @@ impl Recovery {
     ) -> Vec<(VolumeId, u32, u8, ChunkRef)> {
         let mut revived = self.revived.lock().unwrap_or_else(|p| p.into_inner());
         legs.into_iter().filter(|l| revived.insert(*l)).collect()
+    }
+
+    /// This process just became the leader. Which servers the previous
+    /// leader held (heads reported their legs failed, and they had not
+    /// shown they were alive) is not stored, so every server that still
+    /// has failed legs nothing replaces is held again: one that is alive
+    /// heartbeats within seconds and gets its legs back (as with the old
+    /// leader), one that is gone is declared failed after the grace period.
+    /// Without this, a failover would replace legs a server in its grace
+    /// period would have brought back.
+    fn hold_after_takeover(&self, manager: &Manager) {
+        let held: Vec<ServerId> = manager
+            .read(|c| {
+                c.servers()
+                    .filter(|s| s.state != ServerState::Failed)
+                    .filter(|s| !c.failed_legs_on(s.id).is_empty())
+                    .map(|s| s.id)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in held {
+            self.suspect(id);
+        }
     }
 
     fn forget_suspect(&self, server: ServerId) {
@@ -247,11 +294,15 @@ impl Recovery {
 /// Runs the loop until `stop` turns true.
 pub async fn run(manager: Arc<Manager>, recovery: Arc<Recovery>, mut stop: watch::Receiver<bool>) {
     let mut changes = manager.subscribe();
+    let mut leading = false;
     loop {
         // Only the leader decides (a standby's writes would be refused).
-        if manager.is_leader()
-            && let Err(e) = step(&manager, &recovery).await
-        {
+        let leader = manager.is_leader();
+        if leader && !leading {
+            recovery.hold_after_takeover(&manager);
+        }
+        leading = leader;
+        if leader && let Err(e) = step(&manager, &recovery).await {
             tracing::warn!(error = %e, "recovery step failed; retrying");
         }
         let changed = tokio::select! {
@@ -348,33 +399,91 @@ pub async fn step(
     schedule(manager, recovery).await
 }
 
-/// Plans replacements for failed legs and starts what the per-disk limit
-/// allows, recording an event per job.
+/// Plans replacements for failed legs and moves off draining disks (and,
+/// with the background policy on, rebalancing moves), starts what the
+/// per-disk limit allows, and records an event per job.
 pub async fn schedule(
     manager: &Arc<Manager>,
     recovery: &Arc<Recovery>,
 ) -> Result<(), crate::service::ServiceError> {
     let limit = recovery.config.per_disk_limit;
     let held = recovery.held();
-    let (planned, started) = manager
+    let auto = recovery
+        .config
+        .auto_rebalance_spread
+        .map(|spread| (spread, recovery.config.auto_rebalance_moves));
+    let scrub_interval = recovery.config.scrub_interval;
+    let now = unix_now();
+    let (planned, started, drained, rebalanced, scrubs) = manager
         .mutate(move |c, secrets| {
             let held = held
                 .into_iter()
                 .filter(|s| c.server(*s).is_some_and(|s| s.state != ServerState::Failed))
                 .collect();
             c.set_repair_hold(held);
-            let (planned, mut changes) = c.plan_repairs(secrets);
+            let (mut planned, mut changes) = c.plan_repairs(secrets);
+            let (moves, more) = c.plan_drains(secrets);
+            planned.extend(moves);
+            changes.merge(more);
+            let mut rebalanced = None;
+            if let Some((spread, moves)) = auto
+                && c.jobs().all(|j| !j.is_active())
+                && c.summary().mirrored_disks_degraded == 0
+                && c.fill_spread() > spread
+            {
+                let before = c.fill_spread();
+                let (moves, more) = c.rebalance(moves, secrets);
+                changes.merge(more);
+                if !moves.is_empty() {
+                    rebalanced = Some((moves.len(), before));
+                    planned.extend(moves.iter().map(|m| m.job));
+                }
+            }
             let (started, more) = c.start_jobs(limit);
             changes.merge(more);
+            // Scrubs of detached volumes take what the resyncs left.
+            let scrubs: Vec<(String, u32, String)> = scrub_interval
+                .map(|i| c.start_scrubs(now, i.as_secs().max(1), limit))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| {
+                    let executor = c.server(s.run.executor).map(|s| s.name.clone());
+                    (
+                        c.volume_label(s.volume),
+                        s.mirrored_disk,
+                        executor.unwrap_or_default(),
+                    )
+                })
+                .collect();
             let describe = |c: &Cluster, ids: &[JobId]| -> Vec<(JobId, String, String)> {
                 ids.iter()
                     .filter_map(|id| c.job(*id).ok())
                     .map(|j| (j.id, c.volume_label(j.volume), describe_job(c, j)))
                     .collect()
             };
-            Ok(((describe(c, &planned), describe(c, &started)), changes))
+            Ok((
+                (
+                    describe(c, &planned),
+                    describe(c, &started),
+                    drained_now(c),
+                    rebalanced,
+                    scrubs,
+                ),
+                changes,
+            ))
         })
         .await?;
+    if let Some((moves, before)) = rebalanced {
+        recovery.events.record(NewEvent::new(
+            Severity::Info,
+            "rebalance_planned",
+            format!(
+                "background rebalance: disk fill spread {:.0}% is above {:.0}%; {moves} legs move to emptier disks",
+                before * 100.0,
+                recovery.config.auto_rebalance_spread.unwrap_or(0.0) * 100.0
+            ),
+        ));
+    }
     for (id, volume, what) in planned {
         recovery.events.record(
             NewEvent::new(
@@ -397,7 +506,81 @@ pub async fn schedule(
             .rebuild(id.0),
         );
     }
+    for (volume, m, executor) in scrubs {
+        recovery.events.record(
+            NewEvent::new(
+                Severity::Info,
+                "scrub_started",
+                format!(
+                    "scrub of volume {volume} mirrored disk {m} started on {executor}: its legs are read and compared"
+                ),
+            )
+            .volume(volume)
+            .server(executor),
+        );
+    }
+    recovery.report_drained(drained);
     Ok(())
+}
+
+/// Now, in seconds since the Unix epoch (the model's clock for scrubs).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Draining disks ("disk 7 on s2") and servers that hold no leg any more,
+/// with the server each is on, keyed for [`Recovery::report_drained`].
+fn drained_now(c: &Cluster) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for s in c.servers() {
+        let disks: Vec<&vsky_model::Disk> = c.disks_of(s.id).collect();
+        let empty = |d: &vsky_model::Disk| c.drain_progress(d.id).legs_left == 0;
+        if s.draining {
+            if disks.iter().all(|d| empty(d)) {
+                out.push((format!("server {}", s.name), s.name.clone(), String::new()));
+            }
+            continue;
+        }
+        for d in disks.iter().filter(|d| d.draining && empty(d)) {
+            out.push((format!("disk {}", d.id.0), s.name.clone(), d.path.clone()));
+        }
+    }
+    out
+}
+
+impl Recovery {
+    /// Says once that a draining disk or server is empty; forgets those no
+    /// longer empty-and-draining, so a later drain is reported again.
+    fn report_drained(&self, now: Vec<(String, String, String)>) {
+        let mut said = self.drained.lock().unwrap_or_else(|p| p.into_inner());
+        said.retain(|k| now.iter().any(|(n, ..)| n == k));
+        for (key, server, path) in now {
+            if !said.insert(key.clone()) {
+                continue;
+            }
+            let (kind, text) = if path.is_empty() {
+                (
+                    "server_drained",
+                    format!(
+                        "{key} is drained: it holds no leg; remove it with `vsky server remove {server}`"
+                    ),
+                )
+            } else {
+                let id = key.trim_start_matches("disk ");
+                (
+                    "disk_drained",
+                    format!(
+                        "{key} ({path} on {server}) is drained: it holds no leg; remove it with `vsky disk remove {id}`"
+                    ),
+                )
+            };
+            self.events
+                .record(NewEvent::new(Severity::Info, kind, text).server(&server));
+        }
+    }
 }
 
 /// "volume v, mirrored disk 0, leg 1: disk 7 chunk 3 → disk 12 chunk 40
@@ -410,11 +593,21 @@ pub fn describe_job(c: &Cluster, j: &vsky_model::ResyncJob) -> String {
             .map(|s| s.name.clone())
             .unwrap_or_else(|| "?".into())
     };
+    let (what, slot) = match j.kind {
+        vsky_model::JobKind::Repair => ("replaced by", j.leg),
+        vsky_model::JobKind::Move { from, reason } => (
+            match reason {
+                vsky_model::MoveReason::Drain => "moves (drain) to",
+                vsky_model::MoveReason::Rebalance => "moves (rebalance) to",
+            },
+            from,
+        ),
+    };
     let mut s = format!(
-        "volume {} mirrored disk {} leg {}: {}:{}#{} replaced by {}:{}#{}",
+        "volume {} mirrored disk {} leg {}: {}:{}#{} {what} {}:{}#{}",
         c.volume_label(j.volume),
         j.mirrored_disk,
-        j.leg,
+        slot,
         server_of(j.replaced.disk),
         j.replaced.disk,
         j.replaced.index,

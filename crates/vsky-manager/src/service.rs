@@ -184,7 +184,9 @@ impl Manager {
             self.reload(&mut cluster);
             return Err(e.into());
         }
-        if !changes.is_empty() {
+        // Records changed, or only some agent's desired state (scrub runs
+        // live in memory): either way the generation moved.
+        if !changes.is_empty() || cluster.generation() != before {
             self.generation.send_replace(cluster.generation());
         }
         Ok(value)

@@ -168,6 +168,9 @@ async fn a_silent_server_is_failed_after_its_grace_period_and_its_legs_rebuilt()
         .unwrap();
     assert!(metrics.contains("vsky_rebuilds_running 0"), "{metrics}");
     assert!(metrics.contains("vsky_rebuilds_queued 0"), "{metrics}");
+    assert!(metrics.contains("vsky_moves 0"), "{metrics}");
+    assert!(metrics.contains("vsky_disks_draining 0"), "{metrics}");
+    assert!(metrics.contains("vsky_disk_fill_spread_ratio"), "{metrics}");
 
     // s3's agent speaks again: failed for its silence, it serves again.
     agent.heartbeat(&beat("s3")).await.unwrap();

@@ -1,6 +1,7 @@
 //! What one server's agent must do, derived from the cluster: which chunks
-//! to export (storage role), which volumes to assemble (head role), and which
-//! freed chunks to wipe. The manager serves this as the agent's desired
+//! to export (storage role), which volumes to assemble (head role), which
+//! freed chunks to wipe, and which detached volumes' legs to copy or
+//! scrub. The manager serves this as the agent's desired
 //! state; nothing here is stored.
 
 use crate::cluster::Cluster;
@@ -53,6 +54,17 @@ pub struct CopySpec {
     pub target_offset_bytes: u64,
 }
 
+/// A scrub of a detached volume's mirrored disk that this (storage)
+/// server runs: read every leg's data area (its own in place, the others
+/// over NBD) and compare them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScrubSpec {
+    pub scrub: u64,
+    pub volume: String,
+    pub mirrored_disk: u32,
+    pub legs: Vec<LegSpec>,
+}
+
 /// A volume this server (its head) assembles.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VolumeSpec {
@@ -71,6 +83,7 @@ pub struct AgentView {
     pub wipes: Vec<WipeSpec>,
     pub volumes: Vec<VolumeSpec>,
     pub copies: Vec<CopySpec>,
+    pub scrubs: Vec<ScrubSpec>,
 }
 
 impl Cluster {
@@ -157,7 +170,28 @@ impl Cluster {
             wipes,
             volumes,
             copies: self.copies_of(server),
+            scrubs: self.scrubs_of(server),
         }
+    }
+
+    /// Running scrubs of detached volumes that `server` executes.
+    fn scrubs_of(&self, server: ServerId) -> Vec<ScrubSpec> {
+        self.scrubs()
+            .filter(|(_, _, run)| run.executor == server)
+            .filter_map(|(volume, m, run)| {
+                let v = self.volume(volume)?;
+                Some(ScrubSpec {
+                    scrub: run.id,
+                    volume: v.name.clone(),
+                    mirrored_disk: m,
+                    legs: v.mirrored_disks[m as usize]
+                        .legs
+                        .iter()
+                        .map(|leg| self.leg_spec(server, leg))
+                        .collect(),
+                })
+            })
+            .collect()
     }
 
     /// Running resyncs of detached volumes whose target chunk is on

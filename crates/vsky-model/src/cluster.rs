@@ -11,7 +11,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 pub mod executor;
+pub mod moves;
 pub mod recovery;
+pub mod scrub;
 
 use crate::alloc::{AllocIndex, DiskEntry, Near, Partners};
 use crate::entities::*;
@@ -179,9 +181,18 @@ pub struct Cluster {
     /// Set whenever a leg fails, cleared once every failed leg has a
     /// repair: `plan_repairs` scans the volumes only when it is set.
     repairs_pending: bool,
+    /// Set when the last `plan_repairs` found no room for a failed leg
+    /// whose mirrored disk still has a healthy leg: queued moves give their
+    /// chunks back, and no new move is planned until repairs fit (moves.rs).
+    repairs_lack_room: bool,
+    /// Finished jobs kept for history, oldest (smallest id) first, so
+    /// trimming the history costs O(log jobs), not a scan of all jobs.
+    finished: BTreeSet<JobId>,
     /// Servers in their grace period: their failed legs are not replaced
     /// yet (set by the manager from heartbeats; not persisted).
     repair_hold: BTreeSet<ServerId>,
+    /// Running scrubs of detached volumes (see `scrub`; not persisted).
+    scrubs: scrub::Scrubs,
     runtime: HashMap<DiskId, DiskRuntime>,
     index: AllocIndex,
     /// Bumped by every mutation that changed something; agents long-poll on
@@ -251,8 +262,11 @@ impl Cluster {
             jobs: BTreeMap::new(),
             repairs: BTreeMap::new(),
             repair_hold: BTreeSet::new(),
+            scrubs: scrub::Scrubs::default(),
             partners: Partners::default(),
             repairs_pending: true,
+            repairs_lack_room: false,
+            finished: BTreeSet::new(),
             runtime: HashMap::new(),
             index: AllocIndex::default(),
             generation: 1,
@@ -579,6 +593,7 @@ impl Cluster {
                 labels: new.labels,
                 state: ServerState::Online,
                 failed_by_silence: false,
+                draining: false,
             },
         );
         changes.servers.insert(id);
@@ -754,6 +769,7 @@ impl Cluster {
                 state: DiskState::Online,
                 chunk_count,
                 releasing: BTreeSet::new(),
+                draining: false,
             },
         );
         self.runtime.insert(
@@ -1080,7 +1096,14 @@ impl Cluster {
         let lost = l.chunk;
         let mut changes = Changes::default();
         self.jobs_lose(|c| c == lost, &mut changes);
-        let l = &self.volumes[&id].mirrored_disks[mirrored_disk as usize].legs[usize::from(leg)];
+        // A lost move target is gone with its extra slot (moves.rs).
+        let Some(l) = self.volumes[&id].mirrored_disks[mirrored_disk as usize]
+            .legs
+            .get(usize::from(leg))
+            .filter(|l| l.chunk == lost)
+        else {
+            return Ok(self.commit(changes));
+        };
         if l.state != LegState::Failed {
             let v = self.volumes.get_mut(&id).expect("exists");
             v.mirrored_disks[mirrored_disk as usize].legs[usize::from(leg)].fail();
@@ -1448,6 +1471,7 @@ impl Cluster {
         Ok(mirrored
             .into_iter()
             .map(|legs| MirroredDisk {
+                last_scrub_unix_s: None,
                 legs: legs
                     .into_iter()
                     .map(|chunk| Leg {
@@ -1531,7 +1555,11 @@ impl Cluster {
         let disk = &self.disks[&id];
         let server = &self.servers[&disk.server];
         let rt = &self.runtime[&id];
-        let eligible = disk.state == DiskState::Online && server.state == ServerState::Online;
+        // A draining disk or server serves its legs but takes no new ones.
+        let eligible = disk.state == DiskState::Online
+            && server.state == ServerState::Online
+            && !disk.draining
+            && !server.draining;
         let entry = eligible.then(|| DiskEntry {
             disk: id,
             server: server.id,
@@ -1560,8 +1588,18 @@ impl Cluster {
     fn commit(&mut self, changes: Changes) -> Changes {
         if !changes.is_empty() {
             self.generation += 1;
+            // A scrub whose mirrored disk stopped qualifying (attached,
+            // degraded, a job) is over for good, even if it qualifies again.
+            self.drop_stale_scrubs();
         }
         changes
+    }
+
+    /// Moves the generation for a change of some agent's desired state that
+    /// touches no record (scrub runs live in memory only), so the agent's
+    /// long-poll wakes.
+    fn desired_changed(&mut self) {
+        self.generation += 1;
     }
 
     /// Checks every invariant from scratch (tests and the simulator call
@@ -1573,7 +1611,8 @@ impl Cluster {
                 return Err(format!("volume name index broken for {}", v.name));
             }
             for (m, md) in v.mirrored_disks.iter().enumerate() {
-                if md.legs.len() != usize::from(v.replicas) {
+                let moving = usize::from(self.move_of(v.id, m as u32).is_some());
+                if md.legs.len() != usize::from(v.replicas) + moving {
                     return Err(format!(
                         "{} mirrored disk {m} has {} legs",
                         v.name,
@@ -1581,6 +1620,13 @@ impl Cluster {
                     ));
                 }
                 let mut servers = BTreeSet::new();
+                // A move's new leg may share the moving leg's server (a
+                // disk drained onto its server's other disks): the old leg
+                // leaves when the move ends.
+                let moving_from = self.move_of(v.id, m as u32).and_then(|j| match j.kind {
+                    recovery::JobKind::Move { from, .. } => Some(from),
+                    recovery::JobKind::Repair => None,
+                });
                 for (l, leg) in md.legs.iter().enumerate() {
                     if !seen.insert(leg.chunk) {
                         return Err(format!("chunk {:?} used twice", leg.chunk));
@@ -1589,7 +1635,8 @@ impl Cluster {
                         .disks
                         .get(&leg.chunk.disk)
                         .ok_or("leg on missing disk")?;
-                    if !servers.insert(disk.server) {
+                    let leaving = moving_from.is_some_and(|from| usize::from(from) == l);
+                    if !leaving && !servers.insert(disk.server) {
                         return Err(format!(
                             "{} mirrored disk {m} has two legs on one server",
                             v.name

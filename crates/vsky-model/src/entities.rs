@@ -88,6 +88,11 @@ pub struct Server {
     /// to service. An admin's verdict stands until the admin acts.
     #[serde(default)]
     pub failed_by_silence: bool,
+    /// An admin asked for the server to be emptied (graceful removal): it
+    /// keeps serving its legs, gets no new chunks, and its legs are moved
+    /// to other servers one copy at a time (`cluster/moves.rs`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 impl Server {
@@ -124,6 +129,10 @@ pub struct Disk {
     /// agent reports them wiped.
     #[serde(default)]
     pub releasing: BTreeSet<u32>,
+    /// An admin asked for the disk to be emptied: like a draining server,
+    /// for one disk.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,6 +176,11 @@ impl Leg {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MirroredDisk {
     pub legs: Vec<Leg>,
+    /// When the manager's patrol last compared the legs of this mirrored
+    /// disk while its volume was detached (`cluster/scrub.rs`), in Unix
+    /// seconds; `None` if it never did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scrub_unix_s: Option<u64>,
 }
 
 impl MirroredDisk {

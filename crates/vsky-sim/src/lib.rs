@@ -27,6 +27,16 @@
 //! up only the regions written meanwhile ([`dirty_bytes`]); it is compared
 //! with the same outage without a grace period and with a server that never
 //! returns.
+//!
+//! [`run_moves`] runs the requests that move healthy legs instead of
+//! replacing failed ones: draining a server (`ServerDrain`, and
+//! `DrainFailure` with a disk failing mid-drain) and rebalancing onto new
+//! servers (`Rebalance`). The same loop drives them: each step calls
+//! `plan_repairs`, `plan_drains` (and `rebalance`), `start_jobs` and
+//! `finish_job`, and checks on every step that no mirrored disk has fewer
+//! than R active legs while nothing failed (`check_redundancy`). They are
+//! reported next to a naive drain that moves one leg at a time and the
+//! same lower bounds.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -81,6 +91,20 @@ pub enum Scenario {
     /// regions written meanwhile. Reported with [`run_return`], next to the
     /// same outage without a grace period and a server that never returns.
     ServerReturn,
+    /// An admin drains one server (`Cluster::drain_server`; the server
+    /// `ServerLoss` fails for the seed): every leg on it moves to another
+    /// disk (`Cluster::plan_drains`) while it keeps serving, so no mirrored
+    /// disk ever has fewer than R healthy legs. Reported with
+    /// [`run_moves`].
+    ServerDrain,
+    /// `ServerDrain`, and a disk of another server fails once a third of
+    /// the drain's bytes are copied: its legs are repaired while the drain
+    /// goes on, and both complete.
+    DrainFailure,
+    /// `new_servers` empty servers join a filled pool, and
+    /// `Cluster::rebalance` moves legs from the fullest disks to the
+    /// emptiest. Reported with [`run_moves`].
+    Rebalance,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -112,6 +136,13 @@ pub struct SimConfig {
     /// dm-raid's write-intent bitmap region: the unit a returning leg
     /// catches up in (the head's `REGION_SECTORS`, 1 MiB).
     pub region_bytes: u64,
+    /// `Rebalance`: empty servers (of `disks_per_server` disks each) added
+    /// to the filled pool.
+    pub new_servers: usize,
+    /// `Rebalance`: moves one bounded pass plans (`rebalance(max, …)`,
+    /// called whenever no job is active, as the manager's background
+    /// policy does with `--auto-rebalance-moves`, default 64).
+    pub rebalance_moves: usize,
 }
 
 impl SimConfig {
@@ -135,6 +166,8 @@ impl SimConfig {
             outage_seconds: 30.0,
             write_bytes_per_second: 100e3,
             region_bytes: 1 << 20,
+            new_servers: (servers / 10).max(1),
+            rebalance_moves: 64,
         }
     }
 }
@@ -200,37 +233,23 @@ pub struct Bounds {
     pub source_seconds: f64,
     /// The largest such n.
     pub busiest_source_reads: usize,
+    /// Moves only ([`run_moves`]; 0 for rebuilds): a disk that ends with
+    /// n more chunks than it started with must write n chunks, and its
+    /// server must receive them, whatever the schedule. This counts the
+    /// layout the moves end in (for a rebalance, the new disks' share of
+    /// the pool), so it holds for any schedule that ends there.
+    pub target_seconds: f64,
+    /// The largest such n.
+    pub busiest_target_writes: usize,
     /// The largest of the above.
     pub seconds: f64,
 }
 
 /// Builds the pool and fills it with volumes of 1..=64 mirrored disks.
 pub fn build_pool(config: &SimConfig, rng: &mut Rng) -> Result<Cluster, String> {
-    let settings = Settings::new(config.chunk_bytes);
-    let disk_bytes = settings.disk_header_bytes + config.chunks_per_disk * config.chunk_bytes;
-    let mut c = Cluster::new(settings).map_err(|e| e.to_string())?;
+    let mut c = Cluster::new(Settings::new(config.chunk_bytes)).map_err(|e| e.to_string())?;
     for s in 0..config.servers {
-        let mut labels = BTreeMap::new();
-        if config.racks > 0 {
-            labels.insert("rack".to_string(), format!("r{}", s % config.racks));
-        }
-        let name = format!("s{s}");
-        let address = format!("10.{}.{}.{}:10809", s >> 16, (s >> 8) & 255, s & 255);
-        c.add_server(NewServer {
-            name: name.clone(),
-            address,
-            labels,
-        })
-        .map_err(|e| e.to_string())?;
-        for d in 0..config.disks_per_server {
-            let disk = NewDisk {
-                server: name.clone(),
-                path: format!("/dev/disk{d}"),
-                size_bytes: disk_bytes,
-                class: None,
-            };
-            c.add_disk(disk).map_err(|e| e.to_string())?;
-        }
+        add_server(&mut c, config, s)?;
     }
     let total_chunks = (config.servers * config.disks_per_server) as u64 * config.chunks_per_disk;
     let mut legs_left = (total_chunks as f64 * config.fill) as u64;
@@ -253,6 +272,33 @@ pub fn build_pool(config: &SimConfig, rng: &mut Rng) -> Result<Cluster, String> 
     Ok(c)
 }
 
+/// Adds server `s{s}` (rack `r{s mod racks}`) with its empty disks.
+fn add_server(c: &mut Cluster, config: &SimConfig, s: usize) -> Result<(), String> {
+    let disk_bytes = c.settings().disk_header_bytes + config.chunks_per_disk * config.chunk_bytes;
+    let mut labels = BTreeMap::new();
+    if config.racks > 0 {
+        labels.insert("rack".to_string(), format!("r{}", s % config.racks));
+    }
+    let name = format!("s{s}");
+    let address = format!("10.{}.{}.{}:10809", s >> 16, (s >> 8) & 255, s & 255);
+    c.add_server(NewServer {
+        name: name.clone(),
+        address,
+        labels,
+    })
+    .map_err(|e| e.to_string())?;
+    for d in 0..config.disks_per_server {
+        let disk = NewDisk {
+            server: name.clone(),
+            path: format!("/dev/disk{d}"),
+            size_bytes: disk_bytes,
+            class: None,
+        };
+        c.add_disk(disk).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// Picks a random disk that holds legs.
 fn random_used_disk(
     c: &Cluster,
@@ -272,13 +318,15 @@ fn random_used_disk(
     (!candidates.is_empty()).then(|| candidates[rng.below(candidates.len() as u64) as usize])
 }
 
-/// Disks holding the last healthy leg of a degraded mirrored disk: failing
-/// one of them would be a second failure in one mirrored disk.
+/// Disks holding the healthy legs of a degraded mirrored disk (fewer than
+/// R active legs): failing one of them would be a second failure in one
+/// mirrored disk. (A moving mirrored disk, R active legs and a syncing
+/// extra one, is not degraded.)
 fn critical_disks(c: &Cluster) -> BTreeSet<DiskId> {
     let mut out = BTreeSet::new();
     for v in c.volumes() {
         for md in &v.mirrored_disks {
-            if md.legs.iter().any(|l| l.state != LegState::Active) {
+            if md.healthy_legs() < usize::from(v.replicas) {
                 out.extend(
                     md.legs
                         .iter()
@@ -291,9 +339,10 @@ fn critical_disks(c: &Cluster) -> BTreeSet<DiskId> {
     out
 }
 
-/// The faults of a scenario, chosen once per seed so every engine run sees
-/// the same ones. The second failure of `SecondFailure` is chosen when it
-/// happens (it must avoid the disks that are critical at that moment).
+/// What starts a run, chosen once per seed so every engine run sees the
+/// same: a fault, or an admin's request to move legs. The second failure of
+/// `SecondFailure` and `DrainFailure` is chosen when it happens (it must
+/// avoid the disks that are critical at that moment).
 #[derive(Clone, Debug)]
 enum Fault {
     Disk(DiskId),
@@ -301,13 +350,23 @@ enum Fault {
     /// A server whose failed legs were held for its grace period (see
     /// [`go_silent`]) is declared failed for its silence.
     SilentServer(String),
+    /// Nothing fails: the server is drained (`drain_server`), and every
+    /// step plans moves off it (`plan_drains`).
+    Drain(String),
+    /// Nothing fails: whenever no job is active, `rebalance(max, …)` plans
+    /// up to that many moves, until a call plans none.
+    Rebalance(usize),
 }
 
 /// Runs one scenario with the per-disk limit and without, and reports both
 /// with the baselines.
 pub fn run(config: &SimConfig) -> Result<Report, String> {
-    if config.scenario == Scenario::ServerReturn {
-        return Err("ServerReturn is reported by run_return".into());
+    match config.scenario {
+        Scenario::ServerReturn => return Err("ServerReturn is reported by run_return".into()),
+        Scenario::ServerDrain | Scenario::DrainFailure | Scenario::Rebalance => {
+            return Err(format!("{:?} is reported by run_moves", config.scenario));
+        }
+        _ => {}
     }
     let mut rng = Rng::new(config.seed);
     let pool = build_pool(config, &mut rng)?;
@@ -335,6 +394,7 @@ pub fn run(config: &SimConfig) -> Result<Report, String> {
     let failed_disks = match &fault {
         Fault::Disk(_) => 1,
         Fault::Server(_) | Fault::SilentServer(_) => config.disks_per_server,
+        Fault::Drain(_) | Fault::Rebalance(_) => 0,
     } + usize::from(config.scenario == Scenario::SecondFailure);
     let legs_to_rebuild = scheduled.outcome.jobs - scheduled.outcome.failed_jobs;
     let bounds = bounds(config, &pool, &scheduled);
@@ -358,7 +418,7 @@ pub fn run(config: &SimConfig) -> Result<Report, String> {
     })
 }
 
-/// The lower bounds of [`Bounds`] for one run's faults.
+/// The lower bounds of [`Bounds`] for one run's faults (or moves).
 fn bounds(config: &SimConfig, pool: &Cluster, run: &Run) -> Bounds {
     let disk_rate = config.disk_bytes_per_second;
     let net_rate = config.network_bytes_per_second;
@@ -372,7 +432,11 @@ fn bounds(config: &SimConfig, pool: &Cluster, run: &Run) -> Bounds {
     let rounds = if run.limit == u32::MAX {
         1
     } else {
-        let at_once = (u64::from(run.limit) * run.live_disks as u64 / 2).max(1);
+        // Every resync holds a target that may receive (a draining disk
+        // may not), and a source.
+        let at_once = (u64::from(run.limit) * run.live_disks as u64 / 2)
+            .min(u64::from(run.limit) * run.target_disks as u64)
+            .max(1);
         (resyncs as u64).div_ceil(at_once)
     };
     let rounds_seconds = rounds as f64 * chunk_seconds;
@@ -380,23 +444,48 @@ fn bounds(config: &SimConfig, pool: &Cluster, run: &Run) -> Bounds {
     for (_, _, disk) in &run.forced {
         *per_disk.entry(*disk).or_default() += 1;
     }
-    let mut per_server: HashMap<ServerId, usize> = HashMap::new();
-    for (disk, n) in &per_disk {
-        let server = pool.disk(*disk).expect("pool disks stay known").server;
-        *per_server.entry(server).or_default() += n;
-    }
-    let busiest_source_reads = per_disk.values().copied().max().unwrap_or(0);
-    let busiest_server_reads = per_server.values().copied().max().unwrap_or(0);
-    let source_seconds = (busiest_source_reads as f64 * chunk / disk_rate)
-        .max(busiest_server_reads as f64 * chunk / net_rate);
+    let (busiest_source_reads, source_seconds) = busiest(config, pool, chunk, &per_disk);
+    // Moves only: the chunks each disk receives to end in the layout the
+    // moves end in (for a rebalance, the new disks' share of the pool).
+    let (busiest_target_writes, target_seconds) = if run.tally.moves_seen > 0 {
+        busiest(config, pool, chunk, &run.tally.gained)
+    } else {
+        (0, 0.0)
+    };
     Bounds {
         chunk_seconds,
         fluid_seconds,
         rounds_seconds,
         source_seconds,
         busiest_source_reads,
-        seconds: fluid_seconds.max(rounds_seconds).max(source_seconds),
+        target_seconds,
+        busiest_target_writes,
+        seconds: fluid_seconds
+            .max(rounds_seconds)
+            .max(source_seconds)
+            .max(target_seconds),
     }
+}
+
+/// The most chunks one disk copies (`per_disk`: chunks per disk, read or
+/// written), and the least time that takes at disk speed and at its
+/// server's link speed (the server's disks' chunks together).
+fn busiest(
+    config: &SimConfig,
+    pool: &Cluster,
+    chunk: f64,
+    per_disk: &HashMap<DiskId, usize>,
+) -> (usize, f64) {
+    let mut per_server: HashMap<ServerId, usize> = HashMap::new();
+    for (disk, n) in per_disk {
+        let server = pool.disk(*disk).expect("pool disks stay known").server;
+        *per_server.entry(server).or_default() += n;
+    }
+    let disk_most = per_disk.values().copied().max().unwrap_or(0);
+    let server_most = per_server.values().copied().max().unwrap_or(0);
+    let seconds = (disk_most as f64 * chunk / config.disk_bytes_per_second)
+        .max(server_most as f64 * chunk / config.network_bytes_per_second);
+    (disk_most, seconds)
 }
 
 struct Run {
@@ -406,9 +495,37 @@ struct Run {
     /// during the rebuild).
     live_disks: usize,
     live_servers: usize,
+    /// Of the live disks, those that may receive a copy (not draining).
+    target_disks: usize,
     /// Degraded mirrored disks with a single healthy leg, and the disk of
     /// that leg: each must be read from that disk at least once.
     forced: BTreeSet<(VolumeId, u32, DiskId)>,
+    tally: Tally,
+}
+
+/// What a run counts beyond [`Outcome`], for the moves' report.
+#[derive(Clone, Debug, Default)]
+struct Tally {
+    moves_seen: usize,
+    moves_done: usize,
+    repairs_done: usize,
+    /// When the drained server first held no leg.
+    drained_seconds: Option<f64>,
+    /// When the last move ended.
+    last_move_seconds: f64,
+    /// The fewest active legs any mirrored disk had at a check.
+    min_active_legs: usize,
+    /// `Rebalance`: calls of `rebalance` that planned moves.
+    passes: usize,
+    /// Legs each disk holds at the end beyond those it held at the start
+    /// (disks that gained some).
+    gained: HashMap<DiskId, usize>,
+    /// The disk the second failure struck.
+    struck: Option<DiskId>,
+    /// `Cluster::fill_spread` at the end.
+    fill_spread_after: f64,
+    /// [`shared_domains`] at the end.
+    shared_domains_after: usize,
 }
 
 /// Records, after a fault, the degraded mirrored disks that have only one
@@ -426,8 +543,92 @@ fn note_forced_sources(c: &Cluster, forced: &mut BTreeSet<(VolumeId, u32, DiskId
     }
 }
 
+/// One planning pass, as the manager's recovery step makes it: repairs,
+/// then moves off draining disks, then (for `Fault::Rebalance`, while
+/// `rebalancing` and only when no job is active) a rebalance pass.
+fn plan(
+    c: &mut Cluster,
+    fault: &Fault,
+    rng: &mut Rng,
+    rebalancing: &mut bool,
+    tally: &mut Tally,
+) -> (Vec<JobId>, Changes) {
+    let (mut planned, mut changes) = c.plan_repairs(rng);
+    let (moves, more) = c.plan_drains(rng);
+    planned.extend(moves);
+    changes.merge(more);
+    if let Fault::Rebalance(max) = fault
+        && *rebalancing
+        && c.jobs().all(|j| !j.is_active())
+    {
+        let (moves, more) = c.rebalance(*max, rng);
+        changes.merge(more);
+        if moves.is_empty() {
+            *rebalancing = false;
+        } else {
+            tally.passes += 1;
+            planned.extend(moves.iter().map(|m| m.job));
+        }
+    }
+    (planned, changes)
+}
+
+/// Checks that every mirrored disk of `volumes` has at least `floor`
+/// active legs (R while nothing failed: a move must never lower
+/// redundancy; R − failures after some, and never 0: no data lost) and
+/// returns the fewest seen.
+fn check_redundancy<'a>(
+    volumes: impl IntoIterator<Item = &'a Volume>,
+    floor: usize,
+) -> Result<usize, String> {
+    let mut fewest = usize::MAX;
+    for v in volumes {
+        for (m, md) in v.mirrored_disks.iter().enumerate() {
+            let active = md.healthy_legs();
+            if active < floor {
+                return Err(format!(
+                    "{} mirrored disk {m} has {active} active legs, fewer than {floor}",
+                    v.name
+                ));
+            }
+            fewest = fewest.min(active);
+        }
+    }
+    Ok(fewest)
+}
+
+/// The storage agents wipe the chunks released on live disks (a moved
+/// leg's old chunk, an abandoned move's new one), and they are free again
+/// (`chunks_wiped`). A wipe is quick next to a chunk's copy, so it is
+/// taken as immediate. (Chunks of failed disks are never wiped.)
+fn wipe_released(c: &mut Cluster, disks: &BTreeSet<DiskId>) -> Result<(), String> {
+    for &id in disks {
+        let Ok(disk) = c.disk(id) else { continue };
+        let server = disk.server;
+        if disk.state != DiskState::Online
+            || disk.releasing.is_empty()
+            || c.server(server)
+                .is_none_or(|s| s.state != ServerState::Online)
+        {
+            continue;
+        }
+        let chunks: Vec<ChunkRef> = disk
+            .releasing
+            .iter()
+            .map(|&index| ChunkRef { disk: id, index })
+            .collect();
+        c.chunks_wiped(server, &chunks).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Legs (chunks in use) on a server's disks.
+fn legs_on_server(c: &Cluster, server: ServerId) -> u64 {
+    c.disks_of(server).map(|d| c.disk_usage(d.id).legs).sum()
+}
+
 /// Drives the real planner and scheduler until every mirrored disk is whole
-/// again, checking the invariants along the way.
+/// again and every move is done, checking the invariants along the way.
 fn simulate(
     config: &SimConfig,
     mut c: Cluster,
@@ -437,44 +638,88 @@ fn simulate(
 ) -> Result<Run, String> {
     let mut rng = Rng::new(second_seed);
     let mut outcome = Outcome::default();
+    let mut tally = Tally {
+        min_active_legs: usize::MAX,
+        ..Tally::default()
+    };
+    let replicas = usize::from(config.replicas);
     apply(&mut c, fault)?;
+    let mut failures = usize::from(matches!(
+        fault,
+        Fault::Disk(_) | Fault::Server(_) | Fault::SilentServer(_)
+    ));
+    // Each failure (a disk, or a server: legs sit on distinct servers)
+    // takes at most one leg of a mirrored disk, and moves take none.
+    let floor = |failures: usize| replicas.saturating_sub(failures).max(1);
+    let drained = match fault {
+        Fault::Drain(name) => Some(c.server_by_name(name).map_err(|e| e.to_string())?.id),
+        _ => None,
+    };
     let mut forced = BTreeSet::new();
     note_forced_sources(&c, &mut forced);
-    let live_disks = c
+    let legs_before: HashMap<DiskId, u64> =
+        c.disks().map(|d| (d.id, c.disk_usage(d.id).legs)).collect();
+    let live = |d: &Disk| {
+        d.state == DiskState::Online
+            && c.server(d.server)
+                .is_some_and(|s| s.state == ServerState::Online)
+    };
+    let live_disks = c.disks().filter(|d| live(d)).count();
+    let target_disks = c
         .disks()
-        .filter(|d| {
-            d.state == DiskState::Online
-                && c.server(d.server)
-                    .is_some_and(|s| s.state == ServerState::Online)
-        })
+        .filter(|d| live(d) && !c.is_draining(d.id))
         .count();
     let live_servers = c
         .servers()
         .filter(|s| s.state == ServerState::Online)
         .count();
-    // Full checks are O(cluster); on big pools they run every 64 steps and
-    // at the end, the per-disk limit on every step.
+    // Full checks are O(cluster); on big pools they run every 64 steps
+    // (every 1024 past a million legs, where a rebalance takes tens of
+    // thousands of steps) and at the end. The per-disk limit is checked on
+    // every step, and so is the redundancy of the volumes a step touched.
     let legs: usize = c
         .volumes()
         .map(|v| v.mirrored_disks.len() * usize::from(v.replicas))
         .sum();
-    let full_every = if legs > 50_000 { 64 } else { 1 };
+    let full_every = match legs {
+        0..=50_000 => 1,
+        50_001..=1_000_000 => 64,
+        _ => 1024,
+    };
     let mut done: HashMap<JobId, f64> = HashMap::new();
     let mut jobs_seen: BTreeSet<JobId> = BTreeSet::new();
+    let mut moves_seen: BTreeSet<JobId> = BTreeSet::new();
     let mut finished = 0usize;
     let mut now = 0.0f64;
-    let mut second_pending = config.scenario == Scenario::SecondFailure;
+    let mut second_pending = matches!(
+        config.scenario,
+        Scenario::SecondFailure | Scenario::DrainFailure
+    );
+    let mut rebalancing = true;
     let total_first = {
-        let (planned, _) = c.plan_repairs(&mut rng);
+        let (planned, _) = plan(&mut c, fault, &mut rng, &mut rebalancing, &mut tally);
         planned.len()
     };
     let second_at = total_first as f64 * c.settings().data_bytes_per_chunk() as f64 / 3.0;
     let mut copied_bytes = 0.0f64;
+    tally.min_active_legs = check_redundancy(c.volumes(), floor(failures))?;
+    if let Some(server) = drained
+        && legs_on_server(&c, server) == 0
+    {
+        tally.drained_seconds = Some(0.0);
+    }
     for step in 0u64.. {
-        let (planned, _) = c.plan_repairs(&mut rng);
+        let (planned, changes) = plan(&mut c, fault, &mut rng, &mut rebalancing, &mut tally);
+        let mut touched = changes.volumes;
+        let mut released = changes.disks;
         jobs_seen.extend(planned);
         c.start_jobs(limit);
-        jobs_seen.extend(c.jobs().filter(|j| j.is_active()).map(|j| j.id));
+        for job in c.jobs().filter(|j| j.is_active()) {
+            jobs_seen.insert(job.id);
+            if matches!(job.kind, JobKind::Move { .. }) {
+                moves_seen.insert(job.id);
+            }
+        }
         let busy = c.running_per_disk();
         let peak = busy.values().copied().max().unwrap_or(0);
         outcome.peak_resyncs_per_disk = outcome.peak_resyncs_per_disk.max(peak);
@@ -485,6 +730,8 @@ fn simulate(
         }
         if step % full_every == 0 {
             check(&c, limit)?;
+            let fewest = check_redundancy(c.volumes(), floor(failures))?;
+            tally.min_active_legs = tally.min_active_legs.min(fewest);
         }
         let running: Vec<ResyncJob> = c
             .jobs()
@@ -513,7 +760,8 @@ fn simulate(
             dt = dt.min(left / rate);
         }
         // The second failure strikes once a third of the first rebuild's
-        // bytes are copied (possibly in the middle of this step).
+        // (or the drain's) bytes are copied (possibly in the middle of
+        // this step).
         let flow: f64 = rates.iter().sum();
         let mut strike = false;
         if second_pending {
@@ -531,33 +779,85 @@ fn simulate(
             if *copied >= job.bytes_total as f64 * (1.0 - 1e-9) {
                 c.job_progress(job.id, job.bytes_total)
                     .map_err(|e| e.to_string())?;
-                c.finish_job(job.id).map_err(|e| e.to_string())?;
+                let changes = c.finish_job(job.id).map_err(|e| e.to_string())?;
+                touched.extend(changes.volumes);
+                released.extend(changes.disks);
                 outcome.bytes_copied += job.bytes_total;
                 finished += 1;
+                if matches!(job.kind, JobKind::Move { .. }) {
+                    tally.moves_done += 1;
+                    tally.last_move_seconds = now;
+                } else {
+                    tally.repairs_done += 1;
+                }
             }
         }
         if strike {
             second_pending = false;
             let first_server = match fault {
                 Fault::Disk(d) => c.disk(*d).ok().map(|d| d.server),
-                Fault::Server(_) | Fault::SilentServer(_) => None,
+                Fault::Drain(_) => drained,
+                Fault::Server(_) | Fault::SilentServer(_) | Fault::Rebalance(_) => None,
             };
             let avoid = critical_disks(&c);
             let victim = random_used_disk(&c, &mut rng, first_server, &avoid)
                 .ok_or("no disk left for the second failure")?;
-            apply(&mut c, &Fault::Disk(victim))?;
+            let changes = c.fail_disk(victim).map_err(|e| e.to_string())?;
+            touched.extend(changes.volumes);
+            released.extend(changes.disks);
+            failures += 1;
+            tally.struck = Some(victim);
             note_forced_sources(&c, &mut forced);
             // A resync that lost its source went back to the queue and
             // starts over.
             done.retain(|id, _| c.job(*id).is_ok_and(|j| j.state == JobState::Running));
         }
+        wipe_released(&mut c, &released)?;
+        let fewest =
+            check_redundancy(touched.iter().filter_map(|v| c.volume(*v)), floor(failures))?;
+        tally.min_active_legs = tally.min_active_legs.min(fewest);
+        if let Some(server) = drained
+            && tally.drained_seconds.is_none()
+            && legs_on_server(&c, server) == 0
+        {
+            tally.drained_seconds = Some(now);
+        }
     }
     check(&c, limit)?;
-    for v in c.volumes() {
-        for md in &v.mirrored_disks {
-            if md.legs.iter().any(|l| l.state != LegState::Active) {
-                return Err(format!("{} ended with a leg that is not active", v.name));
-            }
+    tally.min_active_legs = tally
+        .min_active_legs
+        .min(check_redundancy(c.volumes(), floor(failures))?);
+    // Every mirrored disk ends with R active legs (on distinct servers:
+    // `check_invariants`), and the drained server with none.
+    let mut not_whole = c.volumes().flat_map(|v| {
+        v.mirrored_disks
+            .iter()
+            .enumerate()
+            .filter(|(_, md)| {
+                md.legs.len() != usize::from(v.replicas)
+                    || md.legs.iter().any(|l| l.state != LegState::Active)
+            })
+            .map(|(m, _)| (v.name.clone(), m))
+    });
+    let first = not_whole.next();
+    let not_whole = first.iter().count() + not_whole.count();
+    let left = drained.map_or(0, |server| legs_on_server(&c, server));
+    if let Some((volume, m)) = first {
+        return Err(format!(
+            "{not_whole} mirrored disks ended without {replicas} active legs (first: {volume} mirrored disk {m}), {left} legs left on the drained server: out of room?"
+        ));
+    }
+    if left > 0 || (drained.is_some() && tally.drained_seconds.is_none()) {
+        return Err(format!(
+            "the drain ended with {left} legs on the server: out of room?"
+        ));
+    }
+    tally.fill_spread_after = c.fill_spread();
+    tally.shared_domains_after = shared_domains(&c);
+    for d in c.disks() {
+        let gained = c.disk_usage(d.id).legs.saturating_sub(legs_before[&d.id]);
+        if gained > 0 {
+            tally.gained.insert(d.id, gained as usize);
         }
     }
     outcome.restore_seconds = now;
@@ -565,12 +865,15 @@ fn simulate(
     // Every job ended (none is active): those not finished failed. (The
     // model keeps a bounded history, so it is not counted there.)
     outcome.failed_jobs = jobs_seen.len() - finished;
+    tally.moves_seen = moves_seen.len();
     Ok(Run {
         outcome,
         limit,
         live_disks,
         live_servers,
+        target_disks,
         forced,
+        tally,
     })
 }
 
@@ -584,6 +887,8 @@ fn apply(c: &mut Cluster, fault: &Fault) -> Result<(), String> {
         Fault::SilentServer(s) => c.fail_silent_server(s).map(|_| {
             c.set_repair_hold(BTreeSet::new());
         }),
+        Fault::Drain(s) => c.drain_server(s).map(drop),
+        Fault::Rebalance(_) => Ok(()),
     }
     .map_err(|e| e.to_string())
 }
@@ -918,6 +1223,199 @@ fn catch_up(
     }
 }
 
+// ---- moving healthy legs: drain and rebalance -------------------------
+
+/// How one run of moves went.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MoveOutcome {
+    /// `ServerDrain`, `DrainFailure`: from the drain's start until the
+    /// server holds no leg. `Rebalance`: until the last move ends.
+    pub seconds: f64,
+    /// Until no job is left (a failure's repairs may end after the drain).
+    pub all_done_seconds: f64,
+    /// Moves finished (each copied one chunk).
+    pub moves: usize,
+    /// Moves given up (their target failed); the leg moved later.
+    pub moves_abandoned: usize,
+    /// Repairs finished (after an injected failure).
+    pub repairs: usize,
+    pub bytes_copied: u64,
+    /// Most resyncs (moves and repairs) any disk took part in at one time.
+    pub peak_resyncs_per_disk: u32,
+    /// The fewest active legs any mirrored disk had at any step: R
+    /// throughout when nothing failed.
+    pub min_active_legs: usize,
+    /// `Rebalance`: calls of `rebalance` that planned moves.
+    pub passes: usize,
+    /// `Cluster::fill_spread` at the end (disks that take new chunks).
+    pub fill_spread_after: f64,
+    /// Mirrored disks with two legs in one failure domain (rack) at the
+    /// end (see [`MoveReport::shared_domains_before`]).
+    pub shared_domains_after: usize,
+}
+
+/// A drain or a rebalance, next to a naive one-leg-at-a-time baseline
+/// and the lower bounds.
+#[derive(Clone, Debug, Serialize)]
+pub struct MoveReport {
+    pub config: SimConfig,
+    /// Disks in the pool (for `Rebalance`, with the new servers').
+    pub disks: usize,
+    /// `ServerDrain`, `DrainFailure`: the drained server (the one
+    /// `ServerLoss` fails for the seed).
+    pub server: Option<String>,
+    /// `DrainFailure`: the disk that failed mid-drain (`disk#7 on s3`).
+    pub failed_disk: Option<String>,
+    /// Legs on the drained server, or moves the rebalance made.
+    pub legs_to_move: usize,
+    /// With the per-disk limit k. `Rebalance`: one call of
+    /// `rebalance(usize::MAX)` plans every move at once (then calls again
+    /// whenever idle, until one plans nothing).
+    pub scheduled: MoveOutcome,
+    /// `Rebalance` only: the manager's background policy,
+    /// `rebalance(rebalance_moves)` whenever no job is active.
+    pub bounded_passes: Option<MoveOutcome>,
+    /// One move at a time, each a chunk's copy at full speed: moves ×
+    /// `bounds.chunk_seconds`.
+    pub naive_seconds: f64,
+    /// `bounds.fluid_seconds` of the scheduled run.
+    pub ideal_seconds: f64,
+    /// `bounds.seconds`.
+    pub bound_seconds: f64,
+    pub bounds: Bounds,
+    pub speedup_vs_naive: f64,
+    pub fraction_of_ideal: f64,
+    pub fraction_of_bound: f64,
+    /// `Cluster::fill_spread` before the moves.
+    pub fill_spread_before: f64,
+    /// Mirrored disks with two legs in one failure domain before the
+    /// moves (the allocator avoids it when it can; a move should not add
+    /// any).
+    pub shared_domains_before: usize,
+}
+
+/// Mirrored disks with two legs on servers of one failure domain.
+pub fn shared_domains(c: &Cluster) -> usize {
+    let label = &c.settings().failure_domain_label;
+    let domain = |leg: &Leg| {
+        let server = c.disk(leg.chunk.disk).expect("leg's disk").server;
+        c.server(server)
+            .expect("disk's server")
+            .failure_domain(label)
+    };
+    c.volumes()
+        .flat_map(|v| &v.mirrored_disks)
+        .filter(|md| {
+            let domains: BTreeSet<String> = md.legs.iter().map(domain).collect();
+            domains.len() < md.legs.len()
+        })
+        .count()
+}
+
+/// Runs `ServerDrain`, `DrainFailure` or `Rebalance`: the real
+/// `drain_server`/`plan_drains` or `rebalance` under the same scheduler,
+/// rates and invariant checks as the rebuilds (see `simulate`).
+pub fn run_moves(config: &SimConfig) -> Result<MoveReport, String> {
+    let mut rng = Rng::new(config.seed);
+    let mut pool = build_pool(config, &mut rng)?;
+    pool.check_invariants()?;
+    let limit = config.per_disk_limit;
+    // The server ServerLoss fails for this seed, and its planning seed.
+    let first = random_used_disk(&pool, &mut rng, None, &BTreeSet::new())
+        .ok_or("the pool holds no legs")?;
+    let second_seed = rng.next_u64();
+    let (fault, server, bounded) = match config.scenario {
+        Scenario::ServerDrain | Scenario::DrainFailure => {
+            let server = pool.disk(first).map_err(|e| e.to_string())?.server;
+            let name = pool.server(server).expect("disk's server").name.clone();
+            (Fault::Drain(name.clone()), Some(name), None)
+        }
+        Scenario::Rebalance => {
+            if config.new_servers == 0 {
+                return Err("Rebalance needs at least one new server".into());
+            }
+            if config.rebalance_moves == 0 {
+                return Err("Rebalance needs at least one move per pass".into());
+            }
+            for s in config.servers..config.servers + config.new_servers {
+                add_server(&mut pool, config, s)?;
+            }
+            pool.check_invariants()?;
+            let bounded = simulate(
+                config,
+                pool.clone(),
+                &Fault::Rebalance(config.rebalance_moves),
+                limit,
+                second_seed,
+            )?;
+            (Fault::Rebalance(usize::MAX), None, Some(bounded))
+        }
+        other => return Err(format!("{other:?} is reported by run or run_return")),
+    };
+    let fill_spread_before = pool.fill_spread();
+    let legs_to_move = match &server {
+        Some(name) => legs_on_server(&pool, pool.server_by_name(name).expect("listed").id) as usize,
+        None => 0,
+    };
+    let scheduled = simulate(config, pool.clone(), &fault, limit, second_seed)?;
+    let legs_to_move = if server.is_some() {
+        legs_to_move
+    } else {
+        scheduled.tally.moves_done
+    };
+    let failed_disk = scheduled.tally.struck.map(|d| {
+        let server = pool.disk(d).expect("pool disk").server;
+        format!(
+            "{d} on {}",
+            pool.server(server).expect("disk's server").name
+        )
+    });
+    let bounds = bounds(config, &pool, &scheduled);
+    let drain = server.is_some();
+    let outcome = |run: Run| -> Result<MoveOutcome, String> {
+        let t = &run.tally;
+        let seconds = if drain {
+            t.drained_seconds.ok_or("the drain never ended")?
+        } else {
+            t.last_move_seconds
+        };
+        Ok(MoveOutcome {
+            seconds,
+            all_done_seconds: run.outcome.restore_seconds,
+            moves: t.moves_done,
+            moves_abandoned: t.moves_seen - t.moves_done,
+            repairs: t.repairs_done,
+            bytes_copied: run.outcome.bytes_copied,
+            peak_resyncs_per_disk: run.outcome.peak_resyncs_per_disk,
+            min_active_legs: t.min_active_legs,
+            passes: t.passes,
+            fill_spread_after: t.fill_spread_after,
+            shared_domains_after: t.shared_domains_after,
+        })
+    };
+    let naive_seconds = legs_to_move as f64 * bounds.chunk_seconds;
+    let scheduled = outcome(scheduled)?;
+    let time = scheduled.seconds;
+    Ok(MoveReport {
+        config: config.clone(),
+        disks: pool.disks().count(),
+        server,
+        failed_disk,
+        legs_to_move,
+        bounded_passes: bounded.map(outcome).transpose()?,
+        naive_seconds,
+        ideal_seconds: bounds.fluid_seconds,
+        bound_seconds: bounds.seconds,
+        speedup_vs_naive: naive_seconds / time,
+        fraction_of_ideal: bounds.fluid_seconds / time,
+        fraction_of_bound: bounds.seconds / time,
+        bounds,
+        scheduled,
+        fill_spread_before,
+        shared_domains_before: shared_domains(&pool),
+    })
+}
+
 /// The invariants every run must keep (checked outside the code under
 /// test, TigerBeetle-style):
 /// - the model's own consistency (no chunk used twice, exact accounting,
@@ -957,6 +1455,8 @@ mod tests {
             outage_seconds: 30.0,
             write_bytes_per_second: 100e3,
             region_bytes: 1 << 20,
+            new_servers: 2,
+            rebalance_moves: 16,
         }
     }
 
@@ -970,6 +1470,193 @@ mod tests {
         let a = serde_json::to_string(&run_return(&config).unwrap()).unwrap();
         let b = serde_json::to_string(&run_return(&config).unwrap()).unwrap();
         assert_eq!(a, b);
+        for scenario in [Scenario::DrainFailure, Scenario::Rebalance] {
+            let config = small(scenario, 7);
+            let a = serde_json::to_string(&run_moves(&config).unwrap()).unwrap();
+            let b = serde_json::to_string(&run_moves(&config).unwrap()).unwrap();
+            assert_eq!(a, b);
+        }
+    }
+
+    /// Each runner takes its own scenarios only.
+    #[test]
+    fn runners_refuse_other_scenarios() {
+        for scenario in [
+            Scenario::ServerDrain,
+            Scenario::DrainFailure,
+            Scenario::Rebalance,
+        ] {
+            assert!(run(&small(scenario, 1)).is_err());
+        }
+        for scenario in [Scenario::DiskLoss, Scenario::ServerReturn] {
+            assert!(run_moves(&small(scenario, 1)).is_err());
+        }
+    }
+
+    /// The redundancy check has teeth: a failed leg is one active leg
+    /// short of R, and a mirrored disk with no active leg fails even the
+    /// floor after a failure.
+    #[test]
+    fn redundancy_check_catches_a_missing_leg() {
+        let config = small(Scenario::DiskLoss, 1);
+        let mut c = build_pool(&config, &mut Rng::new(1)).unwrap();
+        assert_eq!(check_redundancy(c.volumes(), 2), Ok(2));
+        let disk = random_used_disk(&c, &mut Rng::new(2), None, &BTreeSet::new()).unwrap();
+        c.fail_disk(disk).unwrap();
+        assert!(check_redundancy(c.volumes(), 2).is_err());
+        assert_eq!(check_redundancy(c.volumes(), 1), Ok(1));
+        let partner = critical_disks(&c).into_iter().next().unwrap();
+        c.fail_disk(partner).unwrap();
+        assert!(check_redundancy(c.volumes(), 1).is_err());
+    }
+
+    /// Draining a server (issue: graceful drain), over a batch of seeds
+    /// and with 2 and 3 replicas: `simulate` checks on every step that no
+    /// mirrored disk has fewer than R active legs and no disk is in more
+    /// than k resyncs, and at the end that every mirrored disk has R active
+    /// legs on distinct servers and the server none. Here: every leg moved
+    /// exactly once, by moves only, far faster than one at a time, and
+    /// never faster than the bound.
+    #[test]
+    fn server_drain_keeps_redundancy_and_empties_the_server() {
+        for replicas in [2, 3] {
+            for seed in 0..6 {
+                let mut config = small(Scenario::ServerDrain, seed);
+                config.replicas = replicas;
+                let r =
+                    run_moves(&config).unwrap_or_else(|e| panic!("R={replicas} seed {seed}: {e}"));
+                let s = &r.scheduled;
+                assert!(r.legs_to_move > 0 && r.server.is_some(), "{r:?}");
+                assert_eq!(s.moves, r.legs_to_move, "{r:?}");
+                assert_eq!((s.repairs, s.moves_abandoned), (0, 0), "{r:?}");
+                assert_eq!(s.min_active_legs, usize::from(replicas), "{r:?}");
+                assert!(s.peak_resyncs_per_disk <= 1, "{r:?}");
+                assert_eq!(s.seconds, s.all_done_seconds);
+                assert!(
+                    r.fraction_of_bound <= 1.0 + 1e-9 && r.bound_seconds >= r.ideal_seconds,
+                    "{r:?}"
+                );
+                assert!(r.speedup_vs_naive > 2.0, "{r:?}");
+                assert!(s.shared_domains_after <= r.shared_domains_before, "{r:?}");
+            }
+        }
+    }
+
+    /// A disk of another server fails a third of the way into the drain:
+    /// its legs are repaired while the drain goes on (no mirrored disk
+    /// loses more than that one leg: `simulate` checks it on every step),
+    /// and the drain still completes.
+    #[test]
+    fn drain_completes_through_a_disk_failure() {
+        for replicas in [2, 3] {
+            for seed in 0..6 {
+                let mut config = small(Scenario::DrainFailure, seed);
+                config.replicas = replicas;
+                let r =
+                    run_moves(&config).unwrap_or_else(|e| panic!("R={replicas} seed {seed}: {e}"));
+                let s = &r.scheduled;
+                let failed = r.failed_disk.as_deref().expect("a disk failed");
+                assert!(!failed.ends_with(r.server.as_deref().unwrap()), "{r:?}");
+                assert!(s.repairs > 0, "{r:?}");
+                assert_eq!(s.moves, r.legs_to_move, "{r:?}");
+                assert_eq!(s.min_active_legs, usize::from(replicas) - 1, "{r:?}");
+                assert!(s.peak_resyncs_per_disk <= 1, "{r:?}");
+                assert!(s.seconds <= s.all_done_seconds, "{r:?}");
+                assert!(r.fraction_of_bound <= 1.0 + 1e-9, "{r:?}");
+            }
+        }
+    }
+
+    /// Moves within one server: draining one disk (`drain_disk`), or
+    /// rebalancing onto a disk added to a server that holds other legs,
+    /// may place the new chunk on the moving leg's own server, and the
+    /// model's invariants accept that while the move runs (the old leg
+    /// leaves that server when it ends). Then the moves run to the end
+    /// with every mirrored disk keeping R active legs.
+    #[test]
+    fn moves_within_a_server_keep_redundancy() {
+        for seed in 0..4 {
+            let config = small(Scenario::ServerDrain, seed);
+            let mut rng = Rng::new(seed);
+            let mut c = build_pool(&config, &mut rng).unwrap();
+            let disk = random_used_disk(&c, &mut rng, None, &BTreeSet::new()).unwrap();
+            c.drain_disk(disk).unwrap();
+            c.plan_drains(&mut rng);
+            c.check_invariants()
+                .unwrap_or_else(|e| panic!("drain_disk, seed {seed}: {e}"));
+            finish_moves(&mut c, &mut rng);
+            assert_eq!(c.disk_usage(disk).legs, 0, "seed {seed}");
+
+            let mut c = build_pool(&config, &mut Rng::new(seed)).unwrap();
+            let size = c.settings().disk_header_bytes + config.chunks_per_disk * config.chunk_bytes;
+            c.add_disk(NewDisk {
+                server: "s3".into(),
+                path: "/dev/new".into(),
+                size_bytes: size,
+                class: None,
+            })
+            .unwrap();
+            c.rebalance(usize::MAX, &mut rng);
+            c.check_invariants()
+                .unwrap_or_else(|e| panic!("rebalance onto a new disk of s3, seed {seed}: {e}"));
+            finish_moves(&mut c, &mut rng);
+        }
+    }
+
+    /// Runs every move to the end, one round of whole copies at a time,
+    /// checking the invariants and R active legs after each round.
+    fn finish_moves(c: &mut Cluster, rng: &mut Rng) {
+        for _ in 0..10_000 {
+            c.plan_repairs(rng);
+            c.plan_drains(rng);
+            c.start_jobs(1);
+            check(c, 1).unwrap();
+            let running: Vec<JobId> = c
+                .jobs()
+                .filter(|j| j.state == JobState::Running)
+                .map(|j| j.id)
+                .collect();
+            if running.is_empty() {
+                assert!(c.jobs().all(|j| !j.is_active()), "stuck");
+                return;
+            }
+            for id in running {
+                c.finish_job(id).unwrap();
+            }
+            check(c, 1).unwrap();
+            check_redundancy(c.volumes(), 2).unwrap();
+        }
+        panic!("moves never end");
+    }
+
+    /// New empty servers join: `rebalance` evens the pool out (one pass
+    /// or bounded passes) without ever lowering redundancy, within k, and
+    /// the new disks' inbound share bounds the time.
+    #[test]
+    fn rebalance_evens_out_new_servers() {
+        for seed in 0..6 {
+            let config = small(Scenario::Rebalance, seed);
+            let r = run_moves(&config).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            let one = &r.scheduled;
+            let bounded = r.bounded_passes.as_ref().expect("bounded passes");
+            assert!(r.fill_spread_before >= 0.4, "{r:?}");
+            // Whole chunks: within two chunks of even.
+            let chunk = 1.0 / config.chunks_per_disk as f64;
+            for o in [one, bounded] {
+                assert!(
+                    o.fill_spread_after <= 2.0 * chunk + 1e-9,
+                    "seed {seed}: {r:?}"
+                );
+                assert!(o.moves > 0 && o.moves_abandoned == 0 && o.repairs == 0);
+                assert_eq!(o.min_active_legs, 2, "{r:?}");
+                assert!(o.peak_resyncs_per_disk <= 1, "{r:?}");
+                assert!(o.seconds >= r.bound_seconds * (1.0 - 1e-9), "{r:?}");
+                assert!(o.shared_domains_after <= r.shared_domains_before, "{r:?}");
+            }
+            assert_eq!(one.moves, r.legs_to_move);
+            assert!(bounded.passes >= bounded.moves.div_ceil(config.rebalance_moves));
+            assert!(r.bounds.busiest_target_writes > 0 && r.bounds.target_seconds > 0.0);
+        }
     }
 
     /// A server back within its grace period (issue #6): its legs are held

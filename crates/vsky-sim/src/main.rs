@@ -2,7 +2,7 @@
 //! results (a Markdown table, or JSON with --json).
 
 use clap::{Parser, Subcommand};
-use vsky_sim::{Report, ReturnReport, Scenario, SimConfig, run, run_return};
+use vsky_sim::{MoveReport, Report, ReturnReport, Scenario, SimConfig, run, run_moves, run_return};
 
 /// Simulates VastSky's pool-wide rebuild with the real allocator and
 /// scheduler, next to dedicated-spare RAID1, an unscheduled rebuild and the
@@ -48,12 +48,24 @@ enum Command {
         /// disk (1 GiB of a volume) while the server is away.
         #[arg(long, default_value_t = 100e3)]
         write_rate: f64,
+        /// rebalance: empty servers added to the filled pool (default: a
+        /// tenth of --servers, at least 1).
+        #[arg(long)]
+        new_servers: Option<usize>,
+        /// rebalance: moves per bounded pass (the manager's
+        /// --auto-rebalance-moves).
+        #[arg(long, default_value_t = 64)]
+        rebalance_moves: usize,
     },
     /// The tables of docs/benchmarks.md: 10, 100 and 1000 servers × 10
-    /// disks, every scenario (server-return in a second table).
+    /// disks, every scenario (server-return, the drains and the rebalance
+    /// in tables of their own; the rebalance up to 100 servers).
     Table {
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Largest pool (servers): 1000 takes minutes.
+        #[arg(long, default_value_t = 1000)]
+        max_servers: usize,
     },
 }
 
@@ -64,6 +76,7 @@ enum Command {
 enum AnyReport {
     Rebuild(Report),
     Return(ReturnReport),
+    Moves(MoveReport),
 }
 
 fn row(r: &Report) -> String {
@@ -109,6 +122,66 @@ fn return_row(r: &ReturnReport) -> String {
     )
 }
 
+fn drain_row(r: &MoveReport) -> String {
+    const GIB: f64 = (1u64 << 30) as f64;
+    let s = &r.scheduled;
+    format!(
+        "| {} × {} | {:?} | {} | {:.0} s | {:.0} s | {:.1} s | {:.1} s | {:.0}× | {:.2} | {:.2} | {:.0} GiB | {} | {} | {} → {} | {} | {} |",
+        r.config.servers,
+        r.config.disks_per_server,
+        r.config.scenario,
+        r.legs_to_move,
+        s.seconds,
+        r.naive_seconds,
+        r.ideal_seconds,
+        r.bound_seconds,
+        r.speedup_vs_naive,
+        r.fraction_of_ideal,
+        r.fraction_of_bound,
+        s.bytes_copied as f64 / GIB,
+        s.repairs,
+        s.moves_abandoned,
+        r.shared_domains_before,
+        s.shared_domains_after,
+        s.peak_resyncs_per_disk,
+        s.min_active_legs,
+    )
+}
+
+const DRAIN_HEADER: &str = "| pool | scenario | legs moved | drained (k=1) | naive (one leg at a time) | ideal (fluid) | bound (whole chunks) | vs naive | of ideal | of bound | copied | repairs | moves abandoned | same-rack mirrored disks | peak/disk | fewest active legs |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
+
+fn rebalance_row(r: &MoveReport) -> String {
+    let s = &r.scheduled;
+    let b = r
+        .bounded_passes
+        .as_ref()
+        .expect("a rebalance has bounded passes");
+    format!(
+        "| {} × {} | +{} | {:.1} % | {:.1} % | {} | {:.0} s | {:.0} s ({} × {}) | {:.0} s | {:.1} s | {:.1} s | {:.2} | {:.2} | {} → {} | {} | {} |",
+        r.config.servers,
+        r.config.disks_per_server,
+        r.config.new_servers,
+        r.fill_spread_before * 100.0,
+        s.fill_spread_after * 100.0,
+        s.moves,
+        s.seconds,
+        b.seconds,
+        b.passes,
+        r.config.rebalance_moves,
+        r.naive_seconds,
+        r.ideal_seconds,
+        r.bound_seconds,
+        r.fraction_of_ideal,
+        r.fraction_of_bound,
+        r.shared_domains_before,
+        s.shared_domains_after.max(b.shared_domains_after),
+        s.peak_resyncs_per_disk.max(b.peak_resyncs_per_disk),
+        s.min_active_legs.min(b.min_active_legs),
+    )
+}
+
+const REBALANCE_HEADER: &str = "| pool | servers added | fill spread before | after | moves | one pass (k=1) | bounded passes (k=1) | naive (one move at a time) | ideal (fluid) | bound (whole chunks) | of ideal | of bound | same-rack mirrored disks | peak/disk | fewest active legs |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
+
 const RETURN_HEADER: &str = "| pool | outage | writes per mirrored disk | legs back | caught up | rebuilt without grace | fewer bytes | catch-up (k=1) | catch-up (unscheduled) | redundant again (k=1) | without grace | never back | peak/disk (k=1) | peak/disk (unscheduled) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
 
 const HEADER: &str = "| pool | scenario | legs rebuilt | scheduled (k=1) | unscheduled | dedicated spare | ideal (fluid) | bound (whole chunks) | vs spare | of ideal | of bound | busiest source | peak/disk (k=1) | peak/disk (unscheduled) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
@@ -127,6 +200,8 @@ fn main() {
             outage,
             grace,
             write_rate,
+            new_servers,
+            rebalance_moves,
         } => {
             if !(0.0..1.0).contains(&fill)
                 || servers < 3
@@ -134,9 +209,11 @@ fn main() {
                 || per_disk_limit == 0
                 || !(0.0..grace).contains(&outage)
                 || !(write_rate >= 0.0 && write_rate.is_finite())
+                || new_servers == Some(0)
+                || rebalance_moves == 0
             {
                 eprintln!(
-                    "vsky-sim: need --fill in 0..1, at least 3 servers, 1 disk per server, --per-disk-limit ≥ 1, 0 ≤ --outage < --grace and --write-rate ≥ 0"
+                    "vsky-sim: need --fill in 0..1, at least 3 servers, 1 disk per server, --per-disk-limit ≥ 1, 0 ≤ --outage < --grace, --write-rate ≥ 0, --new-servers ≥ 1 and --rebalance-moves ≥ 1"
                 );
                 std::process::exit(2);
             }
@@ -148,10 +225,15 @@ fn main() {
             c.outage_seconds = outage;
             c.grace_seconds = grace;
             c.write_bytes_per_second = write_rate;
+            if let Some(n) = new_servers {
+                c.new_servers = n;
+            }
+            c.rebalance_moves = rebalance_moves;
             vec![c]
         }
-        Command::Table { seed } => [10usize, 100, 1000]
+        Command::Table { seed, max_servers } => [10usize, 100, 1000]
             .into_iter()
+            .filter(|&s| s <= max_servers)
             .flat_map(|servers| {
                 [
                     Scenario::DiskLoss,
@@ -161,13 +243,32 @@ fn main() {
                 .map(|s| SimConfig::standard(servers, s, seed))
             })
             .chain(
-                [(10usize, 100e3), (100, 100e3), (100, 300e3), (1000, 100e3)].map(
-                    |(servers, write_rate)| {
+                [(10usize, 100e3), (100, 100e3), (100, 300e3), (1000, 100e3)]
+                    .into_iter()
+                    .filter(|&(s, _)| s <= max_servers)
+                    .map(|(servers, write_rate)| {
                         let mut c = SimConfig::standard(servers, Scenario::ServerReturn, seed);
                         c.write_bytes_per_second = write_rate;
                         c
-                    },
-                ),
+                    }),
+            )
+            .chain(
+                [10usize, 100, 1000]
+                    .into_iter()
+                    .filter(|&s| s <= max_servers)
+                    .flat_map(|servers| {
+                        [Scenario::ServerDrain, Scenario::DrainFailure]
+                            .map(|s| SimConfig::standard(servers, s, seed))
+                    }),
+            )
+            // (The 1000-server rebalance takes over an hour, most of it in
+            // `finish_job`, which scans every job: `run --servers 1000
+            // --scenario rebalance`.)
+            .chain(
+                [10usize, 100]
+                    .into_iter()
+                    .filter(|&s| s <= max_servers)
+                    .map(|servers| SimConfig::standard(servers, Scenario::Rebalance, seed)),
             )
             .collect(),
     };
@@ -180,6 +281,18 @@ fn main() {
                 let line = return_row(&r);
                 reports.push(AnyReport::Return(r));
                 (RETURN_HEADER, line)
+            })
+        } else if matches!(c.scenario, Scenario::ServerDrain | Scenario::DrainFailure) {
+            run_moves(c).map(|r| {
+                let line = drain_row(&r);
+                reports.push(AnyReport::Moves(r));
+                (DRAIN_HEADER, line)
+            })
+        } else if c.scenario == Scenario::Rebalance {
+            run_moves(c).map(|r| {
+                let line = rebalance_row(&r);
+                reports.push(AnyReport::Moves(r));
+                (REBALANCE_HEADER, line)
             })
         } else {
             run(c).map(|r| {

@@ -10,6 +10,7 @@
 pub mod cluster;
 pub mod disk;
 pub mod group;
+pub mod pool;
 pub mod recovery;
 pub mod server;
 pub mod volume;
@@ -27,6 +28,7 @@ pub async fn run(command: &Command, client: &Client, json: bool) -> Result<Strin
         Command::Disk(cmd) => disk::run(cmd, client, json).await,
         Command::Volume(cmd) => volume::run(cmd, client, json).await,
         Command::Group(cmd) => group::run(cmd, client, json).await,
+        Command::Pool(cmd) => pool::run(cmd, client, json).await,
         Command::Rebuild(cmd) => recovery::rebuild(cmd, client, json).await,
         Command::Events {
             since,

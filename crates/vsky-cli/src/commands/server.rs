@@ -11,7 +11,8 @@ use vsky_api::Client;
 use vsky_api::types::{CreateServer, Disk, Server};
 
 use crate::args::ServerCommand;
-use crate::commands::disk::render_disk_table;
+use crate::commands::disk::{draining, render_disk_table, yes_no};
+use crate::commands::recovery::{self, Drained};
 use crate::error::CliError;
 use crate::render::{self, Align, KeyValue, Table};
 
@@ -91,6 +92,62 @@ pub async fn run(cmd: &ServerCommand, client: &Client, json: bool) -> Result<Str
                 )
             })
         }
+        ServerCommand::Drain {
+            name,
+            stop,
+            wait,
+            wait_timeout,
+        } => {
+            let shown = render::clean(name);
+            if *stop {
+                let server = client.stop_drain_server(name).await?;
+                return Ok(if json {
+                    render::json(&server)
+                } else {
+                    format!(
+                        "Stopped draining server {shown}: it takes new chunks again (disks drained on their own stay draining); moves already under way finish.\n{}",
+                        render_server(&server)
+                    )
+                });
+            }
+            let server = client.drain_server(name).await?;
+            if *wait {
+                if !recovery::wait_for_drain(
+                    client,
+                    Drained::Server(name),
+                    server.legs_left,
+                    *wait_timeout,
+                    json,
+                )
+                .await?
+                {
+                    return Ok(String::new());
+                }
+                let server = client.server(name).await?;
+                return Ok(if json {
+                    render::json(&server)
+                } else {
+                    format!(
+                        "Server {shown} is drained: it holds no legs. Stop its agent, then `vsky server remove {shown}` takes it out (an agent that registers again adds it back).\n{}",
+                        render_server(&server)
+                    )
+                });
+            }
+            Ok(if json {
+                render::json(&server)
+            } else if server.legs_left == 0 {
+                format!(
+                    "Server {shown} is draining and holds no legs: `vsky server remove {shown}` takes it out.\n{}",
+                    render_server(&server)
+                )
+            } else {
+                format!(
+                    "Draining server {shown}: the {} legs on its disks move to other servers. `vsky server drain {shown} --wait` follows them.\n{}",
+                    server.legs_left,
+                    render_server(&server)
+                )
+            })
+        }
     }
 }
 
@@ -114,6 +171,7 @@ pub fn render_server(s: &Server) -> String {
         .add("ID", s.id.to_string())
         .add("Address", s.address.as_str())
         .add("State", render::state(&s.state))
+        .add("Draining", draining(s.draining, s.legs_left, s.legs_moving))
         .add("Labels", render::labels(&s.labels))
         .add("Disks", s.disks.to_string())
         .add("Capacity", render::size(s.capacity_bytes))
@@ -142,10 +200,12 @@ pub fn render_server_table(servers: &[Server]) -> String {
         ("ID", Align::Right),
         ("ADDRESS", Align::Left),
         ("STATE", Align::Left),
+        ("DRAINING", Align::Left),
         ("DISKS", Align::Right),
         ("CAPACITY", Align::Right),
         ("FREE", Align::Right),
         ("LEGS", Align::Right),
+        ("MOVING", Align::Right),
         ("LABELS", Align::Left),
     ]);
     for s in servers {
@@ -154,10 +214,12 @@ pub fn render_server_table(servers: &[Server]) -> String {
             s.id.to_string(),
             s.address.clone(),
             render::state(&s.state),
+            yes_no(s.draining),
             s.disks.to_string(),
             render::size(s.capacity_bytes),
             render::size(s.free_bytes),
             s.legs.to_string(),
+            s.legs_moving.to_string(),
             render::labels(&s.labels),
         ]);
     }
@@ -182,6 +244,9 @@ mod tests {
             capacity_bytes: 2 << 40,
             free_bytes: 3 << 39,
             legs: 512,
+            draining: false,
+            legs_left: 512,
+            legs_moving: 0,
         }
     }
 
@@ -203,11 +268,28 @@ mod tests {
         ]);
         assert_eq!(
             text,
-            "NAME   ID  ADDRESS          STATE   DISKS  CAPACITY     FREE  LEGS  LABELS\n\
-             node1   1  10.0.0.1:10809   online      2     2 TiB  1.5 TiB   512  rack=r1\n\
-             n12    12  10.0.0.12:10809  failed      2     2 TiB  1.5 TiB   512  rack=r12\n"
+            "NAME   ID  ADDRESS          STATE   DRAINING  DISKS  CAPACITY     FREE  LEGS  MOVING  LABELS\n\
+             node1   1  10.0.0.1:10809   online  no            2     2 TiB  1.5 TiB   512       0  rack=r1\n\
+             n12    12  10.0.0.12:10809  failed  no            2     2 TiB  1.5 TiB   512       0  rack=r12\n"
         );
         assert_eq!(render_server_table(&[]), "No servers.\n");
+    }
+
+    #[test]
+    fn draining_servers_say_so_with_their_legs_left() {
+        let mut s = server("node1", 1, ServerState::Online);
+        s.draining = true;
+        s.legs_left = 300;
+        s.legs_moving = 4;
+        let table = render_server_table(std::slice::from_ref(&s));
+        assert!(table.contains(" online  yes "), "{table}");
+        assert!(table.contains("   512       4  "), "{table}");
+        let text = render_server(&s);
+        assert!(text.contains("State:     online\n"), "{text}");
+        assert!(
+            text.contains("Draining:  yes: 300 legs left, 4 moving\n"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -231,6 +313,9 @@ mod tests {
             legs: 10,
             free_chunks: 1014,
             releasing_chunks: 0,
+            draining: false,
+            legs_left: 10,
+            legs_moving: 0,
         };
         let text = render_server_with_disks(&s, &[disk]);
         assert!(text.contains("\nID  SERVER  PATH"), "{text}");

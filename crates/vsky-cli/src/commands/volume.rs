@@ -301,6 +301,7 @@ mod tests {
             data_bytes_per_mirrored_disk: 5 << 30,
             layout: vec![
                 MirroredDisk {
+                    last_scrub_unix_s: None,
                     index: 0,
                     legs: vec![
                         leg("node1", 1, 0, LegState::Active),
@@ -308,6 +309,7 @@ mod tests {
                     ],
                 },
                 MirroredDisk {
+                    last_scrub_unix_s: None,
                     index: 1,
                     legs: vec![
                         leg("node1", 1, 1, LegState::Active),

@@ -63,12 +63,16 @@ pub fn summary(s: m::Summary) -> api::ClusterSummary {
 pub fn server(c: &Cluster, s: &m::Server) -> api::Server {
     let chunk = c.settings().chunk_size_bytes;
     let (mut disks, mut capacity, mut free, mut legs) = (0, 0, 0, 0);
+    let mut drain = m::DrainProgress::default();
     for d in c.disks_of(s.id) {
         let u = c.disk_usage(d.id);
         disks += 1;
         capacity += u64::from(d.chunk_count) * chunk;
         free += u.free_chunks * chunk;
         legs += u.legs;
+        let p = c.drain_progress(d.id);
+        drain.legs_left += p.legs_left;
+        drain.moving += p.moving;
     }
     api::Server {
         id: s.id.0,
@@ -80,11 +84,15 @@ pub fn server(c: &Cluster, s: &m::Server) -> api::Server {
         capacity_bytes: capacity,
         free_bytes: free,
         legs,
+        draining: s.draining,
+        legs_left: drain.legs_left,
+        legs_moving: drain.moving,
     }
 }
 
 pub fn disk(c: &Cluster, d: &m::Disk) -> api::Disk {
     let u = c.disk_usage(d.id);
+    let drain = c.drain_progress(d.id);
     api::Disk {
         id: d.id.0,
         server: c
@@ -99,6 +107,9 @@ pub fn disk(c: &Cluster, d: &m::Disk) -> api::Disk {
         legs: u.legs,
         free_chunks: u.free_chunks,
         releasing_chunks: u.releasing_chunks,
+        draining: c.is_draining(d.id),
+        legs_left: drain.legs_left,
+        legs_moving: drain.moving,
     }
 }
 
@@ -169,6 +180,7 @@ pub fn volume_detail(c: &Cluster, v: &m::Volume) -> api::VolumeDetail {
         .enumerate()
         .map(|(index, md)| api::MirroredDisk {
             index,
+            last_scrub_unix_s: md.last_scrub_unix_s,
             legs: md
                 .legs
                 .iter()
@@ -229,6 +241,18 @@ pub fn desired_state(
                 rate_bytes_per_second: resync_rate_bytes_per_second,
             })
             .collect(),
+        scrubs: view
+            .scrubs
+            .into_iter()
+            .map(|sc| api::ScrubSpec {
+                scrub: sc.scrub,
+                volume: sc.volume,
+                mirrored_disk: sc.mirrored_disk,
+                legs: sc.legs.into_iter().map(leg_spec).collect(),
+                leg_meta_bytes: settings.leg_meta_bytes,
+                chunk_size_bytes: settings.chunk_size_bytes,
+            })
+            .collect(),
         generation: view.generation,
         exports: view
             .exports
@@ -270,14 +294,42 @@ pub fn desired_state(
     }
 }
 
+fn move_reason(r: m::MoveReason) -> api::MoveReason {
+    match r {
+        m::MoveReason::Drain => api::MoveReason::Drain,
+        m::MoveReason::Rebalance => api::MoveReason::Rebalance,
+    }
+}
+
+/// The name of the server holding a disk (empty if either is gone).
+fn server_of_disk(c: &Cluster, disk: m::DiskId) -> String {
+    c.disk(disk)
+        .ok()
+        .and_then(|d| c.server(d.server))
+        .map(|s| s.name.clone())
+        .unwrap_or_default()
+}
+
+/// A move planned by a rebalance, as its answer lists it.
+pub fn planned_move(c: &Cluster, p: &m::PlannedMove) -> api::PlannedMoveInfo {
+    let (volume, mirrored_disk) = c
+        .job(p.job)
+        .map(|j| (c.volume_label(j.volume), j.mirrored_disk))
+        .unwrap_or_default();
+    api::PlannedMoveInfo {
+        rebuild: p.job.0,
+        volume,
+        mirrored_disk,
+        from_disk: p.from.0,
+        from_server: server_of_disk(c, p.from),
+        to_disk: p.to.0,
+        to_server: server_of_disk(c, p.to),
+    }
+}
+
 fn location(c: &Cluster, at: m::ChunkRef) -> api::ChunkLocation {
     api::ChunkLocation {
-        server: c
-            .disk(at.disk)
-            .ok()
-            .and_then(|d| c.server(d.server))
-            .map(|s| s.name.clone())
-            .unwrap_or_default(),
+        server: server_of_disk(c, at.disk),
         disk_id: at.disk.0,
         chunk_index: at.index,
     }
@@ -292,8 +344,19 @@ pub fn rebuild(c: &Cluster, j: &m::ResyncJob, rate: Option<f64>) -> api::Rebuild
         m::JobState::Failed => api::RebuildState::Failed,
     };
     let rate = rate.filter(|_| j.state == m::JobState::Running);
+    let (kind, reason, from_leg) = match j.kind {
+        m::JobKind::Repair => (api::RebuildKind::Repair, None, None),
+        m::JobKind::Move { from, reason } => (
+            api::RebuildKind::Move,
+            Some(move_reason(reason)),
+            Some(from),
+        ),
+    };
     api::Rebuild {
         id: j.id.0,
+        kind,
+        reason,
+        from_leg,
         volume: c.volume_label(j.volume),
         mirrored_disk: j.mirrored_disk,
         leg: j.leg,

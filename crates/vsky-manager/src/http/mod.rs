@@ -27,7 +27,7 @@ use crate::auth::{Principal, Tokens};
 use crate::metrics::Metrics;
 use crate::service::Manager;
 use error::{ApiError, REQUEST_ID};
-use handlers::{agent, cluster, disks, events, groups, rebuilds, servers, volumes};
+use handlers::{agent, cluster, disks, events, groups, pool, rebuilds, servers, volumes};
 
 /// Largest request body accepted.
 const BODY_BYTES_MAX: usize = 1 << 20;
@@ -56,7 +56,10 @@ All endpoints but health and this document need `Authorization: Bearer <token>`.
     paths(
         cluster::health, cluster::summary,
         servers::list, servers::create, servers::show, servers::remove, servers::fail,
+        servers::drain, servers::stop_drain,
         disks::list, disks::create, disks::show, disks::remove, disks::fail,
+        disks::drain, disks::stop_drain,
+        pool::rebalance,
         volumes::list, volumes::create, volumes::show, volumes::update, volumes::delete, volumes::attach, volumes::detach, volumes::resize,
         groups::list, groups::create, groups::show, groups::update, groups::delete,
         rebuilds::list, events::list,
@@ -66,7 +69,8 @@ All endpoints but health and this document need `Authorization: Bearer <token>`.
     security(("bearer" = [])),
     tags((name = "cluster"), (name = "servers"), (name = "disks"), (name = "volumes"),
         (name = "groups", description = "named groups of volumes: XAPI storage repositories"),
-        (name = "recovery", description = "rebuilds of failed legs and the event log"),
+        (name = "pool", description = "moving legs between disks: rebalancing"),
+        (name = "recovery", description = "rebuilds of failed legs, moves of healthy ones, and the event log"),
         (name = "agent", description = "called by vsky-agent; agent tokens are accepted here")),
 )]
 pub struct ApiDoc;
@@ -119,9 +123,18 @@ pub fn router(state: AppState) -> Router {
             get(servers::show).delete(servers::remove),
         )
         .route("/servers/{name}/fail", post(servers::fail))
+        .route(
+            "/servers/{name}/drain",
+            post(servers::drain).delete(servers::stop_drain),
+        )
         .route("/disks", get(disks::list).post(disks::create))
         .route("/disks/{id}", get(disks::show).delete(disks::remove))
         .route("/disks/{id}/fail", post(disks::fail))
+        .route(
+            "/disks/{id}/drain",
+            post(disks::drain).delete(disks::stop_drain),
+        )
+        .route("/pool/rebalance", post(pool::rebalance))
         .route("/volumes", get(volumes::list).post(volumes::create))
         .route(
             "/volumes/{name}",

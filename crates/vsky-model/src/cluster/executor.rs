@@ -19,7 +19,7 @@
 
 use std::collections::BTreeSet;
 
-use super::recovery::{JobState, ResyncJob};
+use super::recovery::{JobKind, JobState, ResyncJob};
 use super::{Changes, Cluster};
 use crate::entities::{DiskState, LegState};
 use crate::ids::{JobId, ServerId, VolumeId};
@@ -132,12 +132,12 @@ impl Cluster {
             .map(|(_, id)| *id)
             .collect();
         for id in active {
-            self.end_job(
-                id,
-                JobState::Failed,
-                Some("volume deleted".to_string()),
-                changes,
-            );
+            let reason = "volume deleted".to_string();
+            if let JobKind::Move { .. } = self.jobs[&id].kind {
+                self.abandon_move(id, reason, changes);
+            } else {
+                self.end_job(id, JobState::Failed, Some(reason), changes);
+            }
         }
     }
 }

@@ -44,10 +44,36 @@ pub enum JobState {
     Failed,
 }
 
-/// Copying one mirrored disk's healthy data onto a replacement leg.
+/// Why a leg is being resynced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum JobKind {
+    /// A failed leg's slot gets a new chunk.
+    #[default]
+    Repair,
+    /// A healthy leg (slot `from`) moves to a new chunk (`moves.rs`): the
+    /// new leg syncs in an extra slot at the end of the mirrored disk,
+    /// then takes slot `from`, and the old chunk is released. The mirrored
+    /// disk never has fewer copies than before.
+    Move { from: u8, reason: MoveReason },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoveReason {
+    /// The leg's disk or server is draining.
+    Drain,
+    /// `rebalance` moves it to a less loaded disk.
+    Rebalance,
+}
+
+/// Copying one mirrored disk's healthy data onto a new leg: a replacement
+/// for a failed one, or a moving leg's new home.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResyncJob {
     pub id: JobId,
+    #[serde(default)]
+    pub kind: JobKind,
     pub volume: VolumeId,
     pub mirrored_disk: u32,
     pub leg: u8,
@@ -55,7 +81,8 @@ pub struct ResyncJob {
     pub target: ChunkRef,
     /// The healthy leg copied from; chosen when the job starts.
     pub source: Option<ChunkRef>,
-    /// The failed chunk this job replaces.
+    /// The chunk this job replaces: the failed one (repair), or the one
+    /// moving away (move).
     pub replaced: ChunkRef,
     pub bytes_total: u64,
     pub bytes_done: u64,
@@ -85,13 +112,18 @@ impl Cluster {
             .ok_or_else(|| super::not_found("resync job", "rebuild", id.0))
     }
 
-    /// Running resyncs per disk (as source or target).
+    /// Running resyncs (as source or target) and scrubs (`scrub.rs`: a
+    /// scrub reads every leg of its mirrored disk) per disk: the per-disk
+    /// limit bounds their sum.
     pub fn running_per_disk(&self) -> BTreeMap<DiskId, u32> {
         let mut busy = BTreeMap::new();
         for job in self.jobs.values().filter(|j| j.state == JobState::Running) {
             for d in job.disks() {
                 *busy.entry(d).or_insert(0) += 1;
             }
+        }
+        for d in self.scrub_disks() {
+            *busy.entry(d).or_insert(0) += 1;
         }
         busy
     }
@@ -145,8 +177,21 @@ impl Cluster {
                         job.id
                     )));
                 }
+                // A move's target is the extra slot, one past the replicas.
+                let v = &self.volumes[&job.volume];
+                let legs = v.mirrored_disks[job.mirrored_disk as usize].legs.len();
+                let is_move = matches!(job.kind, JobKind::Move { .. });
+                let extra = usize::from(v.replicas) + 1;
+                if is_move != (legs == extra && usize::from(job.leg) + 1 == extra) {
+                    return Err(ModelError::Corrupt(format!(
+                        "{} and the legs of its mirrored disk disagree about a move",
+                        job.id
+                    )));
+                }
                 self.repairs
                     .insert((job.volume, job.mirrored_disk, job.leg), job.id);
+            } else {
+                self.finished.insert(job.id);
             }
             self.jobs.insert(job.id, job);
         }
@@ -182,6 +227,8 @@ impl Cluster {
             .filter(|slot| !self.repairs.contains_key(slot))
             // Legs on a server in its grace period wait (executor.rs).
             .filter(|slot| !self.repair_held(*slot))
+            // A leg that failed while moving is replaced by its move.
+            .filter(|slot| !self.moving_away(*slot))
             .collect();
         // Resyncs bound to each disk, counting the sources the new jobs will
         // be bound to before any target is chosen, so targets avoid them.
@@ -198,7 +245,9 @@ impl Cluster {
             *receiving.entry(server).or_insert(0) += 1;
         }
         let mut unplanned = false;
+        let mut no_room = false;
         for (volume, m, l) in failed {
+            let recoverable = self.volumes[&volume].mirrored_disks[m as usize].healthy_legs() > 0;
             match self.plan_one(
                 volume,
                 m,
@@ -209,12 +258,21 @@ impl Cluster {
                 &mut changes,
             ) {
                 Some(id) => planned.push(id),
-                None => unplanned = true,
+                None => {
+                    unplanned = true;
+                    no_room |= recoverable;
+                }
             }
         }
         // Legs left without a repair (no room, no healthy leg) are retried
         // on the next call.
         self.repairs_pending = unplanned;
+        // Repairs come before moves: queued moves give their chunks back
+        // (wiped, then free) and no move is planned while repairs lack room.
+        self.repairs_lack_room = no_room;
+        if no_room {
+            self.cancel_queued_moves(&mut changes);
+        }
         (planned, self.commit(changes))
     }
 
@@ -275,22 +333,7 @@ impl Cluster {
                 leg: l,
             },
         );
-        let old = self
-            .runtime
-            .get_mut(&replaced.disk)
-            .expect("legs sit on known disks");
-        assert!(
-            old.used.remove(&replaced.index).is_some(),
-            "a leg's chunk is used"
-        );
-        assert!(
-            self.disks
-                .get_mut(&replaced.disk)
-                .expect("exists")
-                .releasing
-                .insert(replaced.index)
-        );
-        self.reindex(replaced.disk);
+        self.release_chunk(replaced, changes);
         let target = ChunkRef { disk, index };
         let leg = &mut self
             .volumes
@@ -312,6 +355,7 @@ impl Cluster {
         changes.next_id = true;
         let job = ResyncJob {
             id,
+            kind: JobKind::Repair,
             volume,
             mirrored_disk: m,
             leg: l,
@@ -327,14 +371,13 @@ impl Cluster {
         self.repairs.insert((volume, m, l), id);
         changes.jobs.insert(id);
         changes.volumes.insert(volume);
-        // Only the released chunk's disk record changes (its releasing set);
-        // which chunks are used is derived from the volume records.
-        changes.disks.insert(replaced.disk);
         Some(id)
     }
 
     /// Starts queued jobs whose disks have room, so that no disk takes part
-    /// in more than `per_disk_limit` running resyncs. Order: mirrored disks
+    /// in more than `per_disk_limit` running resyncs and scrubs together (a
+    /// scrub on a disk a queued job needs is ended first: resyncs come
+    /// first, see `scrub.rs`). Order: mirrored disks
     /// with the fewest healthy legs first (they are closest to data loss);
     /// then the jobs whose disks have the most resyncs still bound to them
     /// (queued or running, see [`Self::resyncs_bound_per_disk`]), busiest
@@ -342,10 +385,14 @@ impl Cluster {
     /// needs n copy times whatever happens, so starting its jobs first keeps
     /// it from being the tail of the rebuild, and a chain of jobs sharing
     /// disks is entered in the middle, which leaves its ends free to pair
-    /// up next. The source is the healthy leg on the least busy disk, then
-    /// the one with the fewest resyncs to go. Returns the started jobs.
+    /// up next. The source is a healthy leg off draining disks, then on the
+    /// least busy disk, then the one with the fewest resyncs to go. Returns
+    /// the started jobs.
     pub fn start_jobs(&mut self, per_disk_limit: u32) -> (Vec<JobId>, Changes) {
         assert!(per_disk_limit > 0);
+        // Resyncs come first: scrubs give way on the disks queued resyncs
+        // need (`scrub.rs`); the others count as busy.
+        self.preempt_scrubs();
         let mut busy = self.running_per_disk();
         let load = self.resyncs_bound_per_disk();
         let load_of = |d: DiskId| load.get(&d).copied().unwrap_or(0);
@@ -433,8 +480,12 @@ impl Cluster {
                             let s = server_of(leg.chunk.disk);
                             !balanced || sending.get(&s).copied().unwrap_or(0) < half(s)
                         })
+                        // Off draining disks first: a disk is often drained
+                        // because it is ageing, and its reads are better
+                        // spent on its own legs' moves.
                         .min_by_key(|leg| {
                             (
+                                self.is_draining(leg.chunk.disk),
                                 busy.get(&leg.chunk.disk).copied().unwrap_or(0),
                                 load_of(leg.chunk.disk),
                                 leg.chunk,
@@ -482,6 +533,12 @@ impl Cluster {
     /// A running job copied everything: its leg is healthy again.
     pub fn finish_job(&mut self, id: JobId) -> Result<Changes, ModelError> {
         let job = self.running_job(id)?.clone();
+        if let JobKind::Move { from, .. } = job.kind {
+            let mut changes = Changes::default();
+            self.finish_move(&job, from, &mut changes);
+            self.end_job(id, JobState::Done, None, &mut changes);
+            return Ok(self.commit(changes));
+        }
         let leg = &mut self
             .volumes
             .get_mut(&job.volume)
@@ -511,6 +568,10 @@ impl Cluster {
             )));
         }
         let mut changes = Changes::default();
+        if let JobKind::Move { .. } = job.kind {
+            self.abandon_move(id, reason.to_string(), &mut changes);
+            return Ok(self.commit(changes));
+        }
         let leg = &mut self
             .volumes
             .get_mut(&job.volume)
@@ -553,18 +614,11 @@ impl Cluster {
         changes.jobs.insert(id);
         // Keep a bounded history of finished jobs (ids grow, so the
         // smallest finished ids are the oldest).
-        let finished: Vec<JobId> = self
-            .jobs
-            .values()
-            .filter(|j| !j.is_active())
-            .map(|j| j.id)
-            .collect();
-        for old in finished
-            .iter()
-            .take(finished.len().saturating_sub(FINISHED_JOBS_KEPT))
-        {
-            self.jobs.remove(old);
-            changes.jobs.insert(*old);
+        self.finished.insert(id);
+        while self.finished.len() > FINISHED_JOBS_KEPT {
+            let old = self.finished.pop_first().expect("non-empty");
+            self.jobs.remove(&old);
+            changes.jobs.insert(old);
         }
     }
 
@@ -582,7 +636,11 @@ impl Cluster {
             let job = &self.jobs[&id];
             if lost(job.target) {
                 let reason = format!("target {} failed", job.target.disk);
-                self.end_job(id, JobState::Failed, Some(reason), changes);
+                if let JobKind::Move { .. } = job.kind {
+                    self.abandon_move(id, reason, changes);
+                } else {
+                    self.end_job(id, JobState::Failed, Some(reason), changes);
+                }
             } else if job.source.is_some_and(&lost) {
                 let job = self.jobs.get_mut(&id).expect("active");
                 job.source = None;

@@ -11,7 +11,7 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use vsky_api::types::{
     AgentAttachment, AgentRegistered, ChunkId, DesiredState, ErrorBody, FailedLeg, Heartbeat,
-    HeartbeatAck, RegisterAgent, RegisteredDisk, VolumeDetail,
+    HeartbeatAck, RegisterAgent, RegisteredDisk, ScrubReport, VolumeDetail,
 };
 use vsky_model::{ChunkRef, DiskId, JobId, NewDisk, NewServer, ServerId, ServerState};
 
@@ -89,7 +89,7 @@ pub async fn register(
 }
 
 /// Records a heartbeat and what the agent observed (wiped chunks, failed
-/// legs, resync progress).
+/// legs, resync progress, scrub verdicts).
 #[utoipa::path(post, path = "/api/v1/agent/heartbeat", tag = "agent", request_body = Heartbeat,
     responses((status = 200, body = HeartbeatAck), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn heartbeat(
@@ -113,15 +113,23 @@ pub async fn heartbeat(
     if app.recovery.returned(server_id) || failed_for_silence {
         bring_back_legs(&app, server_id, &req.server).await?;
     }
-    for scrub in &req.scrubs {
+    // A head's own checks are only reported; the manager's scrubs of
+    // detached volumes end their runs below.
+    for scrub in req.scrubs.iter().filter(|s| s.scrub.is_none()) {
         app.recovery.scrub_finished(&req.server, scrub);
     }
-    if req.wiped_chunks.is_empty() && req.failed_legs.is_empty() && req.resyncs.is_empty() {
+    let detached_scrubs = req.scrubs.iter().any(|s| s.scrub.is_some());
+    if req.wiped_chunks.is_empty()
+        && req.failed_legs.is_empty()
+        && req.resyncs.is_empty()
+        && !detached_scrubs
+    {
         let generation = app.manager.read(|c| c.generation())?;
         return Ok(Json(HeartbeatAck { generation }));
     }
     let server = req.server.clone();
-    let (generation, events, suspects, progress) = app
+    let reporter = req.server.clone();
+    let (generation, events, suspects, progress, scrubbed) = app
         .manager
         .mutate(move |c, _| {
             // Observations can be stale by the time they arrive (the
@@ -184,12 +192,23 @@ pub async fn heartbeat(
                     continue;
                 }
                 let volume = c.job(job).map(|j| c.volume_label(j.volume)).unwrap_or_default();
+                let kind = c.job(job).map(|j| j.kind).unwrap_or_default();
+                let is_move = matches!(kind, vsky_model::JobKind::Move { .. });
                 let ch = if let Some(error) = &r.error {
+                    let next = match kind {
+                        vsky_model::JobKind::Repair => "the leg gets a new replacement",
+                        vsky_model::JobKind::Move { reason: vsky_model::MoveReason::Drain, .. } => {
+                            "the move is dropped and the leg stays where it was; the drain plans it again"
+                        }
+                        vsky_model::JobKind::Move { .. } => {
+                            "the move is dropped and the leg stays where it was"
+                        }
+                    };
                     events.push(
                         NewEvent::new(
                             Severity::Error,
                             "rebuild_failed",
-                            format!("{job} failed on {server}: {error}; the leg gets a new replacement"),
+                            format!("{job} failed on {server}: {error}; {next}"),
                         )
                         .server(&server)
                         .volume(&volume)
@@ -201,7 +220,11 @@ pub async fn heartbeat(
                         NewEvent::new(
                             Severity::Info,
                             "rebuild_done",
-                            format!("{job} done: volume {volume} mirrored disk has its leg back"),
+                            if is_move {
+                                format!("{job} done: volume {volume}: the leg moved, its old chunk is wiped and freed")
+                            } else {
+                                format!("{job} done: volume {volume} mirrored disk has its leg back")
+                            },
                         )
                         .server(&server)
                         .volume(&volume)
@@ -214,7 +237,8 @@ pub async fn heartbeat(
                 };
                 changes.merge(ch);
             }
-            Ok(((c.generation(), events, suspects, progress), changes))
+            let scrubbed = finish_scrubs(c, server_id, &server, &req.scrubs, &mut events, &mut changes);
+            Ok(((c.generation(), events, suspects, progress, scrubbed), changes))
         })
         .await?;
     // Rate samples only from the executor's accepted reports.
@@ -224,6 +248,9 @@ pub async fn heartbeat(
     for s in suspects {
         app.recovery.suspect(s);
     }
+    for scrub in &scrubbed {
+        app.recovery.scrub_finished(&reporter, scrub);
+    }
     for e in events {
         if let Some(job) = e.rebuild {
             app.recovery.forget(JobId(job));
@@ -231,6 +258,97 @@ pub async fn heartbeat(
         app.event(e);
     }
     Ok(Json(HeartbeatAck { generation }))
+}
+
+/// Ends the runs of the detached volumes' scrubs reported (`scrub` set)
+/// by their executor: records the scrub, and fails the legs that could not
+/// be read (a `scrub_unreadable` event each time), or, for a scrub that
+/// could not be done, lets it be tried again later (`scrub_failed`).
+/// Reports of runs that ended, changed or belong to another executor are
+/// dropped: the agent sends a verdict until the manager stops listing the
+/// scrub. Returns the verdicts accepted, for their events and metrics.
+fn finish_scrubs(
+    c: &mut vsky_model::Cluster,
+    server_id: ServerId,
+    server: &str,
+    reports: &[ScrubReport],
+    events: &mut Vec<NewEvent>,
+    changes: &mut vsky_model::Changes,
+) -> Vec<ScrubReport> {
+    let now = crate::recovery::unix_now();
+    let mut accepted = Vec::new();
+    for r in reports {
+        let Some(id) = r.scrub else { continue };
+        let Some(volume) = c.volume_by_name(&r.volume).ok().map(|v| v.id) else {
+            tracing::debug!(server, volume = %r.volume, "scrub report about a missing volume dropped");
+            continue;
+        };
+        let m = r.mirrored_disk;
+        // Only the run's executor may end it.
+        if c.scrub(volume, m).map(|run| (run.id, run.executor)) != Some((id, server_id)) {
+            tracing::debug!(server, volume = %r.volume, scrub = id, "stale scrub report dropped");
+            continue;
+        }
+        let what = format!("volume {} mirrored disk {m}", r.volume);
+        if let Some(error) = &r.error {
+            match c.scrub_failed(volume, m, id, now) {
+                Ok(ch) => {
+                    changes.merge(ch);
+                    events.push(
+                        NewEvent::new(
+                            Severity::Warning,
+                            "scrub_failed",
+                            format!(
+                                "scrub of {what} by {server} could not be done: {error}; it is tried again later"
+                            ),
+                        )
+                        .server(server)
+                        .volume(&r.volume),
+                    );
+                }
+                Err(e) => {
+                    tracing::info!(server, scrub = id, error = %e, "scrub failure report dropped")
+                }
+            }
+            continue;
+        }
+        let legs: Vec<String> = r
+            .unreadable_legs
+            .iter()
+            .map(|l| {
+                let holder = c
+                    .volume(volume)
+                    .and_then(|v| v.mirrored_disks.get(m as usize)?.legs.get(usize::from(*l)))
+                    .and_then(|leg| c.disk(leg.chunk.disk).ok())
+                    .and_then(|d| c.server(d.server))
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default();
+                format!("leg {l} on {holder}")
+            })
+            .collect();
+        match c.finish_scrub(volume, m, id, now, &r.unreadable_legs) {
+            Ok(ch) => {
+                changes.merge(ch);
+                if !legs.is_empty() {
+                    events.push(
+                        NewEvent::new(
+                            Severity::Warning,
+                            "scrub_unreadable",
+                            format!(
+                                "scrub of {what} by {server}: {} could not be read; failed, being replaced from the other legs",
+                                legs.join(", ")
+                            ),
+                        )
+                        .server(server)
+                        .volume(&r.volume),
+                    );
+                }
+                accepted.push(r.clone());
+            }
+            Err(e) => tracing::warn!(server, scrub = id, error = %e, "scrub report refused"),
+        }
+    }
+    accepted
 }
 
 /// The agent of a server declared failed for its silence speaks again: the

@@ -111,3 +111,84 @@ pub async fn fail(
     );
     Ok(Json(disk))
 }
+
+/// Starts draining a disk: it keeps serving its legs, takes no new chunks,
+/// and the manager moves its legs to other disks, one copy at a time per
+/// mirrored disk and under the per-disk resync limit (repairs first).
+/// Redundancy never drops: each new leg syncs before the old one leaves.
+/// Idempotent. Remove the disk once it holds no leg (`legs_left` 0).
+#[utoipa::path(post, path = "/api/v1/disks/{id}/drain", tag = "disks",
+    params(("id" = u64, Path, description = "disk id")),
+    responses((status = 200, body = Disk, description = "the disk, now draining"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "the disk failed (its legs are being replaced already)")))]
+pub async fn drain(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<u64>,
+) -> Result<Json<Disk>, ApiError> {
+    let (disk, changed) = app
+        .manager
+        .mutate(move |c, _| {
+            let changes = c.drain_disk(DiskId(id))?;
+            let changed = !changes.is_empty();
+            Ok(((convert::disk(c, c.disk(DiskId(id))?), changed), changes))
+        })
+        .await?;
+    if changed {
+        app.event(
+            NewEvent::new(
+                Severity::Info,
+                "disk_draining",
+                format!(
+                    "disk {id} ({}) of server '{}' is draining: it takes no new chunks and its {} legs are moved to other disks",
+                    disk.path, disk.server, disk.legs_left
+                ),
+            )
+            .server(&disk.server),
+        );
+    }
+    Ok(Json(disk))
+}
+
+/// Stops draining a disk: it takes new chunks again. Moves already queued
+/// or running finish; no new ones are planned. A disk of a draining server
+/// stays draining (stop the server's drain). Idempotent.
+#[utoipa::path(delete, path = "/api/v1/disks/{id}/drain", tag = "disks",
+    params(("id" = u64, Path, description = "disk id")),
+    responses((status = 200, body = Disk, description = "the disk, no longer draining unless its server is"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn stop_drain(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<u64>,
+) -> Result<Json<Disk>, ApiError> {
+    let (disk, changed) = app
+        .manager
+        .mutate(move |c, _| {
+            let changes = c.stop_drain_disk(DiskId(id))?;
+            let changed = !changes.is_empty();
+            Ok(((convert::disk(c, c.disk(DiskId(id))?), changed), changes))
+        })
+        .await?;
+    if changed {
+        let still = if disk.draining {
+            format!(
+                "; it stays draining because server '{}' is draining",
+                disk.server
+            )
+        } else {
+            "; it takes new chunks again".to_string()
+        };
+        app.event(
+            NewEvent::new(
+                Severity::Info,
+                "disk_drain_stopped",
+                format!(
+                    "disk {id} ({}) of server '{}' stopped draining with {} legs left{still} (moves under way finish)",
+                    disk.path, disk.server, disk.legs_left
+                ),
+            )
+            .server(&disk.server),
+        );
+    }
+    Ok(Json(disk))
+}

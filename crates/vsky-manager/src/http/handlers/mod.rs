@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod disks;
 pub mod events;
 pub mod groups;
+pub mod pool;
 pub mod rebuilds;
 pub mod servers;
 pub mod volumes;

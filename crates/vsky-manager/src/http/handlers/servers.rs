@@ -112,3 +112,84 @@ pub async fn fail(
     );
     Ok(Json(server))
 }
+
+/// Starts draining a server (all its disks): it keeps serving its legs,
+/// takes no new chunks, and the manager moves its legs to other servers,
+/// one copy at a time per mirrored disk and under the per-disk resync
+/// limit (repairs first). Redundancy never drops. Idempotent. Remove the
+/// server once it holds no leg (`legs_left` 0).
+#[utoipa::path(post, path = "/api/v1/servers/{name}/drain", tag = "servers",
+    params(("name" = String, Path, description = "server name")),
+    responses((status = 200, body = Server, description = "the server, now draining"),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "the server failed (its legs are being replaced already)")))]
+pub async fn drain(
+    State(app): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Server>, ApiError> {
+    let n = name.clone();
+    let (server, changed) = app
+        .manager
+        .mutate(move |c, _| {
+            let changes = c.drain_server(&n)?;
+            let changed = !changes.is_empty();
+            Ok((
+                (convert::server(c, c.server_by_name(&n)?), changed),
+                changes,
+            ))
+        })
+        .await?;
+    if changed {
+        app.event(
+            NewEvent::new(
+                Severity::Info,
+                "server_draining",
+                format!(
+                    "server '{name}' is draining: it takes no new chunks and the {} legs on its disks are moved to other servers",
+                    server.legs_left
+                ),
+            )
+            .server(&name),
+        );
+    }
+    Ok(Json(server))
+}
+
+/// Stops draining a server: it takes new chunks again. Moves already
+/// queued or running finish; no new ones are planned. Disks drained on
+/// their own stay draining. Idempotent.
+#[utoipa::path(delete, path = "/api/v1/servers/{name}/drain", tag = "servers",
+    params(("name" = String, Path, description = "server name")),
+    responses((status = 200, body = Server, description = "the server, no longer draining"),
+        (status = 404, body = ErrorBody)))]
+pub async fn stop_drain(
+    State(app): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Server>, ApiError> {
+    let n = name.clone();
+    let (server, changed) = app
+        .manager
+        .mutate(move |c, _| {
+            let changes = c.stop_drain_server(&n)?;
+            let changed = !changes.is_empty();
+            Ok((
+                (convert::server(c, c.server_by_name(&n)?), changed),
+                changes,
+            ))
+        })
+        .await?;
+    if changed {
+        app.event(
+            NewEvent::new(
+                Severity::Info,
+                "server_drain_stopped",
+                format!(
+                    "server '{name}' stopped draining with {} legs left; it takes new chunks again (moves under way finish)",
+                    server.legs_left
+                ),
+            )
+            .server(&name),
+        );
+    }
+    Ok(Json(server))
+}
