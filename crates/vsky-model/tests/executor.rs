@@ -1,30 +1,14 @@
 //! Who runs a resync (head or storage agent), what the agents are told, and
 //! how attaching, detaching and deleting a volume move its jobs.
 
+mod common;
+
+use common::{CHUNK, MIB};
 use vsky_model::*;
 
-const MIB: u64 = 1 << 20;
-const CHUNK: u64 = 4 * MIB;
-
+/// `servers` servers of one disk each.
 fn pool(servers: usize) -> Cluster {
-    let mut c = Cluster::new(Settings::new(CHUNK)).unwrap();
-    for s in 0..servers {
-        let name = format!("s{s}");
-        c.add_server(NewServer {
-            name: name.clone(),
-            address: format!("10.0.0.{s}:1"),
-            labels: Default::default(),
-        })
-        .unwrap();
-        c.add_disk(NewDisk {
-            server: name,
-            path: "/dev/vdb".into(),
-            size_bytes: MIB + 16 * CHUNK,
-            class: None,
-        })
-        .unwrap();
-    }
-    c
+    common::pool(servers, 1)
 }
 
 /// Creates volume "v": one 2-way mirrored disk.

@@ -2,47 +2,13 @@
 
 use std::collections::BTreeSet;
 
+mod common;
+
+use common::{add_server, pool};
 use vsky_model::*;
 
-const MIB: u64 = 1 << 20;
-const CHUNK: u64 = 4 * MIB;
-
-/// `servers` servers of `disks` disks with 16 chunks each.
-fn pool(servers: usize, disks: usize) -> Cluster {
-    let mut c = Cluster::new(Settings::new(CHUNK)).unwrap();
-    for s in 0..servers {
-        add_server(&mut c, s, disks);
-    }
-    c
-}
-
-fn add_server(c: &mut Cluster, s: usize, disks: usize) {
-    let name = format!("s{s}");
-    c.add_server(NewServer {
-        name: name.clone(),
-        address: format!("10.0.0.{s}:1"),
-        labels: Default::default(),
-    })
-    .unwrap();
-    for d in 0..disks {
-        c.add_disk(NewDisk {
-            server: name.clone(),
-            path: format!("/dev/vd{d}"),
-            size_bytes: MIB + 16 * CHUNK,
-            class: None,
-        })
-        .unwrap();
-    }
-}
-
 fn volume(c: &mut Cluster, name: &str, mirrored: u64, secrets: &mut CountingSecrets) {
-    let new = NewVolume {
-        name: name.into(),
-        size_bytes: mirrored * (CHUNK - MIB),
-        replicas: Some(2),
-        ..Default::default()
-    };
-    c.create_volume(new, secrets).unwrap();
+    common::volume(c, name, mirrored, 2, secrets);
 }
 
 fn check(c: &Cluster) {

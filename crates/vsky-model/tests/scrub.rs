@@ -2,47 +2,20 @@
 //! whom, under the per-disk limit with the resyncs (which go first), and
 //! what a verdict does.
 
+mod common;
+
 use vsky_model::*;
 
-const MIB: u64 = 1 << 20;
-const CHUNK: u64 = 4 * MIB;
 const HOUR: u64 = 3600;
 
 /// `servers` servers with one disk each.
 fn pool(servers: usize) -> Cluster {
-    let mut c = Cluster::new(Settings::new(CHUNK)).unwrap();
-    for s in 0..servers {
-        let name = format!("s{s}");
-        c.add_server(NewServer {
-            name: name.clone(),
-            address: format!("10.0.0.{s}:1"),
-            labels: Default::default(),
-        })
-        .unwrap();
-        c.add_disk(NewDisk {
-            server: name,
-            path: "/dev/vdb".into(),
-            size_bytes: MIB + 16 * CHUNK,
-            class: None,
-        })
-        .unwrap();
-    }
-    c
+    common::pool(servers, 1)
 }
 
 /// A detached volume of `mirrored_disks` 2-way mirrored disks.
 fn volume(c: &mut Cluster, name: &str, mirrored_disks: u64) -> VolumeId {
-    c.create_volume(
-        NewVolume {
-            name: name.into(),
-            size_bytes: mirrored_disks * (CHUNK - MIB),
-            replicas: Some(2),
-            ..Default::default()
-        },
-        &mut CountingSecrets::default(),
-    )
-    .unwrap()
-    .0
+    common::volume(c, name, mirrored_disks, 2, &mut CountingSecrets::default())
 }
 
 fn disks_of(c: &Cluster, v: VolumeId, m: usize) -> Vec<DiskId> {

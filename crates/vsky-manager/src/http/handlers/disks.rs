@@ -126,14 +126,7 @@ pub async fn drain(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<u64>,
 ) -> Result<Json<Disk>, ApiError> {
-    let (disk, changed) = app
-        .manager
-        .mutate(move |c, _| {
-            let changes = c.drain_disk(DiskId(id))?;
-            let changed = !changes.is_empty();
-            Ok(((convert::disk(c, c.disk(DiskId(id))?), changed), changes))
-        })
-        .await?;
+    let (disk, changed) = set_draining(&app, id, true).await?;
     if changed {
         app.event(
             NewEvent::new(
@@ -161,14 +154,7 @@ pub async fn stop_drain(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<u64>,
 ) -> Result<Json<Disk>, ApiError> {
-    let (disk, changed) = app
-        .manager
-        .mutate(move |c, _| {
-            let changes = c.stop_drain_disk(DiskId(id))?;
-            let changed = !changes.is_empty();
-            Ok(((convert::disk(c, c.disk(DiskId(id))?), changed), changes))
-        })
-        .await?;
+    let (disk, changed) = set_draining(&app, id, false).await?;
     if changed {
         let still = if disk.draining {
             format!(
@@ -191,4 +177,21 @@ pub async fn stop_drain(
         );
     }
     Ok(Json(disk))
+}
+
+/// Starts or stops a disk's drain; returns the disk and whether anything
+/// changed (an event is due only then).
+async fn set_draining(app: &AppState, id: u64, draining: bool) -> Result<(Disk, bool), ApiError> {
+    Ok(app
+        .manager
+        .mutate(move |c, _| {
+            let changes = if draining {
+                c.drain_disk(DiskId(id))?
+            } else {
+                c.stop_drain_disk(DiskId(id))?
+            };
+            let changed = !changes.is_empty();
+            Ok(((convert::disk(c, c.disk(DiskId(id))?), changed), changes))
+        })
+        .await?)
 }

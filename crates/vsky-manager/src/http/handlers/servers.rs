@@ -127,18 +127,7 @@ pub async fn drain(
     State(app): State<AppState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Server>, ApiError> {
-    let n = name.clone();
-    let (server, changed) = app
-        .manager
-        .mutate(move |c, _| {
-            let changes = c.drain_server(&n)?;
-            let changed = !changes.is_empty();
-            Ok((
-                (convert::server(c, c.server_by_name(&n)?), changed),
-                changes,
-            ))
-        })
-        .await?;
+    let (server, changed) = set_draining(&app, &name, true).await?;
     if changed {
         app.event(
             NewEvent::new(
@@ -166,18 +155,7 @@ pub async fn stop_drain(
     State(app): State<AppState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Server>, ApiError> {
-    let n = name.clone();
-    let (server, changed) = app
-        .manager
-        .mutate(move |c, _| {
-            let changes = c.stop_drain_server(&n)?;
-            let changed = !changes.is_empty();
-            Ok((
-                (convert::server(c, c.server_by_name(&n)?), changed),
-                changes,
-            ))
-        })
-        .await?;
+    let (server, changed) = set_draining(&app, &name, false).await?;
     if changed {
         app.event(
             NewEvent::new(
@@ -192,4 +170,29 @@ pub async fn stop_drain(
         );
     }
     Ok(Json(server))
+}
+
+/// Starts or stops a server's drain; returns the server and whether
+/// anything changed (an event is due only then).
+async fn set_draining(
+    app: &AppState,
+    name: &str,
+    draining: bool,
+) -> Result<(Server, bool), ApiError> {
+    let n = name.to_string();
+    Ok(app
+        .manager
+        .mutate(move |c, _| {
+            let changes = if draining {
+                c.drain_server(&n)?
+            } else {
+                c.stop_drain_server(&n)?
+            };
+            let changed = !changes.is_empty();
+            Ok((
+                (convert::server(c, c.server_by_name(&n)?), changed),
+                changes,
+            ))
+        })
+        .await?)
 }
