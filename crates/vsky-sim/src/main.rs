@@ -56,10 +56,14 @@ enum Command {
         /// --auto-rebalance-moves).
         #[arg(long, default_value_t = 64)]
         rebalance_moves: usize,
+        /// rebalance: moves per admin request (`vsky pool rebalance
+        /// --max-moves`, at most 10000).
+        #[arg(long, default_value_t = 10_000)]
+        rebalance_request_moves: usize,
     },
     /// The tables of docs/benchmarks.md: 10, 100 and 1000 servers × 10
     /// disks, every scenario (server-return, the drains and the rebalance
-    /// in tables of their own; the rebalance up to 100 servers).
+    /// in tables of their own).
     Table {
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -157,7 +161,7 @@ fn rebalance_row(r: &MoveReport) -> String {
         .as_ref()
         .expect("a rebalance has bounded passes");
     format!(
-        "| {} × {} | +{} | {:.1} % | {:.1} % | {} | {:.0} s | {:.0} s ({} × {}) | {:.0} s | {:.1} s | {:.1} s | {:.2} | {:.2} | {} → {} | {} | {} |",
+        "| {} × {} | +{} | {:.1} % | {:.1} % | {} | {:.0} s ({} × {}) | {:.0} s ({} × {}) | {:.0} s | {:.1} s | {:.1} s | {:.2} | {:.2} | {} → {} | {} | {} |",
         r.config.servers,
         r.config.disks_per_server,
         r.config.new_servers,
@@ -165,6 +169,8 @@ fn rebalance_row(r: &MoveReport) -> String {
         s.fill_spread_after * 100.0,
         s.moves,
         s.seconds,
+        s.passes,
+        r.config.rebalance_request_moves,
         b.seconds,
         b.passes,
         r.config.rebalance_moves,
@@ -180,7 +186,7 @@ fn rebalance_row(r: &MoveReport) -> String {
     )
 }
 
-const REBALANCE_HEADER: &str = "| pool | servers added | fill spread before | after | moves | one pass (k=1) | bounded passes (k=1) | naive (one move at a time) | ideal (fluid) | bound (whole chunks) | of ideal | of bound | same-rack mirrored disks | peak/disk | fewest active legs |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
+const REBALANCE_HEADER: &str = "| pool | servers added | fill spread before | after | moves | admin requests (k=1) | background passes (k=1) | naive (one move at a time) | ideal (fluid) | bound (whole chunks) | of ideal | of bound | same-rack mirrored disks | peak/disk | fewest active legs |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
 
 const RETURN_HEADER: &str = "| pool | outage | writes per mirrored disk | legs back | caught up | rebuilt without grace | fewer bytes | catch-up (k=1) | catch-up (unscheduled) | redundant again (k=1) | without grace | never back | peak/disk (k=1) | peak/disk (unscheduled) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
 
@@ -202,6 +208,7 @@ fn main() {
             write_rate,
             new_servers,
             rebalance_moves,
+            rebalance_request_moves,
         } => {
             if !(0.0..1.0).contains(&fill)
                 || servers < 3
@@ -211,9 +218,10 @@ fn main() {
                 || !(write_rate >= 0.0 && write_rate.is_finite())
                 || new_servers == Some(0)
                 || rebalance_moves == 0
+                || rebalance_request_moves == 0
             {
                 eprintln!(
-                    "vsky-sim: need --fill in 0..1, at least 3 servers, 1 disk per server, --per-disk-limit ≥ 1, 0 ≤ --outage < --grace, --write-rate ≥ 0, --new-servers ≥ 1 and --rebalance-moves ≥ 1"
+                    "vsky-sim: need --fill in 0..1, at least 3 servers, 1 disk per server, --per-disk-limit ≥ 1, 0 ≤ --outage < --grace, --write-rate ≥ 0, --new-servers ≥ 1 and --rebalance-moves, --rebalance-request-moves ≥ 1"
                 );
                 std::process::exit(2);
             }
@@ -229,6 +237,7 @@ fn main() {
                 c.new_servers = n;
             }
             c.rebalance_moves = rebalance_moves;
+            c.rebalance_request_moves = rebalance_request_moves;
             vec![c]
         }
         Command::Table { seed, max_servers } => [10usize, 100, 1000]
@@ -261,11 +270,8 @@ fn main() {
                             .map(|s| SimConfig::standard(servers, s, seed))
                     }),
             )
-            // (The 1000-server rebalance takes over an hour, most of it in
-            // `finish_job`, which scans every job: `run --servers 1000
-            // --scenario rebalance`.)
             .chain(
-                [10usize, 100]
+                [10usize, 100, 1000]
                     .into_iter()
                     .filter(|&s| s <= max_servers)
                     .map(|servers| SimConfig::standard(servers, Scenario::Rebalance, seed)),
