@@ -485,15 +485,7 @@ pub async fn schedule(
         ));
     }
     for (id, volume, what) in planned {
-        recovery.events.record(
-            NewEvent::new(
-                Severity::Info,
-                "rebuild_queued",
-                format!("{id} queued: {what}"),
-            )
-            .volume(volume)
-            .rebuild(id.0),
-        );
+        recovery.events.record(rebuild_queued(id, volume, &what));
     }
     for (id, volume, what) in started {
         recovery.events.record(
@@ -581,6 +573,18 @@ impl Recovery {
                 .record(NewEvent::new(Severity::Info, kind, text).server(&server));
         }
     }
+}
+
+/// The event for a job just planned (by the loop, or by an admin's
+/// rebalance).
+pub fn rebuild_queued(id: JobId, volume: String, what: &str) -> NewEvent {
+    NewEvent::new(
+        Severity::Info,
+        "rebuild_queued",
+        format!("{id} queued: {what}"),
+    )
+    .volume(volume)
+    .rebuild(id.0)
 }
 
 /// "volume v, mirrored disk 0, leg 1: disk 7 chunk 3 → disk 12 chunk 40

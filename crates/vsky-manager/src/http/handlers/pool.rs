@@ -11,7 +11,7 @@ use crate::events::{NewEvent, Severity};
 use crate::http::AppState;
 use crate::http::convert;
 use crate::http::error::{ApiError, ApiOptionalJson};
-use crate::recovery::describe_job;
+use crate::recovery::{describe_job, rebuild_queued};
 
 /// Plans moves from the fullest disks (by the fraction of their chunks in
 /// use) to the emptiest, as long as each move narrows the gap, under the
@@ -75,15 +75,7 @@ pub async fn rebalance(
     };
     app.event(NewEvent::new(Severity::Info, "rebalance_planned", message));
     for (id, volume, what) in queued {
-        app.event(
-            NewEvent::new(
-                Severity::Info,
-                "rebuild_queued",
-                format!("{id} queued: {what}"),
-            )
-            .volume(volume)
-            .rebuild(id.0),
-        );
+        app.event(rebuild_queued(id, volume, &what));
     }
     Ok(Json(answer))
 }
