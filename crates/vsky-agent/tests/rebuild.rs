@@ -32,20 +32,7 @@ fn pattern(seed: u8, len: u64) -> Vec<u8> {
 async fn a_failed_servers_legs_are_copied_server_to_server() {
     let dir = tempfile::tempdir().unwrap();
     let url = start_manager(dir.path()).await;
-    for s in 0..4 {
-        let disk = dir.path().join(format!("disk{s}.img"));
-        std::fs::File::create(&disk)
-            .unwrap()
-            .set_len(MIB + 8 * CHUNK)
-            .unwrap();
-        let config = storage_agent(&url, &format!("s{s}"), free_port(), disk);
-        tokio::spawn(vsky_agent::run(config, std::future::pending()));
-    }
-    let admin = client(&url, ADMIN);
-    eventually("4 agents registered", async || {
-        admin.cluster().await.map(|c| c.disks == 4).unwrap_or(false)
-    })
-    .await;
+    let admin = storage_agents(&url, dir.path(), 4).await;
 
     // Two mirrored disks of 3 MiB data each (4 MiB chunks, 1 MiB metadata).
     let v = admin

@@ -27,21 +27,7 @@ async fn cluster(dir: &std::path::Path) -> Client {
         },
     )
     .await;
-    for s in 0..3 {
-        let disk = dir.join(format!("disk{s}.img"));
-        std::fs::File::create(&disk)
-            .unwrap()
-            .set_len(MIB + 8 * CHUNK)
-            .unwrap();
-        let config = storage_agent(&url, &format!("s{s}"), free_port(), disk);
-        tokio::spawn(vsky_agent::run(config, std::future::pending()));
-    }
-    let admin = client(&url, ADMIN);
-    eventually("3 agents registered", async || {
-        admin.cluster().await.map(|c| c.disks == 3).unwrap_or(false)
-    })
-    .await;
-    admin
+    storage_agents(&url, dir, 3).await
 }
 
 /// A detached volume of one 2-way mirrored disk (3 MiB of data).

@@ -6,9 +6,8 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
-use common::agents::{KeepAlive, eventually, resync_beat};
+use common::agents::{KeepAlive, eventually, kinds, resync_beat};
 use common::*;
 use serde_json::{Value, json};
 use vsky_api::Client;
@@ -18,17 +17,6 @@ async fn status_and_body(resp: reqwest::Response) -> (u16, Value) {
     let status = resp.status().as_u16();
     let body = resp.json::<Value>().await.unwrap_or(Value::Null);
     (status, body)
-}
-
-async fn kinds(admin: &Client) -> Vec<String> {
-    admin
-        .events(0, None, Duration::ZERO)
-        .await
-        .unwrap()
-        .events
-        .into_iter()
-        .map(|e| e.kind)
-        .collect()
 }
 
 async fn disks_of(admin: &Client, server: &str) -> Vec<Disk> {

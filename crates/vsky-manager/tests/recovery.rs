@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::agents::{KeepAlive, beat, eventually, resync_beat};
+use common::agents::{KeepAlive, beat, eventually, kinds, resync_beat};
 use common::*;
 use vsky_api::Client;
 use vsky_api::types::{ChunkId, FailedLeg, LegState, RebuildState, VolumeDetail};
@@ -18,17 +18,6 @@ fn chunk_of(v: &VolumeDetail, m: usize, l: usize) -> ChunkId {
         disk_id: leg.disk_id,
         index: leg.chunk_index,
     }
-}
-
-async fn kinds(admin: &Client) -> Vec<String> {
-    admin
-        .events(0, None, Duration::ZERO)
-        .await
-        .unwrap()
-        .events
-        .into_iter()
-        .map(|e| e.kind)
-        .collect()
 }
 
 /// Waits for a running rebuild and returns it.

@@ -124,3 +124,24 @@ pub async fn connect_retrying(address: &str, name: &str) -> vsky_nbd::client::Cl
         }
     }
 }
+
+/// Starts `n` storage agents `s0`.. against the manager at `url`, each
+/// serving one file-backed disk of 8 chunks in `dir`, and waits until all
+/// have registered. Returns an admin client.
+pub async fn storage_agents(url: &str, dir: &std::path::Path, n: usize) -> Client {
+    for s in 0..n {
+        let disk = dir.join(format!("disk{s}.img"));
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(MIB + 8 * CHUNK)
+            .unwrap();
+        let config = storage_agent(url, &format!("s{s}"), free_port(), disk);
+        tokio::spawn(vsky_agent::run(config, std::future::pending()));
+    }
+    let admin = client(url, ADMIN);
+    eventually(&format!("{n} agents registered"), async || {
+        admin.cluster().await.map(|c| c.disks == n).unwrap_or(false)
+    })
+    .await;
+    admin
+}

@@ -64,3 +64,15 @@ pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The kinds of every event logged so far, oldest first.
+pub async fn kinds(admin: &Client) -> Vec<String> {
+    admin
+        .events(0, None, Duration::ZERO)
+        .await
+        .unwrap()
+        .events
+        .into_iter()
+        .map(|e| e.kind)
+        .collect()
+}
