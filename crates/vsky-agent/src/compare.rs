@@ -1,8 +1,8 @@
 //! Scrubs of detached volumes: comparing the legs of a mirrored disk that
 //! no head assembles.
 //!
-//! A head checks the mirrors it assembles with dm-raid's `check`
-//! (`scrub.rs`). A detached volume has no mirror anywhere, so the manager
+//! A head checks the mirrors it assembles with dm-raid's `check` when the
+//! manager asks (`scrub.rs`). A detached volume has no mirror anywhere, so the manager
 //! asks the storage agent holding a mirrored disk's first leg to compare
 //! the legs itself (`ScrubSpec`, scheduled under the per-disk limit with
 //! the resyncs): a task per scrub reads the data area of every leg in
@@ -417,6 +417,7 @@ mod tests {
         }
         let spec = ScrubSpec {
             scrub: 9,
+            method: vsky_api::types::ScrubMethod::CompareLegs,
             volume: "v".into(),
             mirrored_disk: 2,
             legs,

@@ -11,8 +11,9 @@
 //!   when the manager's scheduler starts their resync.
 //! - Resyncs of detached volumes: the storage agent holding a replacement
 //!   chunk fills it from a healthy leg over NBD ([`copy`]).
-//! - Scrubs of detached volumes: the storage agent holding a mirrored
-//!   disk's first leg compares its legs when the manager asks ([`compare`]).
+//! - Scrubs, when the manager asks: a head runs dm-raid's check on a mirror
+//!   it assembles ([`scrub`]); for a detached volume, the storage agent
+//!   holding a mirrored disk's first leg compares its legs ([`compare`]).
 //!
 //! The agent reconciles: it long-polls the manager's desired state for its
 //! server and converges the local state onto it, so a missed message or a
@@ -23,7 +24,7 @@
 //! assembly and online leg replacement), [`copy`] (server-to-server resync),
 //! [`compare`] (scrubs of detached volumes), [`leg_reader`] (reading a leg
 //! in place or over NBD, for both), [`reconcile`] (the loops), [`scrub`]
-//! (the head's patrol that checks its mirrors), [`api`] (the local REST API
+//! (the head's checks of its mirrors), [`api`] (the local REST API
 //! the SMAPIv3 datapath plugin calls).
 //!
 //! Shutdown stops the NBD server after in-flight requests finish and leaves

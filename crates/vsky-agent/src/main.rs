@@ -72,12 +72,11 @@ struct Args {
     /// must present to the local API. Without it the local API is off.
     #[arg(long)]
     api_token_file: Option<PathBuf>,
-    /// Seconds between two scrubs of the same mirror: the head has dm-raid
-    /// read and compare every leg of each mirror it assembles, one mirror at
-    /// a time, and reports mismatches to the manager. 0 turns the patrol
-    /// off. Default: a week.
-    #[arg(long, default_value_t = 7 * 24 * 3600)]
-    scrub_interval: u64,
+    /// No longer used: the manager schedules every scrub
+    /// (`vsky-manager --scrub-interval`). Accepted so that existing unit
+    /// files keep working; a warning says it is ignored.
+    #[arg(long, hide = true)]
+    scrub_interval: Option<u64>,
     /// Log format: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -125,6 +124,11 @@ async fn main() -> anyhow::Result<()> {
     } else {
         builder.init();
     }
+    if args.scrub_interval.is_some() {
+        tracing::warn!(
+            "--scrub-interval is ignored: the manager schedules every scrub now (vsky-manager --scrub-interval); remove it from the agent's command line"
+        );
+    }
     let advertise = match args.advertise {
         Some(a) => a,
         None if !args.listen.ip().is_unspecified() => args.listen.to_string(),
@@ -163,7 +167,6 @@ async fn main() -> anyhow::Result<()> {
             dead_connection: Duration::from_secs(args.dead_connection_timeout),
             connect: Duration::from_secs(5),
         },
-        scrub_interval: (args.scrub_interval > 0).then(|| Duration::from_secs(args.scrub_interval)),
         api: match &args.api_token_file {
             Some(path) => Some(vsky_agent::api::ApiConfig {
                 listen: args.api_listen,

@@ -12,7 +12,7 @@ use anyhow::Context;
 use tokio::sync::{Notify, watch};
 use vsky_api::types::{
     AgentDisk, ChunkId, DesiredState, FailedLeg, Heartbeat, LegState, RegisterAgent, ResyncReport,
-    ScrubReport, VolumeSpec,
+    ScrubMethod, ScrubReport, ScrubSpec, VolumeSpec,
 };
 use vsky_api::{Client, ClientConfig};
 use vsky_nbd::{Export, ExportTable, ServerConfig};
@@ -40,8 +40,6 @@ pub struct Config {
     /// The local API for the datapath plugin (attach/detach/status), if
     /// enabled.
     pub api: Option<crate::api::ApiConfig>,
-    /// How often the head checks each mirror it assembles (`None`: never).
-    pub scrub_interval: Option<Duration>,
 }
 
 /// Longest wait of one desired-state long-poll.
@@ -77,8 +75,11 @@ pub(crate) struct Shared {
     head_resyncs: Mutex<BTreeMap<u64, ResyncReport>>,
     /// Progress of the copies this storage agent runs, by job.
     pub(crate) copy_resyncs: Arc<Mutex<BTreeMap<u64, ResyncReport>>>,
-    /// Finished scrubs waiting for the next heartbeat.
-    scrubs: Mutex<Vec<ScrubReport>>,
+    /// The checks of assembled mirrors the manager lists for this head
+    /// (set once their volumes are assembled), for the scrub patrol.
+    head_checks: Mutex<Vec<ScrubSpec>>,
+    /// Reports of those checks, sent until the manager stops listing them.
+    check_reports: Mutex<Vec<ScrubReport>>,
     /// Verdicts of the detached volumes' scrubs this storage agent ran,
     /// by scrub id (sent until the manager stops listing them).
     pub(crate) detached_scrubs: Arc<Mutex<BTreeMap<u64, ScrubReport>>>,
@@ -153,10 +154,18 @@ impl Shared {
             .collect()
     }
 
-    /// Queues a finished scrub for the next heartbeat (sent at once).
-    pub(crate) fn scrub_done(&self, report: ScrubReport) {
-        lock(&self.scrubs).push(report);
-        self.heartbeat_now.notify_one();
+    /// The checks the manager wants of this head's mirrors.
+    pub(crate) fn head_checks(&self) -> Vec<ScrubSpec> {
+        lock(&self.head_checks).clone()
+    }
+
+    /// The patrol's reports for the heartbeats; `new`: one just finished,
+    /// so a heartbeat goes out at once.
+    pub(crate) fn set_check_reports(&self, reports: Vec<ScrubReport>, new: bool) {
+        *lock(&self.check_reports) = reports;
+        if new {
+            self.heartbeat_now.notify_one();
+        }
     }
 
     /// The returning legs of one volume, now handed to an assembly.
@@ -302,15 +311,13 @@ pub async fn run(
         .head
         .clone()
         .map(|h| tokio::spawn(health_loop(h, agent.shared.clone(), stop_rx.clone())));
-    let patrol = match (agent.head.clone(), agent.config.scrub_interval) {
-        (Some(h), Some(interval)) => Some(tokio::spawn(crate::scrub::patrol_loop(
+    let patrol = agent.head.clone().map(|h| {
+        tokio::spawn(crate::scrub::patrol_loop(
             h,
             agent.shared.clone(),
-            interval,
             stop_rx.clone(),
-        ))),
-        _ => None,
-    };
+        ))
+    });
     if let Some(api) = agent.config.api.clone() {
         let ctx = crate::api::Context {
             client: agent.client.clone(),
@@ -427,11 +434,18 @@ impl Agent {
     /// must be retried.
     async fn apply(&mut self, desired: DesiredState) -> bool {
         let mut complete = true;
+        // Checks of mirrors this head assembles go to the patrol, the
+        // comparisons of detached volumes' legs to `compare.rs`.
+        let (checks, compares): (Vec<ScrubSpec>, Vec<ScrubSpec>) = desired
+            .scrubs
+            .iter()
+            .cloned()
+            .partition(|s| s.method == ScrubMethod::RaidCheck);
         // Copies the manager stopped listing end (their last write done)
         // before any export is added: a chunk being copied into is exported
         // to a head only after its copy stopped.
         self.copies.retain(&desired.copies).await;
-        self.scrubs.retain(&desired.scrubs);
+        self.scrubs.retain(&compares);
         self.sync_exports(&desired);
         complete &= self.wipe(&desired).await;
         self.shared.set_volumes(&desired.volumes);
@@ -440,9 +454,11 @@ impl Agent {
                 .assemble(head, desired.volumes, desired.resync_rate_bytes_per_second)
                 .await;
         }
+        // After the assembly, so the patrol finds the mirrors to check.
+        *lock(&self.shared.head_checks) = checks;
         self.copies.start(&desired.copies);
         self.scrubs
-            .start(&desired.scrubs, desired.resync_rate_bytes_per_second);
+            .start(&compares, desired.resync_rate_bytes_per_second);
         complete
     }
 
@@ -588,8 +604,7 @@ async fn heartbeat_loop(
         }
         let wiped = lock(&shared.wiped).clone();
         let failed = lock(&shared.failed).clone();
-        let head_scrubs = lock(&shared.scrubs).clone();
-        let mut scrubs = head_scrubs.clone();
+        let mut scrubs = lock(&shared.check_reports).clone();
         scrubs.extend(lock(&shared.detached_scrubs).values().cloned());
         let mut resyncs: Vec<ResyncReport> = lock(&shared.head_resyncs).values().cloned().collect();
         resyncs.extend(lock(&shared.copy_resyncs).values().cloned());
@@ -605,7 +620,6 @@ async fn heartbeat_loop(
                 // Drop exactly what was sent; newer observations stay queued.
                 lock(&shared.wiped).drain(..wiped.len());
                 lock(&shared.failed).drain(..failed.len());
-                lock(&shared.scrubs).drain(..head_scrubs.len());
                 if !wiped.is_empty() || !failed.is_empty() {
                     tracing::info!(
                         wiped = wiped.len(),

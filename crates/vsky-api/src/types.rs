@@ -315,9 +315,9 @@ pub struct Leg {
 pub struct MirroredDisk {
     pub index: usize,
     pub legs: Vec<Leg>,
-    /// When the manager's patrol last compared this mirrored disk's legs
-    /// while its volume was detached (Unix seconds); absent if never. Heads
-    /// scrub attached volumes on their own and report events only.
+    /// When the manager's scrub patrol last finished reading and comparing
+    /// this mirrored disk's legs (Unix seconds; by its head's dm-raid check
+    /// or, while detached, by a storage agent); absent if never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scrub_unix_s: Option<u64>,
 }
@@ -438,8 +438,8 @@ pub struct Heartbeat {
     /// Progress of the resyncs this agent executes.
     #[serde(default)]
     pub resyncs: Vec<ResyncReport>,
-    /// Scrubs this agent finished: dm-raid `check`s of the mirrors it
-    /// heads, and the manager's scrubs of detached volumes (`scrub` set).
+    /// Scrubs this agent finished (the manager's `ScrubSpec`s, `scrub`
+    /// set).
     #[serde(default)]
     pub scrubs: Vec<ScrubReport>,
 }
@@ -454,9 +454,10 @@ pub struct ScrubReport {
     /// 512-byte sectors of the data area where the legs that could be read
     /// disagree); 0 when the legs agree.
     pub mismatched_sectors: u64,
-    /// The scrub of a detached volume the manager asked for
-    /// (`ScrubSpec::scrub`); absent for a head's own check. The report is
+    /// The scrub the manager asked for (`ScrubSpec::scrub`). The report is
     /// sent with every heartbeat until the manager stops listing the scrub.
+    /// Agents that checked their mirrors on their own timer left it out;
+    /// such a report only adds an event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scrub: Option<u64>,
     /// Legs (slots of the mirrored disk) that returned read errors; the
@@ -543,13 +544,30 @@ pub struct CopySpec {
     pub rate_bytes_per_second: u64,
 }
 
-/// A scrub of a detached volume's mirrored disk, run by the storage agent
-/// holding its first leg: it reads the data area of every leg (its own in
-/// place, the others over NBD under their secret export names), compares
-/// them, and reports a `ScrubReport` with this `scrub` id.
+/// How a scrub reads and compares the legs of its mirrored disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ScrubMethod {
+    /// The volume is attached to this agent: run dm-raid's `check` on the
+    /// mirror it assembled (md reads and compares every leg).
+    RaidCheck,
+    /// The volume is detached and this agent holds its first leg: read the
+    /// data area of every leg (its own in place, the others over NBD under
+    /// their secret export names) and compare them.
+    #[default]
+    CompareLegs,
+}
+
+/// A scrub of a mirrored disk this agent runs, scheduled by the manager
+/// under the per-disk limit with the resyncs. The agent reports a
+/// `ScrubReport` with this `scrub` id, with every heartbeat until the
+/// manager stops listing it; a scrub that is no longer listed is stopped.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ScrubSpec {
     pub scrub: u64,
+    /// Absent from managers that scrubbed detached volumes only.
+    #[serde(default)]
+    pub method: ScrubMethod,
     pub volume: String,
     pub mirrored_disk: u32,
     /// Every leg, in slot order (`unreadable_legs` names these slots).
@@ -581,7 +599,8 @@ pub struct DesiredState {
     /// Resyncs of detached volumes this agent copies.
     #[serde(default)]
     pub copies: Vec<CopySpec>,
-    /// Scrubs of detached volumes this agent runs.
+    /// Scrubs this agent runs: checks of the mirrors it heads, and
+    /// comparisons of detached volumes' legs.
     #[serde(default)]
     pub scrubs: Vec<ScrubSpec>,
     /// The per-leg resync rate limit of the cluster (0: no limit). Heads

@@ -126,26 +126,28 @@ struct Args {
     #[arg(long, default_value = "0", value_parser = parse_size)]
     resync_rate: u64,
 
-    /// Background rebalancing: when the fullest and the emptiest disk's
-    /// fill differ by more than this many percent and no rebuild or move is
-    /// queued or running, the leader moves legs from full disks to empty
-    /// ones (as `vsky pool rebalance` does), e.g. after new servers join.
-    /// Off unless given.
+    /// Background rebalancing: while the fullest and the emptiest disk's
+    /// fill differ by more than this many percent and no rebuild or drain
+    /// is under way, the leader moves legs from full disks to empty ones
+    /// (as `vsky pool rebalance` does), e.g. after new servers join. It
+    /// keeps a window of moves queued or running (see
+    /// --auto-rebalance-moves) and stops for any failure. Off unless given.
     #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=100))]
     auto_rebalance: Option<u8>,
 
-    /// Moves one background rebalance pass plans at most (they run under
-    /// the same per-disk limit as rebuilds).
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10000))]
-    auto_rebalance_moves: u32,
+    /// Background rebalance moves queued or running at most; topped up once
+    /// half are done. Default: sized to the pool, --resyncs-per-disk times
+    /// the disks emptier than the mean (as many as can receive at once).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100000))]
+    auto_rebalance_moves: Option<u32>,
 
-    /// How often each mirrored disk of a detached volume is scrubbed (e.g.
-    /// 7d, 12h; 0 turns it off): the storage agent holding its first leg
-    /// reads the legs' data, at no more than --resync-rate per leg and
-    /// under --resyncs-per-disk together with rebuilds (which go first),
-    /// and compares them. Mismatches become `scrub_mismatch` events; a leg
-    /// that cannot be read is replaced. Heads scrub the volumes attached to
-    /// them on their own (the agent's --scrub-interval).
+    /// How often each mirrored disk is scrubbed (e.g. 7d, 12h; 0 turns it
+    /// off): its legs are read and compared, under --resyncs-per-disk
+    /// together with rebuilds (which go first). An attached volume's head
+    /// runs dm-raid's check on the mirror; for a detached volume, the
+    /// storage agent holding its first leg reads the legs at no more than
+    /// --resync-rate each. Mismatches become `scrub_mismatch` events; a leg
+    /// that cannot be read is replaced.
     #[arg(long, default_value = "7d", value_parser = parse_interval)]
     scrub_interval: std::time::Duration,
 
@@ -438,8 +440,10 @@ async fn main() -> anyhow::Result<()> {
             per_disk_limit: args.resyncs_per_disk,
             server_grace: args.server_grace,
             rate_bytes_per_second: args.resync_rate,
-            auto_rebalance_spread: args.auto_rebalance.map(|p| f64::from(p) / 100.0),
-            auto_rebalance_moves: args.auto_rebalance_moves as usize,
+            auto_rebalance: args.auto_rebalance.map(|p| vsky_model::AutoRebalance {
+                spread: f64::from(p) / 100.0,
+                window: args.auto_rebalance_moves.map(|n| n as usize),
+            }),
             scrub_interval: (!args.scrub_interval.is_zero()).then_some(args.scrub_interval),
             ..Default::default()
         },

@@ -7,14 +7,16 @@
 //!    them replaced;
 //! 2. plans a replacement chunk for every failed leg
 //!    (`Cluster::plan_repairs`), a move for every leg on a draining disk or
-//!    server (`Cluster::plan_drains`) and, with `--auto-rebalance` on,
-//!    moves from full disks to empty ones when nothing else runs
-//!    (`Cluster::rebalance`); then starts the queued resyncs whose disks are
+//!    server (`Cluster::plan_drains`) and, with `--auto-rebalance` on, a
+//!    window of moves from full disks to empty ones while no repair or
+//!    drain runs (`Cluster::auto_rebalance`); then starts the queued
+//!    resyncs whose disks are
 //!    free (`Cluster::start_jobs`, at most `--resyncs-per-disk` per disk;
 //!    repairs first). It says when a draining disk or server is empty;
-//! 3. with `--scrub-interval`, starts the scrubs of detached volumes that
-//!    are due on the disks the resyncs left free (`Cluster::start_scrubs`);
-//!    their executors report the verdicts through their heartbeats.
+//! 3. with `--scrub-interval`, starts the scrubs that are due on the disks
+//!    the resyncs left free (`Cluster::start_scrubs`): heads check the
+//!    mirrors of attached volumes, storage agents compare the legs of
+//!    detached ones, and report the verdicts through their heartbeats.
 //!
 //! The policy is the model's; this module only supplies time and records
 //! events. Progress and completion come from the executors through their
@@ -27,7 +29,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use vsky_model::{ChunkRef, Cluster, JobId, JobState, ServerId, ServerState, VolumeId};
+use vsky_model::{
+    AutoRebalance, ChunkRef, Cluster, JobId, JobState, ScrubMethod, ServerId, ServerState, VolumeId,
+};
 
 use crate::events::{EventLog, NewEvent, Severity};
 use crate::service::Manager;
@@ -43,12 +47,9 @@ pub struct RecoveryConfig {
     pub rate_bytes_per_second: u64,
     /// How often the loop runs when nothing changes.
     pub tick: Duration,
-    /// The background rebalance policy: when the fill of the fullest and
-    /// the emptiest disk differ by more than this fraction (0..1) and no
-    /// resync is queued or running, the leader plans up to
-    /// `auto_rebalance_moves` moves. `None`: only `vsky pool rebalance`.
-    pub auto_rebalance_spread: Option<f64>,
-    pub auto_rebalance_moves: usize,
+    /// The background rebalance policy (`Cluster::auto_rebalance`).
+    /// `None`: only `vsky pool rebalance`.
+    pub auto_rebalance: Option<AutoRebalance>,
     /// How often each mirrored disk of a detached volume is scrubbed (its
     /// legs read and compared by a storage agent, under the per-disk
     /// limit; `Cluster::start_scrubs`). `None`: never.
@@ -62,8 +63,7 @@ impl Default for RecoveryConfig {
             server_grace: Duration::from_secs(60),
             rate_bytes_per_second: 0,
             tick: Duration::from_secs(1),
-            auto_rebalance_spread: None,
-            auto_rebalance_moves: 64,
+            auto_rebalance: None,
             scrub_interval: None,
         }
     }
@@ -224,9 +224,9 @@ impl Recovery {
         (secs >= 0.5 && s.last.1 > s.first.1).then(|| (s.last.1 - s.first.1) as f64 / secs)
     }
 
-    /// A head finished scrubbing a mirrored disk: an event, and the counts
-    /// behind `/metrics`.
-    pub fn scrub_finished(&self, head: &str, scrub: &vsky_api::types::ScrubReport) {
+    /// An agent finished scrubbing a mirrored disk: an event, and the
+    /// counts behind `/metrics`.
+    pub fn scrub_finished(&self, agent: &str, scrub: &vsky_api::types::ScrubReport) {
         self.scrubs.fetch_add(1, Ordering::Relaxed);
         let what = format!(
             "volume {} mirrored disk {}",
@@ -238,7 +238,7 @@ impl Recovery {
                 Severity::Warning,
                 "scrub_mismatch",
                 format!(
-                    "scrub of {what} by {head}: {} sectors differ between its legs; \
+                    "scrub of {what} by {agent}: {} sectors differ between its legs; \
                      check the disks' health (a leg that cannot be read is failed and replaced)",
                     scrub.mismatched_sectors
                 ),
@@ -247,10 +247,11 @@ impl Recovery {
             NewEvent::new(
                 Severity::Info,
                 "scrub_done",
-                format!("scrub of {what} by {head}: its legs agree"),
+                format!("scrub of {what} by {agent}: its legs agree"),
             )
         };
-        self.events.record(event.server(head).volume(&scrub.volume));
+        self.events
+            .record(event.server(agent).volume(&scrub.volume));
     }
 
     /// Scrubs finished, and those that found mismatches, since start.
@@ -408,10 +409,7 @@ pub async fn schedule(
 ) -> Result<(), crate::service::ServiceError> {
     let limit = recovery.config.per_disk_limit;
     let held = recovery.held();
-    let auto = recovery
-        .config
-        .auto_rebalance_spread
-        .map(|spread| (spread, recovery.config.auto_rebalance_moves));
+    let auto = recovery.config.auto_rebalance;
     let scrub_interval = recovery.config.scrub_interval;
     let now = unix_now();
     let (planned, started, drained, rebalanced, scrubs) = manager
@@ -426,23 +424,18 @@ pub async fn schedule(
             planned.extend(moves);
             changes.merge(more);
             let mut rebalanced = None;
-            if let Some((spread, moves)) = auto
-                && c.jobs().all(|j| !j.is_active())
-                && c.summary().mirrored_disks_degraded == 0
-                && c.fill_spread() > spread
-            {
-                let before = c.fill_spread();
-                let (moves, more) = c.rebalance(moves, secrets);
+            if let Some(policy) = auto {
+                let (moves, more) = c.auto_rebalance(policy, limit, secrets);
                 changes.merge(more);
                 if !moves.is_empty() {
-                    rebalanced = Some((moves.len(), before));
+                    rebalanced = Some((moves.len(), policy.spread));
                     planned.extend(moves.iter().map(|m| m.job));
                 }
             }
             let (started, more) = c.start_jobs(limit);
             changes.merge(more);
-            // Scrubs of detached volumes take what the resyncs left.
-            let scrubs: Vec<(String, u32, String)> = scrub_interval
+            // Scrubs take what the resyncs left.
+            let scrubs: Vec<(String, u32, String, ScrubMethod)> = scrub_interval
                 .map(|i| c.start_scrubs(now, i.as_secs().max(1), limit))
                 .unwrap_or_default()
                 .into_iter()
@@ -452,6 +445,7 @@ pub async fn schedule(
                         c.volume_label(s.volume),
                         s.mirrored_disk,
                         executor.unwrap_or_default(),
+                        s.run.method,
                     )
                 })
                 .collect();
@@ -473,14 +467,13 @@ pub async fn schedule(
             ))
         })
         .await?;
-    if let Some((moves, before)) = rebalanced {
+    if let Some((moves, spread)) = rebalanced {
         recovery.events.record(NewEvent::new(
             Severity::Info,
             "rebalance_planned",
             format!(
-                "background rebalance: disk fill spread {:.0}% is above {:.0}%; {moves} legs move to emptier disks",
-                before * 100.0,
-                recovery.config.auto_rebalance_spread.unwrap_or(0.0) * 100.0
+                "background rebalance: the disk fill spread is above {:.0}%; {moves} more legs move to emptier disks",
+                spread * 100.0
             ),
         ));
     }
@@ -498,14 +491,16 @@ pub async fn schedule(
             .rebuild(id.0),
         );
     }
-    for (volume, m, executor) in scrubs {
+    for (volume, m, executor, method) in scrubs {
+        let how = match method {
+            ScrubMethod::RaidCheck => "its head runs dm-raid's check on the mirror",
+            ScrubMethod::CompareLegs => "its legs are read and compared",
+        };
         recovery.events.record(
             NewEvent::new(
                 Severity::Info,
                 "scrub_started",
-                format!(
-                    "scrub of volume {volume} mirrored disk {m} started on {executor}: its legs are read and compared"
-                ),
+                format!("scrub of volume {volume} mirrored disk {m} started on {executor}: {how}"),
             )
             .volume(volume)
             .server(executor),

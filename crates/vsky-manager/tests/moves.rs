@@ -429,22 +429,9 @@ async fn drain_and_rebalance_refuse_bad_requests_clearly() {
     );
 }
 
-/// After servers join an evenly filled pool, a rebalance moves legs from
-/// the old disks to the new ones, at most as many as asked, as moves with
-/// reason `rebalance`; a balanced pool gets none.
-#[tokio::test]
-async fn rebalance_moves_legs_to_new_disks_within_the_bound() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
-    let admin = m.admin();
-    make_pool(&admin, 3, 1, 16, 0).await;
-    create_volume(&admin, "v", 12).await;
-    // 24 legs on 3 disks of 16 chunks: evenly half full.
-    let balanced = admin.rebalance(&RebalanceRequest::default()).await.unwrap();
-    assert!(balanced.moves.is_empty(), "{balanced:?}");
-    assert_eq!(balanced.fill_spread_before, 0.0);
-
-    for s in 3..6 {
+/// Servers `sN` for N in `range`, each with one empty disk of 16 chunks.
+async fn add_empty_servers(admin: &Client, range: std::ops::Range<u32>) {
+    for s in range {
         admin
             .create_server(&CreateServer {
                 name: format!("s{s}"),
@@ -463,6 +450,86 @@ async fn rebalance_moves_legs_to_new_disks_within_the_bound() {
             .await
             .unwrap();
     }
+}
+
+/// With `--auto-rebalance`, the recovery loop moves legs onto servers that
+/// join, keeping at most `--auto-rebalance-moves` moves in flight and
+/// topping the window up as the executors finish them.
+#[tokio::test]
+async fn the_background_policy_keeps_a_window_of_moves_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = ManagerProcess::start(
+        dir.path(),
+        &[
+            "--chunk-size",
+            "8MiB",
+            "--auto-rebalance",
+            "10",
+            "--auto-rebalance-moves",
+            "2",
+        ],
+    );
+    let (admin, agent) = (m.admin(), m.client(AGENT_TOKEN));
+    make_pool(&admin, 3, 1, 16, 0).await;
+    create_volume(&admin, "v", 12).await;
+    add_empty_servers(&admin, 3..6).await;
+    let _alive = KeepAlive::start(agent.clone(), (0..6).map(|s| format!("s{s}")).collect());
+    // Rebalance moves, active only or all (done ones too).
+    let rebalancing = async |all: bool| -> Vec<Rebuild> {
+        admin
+            .rebuilds(all)
+            .await
+            .unwrap()
+            .rebuilds
+            .into_iter()
+            .filter(|r| r.reason == Some(MoveReason::Rebalance))
+            .collect()
+    };
+    eventually("the window to fill", async || {
+        (rebalancing(false).await.len() == 2).then_some(())
+    })
+    .await;
+    // Two more recovery ticks: still the window, no more.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(rebalancing(true).await.len(), 2);
+    // The executors finish what runs: the window is topped up, never
+    // beyond it.
+    eventually("three windows' worth of moves", async || {
+        let active = rebalancing(false).await;
+        assert!(active.len() <= 2, "{active:?}");
+        finish_running_moves(&admin, &agent).await;
+        (rebalancing(true).await.len() >= 6).then_some(())
+    })
+    .await;
+    let events = admin
+        .events(0, None, std::time::Duration::ZERO)
+        .await
+        .unwrap()
+        .events;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "rebalance_planned" && e.message.contains("background rebalance")),
+        "{events:?}"
+    );
+}
+
+/// After servers join an evenly filled pool, a rebalance moves legs from
+/// the old disks to the new ones, at most as many as asked, as moves with
+/// reason `rebalance`; a balanced pool gets none.
+#[tokio::test]
+async fn rebalance_moves_legs_to_new_disks_within_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
+    let admin = m.admin();
+    make_pool(&admin, 3, 1, 16, 0).await;
+    create_volume(&admin, "v", 12).await;
+    // 24 legs on 3 disks of 16 chunks: evenly half full.
+    let balanced = admin.rebalance(&RebalanceRequest::default()).await.unwrap();
+    assert!(balanced.moves.is_empty(), "{balanced:?}");
+    assert_eq!(balanced.fill_spread_before, 0.0);
+
+    add_empty_servers(&admin, 3..6).await;
     let old: BTreeSet<String> = (0..3).map(|s| format!("s{s}")).collect();
     let new: BTreeSet<String> = (3..6).map(|s| format!("s{s}")).collect();
 

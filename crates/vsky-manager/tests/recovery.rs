@@ -1,7 +1,8 @@
 //! The recovery loop against a real `vsky-manager` process on loopback,
 //! with the test playing the agents over the agent API: the grace period
 //! for silent servers, the hold and return of legs a head reported failed,
-//! stale and foreign reports, executors' progress, and the event log.
+//! stale and foreign reports, executors' progress, heads' scrubs, and the
+//! event log.
 
 mod common;
 
@@ -10,7 +11,9 @@ use std::time::Duration;
 use common::agents::{KeepAlive, beat, eventually, kinds, resync_beat};
 use common::*;
 use vsky_api::Client;
-use vsky_api::types::{ChunkId, FailedLeg, LegState, RebuildState, VolumeDetail};
+use vsky_api::types::{
+    ChunkId, FailedLeg, LegState, RebuildState, ScrubMethod, ScrubReport, VolumeDetail,
+};
 
 fn chunk_of(v: &VolumeDetail, m: usize, l: usize) -> ChunkId {
     let leg = &v.layout[m].legs[l];
@@ -294,4 +297,122 @@ async fn bad_event_and_rebuild_queries_are_refused() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 403);
+}
+
+/// Scrubs with `--scrub-interval`: an attached volume's head is asked for
+/// dm-raid checks of its mirrors (the storage servers are not), and the
+/// verdicts it sends end the runs: events, the scrub time, a failed check
+/// tried again later. A storage server cannot end a head's check.
+#[tokio::test]
+async fn an_attached_volumes_head_checks_its_mirrors_when_the_manager_asks() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = ManagerProcess::start(
+        dir.path(),
+        &["--chunk-size", "8MiB", "--scrub-interval", "1s"],
+    );
+    let (admin, agent) = (m.admin(), m.client(AGENT_TOKEN));
+    make_pool(&admin, 4, 1, 16, 0).await;
+    let mut req = volume("v", 2 * 7 * MIB);
+    req.replicas = Some(2);
+    admin.create_volume(&req).await.unwrap();
+    admin.attach_volume("v", "s3").await.unwrap();
+    let _alive = KeepAlive::start(agent.clone(), (0..4).map(|s| format!("s{s}")).collect());
+
+    // One or both mirrored disks are listed (they may share a disk, k = 1).
+    let specs = eventually("the head to be asked for a check", async || {
+        let d = agent
+            .desired_state("s3", None, Duration::ZERO)
+            .await
+            .unwrap();
+        (!d.scrubs.is_empty()).then_some(d.scrubs)
+    })
+    .await;
+    assert!(
+        specs
+            .iter()
+            .all(|s| s.method == ScrubMethod::RaidCheck && s.volume == "v")
+    );
+    for s in 0..3 {
+        let d = agent
+            .desired_state(&format!("s{s}"), None, Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(
+            d.scrubs.is_empty(),
+            "no storage agent compares an attached volume's legs"
+        );
+    }
+    let check = &specs[0];
+    let report = |mismatched_sectors, error: Option<&str>| ScrubReport {
+        volume: "v".into(),
+        mirrored_disk: check.mirrored_disk,
+        mismatched_sectors,
+        scrub: Some(check.scrub),
+        unreadable_legs: vec![],
+        error: error.map(String::from),
+    };
+    // Only the head may end it.
+    let mut foreign = beat("s0");
+    foreign.scrubs = vec![report(0, None)];
+    agent.heartbeat(&foreign).await.unwrap();
+    let mut verdict = beat("s3");
+    verdict.scrubs = vec![report(16, None)];
+    agent.heartbeat(&verdict).await.unwrap();
+    let k = check.mirrored_disk as usize;
+    let v = admin.volume("v").await.unwrap();
+    assert!(
+        v.layout[k].last_scrub_unix_s.is_some(),
+        "the scrub time is kept"
+    );
+    let events = admin.events(0, None, Duration::ZERO).await.unwrap().events;
+    let mismatch: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == "scrub_mismatch")
+        .collect();
+    assert_eq!(mismatch.len(), 1, "one verdict, from the head: {events:?}");
+    assert!(
+        mismatch[0].message.contains("16 sectors differ") && mismatch[0].message.contains("s3")
+    );
+    assert!(kinds(&admin).await.contains(&"scrub_started".to_string()));
+    // Sent again with the next heartbeat (the agent cannot know it
+    // arrived): not counted twice.
+    agent.heartbeat(&verdict).await.unwrap();
+    assert_eq!(
+        kinds(&admin)
+            .await
+            .iter()
+            .filter(|k| *k == "scrub_mismatch")
+            .count(),
+        1
+    );
+
+    // A check that cannot run (the kernel is resyncing the mirror) is
+    // reported failed: an event, and the run ends.
+    let other = eventually("a check of the other mirrored disk", async || {
+        let d = agent
+            .desired_state("s3", None, Duration::ZERO)
+            .await
+            .unwrap();
+        d.scrubs.into_iter().find(|s| s.scrub != check.scrub)
+    })
+    .await;
+    let mut failed = beat("s3");
+    failed.scrubs = vec![ScrubReport {
+        volume: "v".into(),
+        mirrored_disk: other.mirrored_disk,
+        mismatched_sectors: 0,
+        scrub: Some(other.scrub),
+        unreadable_legs: vec![],
+        error: Some("the mirror is not in sync (rebuilding or degraded)".into()),
+    }];
+    agent.heartbeat(&failed).await.unwrap();
+    assert!(kinds(&admin).await.contains(&"scrub_failed".to_string()));
+    let d = agent
+        .desired_state("s3", None, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(
+        d.scrubs.iter().all(|s| s.scrub != other.scrub),
+        "the failed run ended"
+    );
 }

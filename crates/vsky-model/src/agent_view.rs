@@ -1,11 +1,12 @@
 //! What one server's agent must do, derived from the cluster: which chunks
 //! to export (storage role), which volumes to assemble (head role), which
-//! freed chunks to wipe, and which detached volumes' legs to copy or
-//! scrub. The manager serves this as the agent's desired
+//! freed chunks to wipe, which detached volumes' legs to copy, and which
+//! mirrored disks to scrub. The manager serves this as the agent's desired
 //! state; nothing here is stored.
 
 use crate::cluster::Cluster;
 use crate::cluster::executor::Executor;
+use crate::cluster::scrub::ScrubMethod;
 use crate::entities::*;
 use crate::ids::{ChunkRef, JobId, ServerId, VolumeId};
 
@@ -54,12 +55,14 @@ pub struct CopySpec {
     pub target_offset_bytes: u64,
 }
 
-/// A scrub of a detached volume's mirrored disk that this (storage)
-/// server runs: read every leg's data area (its own in place, the others
-/// over NBD) and compare them.
+/// A scrub of a mirrored disk that this server runs: as the volume's head,
+/// dm-raid's `check` on its mirror; for a detached volume, reading every
+/// leg's data area (its own in place, the others over NBD) and comparing
+/// them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScrubSpec {
     pub scrub: u64,
+    pub method: ScrubMethod,
     pub volume: String,
     pub mirrored_disk: u32,
     pub legs: Vec<LegSpec>,
@@ -174,7 +177,7 @@ impl Cluster {
         }
     }
 
-    /// Running scrubs of detached volumes that `server` executes.
+    /// Running scrubs that `server` executes.
     fn scrubs_of(&self, server: ServerId) -> Vec<ScrubSpec> {
         self.scrubs()
             .filter(|(_, _, run)| run.executor == server)
@@ -182,6 +185,7 @@ impl Cluster {
                 let v = self.volume(volume)?;
                 Some(ScrubSpec {
                     scrub: run.id,
+                    method: run.method,
                     volume: v.name.clone(),
                     mirrored_disk: m,
                     legs: v.mirrored_disks[m as usize]

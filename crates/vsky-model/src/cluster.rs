@@ -191,8 +191,11 @@ pub struct Cluster {
     /// Servers in their grace period: their failed legs are not replaced
     /// yet (set by the manager from heartbeats; not persisted).
     repair_hold: BTreeSet<ServerId>,
-    /// Running scrubs of detached volumes (see `scrub`; not persisted).
+    /// Running scrubs (see `scrub`; not persisted).
     scrubs: scrub::Scrubs,
+    /// The window of the last background rebalance top-up
+    /// (`moves::auto_rebalance`; not persisted).
+    auto_rebalance_window: usize,
     runtime: HashMap<DiskId, DiskRuntime>,
     index: AllocIndex,
     /// Bumped by every mutation that changed something; agents long-poll on
@@ -263,6 +266,7 @@ impl Cluster {
             repairs: BTreeMap::new(),
             repair_hold: BTreeSet::new(),
             scrubs: scrub::Scrubs::default(),
+            auto_rebalance_window: 0,
             partners: Partners::default(),
             repairs_pending: true,
             repairs_lack_room: false,

@@ -176,9 +176,8 @@ impl Leg {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MirroredDisk {
     pub legs: Vec<Leg>,
-    /// When the manager's patrol last compared the legs of this mirrored
-    /// disk while its volume was detached (`cluster/scrub.rs`), in Unix
-    /// seconds; `None` if it never did.
+    /// When the last scrub of this mirrored disk finished
+    /// (`cluster/scrub.rs`), in Unix seconds; `None` if none did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scrub_unix_s: Option<u64>,
 }

@@ -14,8 +14,8 @@
 //!   every mutation (`create_volume`, `fail_disk`, …); `cluster::recovery`
 //!   plans replacement legs and schedules their resyncs, `cluster::moves`
 //!   moves healthy legs (drain, rebalance) under the same scheduler, and
-//!   `cluster::scrub` schedules the scrubs of detached volumes under the
-//!   same per-disk limit.
+//!   `cluster::scrub` schedules the scrubs (heads check attached volumes,
+//!   storage agents compare detached ones) under the same per-disk limit.
 //! - [`alloc`]: the allocation index that picks disks for legs.
 //! - [`freelist`]: the compact per-disk set of free chunk indexes.
 //! - [`agent_view`]: what one server's agent must do (desired state).
@@ -31,9 +31,9 @@ pub mod ids;
 pub mod limits;
 
 pub use cluster::executor::Executor;
-pub use cluster::moves::{DrainProgress, PlannedMove};
+pub use cluster::moves::{AutoRebalance, DrainProgress, PlannedMove};
 pub use cluster::recovery::{JobKind, JobState, MoveReason, ResyncJob};
-pub use cluster::scrub::{ScrubRun, StartedScrub};
+pub use cluster::scrub::{ScrubMethod, ScrubRun, StartedScrub};
 pub use cluster::{
     Changes, Cluster, GroupUpdate, NewDisk, NewServer, NewVolume, Records, Summary,
     VolumeMetaUpdate,

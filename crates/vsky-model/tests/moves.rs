@@ -26,11 +26,7 @@ fn run_jobs(c: &mut Cluster, min_healthy: usize) -> usize {
         assert!(rounds < 1000, "jobs never end");
         c.start_jobs(1);
         check(c);
-        let running: Vec<JobId> = c
-            .jobs()
-            .filter(|j| j.state == JobState::Running)
-            .map(|j| j.id)
-            .collect();
+        let running = common::running_jobs(c);
         for id in running {
             c.finish_job(id).unwrap();
             check(c);
@@ -251,16 +247,23 @@ fn repairs_start_before_moves() {
     check(&c);
 }
 
+/// Three servers of two disks, half full with a 30-mirrored-disk volume
+/// "v", then two empty servers of two disks join.
+fn grown_pool(secrets: &mut CountingSecrets) -> Cluster {
+    let mut c = pool(3, 2);
+    volume(&mut c, "v", 30, secrets);
+    add_server(&mut c, 3, 2);
+    add_server(&mut c, 4, 2);
+    c
+}
+
 /// After new servers join, rebalance moves legs from the full disks to the
 /// new ones until no move narrows the gap; every move keeps legs on
 /// distinct servers and redundancy never drops.
 #[test]
 fn rebalance_evens_out_after_servers_join() {
-    let mut c = pool(3, 2);
     let mut secrets = CountingSecrets::default();
-    volume(&mut c, "v", 30, &mut secrets);
-    add_server(&mut c, 3, 2);
-    add_server(&mut c, 4, 2);
+    let mut c = grown_pool(&mut secrets);
     let before = c.fill_spread();
     assert!(before > 0.5, "new disks are empty: {before}");
     let (moves, _) = c.rebalance(usize::MAX, &mut secrets);
@@ -294,6 +297,97 @@ fn rebalance_is_bounded() {
         assert_ne!(m.from, m.to);
     }
     check(&c);
+}
+
+/// The background policy keeps a window of moves in flight, topping it up
+/// once half of it is done, and evens the pool out; it sizes the window to
+/// the disks that can receive when none is given, and stays away while a
+/// repair runs or the spread is under its threshold.
+#[test]
+fn auto_rebalance_keeps_a_window_in_flight() {
+    let mut secrets = CountingSecrets::default();
+    let mut c = grown_pool(&mut secrets);
+    let policy = AutoRebalance {
+        spread: 0.1,
+        window: Some(4),
+    };
+    let (first, _) = c.auto_rebalance(policy, 1, &mut secrets);
+    assert_eq!(first.len(), 4, "a full window");
+    assert!(
+        c.auto_rebalance(policy, 1, &mut secrets).0.is_empty(),
+        "window full"
+    );
+    // Two of the four done: half the window is free, so it is topped up.
+    c.start_jobs(1);
+    let running: Vec<JobId> = c
+        .jobs()
+        .filter(|j| j.state == JobState::Running)
+        .map(|j| j.id)
+        .take(2)
+        .collect();
+    assert_eq!(running.len(), 2, "four new disks receive at once");
+    c.finish_job(running[0]).unwrap();
+    assert!(
+        c.auto_rebalance(policy, 1, &mut secrets).0.is_empty(),
+        "3 of 4 in flight: more than half"
+    );
+    c.finish_job(running[1]).unwrap();
+    let (more, _) = c.auto_rebalance(policy, 1, &mut secrets);
+    assert_eq!(more.len(), 2, "topped up to the window");
+    check(&c);
+    // To the end: each round finishes the running moves and tops up.
+    let mut rounds = 0;
+    loop {
+        c.auto_rebalance(policy, 1, &mut secrets);
+        if !c.jobs().any(|j| j.is_active()) {
+            break;
+        }
+        rounds += 1;
+        assert!(rounds < 1000, "the policy never ends");
+        c.start_jobs(1);
+        let running = common::running_jobs(&c);
+        for id in running {
+            c.finish_job(id).unwrap();
+        }
+        check(&c);
+    }
+    assert!(c.fill_spread() <= 0.1, "even within the threshold");
+
+    // No window given: the receiving disks (the four new ones) times k.
+    let mut c = grown_pool(&mut secrets);
+    let sized = AutoRebalance {
+        spread: 0.1,
+        window: None,
+    };
+    assert_eq!(c.auto_rebalance(sized, 2, &mut secrets).0.len(), 8);
+
+    // A repair goes first: nothing while one is queued or running.
+    let mut c = pool(3, 2);
+    volume(&mut c, "v", 30, &mut secrets);
+    add_server(&mut c, 3, 2);
+    let victim = c.volume_by_name("v").unwrap().mirrored_disks[0].legs[0]
+        .chunk
+        .disk;
+    c.fail_disk(victim).unwrap();
+    assert!(
+        c.auto_rebalance(policy, 1, &mut secrets).0.is_empty(),
+        "degraded"
+    );
+    let (repairs, _) = c.plan_repairs(&mut secrets);
+    assert!(!repairs.is_empty());
+    assert!(
+        c.auto_rebalance(policy, 1, &mut secrets).0.is_empty(),
+        "repairing"
+    );
+    // Under the threshold: nothing either.
+    let mut c = pool(3, 2);
+    volume(&mut c, "v", 30, &mut secrets);
+    let quiet = AutoRebalance {
+        spread: 0.99,
+        window: None,
+    };
+    add_server(&mut c, 3, 2);
+    assert!(c.auto_rebalance(quiet, 1, &mut secrets).0.is_empty());
 }
 
 /// Moves survive a reload from the records (a manager restart) unchanged,

@@ -68,11 +68,7 @@ fn per_disk_limit_holds_until_all_healthy() {
             !started.is_empty() || c.jobs().any(|j| j.state == JobState::Running),
             "no deadlock"
         );
-        let running: Vec<JobId> = c
-            .jobs()
-            .filter(|j| j.state == JobState::Running)
-            .map(|j| j.id)
-            .collect();
+        let running = common::running_jobs(&c);
         for id in running {
             c.job_progress(id, 1).unwrap();
             c.finish_job(id).unwrap();

@@ -1,6 +1,7 @@
-//! Scrubs of detached volumes: which mirrored disks are scrubbed, when, by
-//! whom, under the per-disk limit with the resyncs (which go first), and
-//! what a verdict does.
+//! Scrubs: which mirrored disks are scrubbed, when, by whom and how (an
+//! attached volume's head checks it, a storage agent compares a detached
+//! one's legs), under the per-disk limit with the resyncs (which go first),
+//! and what a verdict does.
 
 mod common;
 
@@ -109,25 +110,58 @@ fn a_detached_mirrored_disk_is_scrubbed_by_its_first_legs_server_once_per_interv
 }
 
 #[test]
-fn attached_degraded_and_rebuilding_mirrored_disks_are_not_scrubbed() {
+fn an_attached_mirrored_disk_is_checked_by_its_head_under_the_same_limit() {
+    let mut c = pool(4);
+    let a = volume(&mut c, "a", 1);
+    c.attach_volume("a", "s3").unwrap();
+    let head = c.server_by_name("s3").unwrap().id;
+    let started = c.start_scrubs(0, HOUR, 1);
+    assert_eq!(started.len(), 1);
+    let run = started[0].run;
+    assert_eq!((started[0].volume, run.executor), (a, head));
+    assert_eq!(run.method, ScrubMethod::RaidCheck);
+    // The head is told, with the method; it holds the mirror.
+    let view = c.agent_view(head);
+    assert_eq!(view.scrubs.len(), 1);
+    assert_eq!(view.scrubs[0].method, ScrubMethod::RaidCheck);
+    // md reads every leg: their disks are busy, like a resync's.
+    let busy = c.running_per_disk();
+    assert!(disks_of(&c, a, 0).iter().all(|d| busy.get(d) == Some(&1)));
+    check(&c, 1);
+    // The verdict ends it like any scrub.
+    c.finish_scrub(a, 0, run.id, 10, &[]).unwrap();
+    assert_eq!(
+        c.volume(a).unwrap().mirrored_disks[0].last_scrub_unix_s,
+        Some(10)
+    );
+    // Detaching ends a running check: the comparison that follows is a
+    // new run, by a storage agent.
+    let again = c.start_scrubs(10 + HOUR, HOUR, 1)[0].run;
+    c.detach_volume("a").unwrap();
+    assert!(c.scrub(a, 0).is_none());
+    let compare = c.start_scrubs(10 + HOUR, HOUR, 1)[0].run;
+    assert_ne!(compare.id, again.id);
+    assert_eq!(compare.method, ScrubMethod::CompareLegs);
+    check(&c, 1);
+}
+
+#[test]
+fn degraded_and_rebuilding_mirrored_disks_are_not_scrubbed() {
     let mut c = pool(4);
     let mut secrets = CountingSecrets::default();
-    let a = volume(&mut c, "a", 1);
-    c.attach_volume("a", "s0").unwrap();
     let d = volume(&mut c, "d", 1);
-    // Leg 1 of "d" fails (with its disk, on which "a" may have a leg too).
+    // Leg 1 fails with its disk.
     let victim = disks_of(&c, d, 0)[1];
     c.fail_disk(victim).unwrap();
-    let started = c.start_scrubs(0, HOUR, 8);
-    for s in &started {
-        assert_ne!(s.volume, a, "an attached volume's head scrubs it");
-        assert_ne!(s.volume, d, "a degraded mirrored disk waits");
-    }
+    assert!(
+        c.start_scrubs(0, HOUR, 8).is_empty(),
+        "a degraded mirrored disk waits"
+    );
     // Its repair runs: still not.
     let (jobs, _) = c.plan_repairs(&mut secrets);
     assert!(!jobs.is_empty());
     c.start_jobs(8);
-    assert!(c.start_scrubs(1, HOUR, 8).iter().all(|s| s.volume != d));
+    assert!(c.start_scrubs(1, HOUR, 8).is_empty());
     for job in jobs {
         c.finish_job(job).unwrap();
     }
@@ -137,11 +171,26 @@ fn attached_degraded_and_rebuilding_mirrored_disks_are_not_scrubbed() {
 }
 
 #[test]
+fn no_scrub_is_given_to_a_failed_server() {
+    let mut c = pool(4);
+    volume(&mut c, "a", 1);
+    c.attach_volume("a", "s3").unwrap();
+    c.fail_server("s3").unwrap();
+    assert!(
+        c.start_scrubs(0, HOUR, 8).is_empty(),
+        "its head cannot check it"
+    );
+}
+
+#[test]
 fn a_scrub_ends_when_its_volume_is_attached_and_does_not_come_back() {
     let mut c = pool(3);
     let v = volume(&mut c, "v", 1);
     let run = c.start_scrubs(0, HOUR, 1)[0].run;
-    c.attach_volume("v", "s2").unwrap();
+    // Attached to the comparing server itself: same executor, but a head
+    // may now write into the legs being compared.
+    let executor = c.server(run.executor).unwrap().name.clone();
+    c.attach_volume("v", &executor).unwrap();
     assert!(c.scrubs().next().is_none());
     assert!(c.agent_view(run.executor).scrubs.is_empty());
     assert_eq!(
@@ -221,11 +270,7 @@ fn resyncs_go_first_and_end_the_scrubs_in_their_way() {
     // While resyncs run or wait on its disks, the scrub does not start.
     assert!(c.start_scrubs(1, HOUR, 1).is_empty());
     for _ in 0..jobs.len() {
-        let running: Vec<JobId> = c
-            .jobs()
-            .filter(|j| j.state == JobState::Running)
-            .map(|j| j.id)
-            .collect();
+        let running = common::running_jobs(&c);
         for job in running {
             c.finish_job(job).unwrap();
         }

@@ -139,10 +139,10 @@ pub struct SimConfig {
     /// `Rebalance`: empty servers (of `disks_per_server` disks each) added
     /// to the filled pool.
     pub new_servers: usize,
-    /// `Rebalance`: moves one bounded pass plans (`rebalance(max, …)`,
-    /// called whenever no job is active, as the manager's background
-    /// policy does with `--auto-rebalance-moves`, default 64).
-    pub rebalance_moves: usize,
+    /// `Rebalance`: the window of the manager's background policy
+    /// (`Cluster::auto_rebalance`, `--auto-rebalance-moves`): moves queued
+    /// or running at most. `None`: sized to the pool, as by default.
+    pub rebalance_moves: Option<usize>,
     /// `Rebalance`: moves one admin request plans (`vsky pool rebalance
     /// --max-moves`, at most 10 000), asked again whenever no job is
     /// active, for the scheduled run.
@@ -171,7 +171,7 @@ impl SimConfig {
             write_bytes_per_second: 100e3,
             region_bytes: 1 << 20,
             new_servers: (servers / 10).max(1),
-            rebalance_moves: 64,
+            rebalance_moves: None,
             rebalance_request_moves: 10_000,
         }
     }
@@ -361,6 +361,9 @@ enum Fault {
     /// Nothing fails: whenever no job is active, `rebalance(max, …)` plans
     /// up to that many moves, until a call plans none.
     Rebalance(usize),
+    /// Nothing fails: every step calls the manager's background policy,
+    /// `auto_rebalance`, which keeps a window of moves in flight.
+    AutoRebalance(AutoRebalance),
 }
 
 /// Runs one scenario with the per-disk limit and without, and reports both
@@ -399,7 +402,7 @@ pub fn run(config: &SimConfig) -> Result<Report, String> {
     let failed_disks = match &fault {
         Fault::Disk(_) => 1,
         Fault::Server(_) | Fault::SilentServer(_) => config.disks_per_server,
-        Fault::Drain(_) | Fault::Rebalance(_) => 0,
+        Fault::Drain(_) | Fault::Rebalance(_) | Fault::AutoRebalance(_) => 0,
     } + usize::from(config.scenario == Scenario::SecondFailure);
     let legs_to_rebuild = scheduled.outcome.jobs - scheduled.outcome.failed_jobs;
     let bounds = bounds(config, &pool, &scheduled);
@@ -520,7 +523,8 @@ struct Tally {
     last_move_seconds: f64,
     /// The fewest active legs any mirrored disk had at a check.
     min_active_legs: usize,
-    /// `Rebalance`: calls of `rebalance` that planned moves.
+    /// `Rebalance`: calls of `rebalance` (or `auto_rebalance`) that
+    /// planned moves.
     passes: usize,
     /// Legs each disk holds at the end beyond those it held at the start
     /// (disks that gained some).
@@ -550,10 +554,12 @@ fn note_forced_sources(c: &Cluster, forced: &mut BTreeSet<(VolumeId, u32, DiskId
 
 /// One planning pass, as the manager's recovery step makes it: repairs,
 /// then moves off draining disks, then (for `Fault::Rebalance`, while
-/// `rebalancing` and only when no job is active) a rebalance pass.
+/// `rebalancing` and only when no job is active) a rebalance pass, or (for
+/// `Fault::AutoRebalance`) the background policy.
 fn plan(
     c: &mut Cluster,
     fault: &Fault,
+    limit: u32,
     rng: &mut Rng,
     rebalancing: &mut bool,
     tally: &mut Tally,
@@ -562,6 +568,14 @@ fn plan(
     let (moves, more) = c.plan_drains(rng);
     planned.extend(moves);
     changes.merge(more);
+    if let Fault::AutoRebalance(policy) = fault {
+        let (moves, more) = c.auto_rebalance(*policy, limit, rng);
+        changes.merge(more);
+        if !moves.is_empty() {
+            tally.passes += 1;
+            planned.extend(moves.iter().map(|m| m.job));
+        }
+    }
     if let Fault::Rebalance(max) = fault
         && *rebalancing
         && c.jobs().all(|j| !j.is_active())
@@ -702,7 +716,7 @@ fn simulate(
     );
     let mut rebalancing = true;
     let total_first = {
-        let (planned, _) = plan(&mut c, fault, &mut rng, &mut rebalancing, &mut tally);
+        let (planned, _) = plan(&mut c, fault, limit, &mut rng, &mut rebalancing, &mut tally);
         planned.len()
     };
     let second_at = total_first as f64 * c.settings().data_bytes_per_chunk() as f64 / 3.0;
@@ -714,7 +728,7 @@ fn simulate(
         tally.drained_seconds = Some(0.0);
     }
     for step in 0u64.. {
-        let (planned, changes) = plan(&mut c, fault, &mut rng, &mut rebalancing, &mut tally);
+        let (planned, changes) = plan(&mut c, fault, limit, &mut rng, &mut rebalancing, &mut tally);
         let mut touched = changes.volumes;
         let mut released = changes.disks;
         jobs_seen.extend(planned);
@@ -802,7 +816,10 @@ fn simulate(
             let first_server = match fault {
                 Fault::Disk(d) => c.disk(*d).ok().map(|d| d.server),
                 Fault::Drain(_) => drained,
-                Fault::Server(_) | Fault::SilentServer(_) | Fault::Rebalance(_) => None,
+                Fault::Server(_)
+                | Fault::SilentServer(_)
+                | Fault::Rebalance(_)
+                | Fault::AutoRebalance(_) => None,
             };
             let avoid = critical_disks(&c);
             let victim = random_used_disk(&c, &mut rng, first_server, &avoid)
@@ -893,7 +910,7 @@ fn apply(c: &mut Cluster, fault: &Fault) -> Result<(), String> {
             c.set_repair_hold(BTreeSet::new());
         }),
         Fault::Drain(s) => c.drain_server(s).map(drop),
-        Fault::Rebalance(_) => Ok(()),
+        Fault::Rebalance(_) | Fault::AutoRebalance(_) => Ok(()),
     }
     .map_err(|e| e.to_string())
 }
@@ -1250,7 +1267,8 @@ pub struct MoveOutcome {
     /// The fewest active legs any mirrored disk had at any step: R
     /// throughout when nothing failed.
     pub min_active_legs: usize,
-    /// `Rebalance`: calls of `rebalance` that planned moves.
+    /// `Rebalance`: calls of `rebalance` (admin requests) or
+    /// `auto_rebalance` (background top-ups) that planned moves.
     pub passes: usize,
     /// `Cluster::fill_spread` at the end (disks that take new chunks).
     pub fill_spread_after: f64,
@@ -1279,7 +1297,7 @@ pub struct MoveReport {
     /// up to 100 servers).
     pub scheduled: MoveOutcome,
     /// `Rebalance` only: the manager's background policy,
-    /// `rebalance(rebalance_moves)` whenever no job is active.
+    /// `auto_rebalance` on every step (a window of moves in flight).
     pub bounded_passes: Option<MoveOutcome>,
     /// One move at a time, each a chunk's copy at full speed: moves ×
     /// `bounds.chunk_seconds`.
@@ -1340,17 +1358,23 @@ pub fn run_moves(config: &SimConfig) -> Result<MoveReport, String> {
             if config.new_servers == 0 {
                 return Err("Rebalance needs at least one new server".into());
             }
-            if config.rebalance_moves == 0 || config.rebalance_request_moves == 0 {
+            if config.rebalance_moves == Some(0) || config.rebalance_request_moves == 0 {
                 return Err("Rebalance needs at least one move per pass".into());
             }
             for s in config.servers..config.servers + config.new_servers {
                 add_server(&mut pool, config, s)?;
             }
             pool.check_invariants()?;
+            // The background policy evens the pool out completely (its
+            // threshold at 0), as the admin's requests do.
+            let policy = AutoRebalance {
+                spread: 0.0,
+                window: config.rebalance_moves,
+            };
             let bounded = simulate(
                 config,
                 pool.clone(),
-                &Fault::Rebalance(config.rebalance_moves),
+                &Fault::AutoRebalance(policy),
                 limit,
                 second_seed,
             )?;
@@ -1466,7 +1490,7 @@ mod tests {
             write_bytes_per_second: 100e3,
             region_bytes: 1 << 20,
             new_servers: 2,
-            rebalance_moves: 16,
+            rebalance_moves: Some(16),
             rebalance_request_moves: 10_000,
         }
     }
@@ -1671,7 +1695,7 @@ mod tests {
             assert_eq!(requests.moves, r.legs_to_move);
             assert!(requests.passes >= requests.moves.div_ceil(config.rebalance_request_moves));
             assert!(seed % 2 == 0 || requests.passes > 1, "{r:?}");
-            assert!(bounded.passes >= bounded.moves.div_ceil(config.rebalance_moves));
+            assert!(bounded.passes >= bounded.moves.div_ceil(16));
             assert!(r.bounds.busiest_target_writes > 0 && r.bounds.target_seconds > 0.0);
         }
     }

@@ -52,10 +52,11 @@ enum Command {
         /// tenth of --servers, at least 1).
         #[arg(long)]
         new_servers: Option<usize>,
-        /// rebalance: moves per bounded pass (the manager's
-        /// --auto-rebalance-moves).
-        #[arg(long, default_value_t = 64)]
-        rebalance_moves: usize,
+        /// rebalance: the background policy's window, moves queued or
+        /// running at most (the manager's --auto-rebalance-moves; default:
+        /// sized to the pool, as the manager does).
+        #[arg(long)]
+        rebalance_moves: Option<usize>,
         /// rebalance: moves per admin request (`vsky pool rebalance
         /// --max-moves`, at most 10000).
         #[arg(long, default_value_t = 10_000)]
@@ -161,7 +162,7 @@ fn rebalance_row(r: &MoveReport) -> String {
         .as_ref()
         .expect("a rebalance has bounded passes");
     format!(
-        "| {} × {} | +{} | {:.1} % | {:.1} % | {} | {:.0} s ({} × {}) | {:.0} s ({} × {}) | {:.0} s | {:.1} s | {:.1} s | {:.2} | {:.2} | {} → {} | {} | {} |",
+        "| {} × {} | +{} | {:.1} % | {:.1} % | {} | {:.0} s ({} × {}) | {:.0} s ({} top-ups, window {}) | {:.0} s | {:.1} s | {:.1} s | {:.2} | {:.2} | {} → {} | {} | {} |",
         r.config.servers,
         r.config.disks_per_server,
         r.config.new_servers,
@@ -173,7 +174,9 @@ fn rebalance_row(r: &MoveReport) -> String {
         r.config.rebalance_request_moves,
         b.seconds,
         b.passes,
-        r.config.rebalance_moves,
+        r.config
+            .rebalance_moves
+            .map_or_else(|| "sized to the pool".to_string(), |n| n.to_string()),
         r.naive_seconds,
         r.ideal_seconds,
         r.bound_seconds,
@@ -186,7 +189,7 @@ fn rebalance_row(r: &MoveReport) -> String {
     )
 }
 
-const REBALANCE_HEADER: &str = "| pool | servers added | fill spread before | after | moves | admin requests (k=1) | background passes (k=1) | naive (one move at a time) | ideal (fluid) | bound (whole chunks) | of ideal | of bound | same-rack mirrored disks | peak/disk | fewest active legs |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
+const REBALANCE_HEADER: &str = "| pool | servers added | fill spread before | after | moves | admin requests (k=1) | background policy (k=1) | naive (one move at a time) | ideal (fluid) | bound (whole chunks) | of ideal | of bound | same-rack mirrored disks | peak/disk | fewest active legs |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
 
 const RETURN_HEADER: &str = "| pool | outage | writes per mirrored disk | legs back | caught up | rebuilt without grace | fewer bytes | catch-up (k=1) | catch-up (unscheduled) | redundant again (k=1) | without grace | never back | peak/disk (k=1) | peak/disk (unscheduled) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
 
@@ -217,7 +220,7 @@ fn main() {
                 || !(0.0..grace).contains(&outage)
                 || !(write_rate >= 0.0 && write_rate.is_finite())
                 || new_servers == Some(0)
-                || rebalance_moves == 0
+                || rebalance_moves == Some(0)
                 || rebalance_request_moves == 0
             {
                 eprintln!(

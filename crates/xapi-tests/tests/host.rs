@@ -185,7 +185,6 @@ fn start() -> Cluster {
                 listen: format!("127.0.0.1:{api_port}").parse().unwrap(),
                 token: LOCAL_API.into(),
             }),
-            scrub_interval: None,
         };
         runtime.spawn(vsky_agent::run(config, std::future::pending()));
     }

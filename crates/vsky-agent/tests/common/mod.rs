@@ -97,7 +97,6 @@ pub fn storage_agent(
             connect: Duration::from_secs(2),
         },
         api: None,
-        scrub_interval: None,
     }
 }
 

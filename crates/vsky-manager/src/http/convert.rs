@@ -246,6 +246,10 @@ pub fn desired_state(
             .into_iter()
             .map(|sc| api::ScrubSpec {
                 scrub: sc.scrub,
+                method: match sc.method {
+                    vsky_model::ScrubMethod::RaidCheck => api::ScrubMethod::RaidCheck,
+                    vsky_model::ScrubMethod::CompareLegs => api::ScrubMethod::CompareLegs,
+                },
                 volume: sc.volume,
                 mirrored_disk: sc.mirrored_disk,
                 legs: sc.legs.into_iter().map(leg_spec).collect(),

@@ -19,7 +19,8 @@
 //! chunks (it leaves the allocation index), and [`Cluster::plan_drains`]
 //! moves its legs away, one move per mirrored disk at a time. Once it holds
 //! no leg it can be removed. [`Cluster::rebalance`] moves legs from the
-//! fullest disks to the emptiest, as many as asked.
+//! fullest disks to the emptiest, as many as asked;
+//! [`Cluster::auto_rebalance`] is the background policy that calls it.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -37,6 +38,19 @@ pub struct DrainProgress {
     pub legs_left: u64,
     /// Of those, legs whose move is queued or running.
     pub moving: u64,
+}
+
+/// The background rebalance policy (`vsky-manager --auto-rebalance`), see
+/// [`Cluster::auto_rebalance`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AutoRebalance {
+    /// Moves are planned while the fill spread between the fullest and the
+    /// emptiest disk is above this (a fraction, 0.0 to 1.0).
+    pub spread: f64,
+    /// Rebalance moves queued or running at most. `None`: sized to the
+    /// pool, the per-disk limit times the disks emptier than the mean (the
+    /// most that can receive at once).
+    pub window: Option<usize>,
 }
 
 /// One planned move of [`Cluster::rebalance`] (for the caller's report).
@@ -318,19 +332,84 @@ impl Cluster {
         (planned, self.commit(changes))
     }
 
+    /// The background rebalance policy, called on every recovery step:
+    /// while the fill spread is above `policy.spread` and nothing is being
+    /// repaired or drained, it keeps up to a window of rebalance moves
+    /// queued or running, topping the window up once half of it is done.
+    /// The moves run under the same per-disk limit as everything else, so
+    /// a window in flight keeps every receiving disk busy, where planning
+    /// a batch only when the pool is idle left most of them waiting for
+    /// the batch's slowest move. Repairs always win: none is planned while
+    /// a mirrored disk is degraded, and queued moves give way
+    /// ([`Cluster::start_jobs`] starts repairs first).
+    pub fn auto_rebalance(
+        &mut self,
+        policy: AutoRebalance,
+        per_disk_limit: u32,
+        secrets: &mut dyn SecretSource,
+    ) -> (Vec<PlannedMove>, Changes) {
+        let mut in_flight = 0;
+        for job in self.repairs.values().map(|id| &self.jobs[id]) {
+            match job.kind {
+                JobKind::Move {
+                    reason: MoveReason::Rebalance,
+                    ..
+                } => in_flight += 1,
+                // A repair or a drain is under way: it goes first.
+                _ => return (Vec::new(), Changes::default()),
+            }
+        }
+        // Cheap checks first: this runs on every step, the pool-wide ones
+        // only when the window needs topping up.
+        if in_flight > 0
+            && self.auto_rebalance_window > 0
+            && in_flight > self.auto_rebalance_window / 2
+        {
+            return (Vec::new(), Changes::default());
+        }
+        if self.summary().mirrored_disks_degraded > 0 || self.fill_spread() <= policy.spread {
+            return (Vec::new(), Changes::default());
+        }
+        let window = policy
+            .window
+            .unwrap_or_else(|| {
+                self.receiving_disks()
+                    .saturating_mul(per_disk_limit as usize)
+            })
+            .max(1);
+        self.auto_rebalance_window = window;
+        if in_flight > window / 2 {
+            return (Vec::new(), Changes::default());
+        }
+        self.rebalance(window - in_flight, secrets)
+    }
+
+    /// Disks that take new chunks and are emptier than the mean of those:
+    /// the ones a rebalance fills.
+    fn receiving_disks(&self) -> usize {
+        let fills = self.eligible_fills();
+        let mean = fills.iter().sum::<f64>() / fills.len().max(1) as f64;
+        fills.iter().filter(|f| **f < mean).count()
+    }
+
     /// The spread of fill (fraction of chunks in use) between the fullest
     /// and the emptiest disk that takes new chunks, for the background
     /// rebalance policy and `/metrics`.
     pub fn fill_spread(&self) -> f64 {
-        let fills: Vec<f64> = self
-            .disks
-            .values()
-            .filter(|d| self.index_eligible(d.id))
-            .map(|d| self.runtime[&d.id].used.len() as f64 / f64::from(d.chunk_count.max(1)))
-            .collect();
+        let fills = self.eligible_fills();
         let max = fills.iter().copied().fold(f64::NAN, f64::max);
         let min = fills.iter().copied().fold(f64::NAN, f64::min);
         if fills.is_empty() { 0.0 } else { max - min }
+    }
+
+    /// The fill (fraction of chunks in use) of every disk that takes new
+    /// chunks.
+    fn eligible_fills(&self) -> Vec<f64> {
+        self.disks
+            .values()
+            .filter(|d| self.index_eligible(d.id))
+            .map(|d| self.runtime[&d.id].used.len() as f64 / f64::from(d.chunk_count.max(1)))
+            .collect()
     }
 
     /// Whether the disk takes new chunks (online, not draining, on an

@@ -1,17 +1,20 @@
-//! The scrub patrol of detached volumes: the legs of every mirrored disk
-//! nobody assembles are read and compared now and then, so silent
-//! corruption and unreadable regions are found while another copy still
-//! holds the data.
+//! The scrub patrol: the legs of every mirrored disk are read and compared
+//! now and then, so silent corruption and unreadable regions are found
+//! while another copy still holds the data.
 //!
-//! Heads check the mirrors they assemble themselves (dm-raid `check`, the
-//! agent's `scrub.rs`). A detached volume has no head, so the manager
-//! schedules its scrubs here: [`Cluster::start_scrubs`] starts a scrub on
-//! every mirrored disk of a detached volume whose legs are all active, that
-//! has no resync job, and whose last scrub is older than the interval
-//! (never-scrubbed and oldest-scrubbed first). Its **executor** is the
-//! server of its first leg: that storage agent reads its own chunk in place
-//! and the others over NBD, under their secret export names, and compares
-//! their data areas.
+//! The manager schedules every scrub here, so all of them run under the
+//! same per-disk limit as resyncs: [`Cluster::start_scrubs`] starts a scrub
+//! on every mirrored disk whose legs are all active, that has no resync
+//! job, and whose last scrub is older than the interval (never-scrubbed and
+//! oldest-scrubbed first). How it runs depends on the volume
+//! ([`ScrubMethod`]):
+//! - **attached**: its head runs dm-raid's `check` on the mirror it
+//!   assembled (the agent's `scrub.rs`). md reads every leg and counts the
+//!   sectors whose copies differ; a leg that fails to read is failed by md
+//!   and reported like any dead leg.
+//! - **detached**: nobody assembles it, so the server of its first leg
+//!   reads its own chunk in place and the others over NBD, under their
+//!   secret export names, and compares their data areas (`compare.rs`).
 //!
 //! A scrub reads every leg, so it occupies the disks of all its legs under
 //! the same per-disk limit as resyncs ([`Cluster::running_per_disk`] counts
@@ -22,10 +25,12 @@
 //!
 //! Runs live in memory only. A manager that restarts (or a new leader)
 //! starts them again; a run whose mirrored disk changes (its volume is
-//! attached or deleted, a leg fails or moves, a job appears) stops counting
-//! and is dropped. When it ends, [`Cluster::finish_scrub`] records
-//! [`MirroredDisk::last_scrub_unix_s`] and fails every leg that could not
-//! be read, so it is replaced like any failed leg.
+//! attached, detached or deleted, a leg fails or moves, a job appears)
+//! stops counting and is dropped: a comparison of a detached volume's legs
+//! that a head may have written into, or a head's check of a mirror it no
+//! longer holds, never reports. When it ends, [`Cluster::finish_scrub`]
+//! records [`MirroredDisk::last_scrub_unix_s`] and fails every leg that
+//! could not be read, so it is replaced like any failed leg.
 //!
 //! Like the rest of the model, this reads no clock: the caller passes the
 //! time in.
@@ -36,7 +41,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::recovery::JobState;
 use super::{Changes, Cluster};
-use crate::entities::LegState;
+use crate::entities::{LegState, ServerState};
 use crate::error::ModelError;
 use crate::ids::{DiskId, ServerId, VolumeId};
 
@@ -50,6 +55,17 @@ pub const SCRUB_RUN_MAX_S: u64 = 24 * 3600;
 /// that is shorter, before the next attempt.
 pub const SCRUB_RETRY_S: u64 = 600;
 
+/// How a scrub reads and compares the legs of its mirrored disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScrubMethod {
+    /// The volume is attached: its head runs dm-raid's `check` on the
+    /// mirror it assembled.
+    RaidCheck,
+    /// The volume is detached: the storage agent of its first leg reads
+    /// every leg (its own in place, the others over NBD) and compares them.
+    CompareLegs,
+}
+
 /// One running scrub of a mirrored disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ScrubRun {
@@ -58,8 +74,10 @@ pub struct ScrubRun {
     /// report counts only if its volume, mirrored disk and executor match
     /// the run too.
     pub id: u64,
-    /// The server that reads and compares the legs (its first leg's).
+    /// The server that reads and compares the legs: the volume's head, or
+    /// for a detached volume its first leg's server.
     pub executor: ServerId,
+    pub method: ScrubMethod,
     pub started_unix_s: u64,
 }
 
@@ -98,41 +116,43 @@ impl Cluster {
             .filter(|run| self.scrub_live((volume, mirrored_disk), run))
     }
 
-    /// Whether a mirrored disk may be scrubbed by a storage agent: its
-    /// volume is detached, it has exactly its replicas (no move's extra
-    /// slot), all of them active, and no resync job.
+    /// Whether a mirrored disk may be scrubbed: it has exactly its replicas
+    /// (no move's extra slot), all of them active, and no resync job.
     fn scrubbable(&self, volume: VolumeId, m: u32) -> bool {
         let Some(v) = self.volumes.get(&volume) else {
             return false;
         };
-        v.attachment.is_none()
-            && v.mirrored_disks.get(m as usize).is_some_and(|md| {
-                md.legs.len() == usize::from(v.replicas)
-                    && md.legs.iter().all(|l| l.state == LegState::Active)
-            })
-            && self
-                .repairs
-                .range((volume, m, 0)..=(volume, m, u8::MAX))
-                .next()
-                .is_none()
+        v.mirrored_disks.get(m as usize).is_some_and(|md| {
+            md.legs.len() == usize::from(v.replicas)
+                && md.legs.iter().all(|l| l.state == LegState::Active)
+        }) && self
+            .repairs
+            .range((volume, m, 0)..=(volume, m, u8::MAX))
+            .next()
+            .is_none()
     }
 
-    /// The server that scrubs a mirrored disk: its first leg's.
-    fn scrub_executor(&self, volume: VolumeId, m: u32) -> Option<ServerId> {
-        let leg = self
-            .volumes
-            .get(&volume)?
-            .mirrored_disks
-            .get(m as usize)?
-            .legs
-            .first()?;
-        self.disks.get(&leg.chunk.disk).map(|d| d.server)
+    /// Who scrubs a mirrored disk, and how: an attached volume's head runs
+    /// dm-raid's check, a detached volume's first leg's server compares the
+    /// legs. `None` while that server is failed.
+    fn scrub_executor(&self, volume: VolumeId, m: u32) -> Option<(ServerId, ScrubMethod)> {
+        let v = self.volumes.get(&volume)?;
+        let (server, method) = match &v.attachment {
+            Some(a) => (a.head, ScrubMethod::RaidCheck),
+            None => {
+                let leg = v.mirrored_disks.get(m as usize)?.legs.first()?;
+                let server = self.disks.get(&leg.chunk.disk)?.server;
+                (server, ScrubMethod::CompareLegs)
+            }
+        };
+        (self.servers.get(&server)?.state != ServerState::Failed).then_some((server, method))
     }
 
-    /// Whether a run still stands: its mirrored disk may be scrubbed and
-    /// the run's executor is still the one.
+    /// Whether a run still stands: its mirrored disk may be scrubbed, and
+    /// the same server would run it the same way.
     fn scrub_live(&self, (volume, m): (VolumeId, u32), run: &ScrubRun) -> bool {
-        self.scrubbable(volume, m) && self.scrub_executor(volume, m) == Some(run.executor)
+        self.scrubbable(volume, m)
+            && self.scrub_executor(volume, m) == Some((run.executor, run.method))
     }
 
     /// The disks of a mirrored disk's legs.
@@ -222,8 +242,9 @@ impl Cluster {
         }
     }
 
-    /// Starts the scrubs that are due and fit: mirrored disks of detached
-    /// volumes with all their legs active and no resync job, last scrubbed `interval_s` or more before `now_unix_s` (or never),
+    /// Starts the scrubs that are due and fit: mirrored disks with all their
+    /// legs active and no resync job, last scrubbed `interval_s` or more
+    /// before `now_unix_s` (or never),
     /// oldest first, as long as every disk of their legs takes part in
     /// fewer than `per_disk_limit` running resyncs and scrubs and no queued
     /// resync needs it. Call it after [`Self::start_jobs`], so resyncs
@@ -261,7 +282,6 @@ impl Cluster {
         let mut due: Vec<(Option<u64>, VolumeId, u32)> = self
             .volumes
             .values()
-            .filter(|v| v.attachment.is_none())
             .flat_map(|v| {
                 v.mirrored_disks
                     .iter()
@@ -285,7 +305,7 @@ impl Cluster {
             {
                 continue;
             }
-            let Some(executor) = self.scrub_executor(volume, m) else {
+            let Some((executor, method)) = self.scrub_executor(volume, m) else {
                 continue;
             };
             for d in disks {
@@ -295,6 +315,7 @@ impl Cluster {
             let run = ScrubRun {
                 id: self.scrubs.last_id,
                 executor,
+                method,
                 started_unix_s: now_unix_s,
             };
             self.scrubs.runs.insert((volume, m), run);

@@ -53,3 +53,11 @@ pub fn volume(
     };
     c.create_volume(new, secrets).unwrap().0
 }
+
+/// The ids of the running jobs (the ones a test plays the executor of).
+pub fn running_jobs(c: &Cluster) -> Vec<JobId> {
+    c.jobs()
+        .filter(|j| j.state == JobState::Running)
+        .map(|j| j.id)
+        .collect()
+}

@@ -113,16 +113,17 @@ pub async fn heartbeat(
     if app.recovery.returned(server_id) || failed_for_silence {
         bring_back_legs(&app, server_id, &req.server).await?;
     }
-    // A head's own checks are only reported; the manager's scrubs of
-    // detached volumes end their runs below.
+    // Agents that checked their mirrors on their own timer (before the
+    // manager scheduled every scrub) send no scrub id: an event only. The
+    // manager's scrubs end their runs below.
     for scrub in req.scrubs.iter().filter(|s| s.scrub.is_none()) {
         app.recovery.scrub_finished(&req.server, scrub);
     }
-    let detached_scrubs = req.scrubs.iter().any(|s| s.scrub.is_some());
+    let scheduled_scrubs = req.scrubs.iter().any(|s| s.scrub.is_some());
     if req.wiped_chunks.is_empty()
         && req.failed_legs.is_empty()
         && req.resyncs.is_empty()
-        && !detached_scrubs
+        && !scheduled_scrubs
     {
         let generation = app.manager.read(|c| c.generation())?;
         return Ok(Json(HeartbeatAck { generation }));
@@ -260,8 +261,7 @@ pub async fn heartbeat(
     Ok(Json(HeartbeatAck { generation }))
 }
 
-/// Ends the runs of the detached volumes' scrubs reported (`scrub` set)
-/// by their executor: records the scrub, and fails the legs that could not
+/// Ends the runs of the scrubs reported (`scrub` set) by their executor: records the scrub, and fails the legs that could not
 /// be read (a `scrub_unreadable` event each time), or, for a scrub that
 /// could not be done, lets it be tried again later (`scrub_failed`).
 /// Reports of runs that ended, changed or belong to another executor are
