@@ -33,8 +33,13 @@ use crate::leg_reader::{LegReader, pace};
 
 /// Bytes read and written per step.
 const PIECE: u64 = 1 << 20;
-/// Wait before retrying a copy whose source could not be reached.
-const RETRY: Duration = Duration::from_secs(3);
+/// Wait before retrying a copy whose source could not be reached (short in
+/// unit tests, which give up on purpose).
+const RETRY: Duration = if cfg!(test) {
+    Duration::from_millis(20)
+} else {
+    Duration::from_secs(3)
+};
 /// Attempts before a copy is reported failed (the manager then plans a new
 /// replacement or another source).
 const ATTEMPTS: u32 = 5;
@@ -58,8 +63,28 @@ impl Notifier for () {
 }
 
 struct Running {
+    /// What it copies: the manager may list the same job again with
+    /// another source (the first could not be read), a new copy.
+    spec: CopySpec,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+}
+
+/// Why a copy failed: the source could not be read (the manager picks
+/// another healthy leg), or the local target could not be written (the
+/// manager replaces the target).
+#[derive(Debug)]
+enum CopyError {
+    Source(String),
+    Target(String),
+}
+
+impl std::fmt::Display for CopyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CopyError::Source(e) | CopyError::Target(e) => f.write_str(e),
+        }
+    }
 }
 
 impl Copies {
@@ -74,24 +99,25 @@ impl Copies {
         }
     }
 
-    /// Stops (and waits for) every copy not in `keep`, and forgets reports
-    /// of jobs the manager no longer lists.
+    /// Stops (and waits for) every copy not in `keep` (or listed again
+    /// with another spec), and forgets their reports.
     pub async fn retain(&mut self, keep: &[CopySpec]) {
-        let wanted: Vec<u64> = keep.iter().map(|c| c.job).collect();
         let gone: Vec<u64> = self
             .running
-            .keys()
-            .copied()
-            .filter(|j| !wanted.contains(j))
+            .iter()
+            .filter(|(_, r)| !keep.contains(&r.spec))
+            .map(|(job, _)| *job)
             .collect();
         for job in gone {
             let r = self.running.remove(&job).expect("listed");
             let _ = r.stop.send(true);
             // Waiting (not aborting) guarantees the last write is done.
             let _ = r.task.await;
+            lock(&self.progress).remove(&job);
             tracing::info!(job, "copy stopped");
         }
-        lock(&self.progress).retain(|job, _| wanted.contains(job));
+        let running = &self.running;
+        lock(&self.progress).retain(|job, _| running.contains_key(job));
     }
 
     /// Starts the listed copies that are not running yet. A copy that
@@ -108,29 +134,35 @@ impl Copies {
             let spec = spec.clone();
             let job = spec.job;
             tracing::info!(job, source = %spec.source.server, "copy started");
-            let task = tokio::spawn(async move {
-                let report = match copy_with_retries(&spec, stop_rx, &progress).await {
-                    Ok(true) => ResyncReport {
-                        job,
-                        bytes_done: data_bytes(&spec),
-                        done: true,
-                        error: None,
-                    },
-                    Ok(false) => return, // stopped
-                    Err(e) => {
-                        tracing::error!(job, error = %e, "copy failed");
-                        ResyncReport {
+            let task = tokio::spawn({
+                let spec = spec.clone();
+                async move {
+                    let report = match copy_with_retries(&spec, stop_rx, &progress).await {
+                        Ok(true) => ResyncReport {
                             job,
-                            bytes_done: 0,
-                            done: false,
-                            error: Some(e),
+                            bytes_done: data_bytes(&spec),
+                            done: true,
+                            error: None,
+                            failed_source: None,
+                        },
+                        Ok(false) => return, // stopped
+                        Err(e) => {
+                            tracing::error!(job, error = %e, "copy failed");
+                            ResyncReport {
+                                job,
+                                bytes_done: 0,
+                                done: false,
+                                error: Some(e.to_string()),
+                                failed_source: matches!(e, CopyError::Source(_))
+                                    .then_some(spec.source.chunk),
+                            }
                         }
-                    }
-                };
-                lock(&progress).insert(job, report);
-                ended.notify();
+                    };
+                    lock(&progress).insert(job, report);
+                    ended.notify();
+                }
             });
-            self.running.insert(job, Running { stop, task });
+            self.running.insert(job, Running { spec, stop, task });
         }
     }
 
@@ -149,19 +181,20 @@ fn data_bytes(spec: &CopySpec) -> u64 {
 }
 
 /// Copies, retrying transient errors. Ok(true): done; Ok(false): stopped.
+/// The error says whose it was, the last attempt's.
 async fn copy_with_retries(
     spec: &CopySpec,
     mut stop: watch::Receiver<bool>,
     progress: &Mutex<BTreeMap<u64, ResyncReport>>,
-) -> Result<bool, String> {
+) -> Result<bool, CopyError> {
     let (meta, chunk) = (spec.leg_meta_bytes, spec.chunk_size_bytes);
     if meta >= chunk {
         // Retrying cannot fix this.
-        return Err(format!(
+        return Err(CopyError::Target(format!(
             "bad copy spec: {meta}-byte metadata in a {chunk}-byte chunk"
-        ));
+        )));
     }
-    let mut last = String::new();
+    let mut last = CopyError::Target(String::new());
     for attempt in 1..=ATTEMPTS {
         match copy_once(spec, &mut stop, progress).await {
             Ok(done) => return Ok(done),
@@ -175,24 +208,29 @@ async fn copy_with_retries(
             _ = stop.wait_for(|s| *s) => return Ok(false),
         }
     }
-    Err(format!("gave up after {ATTEMPTS} attempts: {last}"))
+    let gave_up = |e: String| format!("gave up after {ATTEMPTS} attempts: {e}");
+    Err(match last {
+        CopyError::Source(e) => CopyError::Source(gave_up(e)),
+        CopyError::Target(e) => CopyError::Target(gave_up(e)),
+    })
 }
 
 async fn copy_once(
     spec: &CopySpec,
     stop: &mut watch::Receiver<bool>,
     progress: &Mutex<BTreeMap<u64, ResyncReport>>,
-) -> Result<bool, String> {
+) -> Result<bool, CopyError> {
     let meta = spec.leg_meta_bytes;
     let data = data_bytes(spec);
+    let target = CopyError::Target;
     let mut source = LegReader::open(&spec.source, spec.chunk_size_bytes)
         .await
-        .map_err(|e| format!("source: {e}"))?;
+        .map_err(|e| CopyError::Source(format!("source on {}: {e}", spec.source.server)))?;
     let path = PathBuf::from(&spec.target_disk_path);
     let file = std::fs::OpenOptions::new()
         .write(true)
         .open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        .map_err(|e| target(format!("cannot open {}: {e}", path.display())))?;
     let file = Arc::new(file);
     let base = spec.target_offset_bytes + meta;
     let started = Instant::now();
@@ -202,16 +240,19 @@ async fn copy_once(
             return Ok(false);
         }
         let len = PIECE.min(data - done);
-        let buf = source
-            .read(meta + done, len as u32)
-            .await
-            .map_err(|e| format!("reading the source at {}: {e}", meta + done))?;
+        let buf = source.read(meta + done, len as u32).await.map_err(|e| {
+            CopyError::Source(format!(
+                "reading the source on {} at {}: {e}",
+                spec.source.server,
+                meta + done
+            ))
+        })?;
         let f = file.clone();
         let at = base + done;
         tokio::task::spawn_blocking(move || f.write_all_at(&buf, at))
             .await
-            .map_err(|e| format!("write task: {e}"))?
-            .map_err(|e| format!("writing {} at {at}: {e}", path.display()))?;
+            .map_err(|e| target(format!("write task: {e}")))?
+            .map_err(|e| target(format!("writing {} at {at}: {e}", path.display())))?;
         done += len;
         lock(progress).insert(
             spec.job,
@@ -220,6 +261,7 @@ async fn copy_once(
                 bytes_done: done,
                 done: false,
                 error: None,
+                failed_source: None,
             },
         );
         // Stay under the rate.
@@ -230,8 +272,8 @@ async fn copy_once(
     let f = file.clone();
     tokio::task::spawn_blocking(move || f.sync_data())
         .await
-        .map_err(|e| format!("sync task: {e}"))?
-        .map_err(|e| format!("syncing {}: {e}", path.display()))?;
+        .map_err(|e| target(format!("sync task: {e}")))?
+        .map_err(|e| target(format!("syncing {}: {e}", path.display())))?;
     source.close().await;
     tracing::info!(
         job = spec.job,
@@ -307,6 +349,20 @@ mod tests {
         (address, bytes[4 * MIB as usize..8 * MIB as usize].to_vec())
     }
 
+    /// The report of the first copy that ended (done or failed).
+    async fn ended(copies: &Copies) -> ResyncReport {
+        loop {
+            if let Some(r) = copies
+                .reports()
+                .into_iter()
+                .find(|r| r.done || r.error.is_some())
+            {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     #[tokio::test]
     async fn copies_the_data_area_and_leaves_the_metadata_alone() {
         let dir = tempfile::tempdir().unwrap();
@@ -316,16 +372,7 @@ mod tests {
         let mut copies = Copies::new(Default::default(), Arc::new(()));
         let s = spec(address, &target, 0);
         copies.start(std::slice::from_ref(&s));
-        let report = loop {
-            if let Some(r) = copies
-                .reports()
-                .into_iter()
-                .find(|r| r.done || r.error.is_some())
-            {
-                break r;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let report = ended(&copies).await;
         assert!(report.done, "{report:?}");
         assert_eq!(report.bytes_done, 3 * MIB);
         let written = std::fs::read(&target).unwrap();
@@ -362,6 +409,53 @@ mod tests {
         );
     }
 
+    /// A source that cannot be reached is reported as the source's fault,
+    /// naming its chunk; listed again with another source, the same job is
+    /// a new copy, which completes.
+    #[tokio::test]
+    async fn an_unreachable_source_is_named_and_another_one_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, vec![0u8; 6 * MIB as usize]).unwrap();
+        let dead = spec("127.0.0.1:1".into(), &target, 0);
+        let mut copies = Copies::new(Default::default(), Arc::new(()));
+        copies.start(std::slice::from_ref(&dead));
+        let report = ended(&copies).await;
+        assert_eq!(report.failed_source, Some(dead.source.chunk), "{report:?}");
+        assert!(report.error.unwrap().contains("source on src"));
+        // Still listed as it was: not started again.
+        copies.retain(std::slice::from_ref(&dead)).await;
+        copies.start(std::slice::from_ref(&dead));
+        assert!(copies.reports()[0].error.is_some());
+        // The manager lists it with a healthy leg: a new copy.
+        let (address, chunk) = source(dir.path()).await;
+        let mut live = spec(address, &target, 0);
+        live.source.chunk.index = 2;
+        copies.retain(std::slice::from_ref(&live)).await;
+        assert!(copies.reports().is_empty(), "the old verdict is gone");
+        copies.start(std::slice::from_ref(&live));
+        let report = ended(&copies).await;
+        assert!(report.done && report.failed_source.is_none(), "{report:?}");
+        let written = std::fs::read(&target).unwrap();
+        assert_eq!(
+            &written[2 * MIB as usize..5 * MIB as usize],
+            &chunk[MIB as usize..]
+        );
+    }
+
+    /// A target that cannot be written is the target's fault.
+    #[tokio::test]
+    async fn an_unwritable_target_is_not_blamed_on_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let (address, _) = source(dir.path()).await;
+        let missing = dir.path().join("no-such-disk");
+        let mut copies = Copies::new(Default::default(), Arc::new(()));
+        copies.start(&[spec(address, &missing, 0)]);
+        let report = ended(&copies).await;
+        assert_eq!(report.failed_source, None, "{report:?}");
+        assert!(report.error.unwrap().contains("cannot open"));
+    }
+
     #[tokio::test]
     async fn a_bad_spec_is_reported_at_once() {
         let dir = tempfile::tempdir().unwrap();
@@ -371,12 +465,7 @@ mod tests {
         s.chunk_size_bytes = MIB; // no data area
         let mut copies = Copies::new(Default::default(), Arc::new(()));
         copies.start(&[s]);
-        let report = loop {
-            if let Some(r) = copies.reports().into_iter().find(|r| r.error.is_some()) {
-                break r;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let report = ended(&copies).await;
         assert!(!report.done);
         assert!(report.error.unwrap().contains("bad copy spec"));
     }

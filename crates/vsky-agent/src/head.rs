@@ -750,6 +750,7 @@ impl Head {
                             bytes_done: data_bytes,
                             done: true,
                             error: None,
+                            failed_source: None,
                         }
                     }
                     Some(LegHealth::Syncing | LegHealth::InSync) => ResyncReport {
@@ -757,6 +758,7 @@ impl Head {
                         bytes_done: (status.sync_ratio() * data_bytes as f64) as u64,
                         done: false,
                         error: None,
+                        failed_source: None,
                     },
                     // Dead: reported as a failed leg, which fails the job.
                     _ => continue,

@@ -422,6 +422,12 @@ pub struct ResyncReport {
     /// the job and plans a new replacement.
     #[serde(default)]
     pub error: Option<String>,
+    /// Set with `error` when a copy could not read its source leg (it was
+    /// unreachable, or returned read errors): that leg's chunk. The
+    /// manager then starts the copy again from another healthy leg,
+    /// keeping the target, instead of replacing the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_source: Option<ChunkId>,
 }
 
 /// What an agent observed since its last heartbeat.
@@ -760,7 +766,8 @@ pub struct Event {
     pub severity: String,
     /// Stable kind: `server_failed`, `server_silent`, `leg_failed`,
     /// `rebuild_queued`, `rebuild_started`, `rebuild_done`,
-    /// `rebuild_failed`, `disk_failed`, `disk_draining`,
+    /// `rebuild_failed`, `rebuild_source_failed`, `disk_failed`,
+    /// `disk_draining`,
     /// `disk_drain_stopped`, `server_draining`, `server_drain_stopped`,
     /// `rebalance_planned`, `volume_created`, …
     pub kind: String,

@@ -251,6 +251,7 @@ fn play_executors(env: &Env, fail: Arc<std::sync::atomic::AtomicBool>) {
                         bytes_done: if failing { 0 } else { r.bytes_total },
                         done: !failing,
                         error: failing.then(|| "test: copy refused".to_string()),
+                        failed_source: None,
                     };
                     let _ = client
                         .heartbeat(&Heartbeat {

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::agents::{KeepAlive, beat, eventually, kinds, resync_beat};
+use common::agents::{KeepAlive, beat, count_kind, eventually, kinds, resync_beat};
 use common::*;
 use vsky_api::Client;
 use vsky_api::types::{
@@ -377,14 +377,7 @@ async fn an_attached_volumes_head_checks_its_mirrors_when_the_manager_asks() {
     // Sent again with the next heartbeat (the agent cannot know it
     // arrived): not counted twice.
     agent.heartbeat(&verdict).await.unwrap();
-    assert_eq!(
-        kinds(&admin)
-            .await
-            .iter()
-            .filter(|k| *k == "scrub_mismatch")
-            .count(),
-        1
-    );
+    assert_eq!(count_kind(&admin, "scrub_mismatch").await, 1);
 
     // A check that cannot run (the kernel is resyncing the mirror) is
     // reported failed: an event, and the run ends.
@@ -415,4 +408,75 @@ async fn an_attached_volumes_head_checks_its_mirrors_when_the_manager_asks() {
         d.scrubs.iter().all(|s| s.scrub != other.scrub),
         "the failed run ended"
     );
+}
+
+/// One rebuild, from the list of all of them.
+async fn rebuild(admin: &Client, id: u64) -> vsky_api::types::Rebuild {
+    admin
+        .rebuilds(true)
+        .await
+        .unwrap()
+        .rebuilds
+        .into_iter()
+        .find(|r| r.id == id)
+        .unwrap_or_else(|| panic!("rebuild {id} listed"))
+}
+
+/// A storage agent's copy that cannot read its source says so: the job
+/// starts again from another healthy leg onto the same new chunk (event
+/// `rebuild_source_failed`), a late report about the old source changes
+/// nothing, and the copy from the new source completes the rebuild.
+#[tokio::test]
+async fn a_copy_whose_source_cannot_be_read_starts_again_from_another_leg() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
+    let (admin, agent) = (m.admin(), m.client(AGENT_TOKEN));
+    make_pool(&admin, 5, 1, 16, 0).await;
+    let mut req = volume("v", 7 * MIB);
+    req.replicas = Some(3);
+    let v = admin.create_volume(&req).await.unwrap();
+    let _alive = KeepAlive::start(agent.clone(), (0..5).map(|s| format!("s{s}")).collect());
+    admin.fail_disk(v.layout[0].legs[0].disk_id).await.unwrap();
+    let first = running_rebuild(&admin, "the copy to start").await;
+    let executor = first.executor.clone().expect("a storage agent copies");
+    let from = first.source.clone().expect("a chosen source");
+    let chunk = |l: &vsky_api::types::ChunkLocation| ChunkId {
+        disk_id: l.disk_id,
+        index: l.chunk_index,
+    };
+    let report = |source: &vsky_api::types::ChunkLocation| {
+        let mut b = beat(&executor);
+        b.resyncs = vec![vsky_api::types::ResyncReport {
+            job: first.id,
+            bytes_done: 0,
+            done: false,
+            error: Some("gave up after 5 attempts: source unreachable".into()),
+            failed_source: Some(chunk(source)),
+        }];
+        b
+    };
+    agent.heartbeat(&report(&from)).await.unwrap();
+    let again = eventually("the copy to start again from another leg", async || {
+        let r = rebuild(&admin, first.id).await;
+        (r.state == RebuildState::Running && r.source.as_ref() != Some(&from)).then_some(r)
+    })
+    .await;
+    assert_eq!(again.target, first.target, "same new chunk");
+    assert_eq!(again.executor.as_deref(), Some(executor.as_str()));
+    assert_eq!(count_kind(&admin, "rebuild_source_failed").await, 1);
+    // The same report again (a lost acknowledgement): stale now.
+    agent.heartbeat(&report(&from)).await.unwrap();
+    let still = rebuild(&admin, first.id).await;
+    assert_eq!(
+        (still.state, still.source),
+        (RebuildState::Running, again.source.clone())
+    );
+    assert_eq!(count_kind(&admin, "rebuild_source_failed").await, 1);
+    agent
+        .heartbeat(&resync_beat(&executor, first.id, again.bytes_total, true))
+        .await
+        .unwrap();
+    let done = rebuild(&admin, first.id).await;
+    assert_eq!(done.state, RebuildState::Done);
+    assert!(kinds(&admin).await.contains(&"rebuild_done".to_string()));
 }

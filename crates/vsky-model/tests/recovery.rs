@@ -112,19 +112,22 @@ fn fewest_healthy_legs_go_first() {
     );
 }
 
+/// `servers` servers of one disk and a 3-way volume "v" of one mirrored
+/// disk whose first leg's disk failed.
+fn three_way_with_a_failed_leg(servers: usize, secrets: &mut CountingSecrets) -> Cluster {
+    let mut c = pool(servers, 1);
+    volume(&mut c, "v", 1, 3, secrets);
+    let first = c.volume_by_name("v").unwrap().mirrored_disks[0].legs[0].chunk;
+    c.fail_disk(first.disk).unwrap();
+    c
+}
+
 /// A failing target fails its job and the leg gets another replacement; a
 /// failing source sends the job back to the queue to copy from elsewhere.
 #[test]
 fn second_failures_during_a_resync() {
-    let mut c = pool(6, 1);
     let mut secrets = CountingSecrets::default();
-    volume(&mut c, "v", 1, 3, &mut secrets);
-    let legs: Vec<ChunkRef> = c.volume_by_name("v").unwrap().mirrored_disks[0]
-        .legs
-        .iter()
-        .map(|l| l.chunk)
-        .collect();
-    c.fail_disk(legs[0].disk).unwrap();
+    let mut c = three_way_with_a_failed_leg(6, &mut secrets);
     c.plan_repairs(&mut secrets);
     c.start_jobs(1);
     let job = c
@@ -201,5 +204,50 @@ fn replacements_avoid_busy_disks_and_start_together() {
     assert!(targets.is_disjoint(&sources), "no target is a source");
     let (started, _) = c.start_jobs(1);
     assert_eq!(started.len(), jobs.len(), "all start in the first round");
+    check(&c, 1);
+}
+
+/// A copy whose source cannot be read starts again from another healthy
+/// leg, onto the same target; with every healthy leg tried, from any of
+/// them once more. The failed sources survive a reload.
+#[test]
+fn a_copy_whose_source_fails_starts_again_from_another_leg() {
+    let mut secrets = CountingSecrets::default();
+    let mut c = three_way_with_a_failed_leg(5, &mut secrets);
+    let (jobs, _) = c.plan_repairs(&mut secrets);
+    assert_eq!(jobs.len(), 1);
+    let id = jobs[0];
+    assert_eq!(
+        c.copy_source_failed(id, "x").unwrap_err().kind(),
+        ErrorKind::Conflict,
+        "a queued job reads nothing yet"
+    );
+    c.start_jobs(1);
+    let first = c.job(id).unwrap().source.expect("a source");
+    let target = c.job(id).unwrap().target;
+    let (changes, another) = c.copy_source_failed(id, "source unreachable").unwrap();
+    assert!(another && changes.jobs.contains(&id));
+    let job = c.job(id).unwrap();
+    assert_eq!(
+        (job.state, job.source, job.target),
+        (JobState::Queued, None, target)
+    );
+    assert_eq!(job.failed_sources, vec![first]);
+    check(&c, 1);
+    c.start_jobs(1);
+    let second = c.job(id).unwrap().source.expect("a source");
+    assert_ne!(second, first, "the other healthy leg");
+    // Both healthy legs failed a copy: either is tried again.
+    let (_, another) = c.copy_source_failed(id, "source unreachable").unwrap();
+    assert!(!another);
+    let reloaded = Cluster::load(c.records()).unwrap();
+    assert_eq!(
+        reloaded.job(id).unwrap().failed_sources,
+        vec![first, second]
+    );
+    c.start_jobs(1);
+    assert!(c.job(id).unwrap().source.is_some(), "not stuck");
+    c.finish_job(id).unwrap();
+    assert_eq!(c.job(id).unwrap().error, None, "done clears the last error");
     check(&c, 1);
 }

@@ -23,6 +23,7 @@ pub fn resync_beat(server: &str, job: u64, bytes_done: u64, done: bool) -> Heart
         bytes_done,
         done,
         error: None,
+        failed_source: None,
     }];
     b
 }
@@ -75,4 +76,9 @@ pub async fn kinds(admin: &Client) -> Vec<String> {
         .into_iter()
         .map(|e| e.kind)
         .collect()
+}
+
+/// How many events of `kind` were logged so far.
+pub async fn count_kind(admin: &Client, kind: &str) -> usize {
+    kinds(admin).await.iter().filter(|k| *k == kind).count()
 }

@@ -507,6 +507,7 @@ impl Cluster {
                 bytes_done: 0,
                 state: JobState::Queued,
                 error: None,
+                failed_sources: Vec::new(),
             },
         );
         self.repairs.insert((a.volume, a.mirrored_disk, slot), id);

@@ -88,6 +88,11 @@ pub struct ResyncJob {
     pub bytes_done: u64,
     pub state: JobState,
     pub error: Option<String>,
+    /// Sources a storage agent's copy could not read (unreachable, or
+    /// read errors): passed over when the job starts again, as long as
+    /// another healthy leg remains.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_sources: Vec<ChunkRef>,
 }
 
 impl ResyncJob {
@@ -366,6 +371,7 @@ impl Cluster {
             bytes_done: 0,
             state: JobState::Queued,
             error: None,
+            failed_sources: Vec::new(),
         };
         self.jobs.insert(id, job);
         self.repairs.insert((volume, m, l), id);
@@ -472,10 +478,20 @@ impl Cluster {
                         return true;
                     }
                     let md = &self.volumes[&job.volume].mirrored_disks[job.mirrored_disk as usize];
+                    // Sources that failed a copy are passed over while
+                    // another healthy leg remains.
+                    let avoid: &[ChunkRef] = if md.legs.iter().any(|l| {
+                        l.state == LegState::Active && !job.failed_sources.contains(&l.chunk)
+                    }) {
+                        &job.failed_sources
+                    } else {
+                        &[]
+                    };
                     let source = md
                         .legs
                         .iter()
                         .filter(|leg| leg.state == LegState::Active && free(leg.chunk.disk, &busy))
+                        .filter(|leg| !avoid.contains(&leg.chunk))
                         .filter(|leg| {
                             let s = server_of(leg.chunk.disk);
                             !balanced || sending.get(&s).copied().unwrap_or(0) < half(s)
@@ -620,6 +636,44 @@ impl Cluster {
             self.jobs.remove(&old);
             changes.jobs.insert(old);
         }
+    }
+
+    /// The storage agent running a copy could not read its source (it was
+    /// unreachable, or returned read errors) for longer than its retries:
+    /// the job goes back to the queue with its target, and starts again
+    /// from another healthy leg when there is one (the failed source is
+    /// remembered in [`ResyncJob::failed_sources`]); with none, from the
+    /// same one once more. Returns whether another healthy leg exists.
+    /// The caller checks that the report comes from the job's executor.
+    pub fn copy_source_failed(
+        &mut self,
+        id: JobId,
+        reason: &str,
+    ) -> Result<(Changes, bool), ModelError> {
+        let job = self.running_job(id)?;
+        let Some(source) = job.source else {
+            return Err(ModelError::Conflict(format!(
+                "{id} copies from no chosen source (a head resyncs it)"
+            )));
+        };
+        let md = &self.volumes[&job.volume].mirrored_disks[job.mirrored_disk as usize];
+        let mut failed = job.failed_sources.clone();
+        if !failed.contains(&source) {
+            failed.push(source);
+        }
+        let another = md
+            .legs
+            .iter()
+            .any(|l| l.state == LegState::Active && !failed.contains(&l.chunk));
+        let job = self.jobs.get_mut(&id).expect("checked");
+        job.failed_sources = failed;
+        job.source = None;
+        job.state = JobState::Queued;
+        job.bytes_done = 0;
+        job.error = Some(reason.to_string());
+        let mut changes = Changes::default();
+        changes.jobs.insert(id);
+        Ok((self.commit(changes), another))
     }
 
     /// A disk stopped serving: jobs writing to it fail (their leg is

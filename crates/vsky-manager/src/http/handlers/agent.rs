@@ -195,7 +195,36 @@ pub async fn heartbeat(
                 let volume = c.job(job).map(|j| c.volume_label(j.volume)).unwrap_or_default();
                 let kind = c.job(job).map(|j| j.kind).unwrap_or_default();
                 let is_move = matches!(kind, vsky_model::JobKind::Move { .. });
-                let ch = if let Some(error) = &r.error {
+                let source = c.job(job).ok().and_then(|j| j.source);
+                let ch = if let (Some(error), Some(failed)) = (&r.error, r.failed_source) {
+                    // The copy could not read its source: another healthy
+                    // leg is tried, the target stays. A report about an
+                    // earlier attempt's source is stale.
+                    if source.map(|s| (s.disk.0, s.index)) != Some((failed.disk_id, failed.index)) {
+                        tracing::debug!(server = %server, %job, "stale copy-source report dropped");
+                        continue;
+                    }
+                    let (ch, another) = c.copy_source_failed(job, error)?;
+                    let next = if another {
+                        "it starts again from another healthy leg, onto the same new chunk"
+                    } else {
+                        "no other healthy leg holds the data: it tries the same one again"
+                    };
+                    events.push(
+                        NewEvent::new(
+                            Severity::Warning,
+                            "rebuild_source_failed",
+                            format!(
+                                "{job} on {server} could not read its source (disk {} chunk {}): {error}; {next}",
+                                failed.disk_id, failed.index
+                            ),
+                        )
+                        .server(&server)
+                        .volume(&volume)
+                        .rebuild(job.0),
+                    );
+                    ch
+                } else if let Some(error) = &r.error {
                     let next = match kind {
                         vsky_model::JobKind::Repair => "the leg gets a new replacement",
                         vsky_model::JobKind::Move { reason: vsky_model::MoveReason::Drain, .. } => {
