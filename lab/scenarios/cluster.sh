@@ -422,6 +422,9 @@ scenario_attach() {
 # (mirrored disk, leg) slots as the first volume's failed legs.
 scenario_kill_server() {
   local v=vk dev=/dev/mapper/vsky-vk victim start n took victim2 n2 took2
+  # Long enough that the failed legs are held, not replaced, however slow
+  # the write (replacing them is cluster-rebuild's business).
+  GRACE=60s
   cluster_up 3 64
   vsky volume create $v --size 48MiB --replicas 2 >/dev/null || fail "vsky volume create failed"
   attach_wait $v
@@ -731,10 +734,14 @@ leg_location() {
 # mirrors of an attached volume (dm-raid `check`); a clean mirror is
 # reported clean, and after 64 KiB of one leg's data are overwritten behind
 # the mirror's back, the next scrub reports the mismatch (event and metric).
+# Then a rebuild that needs the check's disks preempts it: the head
+# interrupts the running check (dm-raid `idle`), the mirror stays whole.
+# Checks and copies run at 1 MiB/s here, so a check lasts about 7 s.
 scenario_scrub() {
-  local v=vs dev=/dev/mapper/vsky-vs loc path off mism
+  local v=vs dev=/dev/mapper/vsky-vs loc path off mism p=vp mine z
   MANAGER_SCRUB_INTERVAL=3s
-  cluster_up 2 64
+  RESYNC_RATE=1MiB
+  cluster_up 3 64
   vsky volume create $v --size 7MiB --replicas 2 >/dev/null || fail "vsky volume create failed"
   attach_wait $v
   dd if=/dev/urandom of=/tmp/pat bs=1M count=7 2>/dev/null
@@ -759,10 +766,30 @@ scenario_scrub() {
   say "$(echo "$mism" | cut -c1-200)"
   wget -q -O - --header "Authorization: Bearer $(cat "$W/admin.token")" http://127.0.0.1:8080/metrics \
     | grep -q '^vsky_scrub_mismatches [1-9]' || fail "the scrub_mismatches metric did not count it"
+
+  # A detached volume on the third disk and one of $v's: a repair of its
+  # leg on the third disk reads and writes exactly $v's two disks.
+  vsky volume create $p --size 7MiB --replicas 2 >/dev/null || fail "vsky volume create $p failed"
+  mine=" $(legs $v | awk '{print $5}' | tr '\n' ' ')"
+  z=$(legs $p | awk -v mine="$mine" 'index(mine, " " $5 " ") == 0 {print $5}')
+  [ -n "$z" ] || fail "$p has no leg off $v's disks ($(legs $p | tr '\n' ';')): cannot set up the preemption"
+  legs $v >"$W/legs-before"
+  wait_for 60 "a dm-raid check of $v to run" mirror_checking
+  vsky disk fail "$z" >/dev/null || fail "vsky disk fail $z failed"
+  say "disk $z (a leg of $p) failed while the head checked $v: its repair needs $v's disks"
+  wait_for 20 "the head to interrupt the check" grep -q "scrub interrupted" "$W/head.log"
+  wait_for 20 "$v's mirror to be idle with both legs in sync" mirrors_in_sync
+  wait_for 120 "the repair of $p" no_rebuild_active
+  # Preempted, not degraded: $v kept its legs, and nothing rebuilt them.
+  legs $v | cmp -s - "$W/legs-before" || fail "$v's legs changed: $(legs $v | tr '\n' ';')"
+  ! vsky rebuild list --all | grep -q " $v " || fail "$v was rebuilt: $(vsky rebuild list --all | grep " $v ")"
+  say "the check of $v was interrupted for $p's repair (dm-raid idle), $v stayed in sync, $p was repaired"
   detach_wait $v
   cluster_down
-  echo "LAB-DETAIL scrub patrol (manager --scrub-interval 3s, under the per-disk limit): the head ran dm-raid checks when the manager asked; identical legs reported clean; after 64 KiB of one leg were overwritten on its disk, the next scrub reported the mismatch (event scrub_mismatch, metric vsky_scrub_mismatches)"
+  echo "LAB-DETAIL scrub patrol (manager --scrub-interval 3s, under the per-disk limit): the head ran dm-raid checks when the manager asked; identical legs reported clean; after 64 KiB of one leg were overwritten on its disk, the next scrub reported the mismatch (event scrub_mismatch, metric vsky_scrub_mismatches); a repair needing the checked mirror's disks preempted the running check (dm-raid idle), the mirror stayed in sync"
 }
+mirror_checking() { dmsetup status | grep " raid raid1 " | grep -q " check "; }
+no_rebuild_active() { vsky rebuild list | grep -q '^No rebuilds'; }
 
 leads() { [ "$(role_of "$1")" = leader ]; }
 rebuild_running() { vsky rebuild list | awk '$4 == "running" {f = 1} END {exit !f}'; }

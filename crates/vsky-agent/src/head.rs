@@ -861,15 +861,16 @@ impl Head {
         Ok(true)
     }
 
-    /// Interrupts a running check of mirror `k` (dm-raid's `idle`). Does
-    /// nothing if md is doing anything else: `idle` would interrupt a
-    /// rebuild too.
-    pub fn stop_scrub(&self, volume: &str, k: u32) -> Result<(), HeadError> {
+    /// Interrupts a running check of mirror `k` (dm-raid's `idle`);
+    /// whether one ran. Does nothing if md is doing anything else: `idle`
+    /// would interrupt a rebuild too.
+    pub fn stop_scrub(&self, volume: &str, k: u32) -> Result<bool, HeadError> {
         let name = VolumeName::new(volume)?.raid(k);
-        if self.dp.raid1_status(&name)?.sync_action == SyncAction::Check {
-            self.dp.raid1_message(&name, "idle")?;
+        if self.dp.raid1_status(&name)?.sync_action != SyncAction::Check {
+            return Ok(false);
         }
-        Ok(())
+        self.dp.raid1_message(&name, "idle")?;
+        Ok(true)
     }
 
     /// A running scrub's state: `None` while md is still checking, then the

@@ -37,8 +37,9 @@ pub trait MirrorCheck {
     fn start_scrub(&self, volume: &str, k: u32) -> Result<bool, HeadError>;
     /// `None` while the check runs, then the mismatched sectors.
     fn scrub_result(&self, volume: &str, k: u32) -> Result<Option<u64>, HeadError>;
-    /// Interrupts a running check (nothing else md may be doing).
-    fn stop_scrub(&self, volume: &str, k: u32) -> Result<(), HeadError>;
+    /// Interrupts a running check (nothing else md may be doing); whether
+    /// one ran.
+    fn stop_scrub(&self, volume: &str, k: u32) -> Result<bool, HeadError>;
 }
 
 impl MirrorCheck for Head {
@@ -48,7 +49,7 @@ impl MirrorCheck for Head {
     fn scrub_result(&self, volume: &str, k: u32) -> Result<Option<u64>, HeadError> {
         Head::scrub_result(self, volume, k)
     }
-    fn stop_scrub(&self, volume: &str, k: u32) -> Result<(), HeadError> {
+    fn stop_scrub(&self, volume: &str, k: u32) -> Result<bool, HeadError> {
         Head::stop_scrub(self, volume, k)
     }
 }
@@ -90,7 +91,20 @@ impl Checks {
                 continue; // detached meanwhile: the check went with the mirror
             }
             match head.stop_scrub(&volume, k) {
-                Ok(()) => tracing::info!(scrub = id, volume, mirrored_disk = k, "scrub stopped"),
+                Ok(true) => {
+                    tracing::info!(
+                        scrub = id,
+                        volume,
+                        mirrored_disk = k,
+                        "scrub interrupted (dm-raid idle)"
+                    )
+                }
+                Ok(false) => tracing::info!(
+                    scrub = id,
+                    volume,
+                    mirrored_disk = k,
+                    "scrub no longer running"
+                ),
                 Err(e) => {
                     tracing::warn!(scrub = id, volume, mirrored_disk = k, error = %e, "cannot stop a scrub")
                 }
@@ -252,9 +266,9 @@ mod tests {
             }
             Ok(Some(self.mismatches))
         }
-        fn stop_scrub(&self, volume: &str, k: u32) -> Result<(), HeadError> {
+        fn stop_scrub(&self, volume: &str, k: u32) -> Result<bool, HeadError> {
             self.stopped.borrow_mut().push((volume.to_string(), k));
-            Ok(())
+            Ok(true)
         }
     }
 
