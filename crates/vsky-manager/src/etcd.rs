@@ -27,6 +27,9 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
+// The rustls that ureq runs on (the workspace has one), to read its TLS
+// failures.
+use tokio_rustls::rustls;
 use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
 
 /// The largest answer we read (a full store range page is far smaller).
@@ -118,11 +121,14 @@ impl EtcdConfig {
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EtcdError {
-    /// No member could be reached, or the exchange broke.
-    #[error(
-        "cannot reach etcd ({endpoints}): {detail}; check --store and that a quorum of etcd members is up"
-    )]
-    Unreachable { endpoints: String, detail: String },
+    /// No member could be reached, or the exchange broke (including a
+    /// failed TLS handshake, whose `hint` then names the TLS options).
+    #[error("cannot reach etcd ({endpoints}): {detail}; {hint}")]
+    Unreachable {
+        endpoints: String,
+        detail: String,
+        hint: &'static str,
+    },
     /// A member answered with an error.
     #[error("etcd at {endpoint} refused the request: {message}{hint}")]
     Server {
@@ -318,6 +324,81 @@ fn never_sent(e: &ureq::Error) -> bool {
     }
 }
 
+/// What to do when no member answers and TLS is not the reason.
+const UNREACHABLE_HINT: &str = "check --store and that a quorum of etcd members is up";
+
+/// The TLS failure behind a transport error, if that is what it is:
+/// rustls reports a certificate it refuses, and the alert a member sends
+/// when it refuses ours, inside an `io::Error`.
+fn tls_failure(e: &ureq::Error) -> Option<&rustls::Error> {
+    match e {
+        ureq::Error::Rustls(r) => Some(r),
+        ureq::Error::Io(io) => io.get_ref()?.downcast_ref::<rustls::Error>(),
+        _ => None,
+    }
+}
+
+/// What to do about a TLS failure, in terms of the options that fix it:
+/// these are configuration mistakes, and the generic "is a quorum up?"
+/// would send the operator to look at the wrong thing.
+fn tls_hint(e: &rustls::Error, ca_file: bool, client_cert: bool) -> &'static str {
+    use rustls::AlertDescription as Alert;
+    match e {
+        rustls::Error::InvalidCertificate(_) if !ca_file => {
+            "the etcd member's certificate is not signed by a CA this host trusts: give --etcd-ca-file, the CA that signed etcd's --cert-file"
+        }
+        rustls::Error::InvalidCertificate(_) => {
+            "the etcd member's certificate is not trusted: --etcd-ca-file must hold the CA that signed etcd's --cert-file, and that certificate must name the host in --store and be valid now"
+        }
+        // Alerts a member sends when it refuses our certificate (Go's TLS
+        // sends bad_certificate; newer Go certificate_required).
+        rustls::Error::AlertReceived(
+            Alert::BadCertificate
+            | Alert::CertificateRequired
+            | Alert::UnknownCA
+            | Alert::CertificateUnknown
+            | Alert::CertificateExpired
+            | Alert::CertificateRevoked
+            | Alert::UnsupportedCertificate
+            | Alert::AccessDenied,
+        ) => {
+            if client_cert {
+                "etcd refused the client certificate in --etcd-cert-file: it must be signed by a CA in etcd's --trusted-ca-file, allow client authentication and be valid now"
+            } else {
+                "etcd requires a client certificate (it runs with --client-cert-auth): give --etcd-cert-file and --etcd-key-file"
+            }
+        }
+        _ => {
+            "check that the etcd members serve TLS on these ports (etcd's --cert-file and --key-file), and --etcd-ca-file, --etcd-cert-file and --etcd-key-file"
+        }
+    }
+}
+
+/// A connection the member closed under us. Over TLS 1.3 this is how a
+/// refused client certificate often shows: the client's side of the
+/// handshake ends when it sends its certificate, so it writes the request
+/// at once, and the member's close after its alert breaks that write.
+fn closed_by_peer(e: &ureq::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(e, ureq::Error::Io(io) if matches!(
+        io.kind(),
+        ErrorKind::BrokenPipe
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::UnexpectedEof
+    ))
+}
+
+/// What to do when a TLS member closed the connection: the certificate
+/// the member may have refused, or the usual check.
+fn closed_tls_hint(client_cert: bool) -> &'static str {
+    if client_cert {
+        "the etcd member closed the TLS connection: if it refused the client certificate in --etcd-cert-file, that must be signed by a CA in etcd's --trusted-ca-file, allow client authentication and be valid now; if not, check --store and that a quorum of etcd members is up"
+    } else {
+        "the etcd member closed the TLS connection: if etcd runs with --client-cert-auth, give --etcd-cert-file and --etcd-key-file; if not, check --store and that a quorum of etcd members is up"
+    }
+}
+
 /// Whether a request may go to another member after a failure.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Retry {
@@ -333,6 +414,10 @@ pub struct EtcdClient {
     /// The member that answered last; requests start there.
     current: AtomicUsize,
     credentials: Option<(String, String)>,
+    /// Whether --etcd-ca-file and --etcd-cert-file were given, to say what
+    /// to do about a TLS failure.
+    has_ca_file: bool,
+    has_client_cert: bool,
     /// The auth token from `/v3/auth/authenticate` (simple tokens expire
     /// after etcd's `--auth-token-ttl`; a refusal refreshes it once).
     token: Mutex<Option<String>>,
@@ -446,9 +531,30 @@ impl EtcdClient {
             endpoints: config.endpoints.clone(),
             current: AtomicUsize::new(0),
             credentials,
+            has_ca_file: config.ca_file.is_some(),
+            has_client_cert: config.cert_file.is_some(),
             token: Mutex::new(None),
             timeout: config.timeout,
         })
+    }
+
+    /// The error for a request `endpoints` gave no answer to.
+    fn unreachable(&self, endpoints: &str, e: &ureq::Error) -> EtcdError {
+        let (detail, hint) = match tls_failure(e) {
+            Some(tls) => (
+                format!("TLS handshake failed: {tls}"),
+                tls_hint(tls, self.has_ca_file, self.has_client_cert),
+            ),
+            None if endpoints.starts_with("https://") && closed_by_peer(e) => {
+                (e.to_string(), closed_tls_hint(self.has_client_cert))
+            }
+            None => (e.to_string(), UNREACHABLE_HINT),
+        };
+        EtcdError::Unreachable {
+            endpoints: endpoints.to_string(),
+            detail,
+            hint,
+        }
     }
 
     pub fn endpoints(&self) -> String {
@@ -493,12 +599,7 @@ impl EtcdClient {
         let body = json!({"name": user, "password": password});
         let answer = match self.exchange(endpoint, "/v3/auth/authenticate", &body, None, timeout) {
             Ok(a) => a,
-            Err(e) => {
-                return Err(EtcdError::Unreachable {
-                    endpoints: endpoint.to_string(),
-                    detail: e.to_string(),
-                });
-            }
+            Err(e) => return Err(self.unreachable(endpoint, &e)),
         };
         let v = parse_answer(endpoint, answer)?;
         let token = v["token"].as_str().unwrap_or_default().to_string();
@@ -565,10 +666,7 @@ impl EtcdClient {
                     return result;
                 }
                 Err(e) => {
-                    let err = EtcdError::Unreachable {
-                        endpoints: endpoint.clone(),
-                        detail: e.to_string(),
-                    };
+                    let err = self.unreachable(endpoint, &e);
                     if retry == Retry::NeverSent && !never_sent(&e) {
                         return Err(err);
                     }
@@ -577,9 +675,10 @@ impl EtcdClient {
             }
         }
         Err(match last {
-            Some(EtcdError::Unreachable { detail, .. }) => EtcdError::Unreachable {
+            Some(EtcdError::Unreachable { detail, hint, .. }) => EtcdError::Unreachable {
                 endpoints: self.endpoints(),
                 detail,
+                hint,
             },
             Some(other) => other,
             None => EtcdError::Config("no etcd endpoint given".into()),
@@ -820,6 +919,29 @@ mod tests {
         assert!(matches!(EtcdClient::new(&c), Err(EtcdError::Config(_))));
         c.password_file = Some("/nonexistent/password".into());
         assert!(matches!(EtcdClient::new(&c), Err(EtcdError::Config(_))));
+    }
+
+    #[test]
+    fn tls_failures_name_the_options_that_fix_them() {
+        let io = |e: rustls::Error| {
+            ureq::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        };
+        let untrusted = io(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ));
+        let tls = tls_failure(&untrusted).expect("a TLS failure");
+        assert!(tls_hint(tls, true, true).contains("--etcd-ca-file"));
+        let refused = io(rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadCertificate,
+        ));
+        let tls = tls_failure(&refused).expect("a TLS failure");
+        assert!(tls_hint(tls, true, false).contains("--etcd-cert-file and --etcd-key-file"));
+        assert!(tls_hint(tls, true, true).contains("--trusted-ca-file"));
+        let refused = ureq::Error::Io(std::io::ErrorKind::ConnectionRefused.into());
+        assert!(tls_failure(&refused).is_none() && !closed_by_peer(&refused));
+        let closed = ureq::Error::Io(std::io::ErrorKind::BrokenPipe.into());
+        assert!(closed_by_peer(&closed));
+        assert!(closed_tls_hint(false).contains("--etcd-cert-file and --etcd-key-file"));
     }
 
     #[test]

@@ -67,24 +67,6 @@ fn assert_chunks_unique(records: &Records) {
     Cluster::load(records.clone()).expect("the stored records are consistent");
 }
 
-/// Waits until `m` reports `role`; returns how long that took.
-async fn wait_role(m: &HaManager, role: &str, within: Duration) -> Duration {
-    let start = Instant::now();
-    loop {
-        if let Some((r, _)) = m.role().await
-            && r == role
-        {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < within,
-            "{} did not become {role} within {within:?}",
-            m.url
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Waits until exactly one of `managers` leads; returns its index.
 async fn leader_of(managers: &[&HaManager]) -> usize {
     let start = Instant::now();
