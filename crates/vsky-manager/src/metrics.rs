@@ -71,6 +71,7 @@ struct Gauges {
     rebuilds_queued: Gauge,
     rebuilds_running: Gauge,
     scrubs: Gauge,
+    scrubs_running: Gauge,
     scrub_mismatches: Gauge,
     moves: Gauge,
     disks_draining: Gauge,
@@ -98,7 +99,7 @@ impl Metrics {
             latency.clone(),
         );
         let g = Gauges::default();
-        let gauges: [(&str, &str, &Gauge); 19] = [
+        let gauges: [(&str, &str, &Gauge); 20] = [
             (
                 "moves",
                 "Leg moves (drain, rebalance) queued or running; also counted in rebuilds_*",
@@ -118,6 +119,11 @@ impl Metrics {
                 "scrubs_finished",
                 "Mirrored disk scrubs reported finished since the manager started",
                 &g.scrubs,
+            ),
+            (
+                "scrubs_running",
+                "Mirrored disk scrubs running now (they count against the per-disk limit)",
+                &g.scrubs_running,
             ),
             (
                 "scrub_mismatches",
@@ -211,7 +217,7 @@ impl Metrics {
     }
 
     pub fn render(&self, manager: &Manager, recovery: &Recovery) -> Result<String, ServiceError> {
-        let (s, jobs, draining, spread) = manager.read(|c| {
+        let (s, jobs, draining, spread, scrubs_running) = manager.read(|c| {
             let jobs: Vec<(ResyncJob, String)> = c
                 .jobs()
                 .filter(|j| j.is_active())
@@ -222,7 +228,13 @@ impl Metrics {
                 .filter(|d| c.is_draining(d.id))
                 .map(|d| c.drain_progress(d.id).legs_left)
                 .collect();
-            (c.summary(), jobs, draining, c.fill_spread())
+            (
+                c.summary(),
+                jobs,
+                draining,
+                c.fill_spread(),
+                c.scrubs().count(),
+            )
         })?;
         let _guard = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         let g = &self.gauges;
@@ -241,6 +253,7 @@ impl Metrics {
         set(&g.rebuilding, s.mirrored_disks_rebuilding as u64);
         let (scrubs, mismatches) = recovery.scrub_counts();
         set(&g.scrubs, scrubs);
+        set(&g.scrubs_running, scrubs_running as u64);
         set(&g.scrub_mismatches, mismatches);
         let running: Vec<&(ResyncJob, String)> = jobs
             .iter()

@@ -23,6 +23,19 @@ fn chunk_of(v: &VolumeDetail, m: usize, l: usize) -> ChunkId {
     }
 }
 
+/// The manager's `/metrics` text.
+async fn metrics(m: &ManagerProcess) -> String {
+    reqwest::Client::new()
+        .get(format!("{}/metrics", m.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Waits for a running rebuild and returns it.
 async fn running_rebuild(admin: &Client, what: &str) -> vsky_api::types::Rebuild {
     eventually(what, async || {
@@ -149,15 +162,7 @@ async fn a_silent_server_is_failed_after_its_grace_period_and_its_legs_rebuilt()
             .count(),
         lost
     );
-    let metrics = reqwest::Client::new()
-        .get(format!("{}/metrics", m.url))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&m).await;
     assert!(metrics.contains("vsky_rebuilds_running 0"), "{metrics}");
     assert!(metrics.contains("vsky_rebuilds_queued 0"), "{metrics}");
     assert!(metrics.contains("vsky_moves 0"), "{metrics}");
@@ -342,6 +347,11 @@ async fn an_attached_volumes_head_checks_its_mirrors_when_the_manager_asks() {
             "no storage agent compares an attached volume's legs"
         );
     }
+    let running = metrics(&m).await;
+    assert!(
+        running.contains(&format!("vsky_scrubs_running {}", specs.len())),
+        "{running}"
+    );
     let check = &specs[0];
     let report = |mismatched_sectors, error: Option<&str>| ScrubReport {
         volume: "v".into(),
