@@ -206,6 +206,29 @@ pub fn clean(text: &str) -> String {
         .collect()
 }
 
+/// Milliseconds since the epoch as `YYYY-MM-DD HH:MM:SSZ` (UTC), from the
+/// civil-from-days algorithm, so the CLI needs no time-zone crate.
+pub fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,5 +304,12 @@ mod tests {
         let mut t = Table::new(&[("X", Align::Left)]);
         t.row(vec!["\x07".into()]);
         assert_eq!(t.render(), "X\n\\u{7}\n");
+    }
+
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00Z");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00Z");
+        assert_eq!(utc(1_796_012_345_000), "2026-11-30 04:19:05Z");
     }
 }

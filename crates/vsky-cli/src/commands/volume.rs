@@ -173,6 +173,26 @@ pub fn render_volume_table(volumes: &[Volume]) -> String {
     t.render()
 }
 
+/// When the volume's legs were last read and compared in full: the oldest
+/// of its mirrored disks' last scrubs, or how many were never scrubbed.
+fn scrubbed(layout: &[vsky_api::types::MirroredDisk]) -> String {
+    let never = layout
+        .iter()
+        .filter(|md| md.last_scrub_unix_s.is_none())
+        .count();
+    match layout.iter().filter_map(|md| md.last_scrub_unix_s).min() {
+        Some(oldest) if never == 0 => format!(
+            "{} (the oldest of its mirrored disks' last scrubs)",
+            render::utc(oldest.saturating_mul(1000))
+        ),
+        _ if layout.is_empty() => "-".to_string(),
+        _ => format!(
+            "not yet: {never} of {} mirrored disks never scrubbed",
+            layout.len()
+        ),
+    }
+}
+
 pub fn render_volume_detail(d: &VolumeDetail) -> String {
     let v = &d.volume;
     let mut kv = KeyValue::new();
@@ -196,6 +216,7 @@ pub fn render_volume_detail(d: &VolumeDetail) -> String {
             "Data per mirrored disk",
             render::size_exact(d.data_bytes_per_mirrored_disk),
         )
+        .add("Scrubbed", scrubbed(&d.layout))
         .add("Group", render::opt(v.group.as_deref()))
         .add("Display name", render::clean(&v.display_name))
         .add("Description", render::clean(&v.description))
@@ -337,6 +358,22 @@ MDISK  LEG  SERVER  DISK  PATH      CHUNK       OFFSET  STATE
             "{text}"
         );
         assert!(text.contains("Attached to:             -\n"), "{text}");
+        assert!(
+            text.contains(
+                "Scrubbed:                not yet: 2 of 2 mirrored disks never scrubbed\n"
+            ),
+            "{text}"
+        );
+        let mut both = detail.clone();
+        both.layout[0].last_scrub_unix_s = Some(1_796_012_345);
+        both.layout[1].last_scrub_unix_s = Some(1_796_012_400);
+        assert!(
+            render_volume_detail(&both).contains(
+                "Scrubbed:                2026-11-30 04:19:05Z (the oldest of its mirrored disks' last scrubs)\n"
+            ),
+            "{}",
+            render_volume_detail(&both)
+        );
 
         let empty = VolumeDetail {
             layout: vec![],
