@@ -110,18 +110,29 @@ fn draining_disk_gets_no_new_chunks() {
     check(&c);
 }
 
-/// The moving leg fails during its move: the move carries on and becomes
-/// its replacement; no second job is planned for that slot.
-#[test]
-fn moving_leg_failure_is_covered_by_its_move() {
-    let mut c = pool(3, 1);
+/// `servers` servers of one disk and a volume "v" of `mirrored` mirrored
+/// disks, whose first leg's disk drains: the pool, its secrets, that disk
+/// and the moves `plan_drains` planned off it.
+fn draining_first_leg(
+    servers: usize,
+    mirrored: u64,
+) -> (Cluster, CountingSecrets, DiskId, Vec<JobId>) {
+    let mut c = pool(servers, 1);
     let mut secrets = CountingSecrets::default();
-    volume(&mut c, "v", 1, &mut secrets);
+    volume(&mut c, "v", mirrored, &mut secrets);
     let from = c.volume_by_name("v").unwrap().mirrored_disks[0].legs[0]
         .chunk
         .disk;
     c.drain_disk(from).unwrap();
     let (moves, _) = c.plan_drains(&mut secrets);
+    (c, secrets, from, moves)
+}
+
+/// The moving leg fails during its move: the move carries on and becomes
+/// its replacement; no second job is planned for that slot.
+#[test]
+fn moving_leg_failure_is_covered_by_its_move() {
+    let (mut c, mut secrets, from, moves) = draining_first_leg(3, 1);
     assert_eq!(moves.len(), 1);
     c.fail_disk(from).unwrap();
     assert!(
@@ -141,14 +152,7 @@ fn moving_leg_failure_is_covered_by_its_move() {
 /// stays, and the next pass plans the move again elsewhere.
 #[test]
 fn failed_move_target_is_abandoned_and_replanned() {
-    let mut c = pool(4, 1);
-    let mut secrets = CountingSecrets::default();
-    volume(&mut c, "v", 1, &mut secrets);
-    let from = c.volume_by_name("v").unwrap().mirrored_disks[0].legs[0]
-        .chunk
-        .disk;
-    c.drain_disk(from).unwrap();
-    let (moves, _) = c.plan_drains(&mut secrets);
+    let (mut c, mut secrets, from, moves) = draining_first_leg(4, 1);
     let target = c.job(moves[0]).unwrap().target.disk;
     c.start_jobs(1);
     c.fail_disk(target).unwrap();
@@ -173,14 +177,7 @@ fn failed_move_target_is_abandoned_and_replanned() {
 /// A copy error reported for a move (`fail_job`) abandons it the same way.
 #[test]
 fn failed_move_copy_is_abandoned() {
-    let mut c = pool(3, 1);
-    let mut secrets = CountingSecrets::default();
-    volume(&mut c, "v", 2, &mut secrets);
-    let from = c.volume_by_name("v").unwrap().mirrored_disks[0].legs[0]
-        .chunk
-        .disk;
-    c.drain_disk(from).unwrap();
-    let (moves, _) = c.plan_drains(&mut secrets);
+    let (mut c, mut secrets, _, moves) = draining_first_leg(3, 2);
     c.start_jobs(1);
     let running = moves
         .iter()
