@@ -314,7 +314,6 @@ mod tests {
     use super::*;
     use std::os::unix::fs::FileExt;
     use vsky_api::types::{ChunkId, LegSpec, LegState};
-    use vsky_nbd::{Export, ExportTable, ServerConfig};
 
     const MIB: u64 = 1 << 20;
     const CHUNK: u64 = 4 * MIB;
@@ -362,25 +361,7 @@ mod tests {
 
     /// Serves the chunk of `path` over NBD under `name`.
     async fn serve(path: &std::path::Path, name: &str) -> String {
-        let exports = ExportTable::new();
-        exports.insert(
-            name.into(),
-            Export {
-                path: path.to_path_buf(),
-                offset_bytes: MIB,
-                size_bytes: CHUNK,
-                read_only: false,
-            },
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        tokio::spawn(vsky_nbd::serve(
-            listener,
-            exports,
-            ServerConfig::default(),
-            std::future::pending(),
-        ));
-        address
+        crate::leg_reader::test_export::serve(path, name, MIB, CHUNK).await
     }
 
     fn leg(i: u8, address: String, local: Option<&std::path::Path>) -> LegSpec {

@@ -288,7 +288,6 @@ async fn copy_once(
 mod tests {
     use super::*;
     use vsky_api::types::{ChunkId, LegSpec, LegState};
-    use vsky_nbd::{Export, ExportTable, ServerConfig};
 
     const MIB: u64 = 1 << 20;
 
@@ -328,24 +327,8 @@ mod tests {
             *b = (i % 251) as u8;
         }
         std::fs::write(&path, &bytes).unwrap();
-        let exports = ExportTable::new();
-        exports.insert(
-            "secret".into(),
-            Export {
-                path,
-                offset_bytes: 4 * MIB,
-                size_bytes: 4 * MIB,
-                read_only: false,
-            },
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        tokio::spawn(vsky_nbd::serve(
-            listener,
-            exports,
-            ServerConfig::default(),
-            std::future::pending(),
-        ));
+        let address =
+            crate::leg_reader::test_export::serve(&path, "secret", 4 * MIB, 4 * MIB).await;
         (address, bytes[4 * MIB as usize..8 * MIB as usize].to_vec())
     }
 

@@ -140,3 +140,39 @@ pub async fn pace(
     }
     true
 }
+
+/// Serving a test disk file over our NBD server, for the unit tests of the
+/// modules that read legs (`copy.rs`, `compare.rs`).
+#[cfg(test)]
+pub(crate) mod test_export {
+    use vsky_nbd::{Export, ExportTable, ServerConfig};
+
+    /// Serves `size_bytes` of `path` from `offset_bytes` under export
+    /// `name` on a loopback port; returns `host:port`.
+    pub(crate) async fn serve(
+        path: &std::path::Path,
+        name: &str,
+        offset_bytes: u64,
+        size_bytes: u64,
+    ) -> String {
+        let exports = ExportTable::new();
+        exports.insert(
+            name.into(),
+            Export {
+                path: path.to_path_buf(),
+                offset_bytes,
+                size_bytes,
+                read_only: false,
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(vsky_nbd::serve(
+            listener,
+            exports,
+            ServerConfig::default(),
+            std::future::pending(),
+        ));
+        address
+    }
+}

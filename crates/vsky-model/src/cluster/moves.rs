@@ -488,32 +488,16 @@ impl Cluster {
         after.push(chunk);
         self.link_pairs(&before, false);
         self.link_pairs(&after, true);
-        let id = JobId(self.take_id(changes));
-        self.jobs.insert(
-            id,
-            ResyncJob {
-                id,
-                kind: JobKind::Move {
-                    from: a.leg,
-                    reason,
-                },
-                volume: a.volume,
-                mirrored_disk: a.mirrored_disk,
-                leg: slot,
-                target: chunk,
-                source: None,
-                replaced,
-                bytes_total: self.settings.data_bytes_per_chunk(),
-                bytes_done: 0,
-                state: JobState::Queued,
-                error: None,
-                failed_sources: Vec::new(),
+        self.queue_job(
+            JobKind::Move {
+                from: a.leg,
+                reason,
             },
-        );
-        self.repairs.insert((a.volume, a.mirrored_disk, slot), id);
-        changes.jobs.insert(id);
-        changes.volumes.insert(a.volume);
-        id
+            (a.volume, a.mirrored_disk, slot),
+            chunk,
+            replaced,
+            changes,
+        )
     }
 
     /// A move's new leg is in sync: it takes the moving leg's slot, the

@@ -355,12 +355,23 @@ impl Cluster {
         self.link_pairs(&before, false);
         self.link_pairs(&after, true);
 
-        let id = JobId(self.next_id);
-        self.next_id += 1;
-        changes.next_id = true;
+        Some(self.queue_job(JobKind::Repair, (volume, m, l), target, replaced, changes))
+    }
+
+    /// Queues a new job filling `target` in slot `(volume, mirrored disk,
+    /// leg)` in place of `replaced`; its source is chosen when it starts.
+    pub(super) fn queue_job(
+        &mut self,
+        kind: JobKind,
+        (volume, m, l): (VolumeId, u32, u8),
+        target: ChunkRef,
+        replaced: ChunkRef,
+        changes: &mut Changes,
+    ) -> JobId {
+        let id = JobId(self.take_id(changes));
         let job = ResyncJob {
             id,
-            kind: JobKind::Repair,
+            kind,
             volume,
             mirrored_disk: m,
             leg: l,
@@ -377,7 +388,7 @@ impl Cluster {
         self.repairs.insert((volume, m, l), id);
         changes.jobs.insert(id);
         changes.volumes.insert(volume);
-        Some(id)
+        id
     }
 
     /// Starts queued jobs whose disks have room, so that no disk takes part
