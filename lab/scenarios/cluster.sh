@@ -244,7 +244,9 @@ cluster_up() {
   fi
   for i in $(seq 1 "$n"); do
     ns_up "$i"
-    for f in $(disk_files "$i"); do truncate -s "${mib}M" "$f"; done
+    # Fresh, blank disks: an image left by an earlier scenario carries that
+    # cluster's disk label, which this new cluster would refuse.
+    for f in $(disk_files "$i"); do rm -f "$f"; truncate -s "${mib}M" "$f"; done
     agent_start "$i"
   done
   head_start
@@ -275,7 +277,7 @@ cluster_down() {
   if [ -f "$W/head.pid" ] && ls "$W"/manager*.pid >/dev/null 2>&1; then
     # Top devices are vsky-<volume>; internal ones carry a '+'.
     for v in $(ls /dev/mapper | grep '^vsky-' | grep -v '+' | sed 's/^vsky-//'); do
-      vsky volume detach "$v" >/dev/null 2>&1
+      vsky volume detach "$v" --wait-timeout 20s >/dev/null 2>&1
     done
     for i in $(seq 1 50); do
       ls /dev/mapper | grep -q '^vsky-' || break
@@ -886,9 +888,11 @@ scenario_demo() {
 # twice) and checks the answered /dev/mapper device is a block device of the
 # volume's size; writes and reads back 1 MiB patterns at three offsets; VM
 # shutdown (deactivate twice, detach, close) must leave no device and the
-# volume unattached; with the volume attached to storage server s1, activate
-# here must fail with Activated_on_another_host and deactivate/detach here
-# must leave s1's attachment alone; a second start reads the patterns back.
+# volume unattached; with the volume attached to another head (other-head,
+# added by the admin with no agent running: the storage servers run
+# --storage-only and may hold no attachment), activate here must fail with
+# Activated_on_another_host and deactivate/detach here must leave that
+# attachment alone; a second start reads the patterns back.
 # This script checks around it what xapi-tests cannot see: the kernel state.
 scenario_xapi() {
   local start out dm0 nbd0 rc took n sampler mirrors plugins=/usr/libexec/xapi-storage-script
@@ -899,6 +903,7 @@ scenario_xapi() {
   # As packaging/etc/vsky/datapath.json, with the lab's token file.
   printf '{"agent_url": "http://127.0.0.1:10810", "token_file": "%s"}\n' "$W/agent-api.token" >"$W/datapath.json"
   [ -x $plugins/datapath/vsky/Datapath.activate ] || fail "the datapath plugin is not installed under $plugins (scripts/install-plugins)"
+  vsky server add other-head --address 127.0.0.1:9 >/dev/null || fail "vsky server add other-head failed"
   dm0=$(dm_count)
   nbd0=$(nbd_connected)
   start=$(now)
@@ -915,7 +920,7 @@ scenario_xapi() {
   # lab's own timeout.
   timeout 300 xapi-tests datapath --plugins $plugins --state-dir "$W/sr" \
     --manager http://127.0.0.1:8080 --token-file "$W/admin.token" \
-    --datapath-config "$W/datapath.json" --size $((32 << 20)) --other-server s1 >"$W/xapi-tests.out" 2>&1
+    --datapath-config "$W/datapath.json" --size $((32 << 20)) --other-server other-head >"$W/xapi-tests.out" 2>&1
   rc=$?
   kill "$sampler"
   sed "s/^/$P:   xapi-tests: /" "$W/xapi-tests.out"
@@ -937,7 +942,7 @@ scenario_xapi() {
   n=$(grep -c 'volume assembled' "$W/head.log")
   [ "$n" -ge 2 ] || fail "the head assembled the volume $n times; expected one per VM start (2)"
   cluster_down
-  echo "LAB-DETAIL xapi-tests datapath through the installed plugins in ${took}s: VM start (open/attach/activate) → $mirrors dm-raid raid1 mirrors under block device /dev/mapper/vsky-<vdi> of 32 MiB, 3 MiB written and read back; VM shutdown (deactivate ×2, detach, close) → device, dm and NBD gone; activate refused (Activated_on_another_host) while s1 holds it, s1 kept it; restart → data intact; nothing left attached"
+  echo "LAB-DETAIL xapi-tests datapath through the installed plugins in ${took}s: VM start (open/attach/activate) → $mirrors dm-raid raid1 mirrors under block device /dev/mapper/vsky-<vdi> of 32 MiB, 3 MiB written and read back; VM shutdown (deactivate ×2, detach, close) → device, dm and NBD gone; activate refused (Activated_on_another_host) while other-head holds it, other-head kept it; restart → data intact; nothing left attached"
 }
 head_api_up() { wget -q -O /dev/null http://127.0.0.1:10810/v1/health; }
 

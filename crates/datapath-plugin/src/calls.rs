@@ -118,12 +118,17 @@ impl Agent {
                     "{message}; volume '{volume}' can be activated only on hosts whose vsky-agent runs without --storage-only"
                 ),
             ),
-            HttpError::Api { code, message, .. } if code == "attached_elsewhere" => {
+            // Also while the other host is still releasing it (its
+            // deactivate is under way, or it died: an admin fences it).
+            HttpError::Api { code, message, .. }
+                if code == "attached_elsewhere" || code == "releasing_elsewhere" =>
+            {
                 SmapiError::new(codes::ACTIVATED_ON_ANOTHER_HOST, message)
             }
             HttpError::Api { code, message, .. } => {
                 let c = match code.as_str() {
-                    "conflict" => codes::CONFLICT,
+                    // `busy`: the device is held open on this host.
+                    "conflict" | "busy" => codes::CONFLICT,
                     "manager_unreachable" => codes::BACKEND_UNREACHABLE,
                     _ => codes::BACKEND_ERROR,
                 };
@@ -258,6 +263,28 @@ mod tests {
             "v",
         );
         assert_eq!(e.code, codes::ACTIVATED_ON_ANOTHER_HOST);
+        // Still being released by the other host (its deactivate runs).
+        let e = agent.error(
+            HttpError::Api {
+                status: 409,
+                code: "releasing_elsewhere".into(),
+                message: "volume 'v' is being released by server 'h2'".into(),
+            },
+            "v",
+        );
+        assert_eq!(e.code, codes::ACTIVATED_ON_ANOTHER_HOST);
+        // A deactivate of a device held open here fails with the agent's
+        // advice.
+        let e = agent.error(
+            HttpError::Api {
+                status: 409,
+                code: "busy".into(),
+                message: "volume 'v' cannot be detached: in use".into(),
+            },
+            "v",
+        );
+        assert_eq!(e.code, codes::CONFLICT);
+        assert!(e.params.iter().any(|p| p.contains("in use")), "{:?}", e.params);
         let e = agent.error(
             HttpError::Api {
                 status: 409,

@@ -13,6 +13,8 @@
 
 use serde_json::{Value, json};
 
+use crate::redact;
+
 /// Codes used by the VastSky plugins. The IDL-declared ones keep their
 /// exact spelling (xapi matches on it); ours are in the same style.
 pub mod codes {
@@ -72,9 +74,10 @@ impl SmapiError {
         Self::new(codes::UNIMPLEMENTED, message)
     }
 
-    /// The message shown to people: the params joined.
+    /// The message shown to people: the params joined, with any URL's
+    /// credentials redacted.
     pub fn message(&self) -> String {
-        self.params.join("; ")
+        redact::credentials(&self.params.join("; "))
     }
 
     /// The object xapi-storage-script parses. We have no OCaml-style
@@ -83,7 +86,7 @@ impl SmapiError {
     pub fn to_json(&self) -> Value {
         json!({
             "code": self.code,
-            "params": self.params,
+            "params": self.params.iter().map(|p| redact::credentials(p)).collect::<Vec<_>>(),
             "backtrace": {
                 "error": format!("{}: {}", self.code, self.message()),
                 "files": [],
@@ -119,5 +122,19 @@ mod tests {
         );
         assert_eq!(j["backtrace"]["files"], json!([]));
         assert_eq!(j["backtrace"]["lines"], json!([]));
+    }
+
+    /// Regression: a manager URL with `user:password@` was repeated
+    /// verbatim in the error object xapi shows and logs.
+    #[test]
+    fn no_error_output_repeats_a_password() {
+        let e = SmapiError::new(
+            codes::BACKEND_UNREACHABLE,
+            "cannot reach the VastSky manager (https://admin:pa55word@m1:8080); last tried https://admin:pa55word@m1:8080/api/v1/groups: refused",
+        );
+        for shown in [e.to_json().to_string(), e.message(), e.to_string()] {
+            assert!(!shown.contains("pa55word"), "{shown}");
+            assert!(shown.contains("https://***@m1:8080"), "{shown}");
+        }
     }
 }

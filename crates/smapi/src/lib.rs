@@ -16,10 +16,12 @@
 //! - [`http`]: a small blocking JSON-over-HTTP(S) client (`ureq`, rustls)
 //!   for the manager and the local agent: one call is one short process, so
 //!   no async runtime is started.
+//! - [`redact`]: credentials in URLs never reach an error object.
 
 pub mod args;
 pub mod error;
 pub mod http;
+pub mod redact;
 pub mod runner;
 
 pub use args::Args;

@@ -167,17 +167,32 @@ fn health(g: &Group) -> Value {
 fn sr_stat_json(m: &Manager, cfg: &SrConfig, sr: &str, g: &Group) -> SmapiResult<Value> {
     let c = m.cluster()?;
     let r = replicas_of(cfg, &c).max(1);
-    Ok(json!({
+    Ok(sr_stat_record(
+        sr,
+        g,
+        c.free_bytes / r,
+        c.capacity_bytes / r,
+    ))
+}
+
+/// The IDL types `uuid` as `string option` (control.ml:57). ocaml-rpc
+/// encodes `None` by leaving the field out and fails the whole record on a
+/// `null` there, so a group without a uuid gets no `uuid` field.
+fn sr_stat_record(sr: &str, g: &Group, free_space: u64, total_space: u64) -> Value {
+    let mut stat = json!({
         "sr": sr,
         "name": g.display_name,
-        "uuid": g.uuid,
         "description": g.description,
-        "free_space": c.free_bytes / r,
-        "total_space": c.capacity_bytes / r,
+        "free_space": free_space,
+        "total_space": total_space,
         "datasources": [],
         "clustered": false,
         "health": health(g),
-    }))
+    });
+    if let Some(uuid) = &g.uuid {
+        stat["uuid"] = json!(uuid);
+    }
+    stat
 }
 
 fn sr_probe(args: &Args) -> SmapiResult<Value> {
@@ -255,21 +270,37 @@ fn sr_create(args: &Args) -> SmapiResult<Value> {
 fn sr_attach(args: &Args) -> SmapiResult<Value> {
     args.str("dbg")?;
     let cfg = SrConfig::parse(args.string_map("configuration")?)?;
-    let group = cfg.group().ok_or_else(|| {
+    // The SR's identity is its uuid: SR.create (and SR.probe) put it in the
+    // configuration they return, and that configuration is what xapi hands
+    // to SR.attach on every host. A configuration without it did not come
+    // from them, and its `group` could name any group of the pool.
+    let want = cfg.sr_uuid().ok_or_else(|| {
         SmapiError::new(
             codes::INVALID_CONFIGURATION,
-            "device-config has neither sr_uuid nor group: SR.attach needs the configuration SR.create returned",
+            "device-config has no sr_uuid: SR.attach needs the configuration SR.create or SR.probe returned",
         )
     })?;
+    let group = cfg.group().expect("sr_uuid is set");
     let m = Manager::connect(&cfg)?;
     let g = m.group(&group)?;
-    if let (Some(want), Some(have)) = (cfg.sr_uuid(), g.uuid.as_deref())
-        && !want.eq_ignore_ascii_case(have)
-    {
-        return Err(SmapiError::new(
-            codes::INVALID_CONFIGURATION,
-            format!("manager group '{group}' belongs to SR {have}, not to SR {want}"),
-        ));
+    match g.uuid.as_deref() {
+        Some(have) if have.eq_ignore_ascii_case(want) => {}
+        Some(have) => {
+            return Err(SmapiError::new(
+                codes::INVALID_CONFIGURATION,
+                format!(
+                    "manager group '{group}' belongs to SR {have}, not to SR {want}; fix device-config:group or leave it out"
+                ),
+            ));
+        }
+        None => {
+            return Err(SmapiError::new(
+                codes::INVALID_CONFIGURATION,
+                format!(
+                    "manager group '{group}' is not an SR's group (it carries no SR uuid); device-config:group must name the group SR.create made for SR {want}, or be left out"
+                ),
+            ));
+        }
     }
     state::save(&SrState {
         group: group.clone(),
@@ -540,8 +571,10 @@ fn volume_resize(args: &Args) -> SmapiResult<Value> {
             v.name, v.size_bytes
         )));
     }
-    let v = m.resize_volume(&v.name, new_size)?;
-    Ok(json!(v.size_bytes))
+    m.resize_volume(&v.name, new_size)?;
+    // The IDL types the result as unit: xapi accepts only `null` here and
+    // reads the new size with Volume.stat.
+    Ok(Value::Null)
 }
 
 #[cfg(test)]
@@ -607,6 +640,32 @@ mod tests {
                 .unwrap()
                 .starts_with("3 mirrored disks rebuilding/degraded")
         );
+    }
+
+    /// Regression: a group without a uuid answered `"uuid": null`, which
+    /// xapi's decoder refuses for the IDL's `string option`.
+    #[test]
+    fn sr_stat_leaves_an_absent_uuid_out() {
+        let mut g = Group {
+            name: "sr-x".into(),
+            uuid: None,
+            display_name: "x".into(),
+            description: String::new(),
+            volumes: 0,
+            virtual_size_bytes: 0,
+            physical_bytes: 0,
+            mirrored_disks_degraded: 0,
+            mirrored_disks_rebuilding: 0,
+        };
+        let s = sr_stat_record("sr-x", &g, 1, 2);
+        assert!(s.get("uuid").is_none(), "{s}");
+        assert_eq!(
+            (&s["free_space"], &s["total_space"]),
+            (&json!(1), &json!(2))
+        );
+        g.uuid = Some("0f1c2d3e-0000-4000-8000-00000000000a".into());
+        let s = sr_stat_record("sr-x", &g, 1, 2);
+        assert_eq!(s["uuid"], "0f1c2d3e-0000-4000-8000-00000000000a");
     }
 
     #[test]

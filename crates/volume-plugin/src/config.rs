@@ -54,11 +54,11 @@ pub const CONFIGURATION_KEYS: &[(&str, &str)] = &[
     ),
     (
         KEY_GROUP,
-        "Name of the manager group that holds the SR's VDIs; default sr-<SR uuid>. Set by SR.create",
+        "Name of the manager group that holds the SR's VDIs; default sr-<SR uuid>. Set by SR.create; SR.attach refuses a group that does not carry this SR's uuid",
     ),
     (
         KEY_SR_UUID,
-        "The SR's uuid; set by SR.create, checked by SR.attach",
+        "The SR's uuid; set by SR.create, required and checked by SR.attach",
     ),
 ];
 

@@ -10,7 +10,8 @@
 //! - `GET  /v1/health`                 (no token)
 //! - `GET  /v1/volumes`                assembled volumes and mirror health
 //! - `POST /v1/volumes/{name}/attach`  → `{"name", "device"}` once assembled
-//! - `POST /v1/volumes/{name}/detach`  → `{"name"}` once torn down
+//! - `POST /v1/volumes/{name}/detach`  → `{"name"}` once torn down here and
+//!   released in the manager (409 `busy` if the device is held open)
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -224,21 +225,107 @@ async fn attach(
     Ok(Json(Attached { name, device }))
 }
 
+/// How long a detach waits for the manager to end the release once the
+/// devices are gone (the heartbeat that says so goes out at once).
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(30);
+const RELEASE_POLL: Duration = Duration::from_millis(100);
+
+/// Detaches a volume from this host, in two phases, and answers only once
+/// the volume is released: its devices here are gone and the manager no
+/// longer lists it attached to this server, so another host's activate
+/// (the next step of a live migration) does not meet "releasing".
+///
+/// A device held open (a VM's blkback, a mount, a process) cannot be torn
+/// down: that is refused (409 `busy`) before the manager is asked, so it
+/// changes nothing; if it is opened in between, the teardown fails, the
+/// answer is the same, and the attachment stays releasing (no other host
+/// can attach) until the device is closed or attached here again.
 async fn detach(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Detached>, ApiError> {
     let ctx = &state.ctx;
-    ctx.client.agent_detach(&ctx.server, &name).await?;
-    let gone = |s: &Shared| !lock_shared(&s.assembled).contains_key(&name);
-    if !settle(&ctx.shared, gone).await {
+    if ctx.head {
+        let volume = name.clone();
+        let open = tokio::task::spawn_blocking(move || {
+            crate::head::Head::volume_open_count(&volume)
+        })
+        .await
+        .map_err(|e| internal(format!("device check failed: {e}")))?;
+        match open {
+            Ok(Some(n)) if n > 0 => return Err(busy(&name, &format!("held open {n} time(s)"), false)),
+            Ok(_) => {}
+            // The teardown will tell; a bad name is the manager's to judge.
+            Err(e) => tracing::debug!(volume = %name, error = %e, "cannot read the device's open count"),
+        }
+    }
+    lock_shared(&ctx.shared.teardown_errors).remove(&name);
+    let detail = ctx.client.agent_detach(&ctx.server, &name).await?;
+    // Devices gone, or a teardown failed since the request.
+    let settled = |s: &Shared| {
+        s.gone(&name) || lock_shared(&s.teardown_errors).contains_key(&name)
+    };
+    if !settle(&ctx.shared, settled).await {
         return Err(ApiError(
             StatusCode::GATEWAY_TIMEOUT,
             "still_assembled".into(),
             format!(
-                "volume '{name}' is detached in the manager but its devices are still here (in use?)"
+                "volume '{name}' is releasing in the manager but its devices are still here after {}s; see the agent log. No other host can attach it until they are gone",
+                SETTLE_TIMEOUT.as_secs()
             ),
         ));
     }
+    if !ctx.shared.gone(&name)
+        && let Some(why) = lock_shared(&ctx.shared.teardown_errors).get(&name).cloned()
+    {
+        return Err(busy(&name, &why, true));
+    }
+    // The heartbeat saying the devices are gone went out at once; wait for
+    // the manager to end the attachment.
+    let deadline = tokio::time::Instant::now() + RELEASE_TIMEOUT;
+    let mut volume = detail.volume;
+    while !released_from(&volume, &ctx.server) {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError(
+                StatusCode::GATEWAY_TIMEOUT,
+                "still_releasing".into(),
+                format!(
+                    "volume '{name}' is torn down here, but the manager has not ended its attachment after {}s (are heartbeats reaching it? see the agent log); try the detach again",
+                    RELEASE_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+        tokio::time::sleep(RELEASE_POLL).await;
+        // Idempotent: a releasing volume stays releasing; a released one
+        // reports no attachment (or another host's, once one attached).
+        volume = match ctx.client.agent_detach(&ctx.server, &name).await {
+            Ok(d) => d.volume,
+            Err(vsky_api::ClientError::Api { code, .. }) if code == "attached_elsewhere" => break,
+            Err(e) => return Err(e.into()),
+        };
+    }
     Ok(Json(Detached { name }))
+}
+
+/// Whether the manager no longer lists the volume attached to `server`.
+fn released_from(volume: &vsky_api::types::Volume, server: &str) -> bool {
+    volume.attached_to.as_deref() != Some(server)
+}
+
+/// The answer to a detach whose device is held open.
+fn busy(name: &str, why: &str, releasing: bool) -> ApiError {
+    let state = if releasing {
+        "The volume stays releasing (no other host can attach it) until its devices are gone: close whatever holds the device (the agent retries the teardown on its own), or activate it on this host again to keep using it"
+    } else {
+        "Nothing changed: the volume stays attached here. Close whatever holds the device (a VM's disk, a mount, a process: see `fuser -vm` or `lsof` on it) and detach again"
+    };
+    ApiError(
+        StatusCode::CONFLICT,
+        "busy".into(),
+        format!("volume '{name}' cannot be detached: /dev/mapper/vsky-{name} is in use on this host ({why}). {state}."),
+    )
+}
+
+fn internal(message: String) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal".into(), message)
 }

@@ -1,13 +1,19 @@
-//! The disks this agent serves: validated and sized at start-up.
+//! The disks this agent serves: validated, sized and their labels read at
+//! start-up.
 //!
 //! A disk is a block device or a regular file (files are for labs and
 //! tests). Its size is read from the device itself, so the manager never
-//! carves chunks the disk does not have.
+//! carves chunks the disk does not have. Its label ([`crate::label`]) says
+//! whose disk it is. A disk that cannot be opened or read is not an error
+//! of the agent: [`inspect`] reports why, the manager fails that disk, and
+//! the agent serves the others.
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::PathBuf;
+
+use crate::label::{self, Decoded};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskArg {
@@ -53,6 +59,70 @@ pub struct ProbedDisk {
 pub enum DiskError {
     #[error("disk {path}: {reason}")]
     Unusable { path: String, reason: String },
+}
+
+/// A disk as the agent found it at start-up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InspectedDisk {
+    pub arg: DiskArg,
+    /// `Ok` with the size and label, or why the disk cannot be used.
+    pub state: Result<(ProbedDisk, Decoded), String>,
+}
+
+impl InspectedDisk {
+    /// The disk, if it can be opened and its label area read.
+    pub fn probed(&self) -> Option<&ProbedDisk> {
+        self.state.as_ref().ok().map(|(p, _)| p)
+    }
+}
+
+/// Probes a disk and reads its label; never fails, so one bad disk does
+/// not stop the agent.
+pub fn inspect(arg: &DiskArg) -> InspectedDisk {
+    let state = probe(arg)
+        .map_err(|DiskError::Unusable { reason, .. }| reason)
+        .and_then(|p| {
+            let file = File::open(&p.path).map_err(|e| format!("cannot open: {e}"))?;
+            let found = label::read(&file).map_err(|e| format!("cannot read its label: {e}"))?;
+            Ok((p, found))
+        });
+    InspectedDisk {
+        arg: arg.clone(),
+        state,
+    }
+}
+
+/// Zeroes a whole disk, label included: it then joins the cluster as a new,
+/// blank disk. Destroys all its data. Returns what its label said before.
+pub fn reinitialize(path: &std::path::Path) -> Result<(Decoded, u64), DiskError> {
+    let arg = DiskArg {
+        path: path.to_path_buf(),
+        class: None,
+    };
+    let probed = probe(&arg)?;
+    let unusable = |reason: String| DiskError::Unusable {
+        path: path.display().to_string(),
+        reason,
+    };
+    // A block device is opened exclusively (held while it is zeroed): the
+    // kernel refuses while it is mounted or in use by device-mapper.
+    let mut options = File::options();
+    options.read(true);
+    if probed.is_block_device {
+        options.custom_flags(libc::O_EXCL);
+    }
+    let file = options
+        .open(path)
+        .map_err(|e| unusable(format!("cannot open it exclusively (in use?): {e}")))?;
+    let before = label::read(&file).map_err(|e| unusable(format!("cannot read: {e}")))?;
+    crate::wipe::zero_range(path, 0, probed.size_bytes)
+        .map_err(|e| unusable(format!("cannot zero it: {e}")))?;
+    match label::read(&file).map_err(|e| unusable(format!("cannot read: {e}")))? {
+        Decoded::Blank => Ok((before, probed.size_bytes)),
+        other => Err(unusable(format!(
+            "its header does not read back as zeros after zeroing ({other:?})"
+        ))),
+    }
 }
 
 /// Opens a disk read-write (as the NBD server will) and reads its size.
@@ -105,6 +175,47 @@ mod tests {
         assert!("dev/sdb".parse::<DiskArg>().is_err());
         assert!("/dev/sdb,speed=fast".parse::<DiskArg>().is_err());
         assert!("/dev/sdb,class=".parse::<DiskArg>().is_err());
+    }
+
+    #[test]
+    fn inspect_reports_what_it_found_and_never_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let arg = |name: &str| DiskArg {
+            path: dir.path().join(name),
+            class: None,
+        };
+        let blank = arg("blank.img");
+        std::fs::File::create(&blank.path)
+            .unwrap()
+            .set_len(8 << 20)
+            .unwrap();
+        let d = inspect(&blank);
+        assert_eq!(d.state.as_ref().unwrap().1, Decoded::Blank);
+        assert_eq!(d.probed().unwrap().size_bytes, 8 << 20);
+        // Foreign data in the header (an MBR's boot signature).
+        let foreign = arg("mbr.img");
+        let mut header = vec![0u8; 8 << 20];
+        header[510] = 0x55;
+        header[511] = 0xaa;
+        std::fs::write(&foreign.path, &header).unwrap();
+        assert!(matches!(
+            inspect(&foreign).state,
+            Ok((_, Decoded::Unusable(ref why))) if why.contains("not a VastSky label")
+        ));
+        let missing = inspect(&arg("missing.img"));
+        assert!(missing.probed().is_none());
+        assert!(missing.state.unwrap_err().contains("cannot stat"));
+        // Reinitializing zeroes the whole disk and says what it held.
+        let (before, size) = reinitialize(&foreign.path).unwrap();
+        assert!(matches!(before, Decoded::Unusable(_)));
+        assert_eq!(size, 8 << 20);
+        assert_eq!(inspect(&foreign).state.unwrap().1, Decoded::Blank);
+        assert!(
+            std::fs::read(&foreign.path)
+                .unwrap()
+                .iter()
+                .all(|&b| b == 0)
+        );
     }
 
     #[test]

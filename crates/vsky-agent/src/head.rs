@@ -678,6 +678,15 @@ impl Head {
         Ok(self.dp.ensure_volume(&vol.top(), &layout)?)
     }
 
+    /// How many openers hold a volume's device (`/dev/mapper/vsky-NAME`)
+    /// open, or `None` if it is not assembled here. A volume held open
+    /// cannot be torn down. Opens its own device-mapper handle, so it does
+    /// not wait for a running assembly.
+    pub fn volume_open_count(volume: &str) -> Result<Option<i32>, HeadError> {
+        let vol = VolumeName::new(volume)?;
+        Ok(Datapath::new()?.open_count(&vol.top())?)
+    }
+
     /// Removes every device of a volume and disconnects its legs.
     pub fn teardown(&mut self, volume: &str) -> Result<(), HeadError> {
         let vol = VolumeName::new(volume)?;

@@ -20,7 +20,7 @@
 //! restart is harmless. Heartbeats carry what it observed (wiped chunks,
 //! failed legs, resync progress, scrub results).
 //!
-//! Modules: [`disks`] (probe), [`wipe`] (zeroing), [`head`] (kernel
+//! Modules: [`disks`] (probe), [`label`] (whose disk it is), [`wipe`] (zeroing), [`head`] (kernel
 //! assembly and online leg replacement), [`copy`] (server-to-server resync),
 //! [`compare`] (scrubs of detached volumes), [`leg_reader`] (reading a leg
 //! in place or over NBD, for both), [`reconcile`] (the loops), [`scrub`]
@@ -36,6 +36,7 @@ pub mod compare;
 pub mod copy;
 pub mod disks;
 pub mod head;
+pub mod label;
 pub mod leg_reader;
 pub mod reconcile;
 pub mod scrub;

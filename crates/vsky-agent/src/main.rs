@@ -20,22 +20,26 @@ use vsky_api::ClientConfig;
 #[derive(Parser, Debug)]
 #[command(
     version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
     after_help = "Example:\n  vsky-agent --manager https://mgr:8080 --ca-file /etc/vsky/ca.pem --token-file /etc/vsky/agent.token \\\n      --server-name node1 --listen 0.0.0.0:10809 --advertise 10.0.0.11:10809 --disk /dev/sdb --disk /dev/nvme0n1,class=nvme"
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Manager base URL; several comma-separated for managers on etcd (the
     /// agent follows the leader and fails over on its own).
-    #[arg(long, env = "VSKY_MANAGER", value_name = "URL[,URL…]")]
-    manager: String,
+    #[arg(long, env = "VSKY_MANAGER", value_name = "URL[,URL…]", required = true)]
+    manager: Option<String>,
     /// File holding this agent's bearer token (first non-comment line).
-    #[arg(long, env = "VSKY_TOKEN_FILE")]
-    token_file: PathBuf,
+    #[arg(long, env = "VSKY_TOKEN_FILE", required = true)]
+    token_file: Option<PathBuf>,
     /// PEM CA certificate that signed the manager's TLS certificate.
     #[arg(long, env = "VSKY_CA_FILE")]
     ca_file: Option<PathBuf>,
     /// This server's name in the cluster (letters, digits, '.', '_', '-').
-    #[arg(long)]
-    server_name: String,
+    #[arg(long, required = true)]
+    server_name: Option<String>,
     /// Address the NBD server listens on.
     #[arg(long, default_value = "0.0.0.0:10809")]
     listen: SocketAddr,
@@ -45,6 +49,9 @@ struct Args {
     advertise: Option<String>,
     /// A disk to serve: block device or file, optionally with a class
     /// (`/dev/sdb`, `/dev/nvme0n1,class=nvme`). Repeat for several disks.
+    /// A blank disk is labelled with the cluster, disk and server it belongs
+    /// to; a disk labelled for another cluster or server, or that cannot be
+    /// used, is refused (the others still serve): see `reinitialize-disk`.
     #[arg(long = "disk")]
     disks: Vec<DiskArg>,
     /// Server label KEY=VALUE (e.g. rack=r1: legs of a mirror go to
@@ -55,6 +62,7 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     heartbeat_interval: u64,
     /// Serve chunks only; do not assemble volumes (no nbd/dm modules needed).
+    /// The manager then refuses to attach volumes to this server.
     #[arg(long)]
     storage_only: bool,
     /// Seconds an NBD request to a leg may take before the leg is failed.
@@ -83,6 +91,58 @@ struct Args {
     /// Log filter (tracing EnvFilter syntax), also read from RUST_LOG.
     #[arg(long, default_value = "info", env = "RUST_LOG")]
     log: String,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Zero a whole disk, destroying all its data and its label, so that it
+    /// joins the cluster as a new, blank disk.
+    #[command(
+        long_about = "Zero a whole disk (block device or file), destroying all its data and its \
+            VastSky label, then exit. The agent refuses a disk whose label names another \
+            cluster, another server, or not the disk the manager has at that path; this is \
+            the one way to use such a disk anyway. Its old data is gone for good: a disk of a \
+            cluster whose manager lost its store still holds that cluster's volumes, so start \
+            that manager on its store instead if they are wanted.\n\n\
+            Stop the agent that serves the disk first. Then start the agent: it registers the \
+            disk as a new, blank disk and labels it. If the manager still has a disk at this \
+            path on this server, it fails that disk (its legs are rebuilt elsewhere); remove it \
+            with `vsky disk remove` once it holds no legs, and restart the agent to add the \
+            new one. Zeroing takes seconds on files and devices that discard to zeros, and \
+            as long as writing the whole disk on others.",
+        after_help = "Example:\n  vsky-agent reinitialize-disk --destroy-data /dev/sdb"
+    )]
+    ReinitializeDisk {
+        /// The block device or file to zero.
+        path: PathBuf,
+        /// Confirms that all data on the disk may be destroyed (required).
+        #[arg(long)]
+        destroy_data: bool,
+    },
+}
+
+/// `vsky-agent reinitialize-disk`: zero the disk and say what it held.
+fn reinitialize_disk(path: &std::path::Path, destroy_data: bool) -> anyhow::Result<()> {
+    if !destroy_data {
+        bail!(
+            "reinitializing {} destroys all its data; add --destroy-data to confirm",
+            path.display()
+        );
+    }
+    let (before, size) = vsky_agent::disks::reinitialize(path)?;
+    let was = match before {
+        vsky_agent::label::Decoded::Blank => "it carried no label".to_string(),
+        vsky_agent::label::Decoded::Label(l) => format!(
+            "it was disk {} of server '{}' in cluster {}",
+            l.disk_id, l.server, l.cluster_id
+        ),
+        vsky_agent::label::Decoded::Unusable(why) => format!("before: {why}"),
+    };
+    println!(
+        "zeroed {} ({size} bytes; {was}); start the agent to register it as a new disk",
+        path.display()
+    );
+    Ok(())
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -114,6 +174,15 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::ReinitializeDisk { path, destroy_data }) = &args.command {
+        return reinitialize_disk(path, *destroy_data);
+    }
+    // Required by clap unless a subcommand is given.
+    let (Some(manager), Some(token_file), Some(server_name)) =
+        (args.manager, args.token_file, args.server_name)
+    else {
+        bail!("--manager, --token-file and --server-name are required");
+    };
     let filter =
         tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?;
     let builder = tracing_subscriber::fmt()
@@ -150,12 +219,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let config = vsky_agent::Config {
         client: ClientConfig {
-            manager_url: args.manager,
-            token: Some(read_token(&args.token_file)?),
+            manager_url: manager,
+            token: Some(read_token(&token_file)?),
             ca_file: args.ca_file,
             timeout: None,
         },
-        server_name: args.server_name,
+        server_name,
         nbd_listen: args.listen,
         advertise,
         disks: args.disks,

@@ -12,15 +12,16 @@ use anyhow::Context;
 use tokio::sync::{Notify, watch};
 use vsky_api::types::{
     AgentDisk, ChunkId, DesiredState, FailedLeg, Heartbeat, LegState, RegisterAgent, ResyncReport,
-    ScrubMethod, ScrubReport, ScrubSpec, VolumeSpec,
+    ScrubMethod, ScrubReport, ScrubSpec, VolumeSpec, WipedChunk,
 };
 use vsky_api::{Client, ClientConfig};
 use vsky_nbd::{Export, ExportTable, ServerConfig};
 
 use crate::compare::Scrubs;
 use crate::copy::Copies;
-use crate::disks::{self, DiskArg, ProbedDisk};
+use crate::disks::{self, DiskArg, InspectedDisk};
 use crate::head::{Head, NbdTimeouts};
+use crate::label::{self, Decoded};
 use crate::wipe;
 
 #[derive(Clone, Debug)]
@@ -55,7 +56,7 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// volumes for the health watcher.
 #[derive(Default)]
 pub(crate) struct Shared {
-    wiped: Mutex<Vec<ChunkId>>,
+    wiped: Mutex<Vec<WipedChunk>>,
     failed: Mutex<Vec<FailedLeg>>,
     /// Failed legs already queued or reported, so each is sent once. Keyed
     /// by chunk as well as slot: a slot (volume, mirrored disk, leg) is
@@ -88,6 +89,14 @@ pub(crate) struct Shared {
     /// waits on `assembly` for attaches and detaches to take effect.
     pub(crate) assembled: Mutex<BTreeMap<String, PathBuf>>,
     pub(crate) assembly: watch::Sender<u64>,
+    /// Volumes whose devices exist in the kernel, as the last assembly pass
+    /// (or the start) found them: with the desired volumes, what the
+    /// heartbeat reports assembled, so the manager ends a release only
+    /// once the devices are gone.
+    present: Mutex<BTreeSet<String>>,
+    /// Why the last teardown of a volume failed (usually: held open), until
+    /// one succeeds; the local API's detach answers with it.
+    pub(crate) teardown_errors: Mutex<BTreeMap<String, String>>,
 }
 
 pub(crate) fn lock_shared<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -141,6 +150,33 @@ impl Shared {
         returning.extend(back);
         drop(returning);
         *lock(&self.volumes) = volumes.to_vec();
+    }
+
+    /// The volumes this head has assembled or is assembling, for the
+    /// heartbeat: those whose devices exist, and those the manager lists
+    /// (an assembly may be under way). Empty on a storage-only agent.
+    pub(crate) fn assembled_report(&self) -> Vec<String> {
+        let mut names = lock(&self.present).clone();
+        names.extend(lock(&self.volumes).iter().map(|v| v.name.clone()));
+        names.extend(lock(&self.assembled).keys().cloned());
+        names.into_iter().collect()
+    }
+
+    /// Whether a volume has no devices here (none assembled by this
+    /// process, none found in the kernel by the last pass).
+    pub(crate) fn gone(&self, volume: &str) -> bool {
+        !lock(&self.assembled).contains_key(volume) && !lock(&self.present).contains(volume)
+    }
+
+    /// Records which volumes have devices now; a change goes to the
+    /// manager at once (a release waits for it).
+    fn set_present(&self, present: BTreeSet<String>) {
+        let mut have = lock(&self.present);
+        if *have != present {
+            *have = present;
+            drop(have);
+            self.heartbeat_now.notify_one();
+        }
     }
 
     /// (volume, mirrored disk) of every volume this head should have
@@ -240,11 +276,14 @@ struct Agent {
     head: Option<Arc<Mutex<Head>>>,
     shared: Arc<Shared>,
     /// Wipes done and reported (or queued) that the manager still lists.
-    wiped_done: BTreeSet<ChunkId>,
+    wipes: wipe::Wipes,
     /// Resyncs of detached volumes this storage agent copies.
     copies: Copies,
     /// Scrubs of detached volumes this storage agent runs.
     scrubs: Scrubs,
+    /// Paths of the disks the manager accepted at registration: the agent
+    /// exports, wipes and copies into these only, whatever it is asked.
+    served: BTreeSet<String>,
 }
 
 /// Runs the agent until `shutdown` resolves.
@@ -252,25 +291,34 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let probed: Vec<ProbedDisk> = config
-        .disks
-        .iter()
-        .map(disks::probe)
-        .collect::<Result<_, _>>()?;
+    // A disk that cannot be used is reported to the manager (which fails
+    // it), not an error: the agent serves its other disks.
+    let inspected: Vec<InspectedDisk> = config.disks.iter().map(disks::inspect).collect();
     let client = Client::new(config.client.clone())?;
     let head = if config.head {
-        let local: BTreeSet<PathBuf> = probed
+        let local: BTreeSet<PathBuf> = inspected
             .iter()
+            .filter_map(InspectedDisk::probed)
             .filter(|d| d.is_block_device)
             .map(|d| d.path.clone())
             .collect();
         let timeouts = config.timeouts;
-        let head = tokio::task::spawn_blocking(move || Head::open(timeouts, local))
-            .await?
-            .context("head role needs the nbd, dm-mod and dm-raid kernel modules (modprobe them, or run with --storage-only)")?;
-        Some(Arc::new(Mutex::new(head)))
+        let (head, present) = tokio::task::spawn_blocking(move || {
+            let head = Head::open(timeouts, local)?;
+            let present = head.assembled_volumes()?;
+            Ok::<_, crate::head::HeadError>((head, present))
+        })
+        .await?
+        .context("head role needs the nbd, dm-mod and dm-raid kernel modules (modprobe them, or run with --storage-only)")?;
+        Some((Arc::new(Mutex::new(head)), present))
     } else {
         None
+    };
+    // What is assembled from before a restart counts until torn down: a
+    // release must not end while those devices exist.
+    let (head, present) = match head {
+        Some((head, present)) => (Some(head), present),
+        None => (None, BTreeSet::new()),
     };
 
     let exports = ExportTable::new();
@@ -286,6 +334,7 @@ pub async fn run(
     ));
 
     let shared = Arc::new(Shared::default());
+    *lock(&shared.present) = present;
     let mut agent = Agent {
         config,
         client,
@@ -294,11 +343,12 @@ pub async fn run(
         copies: Copies::new(shared.copy_resyncs.clone(), shared.clone()),
         scrubs: Scrubs::new(shared.detached_scrubs.clone(), shared.clone()),
         shared,
-        wiped_done: BTreeSet::new(),
+        wipes: wipe::Wipes::default(),
+        served: BTreeSet::new(),
     };
     tokio::pin!(shutdown);
     tokio::select! {
-        r = agent.register(&probed) => r?,
+        r = agent.register(inspected) => r?,
         _ = &mut shutdown => return stop(stop_tx, nbd).await,
     }
     let heartbeat = tokio::spawn(heartbeat_loop(
@@ -356,33 +406,146 @@ async fn stop(
     Ok(())
 }
 
+/// Drops what the desired state asks of disks the manager did not accept
+/// at registration (it never should: refused disks are failed or unknown
+/// there), so a refused disk (another server's, another cluster's) is never
+/// exported, wiped or written.
+fn served_disks_only(served: &BTreeSet<String>, mut desired: DesiredState) -> DesiredState {
+    let served = |path: &str, what: &str| {
+        let ok = served.contains(path);
+        if !ok {
+            tracing::warn!(path, "{what} on a disk this agent does not serve ignored");
+        }
+        ok
+    };
+    desired
+        .exports
+        .retain(|e| served(&e.disk_path, "an export"));
+    desired.wipes.retain(|w| served(&w.disk_path, "a wipe"));
+    desired
+        .copies
+        .retain(|c| served(&c.target_disk_path, "a copy"));
+    desired
+}
+
+/// What the manager hears about one disk: its size and label, or why it
+/// cannot be used.
+fn agent_disk(d: &InspectedDisk) -> AgentDisk {
+    let (size_bytes, label, problem) = match &d.state {
+        Ok((p, Decoded::Blank)) => (p.size_bytes, None, None),
+        Ok((p, Decoded::Label(l))) => (
+            p.size_bytes,
+            Some(vsky_api::types::DiskLabel {
+                cluster_id: l.cluster_id.clone(),
+                disk_id: l.disk_id,
+                server: l.server.clone(),
+            }),
+            None,
+        ),
+        Ok((p, Decoded::Unusable(why))) => (p.size_bytes, None, Some(why.clone())),
+        Err(why) => (0, None, Some(why.clone())),
+    };
+    AgentDisk {
+        path: d.arg.path.display().to_string(),
+        size_bytes,
+        class: d.arg.class.clone(),
+        label,
+        problem,
+    }
+}
+
 impl Agent {
     /// Registers the server and its disks, retrying while the manager is
     /// unreachable (it may start after the agents).
-    async fn register(&mut self, probed: &[ProbedDisk]) -> anyhow::Result<()> {
+    ///
+    /// Each disk goes with what its header holds (a label, nothing, or why
+    /// it cannot be used), and the manager answers which disks to serve and
+    /// which to leave alone (another cluster's or server's disk, a replaced,
+    /// shrunk or unreadable one: it fails those it knows, and the agent
+    /// serves the rest). Blank disks it accepts get their label here, and
+    /// the agent registers once more so the manager records them labelled
+    /// (a labelled disk that later reads blank was replaced, and is
+    /// failed); a label that cannot be written makes that disk unusable.
+    async fn register(&mut self, mut inspected: Vec<InspectedDisk>) -> anyhow::Result<()> {
+        for round in 0..2 {
+            let answer = self.register_once(&inspected).await?;
+            self.served = answer.disks.iter().map(|d| d.path.clone()).collect();
+            for r in &answer.refused_disks {
+                tracing::error!(path = %r.path, disk_id = ?r.disk_id, "disk refused, not served: {}", r.reason);
+            }
+            if round == 1 {
+                break;
+            }
+            if answer.cluster_id.is_empty() {
+                tracing::warn!("the manager is older than disk labels; the disks stay unlabelled");
+                break;
+            }
+            // The second round is about the disks served: the refused ones
+            // were judged already.
+            inspected.retain(|d| {
+                let path = d.arg.path.display().to_string();
+                !answer.refused_disks.iter().any(|r| r.path == path)
+            });
+            let mut labelled = false;
+            for served in &answer.disks {
+                let Some(disk) = inspected
+                    .iter_mut()
+                    .find(|d| d.arg.path.display().to_string() == served.path)
+                else {
+                    continue;
+                };
+                if !matches!(disk.state, Ok((_, Decoded::Blank))) {
+                    continue;
+                }
+                let new = label::Label {
+                    cluster_id: answer.cluster_id.clone(),
+                    disk_id: served.id,
+                    server: self.config.server_name.clone(),
+                };
+                let (path, to_write) = (disk.arg.path.clone(), new.clone());
+                match tokio::task::spawn_blocking(move || label::write(&path, &to_write)).await? {
+                    Ok(()) => {
+                        tracing::info!(path = %served.path, disk_id = served.id, cluster_id = %answer.cluster_id,
+                            "labelled a blank disk");
+                        if let Ok((_, found)) = &mut disk.state {
+                            *found = Decoded::Label(new);
+                        }
+                    }
+                    Err(e) => disk.state = Err(format!("cannot write its label: {e}")),
+                }
+                labelled = true;
+            }
+            if !labelled {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// One registration, retried while the manager is unreachable.
+    async fn register_once(
+        &self,
+        inspected: &[InspectedDisk],
+    ) -> anyhow::Result<vsky_api::types::AgentRegistered> {
         let req = RegisterAgent {
             server: self.config.server_name.clone(),
             address: self.config.advertise.clone(),
             labels: self.config.labels.clone(),
-            disks: probed
-                .iter()
-                .map(|d| AgentDisk {
-                    path: d.path.display().to_string(),
-                    size_bytes: d.size_bytes,
-                    class: d.class.clone(),
-                })
-                .collect(),
+            storage_only: !self.config.head,
+            disks: inspected.iter().map(agent_disk).collect(),
         };
         let mut delay = Duration::from_millis(200);
         loop {
             match self.client.register_agent(&req).await {
                 Ok(answer) => {
                     tracing::info!(server = %req.server, server_id = answer.server_id, disks = answer.disks.len(),
+                        refused_disks = answer.refused_disks.len(), cluster_id = %answer.cluster_id,
                         chunk_size_bytes = answer.chunk_size_bytes, "registered with the manager");
-                    return Ok(());
+                    return Ok(answer);
                 }
-                // The manager refused (bad name, shrunk disk, …): retrying
-                // cannot help.
+                // The manager refused the request as a whole (a bad name, a
+                // token bound to another server, …; a bad disk is only
+                // refused on its own): retrying cannot help.
                 Err(e @ vsky_api::ClientError::Api { .. }) => {
                     return Err(e).context("the manager refused the registration");
                 }
@@ -433,6 +596,7 @@ impl Agent {
     /// Converges local state onto `desired`; returns false if something
     /// must be retried.
     async fn apply(&mut self, desired: DesiredState) -> bool {
+        let desired = self.served_disks_only(desired);
         let mut complete = true;
         // Checks of mirrors this head assembles go to the patrol, the
         // comparisons of detached volumes' legs to `compare.rs`.
@@ -460,6 +624,10 @@ impl Agent {
         self.scrubs
             .start(&compares, desired.resync_rate_bytes_per_second);
         complete
+    }
+
+    fn served_disks_only(&self, desired: DesiredState) -> DesiredState {
+        served_disks_only(&self.served, desired)
     }
 
     /// Exports exactly the chunks the manager lists. Removing an export
@@ -493,20 +661,16 @@ impl Agent {
         }
     }
 
-    /// Wipes freed chunks not wiped yet and queues them for the heartbeat.
+    /// Wipes freed chunks not wiped yet (for their current release) and
+    /// queues them for the heartbeat.
     async fn wipe(&mut self, desired: &DesiredState) -> bool {
-        let listed: BTreeSet<ChunkId> = desired.wipes.iter().map(|w| w.chunk).collect();
-        self.wiped_done.retain(|c| listed.contains(c));
         let mut complete = true;
-        for w in &desired.wipes {
-            if self.wiped_done.contains(&w.chunk) {
-                continue;
-            }
+        for w in self.wipes.to_do(&desired.wipes) {
             let (path, offset, len) = (PathBuf::from(&w.disk_path), w.offset_bytes, w.size_bytes);
             match tokio::task::spawn_blocking(move || wipe::zero_range(&path, offset, len)).await {
                 Ok(Ok(())) => {
-                    self.wiped_done.insert(w.chunk);
-                    lock(&self.shared.wiped).push(w.chunk);
+                    let report = self.wipes.done(w);
+                    lock(&self.shared.wiped).push(report);
                     self.shared.heartbeat_now.notify_one();
                 }
                 Ok(Err(e)) => {
@@ -563,20 +727,30 @@ impl Agent {
             }
             let desired: BTreeSet<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
             match head.assembled_volumes() {
-                Ok(present) => {
-                    for name in present.iter().filter(|n| !desired.contains(n.as_str())) {
-                        match head.teardown(name) {
+                Ok(mut present) => {
+                    let extra: Vec<String> = present
+                        .iter()
+                        .filter(|n| !desired.contains(n.as_str()))
+                        .cloned()
+                        .collect();
+                    for name in extra {
+                        match head.teardown(&name) {
                             Ok(()) => {
-                                lock(&shared.assembled).remove(name);
+                                lock(&shared.assembled).remove(&name);
+                                lock(&shared.teardown_errors).remove(&name);
+                                present.remove(&name);
                                 tracing::info!(volume = %name, "volume detached");
                             }
                             Err(e) => {
                                 // Usually still open by a user: keep it, retry.
                                 tracing::warn!(volume = %name, error = %e, "cannot tear down volume; will retry");
+                                lock(&shared.teardown_errors).insert(name, e.to_string());
                                 complete = false;
                             }
                         }
                     }
+                    // The manager hears at once that the devices are gone.
+                    shared.set_present(present);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot list device-mapper devices");
@@ -608,12 +782,18 @@ async fn heartbeat_loop(
         scrubs.extend(lock(&shared.detached_scrubs).values().cloned());
         let mut resyncs: Vec<ResyncReport> = lock(&shared.head_resyncs).values().cloned().collect();
         resyncs.extend(lock(&shared.copy_resyncs).values().cloned());
+        // Wipes the manager listed without a release id (an older
+        // manager) go in the field it knows.
+        let (unnumbered, numbered): (Vec<WipedChunk>, Vec<WipedChunk>) =
+            wiped.iter().partition(|w| w.release == 0);
         let beat = Heartbeat {
             server: config.server_name.clone(),
-            wiped_chunks: wiped.clone(),
+            wiped_chunks: unnumbered.iter().map(|w| w.chunk).collect(),
+            wiped: numbered,
             failed_legs: failed.clone(),
             resyncs,
             scrubs,
+            assembled: Some(shared.assembled_report()),
         };
         match client.heartbeat(&beat).await {
             Ok(_) => {
@@ -788,5 +968,31 @@ mod tests {
         shared.set_volumes(std::slice::from_ref(&w));
         shared.leg_failed(&w, 0, 1, None);
         assert_eq!(queued(&shared), 1);
+    }
+
+    /// Nothing on a disk the manager refused is exported, wiped or written,
+    /// even if a desired state asks.
+    #[test]
+    fn only_served_disks_are_touched() {
+        let chunk = |disk_id: u64, path: &str| {
+            serde_json::json!({
+                "chunk": {"disk_id": disk_id, "index": 0},
+                "disk_path": path, "offset_bytes": 1 << 20, "size_bytes": 4 << 20,
+                "export_name": "secret"
+            })
+        };
+        let desired: DesiredState = serde_json::from_value(serde_json::json!({
+            "generation": 7,
+            "exports": [chunk(1, "/ok"), chunk(2, "/refused")],
+            "wipes": [chunk(1, "/ok"), chunk(2, "/refused")],
+            "volumes": [], "copies": [], "scrubs": [],
+        }))
+        .unwrap();
+        let served = BTreeSet::from(["/ok".to_string()]);
+        let kept = served_disks_only(&served, desired);
+        assert_eq!(kept.exports.len(), 1);
+        assert_eq!(kept.exports[0].disk_path, "/ok");
+        assert_eq!(kept.wipes.len(), 1);
+        assert_eq!(kept.wipes[0].disk_path, "/ok");
     }
 }

@@ -5,10 +5,55 @@
 //! the cheapest zeroing the device supports. Either way the range reads back
 //! as zeros before the agent reports the chunk wiped.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
+
+use vsky_api::types::{WipeSpec, WipedChunk};
+
+/// The wipes this agent has done that the manager still lists, so that
+/// each *release* of a freed chunk is wiped once (the manager keeps
+/// listing it until the report arrives).
+///
+/// They are keyed by chunk and release, never by chunk alone: a chunk can
+/// be freed, wiped, reused and freed again before this agent fetches a
+/// desired state without it, and it then comes back under a new release
+/// that must be wiped again (keyed by chunk, it was skipped for good and
+/// stayed releasing until the agent restarted).
+#[derive(Debug, Default)]
+pub struct Wipes {
+    done: BTreeSet<WipedChunk>,
+}
+
+impl Wipes {
+    /// Forgets the wipes the manager no longer lists (their reports
+    /// arrived), and returns the listed ones not done yet.
+    pub fn to_do<'a>(&mut self, listed: &'a [WipeSpec]) -> Vec<&'a WipeSpec> {
+        let keys: BTreeSet<WipedChunk> = listed.iter().map(report).collect();
+        self.done.retain(|k| keys.contains(k));
+        listed
+            .iter()
+            .filter(|w| !self.done.contains(&report(w)))
+            .collect()
+    }
+
+    /// Records a wipe as done; returns its report for the heartbeat.
+    pub fn done(&mut self, wipe: &WipeSpec) -> WipedChunk {
+        let r = report(wipe);
+        self.done.insert(r);
+        r
+    }
+}
+
+/// What the agent reports once it has wiped `wipe`.
+pub fn report(wipe: &WipeSpec) -> WipedChunk {
+    WipedChunk {
+        chunk: wipe.chunk,
+        release: wipe.release,
+    }
+}
 
 /// `_IO(0x12, 127)`: zero a byte range of a block device.
 const BLKZEROOUT: libc::c_ulong = 0x127f;
@@ -52,7 +97,51 @@ pub fn zero_range(path: &Path, offset: u64, len: u64) -> std::io::Result<()> {
 mod tests {
     use std::os::unix::fs::FileExt;
 
+    use vsky_api::types::ChunkId;
+
     use super::*;
+
+    fn wipe(index: u32, release: u64) -> WipeSpec {
+        WipeSpec {
+            chunk: ChunkId { disk_id: 7, index },
+            release,
+            disk_path: "/dev/vdb".into(),
+            offset_bytes: u64::from(index) << 22,
+            size_bytes: 1 << 22,
+        }
+    }
+
+    /// A chunk wiped for one release, freed again under another before
+    /// the agent saw a desired state without it, is wiped again.
+    #[test]
+    fn a_chunk_freed_again_is_wiped_again() {
+        let mut wipes = Wipes::default();
+        let first = [wipe(3, 10), wipe(4, 10)];
+        assert_eq!(wipes.to_do(&first).len(), 2);
+        wipes.done(&first[0]);
+        wipes.done(&first[1]);
+        // Listed again before the manager had the reports: nothing to do.
+        assert!(wipes.to_do(&first).is_empty());
+        // Chunk 3 was freed, reused and freed again (release 12); chunk 4
+        // is still waiting for the manager.
+        let second = [wipe(3, 12), wipe(4, 10)];
+        let to_do = wipes.to_do(&second);
+        assert_eq!(to_do, vec![&second[0]]);
+        assert_eq!(
+            wipes.done(to_do[0]),
+            WipedChunk {
+                chunk: ChunkId {
+                    disk_id: 7,
+                    index: 3
+                },
+                release: 12
+            }
+        );
+        assert!(wipes.to_do(&second).is_empty());
+        // Once unlisted, a release is forgotten.
+        assert!(wipes.to_do(&[]).is_empty());
+        assert_eq!(wipes.done.len(), 0);
+    }
 
     /// The wiped range reads back as zeros; bytes around it are untouched.
     #[test]

@@ -7,7 +7,8 @@
 //! (an HA group on etcd: one leader, standbys). A request goes to the
 //! manager that answered last. It moves on, to the leader a standby names
 //! in its `not_leader` answer or else to the next URL, when
-//! - a standby answers `not_leader` (it did nothing, so resending is safe);
+//! - a standby answers `not_leader`, or a stopping manager
+//!   `shutting_down` (either did nothing, so resending is safe);
 //! - a manager cannot be reached: for reads always, for changes only when
 //!   the connection was never made, so a change that may have reached a
 //!   manager is never sent twice (its outcome is reported instead).
@@ -97,6 +98,8 @@ pub struct Client {
 /// How long a request keeps trying other managers, by default: longer than
 /// a leader election with the default lease (about 7 s).
 pub const FAILOVER_WAIT_DEFAULT: Duration = Duration::from_secs(15);
+/// How long an idle pooled connection to a manager is kept.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What one attempt at one manager says about trying another.
 enum Attempt {
@@ -109,15 +112,29 @@ enum Attempt {
 fn parse_base(url: &str) -> Result<url::Url, ClientError> {
     let base = url::Url::parse(url).map_err(|e| {
         ClientError::Config(format!(
-            "invalid manager URL '{url}': {e}; expected e.g. http://127.0.0.1:8080 (several: comma-separated)"
+            "invalid manager URL: {e}; expected e.g. http://127.0.0.1:8080 (several: comma-separated)"
         ))
     })?;
     if !matches!(base.scheme(), "http" | "https") {
         return Err(ClientError::Config(format!(
-            "manager URL '{url}' must start with http:// or https://"
+            "manager URL '{}' must start with http:// or https://",
+            shown(&base)
         )));
     }
     Ok(base)
+}
+
+/// A URL as errors may show it: any `user:password@` replaced by `***@`,
+/// since errors end up on terminals and in logs.
+fn shown(url: &url::Url) -> String {
+    if url.username().is_empty() && url.password().is_none() {
+        return url.to_string();
+    }
+    let mut bare = url.clone();
+    // Both fail only for URLs that cannot carry credentials at all.
+    let _ = bare.set_password(None);
+    let _ = bare.set_username("***");
+    bare.to_string()
 }
 
 /// Percent-encodes one path segment (names are validated server-side, but
@@ -143,7 +160,12 @@ impl Client {
                 config.manager_url
             )));
         };
-        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            // Below the manager's idle keep-alive close (--header-timeout,
+            // 15 s by default), so a request never races that close on a
+            // pooled connection.
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT);
         if let Some(path) = &config.ca_file {
             let pem = std::fs::read(path).map_err(|e| {
                 ClientError::Config(format!("cannot read CA file {}: {e}", path.display()))
@@ -255,10 +277,12 @@ impl Client {
         extra_timeout: Duration,
     ) -> Result<R, Attempt> {
         let reads = matches!(method, Method::GET | Method::HEAD);
-        let url = format!("{}{}", base.as_str().trim_end_matches('/'), path);
+        let target = format!("{}{}", base.as_str().trim_end_matches('/'), path);
+        // Errors name the URL without its credentials, if it has any.
+        let url = format!("{}{}", shown(base).trim_end_matches('/'), path);
         let mut req = self
             .http
-            .request(method, &url)
+            .request(method, &target)
             .timeout(self.timeout + extra_timeout);
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
@@ -271,7 +295,7 @@ impl Client {
             let resend = reads || source.is_connect();
             let e = ClientError::Transport {
                 url: url.clone(),
-                source,
+                source: source.without_url(),
             };
             if resend {
                 Attempt::Elsewhere(e, None)
@@ -284,19 +308,20 @@ impl Client {
         let bytes = resp.bytes().await.map_err(|source| {
             Attempt::Final(ClientError::Transport {
                 url: url.clone(),
-                source,
+                source: source.without_url(),
             })
         })?;
         if !status.is_success() {
             return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(e) => {
-                    let not_leader = e.code == "not_leader";
+                    // Both say nothing was done: resending is safe.
+                    let elsewhere = e.code == "not_leader" || e.code == "shutting_down";
                     let err = ClientError::Api {
                         status: status.as_u16(),
                         code: e.code,
                         message: e.message,
                     };
-                    if not_leader {
+                    if elsewhere {
                         Attempt::Elsewhere(err, e.leader)
                     } else {
                         Attempt::Final(err)
@@ -482,10 +507,22 @@ impl Client {
         .await
     }
 
+    /// A graceful detach: the attachment is `releasing` until the head
+    /// reports its devices gone (`Volume::attachment_state`).
     pub async fn detach_volume(&self, name: &str) -> Result<VolumeDetail, ClientError> {
         self.post(
             &format!("{API_PREFIX}/volumes/{}/detach", segment(name)),
-            &(),
+            &DetachVolume { force: false },
+        )
+        .await
+    }
+
+    /// The fencing operation: ends the attachment at once, cutting the old
+    /// head off its legs, for a head that is dead or cut off.
+    pub async fn force_detach_volume(&self, name: &str) -> Result<VolumeDetail, ClientError> {
+        self.post(
+            &format!("{API_PREFIX}/volumes/{}/detach", segment(name)),
+            &DetachVolume { force: true },
         )
         .await
     }
@@ -637,5 +674,33 @@ impl Client {
             path.push_str(&format!("&generation={g}"));
         }
         self.call::<(), _>(Method::GET, &path, None, wait).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: a manager URL's `user:password@` was repeated in every
+    /// error that named the URL.
+    #[tokio::test]
+    async fn errors_never_repeat_a_password_from_the_url() {
+        let client = Client::new(ClientConfig {
+            manager_url: "http://admin:pa55word@127.0.0.1:1".into(),
+            token: Some("t".repeat(16)),
+            timeout: Some(Duration::from_millis(200)),
+            ..ClientConfig::default()
+        })
+        .unwrap();
+        let err = client.list_volumes().await.unwrap_err().to_string();
+        assert!(!err.contains("pa55word"), "{err}");
+        assert!(err.contains("http://***@127.0.0.1:1"), "{err}");
+        let Err(err) = Client::new(ClientConfig {
+            manager_url: "ftp://admin:pa55word@h".into(),
+            ..ClientConfig::default()
+        }) else {
+            panic!("an ftp:// manager URL was accepted")
+        };
+        assert!(!err.to_string().contains("pa55word"), "{err}");
     }
 }

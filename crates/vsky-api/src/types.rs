@@ -17,7 +17,9 @@ pub struct ErrorBody {
     /// `not_found`, `method_not_allowed`, `already_exists`, `conflict`,
     /// `attached_elsewhere`,
     /// `not_enough_servers`, `not_enough_space`, `payload_too_large`,
-    /// `unsupported_media_type`, `store_unavailable`, `store_corrupt`,
+    /// `unsupported_media_type`, `request_timeout`, `uri_too_long`,
+    /// `headers_too_large`, `shutting_down`, `store_unavailable`,
+    /// `store_corrupt`,
     /// `not_leader`, `internal`.
     pub code: String,
     pub message: String,
@@ -47,6 +49,9 @@ pub struct Health {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ClusterSummary {
+    /// This cluster's identity, carried by every disk label.
+    #[serde(default)]
+    pub cluster_id: String,
     pub servers: usize,
     pub servers_failed: usize,
     pub disks: usize,
@@ -54,14 +59,20 @@ pub struct ClusterSummary {
     pub chunk_size_bytes: u64,
     /// Legs per mirrored disk of a volume created without `replicas`.
     pub default_replicas: u8,
-    /// Chunk bytes on serving disks.
+    /// Chunk bytes on serving disks (online disks of online servers):
+    /// always `free_bytes + used_bytes + releasing_bytes`.
     pub capacity_bytes: u64,
     /// Chunk bytes free for new legs.
     pub free_bytes: u64,
-    /// Chunk bytes used by legs.
+    /// Chunk bytes used by legs on serving disks.
     pub used_bytes: u64,
-    /// Chunk bytes freed by deleted volumes, awaiting their wipe.
+    /// Chunk bytes on serving disks freed (by deleted volumes, replaced or
+    /// moved legs), awaiting their wipe.
     pub releasing_bytes: u64,
+    /// Chunk bytes on disks that cannot serve (failed disks, disks of
+    /// failed servers), whatever they hold; not part of the capacity.
+    #[serde(default)]
+    pub unavailable_bytes: u64,
     pub volumes: usize,
     pub volumes_attached: usize,
     pub mirrored_disks: usize,
@@ -103,6 +114,11 @@ pub struct Server {
     /// running.
     #[serde(default)]
     pub legs_moving: u64,
+    /// Its agent runs with `--storage-only` (as it said when it last
+    /// registered): it serves chunks but cannot head volumes, so attaching
+    /// one to it is refused.
+    #[serde(default)]
+    pub storage_only: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -240,7 +256,8 @@ pub struct Group {
 #[serde(deny_unknown_fields)]
 pub struct CreateGroup {
     pub name: String,
-    /// Creating again with the same uuid succeeds without change.
+    /// A UUID in 8-4-4-4-12 hex form (XAPI: the SR's uuid). Creating again
+    /// with the same uuid succeeds without change.
     #[serde(default)]
     pub uuid: Option<String>,
     #[serde(default)]
@@ -278,8 +295,13 @@ pub struct Volume {
     pub stripe: Option<Stripe>,
     pub class: Option<String>,
     pub near_server: Option<String>,
-    /// Head server the volume is attached to.
+    /// Head server the volume is attached to (also while it releases it).
     pub attached_to: Option<String>,
+    /// Where the attachment is: `attached`, or `releasing` (a graceful
+    /// detach waits for the head to tear its devices down; no other server
+    /// may attach meanwhile). `None` when detached.
+    #[serde(default)]
+    pub attachment_state: Option<AttachmentState>,
     pub health: VolumeHealth,
     pub mirrored_disks: usize,
     pub mirrored_disks_degraded: usize,
@@ -290,6 +312,17 @@ pub struct Volume {
     pub description: String,
     pub keys: BTreeMap<String, String>,
     pub sharable: bool,
+}
+
+/// The life of an attachment: attached → releasing → detached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachmentState {
+    /// The head assembles the volume and may write it.
+    Attached,
+    /// A graceful detach is under way: the head tears its devices down, and
+    /// the attachment ends once it reports them gone.
+    Releasing,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -339,6 +372,21 @@ pub struct AttachVolume {
     pub server: String,
 }
 
+/// The optional body of a detach.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DetachVolume {
+    /// The fencing operation, for a head that is dead or cut off: end the
+    /// attachment at once, whatever its state, without waiting for the
+    /// head to tear its devices down. Every leg gets a new secret export
+    /// name, so the storage agents cut the old head's connections and
+    /// refuse its names. Without it (the default) the detach is graceful:
+    /// the attachment is `releasing` until the head reports its devices
+    /// gone.
+    #[serde(default)]
+    pub force: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResizeVolume {
@@ -352,9 +400,28 @@ pub struct ResizeVolume {
 #[serde(deny_unknown_fields)]
 pub struct AgentDisk {
     pub path: String,
+    /// 0 when the agent cannot read it (see `problem`).
     pub size_bytes: u64,
     #[serde(default)]
     pub class: Option<String>,
+    /// The label the agent read in the disk's header; absent for a blank
+    /// disk (or from an agent older than labels).
+    #[serde(default)]
+    pub label: Option<DiskLabel>,
+    /// Why the agent cannot use this disk (cannot open it, a corrupt label,
+    /// foreign data in its header). The manager fails the disk it has at
+    /// this path, if any; the agent serves its other disks.
+    #[serde(default)]
+    pub problem: Option<String>,
+}
+
+/// A disk's on-disk label: whose disk it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiskLabel {
+    pub cluster_id: String,
+    pub disk_id: u64,
+    pub server: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -367,6 +434,12 @@ pub struct RegisterAgent {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub disks: Vec<AgentDisk>,
+    /// The agent runs with `--storage-only`: it serves its chunks but
+    /// cannot assemble volumes, so the manager refuses to attach volumes
+    /// to this server. Absent (false) from agents before the role was
+    /// reported.
+    #[serde(default)]
+    pub storage_only: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -382,7 +455,25 @@ pub struct AgentRegistered {
     pub chunk_size_bytes: u64,
     pub leg_meta_bytes: u64,
     pub disk_header_bytes: u64,
+    /// The disks the agent serves.
     pub disks: Vec<RegisteredDisk>,
+    /// The cluster's id, which the agent writes into the labels of blank
+    /// disks.
+    #[serde(default)]
+    pub cluster_id: String,
+    /// The disks the agent must not touch, each with the reason and what
+    /// to do.
+    #[serde(default)]
+    pub refused_disks: Vec<RefusedDisk>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RefusedDisk {
+    pub path: String,
+    /// The manager's disk at this path, now failed, if it has one.
+    #[serde(default)]
+    pub disk_id: Option<u64>,
+    pub reason: String,
 }
 
 #[derive(
@@ -435,9 +526,19 @@ pub struct ResyncReport {
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     pub server: String,
-    /// Freed chunks this agent has wiped (they become free).
+    /// Freed chunks this agent has wiped for a `WipeSpec` without a
+    /// release id (`release` 0: a manager from before release ids, or a
+    /// chunk freed before them). A chunk freed since is freed only by a
+    /// report in `wiped` naming its release, so such reports from older
+    /// agents leave it releasing until the agent is upgraded.
     #[serde(default)]
     pub wiped_chunks: Vec<ChunkId>,
+    /// Freed chunks this agent has wiped, each with the `release` of the
+    /// `WipeSpec` it acted on (they become free if that is still the
+    /// chunk's current release). Left out when empty, so that managers
+    /// from before release ids accept the heartbeat.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wiped: Vec<WipedChunk>,
     /// Legs of volumes this agent heads whose I/O failed.
     #[serde(default)]
     pub failed_legs: Vec<FailedLeg>,
@@ -448,6 +549,23 @@ pub struct Heartbeat {
     /// set).
     #[serde(default)]
     pub scrubs: Vec<ScrubReport>,
+    /// The volumes this agent has assembled now (or is assembling); empty
+    /// for a storage-only agent. A volume being released whose name is
+    /// missing here is released: its attachment ends. `None` (an agent
+    /// from before two-phase detach) means unknown, and the manager then
+    /// ends this server's releasing attachments at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assembled: Option<Vec<String>>,
+}
+
+/// A freed chunk wiped for one release of it (`WipeSpec::release`).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct WipedChunk {
+    pub chunk: ChunkId,
+    pub release: u64,
 }
 
 /// A finished scrub of one mirrored disk: its legs were read and compared.
@@ -505,6 +623,12 @@ pub struct ExportSpec {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct WipeSpec {
     pub chunk: ChunkId,
+    /// Which release of the chunk this is: each time a chunk is freed it
+    /// gets a new id, and the agent wipes it once per id and reports the
+    /// wipe with it (`Heartbeat::wiped`). 0 (or absent) names a chunk
+    /// freed before release ids; report it in `wiped_chunks`.
+    #[serde(default)]
+    pub release: u64,
     pub disk_path: String,
     pub offset_bytes: u64,
     pub size_bytes: u64,
@@ -766,7 +890,7 @@ pub struct Event {
     pub severity: String,
     /// Stable kind: `server_failed`, `server_silent`, `leg_failed`,
     /// `rebuild_queued`, `rebuild_started`, `rebuild_done`,
-    /// `rebuild_failed`, `rebuild_source_failed`, `disk_failed`,
+    /// `rebuild_failed`, `rebuild_source_failed`, `disk_failed`, `disk_refused`,
     /// `disk_draining`,
     /// `disk_drain_stopped`, `server_draining`, `server_drain_stopped`,
     /// `rebalance_planned`, `volume_created`, …

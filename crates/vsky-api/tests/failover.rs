@@ -156,3 +156,26 @@ async fn without_a_leader_the_client_retries_until_the_failover_wait() {
         .is_err()
     );
 }
+
+/// A manager that stopped while the body arrived (`shutting_down`) did
+/// nothing: the change goes to the next manager, once.
+#[tokio::test]
+async fn a_stopping_manager_sends_the_change_to_the_next() {
+    let (stopping, stopping_hits) = fake(|| {
+        (
+            503,
+            r#"{"code":"shutting_down","message":"the manager is shutting down"}"#.into(),
+        )
+    })
+    .await;
+    let (other, other_hits) = fake(|| (204, String::new())).await;
+    let c = client(&[&stopping, &other]);
+    c.delete_group("g").await.unwrap();
+    assert_eq!(
+        (
+            stopping_hits.load(Ordering::SeqCst),
+            other_hits.load(Ordering::SeqCst)
+        ),
+        (1, 1)
+    );
+}

@@ -241,7 +241,8 @@ pub enum GroupCommand {
         display_name: Option<String>,
         #[arg(long, value_name = "TEXT", default_value = "")]
         description: String,
-        /// A uuid: creating again with the same uuid succeeds unchanged.
+        /// A UUID (8-4-4-4-12 hex digits, e.g. the SR's uuid): creating
+        /// again with the same uuid succeeds unchanged.
         #[arg(long, value_name = "UUID")]
         uuid: Option<String>,
     },
@@ -266,9 +267,9 @@ pub enum GroupCommand {
 pub enum ClusterCommand {
     /// Summary: servers, disks, capacity, volumes, degraded and rebuilding.
     #[command(
-        long_about = "Print a summary of the pool: servers and disks (and how many \
-            have failed), chunk capacity with free, used and releasing bytes, \
-            volumes, and how many mirrored disks are degraded (a failed leg) or \
+        long_about = "Print a summary of the pool: the cluster id (every disk's label \
+            carries it), servers and disks (and how many have failed), chunk \
+            capacity with free, used and releasing bytes, volumes, and how many mirrored disks are degraded (a failed leg) or \
             rebuilding (a leg resyncing).",
         after_help = "Example:\n  vsky cluster status\n  vsky --json cluster status"
     )]
@@ -533,7 +534,8 @@ pub enum VolumeCommand {
     #[command(
         long_about = "Attach a volume to a head server: that server's agent assembles \
             /dev/mapper/vsky-<name>. The server may be given as a second positional \
-            argument or with --server.",
+            argument or with --server. A server whose agent runs with --storage-only \
+            cannot head volumes and is refused.",
         after_help = "Examples:\n  vsky volume attach vm-101-disk-0 --server node1\n  \
             vsky volume attach vm-101-disk-0 node1"
     )]
@@ -551,11 +553,40 @@ pub enum VolumeCommand {
         #[arg(long, value_name = "SERVER")]
         server: Option<String>,
     },
-    /// Detach a volume from its head server.
-    #[command(after_help = "Example:\n  vsky volume detach vm-101-disk-0")]
+    /// Detach a volume from its head server (--force: fence a dead head).
+    #[command(
+        long_about = "Detach a volume from its head server, gracefully: the volume is \
+            'releasing' while the head tears its devices down, and detached once the \
+            head reports them gone (usually within a second or two). Only then does \
+            every leg get a new secret export name, so the head's old names open \
+            nothing any more; meanwhile no other server may attach the volume. The \
+            command waits until the volume is detached (up to --wait-timeout; \
+            --no-wait returns at once). If the head cannot tear down (a process \
+            holds the device open), the volume stays releasing: close the device on \
+            the head, or attach the volume there again to keep using it.\n\n\
+            --force is the fencing operation, for a head that is dead, hung or cut \
+            off from the network (a releasing volume whose head failed stays \
+            releasing until then): the attachment ends at once, every leg gets a new \
+            secret export name, and the storage servers cut the NBD connections the \
+            old head opened and refuse its names, so its pending and later writes \
+            fail with I/O errors. Another server may then attach the volume. Use it \
+            only when the head cannot detach by itself: a live head that is fenced \
+            sees its volume fail under its users.",
+        after_help = "Examples:\n  vsky volume detach vm-101-disk-0\n  vsky volume detach --force vm-101-disk-0   # the head is dead: fence it"
+    )]
     Detach {
         /// Volume name.
         name: String,
+        /// Fence the head: end the attachment at once, without waiting for the
+        /// head to tear its devices down (for a dead or cut-off head).
+        #[arg(long)]
+        force: bool,
+        /// Return once the release has started, without waiting for the head.
+        #[arg(long, conflicts_with = "force")]
+        no_wait: bool,
+        /// Longest wait for the head to tear its devices down.
+        #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_timeout)]
+        wait_timeout: Duration,
     },
     /// Grow a volume.
     #[command(

@@ -189,6 +189,25 @@ fn quickstart_through_the_cli() {
     env.ok(&["group", "delete", "lab"]);
     assert_eq!(env.json(&["group", "list"]), serde_json::json!([]));
 
+    // A graceful detach waits for the head (node1, which has no agent
+    // here and never reports its devices gone): it times out naming the
+    // head and the way out, and the volume stays releasing.
+    let out = env.vsky(&["volume", "detach", "vm-disk", "--wait-timeout", "1s"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("node1") && err.contains("vsky volume detach --force vm-disk"),
+        "{err}"
+    );
+    let released = env.ok(&["volume", "detach", "vm-disk", "--no-wait"]);
+    assert!(released.contains("Releasing volume vm-disk"), "{released}");
+    assert!(env.ok(&["volume", "list"]).contains("node1 (releasing)"));
+    assert_eq!(env.json(&["volume", "show", "vm-disk"])["volume"]["attachment_state"], "releasing");
+    let out = env.vsky(&["volume", "delete", "vm-disk"]);
+    assert_eq!(out.status.code(), Some(1), "not while the head releases");
+    // The head is dead: fence it.
+    let fenced = env.json(&["volume", "detach", "--force", "vm-disk"]);
+    assert_eq!(fenced["volume"]["attached_to"], serde_json::Value::Null);
     env.ok(&["volume", "detach", "vm-disk"]);
     env.ok(&["volume", "delete", "vm-disk"]);
     let summary = env.json(&["cluster", "status"]);
@@ -200,7 +219,13 @@ fn quickstart_through_the_cli() {
     assert_eq!(env.json(&["rebuild", "list", "--all"])["running"], 0);
     // The event log tells the story so far, oldest first.
     let events = env.ok(&["events"]);
-    let order: Vec<usize> = ["volume_created", "volume_deleted", "server_failed"]
+    let order: Vec<usize> = [
+        "volume_created",
+        "volume_releasing",
+        "volume_force_detached",
+        "volume_deleted",
+        "server_failed",
+    ]
         .iter()
         .map(|kind| {
             events

@@ -852,6 +852,17 @@ impl Datapath {
         }
     }
 
+    /// How many times `name` is held open (the kernel's open count: a VM's
+    /// blkback, a mounted filesystem, a process with the node open), or
+    /// `None` if it does not exist. A device held open cannot be removed.
+    pub fn open_count(&self, name: &DevName) -> Result<Option<i32>> {
+        match self.dm.device_info(&DevId::Name(name.dm_name())) {
+            Ok(info) => Ok(Some(info.open_count())),
+            Err(e) if is_no_such_device(&e) => Ok(None),
+            Err(e) => Err(dm_err("info", name)(e)),
+        }
+    }
+
     /// The active table of `name` as (start, len, type, params).
     pub fn table(&self, name: &DevName) -> Result<Vec<(u64, u64, String, String)>> {
         let opts = DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE);

@@ -6,7 +6,10 @@
 //! side by side. An agent line may be `SERVER-NAME TOKEN`, which binds the
 //! token to that server: it can then register, heartbeat and read desired
 //! state for that server only, so one leaked agent token does not expose
-//! other servers' export secrets.
+//! other servers' export secrets. A bound line may end in `storage-only`
+//! (`SERVER-NAME TOKEN storage-only`): that token cannot make its server a
+//! head, so it cannot attach volumes (whose legs' secrets a head learns)
+//! and must register the server as storage-only.
 //!
 //! Tokens are compared in constant time and never logged.
 
@@ -19,6 +22,9 @@ pub enum Principal {
     /// An agent, bound to one server if its token line names one.
     Agent {
         server: Option<String>,
+        /// The token line ends in `storage-only`: its server may not head
+        /// volumes.
+        storage_only: bool,
     },
     /// A metrics scraper: may read `/metrics` and nothing else.
     Metrics,
@@ -29,12 +35,31 @@ impl Principal {
     pub fn may_act_for(&self, server: &str) -> bool {
         match self {
             Principal::Admin => true,
-            Principal::Agent { server: None } => true,
-            Principal::Agent { server: Some(s) } => s == server,
+            Principal::Agent { server: None, .. } => true,
+            Principal::Agent {
+                server: Some(s), ..
+            } => s == server,
             Principal::Metrics => false,
         }
     }
+
+    /// May this principal make its server a head: register it without
+    /// `--storage-only`, attach volumes to it? Not with a `storage-only`
+    /// agent token.
+    pub fn may_head(&self) -> bool {
+        !matches!(
+            self,
+            Principal::Agent {
+                storage_only: true,
+                ..
+            }
+        )
+    }
 }
+
+/// The last word of an agent token line for a server that may not head
+/// volumes.
+const STORAGE_ONLY: &str = "storage-only";
 
 /// Shortest token accepted; shorter ones are guessable.
 const TOKEN_LEN_MIN: usize = 16;
@@ -42,7 +67,8 @@ const TOKEN_LEN_MIN: usize = 16;
 #[derive(Clone, Default)]
 pub struct Tokens {
     admin: Vec<Vec<u8>>,
-    agents: Vec<(Option<String>, Vec<u8>)>,
+    /// (bound server, storage-only, token)
+    agents: Vec<(Option<String>, bool, Vec<u8>)>,
     metrics: Vec<Vec<u8>>,
 }
 
@@ -92,12 +118,22 @@ impl Tokens {
         }
         if let Some(path) = agent_file {
             for line in lines(path)? {
-                let (server, token) = match line.split_once(char::is_whitespace) {
-                    Some((s, t)) => (Some(s.to_string()), t.trim().to_string()),
-                    None => (None, line),
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let (server, token, storage_only) = match fields[..] {
+                    [token] => (None, token, false),
+                    [server, token] => (Some(server.to_string()), token, false),
+                    [server, token, STORAGE_ONLY] => (Some(server.to_string()), token, true),
+                    _ => {
+                        return Err(format!(
+                            "a line of {} is neither `TOKEN`, `SERVER-NAME TOKEN` nor `SERVER-NAME TOKEN {STORAGE_ONLY}`",
+                            path.display()
+                        ));
+                    }
                 };
-                check_token(path, &token)?;
-                tokens.agents.push((server, token.into_bytes()));
+                check_token(path, token)?;
+                tokens
+                    .agents
+                    .push((server, storage_only, token.as_bytes().to_vec()));
             }
         }
         Ok(tokens)
@@ -125,10 +161,11 @@ impl Tokens {
                 found = Some(Principal::Admin);
             }
         }
-        for (server, t) in &self.agents {
+        for (server, storage_only, t) in &self.agents {
             if constant_time_eq(t, presented) && found.is_none() {
                 found = Some(Principal::Agent {
                     server: server.clone(),
+                    storage_only: *storage_only,
                 });
             }
         }
@@ -170,12 +207,47 @@ mod tests {
         );
         assert_eq!(
             t.authenticate("any-agent-token-0123456789"),
-            Some(Principal::Agent { server: None })
+            Some(Principal::Agent {
+                server: None,
+                storage_only: false
+            })
         );
         let bound = t.authenticate("node-a-token-0123456789").unwrap();
         assert!(bound.may_act_for("node-a") && !bound.may_act_for("node-b"));
+        assert!(bound.may_head());
         assert_eq!(t.authenticate("admin-token-012345678"), None);
         assert_eq!(t.authenticate(""), None);
+    }
+
+    #[test]
+    fn a_storage_only_agent_token_may_not_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = dir.path().join("admin");
+        let agent = dir.path().join("agent");
+        std::fs::write(&admin, "admin-token-0123456789\n").unwrap();
+        std::fs::write(
+            &agent,
+            "node-a node-a-token-0123456789 storage-only\nnode-b\tnode-b-token-0123456789\n",
+        )
+        .unwrap();
+        let t = Tokens::load(&admin, Some(&agent)).unwrap();
+        let a = t.authenticate("node-a-token-0123456789").unwrap();
+        assert!(a.may_act_for("node-a") && !a.may_act_for("node-b"));
+        assert!(!a.may_head());
+        assert!(
+            t.authenticate("node-b-token-0123456789")
+                .unwrap()
+                .may_head()
+        );
+        assert!(t.authenticate("admin-token-0123456789").unwrap().may_head());
+        for bad in [
+            "node-a node-a-token-0123456789 head\n",
+            "node-a node-a-token-0123456789 storage-only extra\n",
+        ] {
+            std::fs::write(&agent, bad).unwrap();
+            let e = Tokens::load(&admin, Some(&agent)).unwrap_err();
+            assert!(e.contains("SERVER-NAME TOKEN storage-only"), "{e}");
+        }
     }
 
     #[test]

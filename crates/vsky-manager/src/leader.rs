@@ -290,6 +290,7 @@ impl Election {
             Ok(()) => {
                 tracing::info!(url = %self.record.url, "elected leader: state reloaded from etcd, accepting writes");
                 self.last_problem = None;
+                manager.ensure_cluster_id();
                 manager.set_role(Role::Leader);
             }
             Err(e) => {

@@ -14,7 +14,9 @@
 //! - [`http`]: routes, request pipeline, error mapping, OpenAPI document.
 //! - [`auth`]: admin and agent bearer tokens.
 //! - [`metrics`]: Prometheus metrics.
-//! - [`tls`]: rustls listener.
+//! - [`serve`]: the HTTP front door: accept loop, connection caps, read
+//!   deadlines for slow clients, graceful shutdown.
+//! - [`tls`]: the rustls server configuration.
 //! - [`etcd`]: a small blocking client of etcd's v3 JSON API; [`leader`]:
 //!   leader election among managers sharing an etcd store; [`migrate`]:
 //!   copying a cluster between stores (redb ⇄ etcd).
@@ -32,6 +34,7 @@ pub mod leader;
 pub mod metrics;
 pub mod migrate;
 pub mod recovery;
+pub mod serve;
 pub mod service;
 pub mod store;
 pub mod tls;
@@ -44,16 +47,40 @@ use tokio_rustls::rustls::ServerConfig;
 
 pub use auth::Tokens;
 pub use recovery::RecoveryConfig;
+pub use serve::ServeLimits;
 pub use service::Manager;
 
 /// Serves the API on `listener`, and runs the recovery loop, until
-/// `shutdown` resolves; then finishes in-flight requests and returns.
+/// `shutdown` resolves; then finishes in-flight requests and returns. The
+/// front door's limits are the defaults ([`run_with_limits`] sets them).
 pub async fn run(
     manager: Arc<Manager>,
     tokens: Tokens,
     listener: TcpListener,
     tls: Option<Arc<ServerConfig>>,
     recovery: RecoveryConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    run_with_limits(
+        manager,
+        tokens,
+        listener,
+        tls,
+        recovery,
+        ServeLimits::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`run`] with the front door's limits: timeouts and connection caps.
+pub async fn run_with_limits(
+    manager: Arc<Manager>,
+    tokens: Tokens,
+    listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
+    recovery: RecoveryConfig,
+    limits: ServeLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let stopping = Arc::clone(&manager);
@@ -74,28 +101,7 @@ pub async fn run(
         recovery,
     };
     let app = http::router(state);
-    let served = serve(app, listener, tls, shutdown).await;
+    let served = serve::serve(app, listener, tls, limits, shutdown).await;
     background.abort();
     served
-}
-
-async fn serve(
-    app: axum::Router,
-    listener: TcpListener,
-    tls: Option<Arc<ServerConfig>>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    match tls {
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-        Some(config) => {
-            let listener = tls::TlsListener::new(listener, config)?;
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-    }
 }

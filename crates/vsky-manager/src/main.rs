@@ -80,9 +80,11 @@ struct Args {
     #[arg(long, env = "VSKY_MANAGER_TOKEN_FILE", required = true)]
     token_file: Option<PathBuf>,
 
-    /// File holding agent bearer token(s): lines `TOKEN` (any server) or
-    /// `SERVER-NAME TOKEN` (bound to one server). Agent tokens may only call
-    /// /api/v1/agent/ endpoints.
+    /// File holding agent bearer token(s): lines `TOKEN` (any server),
+    /// `SERVER-NAME TOKEN` (bound to one server) or `SERVER-NAME TOKEN
+    /// storage-only` (bound to a server that may not head volumes: it cannot
+    /// attach them, and its agent must run with --storage-only). Agent tokens
+    /// may only call /api/v1/agent/ endpoints.
     #[arg(long, env = "VSKY_MANAGER_AGENT_TOKEN_FILE")]
     agent_token_file: Option<PathBuf>,
 
@@ -106,6 +108,42 @@ struct Args {
     /// PEM private key for TLS (with --tls-cert).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+
+    /// How long a client may take to send a request's line and headers, and
+    /// how long a keep-alive connection may sit idle between requests,
+    /// before the connection is closed (e.g. 15s, 500ms). Keep it above
+    /// 10 s, the idle time after which VastSky's own clients drop a pooled
+    /// connection.
+    #[arg(long, default_value = "15s", value_parser = parse_duration, env = "VSKY_MANAGER_HEADER_TIMEOUT")]
+    header_timeout: Duration,
+
+    /// How long a client may take to send a whole request body after its
+    /// headers (answered 408 `request_timeout` after that), and to accept
+    /// the bytes of an answer (the connection is dropped after a stall this
+    /// long). Long-polls are not affected: they wait on the manager, not on
+    /// the client.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, env = "VSKY_MANAGER_BODY_TIMEOUT")]
+    body_timeout: Duration,
+
+    /// How long a client may take to finish its TLS handshake (with
+    /// --tls-cert).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, env = "VSKY_MANAGER_TLS_HANDSHAKE_TIMEOUT")]
+    tls_handshake_timeout: Duration,
+
+    /// Open client connections at most; more are closed at once (and
+    /// logged). Every agent keeps about two open (a long-poll for its
+    /// desired state and one for heartbeats and reports), so size this to
+    /// at least 3 × servers + 200 for admins and plugin calls; the default
+    /// fits about 1300 servers. The manager raises its open-file limit to
+    /// fit, or warns and serves fewer.
+    #[arg(long, default_value_t = vsky_manager::serve::MAX_CONNECTIONS_DEFAULT, value_parser = parse_connections, env = "VSKY_MANAGER_MAX_CONNECTIONS")]
+    max_connections: usize,
+
+    /// Open connections one source address may hold at most (IPv6: one
+    /// /64); more are closed at once (and logged). One host's agent and its
+    /// concurrent plugin calls need far fewer than the default.
+    #[arg(long, default_value_t = vsky_manager::serve::MAX_CONNECTIONS_PER_SOURCE_DEFAULT, value_parser = parse_connections, env = "VSKY_MANAGER_MAX_CONNECTIONS_PER_SOURCE")]
+    max_connections_per_source: usize,
 
     /// Resyncs one physical disk takes part in at a time, as source or
     /// target (k). 1 keeps every disk's bandwidth for one rebuild plus the
@@ -266,11 +304,10 @@ fn open_for_migration(
             dir.display()
         );
     }
+    // The store's own error says what is wrong: locked by a running
+    // manager, damaged, or unreadable.
     Ok(Box::new(RedbStore::open(&dir).with_context(|| {
-        format!(
-            "cannot open {} (is a vsky-manager still using it?)",
-            dir.display()
-        )
+        format!("cannot use {} as a store", dir.display())
     })?))
 }
 
@@ -339,6 +376,13 @@ fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
         return Ok(std::time::Duration::ZERO);
     }
     parse_duration(s)
+}
+
+fn parse_connections(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err(format!("'{s}' is not a connection count from 1 to 1000000")),
+    }
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -431,7 +475,7 @@ async fn main() -> anyhow::Result<()> {
     // Scripts and tests read the bound address from this line.
     println!("listening on {scheme}://{local}");
     std::io::stdout().flush()?;
-    vsky_manager::run(
+    vsky_manager::run_with_limits(
         manager,
         tokens,
         listener,
@@ -446,6 +490,13 @@ async fn main() -> anyhow::Result<()> {
             }),
             scrub_interval: (!args.scrub_interval.is_zero()).then_some(args.scrub_interval),
             ..Default::default()
+        },
+        vsky_manager::ServeLimits {
+            header_timeout: args.header_timeout,
+            body_timeout: args.body_timeout,
+            tls_handshake_timeout: args.tls_handshake_timeout,
+            max_connections: args.max_connections,
+            max_connections_per_source: args.max_connections_per_source,
         },
         shutdown_signal(),
     )

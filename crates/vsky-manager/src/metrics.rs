@@ -60,6 +60,7 @@ struct Gauges {
     free: Gauge,
     used: Gauge,
     releasing: Gauge,
+    unavailable: Gauge,
     servers: Gauge,
     servers_failed: Gauge,
     disks: Gauge,
@@ -99,7 +100,7 @@ impl Metrics {
             latency.clone(),
         );
         let g = Gauges::default();
-        let gauges: [(&str, &str, &Gauge); 20] = [
+        let gauges: [(&str, &str, &Gauge); 21] = [
             (
                 "moves",
                 "Leg moves (drain, rebalance) queued or running; also counted in rebuilds_*",
@@ -147,6 +148,11 @@ impl Metrics {
                 "releasing_bytes",
                 "Chunk bytes freed and awaiting their wipe",
                 &g.releasing,
+            ),
+            (
+                "unavailable_bytes",
+                "Chunk bytes on failed disks and failed servers' disks",
+                &g.unavailable,
             ),
             ("servers", "Registered servers", &g.servers),
             ("servers_failed", "Servers marked failed", &g.servers_failed),
@@ -243,6 +249,7 @@ impl Metrics {
         set(&g.free, s.free_bytes);
         set(&g.used, s.used_bytes);
         set(&g.releasing, s.releasing_bytes);
+        set(&g.unavailable, s.unavailable_bytes);
         set(&g.servers, s.servers as u64);
         set(&g.servers_failed, s.servers_failed as u64);
         set(&g.disks, s.disks as u64);

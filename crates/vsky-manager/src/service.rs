@@ -69,6 +69,30 @@ fn load_cluster(store: &dyn Store) -> Result<Option<Cluster>, ServiceError> {
     }
 }
 
+/// Gives a cluster loaded from a store older than cluster ids its id, and
+/// stores it. A manager that may not write (an etcd standby) leaves that to
+/// the leader, which does it when it takes over.
+pub(crate) fn ensure_cluster_id(store: &dyn Store, cluster: &mut Cluster) {
+    if !cluster.cluster_id().is_empty() {
+        return;
+    }
+    let changes = cluster.ensure_cluster_id(&mut OsSecrets);
+    match store.commit(cluster, &changes) {
+        Ok(()) => {
+            tracing::info!(
+                cluster_id = cluster.cluster_id(),
+                "the cluster has its id now"
+            )
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "cannot store a cluster id yet; the leading manager will");
+            if let Ok(Some(reloaded)) = load_cluster(store) {
+                *cluster = reloaded;
+            }
+        }
+    }
+}
+
 impl Manager {
     /// Opens the cluster from the store, initialising an empty store with
     /// `settings`. A chunk size given for an existing store must match.
@@ -89,12 +113,18 @@ impl Manager {
                 c
             }
             None => {
-                let c = Cluster::new(settings)?;
+                let mut c = Cluster::new(settings)?;
+                c.ensure_cluster_id(&mut OsSecrets);
                 store.initialise(&c)?;
+                tracing::info!(
+                    cluster_id = c.cluster_id(),
+                    "initialised a new, empty cluster"
+                );
                 c
             }
         };
         let mut cluster = cluster;
+        ensure_cluster_id(store.as_ref(), &mut cluster);
         // Start generations at a random point: agents compare for
         // inequality, and a restarted manager counting from 1 again could
         // land on the very number an agent holds and leave it waiting.
@@ -230,6 +260,12 @@ impl Manager {
         self.generation.send_replace(cluster.generation());
         self.poisoned.store(false, Ordering::Release);
         Ok(())
+    }
+
+    /// Gives a cluster from a store older than cluster ids its id (a new
+    /// leader on etcd calls this after taking over).
+    pub fn ensure_cluster_id(&self) {
+        ensure_cluster_id(self.store.as_ref(), &mut self.lock());
     }
 
     pub fn is_poisoned(&self) -> bool {

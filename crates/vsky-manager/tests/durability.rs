@@ -103,12 +103,15 @@ async fn a_failed_multi_step_request_leaves_nothing_behind() {
         path: path.into(),
         size_bytes: 1 << 30,
         class: None,
+        label: None,
+        problem: None,
     };
     let req = RegisterAgent {
         server: "node9".into(),
         address: "127.0.0.1:30009".into(),
         labels: Default::default(),
         disks: vec![disk("/dev/vdb"), disk("relative/path")],
+        storage_only: false,
     };
     assert_eq!(
         agent.register_agent(&req).await.unwrap_err().code(),

@@ -76,6 +76,7 @@ async fn authentication_is_enforced() {
         address: format!("127.0.0.1:{}", 30000 + name.len()),
         labels: Default::default(),
         disks: vec![],
+        storage_only: false,
     };
     agent.register_agent(&reg("anything")).await.unwrap();
     let bound = m.client(BOUND_AGENT_TOKEN);
@@ -474,6 +475,19 @@ async fn volume_lifecycle() {
 
     admin.detach_volume("vm1").await.unwrap();
     admin.detach_volume("vm1").await.unwrap();
+    // Releasing until the head (s1) reports its devices gone.
+    assert_eq!(
+        admin.delete_volume("vm1").await.unwrap_err().code(),
+        Some("conflict")
+    );
+    m.client(AGENT_TOKEN)
+        .heartbeat(&Heartbeat {
+            server: "s1".into(),
+            assembled: Some(vec![]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     admin.delete_volume("vm1").await.unwrap();
     assert_eq!(
         admin.volume("vm1").await.unwrap_err().code(),
@@ -490,14 +504,19 @@ async fn volume_lifecycle() {
             .desired_state(&name, None, Duration::ZERO)
             .await
             .unwrap();
-        let wiped: Vec<ChunkId> = desired.wipes.iter().map(|w| w.chunk).collect();
+        let wiped: Vec<WipedChunk> = desired
+            .wipes
+            .iter()
+            .map(|w| WipedChunk {
+                chunk: w.chunk,
+                release: w.release,
+            })
+            .collect();
         m.client(AGENT_TOKEN)
             .heartbeat(&Heartbeat {
                 server: name,
-                wiped_chunks: wiped,
-                failed_legs: vec![],
-                resyncs: vec![],
-                scrubs: vec![],
+                wiped,
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -587,12 +606,7 @@ async fn desired_state_long_poll_wakes_on_change() {
 #[tokio::test]
 async fn tls_with_ca_file() {
     let dir = tempfile::tempdir().unwrap();
-    let cert =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .unwrap();
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let (cert_path, key_path) = self_signed_cert(dir.path());
     let m = ManagerProcess::start(
         dir.path(),
         &[
@@ -698,20 +712,28 @@ async fn groups_and_volume_metadata() {
     make_pool(&admin, 3, 1, 8, 0).await;
     let sr = CreateGroup {
         name: "sr-1".into(),
-        uuid: Some("0d6c5e1e-sr".into()),
+        uuid: Some("0d6c5e1e-4b0f-4a39-9a3e-2f6f0c1d2e3f".into()),
         display_name: Some("Pool SR".into()),
         description: "for VMs".into(),
     };
     admin.create_group(&sr).await.unwrap();
     admin.create_group(&sr).await.unwrap();
     let other = CreateGroup {
-        uuid: Some("other".into()),
+        uuid: Some("0d6c5e1e-4b0f-4a39-9a3e-2f6f0c1d2e40".into()),
         ..sr.clone()
     };
     assert_eq!(
         admin.create_group(&other).await.unwrap_err().code(),
         Some("already_exists")
     );
+    let not_a_uuid = CreateGroup {
+        name: "sr-2".into(),
+        uuid: Some("0d6c5e1e-sr".into()),
+        ..sr.clone()
+    };
+    let e = admin.create_group(&not_a_uuid).await.unwrap_err();
+    assert_eq!(e.code(), Some("invalid_argument"));
+    assert!(e.to_string().contains("group uuid"), "{e}");
     let mut keys = std::collections::BTreeMap::new();
     keys.insert("vdi-type".to_string(), "user".to_string());
     let v = admin
@@ -773,4 +795,75 @@ async fn groups_and_volume_metadata() {
     admin.delete_volume("vdi-1").await.unwrap();
     admin.delete_group("sr-1").await.unwrap();
     assert_eq!(admin.list_groups().await.unwrap().len(), 0);
+}
+
+/// A wipe report frees a chunk only for the release it was made for: a
+/// retried report of an earlier release, or one without a release id (an
+/// older agent), leaves a chunk freed again releasing until its new
+/// release is wiped.
+#[tokio::test]
+async fn wipe_reports_free_only_the_current_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
+    let admin = m.admin();
+    let agent = m.client(AGENT_TOKEN);
+    make_pool(&admin, 2, 1, 1, 0).await;
+    let report = |server: &str, wiped: Vec<WipedChunk>, unnumbered: Vec<ChunkId>| Heartbeat {
+        server: server.into(),
+        wiped,
+        wiped_chunks: unnumbered,
+        ..Default::default()
+    };
+    let releasing = async || admin.cluster().await.unwrap().releasing_bytes / CHUNK;
+    // Both chunks used, freed, and their wipes for that release listed.
+    let free_round = async |name: &str| -> Vec<WipedChunk> {
+        admin.create_volume(&volume(name, MIB)).await.unwrap();
+        admin.delete_volume(name).await.unwrap();
+        let mut wiped = Vec::new();
+        for s in ["s0", "s1"] {
+            let desired = agent.desired_state(s, None, Duration::ZERO).await.unwrap();
+            assert_eq!(desired.wipes.len(), 1);
+            assert_ne!(desired.wipes[0].release, 0, "a release id");
+            wiped.push(WipedChunk {
+                chunk: desired.wipes[0].chunk,
+                release: desired.wipes[0].release,
+            });
+        }
+        wiped
+    };
+
+    let first = free_round("a").await;
+    assert_eq!(releasing().await, 2);
+    // An older agent's report carries no release id: ignored.
+    agent
+        .heartbeat(&report("s0", vec![], vec![first[0].chunk]))
+        .await
+        .unwrap();
+    assert_eq!(releasing().await, 2);
+    for (s, w) in ["s0", "s1"].into_iter().zip(&first) {
+        agent.heartbeat(&report(s, vec![*w], vec![])).await.unwrap();
+    }
+    assert_eq!(releasing().await, 0);
+
+    // The same chunks reused and freed again: new releases.
+    let second = free_round("b").await;
+    assert_eq!(
+        (second[0].chunk, second[1].chunk),
+        (first[0].chunk, first[1].chunk)
+    );
+    assert!(second[0].release != first[0].release);
+    // The first reports, delivered again (a retried heartbeat), and a
+    // release-less one free nothing: the chunks were not wiped since.
+    for (s, w) in ["s0", "s1"].into_iter().zip(&first) {
+        agent
+            .heartbeat(&report(s, vec![*w], vec![w.chunk]))
+            .await
+            .unwrap();
+    }
+    assert_eq!(releasing().await, 2);
+    for (s, w) in ["s0", "s1"].into_iter().zip(&second) {
+        agent.heartbeat(&report(s, vec![*w], vec![])).await.unwrap();
+    }
+    let s = admin.cluster().await.unwrap();
+    assert_eq!((s.releasing_bytes, s.free_bytes), (0, s.capacity_bytes));
 }

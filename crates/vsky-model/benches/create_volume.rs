@@ -93,7 +93,9 @@ fn main() {
                     .collect();
                 c.delete_volume(&name).unwrap();
                 for (server, chunk) in legs {
-                    c.chunks_wiped(server, &[chunk]).unwrap();
+                    let release = c.disk(chunk.disk).unwrap().releasing[&chunk.index];
+                    c.chunks_wiped(server, &[WipedChunk { chunk, release }])
+                        .unwrap();
                 }
             }
             times.sort();

@@ -3,6 +3,13 @@
 //! freed chunks to wipe, which detached volumes' legs to copy, and which
 //! mirrored disks to scrub. The manager serves this as the agent's desired
 //! state; nothing here is stored.
+//!
+//! A view names only what its server needs right now, because an agent
+//! token may leak: a leg's secret export name is listed to the server that
+//! exports the chunk, and to another server only while that server must
+//! open the leg (as the head of an attached volume, a copy's source, a
+//! leg a comparing scrub reads over NBD). A storage-only server is listed
+//! no volume to assemble, and a head no volume it is releasing.
 
 use crate::cluster::Cluster;
 use crate::cluster::executor::Executor;
@@ -24,6 +31,10 @@ pub struct ExportSpec {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WipeSpec {
     pub chunk: ChunkRef,
+    /// Which release of the chunk this wipe is for: the agent reports the
+    /// wipe with it (`Cluster::chunks_wiped`), and wipes again when the
+    /// same chunk comes back with another.
+    pub release: u64,
     pub disk_path: String,
     pub offset_bytes: u64,
     pub size_bytes: u64,
@@ -35,6 +46,9 @@ pub struct LegSpec {
     pub chunk: ChunkRef,
     pub server: ServerId,
     pub server_address: String,
+    /// The leg's secret export name; empty when this server has no reason
+    /// to open the leg now (a failed or waiting leg of a head's mirror, a
+    /// leg a scrub reads in place or not at all).
     pub export_name: String,
     /// Set when the chunk is on the head's own disk: map it directly.
     pub local_disk_path: Option<String>,
@@ -121,21 +135,32 @@ impl Cluster {
                     size_bytes: chunk,
                 });
             }
-            for &index in &disk.releasing {
+            for (&index, &release) in &disk.releasing {
                 wipes.push(WipeSpec {
                     chunk: ChunkRef {
                         disk: disk.id,
                         index,
                     },
+                    release,
                     disk_path: disk.path.clone(),
                     offset_bytes: s.chunk_offset_bytes(index),
                     size_bytes: chunk,
                 });
             }
         }
+        // A storage-only server assembles nothing (an attachment from
+        // before the role was known waits for an admin's detach). A
+        // releasing volume is left out: its head tears it down, and its
+        // heartbeat then ends the attachment (`cluster/access.rs`).
+        let heads = self.server(server).is_some_and(|s| !s.storage_only);
         let volumes = self
             .volumes()
-            .filter(|v| v.attachment.as_ref().is_some_and(|a| a.head == server))
+            .filter(|v| {
+                heads
+                    && v.attachment
+                        .as_ref()
+                        .is_some_and(|a| a.head == server && !a.is_releasing())
+            })
             .map(|v| VolumeSpec {
                 name: v.name.clone(),
                 size_bytes: v.size_bytes,
@@ -160,6 +185,11 @@ impl Cluster {
                                                 == Some(Executor::Head(server))
                                     })
                                     .map(|j| j.id);
+                                // The head imports active legs and the new
+                                // members it rebuilds, nothing else.
+                                if leg.state != LegState::Active && spec.resync_job.is_none() {
+                                    spec.export_name.clear();
+                                }
                                 spec
                             })
                             .collect()
@@ -191,7 +221,17 @@ impl Cluster {
                     legs: v.mirrored_disks[m as usize]
                         .legs
                         .iter()
-                        .map(|leg| self.leg_spec(server, leg))
+                        .map(|leg| {
+                            let mut spec = self.leg_spec(server, leg);
+                            // A head checks through its own mirror; a
+                            // comparison reads its own leg in place.
+                            if run.method == ScrubMethod::RaidCheck
+                                || spec.local_disk_path.is_some()
+                            {
+                                spec.export_name.clear();
+                            }
+                            spec
+                        })
                         .collect(),
                 })
             })

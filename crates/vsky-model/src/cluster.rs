@@ -10,7 +10,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+pub mod access;
 pub mod executor;
+pub mod identity;
 pub mod moves;
 pub mod recovery;
 pub mod scrub;
@@ -27,6 +29,8 @@ use crate::{SecretSource, limits};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
     pub next_id: bool,
+    /// The cluster's `Settings` changed (only ever its identity, once).
+    pub settings: bool,
     pub groups: BTreeSet<String>,
     pub jobs: BTreeSet<JobId>,
     pub servers: BTreeSet<ServerId>,
@@ -39,6 +43,7 @@ impl Changes {
     /// mutations into one store transaction).
     pub fn merge(&mut self, other: Changes) {
         self.next_id |= other.next_id;
+        self.settings |= other.settings;
         self.groups.extend(other.groups);
         self.jobs.extend(other.jobs);
         self.servers.extend(other.servers);
@@ -48,6 +53,7 @@ impl Changes {
 
     pub fn is_empty(&self) -> bool {
         !self.next_id
+            && !self.settings
             && self.groups.is_empty()
             && self.jobs.is_empty()
             && self.servers.is_empty()
@@ -100,6 +106,14 @@ pub struct NewDisk {
     pub class: Option<String>,
 }
 
+/// A storage agent's report that it wiped a chunk for one release (the
+/// `release` of the `WipeSpec` it acted on; see [`Disk::releasing`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WipedChunk {
+    pub chunk: ChunkRef,
+    pub release: u64,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct NewVolume {
     pub name: String,
@@ -145,13 +159,17 @@ pub struct Summary {
     pub chunk_size_bytes: u64,
     pub default_replicas: u8,
     /// Chunk bytes on disks that can serve (online disk, online server).
+    /// Always `free_bytes + used_bytes + releasing_bytes`.
     pub capacity_bytes: u64,
-    /// Chunk bytes free for new legs.
+    /// Chunk bytes free for new legs (on serving disks).
     pub free_bytes: u64,
-    /// Chunk bytes in use by legs, on any disk.
+    /// Chunk bytes in use by legs on serving disks.
     pub used_bytes: u64,
-    /// Chunk bytes freed but not yet wiped by their agent.
+    /// Chunk bytes on serving disks freed but not yet wiped by their agent.
     pub releasing_bytes: u64,
+    /// Chunk bytes on disks that cannot serve (a failed disk, or any disk
+    /// of a failed server), whatever they hold: not part of the capacity.
+    pub unavailable_bytes: u64,
     pub volumes: usize,
     pub volumes_attached: usize,
     pub mirrored_disks: usize,
@@ -226,6 +244,22 @@ fn validate_settings(s: &Settings) -> Result<(), ModelError> {
         return Err(ModelError::invalid("default replicas", "must be 2..=9"));
     }
     ids::validate_name("failure domain label", &s.failure_domain_label)
+}
+
+/// A UUID in its canonical 8-4-4-4-12 hex form (an XAPI SR's uuid).
+fn validate_uuid(what: &'static str, text: &str) -> Result<(), ModelError> {
+    let canonical = text.len() == 36
+        && text.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        });
+    if !canonical {
+        return Err(ModelError::invalid(
+            what,
+            "must be a UUID in the form 8-4-4-4-12 hex digits, e.g. 0d6c5e1e-4b0f-4a39-9a3e-2f6f0c1d2e3f (an SR's uuid); leave it out if the group has none",
+        ));
+    }
+    Ok(())
 }
 
 fn validate_display_name(text: &str) -> Result<(), ModelError> {
@@ -312,10 +346,18 @@ impl Cluster {
                 )));
             }
             let mut free = FreeList::full(disk.chunk_count);
-            for &index in &disk.releasing {
+            for (&index, &release) in &disk.releasing {
                 if !free.take(index) {
                     return Err(corrupt(format!(
                         "{} releases chunk {index} beyond its end",
+                        disk.id
+                    )));
+                }
+                // A release id the counter has not reached yet could be
+                // drawn again, and a stale wipe report would then match.
+                if release >= next_id {
+                    return Err(corrupt(format!(
+                        "{} releases chunk {index} with id {release}, beyond next id",
                         disk.id
                     )));
                 }
@@ -520,13 +562,17 @@ impl Cluster {
             if disk.state == DiskState::Failed {
                 s.disks_failed += 1;
             }
+            // Each disk's chunks are free, used or releasing; a disk that
+            // cannot serve counts apart, so the capacity still adds up.
             let usage = self.disk_usage(disk.id);
             if serving {
                 s.capacity_bytes += u64::from(disk.chunk_count) * chunk;
                 s.free_bytes += usage.free_chunks * chunk;
+                s.used_bytes += usage.legs * chunk;
+                s.releasing_bytes += usage.releasing_chunks * chunk;
+            } else {
+                s.unavailable_bytes += u64::from(disk.chunk_count) * chunk;
             }
-            s.used_bytes += usage.legs * chunk;
-            s.releasing_bytes += usage.releasing_chunks * chunk;
         }
         for volume in self.volumes.values() {
             s.volumes += 1;
@@ -598,6 +644,7 @@ impl Cluster {
                 state: ServerState::Online,
                 failed_by_silence: false,
                 draining: false,
+                storage_only: false,
             },
         );
         changes.servers.insert(id);
@@ -772,8 +819,9 @@ impl Cluster {
                 class: new.class,
                 state: DiskState::Online,
                 chunk_count,
-                releasing: BTreeSet::new(),
+                releasing: BTreeMap::new(),
                 draining: false,
+                labelled: false,
             },
         );
         self.runtime.insert(
@@ -805,7 +853,7 @@ impl Cluster {
         let mut changes = Changes::default();
         if chunk_count < disk.chunk_count {
             return Err(ModelError::Conflict(format!(
-                "disk {} on '{}' shrank from {} to {} bytes; its chunks would be cut off. Restore its size, or fail and replace it",
+                "disk {} on '{}' shrank from {} to {} bytes, which cuts off its chunks: it is failed and its legs are rebuilt elsewhere; once it holds no legs, remove it with `vsky disk remove`",
                 new.path, new.server, disk.size_bytes, new.size_bytes
             )));
         }
@@ -855,28 +903,33 @@ impl Cluster {
         Ok(self.commit(changes))
     }
 
-    /// The storage agent of `server` reports chunks it has wiped: they
-    /// become free. Chunks not awaiting a wipe are ignored (the report may be
-    /// a retry). Returns how many chunks were freed.
+    /// The storage agent of `server` reports chunks it has wiped: each
+    /// becomes free if it is still releasing under the release the wipe was
+    /// for. Anything else is ignored, not refused: the report may be a
+    /// retry, or late, and the chunk may since have been reused and freed
+    /// again (it then waits for the wipe of its new release, or an old
+    /// volume's data would reach a new one). Returns how many chunks were
+    /// freed.
     pub fn chunks_wiped(
         &mut self,
         server: ServerId,
-        chunks: &[ChunkRef],
+        wiped: &[WipedChunk],
     ) -> Result<(usize, Changes), ModelError> {
-        for c in chunks {
-            let disk = self.disk(c.disk)?;
+        for w in wiped {
+            let disk = self.disk(w.chunk.disk)?;
             if disk.server != server {
                 return Err(ModelError::invalid(
                     "wiped chunk",
-                    format!("disk {} does not belong to this server", c.disk.0),
+                    format!("disk {} does not belong to this server", w.chunk.disk.0),
                 ));
             }
         }
         let mut changes = Changes::default();
         let mut freed = 0;
-        for c in chunks {
+        for &WipedChunk { chunk: c, release } in wiped {
             let disk = self.disks.get_mut(&c.disk).expect("checked");
-            if disk.releasing.remove(&c.index) {
+            if disk.releasing.get(&c.index) == Some(&release) {
+                disk.releasing.remove(&c.index);
                 let rt = self
                     .runtime
                     .get_mut(&c.disk)
@@ -998,10 +1051,14 @@ impl Cluster {
     pub fn delete_volume(&mut self, name: &str) -> Result<Changes, ModelError> {
         let volume = self.volume_by_name(name)?;
         if let Some(a) = &volume.attachment {
-            return Err(ModelError::Conflict(format!(
-                "volume '{name}' is attached to server '{}'; detach it first",
-                self.servers[&a.head].name
-            )));
+            let server = &self.servers[&a.head].name;
+            return Err(ModelError::Conflict(if a.is_releasing() {
+                format!(
+                    "volume '{name}' is being released by server '{server}'; wait until it has torn its devices down, or fence a dead server with `vsky volume detach --force {name}`"
+                )
+            } else {
+                format!("volume '{name}' is attached to server '{server}'; detach it first")
+            }));
         }
         let id = volume.id;
         let mut changes = Changes::default();
@@ -1012,6 +1069,9 @@ impl Cluster {
             let chunks: Vec<ChunkRef> = md.legs.iter().map(|l| l.chunk).collect();
             self.link_pairs(&chunks, false);
         }
+        // One release id for all its chunks: what matters is that each
+        // release of one chunk has its own.
+        let release = self.take_id(&mut changes);
         for leg in volume.mirrored_disks.iter().flat_map(|m| &m.legs) {
             let rt = self
                 .runtime
@@ -1022,7 +1082,10 @@ impl Cluster {
                 "a leg's chunk is used"
             );
             let disk = self.disks.get_mut(&leg.chunk.disk).expect("exists");
-            assert!(disk.releasing.insert(leg.chunk.index));
+            assert!(
+                disk.releasing.insert(leg.chunk.index, release).is_none(),
+                "a used chunk is not releasing"
+            );
             changes.disks.insert(leg.chunk.disk);
         }
         for d in changes.disks.clone() {
@@ -1033,7 +1096,11 @@ impl Cluster {
     }
 
     /// Attaches a volume to its head server. Attaching again to the same
-    /// server is a no-op; to another server is a conflict.
+    /// server is a no-op, or, while that attachment is releasing, takes it
+    /// back (a retry after a failed deactivate: the head assembles it
+    /// again); to another server is a conflict (`AttachedElsewhere`, or
+    /// `ReleasingElsewhere` until the head has confirmed its teardown); to
+    /// a server whose agent runs with `--storage-only` is refused.
     pub fn attach_volume(&mut self, name: &str, server: &str) -> Result<Changes, ModelError> {
         let head = self.server_by_name(server)?;
         let head_id = head.id;
@@ -1042,10 +1109,30 @@ impl Cluster {
                 "server '{server}' is failed; attach on a healthy server"
             )));
         }
+        self.check_may_head(head_id)?;
         let volume = self.volume_by_name(name)?;
         let mut changes = Changes::default();
+        let id = volume.id;
         match &volume.attachment {
-            Some(a) if a.head == head_id => return Ok(changes),
+            Some(a) if a.head == head_id && !a.is_releasing() => return Ok(changes),
+            Some(a) if a.head == head_id => {
+                // Its resyncs were requeued when the release started: the
+                // head takes them up again once they start.
+                let a = self
+                    .volumes
+                    .get_mut(&id)
+                    .and_then(|v| v.attachment.as_mut())
+                    .expect("exists");
+                a.state = AttachmentState::Attached;
+                changes.volumes.insert(id);
+                return Ok(self.commit(changes));
+            }
+            Some(a) if a.is_releasing() => {
+                return Err(ModelError::ReleasingElsewhere {
+                    volume: name.to_string(),
+                    server: self.servers[&a.head].name.clone(),
+                });
+            }
             Some(a) => {
                 return Err(ModelError::AttachedElsewhere {
                     volume: name.to_string(),
@@ -1054,24 +1141,13 @@ impl Cluster {
             }
             None => {}
         }
-        let id = volume.id;
-        self.volumes.get_mut(&id).expect("exists").attachment = Some(Attachment { head: head_id });
+        self.volumes.get_mut(&id).expect("exists").attachment = Some(Attachment {
+            head: head_id,
+            state: AttachmentState::Attached,
+        });
         changes.volumes.insert(id);
         // A storage agent was copying its resyncs; the head takes over.
         self.requeue_jobs_of(id, &mut changes);
-        Ok(self.commit(changes))
-    }
-
-    /// Detaches a volume. Idempotent.
-    pub fn detach_volume(&mut self, name: &str) -> Result<Changes, ModelError> {
-        let id = self.volume_by_name(name)?.id;
-        let mut changes = Changes::default();
-        let volume = self.volumes.get_mut(&id).expect("exists");
-        if volume.attachment.take().is_some() {
-            changes.volumes.insert(id);
-            // The head was rebuilding; storage agents take over.
-            self.requeue_jobs_of(id, &mut changes);
-        }
         Ok(self.commit(changes))
     }
 
@@ -1212,7 +1288,7 @@ impl Cluster {
         validate_display_name(&group.display_name)?;
         ids::validate_description(&group.description)?;
         if let Some(u) = &group.uuid {
-            validate_display_name(u)?;
+            validate_uuid("group uuid", u)?;
         }
         if let Some(existing) = self.groups.get(&group.name) {
             if existing.uuid.is_some() && existing.uuid == group.uuid {
@@ -1614,6 +1690,20 @@ impl Cluster {
             if self.volume_names.get(&v.name) != Some(&v.id) {
                 return Err(format!("volume name index broken for {}", v.name));
             }
+            // Nothing writes a releasing volume's chunks but its head.
+            if v.attachment.as_ref().is_some_and(|a| a.is_releasing())
+                && let Some(job) = self
+                    .jobs
+                    .values()
+                    .find(|j| j.volume == v.id && j.state == recovery::JobState::Running)
+            {
+                return Err(format!("{} runs on releasing volume {}", job.id, v.name));
+            }
+            if v.attachment.as_ref().is_some_and(|a| a.is_releasing())
+                && self.scrubs.has_run_of(v.id)
+            {
+                return Err(format!("a scrub runs on releasing volume {}", v.name));
+            }
             for (m, md) in v.mirrored_disks.iter().enumerate() {
                 let moving = usize::from(self.move_of(v.id, m as u32).is_some());
                 if md.legs.len() != usize::from(v.replicas) + moving {
@@ -1671,7 +1761,7 @@ impl Cluster {
             }
             if disk
                 .releasing
-                .iter()
+                .keys()
                 .any(|i| rt.free.contains(*i) || rt.used.contains_key(i))
             {
                 return Err(format!(
@@ -1679,6 +1769,37 @@ impl Cluster {
                     disk.id
                 ));
             }
+            if let Some(i) =
+                (rt.used.keys().chain(disk.releasing.keys())).find(|&&i| i >= disk.chunk_count)
+            {
+                return Err(format!("{} accounts for chunk {i} beyond its end", disk.id));
+            }
+            if let Some((i, r)) = disk.releasing.iter().find(|(_, r)| **r >= self.next_id) {
+                return Err(format!(
+                    "{} chunk {i} has release id {r}, not yet drawn",
+                    disk.id
+                ));
+            }
+        }
+        // The pool's capacity adds up too, whatever has failed.
+        let s = self.summary();
+        if s.free_bytes + s.used_bytes + s.releasing_bytes != s.capacity_bytes {
+            return Err(format!(
+                "capacity {} != free {} + used {} + releasing {}",
+                s.capacity_bytes, s.free_bytes, s.used_bytes, s.releasing_bytes
+            ));
+        }
+        let chunk = self.settings.chunk_size_bytes;
+        let raw: u64 = self
+            .disks
+            .values()
+            .map(|d| u64::from(d.chunk_count) * chunk)
+            .sum();
+        if s.capacity_bytes + s.unavailable_bytes != raw {
+            return Err(format!(
+                "capacity {} + unavailable {} != all disks' chunks {raw}",
+                s.capacity_bytes, s.unavailable_bytes
+            ));
         }
         let mut partners = Partners::default();
         for md in self.volumes.values().flat_map(|v| &v.mirrored_disks) {

@@ -7,7 +7,7 @@
 //! on their own. New fields must carry `#[serde(default)]` so that older
 //! stores still load.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +29,13 @@ pub struct Settings {
     /// A server without the label is a failure domain of its own.
     pub failure_domain_label: String,
     pub default_replicas: u8,
+    /// This cluster's identity, drawn once when the cluster is created (a
+    /// store from before identities gets one when it is first loaded). Disk
+    /// labels carry it, so a disk of another cluster, or a manager started
+    /// on a lost store, is refused instead of silently reused. Empty only
+    /// until that first load.
+    #[serde(default)]
+    pub cluster_id: String,
 }
 
 impl Settings {
@@ -39,6 +46,7 @@ impl Settings {
             disk_header_bytes: limits::DISK_HEADER_BYTES,
             failure_domain_label: "rack".to_string(),
             default_replicas: limits::REPLICAS_DEFAULT,
+            cluster_id: String::new(),
         }
     }
 
@@ -93,6 +101,14 @@ pub struct Server {
     /// to other servers one copy at a time (`cluster/moves.rs`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub draining: bool,
+    /// Its agent runs with `--storage-only`: it exports its chunks but
+    /// cannot assemble volumes, so no volume may be attached to it and its
+    /// desired state names no volume to assemble. Reported by the agent at
+    /// every registration; false for servers from before the role was
+    /// recorded, and for a server an admin added whose agent has not
+    /// registered yet.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub storage_only: bool,
 }
 
 impl Server {
@@ -103,6 +119,51 @@ impl Server {
             None => format!("server={}", self.name),
         }
     }
+}
+
+/// The release id of a chunk freed before releases had ids (stores written
+/// before them), and of wipe reports that carry none (older agents). No
+/// release drawn since has it: ids start at 1.
+pub const UNNUMBERED_RELEASE: u64 = 0;
+
+/// Reads [`Disk::releasing`] in either shape: a map of chunk index to
+/// release id, or the list of indexes older stores hold (each then
+/// [`UNNUMBERED_RELEASE`]).
+fn releasing_any_shape<'de, D>(d: D) -> Result<BTreeMap<u32, u64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Shapes;
+    impl<'de> serde::de::Visitor<'de> for Shapes {
+        type Value = BTreeMap<u32, u64>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of chunk index to release id, or a list of chunk indexes")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut a: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut releasing = BTreeMap::new();
+            while let Some((index, release)) = a.next_entry::<u32, u64>()? {
+                releasing.insert(index, release);
+            }
+            Ok(releasing)
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut a: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut releasing = BTreeMap::new();
+            while let Some(index) = a.next_element::<u32>()? {
+                releasing.insert(index, UNNUMBERED_RELEASE);
+            }
+            Ok(releasing)
+        }
+    }
+    d.deserialize_any(Shapes)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,16 +184,29 @@ pub struct Disk {
     pub state: DiskState,
     /// Chunks carved from the disk; fixed at registration, grows only.
     pub chunk_count: u32,
-    /// Chunks freed by deleted volumes that the storage agent has not yet
-    /// wiped. They are neither free nor in use: a new volume must never read
-    /// an old volume's data, so they return to the free list only when the
-    /// agent reports them wiped.
-    #[serde(default)]
-    pub releasing: BTreeSet<u32>,
+    /// Chunks freed (by a deleted volume, a replaced or moved leg) that the
+    /// storage agent has not yet wiped, each with its release id. They are
+    /// neither free nor in use: a new volume must never read an old
+    /// volume's data, so they return to the free list only when the agent
+    /// reports them wiped *for that release*. The id is drawn from the
+    /// cluster's id counter when the chunk is freed, so a chunk freed,
+    /// wiped, reused and freed again gets a new one, and a late or repeated
+    /// report of the earlier wipe cannot free it unwiped.
+    /// [`UNNUMBERED_RELEASE`] marks chunks freed before releases had ids
+    /// (older stores hold a plain list of indexes, read here as such).
+    #[serde(default, deserialize_with = "releasing_any_shape")]
+    pub releasing: BTreeMap<u32, u64>,
     /// An admin asked for the disk to be emptied: like a draining server,
     /// for one disk.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub draining: bool,
+    /// The agent has confirmed the disk carries this disk's label (see
+    /// `cluster::identity`). A labelled disk that later reads blank was
+    /// replaced or wiped, so its chunks hold nothing: it is failed rather
+    /// than trusted. False for disks from before labels, until their agent
+    /// labels them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub labelled: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +285,30 @@ pub struct Stripe {
 pub struct Attachment {
     /// The server whose VMs use the volume and which assembles it.
     pub head: ServerId,
+    /// Where the attachment is in its life (`cluster/access.rs`). Records
+    /// from before two-phase detach have none: they were attached.
+    #[serde(default)]
+    pub state: AttachmentState,
+}
+
+impl Attachment {
+    pub fn is_releasing(&self) -> bool {
+        self.state == AttachmentState::Releasing
+    }
+}
+
+/// The life of an attachment: attached → releasing → (ended: no
+/// attachment). See `cluster/access.rs`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachmentState {
+    /// The head assembles the volume and may write it.
+    #[default]
+    Attached,
+    /// A graceful detach was asked: the head tears its devices down, and
+    /// the attachment ends once it reports them gone. No other server may
+    /// attach meanwhile, and no resync or scrub of the volume runs.
+    Releasing,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

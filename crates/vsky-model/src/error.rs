@@ -38,6 +38,14 @@ pub enum ModelError {
     #[error("volume '{volume}' is attached to server '{server}'; detach it there first")]
     AttachedElsewhere { volume: String, server: String },
     #[error(
+        "volume '{volume}' is being released by server '{server}', whose devices are not gone yet; try again once that server has torn them down, or, if '{server}' is dead or cut off, fence it with `vsky volume detach --force {volume}`"
+    )]
+    ReleasingElsewhere { volume: String, server: String },
+    #[error(
+        "server '{server}' runs its agent with --storage-only and cannot assemble volumes; attach on a server whose agent runs without --storage-only"
+    )]
+    StorageOnly { server: String },
+    #[error(
         "{replicas} replicas need {replicas} servers with free chunks{class}, but only {eligible} have any; add servers or lower --replicas"
     )]
     NotEnoughServers {
@@ -71,7 +79,9 @@ impl ModelError {
             ModelError::NotFound { .. } => ErrorKind::NotFound,
             ModelError::AlreadyExists { .. }
             | ModelError::Conflict(_)
-            | ModelError::AttachedElsewhere { .. } => ErrorKind::Conflict,
+            | ModelError::AttachedElsewhere { .. }
+            | ModelError::ReleasingElsewhere { .. }
+            | ModelError::StorageOnly { .. } => ErrorKind::Conflict,
             ModelError::NotEnoughServers { .. } | ModelError::NotEnoughChunks { .. } => {
                 ErrorKind::Capacity
             }
@@ -87,6 +97,8 @@ impl ModelError {
             ModelError::AlreadyExists { .. } => "already_exists",
             ModelError::Conflict(_) => "conflict",
             ModelError::AttachedElsewhere { .. } => "attached_elsewhere",
+            ModelError::ReleasingElsewhere { .. } => "releasing_elsewhere",
+            ModelError::StorageOnly { .. } => "storage_only",
             ModelError::NotEnoughServers { .. } => "not_enough_servers",
             ModelError::NotEnoughChunks { .. } => "not_enough_space",
             ModelError::Corrupt(_) => "store_corrupt",

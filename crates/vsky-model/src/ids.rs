@@ -51,7 +51,7 @@ pub fn validate_name(what: &'static str, name: &str) -> Result<(), ModelError> {
             what,
             format!(
                 "'{}…' is longer than {} characters",
-                &name[..16],
+                preview(name),
                 limits::NAME_LEN_MAX
             ),
         ));
@@ -73,6 +73,16 @@ pub fn validate_name(what: &'static str, name: &str) -> Result<(), ModelError> {
         ));
     }
     Ok(())
+}
+
+/// The first characters of an over-long input, for an error message. Cut
+/// at a character boundary: the input is arbitrary Unicode, and slicing a
+/// `str` inside a multi-byte character panics.
+pub fn preview(text: &str) -> &str {
+    match text.char_indices().nth(limits::ERROR_PREVIEW_CHARS) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
 }
 
 /// Checks a label key (same rules as names) and value (printable, bounded).

@@ -15,7 +15,10 @@
 //!   plans replacement legs and schedules their resyncs, `cluster::moves`
 //!   moves healthy legs (drain, rebalance) under the same scheduler, and
 //!   `cluster::scrub` schedules the scrubs (heads check attached volumes,
-//!   storage agents compare detached ones) under the same per-disk limit.
+//!   storage agents compare detached ones) under the same per-disk limit;
+//!   `cluster::access` says who may reach a volume's legs (storage-only
+//!   servers head nothing, and an ended attachment's leg secrets are
+//!   replaced).
 //! - [`alloc`]: the allocation index that picks disks for legs.
 //! - [`freelist`]: the compact per-disk set of free chunk indexes.
 //! - [`agent_view`]: what one server's agent must do (desired state).
@@ -31,12 +34,13 @@ pub mod ids;
 pub mod limits;
 
 pub use cluster::executor::Executor;
+pub use cluster::identity::{DiskLabel, DiskVerdict, FoundLabel, ReportedDisk};
 pub use cluster::moves::{AutoRebalance, DrainProgress, PlannedMove};
 pub use cluster::recovery::{JobKind, JobState, MoveReason, ResyncJob};
 pub use cluster::scrub::{ScrubMethod, ScrubRun, StartedScrub};
 pub use cluster::{
     Changes, Cluster, GroupUpdate, NewDisk, NewServer, NewVolume, Records, Summary,
-    VolumeMetaUpdate,
+    VolumeMetaUpdate, WipedChunk,
 };
 pub use entities::*;
 pub use error::{ErrorKind, ModelError};

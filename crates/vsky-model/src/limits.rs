@@ -34,6 +34,8 @@ pub const LABELS_PER_SERVER_MAX: usize = 32;
 pub const DEVICE_PATH_LEN_MAX: usize = 1024;
 pub const ADDRESS_LEN_MAX: usize = 256;
 pub const DESCRIPTION_LEN_MAX: usize = 1024;
+/// Characters of an over-long input quoted back in an error message.
+pub const ERROR_PREVIEW_CHARS: usize = 16;
 /// Volume metadata bounds: XAPI keeps a handful of keys per VDI.
 pub const VOLUME_KEYS_MAX: usize = 128;
 pub const VOLUME_KEY_LEN_MAX: usize = 256;
@@ -45,6 +47,23 @@ pub const DISPLAY_NAME_LEN_MAX: usize = 256;
 pub const STRIPE_WIDTH_MAX: u32 = 64;
 pub const STRIPE_UNIT_BYTES_MIN: u64 = 4096;
 pub const STRIPE_UNIT_BYTES_MAX: u64 = 1 << 30;
+/// A cluster id (32 hex digits today; the bound leaves room and keeps a
+/// disk label's fields short).
+pub const CLUSTER_ID_LEN_MAX: usize = 64;
+/// An agent's description of why it cannot use a disk, as recorded.
+pub const DISK_PROBLEM_LEN_MAX: usize = 1024;
+/// Bytes of a disk's label at the front of its header (the rest of the
+/// header stays zero).
+pub const DISK_LABEL_BYTES: usize = 4096;
+/// Names of assembled volumes one heartbeat may list (a head's volumes;
+/// far more than one host runs).
+pub const HEARTBEAT_ASSEMBLED_MAX: usize = 1 << 16;
+/// REST requests: the longest URI (path and query) the manager takes;
+/// longer ones are answered 414. Every valid request is far shorter.
+pub const HTTP_URI_BYTES_MAX: usize = 8 << 10;
+/// REST requests: the request line and headers together; larger heads (and
+/// more than 100 headers) are answered 431.
+pub const HTTP_HEAD_BYTES_MAX: usize = 64 << 10;
 
 const _: () = assert!(CHUNK_SIZE_BYTES_MIN > LEG_META_BYTES);
 const _: () = assert!(CHUNK_SIZE_BYTES_DEFAULT.is_multiple_of(CHUNK_ALIGN_BYTES));
@@ -52,3 +71,5 @@ const _: () = assert!(LEG_META_BYTES.is_multiple_of(CHUNK_ALIGN_BYTES));
 const _: () = assert!(DISK_HEADER_BYTES.is_multiple_of(CHUNK_ALIGN_BYTES));
 const _: () = assert!(REPLICAS_MIN <= REPLICAS_DEFAULT && REPLICAS_DEFAULT <= REPLICAS_MAX);
 const _: () = assert!(STRIPE_UNIT_BYTES_MAX <= CHUNK_SIZE_BYTES_MIN * 1024);
+const _: () = assert!(DISK_LABEL_BYTES as u64 <= DISK_HEADER_BYTES);
+const _: () = assert!(HTTP_URI_BYTES_MAX < HTTP_HEAD_BYTES_MAX);

@@ -84,12 +84,15 @@ fn op() -> impl Strategy<Value = Op> {
 fn wipe_all(c: &mut Cluster) {
     let servers: Vec<ServerId> = c.servers().map(|s| s.id).collect();
     for s in servers {
-        let chunks: Vec<ChunkRef> = c
+        let chunks: Vec<WipedChunk> = c
             .disks_of(s)
             .flat_map(|d| {
                 d.releasing
                     .iter()
-                    .map(move |&index| ChunkRef { disk: d.id, index })
+                    .map(move |(&index, &release)| WipedChunk {
+                        chunk: ChunkRef { disk: d.id, index },
+                        release,
+                    })
             })
             .collect();
         c.chunks_wiped(s, &chunks).unwrap();

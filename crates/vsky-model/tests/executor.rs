@@ -119,8 +119,22 @@ fn attaching_hands_a_running_copy_to_the_head_through_the_queue() {
     assert!(exported(&c, target_server, target));
     assert!(c.agent_view(target_server).copies.is_empty());
 
-    // Detaching hands it back to the storage agent, again via the queue.
-    c.detach_volume("v").unwrap();
+    // A graceful detach gives it back to the queue at once, but it waits
+    // there while the head tears down (the head may still write the
+    // target through its mirror, so no storage agent copies into it).
+    c.release_volume("v").unwrap();
+    assert_eq!(c.job(job).unwrap().state, JobState::Queued);
+    c.start_jobs(1);
+    assert_eq!(c.job(job).unwrap().state, JobState::Queued);
+    assert_eq!(c.job_executor(job), None);
+    assert!(c.agent_view(target_server).copies.is_empty());
+    c.check_recovery_invariants(1).unwrap();
+
+    // Once the head reports its devices gone, the storage agent copies it,
+    // again via the queue.
+    let head = c.volume_by_name("v").unwrap().attachment.as_ref().unwrap().head;
+    c.head_reports_assembled(head, Some(&[]), &mut secrets)
+        .unwrap();
     assert_eq!(c.job(job).unwrap().state, JobState::Queued);
     assert!(!exported(&c, target_server, target));
     c.start_jobs(1);

@@ -25,6 +25,10 @@ fn cluster() -> Cluster {
     c
 }
 
+const U1: &str = "0d6c5e1e-4b0f-4a39-9a3e-2f6f0c1d2e31";
+const U2: &str = "0d6c5e1e-4b0f-4a39-9a3e-2f6f0c1d2e32";
+const U3: &str = "0d6c5e1e-4b0f-4a39-9a3e-2f6f0c1d2e33";
+
 fn group(name: &str, uuid: &str) -> Group {
     Group {
         name: name.into(),
@@ -51,16 +55,43 @@ fn volume_in(name: &str, group: Option<&str>) -> NewVolume {
 #[test]
 fn group_create_is_idempotent_per_uuid() {
     let mut c = cluster();
-    assert!(!c.create_group(group("sr1", "u1")).unwrap().is_empty());
-    assert!(c.create_group(group("sr1", "u1")).unwrap().is_empty());
+    assert!(!c.create_group(group("sr1", U1)).unwrap().is_empty());
+    assert!(c.create_group(group("sr1", U1)).unwrap().is_empty());
     assert_eq!(
-        c.create_group(group("sr1", "u2")).unwrap_err().code(),
+        c.create_group(group("sr1", U2)).unwrap_err().code(),
         "already_exists"
     );
     assert_eq!(
-        c.create_group(group("bad name", "u3")).unwrap_err().code(),
+        c.create_group(group("bad name", U3)).unwrap_err().code(),
         "invalid_argument"
     );
+}
+
+/// A group's uuid is a UUID (XAPI's SR uuid), refused with a clear error
+/// otherwise, and nothing changes.
+#[test]
+fn group_uuid_must_be_a_uuid() {
+    let mut c = cluster();
+    for bad in [
+        "",
+        "u1",
+        "0d6c5e1e-sr",
+        "0d6c5e1e4b0f4a399a3e2f6f0c1d2e31",
+        "0d6c5e1e-4b0f-4a39-9a3e-2f6f0c1d2e3g",
+        "{0d6c5e1e-4b0f-4a39-9a3e-2f6f0c1d2e31}",
+        "0d6c5e1e-4b0f-4a39-9a3e-2f6f0c1d2e31 ",
+        "0d6c5e1e-4b0f-4a39-9a3e-2f6f0c1d2é",
+    ] {
+        let e = c.create_group(group("sr1", bad)).unwrap_err();
+        assert_eq!(e.code(), "invalid_argument", "{bad:?}");
+        assert!(e.to_string().contains("group uuid"), "{bad:?}: {e}");
+        assert!(c.group("sr1").is_err(), "{bad:?} created a group");
+    }
+    c.create_group(group("sr1", &U1.to_ascii_uppercase()))
+        .unwrap();
+    let mut without = group("sr2", U2);
+    without.uuid = None;
+    c.create_group(without).unwrap();
 }
 
 /// Volumes join existing groups only; a group with volumes cannot go.
@@ -74,7 +105,7 @@ fn volumes_belong_to_existing_groups() {
             .code(),
         "not_found"
     );
-    c.create_group(group("sr1", "u1")).unwrap();
+    c.create_group(group("sr1", U1)).unwrap();
     c.create_volume(volume_in("v", Some("sr1")), &mut secrets)
         .unwrap();
     c.create_volume(volume_in("w", None), &mut secrets).unwrap();

@@ -251,3 +251,40 @@ fn a_copy_whose_source_fails_starts_again_from_another_leg() {
     assert_eq!(c.job(id).unwrap().error, None, "done clears the last error");
     check(&c, 1);
 }
+
+/// Two failed disks under one 3-way mirrored disk: a replacement must not
+/// go to the server of the other failed leg, whose leg comes back if that
+/// server's failure was only a pause (`leg_returned`), leaving two live
+/// legs on one server. Only the second failed leg's server has a spare
+/// disk, so that is the one place a careless planner finds for the first.
+#[test]
+fn a_replacement_avoids_the_server_of_another_failed_leg() {
+    let mut c = pool(3, 1);
+    let mut secrets = CountingSecrets::default();
+    volume(&mut c, "v", 1, 3, &mut secrets);
+    let legs: Vec<DiskId> = c.volume_by_name("v").unwrap().mirrored_disks[0]
+        .legs
+        .iter()
+        .map(|l| l.chunk.disk)
+        .collect();
+    let server_of = |c: &Cluster, d: DiskId| c.disk(d).unwrap().server;
+    let spare_on = c.server(server_of(&c, legs[1])).unwrap().name.clone();
+    c.add_disk(NewDisk {
+        server: spare_on,
+        path: "/dev/spare".into(),
+        size_bytes: common::MIB + 16 * common::CHUNK,
+        class: None,
+    })
+    .unwrap();
+    c.fail_disk(legs[0]).unwrap();
+    c.fail_disk(legs[1]).unwrap();
+    c.plan_repairs(&mut secrets);
+    let md = &c.volume_by_name("v").unwrap().mirrored_disks[0];
+    let servers: BTreeSet<ServerId> = md
+        .legs
+        .iter()
+        .map(|l| server_of(&c, l.chunk.disk))
+        .collect();
+    assert_eq!(servers.len(), 3, "{md:?}");
+    c.check_invariants().unwrap();
+}

@@ -137,7 +137,8 @@ fn an_attached_mirrored_disk_is_checked_by_its_head_under_the_same_limit() {
     // Detaching ends a running check: the comparison that follows is a
     // new run, by a storage agent.
     let again = c.start_scrubs(10 + HOUR, HOUR, 1)[0].run;
-    c.detach_volume("a").unwrap();
+    c.force_detach_volume("a", &mut CountingSecrets::default())
+        .unwrap();
     assert!(c.scrub(a, 0).is_none());
     let compare = c.start_scrubs(10 + HOUR, HOUR, 1)[0].run;
     assert_ne!(compare.id, again.id);
@@ -198,7 +199,8 @@ fn a_scrub_ends_when_its_volume_is_attached_and_does_not_come_back() {
         ErrorKind::Conflict,
         "a verdict the head may have written into is refused"
     );
-    c.detach_volume("v").unwrap();
+    c.force_detach_volume("v", &mut CountingSecrets::default())
+        .unwrap();
     assert!(c.scrub(v, 0).is_none(), "the old run stays over");
     let next = c.start_scrubs(6, HOUR, 1);
     assert_eq!(next.len(), 1);

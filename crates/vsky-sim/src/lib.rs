@@ -631,10 +631,13 @@ fn wipe_released(c: &mut Cluster, disks: &BTreeSet<DiskId>) -> Result<(), String
         {
             continue;
         }
-        let chunks: Vec<ChunkRef> = disk
+        let chunks: Vec<WipedChunk> = disk
             .releasing
             .iter()
-            .map(|&index| ChunkRef { disk: id, index })
+            .map(|(&index, &release)| WipedChunk {
+                chunk: ChunkRef { disk: id, index },
+                release,
+            })
             .collect();
         c.chunks_wiped(server, &chunks).map_err(|e| e.to_string())?;
     }

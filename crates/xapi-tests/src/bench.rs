@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::check;
 use crate::runner::PluginDir;
 use crate::scenarios::{self, Rig, Step, ok};
 
@@ -83,7 +82,7 @@ pub fn run(rig: &Rig, url: &str, token: &str, n: usize) -> Step<(Vec<Stats>, f64
     let key = v["key"].as_str().unwrap_or_default().to_string();
     let stat_args = json!({"dbg": "bench", "sr": sr, "key": key});
     // Warm the page cache and the manager's connections.
-    ok(&rig.volume, "Volume.stat", stat_args.clone(), check::volume)?;
+    ok(&rig.volume, "Volume.stat", stat_args.clone())?;
     time_python(url, token, &key, 2)?;
     let rows = vec![
         time_call(&rig.volume, "Plugin.Query", &json!({"dbg": "bench"}), n)?,
@@ -97,12 +96,7 @@ pub fn run(rig: &Rig, url: &str, token: &str, n: usize) -> Step<(Vec<Stats>, f64
         time_python(url, token, &key, n)?,
     ];
     let ratio = rows[3].median.as_secs_f64() / rows[1].median.as_secs_f64();
-    ok(&rig.volume, "Volume.destroy", stat_args, check::unit)?;
-    ok(
-        &rig.volume,
-        "SR.destroy",
-        json!({"dbg": "bench", "sr": sr}),
-        check::unit,
-    )?;
+    ok(&rig.volume, "Volume.destroy", stat_args)?;
+    ok(&rig.volume, "SR.destroy", json!({"dbg": "bench", "sr": sr}))?;
     Ok((rows, ratio))
 }

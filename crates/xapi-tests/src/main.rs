@@ -57,8 +57,10 @@ enum Command {
         /// Size of the test volume in bytes.
         #[arg(long, default_value_t = 64 << 20)]
         size: u64,
-        /// Name of another registered server: the volume is attached there
-        /// to check that activation here is refused (Activated_on_another_host).
+        /// Name of another registered server that may head volumes (not one
+        /// whose agent runs with --storage-only): the volume is attached
+        /// there to check that activation here is refused
+        /// (Activated_on_another_host).
         #[arg(long)]
         other_server: Option<String>,
         /// The datapath plugin's config file (VSKY_DATAPATH_CONFIG); by

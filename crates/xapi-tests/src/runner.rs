@@ -4,9 +4,10 @@
 //! What a plugin gets: argv `[<call path>, "--json"]`, the named
 //! arguments as one JSON object on stdin (stdin then closed), the
 //! environment we are given plus what the test adds. What we accept: exit
-//! status 0 with one JSON value on stdout, or a non-zero status with the
-//! error object on stdout. Anything else is what xapi would report as
-//! SCRIPT_FAILED, and is a harness error here.
+//! status 0 with one JSON value of the call's IDL result type on stdout
+//! ([`check::result`], so every answer of every call is checked here), or
+//! a non-zero status with the error object on stdout. Anything else is what
+//! xapi would report as SCRIPT_FAILED, and is a harness error here.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -215,6 +216,13 @@ impl PluginDir {
         let value: Value = serde_json::from_str(stdout.trim())
             .map_err(|e| failed(format!("stdout is not one JSON value: {e}")))?;
         let result = if out.status.success() {
+            // xapi unmarshals the answer with the call's IDL type; one that
+            // does not fit fails the call after the plugin has acted.
+            check::result(call, &value).map_err(|e| {
+                failed(format!(
+                    "the answer is not of the IDL result type (xapi: SCRIPT_FAILED): {e}"
+                ))
+            })?;
             Ok(value)
         } else {
             check::error_object(&value).map_err(|e| failed(format!("bad error object: {e}")))?;
@@ -326,51 +334,70 @@ mod tests {
     fn the_protocol_is_enforced() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        // Echoes stdin back: proves args arrive on stdin and --json in argv.
-        script(d, "SR.echo", r#"[ "$1" = --json ] || exit 9; cat"#, 0o755);
+        // Answers its stdin as a JSON string: proves args arrive on stdin
+        // and --json in argv.
         script(
             d,
-            "SR.fail",
+            "Plugin.diagnostics",
+            r#"[ "$1" = --json ] || exit 9; printf '"%s"' "$(sed 's/\\/\\\\/g; s/"/\\"/g')""#,
+            0o755,
+        );
+        script(
+            d,
+            "SR.stat",
             r#"echo '{"code":"X","params":["p"],"backtrace":{"error":"","files":[],"lines":[]}}'; exit 1"#,
             0o755,
         );
-        script(d, "SR.garbage", "echo hello", 0o755);
-        script(d, "SR.badfail", "echo '{\"code\":1}'; exit 1", 0o755);
-        script(d, "SR.noexec", "echo null", 0o644);
+        script(d, "SR.detach", "echo hello", 0o755);
+        script(d, "SR.destroy", "echo '{\"code\":1}'; exit 1", 0o755);
+        script(d, "SR.set_name", "echo null", 0o644);
+        // Well-formed JSON of the wrong type, and a call the IDL lacks.
+        script(d, "SR.attach", "echo 42", 0o755);
+        script(d, "SR.frobnicate", "echo null", 0o755);
         let p = plugin(d);
         let args = serde_json::json!({"dbg": "t", "sr": "x"});
-        assert_eq!(p.call("SR.echo", &args).unwrap().result.unwrap(), args);
+        let echoed = serde_json::json!(args.to_string());
         assert_eq!(
-            p.call("sr.ECHO", &args).unwrap().result.unwrap(),
-            args,
+            p.call("Plugin.diagnostics", &args).unwrap().result.unwrap(),
+            echoed
+        );
+        assert_eq!(
+            p.call("plugin.DIAGNOSTICS", &args).unwrap().result.unwrap(),
+            echoed,
             "case-insensitive lookup"
         );
-        let e = p.call("SR.fail", &args).unwrap().result.unwrap_err();
+        let e = p.call("SR.stat", &args).unwrap().result.unwrap_err();
         assert_eq!((e.code.as_str(), e.params), ("X", vec!["p".to_string()]));
+        for call in ["SR.detach", "SR.destroy", "SR.attach", "SR.frobnicate"] {
+            match p.call(call, &args) {
+                Err(ProtocolError::Failed { .. }) => {}
+                other => panic!("{call}: {other:?}"),
+            }
+        }
+        match p.call("SR.attach", &args) {
+            Err(ProtocolError::Failed { why, .. }) => {
+                assert!(why.contains("control.ml:562-569"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(
-            p.call("SR.garbage", &args),
-            Err(ProtocolError::Failed { .. })
-        ));
-        assert!(matches!(
-            p.call("SR.badfail", &args),
-            Err(ProtocolError::Failed { .. })
-        ));
-        assert!(matches!(
-            p.call("SR.noexec", &args),
+            p.call("SR.set_name", &args),
             Err(ProtocolError::NotExecutable(_))
         ));
         assert!(matches!(
-            p.call("SR.missing", &args),
+            p.call("SR.ls", &args),
             Err(ProtocolError::Missing(_))
         ));
         assert_eq!(
             p.calls().unwrap(),
             [
-                "SR.badfail",
-                "SR.echo",
-                "SR.fail",
-                "SR.garbage",
-                "SR.noexec"
+                "Plugin.diagnostics",
+                "SR.attach",
+                "SR.destroy",
+                "SR.detach",
+                "SR.frobnicate",
+                "SR.set_name",
+                "SR.stat"
             ]
         );
         assert_eq!(p.sr_type(), Some("t"));

@@ -205,6 +205,16 @@ fn start() -> Cluster {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Another head, as an admin adds it before its agent runs: the
+    // datapath scenarios attach volumes there to play "held by another
+    // host" (the storage-only agents here may hold no attachment).
+    runtime
+        .block_on(admin.create_server(&vsky_api::types::CreateServer {
+            name: "other-head".into(),
+            address: "127.0.0.1:9".into(),
+            labels: Default::default(),
+        }))
+        .unwrap();
     // The local API must answer before the datapath scenarios run.
     while std::net::TcpStream::connect(("127.0.0.1", api_port)).is_err() {
         assert!(
@@ -341,7 +351,7 @@ fn bad_input_of_every_kind_is_refused_and_changes_nothing() {
 #[test]
 fn vm_start_on_a_storage_only_host_fails_cleanly_at_activate() {
     let (c, _serial) = cluster();
-    scenarios::datapath_without_head(&rig(c), &admin(c), Some("s1")).unwrap();
+    scenarios::datapath_without_head(&rig(c), &admin(c), Some("other-head")).unwrap();
 }
 
 #[test]

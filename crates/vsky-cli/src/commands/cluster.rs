@@ -27,6 +27,7 @@ pub async fn run(cmd: &ClusterCommand, client: &Client, json: bool) -> Result<St
 pub fn render_summary(s: &ClusterSummary, manager: &str) -> String {
     let mut kv = KeyValue::new();
     kv.add("Manager", manager.trim_end_matches('/'))
+        .add("Cluster id", s.cluster_id.as_str())
         .add(
             "Servers",
             format!("{} ({} failed)", s.servers, s.servers_failed),
@@ -36,14 +37,18 @@ pub fn render_summary(s: &ClusterSummary, manager: &str) -> String {
         .add("Capacity", render::size(s.capacity_bytes))
         .add("Used", with_share(s.used_bytes, s.capacity_bytes))
         .add("Free", with_share(s.free_bytes, s.capacity_bytes))
-        .add("Releasing", with_share(s.releasing_bytes, s.capacity_bytes))
-        .add(
-            "Volumes",
-            format!("{} ({} attached)", s.volumes, s.volumes_attached),
-        )
-        .add("Mirrored disks", s.mirrored_disks.to_string())
-        .add("Degraded", s.mirrored_disks_degraded.to_string())
-        .add("Rebuilding", s.mirrored_disks_rebuilding.to_string());
+        .add("Releasing", with_share(s.releasing_bytes, s.capacity_bytes));
+    if s.unavailable_bytes > 0 {
+        // On failed disks or servers: outside the capacity above.
+        kv.add("Unavailable", render::size(s.unavailable_bytes));
+    }
+    kv.add(
+        "Volumes",
+        format!("{} ({} attached)", s.volumes, s.volumes_attached),
+    )
+    .add("Mirrored disks", s.mirrored_disks.to_string())
+    .add("Degraded", s.mirrored_disks_degraded.to_string())
+    .add("Rebuilding", s.mirrored_disks_rebuilding.to_string());
     kv.render()
 }
 
@@ -63,6 +68,7 @@ mod tests {
     #[test]
     fn summary_shows_units_shares_and_trouble() {
         let s = ClusterSummary {
+            cluster_id: "5f0c1d2e3a4b5c6d7e8f901a2b3c4d5e".into(),
             servers: 4,
             servers_failed: 1,
             disks: 12,
@@ -73,6 +79,7 @@ mod tests {
             free_bytes: 3 << 40,
             used_bytes: 1 << 39,
             releasing_bytes: 1 << 39,
+            unavailable_bytes: 1 << 40,
             volumes: 7,
             volumes_attached: 3,
             mirrored_disks: 40,
@@ -82,6 +89,7 @@ mod tests {
         assert_eq!(
             render_summary(&s, "http://m:8080/"),
             "Manager:         http://m:8080\n\
+             Cluster id:      5f0c1d2e3a4b5c6d7e8f901a2b3c4d5e\n\
              Servers:         4 (1 failed)\n\
              Disks:           12 (2 failed)\n\
              Chunk size:      1 GiB\n\
@@ -89,6 +97,7 @@ mod tests {
              Used:            512 GiB (12.5%)\n\
              Free:            3 TiB (75.0%)\n\
              Releasing:       512 GiB (12.5%)\n\
+             Unavailable:     1 TiB\n\
              Volumes:         7 (3 attached)\n\
              Mirrored disks:  40\n\
              Degraded:        5\n\
@@ -99,6 +108,7 @@ mod tests {
     #[test]
     fn empty_pool_has_no_division_by_zero() {
         let s = ClusterSummary {
+            cluster_id: "5f0c1d2e3a4b5c6d7e8f901a2b3c4d5e".into(),
             servers: 0,
             servers_failed: 0,
             disks: 0,
@@ -109,6 +119,7 @@ mod tests {
             free_bytes: 0,
             used_bytes: 0,
             releasing_bytes: 0,
+            unavailable_bytes: 0,
             volumes: 0,
             volumes_attached: 0,
             mirrored_disks: 0,

@@ -172,6 +172,14 @@ pub fn render_server(s: &Server) -> String {
         .add("Address", s.address.as_str())
         .add("State", render::state(&s.state))
         .add("Draining", draining(s.draining, s.legs_left, s.legs_moving))
+        .add(
+            "Role",
+            if s.storage_only {
+                "storage only (its agent runs with --storage-only: no volume can be attached)"
+            } else {
+                "head and storage"
+            },
+        )
         .add("Labels", render::labels(&s.labels))
         .add("Disks", s.disks.to_string())
         .add("Capacity", render::size(s.capacity_bytes))
@@ -247,6 +255,7 @@ mod tests {
             draining: false,
             legs_left: 512,
             legs_moving: 0,
+            storage_only: false,
         }
     }
 
@@ -301,7 +310,17 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("State:     online\n"), "{text}");
+        assert!(text.contains("Role:      head and storage\n"), "{text}");
         assert!(text.ends_with("\nNo disks.\n"), "{text}");
+        let storage = Server {
+            storage_only: true,
+            ..s.clone()
+        };
+        let text = render_server(&storage);
+        assert!(
+            text.contains("Role:      storage only (its agent runs with --storage-only"),
+            "{text}"
+        );
         let disk = Disk {
             id: 3,
             server: "node1".into(),

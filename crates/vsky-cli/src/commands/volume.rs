@@ -6,8 +6,10 @@
 //! Offsets are printed in exact bytes (not rounded sizes) so they can be
 //! compared with what the agent and device-mapper report.
 
+use std::time::{Duration, Instant};
+
 use vsky_api::Client;
-use vsky_api::types::{CreateVolume, Stripe, UpdateVolume, Volume, VolumeDetail};
+use vsky_api::types::{AttachmentState, CreateVolume, Stripe, UpdateVolume, Volume, VolumeDetail};
 
 use crate::args::VolumeCommand;
 use crate::error::CliError;
@@ -82,8 +84,26 @@ pub async fn run(cmd: &VolumeCommand, client: &Client, json: bool) -> Result<Str
             let detail = client.attach_volume(name, head).await?;
             Ok(detail_output(&detail, json, "Attached"))
         }
-        VolumeCommand::Detach { name } => {
+        VolumeCommand::Detach {
+            name,
+            force,
+            no_wait,
+            wait_timeout,
+        } => {
+            if *force {
+                let detail = client.force_detach_volume(name).await?;
+                return Ok(detail_output(&detail, json, "Force-detached (fenced)"));
+            }
             let detail = client.detach_volume(name).await?;
+            if *no_wait {
+                let verb = if detail.volume.attachment_state.is_some() {
+                    "Releasing"
+                } else {
+                    "Detached"
+                };
+                return Ok(detail_output(&detail, json, verb));
+            }
+            let detail = wait_released(client, detail, *wait_timeout).await?;
             Ok(detail_output(&detail, json, "Detached"))
         }
         VolumeCommand::Resize { name, size } => {
@@ -125,6 +145,40 @@ pub async fn run(cmd: &VolumeCommand, client: &Client, json: bool) -> Result<Str
     }
 }
 
+/// How often a detach looks whether the head has let go.
+const RELEASE_POLL: Duration = Duration::from_millis(250);
+
+/// Waits until a releasing volume is detached (its head reported its
+/// devices gone), up to `timeout`.
+async fn wait_released(
+    client: &Client,
+    mut detail: VolumeDetail,
+    timeout: Duration,
+) -> Result<VolumeDetail, CliError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = &detail.volume;
+        match (v.attachment_state, v.attached_to.as_deref()) {
+            (Some(AttachmentState::Releasing), head) => {
+                if Instant::now() >= deadline {
+                    let head = render::clean(head.unwrap_or("?"));
+                    let name = render::clean(&v.name);
+                    return Err(CliError::WaitTimedOut(format!(
+                        "volume {name} is still being released: its head {head} has not torn its devices down after {}s (a process may hold /dev/mapper/vsky-{name} open there; see the agent's log on {head}). \
+                         No other server can attach it meanwhile. Close the device on {head}, or, if {head} is dead or cut off, fence it with `vsky volume detach --force {name}`.",
+                        timeout.as_secs()
+                    )));
+                }
+            }
+            // Attached again (by its head, e.g. a retried activate), or by
+            // an older manager that detaches at once.
+            _ => return Ok(detail),
+        }
+        tokio::time::sleep(RELEASE_POLL).await;
+        detail = client.volume(&v.name.clone()).await?;
+    }
+}
+
 /// Output of a command that changed a volume: a one-line confirmation and
 /// the volume as it now is.
 fn detail_output(detail: &VolumeDetail, json: bool, verb: &str) -> String {
@@ -136,6 +190,14 @@ fn detail_output(detail: &VolumeDetail, json: bool, verb: &str) -> String {
         render::clean(&detail.volume.name),
         render_volume_detail(detail)
     )
+}
+
+/// The head, with `(releasing)` while a graceful detach waits for it.
+fn attachment(v: &Volume) -> String {
+    match (v.attached_to.as_deref(), v.attachment_state) {
+        (Some(head), Some(AttachmentState::Releasing)) => format!("{head} (releasing)"),
+        (head, _) => render::opt(head),
+    }
 }
 
 pub fn render_volume_table(volumes: &[Volume]) -> String {
@@ -163,7 +225,7 @@ pub fn render_volume_table(volumes: &[Volume]) -> String {
             v.replicas.to_string(),
             render::stripe(v.stripe.as_ref()),
             render::opt(v.class.as_deref()),
-            render::opt(v.attached_to.as_deref()),
+            attachment(v),
             render::state(&v.health),
             v.mirrored_disks.to_string(),
             v.mirrored_disks_degraded.to_string(),
@@ -203,7 +265,7 @@ pub fn render_volume_detail(d: &VolumeDetail) -> String {
         .add("Stripe", render::stripe(v.stripe.as_ref()))
         .add("Class", render::opt(v.class.as_deref()))
         .add("Near server", render::opt(v.near_server.as_deref()))
-        .add("Attached to", render::opt(v.attached_to.as_deref()))
+        .add("Attached to", attachment(v))
         .add("Health", render::state(&v.health))
         .add(
             "Mirrored disks",
@@ -269,6 +331,7 @@ mod tests {
             stripe,
             class: None,
             near_server: None,
+            attachment_state: attached_to.map(|_| AttachmentState::Attached),
             attached_to: attached_to.map(String::from),
             health: VolumeHealth::Rebuilding,
             mirrored_disks: 2,

@@ -40,8 +40,9 @@ pub fn chunk(c: m::ChunkRef) -> api::ChunkId {
     }
 }
 
-pub fn summary(s: m::Summary) -> api::ClusterSummary {
+pub fn summary(cluster_id: &str, s: m::Summary) -> api::ClusterSummary {
     api::ClusterSummary {
+        cluster_id: cluster_id.to_string(),
         servers: s.servers,
         servers_failed: s.servers_failed,
         disks: s.disks,
@@ -52,6 +53,7 @@ pub fn summary(s: m::Summary) -> api::ClusterSummary {
         free_bytes: s.free_bytes,
         used_bytes: s.used_bytes,
         releasing_bytes: s.releasing_bytes,
+        unavailable_bytes: s.unavailable_bytes,
         volumes: s.volumes,
         volumes_attached: s.volumes_attached,
         mirrored_disks: s.mirrored_disks,
@@ -85,6 +87,7 @@ pub fn server(c: &Cluster, s: &m::Server) -> api::Server {
         free_bytes: free,
         legs,
         draining: s.draining,
+        storage_only: s.storage_only,
         legs_left: drain.legs_left,
         legs_moving: drain.moving,
     }
@@ -126,6 +129,10 @@ pub fn volume(c: &Cluster, v: &m::Volume) -> api::Volume {
         class: v.class.clone(),
         near_server: v.near_server.and_then(name_of),
         attached_to: v.attachment.as_ref().and_then(|a| name_of(a.head)),
+        attachment_state: v.attachment.as_ref().map(|a| match a.state {
+            m::AttachmentState::Attached => api::AttachmentState::Attached,
+            m::AttachmentState::Releasing => api::AttachmentState::Releasing,
+        }),
         health: if degraded > 0 {
             api::VolumeHealth::Degraded
         } else if rebuilding > 0 {
@@ -274,6 +281,7 @@ pub fn desired_state(
             .into_iter()
             .map(|w| api::WipeSpec {
                 chunk: chunk(w.chunk),
+                release: w.release,
                 disk_path: w.disk_path,
                 offset_bytes: w.offset_bytes,
                 size_bytes: w.size_bytes,

@@ -5,7 +5,7 @@
 //! are rewritten into the same body shape so clients only ever parse one
 //! error format.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
@@ -103,11 +103,13 @@ impl From<ServiceError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        // 507 (no capacity) is the pool's state and `not_leader` a standby's
-        // normal answer, not manager failures.
+        // 507 (no capacity) is the pool's state, `not_leader` a standby's
+        // normal answer and `shutting_down` a stopping one's, not manager
+        // failures.
         if self.status.is_server_error()
             && self.status != StatusCode::INSUFFICIENT_STORAGE
             && self.code != "not_leader"
+            && self.code != "shutting_down"
         {
             tracing::error!(code = self.code, message = %self.message, "request failed");
         } else {
@@ -131,18 +133,33 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// `axum::Json` with rejections rewritten into [`ApiError`]s.
+/// A JSON request body: `Content-Type: application/json` and a JSON object
+/// that deserializes into `T`, through [`super::json::from_slice`] (no
+/// struct given as an array, at any depth). Every failure is an
+/// [`ApiError`].
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        if !is_json_content_type(&req) {
+            return Err(not_json());
         }
+        let bytes = read_body(req, state).await?;
+        parse_object(&bytes, false).map(ApiJson)
     }
+}
+
+fn is_json_content_type(req: &Request) -> bool {
+    req.headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .is_some_and(|v| {
+            v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
+        })
 }
 
 fn not_json() -> ApiError {
@@ -153,51 +170,67 @@ fn not_json() -> ApiError {
     )
 }
 
-fn json_rejection(r: JsonRejection) -> ApiError {
-    match r {
-        JsonRejection::MissingJsonContentType(_) => not_json(),
-        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "request body is larger than 1 MiB",
-            )
-        }
-        other => ApiError::bad_request(format!("invalid JSON body: {}", other.body_text())),
+/// The whole body, within the body limit and `--body-timeout`.
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::Bytes::from_request(req, state)
+        .await
+        .map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                return ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "request body is larger than 1 MiB",
+                );
+            }
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(err) = source {
+                match err.downcast_ref::<crate::serve::BodyCut>() {
+                    Some(cut @ crate::serve::BodyCut::TimedOut(_)) => {
+                        return ApiError::new(
+                            StatusCode::REQUEST_TIMEOUT,
+                            "request_timeout",
+                            format!("{cut}; send the whole body without pausing"),
+                        );
+                    }
+                    Some(cut @ crate::serve::BodyCut::ShuttingDown) => {
+                        return ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "shutting_down",
+                            format!("{cut} and did nothing; send the request again (to another manager if there are several)"),
+                        );
+                    }
+                    None => {}
+                }
+                source = err.source();
+            }
+            ApiError::bad_request(format!("cannot read the body: {}", e.body_text()))
+        })
+}
+
+/// Parses a body that must be a JSON object (or, if `null_allowed`, `null`).
+fn parse_object<T: DeserializeOwned>(bytes: &[u8], null_allowed: bool) -> Result<T, ApiError> {
+    if !super::json::top_level_is_object(bytes, null_allowed)
+        && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+    {
+        return Err(ApiError::bad_request(
+            "invalid JSON body: it must be a JSON object with named fields (see /api/v1/openapi.json)",
+        ));
     }
+    super::json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
 /// A JSON body that may be left out: no body (or only whitespace) is
 /// `T::default()`, whatever the content type, and so is `null`; any other
-/// body must be JSON, with the same errors as [`ApiJson`].
+/// body must be a JSON object, with the same errors as [`ApiJson`].
 pub struct ApiOptionalJson<T>(pub T);
 
 impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for ApiOptionalJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let json_type = req
-            .headers()
-            .get(axum::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .map(|v| v.trim().to_ascii_lowercase())
-            .is_some_and(|v| {
-                v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
-            });
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "payload_too_large",
-                        "request body is larger than 1 MiB",
-                    )
-                } else {
-                    ApiError::bad_request(format!("cannot read the body: {}", e.body_text()))
-                }
-            })?;
+        let json_type = is_json_content_type(&req);
+        let bytes = read_body(req, state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(ApiOptionalJson(T::default()));
         }
@@ -205,9 +238,7 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for ApiOption
             return Err(not_json());
         }
         // `null` is an absent body too.
-        serde_json::from_slice::<Option<T>>(&bytes)
-            .map(|v| ApiOptionalJson(v.unwrap_or_default()))
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+        parse_object::<Option<T>>(&bytes, true).map(|v| ApiOptionalJson(v.unwrap_or_default()))
     }
 }
 

@@ -1,13 +1,22 @@
 //! The REST API v1: routing, the request pipeline, and the OpenAPI document.
 //!
+//! Before the pipeline, the front door (`crate::serve`) bounds every
+//! connection: connection caps per source and in total, deadlines for the
+//! TLS handshake, the request head and the body, and JSON answers for
+//! heads hyper cannot parse (400, 414, 431).
+//!
 //! Pipeline, outermost first: panic catcher (a bug answers 500 JSON, never a
-//! dropped connection) → request id + tracing span + metrics → bearer-token
-//! authentication (health and the OpenAPI document stay open) → standby
-//! refusal of writes (`standby.rs`) → body limit → handler.
+//! dropped connection) → request id + tracing span + metrics → URI length
+//! (414 over `limits::HTTP_URI_BYTES_MAX`) → bearer-token authentication
+//! (health and the OpenAPI document stay open) → standby refusal of writes
+//! (`standby.rs`) → body limit → handler. Handlers read bodies through
+//! `error::ApiJson`/`ApiOptionalJson`, which take JSON objects only
+//! (`json.rs`) and answer 408 when the body misses `--body-timeout`.
 
 pub mod convert;
 pub mod error;
 pub mod handlers;
+pub mod json;
 pub mod standby;
 
 use std::sync::Arc;
@@ -176,6 +185,7 @@ pub fn router(state: AppState) -> Router {
             standby::refuse_writes,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn(refuse_long_uri))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(
@@ -186,6 +196,23 @@ pub fn router(state: AppState) -> Router {
             .into_response()
         }))
         .with_state(state)
+}
+
+/// 414 for a URI (path and query) longer than any valid request's.
+async fn refuse_long_uri(req: Request, next: Next) -> Response {
+    let len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if len > vsky_model::limits::HTTP_URI_BYTES_MAX {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!(
+                "the request's URI is {len} bytes, longer than {} bytes",
+                vsky_model::limits::HTTP_URI_BYTES_MAX
+            ),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Which token a path needs.

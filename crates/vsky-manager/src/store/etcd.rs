@@ -332,9 +332,10 @@ impl Store for EtcdStore {
         };
         let version: u64 = decode("meta/format_version", &format)?;
         if version != FORMAT_VERSION {
-            return Err(StoreError::Io(format!(
-                "store format {version} is not supported by this manager (expects {FORMAT_VERSION})"
-            )));
+            return Err(StoreError::Unsupported {
+                found: version,
+                expected: FORMAT_VERSION,
+            });
         }
         records.settings = decode("meta/settings", &settings.unwrap_or_default())?;
         records.next_id = decode("meta/next_id", &next_id.unwrap_or_default())?;
@@ -397,6 +398,9 @@ impl Store for EtcdStore {
         let mut success = self.write_ops(&changed_records(cluster, changes));
         if changes.next_id {
             success.push(self.put(self.meta_key("next_id"), encode(&cluster.next_id())));
+        }
+        if changes.settings {
+            success.push(self.put(self.meta_key("settings"), encode(cluster.settings())));
         }
         let marker = self.commit_marker();
         success.push(self.put(self.commit_key(), marker.clone()));

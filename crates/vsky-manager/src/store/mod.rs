@@ -42,6 +42,18 @@ pub enum StoreError {
     /// The target of an import already holds a cluster.
     #[error("{0}")]
     NotEmpty(String),
+    /// The store was written by a manager of another format version.
+    #[error(
+        "store format {found} is not supported by this manager (it reads format {expected}); run the vsky-manager release that wrote it, or a newer one"
+    )]
+    Unsupported { found: u64, expected: u64 },
+    /// The store's file cannot be read as a store (truncated, overwritten):
+    /// the manager must not start from it, nor start a new cluster in its
+    /// place.
+    #[error(
+        "the store file {path} is damaged ({detail}); the manager cannot start from it. Restore the file from a backup, or run `vsky-manager migrate --from` a good copy into a new --data-dir. Moving it aside would start a NEW, empty cluster"
+    )]
+    Corrupt { path: String, detail: String },
 }
 
 fn not_leader_message(leader: Option<&str>) -> String {

@@ -26,6 +26,17 @@ const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
 
 pub struct RedbStore {
     db: Database,
+    /// The file, for messages about it.
+    path: std::path::PathBuf,
+}
+
+/// The message of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 fn io(e: impl std::fmt::Display) -> StoreError {
@@ -74,13 +85,48 @@ impl RedbStore {
             StoreError::Io(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
         let path = dir.join("vastsky.redb");
-        let db = Database::create(&path).map_err(|e| {
-            StoreError::Io(format!(
-                "cannot open {}: {e} (is another vsky-manager using this --data-dir?)",
-                path.display()
-            ))
-        })?;
-        Ok(RedbStore { db })
+        let shown = path.display().to_string();
+        let corrupt = |detail: String| StoreError::Corrupt {
+            path: shown.clone(),
+            detail,
+        };
+        // redb may panic on a damaged file rather than answer an error: a
+        // panic here is a damaged store, not a bug to crash on.
+        let opened = std::panic::catch_unwind(|| Database::create(&path));
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
+                return Err(StoreError::Io(format!(
+                    "cannot open {shown}: it is locked by another vsky-manager using this --data-dir; stop that one or choose another --data-dir"
+                )));
+            }
+            // Short reads and unparsable headers are a damaged file; any
+            // other I/O error (permissions, a failing disk) is said as is.
+            Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                return Err(StoreError::Io(format!("cannot open {shown}: {e}")));
+            }
+            Ok(Err(e)) => return Err(corrupt(e.to_string())),
+            Err(panic) => return Err(corrupt(panic_message(panic.as_ref()))),
+        };
+        Ok(RedbStore { db, path })
+    }
+
+    fn load_records(&self) -> Result<Option<Records>, StoreError> {
+        let corrupt = |detail: String| StoreError::Corrupt {
+            path: self.path.display().to_string(),
+            detail,
+        };
+        // A damaged file shows as redb errors, or as a panic inside redb.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.read_all())) {
+            Ok(Err(StoreError::Io(detail))) => Err(corrupt(detail)),
+            Ok(loaded) => loaded,
+            Err(panic) => Err(corrupt(panic_message(panic.as_ref()))),
+        }
     }
 
     /// Like `load_table`, for tables added after the first release: an
@@ -112,8 +158,8 @@ impl RedbStore {
     }
 }
 
-impl Store for RedbStore {
-    fn load(&self) -> Result<Option<Records>, StoreError> {
+impl RedbStore {
+    fn read_all(&self) -> Result<Option<Records>, StoreError> {
         let txn = self.db.begin_read().map_err(io)?;
         let meta = match txn.open_table(META) {
             Ok(t) => t,
@@ -128,9 +174,10 @@ impl Store for RedbStore {
         };
         let version: u64 = decode("meta/format_version", &version)?;
         if version != FORMAT_VERSION {
-            return Err(StoreError::Io(format!(
-                "store format {version} is not supported by this manager (expects {FORMAT_VERSION})"
-            )));
+            return Err(StoreError::Unsupported {
+                found: version,
+                expected: FORMAT_VERSION,
+            });
         }
         let settings = decode("meta/settings", &get("settings")?.unwrap_or_default())?;
         let next_id = decode("meta/next_id", &get("next_id")?.unwrap_or_default())?;
@@ -158,6 +205,12 @@ impl Store for RedbStore {
             },
         }))
     }
+}
+
+impl Store for RedbStore {
+    fn load(&self) -> Result<Option<Records>, StoreError> {
+        self.load_records()
+    }
 
     fn initialise(&self, cluster: &Cluster) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(io)?;
@@ -184,10 +237,16 @@ impl Store for RedbStore {
             return Ok(());
         }
         let txn = self.db.begin_write().map_err(io)?;
-        if changes.next_id {
+        if changes.next_id || changes.settings {
             let mut meta = txn.open_table(META).map_err(io)?;
-            meta.insert("next_id", encode(&cluster.next_id()).as_slice())
-                .map_err(io)?;
+            if changes.next_id {
+                meta.insert("next_id", encode(&cluster.next_id()).as_slice())
+                    .map_err(io)?;
+            }
+            if changes.settings {
+                meta.insert("settings", encode(cluster.settings()).as_slice())
+                    .map_err(io)?;
+            }
         }
         write_records(&txn, &changed_records(cluster, changes))?;
         txn.commit().map_err(io)
@@ -227,15 +286,10 @@ mod tests {
 
     use super::*;
 
-    /// Records written through commit() load back into an identical cluster.
-    #[test]
-    fn commit_then_load_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = RedbStore::open(dir.path()).unwrap();
-        assert!(store.load().unwrap().is_none());
+    /// A new cluster in `store` with servers s0, s1 and s2, each committed.
+    fn servers_in(store: &RedbStore) -> Cluster {
         let mut c = Cluster::new(Settings::new(8 << 20)).unwrap();
         store.initialise(&c).unwrap();
-        let mut secrets = CountingSecrets::default();
         for s in 0..3 {
             let (_, ch) = c
                 .add_server(NewServer {
@@ -245,6 +299,19 @@ mod tests {
                 })
                 .unwrap();
             store.commit(&c, &ch).unwrap();
+        }
+        c
+    }
+
+    /// Records written through commit() load back into an identical cluster.
+    #[test]
+    fn commit_then_load_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert!(store.load().unwrap().is_none());
+        let mut c = servers_in(&store);
+        let mut secrets = CountingSecrets::default();
+        for s in 0..3 {
             let (_, ch) = c
                 .add_disk(NewDisk {
                     server: format!("s{s}"),
@@ -272,7 +339,7 @@ mod tests {
         store.commit(&c, &ch).unwrap();
         let sr = vsky_model::Group {
             name: "sr1".into(),
-            uuid: Some("u-1".into()),
+            uuid: Some("0d6c5e1e-4b0f-4a39-9a3e-2f6f0c1d2e3f".into()),
             display_name: "SR one".into(),
             description: String::new(),
         };
@@ -300,5 +367,58 @@ mod tests {
             loaded.volume_by_name("c").unwrap().meta.keys["vdi-type"],
             "user"
         );
+    }
+
+    /// A store with a few records, closed: its file's length.
+    fn written_store(dir: &Path) -> u64 {
+        let store = RedbStore::open(dir).unwrap();
+        servers_in(&store);
+        drop(store);
+        std::fs::metadata(dir.join("vastsky.redb")).unwrap().len()
+    }
+
+    /// Regression: a truncated store file made the manager panic at start.
+    /// Every truncation now ends in an error that names the file and says
+    /// what to do (or, where redb can recover on its own, in the records).
+    #[test]
+    fn a_truncated_store_is_an_error_that_names_the_file() {
+        let probe = tempfile::tempdir().unwrap();
+        let len = written_store(probe.path());
+        let mut refused = 0;
+        for keep in [1, 64, 511, 4096, len / 3, len / 2, len - 4096, len - 1] {
+            let dir = tempfile::tempdir().unwrap();
+            written_store(dir.path());
+            let file = dir.path().join("vastsky.redb");
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&file)
+                .unwrap()
+                .set_len(keep)
+                .unwrap();
+            let outcome = RedbStore::open(dir.path()).and_then(|s| s.load());
+            match outcome {
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    let text = e.to_string();
+                    assert!(text.contains(&file.display().to_string()), "{text}");
+                    assert!(text.contains("Restore"), "{text}");
+                    assert!(!text.contains("another vsky-manager"), "{text}");
+                    refused += 1;
+                }
+                Ok(Some(records)) => assert_eq!(records.servers.len(), 3, "kept {keep}"),
+                other => panic!("kept {keep} of {len} bytes: {other:?}"),
+            }
+        }
+        assert!(refused > 0, "no truncation was detected");
+    }
+
+    /// A store locked by a running manager says so, and only then.
+    #[test]
+    fn a_locked_store_names_the_other_manager() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = RedbStore::open(dir.path()).unwrap();
+        let Err(e) = RedbStore::open(dir.path()) else {
+            panic!("a second open of a locked store succeeded")
+        };
+        assert!(e.to_string().contains("another vsky-manager"), "{e}");
     }
 }

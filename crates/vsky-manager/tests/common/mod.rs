@@ -15,6 +15,8 @@ use vsky_api::{Client, ClientConfig};
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
 pub const AGENT_TOKEN: &str = "agent-token-for-tests-0123456789";
 pub const BOUND_AGENT_TOKEN: &str = "bound-agent-token-for-s0-012345";
+/// Bound to server `s2`, marked `storage-only`: it may not make s2 a head.
+pub const STORAGE_AGENT_TOKEN: &str = "storage-only-token-for-s2-01234";
 pub const MIB: u64 = 1 << 20;
 /// Small chunks keep tests fast: 8 MiB chunks, 7 MiB of data each.
 pub const CHUNK: u64 = 8 * MIB;
@@ -30,7 +32,7 @@ pub fn write_tokens(dir: &Path) {
     std::fs::write(dir.join("admin.token"), format!("# admin\n{ADMIN_TOKEN}\n")).unwrap();
     std::fs::write(
         dir.join("agent.tokens"),
-        format!("{AGENT_TOKEN}\ns0 {BOUND_AGENT_TOKEN}\n"),
+        format!("{AGENT_TOKEN}\ns0 {BOUND_AGENT_TOKEN}\ns2 {STORAGE_AGENT_TOKEN} storage-only\n"),
     )
     .unwrap();
 }
@@ -134,6 +136,18 @@ pub async fn make_pool(client: &Client, servers: usize, disks: usize, chunks: u6
                 .unwrap();
         }
     }
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost, written into
+/// `dir`: the paths of its PEM chain and key (the chain is its own CA).
+pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    (cert_path, key_path)
 }
 
 /// A plain create-volume request: default replicas, no stripe or class.

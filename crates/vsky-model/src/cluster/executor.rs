@@ -9,6 +9,10 @@
 //! - a **detached** volume's new leg is filled by the storage agent that
 //!   holds the target chunk, reading the healthy source leg over NBD.
 //!
+//! - a **releasing** volume's jobs have none: they were requeued when the
+//!   release started and none starts until the attachment ends
+//!   (`access.rs`), because the head may still write through its mirror.
+//!
 //! The two must never write the target at the same time. So the target
 //! chunk is exported (the head's only way in) only while the head is the
 //! executor, a copy is listed only while the storage agent is, and a change
@@ -57,19 +61,36 @@ impl Cluster {
         }
         let volume = self.volumes.get(&job.volume)?;
         Some(match &volume.attachment {
+            // Never running (requeued when the release starts, and none
+            // starts until it ends): nobody may copy.
+            Some(a) if a.is_releasing() => return None,
             Some(a) => Executor::Head(a.head),
             None => Executor::Storage(self.disks.get(&job.target.disk)?.server),
         })
     }
 
+    /// Whether a volume's attachment is releasing: none of its jobs may
+    /// start, neither by its head (which tears it down) nor by a storage
+    /// agent (the head may still write the chunks).
+    pub(super) fn releasing(&self, volume: VolumeId) -> bool {
+        self.volumes
+            .get(&volume)
+            .and_then(|v| v.attachment.as_ref())
+            .is_some_and(|a| a.is_releasing())
+    }
+
     /// Whether the storage agent should export a leg's chunk: every leg's,
     /// except a syncing leg's while its resync is not run by the head (the
-    /// head must not write a chunk that is queued or being copied).
+    /// head must not write a chunk that is queued or being copied). While
+    /// the volume is releasing every leg stays exported: the head may
+    /// still have any of them open while it tears down (its last
+    /// superblock writes must succeed), and nobody else writes them, since
+    /// no job starts until the attachment ends.
     pub(crate) fn leg_exported(&self, volume: VolumeId, mirrored_disk: u32, leg: u8) -> bool {
         let state = self.volumes[&volume].mirrored_disks[mirrored_disk as usize].legs
             [usize::from(leg)]
         .state;
-        if state != LegState::Syncing {
+        if state != LegState::Syncing || self.releasing(volume) {
             return true;
         }
         self.active_job(volume, mirrored_disk, leg)

@@ -579,9 +579,10 @@ impl Cluster {
         }
     }
 
-    /// Releases a used chunk: it waits in its disk's releasing set until
-    /// the storage agent wipes it.
+    /// Releases a used chunk: it waits in its disk's releasing set, under
+    /// a new release id, until the storage agent wipes it for that release.
     pub(super) fn release_chunk(&mut self, chunk: ChunkRef, changes: &mut Changes) {
+        let release = self.take_id(changes);
         let rt = self.runtime.get_mut(&chunk.disk).expect("known disk");
         assert!(
             rt.used.remove(&chunk.index).is_some(),
@@ -592,7 +593,9 @@ impl Cluster {
                 .get_mut(&chunk.disk)
                 .expect("exists")
                 .releasing
-                .insert(chunk.index)
+                .insert(chunk.index, release)
+                .is_none(),
+            "a used chunk is not releasing"
         );
         self.reindex(chunk.disk);
         changes.disks.insert(chunk.disk);

@@ -301,11 +301,15 @@ impl Cluster {
             return None;
         }
         let label = &self.settings.failure_domain_label;
+        // Every other leg's server is taken, failed legs' too: a failed leg
+        // held through its server's grace period comes back (`leg_returned`)
+        // if the server does, and two live legs of one mirrored disk must
+        // never share a server.
         let taken: Vec<(ServerId, String, DiskId)> = md
             .legs
             .iter()
             .enumerate()
-            .filter(|(i, leg)| *i != usize::from(l) && leg.state != LegState::Failed)
+            .filter(|(i, _)| *i != usize::from(l))
             .filter_map(|(_, leg)| self.disks.get(&leg.chunk.disk))
             .filter_map(|d| {
                 self.servers
@@ -414,10 +418,12 @@ impl Cluster {
         let load = self.resyncs_bound_per_disk();
         let load_of = |d: DiskId| load.get(&d).copied().unwrap_or(0);
         type Priority = (usize, Reverse<u32>, Reverse<u32>, JobId);
+        // A releasing volume's jobs wait for its attachment to end
+        // (`executor.rs`).
         let mut queued: Vec<Priority> = self
             .jobs
             .values()
-            .filter(|j| j.state == JobState::Queued)
+            .filter(|j| j.state == JobState::Queued && !self.releasing(j.volume))
             .map(|j| {
                 let md = &self.volumes[&j.volume].mirrored_disks[j.mirrored_disk as usize];
                 let target = load_of(j.target.disk);

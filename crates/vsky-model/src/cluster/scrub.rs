@@ -98,6 +98,17 @@ pub(super) struct Scrubs {
     failed_at: BTreeMap<(VolumeId, u32), u64>,
 }
 
+impl Scrubs {
+    /// Whether any run (standing or not yet forgotten) is recorded for a
+    /// volume (invariant checks).
+    pub(super) fn has_run_of(&self, volume: VolumeId) -> bool {
+        self.runs
+            .range((volume, 0)..=(volume, u32::MAX))
+            .next()
+            .is_some()
+    }
+}
+
 impl Cluster {
     /// The running scrubs, by volume and mirrored disk.
     pub fn scrubs(&self) -> impl Iterator<Item = (VolumeId, u32, &ScrubRun)> {
@@ -134,10 +145,13 @@ impl Cluster {
 
     /// Who scrubs a mirrored disk, and how: an attached volume's head runs
     /// dm-raid's check, a detached volume's first leg's server compares the
-    /// legs. `None` while that server is failed.
+    /// legs. `None` while that server is failed, and while the volume is
+    /// releasing (its head tears the mirror down, and a comparison would
+    /// read legs the head may still write).
     fn scrub_executor(&self, volume: VolumeId, m: u32) -> Option<(ServerId, ScrubMethod)> {
         let v = self.volumes.get(&volume)?;
         let (server, method) = match &v.attachment {
+            Some(a) if a.is_releasing() => return None,
             Some(a) => (a.head, ScrubMethod::RaidCheck),
             None => {
                 let leg = v.mirrored_disks.get(m as usize)?.legs.first()?;

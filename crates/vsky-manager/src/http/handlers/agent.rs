@@ -11,9 +11,12 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use vsky_api::types::{
     AgentAttachment, AgentRegistered, ChunkId, DesiredState, ErrorBody, FailedLeg, Heartbeat,
-    HeartbeatAck, RegisterAgent, RegisteredDisk, ScrubReport, VolumeDetail,
+    HeartbeatAck, RefusedDisk, RegisterAgent, RegisteredDisk, ScrubReport, VolumeDetail,
 };
-use vsky_model::{ChunkRef, DiskId, JobId, NewDisk, NewServer, ServerId, ServerState};
+use vsky_model::{
+    ChunkRef, DiskId, DiskLabel, DiskVerdict, FoundLabel, JobId, NewDisk, NewServer, ReportedDisk,
+    ServerId, ServerState, WipedChunk,
+};
 
 use crate::auth::Principal;
 use crate::events::{NewEvent, Severity};
@@ -34,7 +37,24 @@ fn check_principal(principal: &Principal, server: &str) -> Result<(), ApiError> 
     }
 }
 
-/// Registers (or updates) the calling agent's server and its disks.
+/// Refuses a `storage-only` agent token the head role for `server`;
+/// `next` says what to do instead.
+fn check_may_head(principal: &Principal, server: &str, next: &str) -> Result<(), ApiError> {
+    if principal.may_head() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "server '{server}' cannot head volumes: its agent token is marked `storage-only` in the manager's agent token file; {next}"
+        )))
+    }
+}
+
+/// Registers (or updates) the calling agent's server and its disks. Each
+/// disk is judged on its own by what the agent read in its header
+/// (`vsky_model::cluster::identity`): the answer lists the disks to serve
+/// and those refused (another cluster's or server's disk, a replaced,
+/// shrunk or unreadable one), and a refused disk the manager knows is
+/// failed, so one bad disk never stops the others.
 #[utoipa::path(post, path = "/api/v1/agent/register", tag = "agent", request_body = RegisterAgent,
     responses((status = 200, body = AgentRegistered), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn register(
@@ -43,6 +63,13 @@ pub async fn register(
     ApiJson(req): ApiJson<RegisterAgent>,
 ) -> Result<Json<AgentRegistered>, ApiError> {
     check_principal(&principal, &req.server)?;
+    if !req.storage_only {
+        check_may_head(
+            &principal,
+            &req.server,
+            "run its agent with --storage-only, or give it a token without `storage-only` if it should head volumes",
+        )?;
+    }
     let server = req.server.clone();
     let answer = app
         .manager
@@ -53,23 +80,56 @@ pub async fn register(
                 labels: req.labels,
             };
             let (id, mut changes) = c.register_server(new)?;
+            changes.merge(c.set_storage_only(id, req.storage_only)?);
             let mut disks = Vec::new();
+            let mut refused_disks = Vec::new();
+            let mut failed = Vec::new();
             for d in req.disks {
-                let new = NewDisk {
-                    server: req.server.clone(),
-                    path: d.path,
-                    size_bytes: d.size_bytes,
-                    class: d.class,
+                let found = match (d.problem, d.label) {
+                    (Some(problem), _) => FoundLabel::Unusable(problem),
+                    (None, Some(l)) => FoundLabel::Labelled(DiskLabel {
+                        cluster_id: l.cluster_id,
+                        disk: DiskId(l.disk_id),
+                        server: l.server,
+                    }),
+                    (None, None) => FoundLabel::Blank,
                 };
-                let (disk_id, ch) = c.register_disk(new)?;
-                changes.next_id |= ch.next_id;
-                changes.disks.extend(ch.disks);
-                let disk = c.disk(disk_id)?;
-                disks.push(RegisteredDisk {
-                    id: disk.id.0,
-                    path: disk.path.clone(),
-                    chunk_count: disk.chunk_count,
-                });
+                let path = d.path.clone();
+                let report = ReportedDisk {
+                    disk: NewDisk {
+                        server: req.server.clone(),
+                        path: d.path,
+                        size_bytes: d.size_bytes,
+                        class: d.class,
+                    },
+                    found,
+                };
+                let (verdict, ch) = c.register_reported_disk(report)?;
+                changes.merge(ch);
+                match verdict {
+                    DiskVerdict::Serve { disk, .. } => {
+                        let disk = c.disk(disk)?;
+                        disks.push(RegisteredDisk {
+                            id: disk.id.0,
+                            path: disk.path.clone(),
+                            chunk_count: disk.chunk_count,
+                        });
+                    }
+                    DiskVerdict::Refused {
+                        disk,
+                        reason,
+                        failed_now,
+                    } => {
+                        if failed_now {
+                            failed.extend(disk);
+                        }
+                        refused_disks.push(RefusedDisk {
+                            path,
+                            disk_id: disk.map(|d| d.0),
+                            reason,
+                        });
+                    }
+                }
             }
             let s = c.settings();
             let answer = AgentRegistered {
@@ -78,13 +138,34 @@ pub async fn register(
                 leg_meta_bytes: s.leg_meta_bytes,
                 disk_header_bytes: s.disk_header_bytes,
                 disks,
+                cluster_id: c.cluster_id().to_string(),
+                refused_disks,
             };
-            Ok((answer, changes))
+            Ok(((answer, failed), changes))
         })
         .await?;
+    let (answer, failed) = answer;
     app.manager
         .saw_heartbeat(vsky_model::ServerId(answer.server_id));
-    tracing::info!(server = %server, disks = answer.disks.len(), "agent registered");
+    for r in &answer.refused_disks {
+        let failed_now = r.disk_id.is_some_and(|d| failed.contains(&DiskId(d)));
+        let event = if failed_now {
+            NewEvent::new(
+                Severity::Error,
+                "disk_failed",
+                format!(
+                    "disk {} of server '{server}' failed at registration: {}",
+                    r.disk_id.unwrap_or_default(),
+                    r.reason
+                ),
+            )
+        } else {
+            NewEvent::new(Severity::Warning, "disk_refused", r.reason.clone())
+        };
+        tracing::warn!(server = %server, path = %r.path, reason = %r.reason, "disk refused at registration");
+        app.event(event.server(&server));
+    }
+    tracing::info!(server = %server, disks = answer.disks.len(), refused = answer.refused_disks.len(), "agent registered");
     Ok(Json(answer))
 }
 
@@ -120,7 +201,18 @@ pub async fn heartbeat(
         app.recovery.scrub_finished(&req.server, scrub);
     }
     let scheduled_scrubs = req.scrubs.iter().any(|s| s.scrub.is_some());
-    if req.wiped_chunks.is_empty()
+    // Releasing attachments of this server whose devices are gone (or all
+    // of them, if the agent cannot say: `assembled` is None) end below.
+    let releases = app.manager.read(|c| {
+        c.releasing_on(server_id).any(|(_, name)| {
+            req.assembled
+                .as_ref()
+                .is_none_or(|list| !list.contains(&name))
+        })
+    })?;
+    if !releases
+        && req.wiped_chunks.is_empty()
+        && req.wiped.is_empty()
         && req.failed_legs.is_empty()
         && req.resyncs.is_empty()
         && !scheduled_scrubs
@@ -132,7 +224,7 @@ pub async fn heartbeat(
     let reporter = req.server.clone();
     let (generation, events, suspects, progress, scrubbed) = app
         .manager
-        .mutate(move |c, _| {
+        .mutate(move |c, secrets| {
             // Observations can be stale by the time they arrive (the
             // volume was detached or deleted, the disk removed, the leg
             // replaced, the job requeued): those are dropped, not refused,
@@ -142,15 +234,35 @@ pub async fn heartbeat(
             // period unless they show they are alive.
             let mut suspects = Vec::new();
             let mut progress = Vec::new();
-            let chunks: Vec<ChunkRef> = req
+            // Reports without a release id (`wiped_chunks`) are for
+            // release 0: they free only chunks freed before release ids.
+            let unnumbered = req
                 .wiped_chunks
                 .iter()
-                .map(|w| ChunkRef { disk: DiskId(w.disk_id), index: w.index })
-                .filter(|ch| c.disk(ch.disk).is_ok_and(|d| d.server == server_id))
+                .map(|ch| (ch, vsky_model::UNNUMBERED_RELEASE));
+            let wiped: Vec<WipedChunk> = unnumbered
+                .chain(req.wiped.iter().map(|w| (&w.chunk, w.release)))
+                .map(|(ch, release)| WipedChunk {
+                    chunk: ChunkRef { disk: DiskId(ch.disk_id), index: ch.index },
+                    release,
+                })
+                .filter(|w| c.disk(w.chunk.disk).is_ok_and(|d| d.server == server_id))
                 .collect();
-            let (freed, mut changes) = c.chunks_wiped(server_id, &chunks)?;
+            let (freed, mut changes) = c.chunks_wiped(server_id, &wiped)?;
             if freed > 0 {
                 tracing::info!(server = %server, freed, "wiped chunks returned to the pool");
+            }
+            let outdated = wiped
+                .iter()
+                .filter(|w| w.release == vsky_model::UNNUMBERED_RELEASE)
+                .filter(|w| {
+                    c.disk(w.chunk.disk).is_ok_and(|d| {
+                        d.releasing.get(&w.chunk.index).is_some_and(|&r| r != w.release)
+                    })
+                })
+                .count();
+            if outdated > 0 {
+                tracing::warn!(server = %server, chunks = outdated, "agent reports wipes without release ids (an older agent?); those chunks stay releasing until it is upgraded");
             }
             for f in &req.failed_legs {
                 if let Some(reported) = f.chunk
@@ -268,6 +380,24 @@ pub async fn heartbeat(
                 changes.merge(ch);
             }
             let scrubbed = finish_scrubs(c, server_id, &server, &req.scrubs, &mut events, &mut changes);
+            let (released, ch) =
+                c.head_reports_assembled(server_id, req.assembled.as_deref(), secrets)?;
+            changes.merge(ch);
+            for volume in released {
+                events.push(
+                    NewEvent::new(
+                        Severity::Info,
+                        "volume_detached",
+                        if req.assembled.is_some() {
+                            format!("volume {volume} detached: its head {server} has torn its devices down; its legs have new export names")
+                        } else {
+                            format!("volume {volume} detached from {server}, whose agent cannot report its devices (an older agent): released at once; its legs have new export names")
+                        },
+                    )
+                    .server(&server)
+                    .volume(&volume),
+                );
+            }
             Ok(((c.generation(), events, suspects, progress, scrubbed), changes))
         })
         .await?;
@@ -473,7 +603,8 @@ fn current_chunk(c: &vsky_model::Cluster, f: &FailedLeg) -> Option<ChunkId> {
 }
 
 /// Attaches a volume to the calling agent's own server (the datapath
-/// plugin's path to an attach, with no admin token on the host).
+/// plugin's path to an attach, with no admin token on the host). Refused
+/// (409 `storage_only`) when that agent registered with `--storage-only`.
 #[utoipa::path(post, path = "/api/v1/agent/attach", tag = "agent", request_body = AgentAttachment,
     responses((status = 200, body = VolumeDetail), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn attach(
@@ -482,6 +613,11 @@ pub async fn attach(
     ApiJson(req): ApiJson<AgentAttachment>,
 ) -> Result<Json<VolumeDetail>, ApiError> {
     check_principal(&principal, &req.server)?;
+    check_may_head(
+        &principal,
+        &req.server,
+        "attach the volume on a head, or give this server a token without `storage-only` if it should head volumes",
+    )?;
     let (volume, server) = (req.volume.clone(), req.server.clone());
     let detail = app
         .manager
@@ -505,8 +641,11 @@ pub async fn attach(
     Ok(Json(detail))
 }
 
-/// Detaches a volume from the calling agent's own server; refused if it is
-/// attached elsewhere.
+/// Detaches a volume from the calling agent's own server, gracefully;
+/// refused if it is attached elsewhere. The attachment becomes
+/// `releasing`: the agent's desired state no longer lists the volume, and
+/// the attachment ends (the legs get new secret export names, see the
+/// admin detach) once the agent's heartbeat no longer lists it assembled.
 #[utoipa::path(post, path = "/api/v1/agent/detach", tag = "agent", request_body = AgentAttachment,
     responses((status = 200, body = VolumeDetail), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn detach(
@@ -516,7 +655,7 @@ pub async fn detach(
 ) -> Result<Json<VolumeDetail>, ApiError> {
     check_principal(&principal, &req.server)?;
     let (volume, server) = (req.volume.clone(), req.server.clone());
-    let detail = app
+    let (detail, changed) = app
         .manager
         .mutate(move |c, _| {
             let head = c.server_by_name(&req.server)?.id;
@@ -531,22 +670,28 @@ pub async fn detach(
                     server: c.server(h).map(|s| s.name.clone()).unwrap_or_default(),
                 });
             }
-            let changes = c.detach_volume(&req.volume)?;
+            let changes = c.release_volume(&req.volume)?;
+            let changed = !changes.is_empty();
             Ok((
-                convert::volume_detail(c, c.volume_by_name(&req.volume)?),
+                (
+                    convert::volume_detail(c, c.volume_by_name(&req.volume)?),
+                    changed,
+                ),
                 changes,
             ))
         })
         .await?;
-    app.event(
-        NewEvent::new(
-            Severity::Info,
-            "volume_detached",
-            format!("volume {volume} detached by the agent of {server}"),
-        )
-        .volume(&volume)
-        .server(&server),
-    );
+    if changed {
+        app.event(
+            NewEvent::new(
+                Severity::Info,
+                "volume_releasing",
+                format!("volume {volume} is being released by its head {server} (agent detach)"),
+            )
+            .volume(&volume)
+            .server(&server),
+        );
+    }
     Ok(Json(detail))
 }
 

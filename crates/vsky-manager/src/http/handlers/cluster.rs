@@ -30,5 +30,8 @@ pub async fn health(State(app): State<AppState>) -> Json<Health> {
 #[utoipa::path(get, path = "/api/v1/cluster", tag = "cluster",
     responses((status = 200, body = ClusterSummary), (status = 401, body = ErrorBody)))]
 pub async fn summary(State(app): State<AppState>) -> Result<Json<ClusterSummary>, ApiError> {
-    Ok(Json(app.manager.read(|c| convert::summary(c.summary()))?))
+    Ok(Json(
+        app.manager
+            .read(|c| convert::summary(c.cluster_id(), c.summary()))?,
+    ))
 }

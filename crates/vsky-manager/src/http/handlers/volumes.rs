@@ -4,14 +4,15 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use vsky_api::types::{
-    AttachVolume, CreateVolume, ErrorBody, ResizeVolume, UpdateVolume, Volume, VolumeDetail,
+    AttachVolume, CreateVolume, DetachVolume, ErrorBody, ResizeVolume, UpdateVolume, Volume,
+    VolumeDetail,
 };
 use vsky_model::{NewVolume, Stripe};
 
 use crate::events::{NewEvent, Severity};
 use crate::http::AppState;
 use crate::http::convert;
-use crate::http::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use crate::http::error::{ApiError, ApiJson, ApiOptionalJson, ApiPath, ApiQuery};
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -151,6 +152,8 @@ pub async fn delete(
 }
 
 /// Attaches a volume to a head server (idempotent for the same server).
+/// Refused (409 `storage_only`) on a server whose agent runs with
+/// `--storage-only`: nothing there could assemble it.
 #[utoipa::path(post, path = "/api/v1/volumes/{name}/attach", tag = "volumes", request_body = AttachVolume,
     params(("name" = String, Path, description = "volume name")),
     responses((status = 200, body = VolumeDetail), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -180,29 +183,68 @@ pub async fn attach(
 }
 
 /// Detaches a volume (idempotent).
-#[utoipa::path(post, path = "/api/v1/volumes/{name}/detach", tag = "volumes",
+///
+/// Graceful by default: the attachment becomes `releasing`, the head tears
+/// its devices down and reports them gone with its next heartbeat, and only
+/// then does the attachment end (every leg gets a new secret export name,
+/// so the old names open nothing any more). Meanwhile no other server may
+/// attach (409 `releasing_elsewhere`). A head that is failed never confirms:
+/// its releasing attachments wait for a forced detach.
+///
+/// With `{"force": true}` it is the fencing operation, for a head that is
+/// dead or cut off: the attachment ends at once, whatever its state, and
+/// the storage agents cut the old head's NBD connections and refuse its
+/// names (event `volume_force_detached`).
+#[utoipa::path(post, path = "/api/v1/volumes/{name}/detach", tag = "volumes", request_body(content = Option<DetachVolume>, description = "optional; `{\"force\": true}` fences the head"),
     params(("name" = String, Path, description = "volume name")),
-    responses((status = 200, body = VolumeDetail), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = VolumeDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn detach(
     State(app): State<AppState>,
     ApiPath(name): ApiPath<String>,
+    ApiOptionalJson(req): ApiOptionalJson<DetachVolume>,
 ) -> Result<Json<VolumeDetail>, ApiError> {
-    let n = name.clone();
-    let detail = app
+    let (n, force) = (name.clone(), req.force);
+    let (detail, head, changed) = app
         .manager
-        .mutate(move |c, _| {
-            let changes = c.detach_volume(&n)?;
-            Ok((convert::volume_detail(c, c.volume_by_name(&n)?), changes))
+        .mutate(move |c, secrets| {
+            let head = c
+                .volume_by_name(&n)?
+                .attachment
+                .as_ref()
+                .and_then(|a| c.server(a.head))
+                .map(|s| s.name.clone());
+            let changes = if force {
+                c.force_detach_volume(&n, secrets)?.1
+            } else {
+                c.release_volume(&n)?
+            };
+            let changed = !changes.is_empty();
+            Ok((
+                (
+                    convert::volume_detail(c, c.volume_by_name(&n)?),
+                    head,
+                    changed,
+                ),
+                changes,
+            ))
         })
         .await?;
-    app.event(
-        NewEvent::new(
-            Severity::Info,
-            "volume_detached",
-            format!("volume {name} detached"),
-        )
-        .volume(&name),
-    );
+    if let Some(head) = head.filter(|_| changed) {
+        let event = if force {
+            NewEvent::new(
+                Severity::Warning,
+                "volume_force_detached",
+                format!("volume {name} force-detached from {head}: its legs have new export names, the old head's connections are cut"),
+            )
+        } else {
+            NewEvent::new(
+                Severity::Info,
+                "volume_releasing",
+                format!("volume {name} is being released by {head}; detached once {head} has torn its devices down"),
+            )
+        };
+        app.event(event.volume(&name).server(&head));
+    }
     Ok(Json(detail))
 }
 

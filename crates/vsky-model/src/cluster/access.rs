@@ -1,0 +1,219 @@
+//! Who may reach a volume's data: which servers may head volumes, how an
+//! attachment is handed back, and how an ended attachment loses its way in.
+//!
+//! ## The life of an attachment
+//!
+//! ```text
+//!   attach ──▶ Attached ──graceful detach──▶ Releasing ──head reports its
+//!                 ▲                              │        devices gone──▶ ended
+//!                 └──── attach on the same head ─┘
+//!   forced detach (fencing), from either state ─────────────────────────▶ ended
+//! ```
+//!
+//! - **Attached**: the head's desired state lists the volume; it assembles
+//!   it and may write it.
+//! - **Releasing** ([`Cluster::release_volume`], an admin's or the head
+//!   agent's graceful detach): the head's desired state no longer lists the
+//!   volume, so the head tears its devices down, still able to reach every
+//!   leg under the names it knows (dm-raid's last superblock writes
+//!   succeed). No other server may attach (`ReleasingElsewhere`, 409),
+//!   and no resync or scrub of the volume runs: the head gave up its
+//!   resyncs (requeued when the release starts) and a storage agent's copy
+//!   would write a chunk the head may still write. Attaching again on the
+//!   same head returns to Attached (a retry after a failed deactivate).
+//! - **Ended** ([`Cluster::end_attachment`], no attachment): when the
+//!   head's heartbeat lists its assembled volumes and this one is not among
+//!   them ([`Cluster::head_reports_assembled`]), or at once for a forced
+//!   detach ([`Cluster::force_detach_volume`], the fencing operation for a
+//!   dead or partitioned head). An agent too old to report what it has
+//!   assembled (`None`) ends its releasing attachments at once, as detaches
+//!   did before two-phase detach.
+//!
+//! A releasing attachment whose head is declared failed stays releasing
+//! (nothing will confirm the teardown) until an admin forces the detach.
+//!
+//! ## Fencing
+//!
+//! A leg's `export_name` is the only credential for its NBD export: whoever
+//! knows it can read and write the chunk. A head learns the names of every
+//! leg of the volumes attached to it, so once an attachment ends those
+//! names must stop working, or a former head (or anyone who read its desired
+//! state, e.g. with a leaked agent token) could still open the legs.
+//! [`Cluster::end_attachment`] is the one place an attachment ends: it draws
+//! a new secret for every leg of the volume. The storage agents then export
+//! the chunks under the new names only, and removing an export cuts every
+//! NBD connection opened with the old name (`vsky_nbd::ExportTable`).
+//!
+//! A server whose agent runs with `--storage-only` cannot assemble volumes
+//! (`Server::storage_only`): attaching a volume to it is refused, because
+//! nothing there would ever assemble the volume or run its resyncs, and its
+//! desired state names no volume to assemble.
+
+use super::{Changes, Cluster};
+use crate::SecretSource;
+use crate::entities::AttachmentState;
+use crate::error::ModelError;
+use crate::ids::{ServerId, VolumeId};
+use crate::limits::HEARTBEAT_ASSEMBLED_MAX;
+
+impl Cluster {
+    /// Records whether a server's agent runs with `--storage-only`, as it
+    /// says when it registers. Volumes already attached to a server that
+    /// becomes storage-only stay attached until an admin detaches them
+    /// (`vsky volume detach`); no new ones can be.
+    pub fn set_storage_only(
+        &mut self,
+        id: ServerId,
+        storage_only: bool,
+    ) -> Result<Changes, ModelError> {
+        let server = self
+            .servers
+            .get_mut(&id)
+            .ok_or_else(|| super::not_found("server", "server", id.0))?;
+        let mut changes = Changes::default();
+        if server.storage_only != storage_only {
+            server.storage_only = storage_only;
+            changes.servers.insert(id);
+        }
+        Ok(self.commit(changes))
+    }
+
+    /// Refuses a server that cannot head volumes.
+    pub(super) fn check_may_head(&self, id: ServerId) -> Result<(), ModelError> {
+        let server = &self.servers[&id];
+        if server.storage_only {
+            return Err(ModelError::StorageOnly {
+                server: server.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A graceful detach (an admin's, or the head agent's own): an attached
+    /// volume starts releasing. Its head stops being told to assemble it,
+    /// the resyncs it ran go back to the queue (none starts until the
+    /// attachment ends), and the attachment ends once the head reports the
+    /// devices gone ([`Cluster::head_reports_assembled`]). Idempotent: a
+    /// releasing or detached volume changes nothing.
+    pub fn release_volume(&mut self, name: &str) -> Result<Changes, ModelError> {
+        let id = self.volume_by_name(name)?.id;
+        let mut changes = Changes::default();
+        let volume = self.volumes.get_mut(&id).expect("exists");
+        if let Some(a) = volume.attachment.as_mut()
+            && a.state == AttachmentState::Attached
+        {
+            a.state = AttachmentState::Releasing;
+            changes.volumes.insert(id);
+            self.requeue_jobs_of(id, &mut changes);
+        }
+        Ok(self.commit(changes))
+    }
+
+    /// The fencing operation: ends a volume's attachment at once, from
+    /// either state, without the head's confirmation (a dead or
+    /// partitioned head). Every leg gets a new secret export name, so the
+    /// storage agents cut the old head's connections and refuse its names.
+    /// Returns whether there was an attachment; idempotent.
+    pub fn force_detach_volume(
+        &mut self,
+        name: &str,
+        secrets: &mut dyn SecretSource,
+    ) -> Result<(bool, Changes), ModelError> {
+        let id = self.volume_by_name(name)?.id;
+        let mut changes = Changes::default();
+        let ended = self.end_attachment(id, secrets, &mut changes);
+        Ok((ended, self.commit(changes)))
+    }
+
+    /// A head's heartbeat says which volumes it has assembled now: every
+    /// releasing attachment of that server whose volume is not among them
+    /// ends (the devices are gone). `None` (an agent from before two-phase
+    /// detach, which cannot say) ends them all at once, as its detaches
+    /// did before. Names of unknown volumes are ignored (a volume may have
+    /// been deleted since). Returns the names of the volumes released.
+    pub fn head_reports_assembled(
+        &mut self,
+        server: ServerId,
+        assembled: Option<&[String]>,
+        secrets: &mut dyn SecretSource,
+    ) -> Result<(Vec<String>, Changes), ModelError> {
+        if !self.servers.contains_key(&server) {
+            return Err(super::not_found("server", "server", server.0));
+        }
+        if let Some(list) = assembled
+            && list.len() > HEARTBEAT_ASSEMBLED_MAX
+        {
+            return Err(ModelError::invalid(
+                "assembled volumes",
+                format!(
+                    "{} names; a heartbeat lists at most {HEARTBEAT_ASSEMBLED_MAX}",
+                    list.len()
+                ),
+            ));
+        }
+        let done: Vec<(VolumeId, String)> = self
+            .releasing_on(server)
+            .filter(|(_, name)| assembled.is_none_or(|list| !list.iter().any(|n| n == name)))
+            .collect();
+        let mut changes = Changes::default();
+        let mut released = Vec::with_capacity(done.len());
+        for (id, name) in done {
+            self.end_attachment(id, secrets, &mut changes);
+            released.push(name);
+        }
+        Ok((released, self.commit(changes)))
+    }
+
+    /// The volumes (id, name) whose attachment to `server` is releasing.
+    pub fn releasing_on(&self, server: ServerId) -> impl Iterator<Item = (VolumeId, String)> + '_ {
+        self.volumes
+            .values()
+            .filter(move |v| {
+                v.attachment
+                    .as_ref()
+                    .is_some_and(|a| a.head == server && a.is_releasing())
+            })
+            .map(|v| (v.id, v.name.clone()))
+    }
+
+    /// Ends a volume's attachment, if it has one: its running resyncs go
+    /// back to the queue (the storage agents take them over) and every leg
+    /// gets a new secret export name, so the names the head knew open
+    /// nothing any more. Every path that ends an attachment (a release the
+    /// head confirmed, a forced detach) goes through here. Returns whether
+    /// there was an attachment.
+    pub(crate) fn end_attachment(
+        &mut self,
+        id: VolumeId,
+        secrets: &mut dyn SecretSource,
+        changes: &mut Changes,
+    ) -> bool {
+        let volume = self.volumes.get_mut(&id).expect("caller checked");
+        if volume.attachment.take().is_none() {
+            return false;
+        }
+        // Running jobs were the head's (an attached volume's executor):
+        // requeued, they restart under a storage agent with the new names.
+        // The head's scrubs are dropped by `commit` (the mirrored disks
+        // stop qualifying).
+        self.requeue_jobs_of(id, changes);
+        self.rotate_leg_secrets(id, secrets, changes);
+        true
+    }
+
+    /// Draws a new secret export name for every leg of a volume (the extra
+    /// slot of a move, failed and syncing legs included): connections
+    /// opened with the old names are cut once the storage agents apply it.
+    fn rotate_leg_secrets(
+        &mut self,
+        id: VolumeId,
+        secrets: &mut dyn SecretSource,
+        changes: &mut Changes,
+    ) {
+        let volume = self.volumes.get_mut(&id).expect("caller checked");
+        for leg in volume.mirrored_disks.iter_mut().flat_map(|m| &mut m.legs) {
+            leg.export_name = secrets.export_secret();
+        }
+        changes.volumes.insert(id);
+    }
+}
