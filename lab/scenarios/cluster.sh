@@ -946,6 +946,61 @@ scenario_xapi() {
 }
 head_api_up() { wget -q -O /dev/null http://127.0.0.1:10810/v1/health; }
 
+# cluster-busy-detach (only when named; issue #14 item 1): the head agent's
+# local API (the datapath plugin's deactivate) detaches in two phases on the
+# real kernel. A device held open is refused (HTTP 409 busy) and nothing
+# changes in the manager; once closed, the detach answers only after the
+# devices are gone and the manager has released the volume (so another
+# host could attach at once), and dm-raid's last superblock writes land:
+# no "super_written gets error", no leg failed.
+api_post() { # attach|detach VOLUME: the head agent's local API
+  wget -O "$W/api.out" --header "Authorization: Bearer $(cat "$W/agent-api.token")" \
+    --post-data '' "http://127.0.0.1:10810/v1/volumes/$2/$1" 2>"$W/api.err"
+}
+attachment_of() { # VOLUME: "head attached", "head releasing" or "-"
+  vsky --json volume show "$1" | tr -d ' \n' | sed -n \
+    -e 's/.*"attached_to":"\([^"]*\)".*"attachment_state":"\([a-z]*\)".*/\1 \2/p' \
+    -e 's/.*"attached_to":null.*/-/p'
+}
+scenario_busy_detach() {
+  local v=vq dev=/dev/mapper/vsky-vq holder start took errs0 errs
+  HEAD_API=1
+  cluster_up 2 64
+  wait_for 30 "the head agent's local API on 127.0.0.1:10810" head_api_up
+  vsky volume create $v --size 24MiB --replicas 2 >/dev/null || fail "vsky volume create failed"
+  api_post attach $v || fail "local attach of $v failed: $(cat "$W/api.err")"
+  [ -b $dev ] || fail "$dev is not a block device after the local attach answered"
+  wait_for 60 "mirrors of $v in sync" mirrors_in_sync
+  dd if=/dev/urandom of=/tmp/pat bs=1M count=8 2>/dev/null
+  dd if=/tmp/pat of=$dev bs=1M oflag=direct 2>"$W/dd.err" || fail "O_DIRECT write failed: $(cat "$W/dd.err")"
+  errs0=$(dmesg | grep -c 'super_written gets error')
+  # A process holds the device open, as a VM's blkback would.
+  sleep 600 <$dev &
+  holder=$!
+  if api_post detach $v; then fail "the detach of a device held open succeeded"; fi
+  grep -q 409 "$W/api.err" || fail "the busy detach did not answer 409: $(cat "$W/api.err")"
+  [ "$(attachment_of $v)" = "head attached" ] || fail "a refused detach changed the manager: $(attachment_of $v)"
+  [ -b $dev ] || fail "a refused detach tore the device down"
+  kill $holder; wait $holder 2>/dev/null
+  start=$(now)
+  api_post detach $v || fail "the detach failed once the device was closed: $(cat "$W/api.err")"
+  took=$(since "$start")
+  # Answered only once released: nothing left to wait for.
+  is_gone $dev || fail "the detach answered while $dev still exists"
+  [ "$(attachment_of $v)" = "-" ] || fail "the detach answered before the manager released $v: $(attachment_of $v)"
+  wait_for 10 "every dm device and NBD connection of $v to go" nothing_assembled
+  errs=$(dmesg | grep -c 'super_written gets error')
+  [ "$errs" = "$errs0" ] || fail "dm-raid's superblock writes failed during the teardown ($((errs - errs0)) errors): the legs were cut before the head let go"
+  ! legs $v | awk '$4 != "active"' | grep -q . || fail "legs not active after the detach: $(legs $v | awk '$4 != "active"' | tr '\n' ' ')"
+  # The data is intact under the new names.
+  vsky volume attach $v head >/dev/null || fail "reattach failed"
+  wait_for 60 "/dev/mapper/vsky-$v as a block device" is_block $dev
+  [ "$(dev_sum $dev 8)" = "$(file_sum /tmp/pat)" ] || fail "data read back after the two-phase detach differs"
+  detach_wait $v
+  cluster_down
+  echo "LAB-DETAIL local-API detach of a device held open: 409 busy, manager unchanged, device kept; once closed, detach answered in ${took}s with devices gone and the volume released in the manager; no dm-raid superblock write error, all legs active, data intact after reattach"
+}
+
 # cluster-bench (a benchmark, not a test; only when named): sequential
 # O_DIRECT throughput of a mirrored volume against one raw leg, same chunk
 # sizes, same run. The raw leg is one mirror's /dev/nbdN, read through its
@@ -1145,6 +1200,7 @@ case $scenario in
   cluster-ha-rebuild) scenario_ha_rebuild ;;
   cluster-xapi) scenario_xapi ;;
   cluster-bench) scenario_bench ;;
+  cluster-busy-detach) scenario_busy_detach ;;
   demo) scenario_demo ;;
   *) echo "LAB-WHY unknown cluster scenario '$scenario'"; exit 2 ;;
 esac

@@ -284,7 +284,11 @@ mod tests {
             "v",
         );
         assert_eq!(e.code, codes::CONFLICT);
-        assert!(e.params.iter().any(|p| p.contains("in use")), "{:?}", e.params);
+        assert!(
+            e.params.iter().any(|p| p.contains("in use")),
+            "{:?}",
+            e.params
+        );
         let e = agent.error(
             HttpError::Api {
                 status: 409,

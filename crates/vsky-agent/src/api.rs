@@ -245,26 +245,15 @@ async fn detach(
     Path(name): Path<String>,
 ) -> Result<Json<Detached>, ApiError> {
     let ctx = &state.ctx;
-    if ctx.head {
-        let volume = name.clone();
-        let open = tokio::task::spawn_blocking(move || {
-            crate::head::Head::volume_open_count(&volume)
-        })
-        .await
-        .map_err(|e| internal(format!("device check failed: {e}")))?;
-        match open {
-            Ok(Some(n)) if n > 0 => return Err(busy(&name, &format!("held open {n} time(s)"), false)),
-            Ok(_) => {}
-            // The teardown will tell; a bad name is the manager's to judge.
-            Err(e) => tracing::debug!(volume = %name, error = %e, "cannot read the device's open count"),
-        }
+    if ctx.head
+        && let Some(n) = held_open(&name).await?
+    {
+        return Err(busy(&name, &format!("held open {n} time(s)"), false));
     }
     lock_shared(&ctx.shared.teardown_errors).remove(&name);
     let detail = ctx.client.agent_detach(&ctx.server, &name).await?;
     // Devices gone, or a teardown failed since the request.
-    let settled = |s: &Shared| {
-        s.gone(&name) || lock_shared(&s.teardown_errors).contains_key(&name)
-    };
+    let settled = |s: &Shared| s.gone(&name) || lock_shared(&s.teardown_errors).contains_key(&name);
     if !settle(&ctx.shared, settled).await {
         return Err(ApiError(
             StatusCode::GATEWAY_TIMEOUT,
@@ -307,6 +296,40 @@ async fn detach(
     Ok(Json(Detached { name }))
 }
 
+/// How often, and how far apart, a detach looks at the device's open count
+/// before it refuses: a short open (udev probing a new device, a monitoring
+/// read) is waited out, a VM's or a mount's is not.
+const OPEN_CHECKS: u32 = 5;
+const OPEN_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The number of openers holding the volume's device open now, if it stays
+/// held open over [`OPEN_CHECKS`] looks; `None` when it is free or not
+/// assembled here (or its open count cannot be read: then the teardown
+/// will tell).
+async fn held_open(name: &str) -> Result<Option<i32>, ApiError> {
+    for attempt in 1..=OPEN_CHECKS {
+        let volume = name.to_string();
+        let open =
+            tokio::task::spawn_blocking(move || crate::head::Head::volume_open_count(&volume))
+                .await
+                .map_err(|e| internal(format!("device check failed: {e}")))?;
+        match open {
+            Ok(Some(n)) if n > 0 => {
+                if attempt == OPEN_CHECKS {
+                    return Ok(Some(n));
+                }
+                tokio::time::sleep(OPEN_CHECK_INTERVAL).await;
+            }
+            Ok(_) => return Ok(None),
+            Err(e) => {
+                tracing::debug!(volume = %name, error = %e, "cannot read the device's open count");
+                return Ok(None);
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Whether the manager no longer lists the volume attached to `server`.
 fn released_from(volume: &vsky_api::types::Volume, server: &str) -> bool {
     volume.attached_to.as_deref() != Some(server)
@@ -317,15 +340,21 @@ fn busy(name: &str, why: &str, releasing: bool) -> ApiError {
     let state = if releasing {
         "The volume stays releasing (no other host can attach it) until its devices are gone: close whatever holds the device (the agent retries the teardown on its own), or activate it on this host again to keep using it"
     } else {
-        "Nothing changed: the volume stays attached here. Close whatever holds the device (a VM's disk, a mount, a process: see `fuser -vm` or `lsof` on it) and detach again"
+        "Nothing changed (the manager was not asked). Close whatever holds the device (a VM's disk, a mount, a process: see `fuser -vm` or `lsof` on it) and detach again"
     };
     ApiError(
         StatusCode::CONFLICT,
         "busy".into(),
-        format!("volume '{name}' cannot be detached: /dev/mapper/vsky-{name} is in use on this host ({why}). {state}."),
+        format!(
+            "volume '{name}' cannot be detached: /dev/mapper/vsky-{name} is in use on this host ({why}). {state}."
+        ),
     )
 }
 
 fn internal(message: String) -> ApiError {
-    ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal".into(), message)
+    ApiError(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal".into(),
+        message,
+    )
 }

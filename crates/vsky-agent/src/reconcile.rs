@@ -770,6 +770,9 @@ async fn heartbeat_loop(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Cleared when the manager is older than two-phase detach and refuses
+    // the field; such a manager detaches at once anyway.
+    let mut report_assembled = true;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(config.heartbeat_interval) => {}
@@ -793,9 +796,20 @@ async fn heartbeat_loop(
             failed_legs: failed.clone(),
             resyncs,
             scrubs,
-            assembled: Some(shared.assembled_report()),
+            assembled: report_assembled.then(|| shared.assembled_report()),
         };
         match client.heartbeat(&beat).await {
+            Err(vsky_api::ClientError::Api {
+                status: 400,
+                message,
+                ..
+            }) if report_assembled && refuses_assembled(&message) => {
+                tracing::warn!(
+                    "the manager is older than two-phase detach; heartbeats go without the assembled volumes (upgrade the managers)"
+                );
+                report_assembled = false;
+                shared.heartbeat_now.notify_one();
+            }
             Ok(_) => {
                 // Drop exactly what was sent; newer observations stay queued.
                 lock(&shared.wiped).drain(..wiped.len());
@@ -811,6 +825,12 @@ async fn heartbeat_loop(
             Err(e) => tracing::warn!(error = %e, "heartbeat failed; will retry"),
         }
     }
+}
+
+/// Whether a manager's 400 answer refuses the heartbeat's `assembled`
+/// field as unknown (a manager from before two-phase detach).
+fn refuses_assembled(message: &str) -> bool {
+    message.contains("unknown field `assembled`")
 }
 
 /// Polls assembled mirrors for legs the kernel marked dead. (dm-raid also
@@ -948,6 +968,65 @@ mod tests {
         let replaced = spec("v", &[(1, 0), (3, 0)], &[]);
         shared.set_volumes(std::slice::from_ref(&replaced));
         assert!(shared.take_returning("v").is_empty());
+    }
+
+    /// The heartbeat reports a volume assembled while its devices exist or
+    /// the manager lists it (an assembly may be under way), so a release
+    /// never ends while devices remain; a change of the devices sends a
+    /// heartbeat at once.
+    #[tokio::test]
+    async fn the_assembled_report_covers_devices_and_desired_volumes() {
+        let shared = Shared::default();
+        assert!(shared.assembled_report().is_empty(), "a storage-only agent");
+        // Devices left from before a restart, the manager now lists another.
+        shared.set_present(BTreeSet::from(["old".to_string()]));
+        shared.set_volumes(&[spec("new", &[(1, 0), (2, 0)], &[])]);
+        assert_eq!(shared.assembled_report(), ["new", "old"]);
+        assert!(!shared.gone("old") && shared.gone("new"));
+        // The release of "old" ends once its devices are gone, and the
+        // heartbeat goes out at once.
+        let notified = shared.heartbeat_now.notified();
+        shared.set_present(BTreeSet::new());
+        tokio::time::timeout(Duration::from_secs(1), notified)
+            .await
+            .expect("a change of the devices wakes the heartbeat");
+        assert_eq!(shared.assembled_report(), ["new"]);
+        assert!(shared.gone("old"));
+    }
+
+    #[test]
+    fn an_older_managers_refusal_of_the_assembled_field_is_recognised() {
+        /// A heartbeat as a manager from before two-phase detach reads it.
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct OlderHeartbeat {
+            server: String,
+            wiped_chunks: Vec<ChunkId>,
+            failed_legs: Vec<FailedLeg>,
+            resyncs: Vec<ResyncReport>,
+            scrubs: Vec<serde_json::Value>,
+        }
+        let beat = Heartbeat {
+            server: "h".into(),
+            assembled: Some(vec!["v".into()]),
+            ..Default::default()
+        };
+        let e = serde_json::from_value::<OlderHeartbeat>(serde_json::to_value(&beat).unwrap())
+            .err()
+            .expect("an older manager refuses the field");
+        assert!(refuses_assembled(&e.to_string()), "{e}");
+        // Without the field it is accepted; another refusal is not this one.
+        let beat = Heartbeat {
+            assembled: None,
+            ..beat
+        };
+        assert!(
+            serde_json::from_value::<OlderHeartbeat>(serde_json::to_value(&beat).unwrap()).is_ok()
+        );
+        assert!(!refuses_assembled(
+            "unknown field `x`, expected one of `server`, `scrubs`, `assembled`"
+        ));
     }
 
     #[test]

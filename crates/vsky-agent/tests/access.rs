@@ -91,7 +91,10 @@ async fn assert_cut(c: &mut vsky_nbd::client::Client, server: &str) {
         }
     })
     .await;
-    assert!(cut.is_ok(), "the old head's connection to {server} stays open");
+    assert!(
+        cut.is_ok(),
+        "the old head's connection to {server} stays open"
+    );
 }
 
 /// The played head's heartbeat: which volumes it has assembled.

@@ -202,12 +202,16 @@ fn quickstart_through_the_cli() {
     let released = env.ok(&["volume", "detach", "vm-disk", "--no-wait"]);
     assert!(released.contains("Releasing volume vm-disk"), "{released}");
     assert!(env.ok(&["volume", "list"]).contains("node1 (releasing)"));
-    assert_eq!(env.json(&["volume", "show", "vm-disk"])["volume"]["attachment_state"], "releasing");
+    assert_eq!(
+        env.json(&["volume", "show", "vm-disk"])["attachment_state"],
+        "releasing"
+    );
     let out = env.vsky(&["volume", "delete", "vm-disk"]);
     assert_eq!(out.status.code(), Some(1), "not while the head releases");
     // The head is dead: fence it.
     let fenced = env.json(&["volume", "detach", "--force", "vm-disk"]);
-    assert_eq!(fenced["volume"]["attached_to"], serde_json::Value::Null);
+    assert_eq!(fenced["name"], "vm-disk");
+    assert_eq!(fenced["attached_to"], serde_json::Value::Null);
     env.ok(&["volume", "detach", "vm-disk"]);
     env.ok(&["volume", "delete", "vm-disk"]);
     let summary = env.json(&["cluster", "status"]);
@@ -226,13 +230,13 @@ fn quickstart_through_the_cli() {
         "volume_deleted",
         "server_failed",
     ]
-        .iter()
-        .map(|kind| {
-            events
-                .find(&format!(" {kind} "))
-                .unwrap_or_else(|| panic!("{kind} in {events}"))
-        })
-        .collect();
+    .iter()
+    .map(|kind| {
+        events
+            .find(&format!(" {kind} "))
+            .unwrap_or_else(|| panic!("{kind} in {events}"))
+    })
+    .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{events}");
     let page = env.json(&["events", "--limit", "1"]);
     assert_eq!(page["events"].as_array().unwrap().len(), 1);
@@ -387,4 +391,42 @@ fn drain_and_rebalance_through_the_cli() {
     let out = env.vsky(&["disk", "drain", "999"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not_found"));
+}
+
+/// A graceful detach whose head is failed (it will never report its
+/// devices gone) says at once that only fencing helps, and `--force` does
+/// it.
+#[test]
+fn detaching_from_a_failed_head_points_to_fencing() {
+    let env = start_manager();
+    for s in 0..3 {
+        let name = format!("node{s}");
+        env.ok(&[
+            "server",
+            "add",
+            &name,
+            "--address",
+            &format!("127.0.0.1:{}", 10809 + s),
+        ]);
+        if s > 0 {
+            env.ok(&["disk", "add", &name, "/dev/vdb", "--size", "129MiB"]);
+        }
+    }
+    env.ok(&["volume", "create", "v", "--size", "4MiB", "--replicas", "2"]);
+    env.ok(&["volume", "attach", "v", "node0"]);
+    env.ok(&["server", "fail", "node0"]);
+    // (Without the check it would wait out --wait-timeout and say less.)
+    let out = env.vsky(&["volume", "detach", "v"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("node0 is failed") && err.contains("vsky volume detach --force v"),
+        "{err}"
+    );
+    assert!(
+        env.ok(&["volume", "show", "v"])
+            .contains("node0 (releasing)")
+    );
+    env.ok(&["volume", "detach", "--force", "v"]);
+    env.ok(&["volume", "attach", "v", "node1"]);
 }

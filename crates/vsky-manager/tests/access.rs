@@ -241,12 +241,19 @@ async fn a_graceful_detach_replaces_the_secrets_once_the_head_reports_its_device
         Some(AttachmentState::Releasing)
     );
     assert_eq!(detail.volume.attached_to.as_deref(), Some("s2"));
-    assert!(names_told(&agent, "s2").await.is_empty(), "nothing to assemble");
+    assert!(
+        names_told(&agent, "s2").await.is_empty(),
+        "nothing to assemble"
+    );
     assert_eq!(storage_names().await, known);
 
     // No other server may attach meanwhile; the message says what to do.
     let (status, code, message) = refusal(admin.attach_volume("v", "s3").await.unwrap_err());
-    assert_eq!((status, code.as_str()), (409, "releasing_elsewhere"), "{message}");
+    assert_eq!(
+        (status, code.as_str()),
+        (409, "releasing_elsewhere"),
+        "{message}"
+    );
     assert!(
         message.contains("'s2'") && message.contains("vsky volume detach --force v"),
         "{message}"
@@ -280,7 +287,12 @@ async fn a_graceful_detach_replaces_the_secrets_once_the_head_reports_its_device
     );
     assert_eq!(
         volume_events(&admin).await,
-        ["volume_created", "volume_attached", "volume_releasing", "volume_detached"]
+        [
+            "volume_created",
+            "volume_attached",
+            "volume_releasing",
+            "volume_detached"
+        ]
     );
     admin.attach_volume("v", "s3").await.unwrap();
 }
@@ -334,7 +346,10 @@ async fn a_forced_detach_fences_at_once_from_either_state() {
     }
     let kinds = volume_events(&admin).await;
     assert_eq!(
-        kinds.iter().filter(|k| *k == "volume_force_detached").count(),
+        kinds
+            .iter()
+            .filter(|k| *k == "volume_force_detached")
+            .count(),
         2,
         "{kinds:?}"
     );

@@ -6,6 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::*;
+use vsky_api::types::AttachmentState;
 
 #[tokio::test]
 async fn kill_9_and_restart_keeps_every_acknowledged_change() {
@@ -43,6 +44,7 @@ async fn kill_9_and_restart_keeps_every_acknowledged_change() {
         let mut want = v.clone();
         if i == 1 {
             want.volume.attached_to = Some("s2".into());
+            want.volume.attachment_state = Some(AttachmentState::Attached);
         }
         assert_eq!(got.unwrap(), want);
     }

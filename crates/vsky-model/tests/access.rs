@@ -95,7 +95,10 @@ fn a_graceful_detach_rotates_the_names_only_once_the_head_reports_its_devices_go
     assert!(changes.volumes.contains(&v), "the state is stored");
     assert_ne!(c.generation(), generation, "the head is told");
     assert_eq!(state(&c, "v"), Some(AttachmentState::Releasing));
-    assert!(c.agent_view(s3).volumes.is_empty(), "the head tears it down");
+    assert!(
+        c.agent_view(s3).volumes.is_empty(),
+        "the head tears it down"
+    );
     assert_eq!(set(leg_names(&c, "v")), old, "no name changes yet");
     let exported: BTreeSet<String> = c
         .servers()
@@ -123,7 +126,9 @@ fn a_graceful_detach_rotates_the_names_only_once_the_head_reports_its_devices_go
 
     // The head reports the devices gone: the attachment ends and every
     // leg gets a new name.
-    let (released, changes) = c.head_reports_assembled(s3, Some(&[]), &mut secrets).unwrap();
+    let (released, changes) = c
+        .head_reports_assembled(s3, Some(&[]), &mut secrets)
+        .unwrap();
     assert_eq!(released, vec!["v".to_string()]);
     assert!(changes.volumes.contains(&v), "the new names are stored");
     assert_eq!(state(&c, "v"), None);
@@ -198,7 +203,9 @@ fn attaching_again_on_the_releasing_head_takes_the_attachment_back() {
     assert_eq!(c.agent_view(s3).volumes.len(), 1, "assembled again");
     assert_eq!(leg_names(&c, "v"), names, "the same names: nothing ended");
     // A late heartbeat from the teardown attempt ends nothing now.
-    let (released, _) = c.head_reports_assembled(s3, Some(&[]), &mut secrets).unwrap();
+    let (released, _) = c
+        .head_reports_assembled(s3, Some(&[]), &mut secrets)
+        .unwrap();
     assert!(released.is_empty());
     assert_eq!(state(&c, "v"), Some(AttachmentState::Attached));
     assert!(c.attach_volume("v", "s3").unwrap().is_empty());
@@ -247,7 +254,11 @@ fn an_agent_that_cannot_report_its_devices_releases_at_once() {
         .head_reports_assembled(id(&c, "s3"), None, &mut secrets)
         .unwrap();
     assert_eq!(released, vec!["v".to_string()]);
-    assert_eq!(state(&c, "w"), Some(AttachmentState::Attached), "only releasing ones");
+    assert_eq!(
+        state(&c, "w"),
+        Some(AttachmentState::Attached),
+        "only releasing ones"
+    );
     // A list longer than any host's is refused, and changes nothing.
     c.release_volume("w").unwrap();
     let huge = vec!["x".to_string(); limits::HEARTBEAT_ASSEMBLED_MAX + 1];
@@ -291,7 +302,8 @@ fn no_resync_or_scrub_of_a_releasing_volume_starts() {
 
     // After the release, a storage agent copies under the new names.
     let old = set(leg_names(&c, "v"));
-    c.head_reports_assembled(s3, Some(&[]), &mut secrets).unwrap();
+    c.head_reports_assembled(s3, Some(&[]), &mut secrets)
+        .unwrap();
     c.start_jobs(1);
     let Some(Executor::Storage(copier)) = c.job_executor(jobs[0]) else {
         panic!("a detached volume's resync is copied by a storage agent");
@@ -309,7 +321,11 @@ fn no_resync_or_scrub_of_a_releasing_volume_starts() {
     let mut c = pool(4);
     common::volume(&mut c, "w", 1, 2, &mut secrets);
     c.attach_volume("w", "s3").unwrap();
-    assert_eq!(c.start_scrubs(0, 3600, 1).len(), 1, "a head checks its mirror");
+    assert_eq!(
+        c.start_scrubs(0, 3600, 1).len(),
+        1,
+        "a head checks its mirror"
+    );
     c.release_volume("w").unwrap();
     let w = c.volume_by_name("w").unwrap().id;
     assert!(c.scrub(w, 0).is_none(), "the check ends with the release");
@@ -504,19 +520,32 @@ fn allowed(c: &Cluster, server: ServerId) -> BTreeSet<String> {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Create { mirrored: u64, replicas: u8 },
-    Attach { volume: usize, server: usize },
+    Create {
+        mirrored: u64,
+        replicas: u8,
+    },
+    Attach {
+        volume: usize,
+        server: usize,
+    },
     Release(usize),
     /// A head reports what it has assembled: every attached volume, and
     /// the releasing ones it has not torn down yet (`keep`), or nothing
     /// (an older agent).
-    Report { server: usize, keep: bool, unknown: bool },
+    Report {
+        server: usize,
+        keep: bool,
+        unknown: bool,
+    },
     ForceDetach(usize),
     Delete(usize),
     FailDisk(usize),
     Recover,
     Scrub,
-    StorageOnly { server: usize, on: bool },
+    StorageOnly {
+        server: usize,
+        on: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {

@@ -128,11 +128,21 @@ fn attaching_hands_a_running_copy_to_the_head_through_the_queue() {
     assert_eq!(c.job(job).unwrap().state, JobState::Queued);
     assert_eq!(c.job_executor(job), None);
     assert!(c.agent_view(target_server).copies.is_empty());
+    assert!(
+        exported(&c, target_server, target),
+        "the head may still have the new leg open while it tears down"
+    );
     c.check_recovery_invariants(1).unwrap();
 
     // Once the head reports its devices gone, the storage agent copies it,
     // again via the queue.
-    let head = c.volume_by_name("v").unwrap().attachment.as_ref().unwrap().head;
+    let head = c
+        .volume_by_name("v")
+        .unwrap()
+        .attachment
+        .as_ref()
+        .unwrap()
+        .head;
     c.head_reports_assembled(head, Some(&[]), &mut secrets)
         .unwrap();
     assert_eq!(c.job(job).unwrap().state, JobState::Queued);

@@ -183,7 +183,13 @@ impl World {
                 // must not place a leg on the server of another failed leg
                 // of the same mirrored disk (`check_invariants` refuses
                 // that); more would leave mirrored disks with no source.
-                if self.c.disks().filter(|d| d.state != DiskState::Online).count() < 2 {
+                if self
+                    .c
+                    .disks()
+                    .filter(|d| d.state != DiskState::Online)
+                    .count()
+                    < 2
+                {
                     let disks: Vec<DiskId> = self.c.disks().map(|d| d.id).collect();
                     self.c.fail_disk(disks[d % disks.len()]).unwrap();
                 }

@@ -9,7 +9,9 @@
 use std::time::{Duration, Instant};
 
 use vsky_api::Client;
-use vsky_api::types::{AttachmentState, CreateVolume, Stripe, UpdateVolume, Volume, VolumeDetail};
+use vsky_api::types::{
+    AttachmentState, CreateVolume, ServerState, Stripe, UpdateVolume, Volume, VolumeDetail,
+};
 
 use crate::args::VolumeCommand;
 use crate::error::CliError;
@@ -156,6 +158,20 @@ async fn wait_released(
     timeout: Duration,
 ) -> Result<VolumeDetail, CliError> {
     let deadline = Instant::now() + timeout;
+    // A failed head never confirms: say so at once rather than wait.
+    if let (Some(AttachmentState::Releasing), Some(head)) = (
+        detail.volume.attachment_state,
+        detail.volume.attached_to.as_deref(),
+    ) && client
+        .server(head)
+        .await
+        .is_ok_and(|s| s.state == ServerState::Failed)
+    {
+        let (head, name) = (render::clean(head), render::clean(&detail.volume.name));
+        return Err(CliError::Incomplete(format!(
+            "volume {name} is releasing, but its head {head} is failed and will never report its devices gone; no other server can attach it until you fence {head} with `vsky volume detach --force {name}`"
+        )));
+    }
     loop {
         let v = &detail.volume;
         match (v.attachment_state, v.attached_to.as_deref()) {

@@ -234,13 +234,17 @@ pub async fn detach(
             NewEvent::new(
                 Severity::Warning,
                 "volume_force_detached",
-                format!("volume {name} force-detached from {head}: its legs have new export names, the old head's connections are cut"),
+                format!(
+                    "volume {name} force-detached from {head}: its legs have new export names, the old head's connections are cut"
+                ),
             )
         } else {
             NewEvent::new(
                 Severity::Info,
                 "volume_releasing",
-                format!("volume {name} is being released by {head}; detached once {head} has torn its devices down"),
+                format!(
+                    "volume {name} is being released by {head}; detached once {head} has torn its devices down"
+                ),
             )
         };
         app.event(event.volume(&name).server(&head));
