@@ -946,7 +946,7 @@ scenario_xapi() {
 }
 head_api_up() { wget -q -O /dev/null http://127.0.0.1:10810/v1/health; }
 
-# cluster-busy-detach (only when named; issue #14 item 1): the head agent's
+# cluster-busy-detach (issue #14 item 1): the head agent's
 # local API (the datapath plugin's deactivate) detaches in two phases on the
 # real kernel. A device held open is refused (HTTP 409 busy) and nothing
 # changes in the manager; once closed, the detach answers only after the
