@@ -648,6 +648,11 @@ victim_written_mib() {
 md_leg_failed() {
   legs "$1" | awk -v m="$2" -v s="$3" '$1 == m && $3 == s && $4 == "failed" {f = 1} END {exit !f}'
 }
+# legs_on_failed VOLUME SERVER N: the manager lists N legs of VOLUME on
+# SERVER failed.
+legs_on_failed() {
+  [ "$(legs "$1" | awk -v s="$2" '$3 == s && $4 == "failed"' | wc -l)" -eq "$3" ]
+}
 # legs_on_active VOLUME SERVER: SERVER still holds its recorded slots and
 # every leg of VOLUME is active (nothing was replaced).
 legs_on_active() {
@@ -675,8 +680,10 @@ scenario_return() {
   dd if=/dev/urandom of=/tmp/pat bs=1M count=48 2>/dev/null
   dd if=/tmp/pat of=$dev bs=1M oflag=direct 2>"$W/dd.err" || fail "initial write failed: $(cat "$W/dd.err")"
   # The 4 MiB written while the victim is away (at 8 MiB) land in mirrored
-  # disk 1 (7 MiB of data each): its leg on the victim is the one that
-  # fails; the victim's other legs see no I/O meanwhile.
+  # disk 1 (7 MiB of data each): its leg on the victim fails first. The
+  # degraded mirror makes the head reload its tables, and every mirror
+  # writes its superblock, so each of the victim's legs fails in turn, one
+  # NBD timeout after the other.
   victim=$(legs $v | awk '$1 == 1 && $2 == 1 {print $3}')
   other=$(legs $v | awk '$1 == 1 && $2 == 0 {print $3}')
   n=$(legs $v | awk -v s="$victim" '$3 == s' | wc -l)
@@ -689,6 +696,10 @@ scenario_return() {
   ! grep -qi error "$W/dd.err" || fail "writer reported: $(cat "$W/dd.err")"
   say "link of $victim down; 4 MiB written without I/O error in $(since "$start")s"
   wait_for 30 "the manager to show mirrored disk 1's leg on $victim failed" md_leg_failed $v 1 "$victim"
+  # The link comes back only once every leg on the victim has failed and
+  # the manager holds it: a failure reported after the victim speaks again
+  # is a live server's leg failing, which is replaced at once.
+  wait_for 60 "the manager to show all $n legs on $victim failed" legs_on_failed $v "$victim" "$n"
   [ -z "$(vsky rebuild list --all | awk '$4 == "queued" || $4 == "running"')" ] \
     || fail "legs of $victim were replaced within its grace period: $(vsky rebuild list | tr '\n' ' ')"
   say "mirrored disk 1's leg on $victim failed in the manager and held: no rebuild during the grace period"
