@@ -40,6 +40,7 @@ pub mod label;
 pub mod leg_reader;
 pub mod reconcile;
 pub mod scrub;
+mod shared;
 pub mod wipe;
 
 pub use reconcile::{Config, run};

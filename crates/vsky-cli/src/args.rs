@@ -8,6 +8,10 @@
 //! Rules about what the cluster accepts (replica counts, stripe limits, name
 //! syntax) are deliberately *not* checked here: they live in the manager,
 //! and the CLI prints the manager's answer.
+//!
+//! Size: about 670 lines of grammar and 330 of parser tests. It stays one
+//! file because the grammar is one concern: every command and flag a user can
+//! type, read in one place.
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -33,6 +33,11 @@
 //!   it).
 //! - `/sys/block/nbdN/backend` exists while the device is connected and holds
 //!   the identifier followed by a newline.
+//!
+//! Size: about 990 lines of code and 240 of tests. It stays one file because
+//! it is one concern, the kernel's `nbd` netlink family: its message codec
+//! and its commands (connect, disconnect, reconfigure, status, the
+//! link-dead notice) share every attribute constant.
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};

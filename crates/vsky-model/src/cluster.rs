@@ -7,6 +7,11 @@
 //! (free lists, load index, chunk owners) from the records and refuses to run
 //! on records that contradict each other (a chunk used twice, a leg on a
 //! missing disk).
+//!
+//! Size: over 1000 lines, not split yet. Issue #15 item 2 splits it into one
+//! `impl` block per concern (load and invariants, servers, disks, volumes,
+//! groups, placement), as `cluster/{access,identity,recovery,moves,scrub}.rs`
+//! already are.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

@@ -37,6 +37,9 @@
 //! than R active legs while nothing failed (`check_redundancy`). They are
 //! reported next to a naive drain that moves one leg at a time and the
 //! same lower bounds.
+//!
+//! Size: over 1000 lines, not split yet. Issue #15 item 2 splits it (config,
+//! pool, fluid model, bounds, one module per scenario, checks).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

@@ -8,6 +8,10 @@
 //! attach, activate; VM shutdown is deactivate, deactivate again (DP
 //! destroy), detach, close. Every scenario cleans up what it created and
 //! returns a human-readable error on the first deviation.
+//!
+//! Size: over 1000 lines, one concern: each function plays one xapi call
+//! sequence against the installed plugins. Splitting it by SR, volume and
+//! datapath sequences is left to issue #15's test-kit work.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
