@@ -127,8 +127,10 @@ impl Agent {
             }
             HttpError::Api { code, message, .. } => {
                 let c = match code.as_str() {
-                    // `busy`: the device is held open on this host.
-                    "conflict" | "busy" => codes::CONFLICT,
+                    // `busy`: the device is held open on this host;
+                    // `activations_unknown`: the agent lost track of who
+                    // uses it and will not guess.
+                    "conflict" | "busy" | "activations_unknown" => codes::CONFLICT,
                     "manager_unreachable" => codes::BACKEND_UNREACHABLE,
                     _ => codes::BACKEND_ERROR,
                 };
@@ -153,11 +155,12 @@ impl Agent {
         Ok(list.iter().any(|v| v.name == volume))
     }
 
-    /// Ensures the volume has no device on this host and is not attached
-    /// to this host in the manager. Idempotent.
-    fn release(&self, volume: &str) -> SmapiResult<()> {
+    /// Ends activations of the volume on this host as `body` says (see
+    /// [`release_body`]); with the last one gone the agent tears the
+    /// device down and releases the volume in the manager. Idempotent.
+    fn release(&self, volume: &str, body: &Value) -> SmapiResult<()> {
         let path = format!("/v1/volumes/{}/detach", segment(volume));
-        match self.http.post::<_, Value>(&path, &json!({})) {
+        match self.http.post::<_, Value>(&path, body) {
             Ok(_) => Ok(()),
             // The volume is gone from the manager, or another host holds
             // it: either way there is nothing of ours to tear down unless
@@ -170,15 +173,33 @@ impl Agent {
     }
 }
 
+/// The agent's attach request: this domain's read-write activation.
+/// (`activate_readonly` is not implemented: xapi calls `activate` for
+/// read-only disks too, since we do not declare VDI_ACTIVATE_READONLY.)
+fn activate_body(domain: &str) -> Value {
+    json!({"domain": domain, "mode": "rw"})
+}
+
+/// The agent's detach request: end `domain`'s activation (deactivate,
+/// detach), or, with no domain (`close` has none), release only a volume
+/// no domain holds, so a close never tears a device down under another
+/// domain's activation.
+fn release_body(domain: Option<&str>) -> Value {
+    match domain {
+        Some(d) => json!({"domain": d}),
+        None => json!({"if_unused": true}),
+    }
+}
+
 fn datapath_activate(args: &Args) -> SmapiResult<Value> {
     args.str("dbg")?;
     let uri = VolumeUri::parse(args.str("uri")?)?;
-    args.str("domain")?;
+    let domain = args.str("domain")?;
     let agent = Agent::connect()?;
     let path = format!("/v1/volumes/{}/attach", segment(&uri.volume));
     let attached: Attached = agent
         .http
-        .post(&path, &json!({}))
+        .post(&path, &activate_body(domain))
         .map_err(|e| agent.error(e, &uri.volume))?;
     if attached.device != uri.device() {
         return Err(SmapiError::new(
@@ -197,10 +218,12 @@ fn datapath_activate(args: &Args) -> SmapiResult<Value> {
 fn release(args: &Args, needs_domain: bool) -> SmapiResult<Value> {
     args.str("dbg")?;
     let uri = VolumeUri::parse(args.str("uri")?)?;
-    if needs_domain {
-        args.str("domain")?;
-    }
-    Agent::connect()?.release(&uri.volume)?;
+    let domain = if needs_domain {
+        Some(args.str("domain")?)
+    } else {
+        None
+    };
+    Agent::connect()?.release(&uri.volume, &release_body(domain))?;
     Ok(Value::Null)
 }
 
@@ -240,6 +263,27 @@ mod tests {
         assert_eq!(datapath_open(&ok).unwrap(), Value::Null);
         let np = Args::parse(r#"{"dbg":"t","uri":"vsky://sr-1/v1","persistent":false}"#).unwrap();
         assert_eq!(datapath_open(&np).unwrap_err().code, codes::UNIMPLEMENTED);
+    }
+
+    #[test]
+    fn activations_and_releases_name_their_domain() {
+        assert_eq!(activate_body("7"), json!({"domain": "7", "mode": "rw"}));
+        assert_eq!(release_body(Some("u0-a_b")), json!({"domain": "u0-a_b"}));
+        // close names no domain: it must not end anyone's activation.
+        assert_eq!(release_body(None), json!({"if_unused": true}));
+    }
+
+    #[test]
+    fn deactivate_and_detach_need_their_domain() {
+        for call in [datapath_deactivate, datapath_detach, datapath_activate] {
+            let a = Args::parse(r#"{"dbg":"t","uri":"vsky://sr-1/v1"}"#).unwrap();
+            let e = call(&a).unwrap_err();
+            assert!(
+                e.params.iter().any(|p| p.contains("domain")),
+                "{:?}",
+                e.params
+            );
+        }
     }
 
     #[test]
@@ -289,6 +333,18 @@ mod tests {
             "{:?}",
             e.params
         );
+        // The agent could not read its activations file: it keeps the
+        // device and says why.
+        let e = agent.error(
+            HttpError::Api {
+                status: 409,
+                code: "activations_unknown".into(),
+                message: "volume 'v' stays assembled: the activations file could not be read"
+                    .into(),
+            },
+            "v",
+        );
+        assert_eq!(e.code, codes::CONFLICT);
         let e = agent.error(
             HttpError::Api {
                 status: 409,

@@ -6,21 +6,26 @@
 //!
 //! - `open` / `close`: `open` only checks its arguments (persistent disks
 //!   only: we do not declare NONPERSISTENT, so xapi calls `open` only for
-//!   persistent ones, if at all). `close` makes sure no device is left, like
-//!   `detach`.
+//!   persistent ones, if at all). `close` names no domain: it releases the
+//!   volume only if no domain on this host still holds an activation
+//!   (`{"if_unused": true}` to the agent), so that no device is left behind
+//!   and none is pulled from under another domain.
 //! - `attach` claims nothing: it answers the deterministic device path as
 //!   `XenDisk` (blkback, backend_type `vbd`) followed by `BlockDevice`.
 //!   During a live migration xapi attaches on the destination while the
 //!   source still runs the VM, so attach must not touch the volume.
 //! - `activate` assembles the volume here through the agent, which attaches
-//!   it in the manager first. The manager allows one head per volume, so a
-//!   volume active on another host fails with `Activated_on_another_host`;
-//!   a migration deactivates on the source before activating here.
-//! - `deactivate` tears the device down and releases the volume in the
-//!   manager. xapi calls it twice on VM shutdown (VBD unplug, then
-//!   DP.destroy): the second call finds nothing to do and succeeds.
-//! - `detach` and `close` do what `deactivate` does, so that whatever the
-//!   path through xapi's error handling, no device is left behind. A volume
+//!   it in the manager first, and records the activation under its
+//!   `domain`. The manager allows one head per volume, so a volume active
+//!   on another host fails with `Activated_on_another_host`; a migration
+//!   deactivates on the source before activating here. Several domains of
+//!   this host (a VM and a dom0 reader) share the one device.
+//! - `deactivate` ends its domain's activation; with the last one, the
+//!   agent tears the device down and releases the volume in the manager.
+//!   xapi calls it twice on VM shutdown (VBD unplug, then DP.destroy): the
+//!   second call finds nothing to do and succeeds.
+//! - `detach` does what `deactivate` does, so that whatever the path
+//!   through xapi's error handling, no device is left behind. A volume
 //!   held by another host is not touched: that is not this host's device.
 //!
 //! Every call is idempotent. The agent's URL and token come from a small

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use vsky_api::types::{ScrubReport, ScrubSpec};
+use vsky_sync::LockExt;
 
 use crate::copy::Notifier;
 use crate::leg_reader::{LegReader, ReadError, pace};
@@ -80,11 +81,13 @@ impl Scrubs {
             let r = self.running.remove(&id).expect("listed");
             let _ = r.stop.send(true);
             r.task.abort();
-            lock(&self.reports).remove(&id);
+            self.reports.lock_unpoisoned().remove(&id);
             tracing::info!(scrub = id, volume = %r.spec.volume, "scrub stopped");
         }
         let running = &self.running;
-        lock(&self.reports).retain(|id, _| running.contains_key(id));
+        self.reports
+            .lock_unpoisoned()
+            .retain(|id, _| running.contains_key(id));
     }
 
     /// Starts the listed scrubs that are not running yet, reading each leg
@@ -133,7 +136,7 @@ impl Scrubs {
                             }
                         }
                     };
-                    lock(&reports).insert(id, report);
+                    reports.lock_unpoisoned().insert(id, report);
                     ended.notify();
                 }
             });
@@ -150,12 +153,8 @@ impl Scrubs {
 
     /// The verdicts to send with the next heartbeat.
     pub fn reports(&self) -> Vec<ScrubReport> {
-        lock(&self.reports).values().cloned().collect()
+        self.reports.lock_unpoisoned().values().cloned().collect()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What a scrub found.

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use vsky_api::types::{CopySpec, ResyncReport};
+use vsky_sync::LockExt;
 
 use crate::leg_reader::{LegReader, pace};
 
@@ -113,11 +114,13 @@ impl Copies {
             let _ = r.stop.send(true);
             // Waiting (not aborting) guarantees the last write is done.
             let _ = r.task.await;
-            lock(&self.progress).remove(&job);
+            self.progress.lock_unpoisoned().remove(&job);
             tracing::info!(job, "copy stopped");
         }
         let running = &self.running;
-        lock(&self.progress).retain(|job, _| running.contains_key(job));
+        self.progress
+            .lock_unpoisoned()
+            .retain(|job, _| running.contains_key(job));
     }
 
     /// Starts the listed copies that are not running yet. A copy that
@@ -158,7 +161,7 @@ impl Copies {
                             }
                         }
                     };
-                    lock(&progress).insert(job, report);
+                    progress.lock_unpoisoned().insert(job, report);
                     ended.notify();
                 }
             });
@@ -168,12 +171,8 @@ impl Copies {
 
     /// The reports to send with the next heartbeat.
     pub fn reports(&self) -> Vec<ResyncReport> {
-        lock(&self.progress).values().cloned().collect()
+        self.progress.lock_unpoisoned().values().cloned().collect()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn data_bytes(spec: &CopySpec) -> u64 {
@@ -254,7 +253,7 @@ async fn copy_once(
             .map_err(|e| target(format!("write task: {e}")))?
             .map_err(|e| target(format!("writing {} at {at}: {e}", path.display())))?;
         done += len;
-        lock(progress).insert(
+        progress.lock_unpoisoned().insert(
             spec.job,
             ResyncReport {
                 job: spec.job,

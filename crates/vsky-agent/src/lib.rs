@@ -23,7 +23,10 @@
 //! Modules: [`disks`] (probe), [`label`] (whose disk it is), [`wipe`] (zeroing), [`head`] (kernel
 //! assembly and online leg replacement), [`copy`] (server-to-server resync),
 //! [`compare`] (scrubs of detached volumes), [`leg_reader`] (reading a leg
-//! in place or over NBD, for both), [`reconcile`] (the loops), [`scrub`]
+//! in place or over NBD, for both), [`activations`] (which domains use
+//! each assembled volume, for the local API), [`reconcile`] (the loops), `run`
+//! (starting and stopping them: the only module that wires the tasks
+//! together), `shared` (the state the loops share), [`scrub`]
 //! (the head's checks of its mirrors), [`api`] (the local REST API
 //! the SMAPIv3 datapath plugin calls).
 //!
@@ -31,16 +34,20 @@
 //! assembled volumes in place: VMs keep their disks while the agent
 //! restarts, and the next agent adopts them.
 
+pub mod activations;
 pub mod api;
 pub mod compare;
+mod config;
 pub mod copy;
 pub mod disks;
 pub mod head;
 pub mod label;
 pub mod leg_reader;
 pub mod reconcile;
+mod run;
 pub mod scrub;
 mod shared;
 pub mod wipe;
 
-pub use reconcile::{Config, run};
+pub use config::Config;
+pub use run::run;

@@ -80,6 +80,13 @@ struct Args {
     /// must present to the local API. Without it the local API is off.
     #[arg(long)]
     api_token_file: Option<PathBuf>,
+    /// File where the local API keeps which domains (VMs, dom0 readers)
+    /// activated each volume on this host, so that a deactivate tears a
+    /// device down only with its last activation, also across agent
+    /// restarts. Keep it on a tmpfs such as /run: it must be empty after a
+    /// reboot, when the devices are gone too.
+    #[arg(long, default_value = vsky_agent::activations::DEFAULT_FILE)]
+    activations_file: PathBuf,
     /// No longer used: the manager schedules every scrub
     /// (`vsky-manager --scrub-interval`). Accepted so that existing unit
     /// files keep working; a warning says it is ignored.
@@ -240,6 +247,7 @@ async fn main() -> anyhow::Result<()> {
             Some(path) => Some(vsky_agent::api::ApiConfig {
                 listen: args.api_listen,
                 token: read_token(path)?,
+                activations_file: args.activations_file.clone(),
             }),
             None => None,
         },

@@ -1,47 +1,55 @@
 //! The agent's loops: register, long-poll the desired state and apply it,
 //! heartbeat with observations, and watch assembled mirrors for dead legs.
+//! `run` starts them (with the NBD server, the scrub patrol and the local
+//! API) and stops them.
+//!
+//! - `Agent::reconcile_loop` long-polls `desired-state` with the last
+//!   generation it applied, then calls `Agent::apply`, in this order:
+//!   drop what touches disks the manager did not accept; stop (and wait
+//!   for) copies and comparisons no longer listed, before any export is
+//!   added, so a head never writes a chunk still being copied into; make
+//!   the `ExportTable` hold exactly the desired exports (removing one cuts
+//!   its connections); wipe each listed chunk not yet wiped for its
+//!   release and queue `(chunk, release)` for the heartbeat; assemble
+//!   every desired volume and tear down the others (`Head::ensure`,
+//!   `Head::teardown`); hand the listed dm-raid checks to the patrol
+//!   (`scrub.rs`) once their mirrors exist; start the listed copies and
+//!   comparisons. After a partial failure (an unreachable leg, a failed
+//!   wipe) it polls again after a few seconds instead of waiting for the
+//!   next change.
+//! - `heartbeat_loop` sends every heartbeat interval, or at once when
+//!   something is queued: the queued wipes and failed legs (dropped exactly
+//!   as sent once the manager acknowledges them), the current resyncs and
+//!   scrub reports, and the assembled volumes (left out for a manager from
+//!   before two-phase detach, which refuses the field).
+//! - `health_loop` checks each assembled mirror once a second
+//!   (`Head::dead_legs`, from the dm-raid status, with the chunk the dead
+//!   device imported) and queues each newly dead leg once; it also reads
+//!   resync progress and sends a heartbeat at once when one finishes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::future::Future;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::watch;
+use vsky_api::Client;
 use vsky_api::types::{
     AgentDisk, DesiredState, Heartbeat, RegisterAgent, ResyncReport, ScrubMethod, ScrubSpec,
     VolumeSpec, WipedChunk,
 };
-use vsky_api::{Client, ClientConfig};
-use vsky_nbd::{Export, ExportTable, ServerConfig};
+use vsky_nbd::{Export, ExportTable};
+use vsky_sync::LockExt;
 
 use crate::compare::Scrubs;
+use crate::config::Config;
 use crate::copy::Copies;
-use crate::disks::{self, DiskArg, InspectedDisk};
-use crate::head::{Head, NbdTimeouts};
+use crate::disks::InspectedDisk;
+use crate::head::Head;
 use crate::label::{self, Decoded};
+use crate::shared::Shared;
 use crate::wipe;
-
-#[derive(Clone, Debug)]
-pub struct Config {
-    pub client: ClientConfig,
-    pub server_name: String,
-    /// Where the NBD server listens.
-    pub nbd_listen: SocketAddr,
-    /// `host:port` other servers use to reach the NBD server.
-    pub advertise: String,
-    pub disks: Vec<DiskArg>,
-    pub labels: BTreeMap<String, String>,
-    pub heartbeat_interval: Duration,
-    /// Run the head role (needs the nbd, dm-mod and dm-raid modules).
-    pub head: bool,
-    pub timeouts: NbdTimeouts,
-    /// The local API for the datapath plugin (attach/detach/status), if
-    /// enabled.
-    pub api: Option<crate::api::ApiConfig>,
-}
 
 /// Longest wait of one desired-state long-poll.
 const LONG_POLL: Duration = Duration::from_secs(30);
@@ -52,10 +60,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How often assembled mirrors are checked for dead legs.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
-use crate::shared::lock;
-pub(crate) use crate::shared::{Shared, lock_shared};
-
-struct Agent {
+pub(crate) struct Agent {
     config: Config,
     client: Client,
     exports: ExportTable,
@@ -70,126 +75,6 @@ struct Agent {
     /// Paths of the disks the manager accepted at registration: the agent
     /// exports, wipes and copies into these only, whatever it is asked.
     served: BTreeSet<String>,
-}
-
-/// Runs the agent until `shutdown` resolves.
-pub async fn run(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    // A disk that cannot be used is reported to the manager (which fails
-    // it), not an error: the agent serves its other disks.
-    let inspected: Vec<InspectedDisk> = config.disks.iter().map(disks::inspect).collect();
-    let client = Client::new(config.client.clone())?;
-    let head = if config.head {
-        let local: BTreeSet<PathBuf> = inspected
-            .iter()
-            .filter_map(InspectedDisk::probed)
-            .filter(|d| d.is_block_device)
-            .map(|d| d.path.clone())
-            .collect();
-        let timeouts = config.timeouts;
-        let (head, present) = tokio::task::spawn_blocking(move || {
-            let head = Head::open(timeouts, local)?;
-            let present = head.assembled_volumes()?;
-            Ok::<_, crate::head::HeadError>((head, present))
-        })
-        .await?
-        .context("head role needs the nbd, dm-mod and dm-raid kernel modules (modprobe them, or run with --storage-only)")?;
-        Some((Arc::new(Mutex::new(head)), present))
-    } else {
-        None
-    };
-    // What is assembled from before a restart counts until torn down: a
-    // release must not end while those devices exist.
-    let (head, present) = match head {
-        Some((head, present)) => (Some(head), present),
-        None => (None, BTreeSet::new()),
-    };
-
-    let exports = ExportTable::new();
-    let listener = tokio::net::TcpListener::bind(config.nbd_listen)
-        .await
-        .with_context(|| format!("cannot listen for NBD on {}", config.nbd_listen))?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let nbd = tokio::spawn(vsky_nbd::serve(
-        listener,
-        exports.clone(),
-        ServerConfig::default(),
-        wait_stop(stop_rx.clone()),
-    ));
-
-    let shared = Arc::new(Shared::default());
-    *lock(&shared.present) = present;
-    let mut agent = Agent {
-        config,
-        client,
-        exports,
-        head,
-        copies: Copies::new(shared.copy_resyncs.clone(), shared.clone()),
-        scrubs: Scrubs::new(shared.detached_scrubs.clone(), shared.clone()),
-        shared,
-        wipes: wipe::Wipes::default(),
-        served: BTreeSet::new(),
-    };
-    tokio::pin!(shutdown);
-    tokio::select! {
-        r = agent.register(inspected) => r?,
-        _ = &mut shutdown => return stop(stop_tx, nbd).await,
-    }
-    let heartbeat = tokio::spawn(heartbeat_loop(
-        agent.client.clone(),
-        agent.config.clone(),
-        agent.shared.clone(),
-        stop_rx.clone(),
-    ));
-    let health = agent
-        .head
-        .clone()
-        .map(|h| tokio::spawn(health_loop(h, agent.shared.clone(), stop_rx.clone())));
-    let patrol = agent.head.clone().map(|h| {
-        tokio::spawn(crate::scrub::patrol_loop(
-            h,
-            agent.shared.clone(),
-            stop_rx.clone(),
-        ))
-    });
-    if let Some(api) = agent.config.api.clone() {
-        let ctx = crate::api::Context {
-            client: agent.client.clone(),
-            server: agent.config.server_name.clone(),
-            head: agent.head.is_some(),
-            shared: agent.shared.clone(),
-        };
-        crate::api::spawn(api, ctx, wait_stop(stop_rx.clone())).await?;
-    }
-    tokio::select! {
-        () = agent.reconcile_loop() => {}
-        _ = &mut shutdown => {}
-    }
-    tracing::info!("shutting down; assembled volumes stay in place");
-    let result = stop(stop_tx, nbd).await;
-    heartbeat.abort();
-    if let Some(h) = health {
-        h.abort();
-    }
-    if let Some(p) = patrol {
-        p.abort();
-    }
-    result
-}
-
-async fn wait_stop(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stop| *stop).await;
-}
-
-async fn stop(
-    tx: watch::Sender<bool>,
-    nbd: tokio::task::JoinHandle<std::io::Result<()>>,
-) -> anyhow::Result<()> {
-    let _ = tx.send(true);
-    nbd.await?.context("NBD server failed")?;
-    Ok(())
 }
 
 /// Drops what the desired state asks of disks the manager did not accept
@@ -241,6 +126,26 @@ fn agent_disk(d: &InspectedDisk) -> AgentDisk {
 }
 
 impl Agent {
+    pub(crate) fn new(
+        config: Config,
+        client: Client,
+        exports: ExportTable,
+        head: Option<Arc<Mutex<Head>>>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Agent {
+            config,
+            client,
+            exports,
+            head,
+            copies: Copies::new(shared.copy_resyncs.clone(), shared.clone()),
+            scrubs: Scrubs::new(shared.detached_scrubs.clone(), shared.clone()),
+            shared,
+            wipes: wipe::Wipes::default(),
+            served: BTreeSet::new(),
+        }
+    }
+
     /// Registers the server and its disks, retrying while the manager is
     /// unreachable (it may start after the agents).
     ///
@@ -252,7 +157,10 @@ impl Agent {
     /// the agent registers once more so the manager records them labelled
     /// (a labelled disk that later reads blank was replaced, and is
     /// failed); a label that cannot be written makes that disk unusable.
-    async fn register(&mut self, mut inspected: Vec<InspectedDisk>) -> anyhow::Result<()> {
+    pub(crate) async fn register(
+        &mut self,
+        mut inspected: Vec<InspectedDisk>,
+    ) -> anyhow::Result<()> {
         for round in 0..2 {
             let answer = self.register_once(&inspected).await?;
             self.served = answer.disks.iter().map(|d| d.path.clone()).collect();
@@ -344,7 +252,7 @@ impl Agent {
         }
     }
 
-    async fn reconcile_loop(&mut self) {
+    pub(crate) async fn reconcile_loop(&mut self) {
         let mut known: Option<u64> = None;
         let mut wait = Duration::ZERO;
         let mut delay = Duration::from_millis(200);
@@ -405,7 +313,7 @@ impl Agent {
                 .await;
         }
         // After the assembly, so the patrol finds the mirrors to check.
-        *lock(&self.shared.head_checks) = checks;
+        *self.shared.head_checks.lock_unpoisoned() = checks;
         self.copies.start(&desired.copies);
         self.scrubs
             .start(&compares, desired.resync_rate_bytes_per_second);
@@ -456,7 +364,7 @@ impl Agent {
             match tokio::task::spawn_blocking(move || wipe::zero_range(&path, offset, len)).await {
                 Ok(Ok(())) => {
                     let report = self.wipes.done(w);
-                    lock(&self.shared.wiped).push(report);
+                    self.shared.wiped.lock_unpoisoned().push(report);
                     self.shared.heartbeat_now.notify_one();
                 }
                 Ok(Err(e)) => {
@@ -481,7 +389,7 @@ impl Agent {
     ) -> bool {
         let shared = self.shared.clone();
         let task = tokio::task::spawn_blocking(move || {
-            let mut head = lock(&head);
+            let mut head = head.lock_unpoisoned();
             head.set_resync_rate(resync_rate);
             let mut complete = true;
             for spec in &volumes {
@@ -496,7 +404,10 @@ impl Agent {
                 );
                 match head.ensure(spec) {
                     Ok(assembly) => {
-                        lock(&shared.assembled).insert(spec.name.clone(), assembly.device.clone());
+                        shared
+                            .assembled
+                            .lock_unpoisoned()
+                            .insert(spec.name.clone(), assembly.device.clone());
                         for (k, l) in &assembly.unreachable_legs {
                             shared.leg_failed(spec, *k, *l, None);
                         }
@@ -522,15 +433,18 @@ impl Agent {
                     for name in extra {
                         match head.teardown(&name) {
                             Ok(()) => {
-                                lock(&shared.assembled).remove(&name);
-                                lock(&shared.teardown_errors).remove(&name);
+                                shared.assembled.lock_unpoisoned().remove(&name);
+                                shared.teardown_errors.lock_unpoisoned().remove(&name);
                                 present.remove(&name);
                                 tracing::info!(volume = %name, "volume detached");
                             }
                             Err(e) => {
                                 // Usually still open by a user: keep it, retry.
                                 tracing::warn!(volume = %name, error = %e, "cannot tear down volume; will retry");
-                                lock(&shared.teardown_errors).insert(name, e.to_string());
+                                shared
+                                    .teardown_errors
+                                    .lock_unpoisoned()
+                                    .insert(name, e.to_string());
                                 complete = false;
                             }
                         }
@@ -550,7 +464,7 @@ impl Agent {
     }
 }
 
-async fn heartbeat_loop(
+pub(crate) async fn heartbeat_loop(
     client: Client,
     config: Config,
     shared: Arc<Shared>,
@@ -565,12 +479,17 @@ async fn heartbeat_loop(
             _ = shared.heartbeat_now.notified() => {}
             _ = stop.changed() => return,
         }
-        let wiped = lock(&shared.wiped).clone();
-        let failed = lock(&shared.failed).clone();
-        let mut scrubs = lock(&shared.check_reports).clone();
-        scrubs.extend(lock(&shared.detached_scrubs).values().cloned());
-        let mut resyncs: Vec<ResyncReport> = lock(&shared.head_resyncs).values().cloned().collect();
-        resyncs.extend(lock(&shared.copy_resyncs).values().cloned());
+        let wiped = shared.wiped.lock_unpoisoned().clone();
+        let failed = shared.failed.lock_unpoisoned().clone();
+        let mut scrubs = shared.check_reports.lock_unpoisoned().clone();
+        scrubs.extend(shared.detached_scrubs.lock_unpoisoned().values().cloned());
+        let mut resyncs: Vec<ResyncReport> = shared
+            .head_resyncs
+            .lock_unpoisoned()
+            .values()
+            .cloned()
+            .collect();
+        resyncs.extend(shared.copy_resyncs.lock_unpoisoned().values().cloned());
         // Wipes the manager listed without a release id (an older
         // manager) go in the field it knows.
         let (unnumbered, numbered): (Vec<WipedChunk>, Vec<WipedChunk>) =
@@ -598,8 +517,8 @@ async fn heartbeat_loop(
             }
             Ok(_) => {
                 // Drop exactly what was sent; newer observations stay queued.
-                lock(&shared.wiped).drain(..wiped.len());
-                lock(&shared.failed).drain(..failed.len());
+                shared.wiped.lock_unpoisoned().drain(..wiped.len());
+                shared.failed.lock_unpoisoned().drain(..failed.len());
                 if !wiped.is_empty() || !failed.is_empty() {
                     tracing::info!(
                         wiped = wiped.len(),
@@ -622,16 +541,20 @@ fn refuses_assembled(message: &str) -> bool {
 /// Polls assembled mirrors for legs the kernel marked dead. (dm-raid also
 /// raises a dm event; polling once a second is simpler and bounds the
 /// report delay just as well.)
-async fn health_loop(head: Arc<Mutex<Head>>, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn health_loop(
+    head: Arc<Mutex<Head>>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
             _ = stop.changed() => return,
         }
         let (head, shared) = (head.clone(), shared.clone());
-        let _ = tokio::task::spawn_blocking(move || {
-            let volumes = lock(&shared.volumes).clone();
-            let head = lock(&head);
+        vsky_sync::blocking(move || {
+            let volumes = shared.volumes.lock_unpoisoned().clone();
+            let head = head.lock_unpoisoned();
             let mut resyncs = BTreeMap::new();
             for spec in &volumes {
                 if let Ok(dead) = head.dead_legs(spec) {
@@ -645,8 +568,8 @@ async fn health_loop(head: Arc<Mutex<Head>>, shared: Arc<Shared>, mut stop: watc
                 }
             }
             let finished = resyncs.values().any(|r| r.done)
-                && lock(&shared.head_resyncs).values().all(|r| !r.done);
-            *lock(&shared.head_resyncs) = resyncs;
+                && shared.head_resyncs.lock_unpoisoned().values().all(|r| !r.done);
+            *shared.head_resyncs.lock_unpoisoned() = resyncs;
             if finished {
                 // Let the manager turn the leg active without waiting for
                 // the next regular heartbeat.
@@ -689,7 +612,7 @@ mod tests {
     }
 
     fn queued(shared: &Shared) -> usize {
-        lock(&shared.failed).drain(..).count()
+        shared.failed.lock_unpoisoned().drain(..).count()
     }
 
     #[test]

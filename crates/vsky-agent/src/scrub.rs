@@ -25,9 +25,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use vsky_api::types::{ScrubReport, ScrubSpec};
+use vsky_sync::LockExt;
 
 use crate::head::{Head, HeadError};
-use crate::reconcile::{Shared, lock_shared as lock};
+use crate::shared::Shared;
 
 /// What the patrol needs of the kernel: [`Head`] in the agent, a fake in
 /// unit tests (the real path runs in the VM lab's `cluster-scrub`).
@@ -207,12 +208,12 @@ pub(crate) async fn patrol_loop(
             _ = stop.changed() => return,
         }
         let (head, shared, checks) = (head.clone(), shared.clone(), checks.clone());
-        let _ = tokio::task::spawn_blocking(move || {
+        vsky_sync::blocking(move || {
             let wanted = shared.head_checks();
             let assembled = shared.assembled_mirrors();
-            let mut checks = lock(&checks);
+            let mut checks = checks.lock_unpoisoned();
             let new = {
-                let head = lock(&head);
+                let head = head.lock_unpoisoned();
                 checks.step(&*head, &wanted, &assembled)
             };
             shared.set_check_reports(checks.reports(), new);

@@ -11,6 +11,7 @@ use tokio::sync::{Notify, watch};
 use vsky_api::types::{
     ChunkId, FailedLeg, LegState, ResyncReport, ScrubReport, ScrubSpec, VolumeSpec, WipedChunk,
 };
+use vsky_sync::LockExt;
 
 /// Observations waiting for the next heartbeat, plus the latest desired
 /// volumes for the health watcher.
@@ -59,10 +60,6 @@ pub(crate) struct Shared {
     pub(crate) teardown_errors: Mutex<BTreeMap<String, String>>,
 }
 
-pub(crate) fn lock_shared<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    lock(m)
-}
-
 /// (volume, mirrored disk, leg slot, chunk) of a failed leg.
 pub(crate) type FailedKey = (String, u32, u8, ChunkId);
 
@@ -80,10 +77,6 @@ pub(crate) fn slots(volumes: &[VolumeSpec]) -> impl Iterator<Item = (FailedKey, 
     })
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Shared {
     /// Records the latest desired volumes, and forgets reported failures
     /// the manager no longer needs to hear about: legs it now lists as
@@ -92,7 +85,7 @@ impl Shared {
     /// in a slot that had failed before (same volume name, mirrored disk
     /// and leg) was never reported again.
     pub(crate) fn set_volumes(&self, volumes: &[VolumeSpec]) {
-        let failed_before: BTreeSet<FailedKey> = slots(&lock(&self.volumes))
+        let failed_before: BTreeSet<FailedKey> = slots(&self.volumes.lock_unpoisoned())
             .filter(|(_, state)| *state == LegState::Failed)
             .map(|(key, _)| key)
             .collect();
@@ -104,34 +97,42 @@ impl Shared {
             .filter(|(key, state)| *state == LegState::Active && failed_before.contains(key))
             .map(|(key, _)| key)
             .collect();
-        lock(&self.failed_seen).retain(|key| live.contains(key));
-        let mut returning = lock(&self.returning);
+        self.failed_seen
+            .lock_unpoisoned()
+            .retain(|key| live.contains(key));
+        let mut returning = self.returning.lock_unpoisoned();
         returning.retain(|key| live.contains(key));
         returning.extend(back);
         drop(returning);
-        *lock(&self.volumes) = volumes.to_vec();
+        *self.volumes.lock_unpoisoned() = volumes.to_vec();
     }
 
     /// The volumes this head has assembled or is assembling, for the
     /// heartbeat: those whose devices exist, and those the manager lists
     /// (an assembly may be under way). Empty on a storage-only agent.
     pub(crate) fn assembled_report(&self) -> Vec<String> {
-        let mut names = lock(&self.present).clone();
-        names.extend(lock(&self.volumes).iter().map(|v| v.name.clone()));
-        names.extend(lock(&self.assembled).keys().cloned());
+        let mut names = self.present.lock_unpoisoned().clone();
+        names.extend(
+            self.volumes
+                .lock_unpoisoned()
+                .iter()
+                .map(|v| v.name.clone()),
+        );
+        names.extend(self.assembled.lock_unpoisoned().keys().cloned());
         names.into_iter().collect()
     }
 
     /// Whether a volume has no devices here (none assembled by this
     /// process, none found in the kernel by the last pass).
     pub(crate) fn gone(&self, volume: &str) -> bool {
-        !lock(&self.assembled).contains_key(volume) && !lock(&self.present).contains(volume)
+        !self.assembled.lock_unpoisoned().contains_key(volume)
+            && !self.present.lock_unpoisoned().contains(volume)
     }
 
     /// Records which volumes have devices now; a change goes to the
     /// manager at once (a release waits for it).
     pub(crate) fn set_present(&self, present: BTreeSet<String>) {
-        let mut have = lock(&self.present);
+        let mut have = self.present.lock_unpoisoned();
         if *have != present {
             *have = present;
             drop(have);
@@ -142,8 +143,9 @@ impl Shared {
     /// (volume, mirrored disk) of every volume this head should have
     /// assembled, for the scrub patrol.
     pub(crate) fn assembled_mirrors(&self) -> Vec<(String, u32)> {
-        let assembled = lock(&self.assembled);
-        lock(&self.volumes)
+        let assembled = self.assembled.lock_unpoisoned();
+        self.volumes
+            .lock_unpoisoned()
             .iter()
             .filter(|v| assembled.contains_key(&v.name))
             .flat_map(|v| (0..v.mirrored_disks.len() as u32).map(|k| (v.name.clone(), k)))
@@ -152,13 +154,13 @@ impl Shared {
 
     /// The checks the manager wants of this head's mirrors.
     pub(crate) fn head_checks(&self) -> Vec<ScrubSpec> {
-        lock(&self.head_checks).clone()
+        self.head_checks.lock_unpoisoned().clone()
     }
 
     /// The patrol's reports for the heartbeats; `new`: one just finished,
     /// so a heartbeat goes out at once.
     pub(crate) fn set_check_reports(&self, reports: Vec<ScrubReport>, new: bool) {
-        *lock(&self.check_reports) = reports;
+        *self.check_reports.lock_unpoisoned() = reports;
         if new {
             self.heartbeat_now.notify_one();
         }
@@ -166,7 +168,7 @@ impl Shared {
 
     /// The returning legs of one volume, now handed to an assembly.
     pub(crate) fn take_returning(&self, volume: &str) -> Vec<FailedKey> {
-        let mut returning = lock(&self.returning);
+        let mut returning = self.returning.lock_unpoisoned();
         let mine: Vec<FailedKey> = returning
             .iter()
             .filter(|key| key.0 == volume)
@@ -202,17 +204,17 @@ impl Shared {
         }
         let volume = spec.name.as_str();
         let key = (volume.to_string(), mirrored_disk, leg, leg_spec.chunk);
-        if lock(&self.returning).contains(&key) {
+        if self.returning.lock_unpoisoned().contains(&key) {
             return;
         }
-        if lock(&self.failed_seen).insert(key) {
+        if self.failed_seen.lock_unpoisoned().insert(key) {
             tracing::warn!(
                 volume,
                 mirrored_disk,
                 leg,
                 "leg failed; reporting to the manager"
             );
-            lock(&self.failed).push(FailedLeg {
+            self.failed.lock_unpoisoned().push(FailedLeg {
                 volume: volume.to_string(),
                 mirrored_disk,
                 leg,

@@ -55,21 +55,16 @@ pub fn report(wipe: &WipeSpec) -> WipedChunk {
     }
 }
 
-/// `_IO(0x12, 127)`: zero a byte range of a block device.
-const BLKZEROOUT: libc::c_ulong = 0x127f;
-
 /// Zeroes `[offset, offset + len)` of a disk and makes it durable.
 pub fn zero_range(path: &Path, offset: u64, len: u64) -> std::io::Result<()> {
     let file = File::options().read(true).write(true).open(path)?;
     let is_block = file.metadata()?.file_type().is_block_device();
     let done = if is_block {
-        let range: [u64; 2] = [offset, len];
-        // SAFETY: BLKZEROOUT reads a [u64; 2] from the pointer we pass,
-        // which lives for the duration of the call.
-        unsafe { libc::ioctl(file.as_raw_fd(), BLKZEROOUT as _, range.as_ptr()) == 0 }
+        vsky_kernel::block::zero_out(&file, offset, len).is_ok()
     } else {
         let (off, l) = (offset as libc::off_t, len as libc::off_t);
-        // SAFETY: plain syscall on an fd we own.
+        // SAFETY: fallocate takes no pointers; the fd is open (owned by
+        // `file`) for the whole call.
         unsafe {
             libc::fallocate(
                 file.as_raw_fd(),

@@ -48,9 +48,9 @@ fn assert_storage_only(e: ClientError, server: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storage_only_agents_server_cannot_head_a_volume() {
     let dir = tempfile::tempdir().unwrap();
-    let url = start_manager(dir.path()).await;
     // Real agents started with head: false, i.e. `--storage-only`.
-    let admin = storage_agents(&url, dir.path(), 2).await;
+    let cluster = LocalCluster::start(dir.path(), 2, 8).await;
+    let admin = cluster.admin();
     one_mirrored_disk(&admin, "v").await;
     assert!(
         admin.server("s0").await.unwrap().storage_only,
@@ -58,7 +58,7 @@ async fn a_storage_only_agents_server_cannot_head_a_volume() {
     );
 
     assert_storage_only(admin.attach_volume("v", "s0").await.unwrap_err(), "s0");
-    let agent = client(&url, AGENT);
+    let agent = cluster.client(AGENT_TOKEN);
     assert_storage_only(agent.agent_attach("s1", "v").await.unwrap_err(), "s1");
     let v = admin.volume("v").await.unwrap();
     assert_eq!(
@@ -112,13 +112,13 @@ fn assembled(volumes: &[&str]) -> Heartbeat {
 async fn attached_and_open(
     dir: &std::path::Path,
 ) -> (
-    String,
+    LocalCluster,
     vsky_api::Client,
     Vec<vsky_api::types::LegSpec>,
     Vec<vsky_nbd::client::Client>,
 ) {
-    let url = start_manager(dir).await;
-    let admin = storage_agents(&url, dir, 2).await;
+    let cluster = LocalCluster::start(dir, 2, 8).await;
+    let admin = cluster.admin();
     // Heads as an admin adds them; this test plays their agents.
     for (name, port) in [("head", 9), ("other", 7)] {
         admin
@@ -131,7 +131,7 @@ async fn attached_and_open(
             .unwrap();
     }
     one_mirrored_disk(&admin, "v").await;
-    let agent = client(&url, AGENT);
+    let agent = cluster.client(AGENT_TOKEN);
     agent.agent_attach("head", "v").await.unwrap();
     let old = head_legs(&agent, "head").await;
     assert_eq!(old.len(), 2);
@@ -141,14 +141,14 @@ async fn attached_and_open(
         c.write(MIB, &[0xa5; 4096], true).await.unwrap();
         conns.push(c);
     }
-    (url, admin, old, conns)
+    (cluster, admin, old, conns)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_detach_cuts_the_old_names_only_once_the_head_reports_its_devices_gone() {
     let dir = tempfile::tempdir().unwrap();
-    let (url, admin, old, mut conns) = attached_and_open(dir.path()).await;
-    let agent = client(&url, AGENT);
+    let (cluster, admin, old, mut conns) = attached_and_open(dir.path()).await;
+    let agent = cluster.client(AGENT_TOKEN);
 
     let detail = agent.agent_detach("head", "v").await.unwrap();
     assert_eq!(
@@ -210,8 +210,8 @@ async fn a_graceful_detach_cuts_the_old_names_only_once_the_head_reports_its_dev
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forced_detach_cuts_the_old_heads_connections_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (url, admin, old, conns) = attached_and_open(dir.path()).await;
-    let agent = client(&url, AGENT);
+    let (cluster, admin, old, conns) = attached_and_open(dir.path()).await;
+    let agent = cluster.client(AGENT_TOKEN);
 
     // The head is dead or cut off: an admin fences it. Nothing from the
     // head is needed.

@@ -65,8 +65,8 @@ async fn create(admin: &Client, name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_churn_frees_every_chunk() {
     let dir = tempfile::tempdir().unwrap();
-    let url = start_manager(dir.path()).await;
-    let admin = storage_agents(&url, dir.path(), 4).await;
+    let cluster = LocalCluster::start(dir.path(), 4, 8).await;
+    let admin = cluster.admin();
 
     // The accounting holds at every moment of the churn.
     let done = Arc::new(AtomicBool::new(false));
@@ -84,7 +84,7 @@ async fn concurrent_churn_frees_every_chunk() {
     let started = Instant::now();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|k| {
-            let admin = client(&url, ADMIN);
+            let admin = cluster.admin();
             tokio::spawn(async move {
                 for i in 0..PAIRS {
                     let name = format!("c{k}-{i}");

@@ -3,7 +3,7 @@
 //! cluster) labelled is refused and changes nothing; one bad disk of a
 //! server is failed while its other disk keeps serving.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use vsky_agent::label::{self, Decoded};
@@ -14,42 +14,12 @@ mod common;
 
 use common::*;
 
-fn disk_file(dir: &Path, name: &str, chunks: u64) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::File::create(&path)
-        .unwrap()
-        .set_len(MIB + chunks * CHUNK)
-        .unwrap();
-    path
-}
-
 fn label_of(path: &Path) -> Decoded {
     label::read(&std::fs::File::open(path).unwrap()).unwrap()
 }
 
-/// A running agent that can be stopped.
-struct Running {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-fn start(config: vsky_agent::Config) -> Running {
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(vsky_agent::run(config, async move {
-        let _ = rx.await;
-    }));
-    Running { stop, task }
-}
-
-impl Running {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap().unwrap();
-    }
-}
-
 fn agent(url: &str, name: &str, port: u16, disks: &[&Path]) -> vsky_agent::Config {
-    let mut config = storage_agent(url, name, port, disks[0].to_path_buf());
+    let mut config = storage_agent_config(url, name, port, disks[0].to_path_buf());
     config.disks = disks
         .iter()
         .map(|p| vsky_agent::disks::DiskArg {
@@ -81,10 +51,11 @@ async fn labelled(admin: &Client, path: &Path) -> label::Label {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blank_disks_get_labelled_and_a_disk_two_servers_see_is_served_once() {
     let dir = tempfile::tempdir().unwrap();
-    let url = start_manager(dir.path()).await;
-    let admin = client(&url, ADMIN);
-    let shared = disk_file(dir.path(), "shared.img", 8);
-    let _s0 = start(agent(&url, "s0", free_port(), &[&shared]));
+    let manager = InProcessManager::start(dir.path(), CHUNK).await;
+    let url = manager.url.clone();
+    let admin = client(&url, ADMIN_TOKEN);
+    let shared = disk_image(&dir.path().join("shared.img"), 8, CHUNK);
+    let _s0 = AgentHandle::spawn(agent(&url, "s0", free_port(), &[&shared]));
     let l = labelled(&admin, &shared).await;
     assert_eq!(l.server, "s0");
     let cluster_id = admin.cluster().await.unwrap().cluster_id;
@@ -95,8 +66,8 @@ async fn blank_disks_get_labelled_and_a_disk_two_servers_see_is_served_once() {
 
     // s1 is given the same file (a LUN visible to two hosts): it registers,
     // but may not serve the disk, and s0's disk is untouched.
-    let own = disk_file(dir.path(), "own.img", 8);
-    let _s1 = start(agent(&url, "s1", free_port(), &[&shared, &own]));
+    let own = disk_image(&dir.path().join("own.img"), 8, CHUNK);
+    let _s1 = AgentHandle::spawn(agent(&url, "s1", free_port(), &[&shared, &own]));
     eventually("s1's own disk registered", async || {
         admin.list_disks().await.unwrap().len() == 2
     })
@@ -127,7 +98,7 @@ async fn blank_disks_get_labelled_and_a_disk_two_servers_see_is_served_once() {
     );
     assert_eq!(label_of(&shared), Decoded::Label(l), "the label is kept");
     // s1 learns nothing to export or wipe on the shared file.
-    let desired = client(&url, AGENT)
+    let desired = client(&url, AGENT_TOKEN)
         .desired_state("s1", None, Duration::ZERO)
         .await
         .unwrap();
@@ -140,18 +111,24 @@ async fn blank_disks_get_labelled_and_a_disk_two_servers_see_is_served_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_bad_disk_is_failed_and_the_other_serves() {
     let dir = tempfile::tempdir().unwrap();
-    let url = start_manager(dir.path()).await;
-    let admin = client(&url, ADMIN);
+    let manager = InProcessManager::start(dir.path(), CHUNK).await;
+    let url = manager.url.clone();
+    let admin = client(&url, ADMIN_TOKEN);
     let (good, bad) = (
-        disk_file(dir.path(), "good.img", 8),
-        disk_file(dir.path(), "bad.img", 8),
+        disk_image(&dir.path().join("good.img"), 8, CHUNK),
+        disk_image(&dir.path().join("bad.img"), 8, CHUNK),
     );
     let port = free_port();
-    let s0 = start(agent(&url, "s0", port, &[&good, &bad]));
+    let s0 = AgentHandle::spawn(agent(&url, "s0", port, &[&good, &bad]));
     let mut others = Vec::new();
     for s in 1..4 {
-        let disk = disk_file(dir.path(), &format!("d{s}.img"), 8);
-        others.push(start(agent(&url, &format!("s{s}"), free_port(), &[&disk])));
+        let disk = disk_image(&dir.path().join(format!("d{s}.img")), 8, CHUNK);
+        others.push(AgentHandle::spawn(agent(
+            &url,
+            &format!("s{s}"),
+            free_port(),
+            &[&disk],
+        )));
     }
     eventually("5 disks registered", async || {
         admin.cluster().await.map(|c| c.disks == 5).unwrap_or(false)
@@ -179,7 +156,7 @@ async fn one_bad_disk_is_failed_and_the_other_serves() {
         .unwrap()
         .set_len(MIB + 2 * CHUNK)
         .unwrap();
-    let _s0 = start(agent(&url, "s0", port, &[&good, &bad]));
+    let _s0 = AgentHandle::spawn(agent(&url, "s0", port, &[&good, &bad]));
     eventually("the shrunk disk failed", async || {
         admin
             .disk(bad_label.disk_id)
@@ -209,7 +186,7 @@ async fn one_bad_disk_is_failed_and_the_other_serves() {
 
     // The good disk serves: every export the manager lists for s0 is on it,
     // and answers over NBD.
-    let desired = client(&url, AGENT)
+    let desired = client(&url, AGENT_TOKEN)
         .desired_state("s0", None, Duration::ZERO)
         .await
         .unwrap();
@@ -244,19 +221,21 @@ async fn a_new_cluster_refuses_the_old_clusters_disks_until_reinitialized() {
     let new_dir = dir.path().join("new");
     std::fs::create_dir_all(&old_dir).unwrap();
     std::fs::create_dir_all(&new_dir).unwrap();
-    let old_url = start_manager(&old_dir).await;
-    let old = client(&old_url, ADMIN);
-    let disk = disk_file(dir.path(), "disk.img", 8);
+    let old_manager = InProcessManager::start(&old_dir, CHUNK).await;
+    let old_url = old_manager.url.clone();
+    let old = client(&old_url, ADMIN_TOKEN);
+    let disk = disk_image(&dir.path().join("disk.img"), 8, CHUNK);
     let port = free_port();
-    let s0 = start(agent(&old_url, "s0", port, &[&disk]));
+    let s0 = AgentHandle::spawn(agent(&old_url, "s0", port, &[&disk]));
     let old_label = labelled(&old, &disk).await;
     s0.stop().await;
 
-    let new_url = start_manager(&new_dir).await;
-    let new = client(&new_url, ADMIN);
+    let new_manager = InProcessManager::start(&new_dir, CHUNK).await;
+    let new_url = new_manager.url.clone();
+    let new = client(&new_url, ADMIN_TOKEN);
     let new_id = new.cluster().await.unwrap().cluster_id;
     assert_ne!(new_id, old_label.cluster_id);
-    let s0 = start(agent(&new_url, "s0", port, &[&disk]));
+    let s0 = AgentHandle::spawn(agent(&new_url, "s0", port, &[&disk]));
     eventually("the refusal recorded", async || {
         events(&new).await.iter().any(|e| e.kind == "disk_refused")
     })
@@ -284,7 +263,7 @@ async fn a_new_cluster_refuses_the_old_clusters_disks_until_reinitialized() {
     s0.stop().await;
     let (before, _) = vsky_agent::disks::reinitialize(&disk).unwrap();
     assert!(matches!(before, Decoded::Label(_)));
-    let _s0 = start(agent(&new_url, "s0", port, &[&disk]));
+    let _s0 = AgentHandle::spawn(agent(&new_url, "s0", port, &[&disk]));
     let l = labelled(&new, &disk).await;
     assert_eq!(l.cluster_id, new_id);
     assert_eq!(new.cluster().await.unwrap().disks, 1);

@@ -31,8 +31,8 @@ fn pattern(seed: u8, len: u64) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_servers_legs_are_copied_server_to_server() {
     let dir = tempfile::tempdir().unwrap();
-    let url = start_manager(dir.path()).await;
-    let admin = storage_agents(&url, dir.path(), 4).await;
+    let cluster = LocalCluster::start(dir.path(), 4, 8).await;
+    let admin = cluster.admin();
 
     // Two mirrored disks of 3 MiB data each (4 MiB chunks, 1 MiB metadata).
     let v = admin

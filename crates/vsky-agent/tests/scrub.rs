@@ -17,17 +17,12 @@ use common::*;
 
 /// A manager that scrubs every detached mirrored disk once a second, and
 /// three storage agents with one file-backed disk each.
-async fn cluster(dir: &std::path::Path) -> Client {
-    let url = start_manager_with(
-        dir,
-        RecoveryConfig {
-            server_grace: Duration::from_secs(3600),
-            scrub_interval: Some(Duration::from_secs(1)),
-            ..Default::default()
-        },
-    )
-    .await;
-    storage_agents(&url, dir, 3).await
+async fn scrubbing_cluster(dir: &std::path::Path) -> LocalCluster {
+    let recovery = RecoveryConfig {
+        scrub_interval: Some(Duration::from_secs(1)),
+        ..patient_recovery()
+    };
+    LocalCluster::start_with(dir, recovery, 3, 8).await
 }
 
 /// A detached volume of one 2-way mirrored disk (3 MiB of data).
@@ -67,7 +62,8 @@ fn about<'a>(events: &'a [Event], kind: &str, volume: &str) -> Vec<&'a Event> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn detached_volumes_are_scrubbed_and_mismatches_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let admin = cluster(dir.path()).await;
+    let cluster = scrubbing_cluster(dir.path()).await;
+    let admin = cluster.admin();
     let clean = volume(&admin, "clean").await;
     let bad = volume(&admin, "bad").await;
     let meta = CHUNK - bad.data_bytes_per_mirrored_disk;
@@ -134,7 +130,8 @@ async fn detached_volumes_are_scrubbed_and_mismatches_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leg_that_cannot_be_read_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
-    let admin = cluster(dir.path()).await;
+    let cluster = scrubbing_cluster(dir.path()).await;
+    let admin = cluster.admin();
     let v = volume(&admin, "v").await;
     let meta = CHUNK - v.data_bytes_per_mirrored_disk;
     let victim = v.layout[0].legs[0].clone();

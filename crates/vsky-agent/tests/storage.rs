@@ -15,24 +15,8 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_export_assigned_chunks_and_wipe_freed_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let url = start_manager(dir.path()).await;
-    let mut disks = Vec::new();
-    for s in 0..3 {
-        let port = free_port();
-        let disk = dir.path().join(format!("disk{s}.img"));
-        std::fs::File::create(&disk)
-            .unwrap()
-            .set_len(MIB + 8 * CHUNK)
-            .unwrap();
-        disks.push(disk.clone());
-        let config = storage_agent(&url, &format!("s{s}"), port, disk);
-        tokio::spawn(vsky_agent::run(config, std::future::pending()));
-    }
-    let admin = client(&url, ADMIN);
-    eventually("3 agents registered", async || {
-        admin.cluster().await.map(|c| c.disks == 3).unwrap_or(false)
-    })
-    .await;
+    let cluster = LocalCluster::start(dir.path(), 3, 8).await;
+    let (admin, disks) = (cluster.admin(), &cluster.disks);
     assert_eq!(
         admin.cluster().await.unwrap().capacity_bytes,
         3 * 8 * CHUNK,
@@ -55,7 +39,7 @@ async fn agents_export_assigned_chunks_and_wipe_freed_ones() {
 
     // Every leg is reachable over NBD under its secret name, and writes land
     // in the right range of the right disk file.
-    let agent = client(&url, AGENT);
+    let agent = cluster.client(AGENT_TOKEN);
     let desired: Vec<DesiredState> = {
         let mut all = Vec::new();
         for s in 0..3 {
@@ -140,22 +124,20 @@ async fn agents_export_assigned_chunks_and_wipe_freed_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_api_checks_tokens_and_roles() {
     let dir = tempfile::tempdir().unwrap();
-    let url = start_manager(dir.path()).await;
+    let manager = InProcessManager::start(dir.path(), CHUNK).await;
+    let url = manager.url.clone();
     let (nbd_port, api_port) = (free_port(), free_port());
-    let disk = dir.path().join("disk.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(MIB + 8 * CHUNK)
-        .unwrap();
+    let disk = disk_image(&dir.path().join("disk.img"), 8, CHUNK);
     let token = "local-api-token-0123456789";
     let config = vsky_agent::Config {
         api: Some(vsky_agent::api::ApiConfig {
             listen: format!("127.0.0.1:{api_port}").parse().unwrap(),
             token: token.into(),
+            activations_file: dir.path().join("activations.json"),
         }),
-        ..storage_agent(&url, "solo", nbd_port, disk)
+        ..storage_agent_config(&url, "solo", nbd_port, disk)
     };
-    tokio::spawn(vsky_agent::run(config, std::future::pending()));
+    let _agent = AgentHandle::spawn(config);
     let base = format!("http://127.0.0.1:{api_port}");
     let http = reqwest::Client::new();
     eventually("local API up", async || {

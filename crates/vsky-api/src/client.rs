@@ -26,6 +26,7 @@ use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
+use vsky_sync::LockExt;
 
 use crate::API_PREFIX;
 use crate::types::*;
@@ -210,10 +211,7 @@ impl Client {
     }
 
     fn preferred(&self) -> url::Url {
-        self.preferred
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.preferred.lock_unpoisoned().clone()
     }
 
     async fn call<B: Serialize + ?Sized, R: DeserializeOwned>(
@@ -243,7 +241,7 @@ impl Client {
                     .await
                 {
                     Ok(value) => {
-                        *self.preferred.lock().unwrap_or_else(|p| p.into_inner()) = base;
+                        *self.preferred.lock_unpoisoned() = base;
                         return Ok(value);
                     }
                     Err(Attempt::Final(e)) => return Err(e),

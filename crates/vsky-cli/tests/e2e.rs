@@ -7,48 +7,24 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use serde_json::Value;
-use vsky_manager::store::redb::RedbStore;
-use vsky_manager::{Manager, Tokens};
-use vsky_model::Settings;
-
-const TOKEN: &str = "cli-e2e-admin-token-0123456789";
+use vsky_testkit::in_process::InProcessManager;
 
 struct Env {
-    url: String,
-    token_file: std::path::PathBuf,
+    manager: InProcessManager,
     _dir: tempfile::TempDir,
-    _runtime: tokio::runtime::Runtime,
+    runtime: tokio::runtime::Runtime,
 }
 
+/// A manager with 8 MiB chunks, served in-process on its own runtime; its
+/// servers may stay silent (no agent) and are kept.
 fn start_manager() -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("admin.token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let store = RedbStore::open(&dir.path().join("data")).unwrap();
-    let manager = Arc::new(Manager::open(Box::new(store), Settings::new(8 << 20), true).unwrap());
-    let tokens = Tokens::load(&token_file, None).unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    runtime.spawn(vsky_manager::run(
-        manager,
-        tokens,
-        listener,
-        None,
-        vsky_manager::RecoveryConfig {
-            // Servers here may stay silent (no agent); keep them.
-            server_grace: std::time::Duration::from_secs(3600),
-            ..Default::default()
-        },
-        std::future::pending(),
-    ));
+    let manager = runtime.block_on(InProcessManager::start(dir.path(), 8 << 20));
     Env {
-        url,
-        token_file,
+        manager,
         _dir: dir,
-        _runtime: runtime,
+        runtime,
     }
 }
 
@@ -59,9 +35,9 @@ impl Env {
             .env_remove("VSKY_TOKEN")
             .env_remove("VSKY_TOKEN_FILE")
             .arg("--manager")
-            .arg(&self.url)
+            .arg(&self.manager.url)
             .arg("--token-file")
-            .arg(&self.token_file)
+            .arg(&self.manager.tokens.admin)
             .args(args)
             .output()
             .unwrap()
@@ -260,13 +236,8 @@ fn quickstart_through_the_cli() {
 fn play_executors(env: &Env, fail: Arc<std::sync::atomic::AtomicBool>) {
     use std::sync::atomic::Ordering;
     use vsky_api::types::{Heartbeat, RebuildState, ResyncReport};
-    let client = vsky_api::Client::new(vsky_api::ClientConfig {
-        manager_url: env.url.clone(),
-        token: Some(TOKEN.into()),
-        ..Default::default()
-    })
-    .unwrap();
-    env._runtime.spawn(async move {
+    let client = env.manager.admin();
+    env.runtime.spawn(async move {
         loop {
             if let Ok(list) = client.rebuilds(false).await {
                 for r in list.rebuilds {

@@ -14,7 +14,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::etcd::{EtcdCluster, HaManager, etcd_binary};
-use common::{ManagerProcess, make_pool, volume};
+use common::{MANAGER, ManagerProcess, pool, register_pool, volume};
 use vsky_api::Client;
 
 /// Sequential creates for latency, then concurrent ones for throughput.
@@ -30,7 +30,7 @@ struct Figures {
 }
 
 async fn measure(client: &Client, tag: &str) -> Figures {
-    make_pool(client, 8, 4, 400, 4).await;
+    register_pool(client, &pool(8, 4).chunks(400).racks(4)).await;
     let mut latencies = Vec::with_capacity(SEQUENTIAL);
     let start = Instant::now();
     for i in 0..SEQUENTIAL {
@@ -81,7 +81,7 @@ async fn main() {
         return;
     };
     let redb_dir = tempfile::tempdir().unwrap();
-    let redb = ManagerProcess::start(redb_dir.path(), &["--chunk-size", "8MiB"]);
+    let redb = ManagerProcess::start(MANAGER, redb_dir.path(), &["--chunk-size", "8MiB"]);
     let r = measure(&redb.admin(), "redb").await;
     drop(redb);
 

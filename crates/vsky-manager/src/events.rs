@@ -15,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 use vsky_api::types::Event;
+use vsky_sync::LockExt;
 
 /// Events kept for readers; older ones are dropped first.
 pub const EVENTS_KEPT: usize = 10_000;
@@ -129,7 +130,7 @@ impl EventLog {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let seq = {
-            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let mut inner = self.inner.lock_unpoisoned();
             let seq = inner.next_seq;
             inner.next_seq += 1;
             if inner.events.len() == inner.capacity {
@@ -152,7 +153,7 @@ impl EventLog {
 
     /// Events after `since`, at most `limit` of them, oldest first.
     pub fn page(&self, since: u64, limit: usize) -> Page {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = self.inner.lock_unpoisoned();
         let oldest = inner.events.front().map(|e| e.seq);
         let events: Vec<Event> = inner
             .events

@@ -31,37 +31,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::etcd::{Compare, EtcdError, Kv, Op};
-use crate::service::Manager;
+use crate::etcd_client::{Compare, EtcdError, Kv, Op};
+use crate::manager::{Manager, Role};
 use crate::store::StoreError;
 use crate::store::etcd::{EtcdStore, LeaderRecord};
-
-/// This manager's part in serving the cluster.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// The only manager (embedded redb store): always accepts writes.
-    Single,
-    /// Elected among managers sharing an etcd store: accepts writes.
-    Leader,
-    /// Another manager leads (its advertised URL, when known): answers
-    /// reads and refuses writes with `not_leader`.
-    Standby { leader: Option<String> },
-}
-
-impl Role {
-    /// True when this manager may accept writes.
-    pub fn is_leader(&self) -> bool {
-        matches!(self, Role::Single | Role::Leader)
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            Role::Single => "single",
-            Role::Leader => "leader",
-            Role::Standby { .. } => "standby",
-        }
-    }
-}
 
 /// The lease TTL when `--lease-ttl` is not given: a dead leader is
 /// replaced within about 7 s.

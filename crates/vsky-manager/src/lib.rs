@@ -5,10 +5,12 @@
 //! admins (`vsky` CLI), agents and the SMAPIv3 plugins. It is never in the
 //! I/O path: agents assemble and serve volumes on their own.
 //!
-//! - [`service`]: the cluster behind a lock, kept in step with the store.
+//! - [`manager`]: [`Manager`], the cluster behind a lock, kept in step with
+//!   the store, and its [`Role`](manager::Role) (single, leader or standby).
 //! - [`store`]: the durable store interface, its embedded redb
 //!   implementation and the replicated etcd one.
-//! - [`etcd`]: a small blocking client of etcd's v3 JSON API.
+//! - [`etcd_client`]: a small blocking client of etcd's v3 JSON API, which
+//!   the etcd store and the election use.
 //! - [`leader`]: leader election among managers sharing an etcd store.
 //! - [`migrate`]: copying a cluster between stores (redb ⇄ etcd).
 //! - [`http`]: routes, request pipeline, error mapping, OpenAPI document.
@@ -17,25 +19,30 @@
 //! - [`serve`]: the HTTP front door: accept loop, connection caps, read
 //!   deadlines for slow clients, graceful shutdown.
 //! - [`tls`]: the rustls server configuration.
-//! - [`etcd`]: a small blocking client of etcd's v3 JSON API; [`leader`]:
-//!   leader election among managers sharing an etcd store; [`migrate`]:
-//!   copying a cluster between stores (redb ⇄ etcd).
 //! - [`recovery`]: the background loop that fails silent servers, plans
 //!   replacement legs and starts resyncs.
 //! - [`events`]: the bounded event log behind `/api/v1/events`.
 //!
 //! Entry point: [`run`], which the thin `vsky-manager` binary calls.
+//!
+//! Shutdown: [`run`] serves until its `shutdown` future resolves (SIGTERM or
+//! Ctrl-C in `main.rs`), then lets requests in flight finish. A mutation
+//! that already reached the blocking pool completes and commits even if its
+//! client disconnected: the durable state never depends on whether an
+//! answer was delivered. `Manager::begin_shutdown` also ends the
+//! `desired-state` long-polls and the recovery loop at once, so agents
+//! holding a poll do not hold up the stop.
 
 pub mod auth;
-pub mod etcd;
+pub mod etcd_client;
 pub mod events;
 pub mod http;
 pub mod leader;
+pub mod manager;
 pub mod metrics;
 pub mod migrate;
 pub mod recovery;
 pub mod serve;
-pub mod service;
 pub mod store;
 pub mod tls;
 
@@ -46,9 +53,9 @@ use tokio::net::TcpListener;
 use tokio_rustls::rustls::ServerConfig;
 
 pub use auth::Tokens;
+pub use manager::Manager;
 pub use recovery::RecoveryConfig;
 pub use serve::ServeLimits;
-pub use service::Manager;
 
 /// Serves the API on `listener`, and runs the recovery loop, until
 /// `shutdown` resolves; then finishes in-flight requests and returns. The
@@ -89,11 +96,19 @@ pub async fn run_with_limits(
         stopping.begin_shutdown();
     };
     let recovery = Arc::new(recovery::Recovery::new(recovery));
-    let background = tokio::spawn(recovery::run(
-        Arc::clone(&manager),
-        Arc::clone(&recovery),
-        manager.stopping(),
-    ));
+    // Supervised: a panic in a pass is logged, counted
+    // (`vsky_task_restarts`) and the loop starts again, rather than failures
+    // going unhandled while the API keeps answering.
+    let background = {
+        let (manager, recovery) = (Arc::clone(&manager), Arc::clone(&recovery));
+        tokio::spawn(vsky_sync::supervise("recovery", move || {
+            recovery::run(
+                Arc::clone(&manager),
+                Arc::clone(&recovery),
+                manager.stopping(),
+            )
+        }))
+    };
     let state = http::AppState {
         manager,
         tokens: Arc::new(tokens),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use vsky_manager::etcd::EtcdConfig;
+use vsky_manager::etcd_client::EtcdConfig;
 use vsky_manager::leader::{self, Election, ElectionHandle};
 use vsky_manager::store::Store;
 use vsky_manager::store::etcd::EtcdStore;
@@ -157,6 +157,17 @@ struct Args {
     /// back within it keeps its legs.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     server_grace: std::time::Duration,
+
+    /// How long a head (an agent that assembles volumes) may miss
+    /// heartbeats before another server's attach of one of its volumes
+    /// takes the volume over: the legs get new secret export names first
+    /// (the old head is fenced: I/O errors, never a write), then the
+    /// volume moves (event volume_taken_over). While the head speaks, its
+    /// volumes stay (Activated_on_another_host in xapi). Keep it below
+    /// XCP-ng HA's host failure timeout, so that HA's restart of a dead
+    /// host's VMs on another host finds the volumes free (e.g. 30s).
+    #[arg(long, default_value = "30s", value_parser = parse_head_grace)]
+    head_grace: std::time::Duration,
 
     /// Per-resync copy rate limit in bytes per second (e.g. 100MiB; 0 for
     /// none). Heads apply it to the dm-raid mirrors they assemble
@@ -370,6 +381,18 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     vsky_api::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
+/// `--head-grace`: a duration of at least `HEAD_GRACE_SECONDS_MIN`.
+fn parse_head_grace(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(s)?;
+    let min = vsky_model::limits::HEAD_GRACE_SECONDS_MIN;
+    if d < std::time::Duration::from_secs(min) {
+        return Err(format!(
+            "'{s}' is too short: a head grace under {min}s would let any attach take a volume from a live head; use e.g. 30s"
+        ));
+    }
+    Ok(d)
+}
+
 /// A duration, or `0` for "never".
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
     if s.trim() == "0" {
@@ -483,6 +506,7 @@ async fn main() -> anyhow::Result<()> {
         vsky_manager::RecoveryConfig {
             per_disk_limit: args.resyncs_per_disk,
             server_grace: args.server_grace,
+            head_grace: args.head_grace,
             rate_bytes_per_second: args.resync_rate,
             auto_rebalance: args.auto_rebalance.map(|p| vsky_model::AutoRebalance {
                 spread: f64::from(p) / 100.0,

@@ -17,9 +17,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use vsky_model::{JobKind, JobState, ResyncJob};
+use vsky_sync::LockExt;
 
+use crate::manager::{Manager, ManagerError};
 use crate::recovery::Recovery;
-use crate::service::{Manager, ServiceError};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -74,6 +75,7 @@ struct Gauges {
     scrubs: Gauge,
     scrubs_running: Gauge,
     scrub_mismatches: Gauge,
+    task_restarts: Gauge,
     moves: Gauge,
     disks_draining: Gauge,
     drain_legs_left: Gauge,
@@ -100,7 +102,7 @@ impl Metrics {
             latency.clone(),
         );
         let g = Gauges::default();
-        let gauges: [(&str, &str, &Gauge); 21] = [
+        let gauges: [(&str, &str, &Gauge); 22] = [
             (
                 "moves",
                 "Leg moves (drain, rebalance) queued or running; also counted in rebuilds_*",
@@ -130,6 +132,11 @@ impl Metrics {
                 "scrub_mismatches",
                 "Scrubs that found legs differing, since the manager started",
                 &g.scrub_mismatches,
+            ),
+            (
+                "task_restarts",
+                "Background tasks (the recovery loop) restarted after a panic, since the manager started; any value above 0 is a bug to report",
+                &g.task_restarts,
             ),
             (
                 "rebuilds_queued",
@@ -222,7 +229,7 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    pub fn render(&self, manager: &Manager, recovery: &Recovery) -> Result<String, ServiceError> {
+    pub fn render(&self, manager: &Manager, recovery: &Recovery) -> Result<String, ManagerError> {
         let (s, jobs, draining, spread, scrubs_running) = manager.read(|c| {
             let jobs: Vec<(ResyncJob, String)> = c
                 .jobs()
@@ -242,7 +249,7 @@ impl Metrics {
                 c.scrubs().count(),
             )
         })?;
-        let _guard = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.scrape.lock_unpoisoned();
         let g = &self.gauges;
         let set = |gauge: &Gauge, v: u64| gauge.set(i64::try_from(v).unwrap_or(i64::MAX));
         set(&g.capacity, s.capacity_bytes);
@@ -262,6 +269,7 @@ impl Metrics {
         set(&g.scrubs, scrubs);
         set(&g.scrubs_running, scrubs_running as u64);
         set(&g.scrub_mismatches, mismatches);
+        set(&g.task_restarts, vsky_sync::restarts());
         let running: Vec<&(ResyncJob, String)> = jobs
             .iter()
             .filter(|(j, _)| j.state == JobState::Running)

@@ -2,39 +2,45 @@
 //!
 //! Once a second, and whenever the cluster changes, the leader:
 //! 1. declares failed every server whose heartbeats stopped longer ago than
-//!    the grace period (`--server-grace`): a server that merely rebooted or
-//!    lost its link for a moment keeps its legs; one that stays away has
-//!    them replaced;
-//! 2. plans a replacement chunk for every failed leg
-//!    (`Cluster::plan_repairs`), a move for every leg on a draining disk or
-//!    server (`Cluster::plan_drains`) and, with `--auto-rebalance` on, a
-//!    window of moves from full disks to empty ones while no repair or
-//!    drain runs (`Cluster::auto_rebalance`); then starts the queued
-//!    resyncs whose disks are
-//!    free (`Cluster::start_jobs`, at most `--resyncs-per-disk` per disk;
-//!    repairs first). It says when a draining disk or server is empty;
-//! 3. with `--scrub-interval`, starts the scrubs that are due on the disks
-//!    the resyncs left free (`Cluster::start_scrubs`): heads check the
-//!    mirrors of attached volumes, storage agents compare the legs of
-//!    detached ones, and report the verdicts through their heartbeats.
+//!    the grace period (`--server-grace`) and that still holds legs
+//!    (`Cluster::silent_servers` says which, from the heartbeat ages this
+//!    module measures): a server that merely rebooted or lost its link for
+//!    a moment keeps its legs; one that stays away has them replaced;
+//! 2. makes one planning pass, `Cluster::recovery_pass` (the very pass
+//!    `vsky-sim` runs): a replacement for every failed leg not held for
+//!    its server's grace period, a move for every leg on a draining disk
+//!    or server and, with `--auto-rebalance` on, a window of moves from
+//!    full disks to empty ones while no repair or drain runs; then the
+//!    queued resyncs whose disks are free start (at most
+//!    `--resyncs-per-disk` per disk, repairs first) and, with
+//!    `--scrub-interval`, the scrubs that are due on the disks the resyncs
+//!    left free (heads check the mirrors of attached volumes, storage
+//!    agents compare the legs of detached ones, and report the verdicts
+//!    through their heartbeats). It says when a draining disk or server is
+//!    empty.
 //!
-//! The policy is the model's; this module only supplies time and records
-//! events. Progress and completion come from the executors through their
-//! heartbeats (see `http::handlers::agent::heartbeat`), which also feed the
-//! rate estimates kept here.
+//! The rules are the model's; this module only supplies time (heartbeat
+//! ages, the scrub clock), keeps what lives in memory only (which servers
+//! are suspected, the rate samples), and records events. Progress and
+//! completion come from the executors through their heartbeats
+//! (`Cluster::apply_heartbeat`, called by
+//! `http::handlers::agent::heartbeat`), which also feed the rate estimates
+//! kept here.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use vsky_model::{
-    AutoRebalance, ChunkRef, Cluster, JobId, JobState, ScrubMethod, ServerId, ServerState, VolumeId,
+    AutoRebalance, ChunkRef, Cluster, Drained, JobId, JobState, LegAddr, PassConfig, ScrubClock,
+    ScrubMethod, ServerId, ServerState,
 };
+use vsky_sync::LockExt;
 
 use crate::events::{EventLog, NewEvent, Severity};
-use crate::service::Manager;
+use crate::manager::{Manager, ManagerError};
 
 #[derive(Clone, Debug)]
 pub struct RecoveryConfig {
@@ -54,6 +60,16 @@ pub struct RecoveryConfig {
     /// legs read and compared by a storage agent, under the per-disk
     /// limit; `Cluster::start_scrubs`). `None`: never.
     pub scrub_interval: Option<Duration>,
+    /// How long a head may miss heartbeats before an attach of one of its
+    /// volumes on another server takes the volume over (fence, then move:
+    /// `Cluster::attach_volume_taking_over`). Shorter than XCP-ng HA's
+    /// restart of a dead host's VMs, so that restart's activate succeeds.
+    pub head_grace: Duration,
+    /// Fault injection for tests: while set, the next recovery pass
+    /// panics (and clears it), to prove the loop is supervised. No flag
+    /// or request reaches it; only code that builds a `RecoveryConfig`.
+    #[doc(hidden)]
+    pub inject_panic: Arc<AtomicBool>,
 }
 
 impl Default for RecoveryConfig {
@@ -65,6 +81,8 @@ impl Default for RecoveryConfig {
             tick: Duration::from_secs(1),
             auto_rebalance: None,
             scrub_interval: None,
+            head_grace: Duration::from_secs(30),
+            inject_panic: Arc::default(),
         }
     }
 }
@@ -88,7 +106,7 @@ pub struct Recovery {
     suspects: Mutex<HashMap<ServerId, Instant>>,
     /// Legs brought back once after their server returned. A leg that fails
     /// again is replaced: its server is alive, so its failure is real.
-    revived: Mutex<HashSet<(VolumeId, u32, u8, ChunkRef)>>,
+    revived: Mutex<HashSet<(LegAddr, ChunkRef)>>,
     /// Scrubs reported finished, and those with mismatches (since start).
     scrubs: AtomicU64,
     scrub_mismatches: AtomicU64,
@@ -126,8 +144,7 @@ impl Recovery {
     /// A head reported a failed leg on `server`.
     pub fn suspect(&self, server: ServerId) {
         self.suspects
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock_unpoisoned()
             .entry(server)
             .or_insert_with(Instant::now);
     }
@@ -135,31 +152,19 @@ impl Recovery {
     /// The servers whose failed legs wait: suspected and not heard from
     /// since (the caller filters servers declared failed).
     fn held(&self) -> BTreeSet<ServerId> {
-        self.suspects
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .copied()
-            .collect()
+        self.suspects.lock_unpoisoned().keys().copied().collect()
     }
 
     /// A heartbeat from `server`: if it was suspected, it is back (or was
     /// alive all along). Returns whether it was.
     pub fn returned(&self, server: ServerId) -> bool {
-        self.suspects
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&server)
-            .is_some()
+        self.suspects.lock_unpoisoned().remove(&server).is_some()
     }
 
     /// Of a returned server's failed legs, those not brought back before
     /// (each leg gets one chance; remembers them).
-    pub fn first_returns(
-        &self,
-        legs: Vec<(VolumeId, u32, u8, ChunkRef)>,
-    ) -> Vec<(VolumeId, u32, u8, ChunkRef)> {
-        let mut revived = self.revived.lock().unwrap_or_else(|p| p.into_inner());
+    pub fn first_returns(&self, legs: Vec<(LegAddr, ChunkRef)>) -> Vec<(LegAddr, ChunkRef)> {
+        let mut revived = self.revived.lock_unpoisoned();
         legs.into_iter().filter(|l| revived.insert(*l)).collect()
     }
 
@@ -187,16 +192,13 @@ impl Recovery {
     }
 
     fn forget_suspect(&self, server: ServerId) {
-        self.suspects
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&server);
+        self.suspects.lock_unpoisoned().remove(&server);
     }
 
     /// Records a progress report of a running job.
     pub fn progress(&self, job: JobId, bytes_done: u64) {
         let now = Instant::now();
-        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let mut samples = self.samples.lock_unpoisoned();
         let s = samples.entry(job).or_insert(Samples {
             first: (now, bytes_done),
             last: (now, bytes_done),
@@ -210,15 +212,12 @@ impl Recovery {
 
     /// Forgets the samples of a job that ended.
     pub fn forget(&self, job: JobId) {
-        self.samples
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&job);
+        self.samples.lock_unpoisoned().remove(&job);
     }
 
     /// The measured copy rate of a running job, in bytes per second.
     pub fn rate(&self, job: JobId) -> Option<f64> {
-        let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let samples = self.samples.lock_unpoisoned();
         let s = samples.get(&job)?;
         let secs = s.last.0.duration_since(s.first.0).as_secs_f64();
         (secs >= 0.5 && s.last.1 > s.first.1).then(|| (s.last.1 - s.first.1) as f64 / secs)
@@ -226,13 +225,16 @@ impl Recovery {
 
     /// An agent finished scrubbing a mirrored disk: an event, and the
     /// counts behind `/metrics`.
-    pub fn scrub_finished(&self, agent: &str, scrub: &vsky_api::types::ScrubReport) {
+    pub fn scrub_finished(
+        &self,
+        agent: &str,
+        volume: &str,
+        mirrored_disk: u32,
+        mismatched_sectors: u64,
+    ) {
         self.scrubs.fetch_add(1, Ordering::Relaxed);
-        let what = format!(
-            "volume {} mirrored disk {}",
-            scrub.volume, scrub.mirrored_disk
-        );
-        let event = if scrub.mismatched_sectors > 0 {
+        let what = format!("volume {volume} mirrored disk {mirrored_disk}");
+        let event = if mismatched_sectors > 0 {
             self.scrub_mismatches.fetch_add(1, Ordering::Relaxed);
             NewEvent::new(
                 Severity::Warning,
@@ -240,7 +242,7 @@ impl Recovery {
                 format!(
                     "scrub of {what} by {agent}: {} sectors differ between its legs; \
                      check the disks' health (a leg that cannot be read is failed and replaced)",
-                    scrub.mismatched_sectors
+                    mismatched_sectors
                 ),
             )
         } else {
@@ -250,8 +252,7 @@ impl Recovery {
                 format!("scrub of {what} by {agent}: its legs agree"),
             )
         };
-        self.events
-            .record(event.server(agent).volume(&scrub.volume));
+        self.events.record(event.server(agent).volume(volume));
     }
 
     /// Scrubs finished, and those that found mismatches, since start.
@@ -264,11 +265,7 @@ impl Recovery {
 
     /// A server spoke: if it had been reported silent, say it is back.
     pub fn heard_from(&self, server: &str) {
-        let was = self
-            .silent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(server);
+        let was = self.silent.lock_unpoisoned().remove(server);
         if let Some(since) = was {
             self.events.record(
                 NewEvent::new(
@@ -282,6 +279,17 @@ impl Recovery {
                 .server(server),
             );
         }
+    }
+
+    /// The heads that have been silent longer than `--head-grace` (their
+    /// volumes may be taken over by an attach elsewhere). Read outside the
+    /// cluster lock, then passed into the model's rule.
+    pub fn gone_heads(&self, manager: &Manager) -> Result<HashSet<ServerId>, ManagerError> {
+        let servers: Vec<ServerId> = manager.read(|c| c.servers().map(|s| s.id).collect())?;
+        Ok(servers
+            .into_iter()
+            .filter(|&id| self.heartbeat_age(manager, id) >= self.config.head_grace)
+            .collect())
     }
 
     fn heartbeat_age(&self, manager: &Manager, server: vsky_model::ServerId) -> Duration {
@@ -303,6 +311,9 @@ pub async fn run(manager: Arc<Manager>, recovery: Arc<Recovery>, mut stop: watch
             recovery.hold_after_takeover(&manager);
         }
         leading = leader;
+        if recovery.config.inject_panic.swap(false, Ordering::SeqCst) {
+            panic!("injected panic (RecoveryConfig::inject_panic)");
+        }
         if leader && let Err(e) = step(&manager, &recovery).await {
             tracing::warn!(error = %e, "recovery step failed; retrying");
         }
@@ -328,23 +339,19 @@ pub async fn run(manager: Arc<Manager>, recovery: Arc<Recovery>, mut stop: watch
 pub async fn step(
     manager: &Arc<Manager>,
     recovery: &Arc<Recovery>,
-) -> Result<(), crate::service::ServiceError> {
+) -> Result<(), crate::manager::ManagerError> {
     let grace = recovery.config.server_grace;
-    let silent_after = SILENT_AFTER.min(grace);
-    // (id, name, still holds legs: live ones, or failed ones waiting for it)
-    let servers: Vec<(vsky_model::ServerId, String, bool)> = manager.read(|c| {
-        c.servers()
-            .filter(|s| s.state != ServerState::Failed)
-            .map(|s| (s.id, s.name.clone(), c.server_holds_legs(s.id)))
-            .collect()
+    let silent = manager.read(|c| {
+        c.silent_servers(
+            |id| recovery.heartbeat_age(manager, id),
+            SILENT_AFTER,
+            grace,
+        )
     })?;
-    for (id, name, holds_legs) in servers {
-        let age = recovery.heartbeat_age(manager, id);
-        if age < silent_after {
-            continue;
-        }
+    for s in silent {
+        let (id, name, age) = (s.id, s.name, s.silent_for);
         let newly_silent = {
-            let mut silent = recovery.silent.lock().unwrap_or_else(|p| p.into_inner());
+            let mut silent = recovery.silent.lock_unpoisoned();
             let fresh = !silent.contains_key(&name);
             silent.entry(name.clone()).or_insert_with(Instant::now);
             fresh
@@ -363,11 +370,7 @@ pub async fn step(
                 .server(&name),
             );
         }
-        // A silent server holding no leg is only reported: failing it would
-        // replace nothing, and a failed server stays failed. One whose legs
-        // all failed already (its head saw them die) is failed: its legs
-        // wait for exactly this.
-        if age >= grace && holds_legs {
+        if s.fail {
             let failing = name.clone();
             let legs = manager
                 .mutate(move |c, _| {
@@ -377,11 +380,7 @@ pub async fn step(
                     Ok((after.saturating_sub(before), changes))
                 })
                 .await?;
-            recovery
-                .silent
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&name);
+            recovery.silent.lock_unpoisoned().remove(&name);
             recovery.forget_suspect(id);
             recovery.events.record(
                 NewEvent::new(
@@ -400,45 +399,34 @@ pub async fn step(
     schedule(manager, recovery).await
 }
 
-/// Plans replacements for failed legs and moves off draining disks (and,
-/// with the background policy on, rebalancing moves), starts what the
-/// per-disk limit allows, and records an event per job.
+/// Makes one planning pass (`Cluster::recovery_pass`: replacements for
+/// failed legs, moves off draining disks and, with the background policy
+/// on, rebalancing moves; starts what the per-disk limit allows, then the
+/// scrubs that are due) and records an event per job and scrub, and one
+/// per draining disk or server that became empty.
 pub async fn schedule(
     manager: &Arc<Manager>,
     recovery: &Arc<Recovery>,
-) -> Result<(), crate::service::ServiceError> {
-    let limit = recovery.config.per_disk_limit;
-    let held = recovery.held();
+) -> Result<(), crate::manager::ManagerError> {
     let auto = recovery.config.auto_rebalance;
-    let scrub_interval = recovery.config.scrub_interval;
-    let now = unix_now();
+    let config = PassConfig {
+        per_disk_limit: recovery.config.per_disk_limit,
+        held: recovery.held(),
+        auto_rebalance: auto,
+        scrubs: recovery.config.scrub_interval.map(|i| ScrubClock {
+            now_unix_s: unix_now(),
+            interval_s: i.as_secs(),
+        }),
+    };
     let (planned, started, drained, rebalanced, scrubs) = manager
         .mutate(move |c, secrets| {
-            let held = held
-                .into_iter()
-                .filter(|s| c.server(*s).is_some_and(|s| s.state != ServerState::Failed))
-                .collect();
-            c.set_repair_hold(held);
-            let (mut planned, mut changes) = c.plan_repairs(secrets);
-            let (moves, more) = c.plan_drains(secrets);
-            planned.extend(moves);
-            changes.merge(more);
-            let mut rebalanced = None;
-            if let Some(policy) = auto {
-                let (moves, more) = c.auto_rebalance(policy, limit, secrets);
-                changes.merge(more);
-                if !moves.is_empty() {
-                    rebalanced = Some((moves.len(), policy.spread));
-                    planned.extend(moves.iter().map(|m| m.job));
-                }
-            }
-            let (started, more) = c.start_jobs(limit);
-            changes.merge(more);
-            // Scrubs take what the resyncs left.
-            let scrubs: Vec<(String, u32, String, ScrubMethod)> = scrub_interval
-                .map(|i| c.start_scrubs(now, i.as_secs().max(1), limit))
-                .unwrap_or_default()
-                .into_iter()
+            let (pass, changes) = c.recovery_pass(&config, secrets);
+            let rebalanced = auto
+                .filter(|_| pass.rebalance_moves > 0)
+                .map(|policy| (pass.rebalance_moves, policy.spread));
+            let scrubs: Vec<(String, u32, String, ScrubMethod)> = pass
+                .scrubs
+                .iter()
                 .map(|s| {
                     let executor = c.server(s.run.executor).map(|s| s.name.clone());
                     (
@@ -457,9 +445,9 @@ pub async fn schedule(
             };
             Ok((
                 (
-                    describe(c, &planned),
-                    describe(c, &started),
-                    drained_now(c),
+                    describe(c, &pass.planned),
+                    describe(c, &pass.started),
+                    drained_keys(c, &pass.drained),
                     rebalanced,
                     scrubs,
                 ),
@@ -518,31 +506,35 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Draining disks ("disk 7 on s2") and servers that hold no leg any more,
-/// with the server each is on, keyed for [`Recovery::report_drained`].
-fn drained_now(c: &Cluster) -> Vec<(String, String, String)> {
-    let mut out = Vec::new();
-    for s in c.servers() {
-        let disks: Vec<&vsky_model::Disk> = c.disks_of(s.id).collect();
-        let empty = |d: &vsky_model::Disk| c.drain_progress(d.id).legs_left == 0;
-        if s.draining {
-            if disks.iter().all(|d| empty(d)) {
-                out.push((format!("server {}", s.name), s.name.clone(), String::new()));
+/// The draining disks ("disk 7") and servers a pass found empty, with the
+/// server each is on and the disk's path, keyed for
+/// [`Recovery::report_drained`].
+fn drained_keys(c: &Cluster, drained: &[Drained]) -> Vec<(String, String, String)> {
+    let server_name = |id: ServerId| c.server(id).map(|s| s.name.clone()).unwrap_or_default();
+    drained
+        .iter()
+        .filter_map(|d| match *d {
+            Drained::Server(id) => {
+                let name = server_name(id);
+                Some((format!("server {name}"), name, String::new()))
             }
-            continue;
-        }
-        for d in disks.iter().filter(|d| d.draining && empty(d)) {
-            out.push((format!("disk {}", d.id.0), s.name.clone(), d.path.clone()));
-        }
-    }
-    out
+            Drained::Disk(id) => {
+                let disk = c.disk(id).ok()?;
+                Some((
+                    format!("disk {}", id.0),
+                    server_name(disk.server),
+                    disk.path.clone(),
+                ))
+            }
+        })
+        .collect()
 }
 
 impl Recovery {
     /// Says once that a draining disk or server is empty; forgets those no
     /// longer empty-and-draining, so a later drain is reported again.
     fn report_drained(&self, now: Vec<(String, String, String)>) {
-        let mut said = self.drained.lock().unwrap_or_else(|p| p.into_inner());
+        let mut said = self.drained.lock_unpoisoned();
         said.retain(|k| now.iter().any(|(n, ..)| n == k));
         for (key, server, path) in now {
             if !said.insert(key.clone()) {

@@ -12,11 +12,9 @@ use common::*;
 use vsky_api::types::*;
 use vsky_api::{Client, ClientError};
 
+/// A server's address as the pool registers it (`s2` → index 2).
 fn address(server: &str) -> String {
-    format!(
-        "127.0.0.1:{}",
-        31000 + u16::from(server.as_bytes()[1] - b'0')
-    )
+    server_address(server[1..].parse().unwrap())
 }
 
 fn registration(server: &str, storage_only: bool) -> RegisterAgent {
@@ -31,28 +29,8 @@ fn registration(server: &str, storage_only: bool) -> RegisterAgent {
 
 /// Servers s0..s3 (s0, s1 and s3 with a disk of 4 chunks) and volume "v":
 /// one 2-way mirrored disk.
-async fn pool(admin: &Client) {
-    for s in ["s0", "s1", "s2", "s3"] {
-        admin
-            .create_server(&CreateServer {
-                name: s.into(),
-                address: address(s),
-                labels: Default::default(),
-            })
-            .await
-            .unwrap();
-        if s != "s2" {
-            admin
-                .create_disk(&CreateDisk {
-                    server: s.into(),
-                    path: "/dev/vdb".into(),
-                    size_bytes: MIB + 4 * CHUNK,
-                    class: None,
-                })
-                .await
-                .unwrap();
-        }
-    }
+async fn pool_and_volume(admin: &Client) {
+    register_pool(admin, &pool(4, 1).disks_of(2, 0).chunks(4)).await;
     admin
         .create_volume(&CreateVolume {
             name: "v".into(),
@@ -92,9 +70,9 @@ async fn attached_to(admin: &Client) -> Option<String> {
 #[tokio::test]
 async fn a_storage_only_server_cannot_head_a_volume_whoever_asks() {
     let dir = tempfile::tempdir().unwrap();
-    let m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
+    let m = ManagerProcess::start(MANAGER, dir.path(), &["--chunk-size", "8MiB"]);
     let admin = m.admin();
-    pool(&admin).await;
+    pool_and_volume(&admin).await;
     let agent = m.client(BOUND_AGENT_TOKEN);
 
     // s0's agent starts with --storage-only: neither the admin nor the
@@ -133,9 +111,9 @@ async fn a_storage_only_server_cannot_head_a_volume_whoever_asks() {
 #[tokio::test]
 async fn a_storage_only_token_cannot_make_its_server_a_head() {
     let dir = tempfile::tempdir().unwrap();
-    let m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
+    let m = ManagerProcess::start(MANAGER, dir.path(), &["--chunk-size", "8MiB"]);
     let admin = m.admin();
-    pool(&admin).await;
+    pool_and_volume(&admin).await;
     let storage = m.client(STORAGE_AGENT_TOKEN);
 
     // Before its agent registers, the admin could take s2 for a head; its
@@ -218,9 +196,16 @@ async fn volume_events(admin: &Client) -> Vec<String> {
 #[tokio::test]
 async fn a_graceful_detach_replaces_the_secrets_once_the_head_reports_its_devices_gone() {
     let dir = tempfile::tempdir().unwrap();
-    let m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
+    // No scrubs: a never-scrubbed volume is due at once, and whether a
+    // recovery pass starts its scrub before the detach is a race that would
+    // add `scrub_started` to the event list checked below.
+    let m = ManagerProcess::start(
+        MANAGER,
+        dir.path(),
+        &["--chunk-size", "8MiB", "--scrub-interval", "0"],
+    );
     let admin = m.admin();
-    pool(&admin).await;
+    pool_and_volume(&admin).await;
     let agent = m.client(AGENT_TOKEN);
     admin.attach_volume("v", "s2").await.unwrap();
     let known = names_told(&agent, "s2").await;
@@ -300,9 +285,9 @@ async fn a_graceful_detach_replaces_the_secrets_once_the_head_reports_its_device
 #[tokio::test]
 async fn attaching_again_on_the_releasing_head_keeps_the_attachment() {
     let dir = tempfile::tempdir().unwrap();
-    let m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
+    let m = ManagerProcess::start(MANAGER, dir.path(), &["--chunk-size", "8MiB"]);
     let admin = m.admin();
-    pool(&admin).await;
+    pool_and_volume(&admin).await;
     let agent = m.client(AGENT_TOKEN);
     agent.agent_attach("s2", "v").await.unwrap();
     let known = names_told(&agent, "s2").await;
@@ -323,9 +308,9 @@ async fn attaching_again_on_the_releasing_head_keeps_the_attachment() {
 #[tokio::test]
 async fn a_forced_detach_fences_at_once_from_either_state() {
     let dir = tempfile::tempdir().unwrap();
-    let m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
+    let m = ManagerProcess::start(MANAGER, dir.path(), &["--chunk-size", "8MiB"]);
     let admin = m.admin();
-    pool(&admin).await;
+    pool_and_volume(&admin).await;
     let agent = m.client(AGENT_TOKEN);
     for release_first in [false, true] {
         admin.attach_volume("v", "s2").await.unwrap();
@@ -367,9 +352,9 @@ async fn a_forced_detach_fences_at_once_from_either_state() {
 #[tokio::test]
 async fn an_agent_that_cannot_report_its_devices_releases_at_its_next_heartbeat() {
     let dir = tempfile::tempdir().unwrap();
-    let m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
+    let m = ManagerProcess::start(MANAGER, dir.path(), &["--chunk-size", "8MiB"]);
     let admin = m.admin();
-    pool(&admin).await;
+    pool_and_volume(&admin).await;
     let agent = m.client(AGENT_TOKEN);
     agent.agent_attach("s2", "v").await.unwrap();
     agent.agent_detach("s2", "v").await.unwrap();
@@ -382,4 +367,61 @@ async fn an_agent_that_cannot_report_its_devices_releases_at_its_next_heartbeat(
         .await
         .unwrap();
     assert_eq!(attached_to(&admin).await, None);
+}
+
+/// A head that stops speaking for longer than `--head-grace` loses its
+/// volume to an attach elsewhere (XCP-ng HA restarting the VM on another
+/// host): the legs get new names first (the old head is fenced), then the
+/// volume moves. While the head speaks, the attach is refused.
+#[tokio::test]
+async fn a_silent_head_is_fenced_and_its_volume_taken_over_after_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = ManagerProcess::start(
+        MANAGER,
+        dir.path(),
+        &[
+            "--chunk-size",
+            "8MiB",
+            "--scrub-interval",
+            "0",
+            "--head-grace",
+            "2s",
+        ],
+    );
+    let admin = m.admin();
+    pool_and_volume(&admin).await;
+    let agent = m.client(AGENT_TOKEN);
+    admin.attach_volume("v", "s2").await.unwrap();
+    let known = names_told(&agent, "s2").await;
+    assert_eq!(known.len(), 2);
+
+    // The head speaks: past the grace, its volume stays.
+    let alive = common::agents::KeepAlive::start(agent.clone(), vec!["s2".into()]);
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let (status, code, _) = refusal(agent.agent_attach("s3", "v").await.unwrap_err());
+    assert_eq!((status, code.as_str()), (409, "attached_elsewhere"));
+    let (_, code, _) = refusal(admin.attach_volume("v", "s3").await.unwrap_err());
+    assert_eq!(code, "attached_elsewhere");
+    assert_eq!(names_told(&agent, "s2").await, known, "nothing fenced");
+
+    // Silent past the grace: the attach fences and moves.
+    drop(alive);
+    let detail = common::agents::eventually("the takeover", async || {
+        agent.agent_attach("s3", "v").await.ok()
+    })
+    .await;
+    assert_eq!(detail.volume.attached_to.as_deref(), Some("s3"));
+    assert!(names_told(&agent, "s2").await.is_empty());
+    let mut exported = std::collections::BTreeSet::new();
+    for s in ["s0", "s1", "s3"] {
+        exported.extend(names_told(&agent, s).await);
+    }
+    assert_eq!(exported.len(), 2);
+    assert!(exported.is_disjoint(&known), "the old head is fenced");
+    let kinds = volume_events(&admin).await;
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "volume_taken_over").count(),
+        1,
+        "{kinds:?}"
+    );
 }

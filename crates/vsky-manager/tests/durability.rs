@@ -11,9 +11,9 @@ use vsky_api::types::AttachmentState;
 #[tokio::test]
 async fn kill_9_and_restart_keeps_every_acknowledged_change() {
     let dir = tempfile::tempdir().unwrap();
-    let mut m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
+    let mut m = ManagerProcess::start(MANAGER, dir.path(), &["--chunk-size", "8MiB"]);
     let admin = m.admin();
-    make_pool(&admin, 4, 2, 24, 0).await;
+    register_pool(&admin, &pool(4, 2).chunks(24)).await;
     let mut created = Vec::new();
     for i in 0..6 {
         created.push(
@@ -28,7 +28,7 @@ async fn kill_9_and_restart_keeps_every_acknowledged_change() {
     let summary = admin.cluster().await.unwrap();
     m.kill9();
 
-    let m = ManagerProcess::start(dir.path(), &[]);
+    let m = ManagerProcess::start(MANAGER, dir.path(), &[]);
     let admin = m.admin();
     assert_eq!(
         admin.cluster().await.unwrap(),
@@ -71,8 +71,12 @@ async fn kill_9_and_restart_keeps_every_acknowledged_change() {
 #[test]
 fn chunk_size_is_fixed_once_the_store_exists() {
     let dir = tempfile::tempdir().unwrap();
-    drop(ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vsky-manager"))
+    drop(ManagerProcess::start(
+        MANAGER,
+        dir.path(),
+        &["--chunk-size", "8MiB"],
+    ));
+    let out = std::process::Command::new(MANAGER)
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -99,7 +103,7 @@ fn chunk_size_is_fixed_once_the_store_exists() {
 async fn a_failed_multi_step_request_leaves_nothing_behind() {
     use vsky_api::types::{AgentDisk, CreateDisk, RegisterAgent};
     let dir = tempfile::tempdir().unwrap();
-    let mut m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
+    let mut m = ManagerProcess::start(MANAGER, dir.path(), &["--chunk-size", "8MiB"]);
     let agent = m.client(AGENT_TOKEN);
     let disk = |path: &str| AgentDisk {
         path: path.into(),
@@ -136,6 +140,6 @@ async fn a_failed_multi_step_request_leaves_nothing_behind() {
     );
     let before = admin.cluster().await.unwrap();
     m.kill9();
-    let m = ManagerProcess::start(dir.path(), &[]);
+    let m = ManagerProcess::start(MANAGER, dir.path(), &[]);
     assert_eq!(m.admin().cluster().await.unwrap(), before);
 }

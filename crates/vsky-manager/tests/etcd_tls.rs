@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use common::etcd::*;
 use common::*;
-use vsky_manager::etcd::EtcdConfig;
+use vsky_manager::etcd_client::EtcdConfig;
 use vsky_manager::store::Store;
 use vsky_manager::store::etcd::EtcdStore;
 
@@ -84,7 +84,7 @@ async fn manager_keeps_its_cluster_in_etcd_over_tls_with_a_client_certificate() 
     let mut first = HaManager::start(dir.path(), &url, &first_args);
     wait_role(&first, "leader", Duration::from_secs(20)).await;
     let admin = first.direct();
-    make_pool(&admin, 3, 1, 8, 3).await;
+    register_pool(&admin, &pool(3, 1).chunks(8).racks(3)).await;
     let created = admin
         .create_volume(&volume("over-tls", 14 * MIB))
         .await

@@ -88,6 +88,7 @@ fn get(path: &str) -> Vec<u8> {
 async fn stalled_clients_are_closed_and_long_polls_outlast_the_timeouts() {
     let dir = tempfile::tempdir().unwrap();
     let m = ManagerProcess::start(
+        MANAGER,
         dir.path(),
         &[
             "--chunk-size",
@@ -99,7 +100,7 @@ async fn stalled_clients_are_closed_and_long_polls_outlast_the_timeouts() {
         ],
     );
     let admin = m.admin();
-    make_pool(&admin, 1, 1, 8, 0).await;
+    register_pool(&admin, &pool(1, 1).chunks(8)).await;
     let to = socket_addr(&m.url);
     let stalled_body = format!(
         "POST /api/v1/volumes HTTP/1.1\r\nHost: m\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
@@ -189,6 +190,7 @@ async fn stalled_clients_are_closed_and_long_polls_outlast_the_timeouts() {
 async fn clients_that_read_no_answers_are_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let m = ManagerProcess::start(
+        MANAGER,
         dir.path(),
         &["--body-timeout", "1s", "--header-timeout", "60s"],
     );
@@ -229,6 +231,7 @@ async fn stalled_tls_handshakes_are_closed() {
     let dir = tempfile::tempdir().unwrap();
     let (cert_path, key_path) = self_signed_cert(dir.path());
     let m = ManagerProcess::start(
+        MANAGER,
         dir.path(),
         &[
             "--tls-cert",
@@ -272,6 +275,7 @@ async fn stalled_tls_handshakes_are_closed() {
 async fn connection_caps_refuse_the_excess_and_serve_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let m = ManagerProcess::start(
+        MANAGER,
         dir.path(),
         &[
             "--max-connections-per-source",
@@ -335,6 +339,7 @@ async fn connection_caps_refuse_the_excess_and_serve_the_rest() {
 async fn shutdown_is_graceful_with_slow_clients() {
     let dir = tempfile::tempdir().unwrap();
     let mut m = ManagerProcess::start(
+        MANAGER,
         dir.path(),
         &["--header-timeout", "120s", "--body-timeout", "120s"],
     );
@@ -407,9 +412,9 @@ async fn shutdown_is_graceful_with_slow_clients() {
 async fn request_bodies_must_be_objects() {
     use utoipa::OpenApi;
     let dir = tempfile::tempdir().unwrap();
-    let m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
+    let m = ManagerProcess::start(MANAGER, dir.path(), &["--chunk-size", "8MiB"]);
     let admin = m.admin();
-    make_pool(&admin, 3, 1, 8, 0).await;
+    register_pool(&admin, &pool(3, 1).chunks(8)).await;
     admin.create_volume(&volume("v", 4 * MIB)).await.unwrap();
     let before = admin.list_volumes().await.unwrap();
     let doc = serde_json::to_value(vsky_manager::http::ApiDoc::openapi()).unwrap();
@@ -485,7 +490,7 @@ async fn request_bodies_must_be_objects() {
 #[tokio::test]
 async fn oversized_and_malformed_heads_get_json_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let m = ManagerProcess::start(dir.path(), &[]);
+    let m = ManagerProcess::start(MANAGER, dir.path(), &[]);
     let to = socket_addr(&m.url);
     let long_uri = get(&format!("/api/v1/volumes?x={}", "a".repeat(9 << 10)));
     let huge_header = format!(

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use common::etcd::*;
 use common::*;
 use vsky_api::ClientError;
-use vsky_manager::etcd::EtcdConfig;
+use vsky_manager::etcd_client::EtcdConfig;
 use vsky_manager::store::Store;
 use vsky_manager::store::etcd::EtcdStore;
 use vsky_model::{Cluster, Records};
@@ -121,7 +121,7 @@ async fn kill_9_of_the_leader_during_creates_loses_and_duplicates_nothing() {
         "the first manager leads"
     );
     let client = client_of(&[&first, &second]);
-    make_pool(&client, 6, 2, 60, 3).await;
+    register_pool(&client, &pool(6, 2).chunks(60).racks(3)).await;
 
     let acked: Arc<Mutex<BTreeMap<String, vsky_api::types::VolumeDetail>>> = Arc::default();
     let ambiguous: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -232,7 +232,7 @@ async fn a_paused_leader_is_fenced_and_becomes_a_standby() {
     let new = HaManager::start(dir.path(), &url, &[]);
     assert_eq!(leader_of(&[&old, &new]).await, 0);
     let client = client_of(&[&old, &new]);
-    make_pool(&client, 4, 2, 30, 0).await;
+    register_pool(&client, &pool(4, 2).chunks(30)).await;
     client
         .create_volume(&volume("before", 7 * MIB))
         .await
@@ -333,7 +333,7 @@ async fn a_rebuild_in_progress_survives_kill_9_of_the_leader() {
     let lead = leader_of(&[&managers[0], &managers[1]]).await;
     let admin = client_of(&[&managers[0], &managers[1]]);
     let agent = agent_client_of(&[&managers[0], &managers[1]]);
-    make_pool(&admin, 4, 1, 16, 0).await;
+    register_pool(&admin, &pool(4, 1)).await;
     let alive = ["s0", "s1", "s2"];
     let _alive = KeepAlive::start(agent.clone(), alive.map(String::from).to_vec());
     let mut req = volume("v", 4 * 7 * MIB);
@@ -610,7 +610,7 @@ async fn a_rebuild_in_progress_survives_kill_9_of_the_leader() {
 /// no longer the stored one fails too (the revision guard).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_are_fenced_by_lease_and_revision() {
-    use vsky_manager::etcd::Op;
+    use vsky_manager::etcd_client::Op;
     use vsky_manager::leader::Election;
     use vsky_manager::store::StoreError;
     use vsky_model::{NewDisk, NewServer, Settings};
@@ -721,7 +721,7 @@ async fn etcd_member_loss_and_quorum_loss() {
     let b = HaManager::start(dir.path(), &url, &[]);
     leader_of(&[&a, &b]).await;
     let client = client_of(&[&a, &b]);
-    make_pool(&client, 4, 2, 30, 0).await;
+    register_pool(&client, &pool(4, 2).chunks(30)).await;
     let mut acked = vec![client.create_volume(&volume("v0", 7 * MIB)).await.unwrap()];
 
     // One member down: the managers use the others.
@@ -795,9 +795,9 @@ async fn migrate_redb_to_etcd_and_back() {
     let etcd = EtcdCluster::start(etcd_bin, 3);
     let url = etcd.store_url("migrated");
     let dir = tempfile::tempdir().unwrap();
-    let m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
+    let m = ManagerProcess::start(MANAGER, dir.path(), &["--chunk-size", "8MiB"]);
     let admin = m.admin();
-    make_pool(&admin, 4, 2, 30, 2).await;
+    register_pool(&admin, &pool(4, 2).chunks(30).racks(2)).await;
     for i in 0..5 {
         admin
             .create_volume(&volume(&format!("v{i}"), (i + 1) * 7 * MIB))
@@ -811,7 +811,7 @@ async fn migrate_redb_to_etcd_and_back() {
     drop(m);
 
     let migrate = |from: &str, to: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_vsky-manager"))
+        std::process::Command::new(MANAGER)
             .args(["migrate", "--from", from, "--to", to])
             .output()
             .unwrap()
@@ -865,7 +865,7 @@ async fn migrate_redb_to_etcd_and_back() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let m = ManagerProcess::start(back.path(), &[]);
+    let m = ManagerProcess::start(MANAGER, back.path(), &[]);
     assert_eq!(m.admin().cluster().await.unwrap(), summary);
     assert_eq!(m.admin().list_volumes().await.unwrap(), volumes);
     assert_chunks_unique(&records_in_etcd(&url));
@@ -878,7 +878,7 @@ fn bad_store_options_are_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     write_tokens(dir.path());
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vsky-manager"))
+        let out = std::process::Command::new(MANAGER)
             .arg("--token-file")
             .arg(dir.path().join("admin.token"))
             .args(args)

@@ -41,25 +41,25 @@ async fn an_old_store_gets_a_cluster_id_once_and_keeps_it() {
             .unwrap();
         assert_eq!(store.load().unwrap().unwrap().settings.cluster_id, "");
     }
-    let mut m = ManagerProcess::start(dir.path(), &[]);
+    let mut m = ManagerProcess::start(MANAGER, dir.path(), &[]);
     let id = m.admin().cluster().await.unwrap().cluster_id;
     assert_eq!(id.len(), 32, "{id}");
     assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
     m.kill9();
-    let mut m = ManagerProcess::start(dir.path(), &[]);
+    let mut m = ManagerProcess::start(MANAGER, dir.path(), &[]);
     assert_eq!(m.admin().cluster().await.unwrap().cluster_id, id);
     m.kill9();
 
     // A new store is a new cluster.
     let other = tempfile::tempdir().unwrap();
-    let m = ManagerProcess::start(other.path(), &[]);
+    let m = ManagerProcess::start(MANAGER, other.path(), &[]);
     assert_ne!(m.admin().cluster().await.unwrap().cluster_id, id);
 }
 
 #[tokio::test]
 async fn a_registration_serves_the_good_disks_and_refuses_the_others() {
     let dir = tempfile::tempdir().unwrap();
-    let m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
+    let m = ManagerProcess::start(MANAGER, dir.path(), &["--chunk-size", "8MiB"]);
     let admin = m.admin();
     let agent = m.client(AGENT_TOKEN);
     let cluster_id = admin.cluster().await.unwrap().cluster_id;

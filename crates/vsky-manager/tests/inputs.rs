@@ -169,11 +169,11 @@ async fn state(http: &reqwest::Client, url: &str) -> Value {
 fn arbitrary_input_gets_a_4xx_and_changes_nothing() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
+    let m = ManagerProcess::start(MANAGER, dir.path(), &["--chunk-size", "8MiB"]);
     let http = reqwest::Client::new();
     rt.block_on(async {
         let admin = m.admin();
-        make_pool(&admin, 3, 1, 16, 0).await;
+        register_pool(&admin, &pool(3, 1)).await;
         admin.create_volume(&volume("v0", 4 * MIB)).await.unwrap();
     });
     // Regression (#16 item 7): an over-long server name with a multi-byte

@@ -72,9 +72,9 @@ async fn finish_running_moves(admin: &Client, agent: &Client) {
 #[tokio::test]
 async fn draining_a_disk_moves_every_leg_away_and_lets_it_go() {
     let dir = tempfile::tempdir().unwrap();
-    let m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
+    let m = ManagerProcess::start(MANAGER, dir.path(), &["--chunk-size", "8MiB"]);
     let (admin, agent) = (m.admin(), m.client(AGENT_TOKEN));
-    make_pool(&admin, 4, 1, 16, 0).await;
+    register_pool(&admin, &pool(4, 1)).await;
     let _alive = KeepAlive::start(agent.clone(), (0..4).map(|s| format!("s{s}")).collect());
     create_volume(&admin, "v", 4).await;
     let disk = disks_of(&admin, "s0").await.remove(0);
@@ -165,9 +165,9 @@ async fn draining_a_disk_moves_every_leg_away_and_lets_it_go() {
 #[tokio::test]
 async fn draining_a_server_drains_its_disks_until_stopped() {
     let dir = tempfile::tempdir().unwrap();
-    let m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
+    let m = ManagerProcess::start(MANAGER, dir.path(), &["--chunk-size", "8MiB"]);
     let admin = m.admin();
-    make_pool(&admin, 4, 2, 16, 0).await;
+    register_pool(&admin, &pool(4, 2)).await;
     create_volume(&admin, "v", 4).await;
     let before = admin.server("s0").await.unwrap();
     assert!(before.legs > 0 && !before.draining);
@@ -226,9 +226,9 @@ async fn draining_a_server_drains_its_disks_until_stopped() {
 #[tokio::test]
 async fn drain_and_rebalance_refuse_bad_requests_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
+    let m = ManagerProcess::start(MANAGER, dir.path(), &["--chunk-size", "8MiB"]);
     let admin = m.admin();
-    make_pool(&admin, 3, 1, 10, 0).await;
+    register_pool(&admin, &pool(3, 1).chunks(10)).await;
     let failed_disk = disks_of(&admin, "s2").await.remove(0);
     admin.fail_disk(failed_disk.id).await.unwrap();
     admin.fail_server("s1").await.unwrap();
@@ -429,29 +429,6 @@ async fn drain_and_rebalance_refuse_bad_requests_clearly() {
     );
 }
 
-/// Servers `sN` for N in `range`, each with one empty disk of 16 chunks.
-async fn add_empty_servers(admin: &Client, range: std::ops::Range<u32>) {
-    for s in range {
-        admin
-            .create_server(&CreateServer {
-                name: format!("s{s}"),
-                address: format!("127.0.0.1:{}", 20000 + s),
-                labels: Default::default(),
-            })
-            .await
-            .unwrap();
-        admin
-            .create_disk(&CreateDisk {
-                server: format!("s{s}"),
-                path: "/dev/vdb".into(),
-                size_bytes: MIB + 16 * CHUNK,
-                class: None,
-            })
-            .await
-            .unwrap();
-    }
-}
-
 /// With `--auto-rebalance`, the recovery loop moves legs onto servers that
 /// join, keeping at most `--auto-rebalance-moves` moves in flight and
 /// topping the window up as the executors finish them.
@@ -459,6 +436,7 @@ async fn add_empty_servers(admin: &Client, range: std::ops::Range<u32>) {
 async fn the_background_policy_keeps_a_window_of_moves_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let m = ManagerProcess::start(
+        MANAGER,
         dir.path(),
         &[
             "--chunk-size",
@@ -470,9 +448,12 @@ async fn the_background_policy_keeps_a_window_of_moves_in_flight() {
         ],
     );
     let (admin, agent) = (m.admin(), m.client(AGENT_TOKEN));
-    make_pool(&admin, 3, 1, 16, 0).await;
+    let spec = pool(3, 1);
+    register_pool(&admin, &spec).await;
     create_volume(&admin, "v", 12).await;
-    add_empty_servers(&admin, 3..6).await;
+    for s in 3..6 {
+        register_server(&admin, &spec, s, 1).await;
+    }
     let _alive = KeepAlive::start(agent.clone(), (0..6).map(|s| format!("s{s}")).collect());
     // Rebalance moves, active only or all (done ones too).
     let rebalancing = async |all: bool| -> Vec<Rebuild> {
@@ -520,16 +501,19 @@ async fn the_background_policy_keeps_a_window_of_moves_in_flight() {
 #[tokio::test]
 async fn rebalance_moves_legs_to_new_disks_within_the_bound() {
     let dir = tempfile::tempdir().unwrap();
-    let m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
+    let m = ManagerProcess::start(MANAGER, dir.path(), &["--chunk-size", "8MiB"]);
     let admin = m.admin();
-    make_pool(&admin, 3, 1, 16, 0).await;
+    let spec = pool(3, 1);
+    register_pool(&admin, &spec).await;
     create_volume(&admin, "v", 12).await;
     // 24 legs on 3 disks of 16 chunks: evenly half full.
     let balanced = admin.rebalance(&RebalanceRequest::default()).await.unwrap();
     assert!(balanced.moves.is_empty(), "{balanced:?}");
     assert_eq!(balanced.fill_spread_before, 0.0);
 
-    add_empty_servers(&admin, 3..6).await;
+    for s in 3..6 {
+        register_server(&admin, &spec, s, 1).await;
+    }
     let old: BTreeSet<String> = (0..3).map(|s| format!("s{s}")).collect();
     let new: BTreeSet<String> = (3..6).map(|s| format!("s{s}")).collect();
 

@@ -55,11 +55,12 @@ async fn running_rebuild(admin: &Client, what: &str) -> vsky_api::types::Rebuild
 async fn manager_with_volume(grace: &str, size: u64) -> (tempfile::TempDir, ManagerProcess) {
     let dir = tempfile::tempdir().unwrap();
     let m = ManagerProcess::start(
+        MANAGER,
         dir.path(),
         &["--chunk-size", "8MiB", "--server-grace", grace],
     );
     let admin = m.admin();
-    make_pool(&admin, 4, 1, 16, 0).await;
+    register_pool(&admin, &pool(4, 1)).await;
     let mut req = volume("v", size);
     req.replicas = Some(2);
     admin.create_volume(&req).await.unwrap();
@@ -273,7 +274,7 @@ async fn reported_legs_are_held_brought_back_once_then_replaced() {
 #[tokio::test]
 async fn bad_event_and_rebuild_queries_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let m = ManagerProcess::start(dir.path(), &[]);
+    let m = ManagerProcess::start(MANAGER, dir.path(), &[]);
     let http = reqwest::Client::new();
     for query in [
         "events?limit=0",
@@ -312,11 +313,12 @@ async fn bad_event_and_rebuild_queries_are_refused() {
 async fn an_attached_volumes_head_checks_its_mirrors_when_the_manager_asks() {
     let dir = tempfile::tempdir().unwrap();
     let m = ManagerProcess::start(
+        MANAGER,
         dir.path(),
         &["--chunk-size", "8MiB", "--scrub-interval", "1s"],
     );
     let (admin, agent) = (m.admin(), m.client(AGENT_TOKEN));
-    make_pool(&admin, 4, 1, 16, 0).await;
+    register_pool(&admin, &pool(4, 1)).await;
     let mut req = volume("v", 2 * 7 * MIB);
     req.replicas = Some(2);
     admin.create_volume(&req).await.unwrap();
@@ -439,9 +441,9 @@ async fn rebuild(admin: &Client, id: u64) -> vsky_api::types::Rebuild {
 #[tokio::test]
 async fn a_copy_whose_source_cannot_be_read_starts_again_from_another_leg() {
     let dir = tempfile::tempdir().unwrap();
-    let m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
+    let m = ManagerProcess::start(MANAGER, dir.path(), &["--chunk-size", "8MiB"]);
     let (admin, agent) = (m.admin(), m.client(AGENT_TOKEN));
-    make_pool(&admin, 5, 1, 16, 0).await;
+    register_pool(&admin, &pool(5, 1)).await;
     let mut req = volume("v", 7 * MIB);
     req.replicas = Some(3);
     let v = admin.create_volume(&req).await.unwrap();

@@ -28,7 +28,7 @@ async fn status_and_body(resp: reqwest::Response) -> (u16, Value) {
 #[tokio::test]
 async fn authentication_is_enforced() {
     let dir = tempfile::tempdir().unwrap();
-    let m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
+    let m = ManagerProcess::start(MANAGER, dir.path(), &["--chunk-size", "8MiB"]);
     let http = raw();
     for path in [
         "/api/v1/cluster",
@@ -96,6 +96,7 @@ async fn metrics_tokens_only_read_metrics() {
     std::fs::write(dir.path().join("metrics.token"), format!("{SCRAPER}\n")).unwrap();
     let metrics_file = dir.path().join("metrics.token");
     let m = ManagerProcess::start(
+        MANAGER,
         dir.path(),
         &[
             "--chunk-size",
@@ -132,9 +133,9 @@ async fn metrics_tokens_only_read_metrics() {
 #[tokio::test]
 async fn bad_input_gets_clear_errors_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
+    let m = ManagerProcess::start(MANAGER, dir.path(), &["--chunk-size", "8MiB"]);
     let admin = m.admin();
-    make_pool(&admin, 3, 1, 10, 0).await;
+    register_pool(&admin, &pool(3, 1).chunks(10)).await;
     let before = admin.cluster().await.unwrap();
     // A fresh client per request: the manager answers an oversized body
     // before reading it and closes that connection, which a pooled client
@@ -296,7 +297,7 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
         ),
         (
             "/api/v1/disks",
-            json!({"server": "s0", "path": "/dev/vdb", "size_bytes": 1u64 << 30}).to_string(),
+            json!({"server": "s0", "path": disk_path(0), "size_bytes": 1u64 << 30}).to_string(),
             json_ct,
             409,
             "already_exists",
@@ -367,9 +368,9 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
 #[tokio::test]
 async fn volume_lifecycle() {
     let dir = tempfile::tempdir().unwrap();
-    let m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
+    let m = ManagerProcess::start(MANAGER, dir.path(), &["--chunk-size", "8MiB"]);
     let admin = m.admin();
-    make_pool(&admin, 4, 2, 16, 2).await;
+    register_pool(&admin, &pool(4, 2).racks(2)).await;
     let s = admin.cluster().await.unwrap();
     assert_eq!(
         (s.servers, s.disks, s.capacity_bytes),
@@ -573,9 +574,9 @@ async fn futures_count(m: &ManagerProcess, servers: usize) -> usize {
 #[tokio::test]
 async fn desired_state_long_poll_wakes_on_change() {
     let dir = tempfile::tempdir().unwrap();
-    let m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
+    let m = ManagerProcess::start(MANAGER, dir.path(), &["--chunk-size", "8MiB"]);
     let admin = m.admin();
-    make_pool(&admin, 3, 1, 8, 0).await;
+    register_pool(&admin, &pool(3, 1).chunks(8)).await;
     let agent = m.client(AGENT_TOKEN);
     let first = agent
         .desired_state("s0", None, Duration::ZERO)
@@ -608,6 +609,7 @@ async fn tls_with_ca_file() {
     let dir = tempfile::tempdir().unwrap();
     let (cert_path, key_path) = self_signed_cert(dir.path());
     let m = ManagerProcess::start(
+        MANAGER,
         dir.path(),
         &[
             "--tls-cert",
@@ -651,9 +653,9 @@ async fn tls_with_ca_file() {
 #[tokio::test]
 async fn metrics_and_openapi() {
     let dir = tempfile::tempdir().unwrap();
-    let m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
+    let m = ManagerProcess::start(MANAGER, dir.path(), &["--chunk-size", "8MiB"]);
     let admin = m.admin();
-    make_pool(&admin, 3, 1, 8, 0).await;
+    register_pool(&admin, &pool(3, 1).chunks(8)).await;
     admin.create_volume(&volume("v", 10 * MIB)).await.unwrap();
     let text = raw()
         .get(format!("{}/metrics", m.url))
@@ -707,9 +709,9 @@ async fn metrics_and_openapi() {
 #[tokio::test]
 async fn groups_and_volume_metadata() {
     let dir = tempfile::tempdir().unwrap();
-    let m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
+    let m = ManagerProcess::start(MANAGER, dir.path(), &["--chunk-size", "8MiB"]);
     let admin = m.admin();
-    make_pool(&admin, 3, 1, 8, 0).await;
+    register_pool(&admin, &pool(3, 1).chunks(8)).await;
     let sr = CreateGroup {
         name: "sr-1".into(),
         uuid: Some("0d6c5e1e-4b0f-4a39-9a3e-2f6f0c1d2e3f".into()),
@@ -804,10 +806,10 @@ async fn groups_and_volume_metadata() {
 #[tokio::test]
 async fn wipe_reports_free_only_the_current_release() {
     let dir = tempfile::tempdir().unwrap();
-    let m = ManagerProcess::start(dir.path(), &["--chunk-size", "8MiB"]);
+    let m = ManagerProcess::start(MANAGER, dir.path(), &["--chunk-size", "8MiB"]);
     let admin = m.admin();
     let agent = m.client(AGENT_TOKEN);
-    make_pool(&admin, 2, 1, 1, 0).await;
+    register_pool(&admin, &pool(2, 1).chunks(1)).await;
     let report = |server: &str, wiped: Vec<WipedChunk>, unnumbered: Vec<ChunkId>| Heartbeat {
         server: server.into(),
         wiped,

@@ -5,10 +5,10 @@
 //! table for docs/benchmarks.md). A benchmark, not a test: it asserts
 //! nothing about time.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use vsky_model::*;
+use vsky_testkit::pool::PoolSpec;
 
 const GIB: u64 = 1 << 30;
 
@@ -16,28 +16,11 @@ const GIB: u64 = 1 << 30;
 /// pools), servers over 8 racks.
 fn pool(disks: usize) -> Cluster {
     let per_server = if disks >= 100 { 10 } else { 2 };
-    let mut c = Cluster::new(Settings::default()).unwrap();
-    for s in 0..disks / per_server {
-        let mut labels = BTreeMap::new();
-        labels.insert("rack".to_string(), format!("r{}", s % 8));
-        let name = format!("s{s}");
-        c.add_server(NewServer {
-            name: name.clone(),
-            address: format!("10.{}.{}.{}:10809", s >> 16, (s >> 8) & 255, s & 255),
-            labels,
-        })
-        .unwrap();
-        for d in 0..per_server {
-            c.add_disk(NewDisk {
-                server: name.clone(),
-                path: format!("/dev/disk{d}"),
-                size_bytes: (1 << 20) + 1000 * GIB,
-                class: None,
-            })
-            .unwrap();
-        }
-    }
-    c
+    PoolSpec::new(disks / per_server, per_server)
+        .chunk_bytes(GIB)
+        .chunks(1000)
+        .racks(8)
+        .build()
 }
 
 fn volume(name: &str, mirrored: u64) -> NewVolume {

@@ -18,7 +18,10 @@
 //!   storage agents compare detached ones) under the same per-disk limit;
 //!   `cluster::access` says who may reach a volume's legs (storage-only
 //!   servers head nothing, and an ended attachment's leg secrets are
-//!   replaced).
+//!   replaced); `cluster::heartbeat` applies an agent's heartbeat (who may
+//!   report what, which reports are stale), and `cluster::pass` is the
+//!   recovery loop's planning pass, which the manager and `vsky-sim` both
+//!   run.
 //! - [`alloc`]: the allocation index that picks disks for legs.
 //! - [`freelist`]: the compact per-disk set of free chunk indexes.
 //! - [`agent_view`]: what one server's agent must do (desired state).
@@ -34,12 +37,17 @@ pub mod ids;
 pub mod limits;
 
 pub use cluster::executor::Executor;
+pub use cluster::heartbeat::{
+    AgentReport, DroppedReport, FinishedScrub, HeartbeatEvent, HeartbeatOutcome, LegFailure,
+    ResyncStatus, ResyncUpdate, ScrubResult, ScrubVerdict,
+};
 pub use cluster::identity::{DiskLabel, DiskVerdict, FoundLabel, ReportedDisk};
 pub use cluster::moves::{AutoRebalance, DrainProgress, PlannedMove};
+pub use cluster::pass::{Drained, PassConfig, PassOutcome, ScrubClock, SilentServer};
 pub use cluster::recovery::{JobKind, JobState, MoveReason, ResyncJob};
 pub use cluster::scrub::{ScrubMethod, ScrubRun, StartedScrub};
 pub use cluster::{
-    Changes, Cluster, GroupUpdate, NewDisk, NewServer, NewVolume, Records, Summary,
+    Changes, Cluster, GroupUpdate, LegAddr, NewDisk, NewServer, NewVolume, Records, Summary,
     VolumeMetaUpdate, WipedChunk,
 };
 pub use entities::*;

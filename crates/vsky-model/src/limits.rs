@@ -58,6 +58,11 @@ pub const DISK_LABEL_BYTES: usize = 4096;
 /// Names of assembled volumes one heartbeat may list (a head's volumes;
 /// far more than one host runs).
 pub const HEARTBEAT_ASSEMBLED_MAX: usize = 1 << 16;
+/// The shortest `--head-grace` the manager takes: with none, any attach
+/// elsewhere would take a volume over from a head that is alive. Admins
+/// should keep it above three of the agents' heartbeat intervals (5 s by
+/// default); tests use a few seconds with 1 s heartbeats.
+pub const HEAD_GRACE_SECONDS_MIN: u64 = 2;
 /// REST requests: the longest URI (path and query) the manager takes;
 /// longer ones are answered 414. Every valid request is far shorter.
 pub const HTTP_URI_BYTES_MAX: usize = 8 << 10;

@@ -9,15 +9,10 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{CHUNK, MIB};
 use proptest::prelude::*;
 use vsky_model::agent_view::AgentView;
 use vsky_model::*;
-
-/// `servers` servers of one disk each.
-fn pool(servers: usize) -> Cluster {
-    common::pool(servers, 1)
-}
+use vsky_testkit::pool::{CHUNK, MIB, PoolSpec};
 
 fn id(c: &Cluster, server: &str) -> ServerId {
     c.server_by_name(server).unwrap().id
@@ -74,7 +69,7 @@ fn set(names: Vec<String>) -> BTreeSet<String> {
 
 #[test]
 fn a_graceful_detach_rotates_the_names_only_once_the_head_reports_its_devices_gone() {
-    let mut c = pool(4);
+    let mut c = PoolSpec::new(4, 1).build();
     let mut secrets = CountingSecrets::default();
     common::volume(&mut c, "v", 3, 2, &mut secrets);
     c.attach_volume("v", "s3").unwrap();
@@ -159,7 +154,7 @@ fn a_graceful_detach_rotates_the_names_only_once_the_head_reports_its_devices_go
 
 #[test]
 fn no_other_server_attaches_while_a_release_is_under_way() {
-    let mut c = pool(4);
+    let mut c = PoolSpec::new(4, 1).build();
     let mut secrets = CountingSecrets::default();
     common::volume(&mut c, "v", 1, 2, &mut secrets);
     c.attach_volume("v", "s3").unwrap();
@@ -188,7 +183,7 @@ fn no_other_server_attaches_while_a_release_is_under_way() {
 
 #[test]
 fn attaching_again_on_the_releasing_head_takes_the_attachment_back() {
-    let mut c = pool(4);
+    let mut c = PoolSpec::new(4, 1).build();
     let mut secrets = CountingSecrets::default();
     common::volume(&mut c, "v", 1, 2, &mut secrets);
     c.attach_volume("v", "s3").unwrap();
@@ -214,7 +209,7 @@ fn attaching_again_on_the_releasing_head_takes_the_attachment_back() {
 #[test]
 fn a_forced_detach_ends_the_attachment_at_once_from_either_state() {
     for release_first in [false, true] {
-        let mut c = pool(4);
+        let mut c = PoolSpec::new(4, 1).build();
         let mut secrets = CountingSecrets::default();
         common::volume(&mut c, "v", 1, 2, &mut secrets);
         c.attach_volume("v", "s3").unwrap();
@@ -240,10 +235,77 @@ fn a_forced_detach_ends_the_attachment_at_once_from_either_state() {
 }
 
 #[test]
+fn a_gone_head_is_fenced_and_replaced_by_an_attach_elsewhere() {
+    for release_first in [false, true] {
+        let mut c = PoolSpec::new(4, 1).build();
+        let mut secrets = CountingSecrets::default();
+        common::volume(&mut c, "v", 1, 2, &mut secrets);
+        c.attach_volume("v", "s3").unwrap();
+        let (s2, s3) = (id(&c, "s2"), id(&c, "s3"));
+        if release_first {
+            // The head died in the middle of its deactivate.
+            c.release_volume("v").unwrap();
+        }
+        let old = set(leg_names(&c, "v"));
+        // While the head is alive, it keeps the volume.
+        let refused = c
+            .attach_volume_taking_over("v", "s2", &|_| false, &mut secrets)
+            .unwrap_err();
+        let want = if release_first {
+            "releasing_elsewhere"
+        } else {
+            "attached_elsewhere"
+        };
+        assert_eq!(refused.code(), want);
+        assert_eq!(set(leg_names(&c, "v")), old);
+        // A storage-only target is refused before anything is fenced.
+        c.set_storage_only(id(&c, "s1"), true).unwrap();
+        let refused = c
+            .attach_volume_taking_over("v", "s1", &|h| h == s3, &mut secrets)
+            .unwrap_err();
+        assert_eq!(refused.code(), "storage_only");
+        assert_eq!(set(leg_names(&c, "v")), old, "nothing fenced");
+        // Gone: fenced and moved in one change.
+        let (from, changes) = c
+            .attach_volume_taking_over("v", "s2", &|h| h == s3, &mut secrets)
+            .unwrap();
+        assert_eq!(from.as_deref(), Some("s3"));
+        assert!(!changes.is_empty());
+        let a = c.volume_by_name("v").unwrap().attachment.clone().unwrap();
+        assert_eq!((a.head, a.state), (s2, AttachmentState::Attached));
+        assert!(set(leg_names(&c, "v")).is_disjoint(&old), "fenced");
+        assert!(c.agent_view(s3).volumes.is_empty());
+        assert!(names_in(&c.agent_view(s2)).is_disjoint(&old));
+        // Idempotent on the new head: no second fence.
+        let names = leg_names(&c, "v");
+        let (from, _) = c
+            .attach_volume_taking_over("v", "s2", &|_| true, &mut secrets)
+            .unwrap();
+        assert_eq!(from, None);
+        assert_eq!(leg_names(&c, "v"), names);
+        c.check_invariants().unwrap();
+    }
+}
+
+#[test]
+fn a_head_declared_failed_is_taken_over_whatever_the_clock_says() {
+    let mut c = PoolSpec::new(4, 1).build();
+    let mut secrets = CountingSecrets::default();
+    common::volume(&mut c, "v", 1, 2, &mut secrets);
+    c.attach_volume("v", "s3").unwrap();
+    c.fail_server("s3").unwrap();
+    let (from, _) = c
+        .attach_volume_taking_over("v", "s2", &|_| false, &mut secrets)
+        .unwrap();
+    assert_eq!(from.as_deref(), Some("s3"));
+    c.check_invariants().unwrap();
+}
+
+#[test]
 fn an_agent_that_cannot_report_its_devices_releases_at_once() {
     // An agent from before two-phase detach sends no list: its releasing
     // attachments end at its next heartbeat, as its detaches did before.
-    let mut c = pool(4);
+    let mut c = PoolSpec::new(4, 1).build();
     let mut secrets = CountingSecrets::default();
     common::volume(&mut c, "v", 1, 2, &mut secrets);
     common::volume(&mut c, "w", 1, 2, &mut secrets);
@@ -279,7 +341,7 @@ fn an_attachment_stored_before_two_phase_detach_loads_as_attached() {
 
 #[test]
 fn no_resync_or_scrub_of_a_releasing_volume_starts() {
-    let mut c = pool(4);
+    let mut c = PoolSpec::new(4, 1).build();
     let mut secrets = CountingSecrets::default();
     common::volume(&mut c, "v", 1, 2, &mut secrets);
     c.attach_volume("v", "s3").unwrap();
@@ -318,7 +380,7 @@ fn no_resync_or_scrub_of_a_releasing_volume_starts() {
 
     // A healthy releasing volume is not scrubbed either (by its head or by
     // a comparison).
-    let mut c = pool(4);
+    let mut c = PoolSpec::new(4, 1).build();
     common::volume(&mut c, "w", 1, 2, &mut secrets);
     c.attach_volume("w", "s3").unwrap();
     assert_eq!(
@@ -335,7 +397,7 @@ fn no_resync_or_scrub_of_a_releasing_volume_starts() {
 
 #[test]
 fn a_storage_only_server_cannot_head_a_volume() {
-    let mut c = pool(4);
+    let mut c = PoolSpec::new(4, 1).build();
     let mut secrets = CountingSecrets::default();
     common::volume(&mut c, "v", 1, 2, &mut secrets);
     let s3 = id(&c, "s3");
@@ -364,7 +426,7 @@ fn a_storage_only_server_cannot_head_a_volume() {
 
 #[test]
 fn a_storage_only_server_is_told_only_its_own_legs_names() {
-    let mut c = pool(4);
+    let mut c = PoolSpec::new(4, 1).build();
     let mut secrets = CountingSecrets::default();
     common::volume(&mut c, "v", 4, 2, &mut secrets);
     common::volume(&mut c, "w", 4, 3, &mut secrets);
@@ -382,7 +444,7 @@ fn a_storage_only_server_is_told_only_its_own_legs_names() {
 
 #[test]
 fn a_head_is_told_the_names_of_the_legs_it_imports_only() {
-    let mut c = pool(5);
+    let mut c = PoolSpec::new(5, 1).build();
     let mut secrets = CountingSecrets::default();
     c.create_volume(
         NewVolume {
@@ -435,7 +497,7 @@ fn a_head_is_told_the_names_of_the_legs_it_imports_only() {
 
 #[test]
 fn a_scrub_names_only_the_legs_its_executor_reads_over_nbd() {
-    let mut c = pool(4);
+    let mut c = PoolSpec::new(4, 1).build();
     let mut secrets = CountingSecrets::default();
     common::volume(&mut c, "v", 1, 3, &mut secrets);
     // A detached volume: its first leg's server compares the legs, its own
@@ -538,6 +600,13 @@ enum Op {
         unknown: bool,
     },
     ForceDetach(usize),
+    /// An attach elsewhere while the manager's clock says the old head is
+    /// (or is not) gone.
+    TakeOver {
+        volume: usize,
+        server: usize,
+        gone: bool,
+    },
     Delete(usize),
     FailDisk(usize),
     Recover,
@@ -556,6 +625,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0usize..6, any::<bool>(), prop::bool::weighted(0.1))
             .prop_map(|(server, keep, unknown)| Op::Report { server, keep, unknown }),
         1 => (0usize..8).prop_map(Op::ForceDetach),
+        2 => (0usize..8, 0usize..6, any::<bool>())
+            .prop_map(|(volume, server, gone)| Op::TakeOver { volume, server, gone }),
         1 => (0usize..8).prop_map(Op::Delete),
         1 => (0usize..12).prop_map(Op::FailDisk),
         2 => Just(Op::Recover),
@@ -575,7 +646,7 @@ proptest! {
     /// releasing volume (`check_invariants`).
     #[test]
     fn a_server_is_told_only_the_secrets_it_needs(ops in proptest::collection::vec(op(), 1..40)) {
-        let mut c = common::pool(6, 2);
+        let mut c = PoolSpec::new(6, 2).build();
         let mut secrets = CountingSecrets::default();
         let mut created = 0;
         let mut now = 0;
@@ -688,6 +759,54 @@ proptest! {
                             }
                         } else {
                             prop_assert_eq!(new, old);
+                        }
+                    }
+                }
+                Op::TakeOver { volume, server, gone } => {
+                    if let Some(v) = pick(volume) {
+                        let server = format!("s{server}");
+                        let new_id = id(&c, &server);
+                        let before = c.volume_by_name(&v).unwrap().attachment.clone();
+                        let old: BTreeSet<String> = leg_names(&c, &v).into_iter().collect();
+                        let r = c.attach_volume_taking_over(&v, &server, &|_| gone, &mut secrets);
+                        let after = c.volume_by_name(&v).unwrap().attachment.clone();
+                        let new: BTreeSet<String> = leg_names(&c, &v).into_iter().collect();
+                        match &r {
+                            Ok((Some(from), _)) => {
+                                // Only from another head that is gone, and
+                                // only through a fence.
+                                let a = before.as_ref().expect("there was an attachment");
+                                prop_assert_ne!(a.head, new_id);
+                                let head = c.server(a.head).unwrap();
+                                prop_assert_eq!(&head.name, from);
+                                prop_assert!(gone || head.state == ServerState::Failed);
+                                prop_assert!(new.is_disjoint(&old), "a takeover without a fence");
+                                prop_assert_eq!(after.as_ref().map(|a| (a.head, a.state)), Some((new_id, AttachmentState::Attached)));
+                            }
+                            Ok((None, _)) => {
+                                // A plain attach: nothing fenced.
+                                prop_assert_eq!(&new, &old);
+                                prop_assert_eq!(after.as_ref().map(|a| a.head), Some(new_id));
+                                if let Some(a) = &before {
+                                    prop_assert_eq!(a.head, new_id);
+                                }
+                            }
+                            Err(_) => {
+                                // A refusal changes nothing.
+                                prop_assert_eq!(&after, &before);
+                                prop_assert_eq!(&new, &old);
+                                if let Some(a) = &before
+                                    && a.head != new_id
+                                    && gone
+                                {
+                                    // Refused only for the new head's sake.
+                                    let code = r.as_ref().map_err(|e| e.code()).err();
+                                    prop_assert!(
+                                        matches!(code, Some("storage_only") | Some("conflict")),
+                                        "a gone head kept the volume: {:?}", code
+                                    );
+                                }
+                            }
                         }
                     }
                 }

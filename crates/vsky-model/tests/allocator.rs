@@ -5,38 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use vsky_model::*;
-
-const MIB: u64 = 1 << 20;
-const CHUNK: u64 = 4 * MIB;
-
-/// A pool of `servers` × `disks` equal disks of `chunks` chunks each; with
-/// `racks > 0` servers are spread round-robin over that many racks.
-fn pool(servers: usize, disks: usize, chunks: u64, racks: usize) -> Cluster {
-    let mut c = Cluster::new(Settings::new(CHUNK)).unwrap();
-    for s in 0..servers {
-        let mut labels = BTreeMap::new();
-        if racks > 0 {
-            labels.insert("rack".to_string(), format!("r{}", s % racks));
-        }
-        let name = format!("s{s}");
-        c.add_server(NewServer {
-            name: name.clone(),
-            address: format!("10.0.0.{s}:10809"),
-            labels,
-        })
-        .unwrap();
-        for d in 0..disks {
-            c.add_disk(NewDisk {
-                server: name.clone(),
-                path: format!("/dev/vd{d}"),
-                size_bytes: MIB + chunks * CHUNK,
-                class: None,
-            })
-            .unwrap();
-        }
-    }
-    c
-}
+use vsky_testkit::pool::{CHUNK, MIB, PoolSpec};
 
 fn new_volume(name: &str, mirrored: u64, replicas: u8) -> NewVolume {
     NewVolume {
@@ -110,7 +79,7 @@ proptest! {
         servers in 2usize..7, disks in 1usize..4, racks in 0usize..4,
         ops in prop::collection::vec(op(), 1..60),
     ) {
-        let mut c = pool(servers, disks, 24, racks);
+        let mut c = PoolSpec::new(servers, disks).chunks(24).racks(racks).build();
         let mut secrets = CountingSecrets::default();
         let mut names: Vec<String> = Vec::new();
         for (i, op) in ops.into_iter().enumerate() {
@@ -152,7 +121,7 @@ proptest! {
         sizes in prop::collection::vec(1u64..6, 1..12),
     ) {
         prop_assume!(usize::from(replicas) <= racks);
-        let mut c = pool(racks * per_rack, 2, 64, racks);
+        let mut c = PoolSpec::new(racks * per_rack, 2).chunks(64).racks(racks).build();
         let mut secrets = CountingSecrets::default();
         for (i, mirrored) in sizes.into_iter().enumerate() {
             c.create_volume(new_volume(&format!("v{i}"), mirrored, replicas), &mut secrets).unwrap();
@@ -171,7 +140,7 @@ proptest! {
         servers in 3usize..9, disks in 1usize..5,
         sizes in prop::collection::vec((1u64..20, 2u8..4), 1..60),
     ) {
-        let mut c = pool(servers, disks, 1000, 0);
+        let mut c = PoolSpec::new(servers, disks).chunks(1000).build();
         let mut secrets = CountingSecrets::default();
         for (i, (mirrored, replicas)) in sizes.into_iter().enumerate() {
             c.create_volume(new_volume(&format!("v{i}"), mirrored, replicas), &mut secrets).unwrap();
@@ -189,7 +158,7 @@ proptest! {
         servers in 3usize..9, disks in 1usize..4,
         ops in prop::collection::vec(op(), 1..80),
     ) {
-        let mut c = pool(servers, disks, 1000, 0);
+        let mut c = PoolSpec::new(servers, disks).chunks(1000).build();
         let mut secrets = CountingSecrets::default();
         let mut names = Vec::new();
         for (i, op) in ops.into_iter().enumerate() {
@@ -221,7 +190,7 @@ proptest! {
 /// error and allocates nothing.
 #[test]
 fn fewer_servers_than_replicas_is_refused_and_leaves_nothing() {
-    let mut c = pool(2, 4, 10, 0);
+    let mut c = PoolSpec::new(2, 4).chunks(10).build();
     let err = c
         .create_volume(new_volume("v", 1, 3), &mut CountingSecrets::default())
         .unwrap_err();
@@ -243,7 +212,7 @@ fn fewer_servers_than_replicas_is_refused_and_leaves_nothing() {
 /// through and gives back every chunk it had taken.
 #[test]
 fn capacity_on_too_few_servers_rolls_back() {
-    let mut c = pool(3, 1, 4, 0);
+    let mut c = PoolSpec::new(3, 1).chunks(4).build();
     let mut secrets = CountingSecrets::default();
     // Fill s0 and s1 except for one chunk each, using a third server.
     c.create_volume(new_volume("a", 3, 2), &mut secrets)
@@ -266,7 +235,7 @@ fn capacity_on_too_few_servers_rolls_back() {
 /// and loading contradictory records (a chunk used twice) is refused.
 #[test]
 fn load_round_trips_and_refuses_double_use() {
-    let mut c = pool(4, 2, 10, 2);
+    let mut c = PoolSpec::new(4, 2).chunks(10).racks(2).build();
     let mut secrets = CountingSecrets::default();
     c.create_volume(new_volume("a", 5, 2), &mut secrets)
         .unwrap();
@@ -349,7 +318,7 @@ proptest! {
         servers in 12usize..24, disks in 2usize..5,
         sizes in prop::collection::vec(1u64..16, 1..32),
     ) {
-        let mut c = pool(servers, disks, 96, 0);
+        let mut c = PoolSpec::new(servers, disks).chunks(96).build();
         let mut secrets = CountingSecrets::default();
         let legs_per_disk = 48u64;
         let mut left = (servers * disks) as u64 * legs_per_disk / 2;

@@ -3,13 +3,8 @@
 
 mod common;
 
-use common::{CHUNK, MIB};
 use vsky_model::*;
-
-/// `servers` servers of one disk each.
-fn pool(servers: usize) -> Cluster {
-    common::pool(servers, 1)
-}
+use vsky_testkit::pool::{CHUNK, MIB, PoolSpec};
 
 /// Creates volume "v": one 2-way mirrored disk.
 fn one_mirrored_disk(c: &mut Cluster, secrets: &mut CountingSecrets) {
@@ -48,7 +43,7 @@ fn exported(c: &Cluster, server: ServerId, chunk: ChunkRef) -> bool {
 
 #[test]
 fn a_detached_volume_is_copied_by_the_target_server() {
-    let mut c = pool(4);
+    let mut c = PoolSpec::new(4, 1).build();
     let mut secrets = CountingSecrets::default();
     let (job, target_server) = degraded(&mut c, &mut secrets);
     let target = c.job(job).unwrap().target;
@@ -90,7 +85,7 @@ fn a_detached_volume_is_copied_by_the_target_server() {
 
 #[test]
 fn attaching_hands_a_running_copy_to_the_head_through_the_queue() {
-    let mut c = pool(4);
+    let mut c = PoolSpec::new(4, 1).build();
     let mut secrets = CountingSecrets::default();
     let (job, target_server) = degraded(&mut c, &mut secrets);
     let target = c.job(job).unwrap().target;
@@ -154,7 +149,7 @@ fn attaching_hands_a_running_copy_to_the_head_through_the_queue() {
 
 #[test]
 fn deleting_a_volume_ends_its_jobs() {
-    let mut c = pool(4);
+    let mut c = PoolSpec::new(4, 1).build();
     let mut secrets = CountingSecrets::default();
     let (job, _) = degraded(&mut c, &mut secrets);
     c.start_jobs(1);
@@ -174,7 +169,7 @@ fn deleting_a_volume_ends_its_jobs() {
 /// grace period, or its legs would wait for it forever.
 #[test]
 fn a_server_holds_its_failed_legs_until_they_are_replaced() {
-    let mut c = pool(4);
+    let mut c = PoolSpec::new(4, 1).build();
     let mut secrets = CountingSecrets::default();
     one_mirrored_disk(&mut c, &mut secrets);
     let head = c.server_by_name("s3").unwrap().id;
@@ -197,7 +192,7 @@ fn a_server_holds_its_failed_legs_until_they_are_replaced() {
 
 #[test]
 fn legs_on_a_server_in_its_grace_period_wait() {
-    let mut c = pool(4);
+    let mut c = PoolSpec::new(4, 1).build();
     let mut secrets = CountingSecrets::default();
     one_mirrored_disk(&mut c, &mut secrets);
     let head = c.server_by_name("s3").unwrap().id;
@@ -220,7 +215,7 @@ fn legs_on_a_server_in_its_grace_period_wait() {
 
 #[test]
 fn a_failed_disk_is_replaced_even_on_a_held_server() {
-    let mut c = pool(4);
+    let mut c = PoolSpec::new(4, 1).build();
     let mut secrets = CountingSecrets::default();
     one_mirrored_disk(&mut c, &mut secrets);
     let disk = c.volume_by_name("v").unwrap().mirrored_disks[0].legs[0]
@@ -240,7 +235,7 @@ fn a_failed_disk_is_replaced_even_on_a_held_server() {
 /// agent speaks; an admin's verdict stands.
 #[test]
 fn a_silent_server_returns_to_service_but_an_admins_verdict_stands() {
-    let mut c = pool(4);
+    let mut c = PoolSpec::new(4, 1).build();
     let mut secrets = CountingSecrets::default();
     one_mirrored_disk(&mut c, &mut secrets);
     let id = |c: &Cluster, n: &str| c.server_by_name(n).unwrap().id;
@@ -285,7 +280,7 @@ fn a_silent_server_returns_to_service_but_an_admins_verdict_stands() {
 /// survives a reload from the store.
 #[test]
 fn a_leg_that_failed_mid_sync_is_never_revived() {
-    let mut c = pool(4);
+    let mut c = PoolSpec::new(4, 1).build();
     let mut secrets = CountingSecrets::default();
     let (job, target_server) = degraded(&mut c, &mut secrets);
     // The head: a server holding no leg of the volume.
@@ -313,7 +308,12 @@ fn a_leg_that_failed_mid_sync_is_never_revived() {
         );
     }
     let v = c.volume_by_name("v").unwrap().id;
-    assert!(c.leg_returned(v, 0, slot).is_err());
+    let addr = LegAddr {
+        volume: v,
+        mirrored_disk: 0,
+        leg: slot,
+    };
+    assert!(c.leg_returned(addr).is_err());
     // It is replaced instead; the replacement starts clean.
     let (jobs, _) = c.plan_repairs(&mut secrets);
     assert_eq!(jobs.len(), 1);

@@ -1,29 +1,7 @@
 //! Groups (XAPI SRs) and volume metadata through the public `Cluster` API.
 
 use vsky_model::*;
-
-const MIB: u64 = 1 << 20;
-
-fn cluster() -> Cluster {
-    let mut c = Cluster::new(Settings::new(4 * MIB)).unwrap();
-    for s in 0..2 {
-        let name = format!("s{s}");
-        c.add_server(NewServer {
-            name: name.clone(),
-            address: format!("10.0.0.{s}:1"),
-            labels: Default::default(),
-        })
-        .unwrap();
-        c.add_disk(NewDisk {
-            server: name,
-            path: "/dev/vdb".into(),
-            size_bytes: 65 * MIB,
-            class: None,
-        })
-        .unwrap();
-    }
-    c
-}
+use vsky_testkit::pool::{MIB, PoolSpec};
 
 const U1: &str = "0d6c5e1e-4b0f-4a39-9a3e-2f6f0c1d2e31";
 const U2: &str = "0d6c5e1e-4b0f-4a39-9a3e-2f6f0c1d2e32";
@@ -54,7 +32,7 @@ fn volume_in(name: &str, group: Option<&str>) -> NewVolume {
 /// uuid under the same name is a conflict.
 #[test]
 fn group_create_is_idempotent_per_uuid() {
-    let mut c = cluster();
+    let mut c = PoolSpec::new(2, 1).build();
     assert!(!c.create_group(group("sr1", U1)).unwrap().is_empty());
     assert!(c.create_group(group("sr1", U1)).unwrap().is_empty());
     assert_eq!(
@@ -71,7 +49,7 @@ fn group_create_is_idempotent_per_uuid() {
 /// otherwise, and nothing changes.
 #[test]
 fn group_uuid_must_be_a_uuid() {
-    let mut c = cluster();
+    let mut c = PoolSpec::new(2, 1).build();
     for bad in [
         "",
         "u1",
@@ -97,7 +75,7 @@ fn group_uuid_must_be_a_uuid() {
 /// Volumes join existing groups only; a group with volumes cannot go.
 #[test]
 fn volumes_belong_to_existing_groups() {
-    let mut c = cluster();
+    let mut c = PoolSpec::new(2, 1).build();
     let mut secrets = CountingSecrets::default();
     assert_eq!(
         c.create_volume(volume_in("v", Some("nope")), &mut secrets)
@@ -124,7 +102,7 @@ fn volumes_belong_to_existing_groups() {
 /// Keys are set and unset verbatim; bad metadata changes nothing.
 #[test]
 fn volume_metadata_updates() {
-    let mut c = cluster();
+    let mut c = PoolSpec::new(2, 1).build();
     c.create_volume(volume_in("v", None), &mut CountingSecrets::default())
         .unwrap();
     let mut update = VolumeMetaUpdate {

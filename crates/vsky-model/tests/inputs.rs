@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use common::*;
 use proptest::prelude::*;
 use vsky_model::*;
+use vsky_testkit::pool::{CHUNK, MIB, PoolSpec};
 
 /// Any Unicode text, from empty to well past every length limit, with
 /// multi-byte characters anywhere (a slice at a fixed byte offset of such a
@@ -53,7 +54,7 @@ fn refused_changes_nothing<T>(
 
 /// A pool with something in it, so refusals have state to disturb.
 fn populated() -> (Cluster, CountingSecrets) {
-    let mut c = pool(3, 2);
+    let mut c = PoolSpec::new(3, 2).build();
     let mut secrets = CountingSecrets::default();
     volume(&mut c, "v0", 2, 2, &mut secrets);
     c.create_group(Group {

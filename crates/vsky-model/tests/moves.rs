@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 
 mod common;
 
-use common::{add_server, pool};
 use vsky_model::*;
+use vsky_testkit::pool::PoolSpec;
 
 fn volume(c: &mut Cluster, name: &str, mirrored: u64, secrets: &mut CountingSecrets) {
     common::volume(c, name, mirrored, 2, secrets);
@@ -55,7 +55,7 @@ fn servers_of(c: &Cluster, md: &MirroredDisk) -> BTreeSet<ServerId> {
 /// both healthy copies; the server ends empty and can be removed.
 #[test]
 fn server_drain_empties_it_without_losing_redundancy() {
-    let mut c = pool(4, 2);
+    let mut c = PoolSpec::new(4, 2).build();
     let mut secrets = CountingSecrets::default();
     volume(&mut c, "a", 10, &mut secrets);
     volume(&mut c, "b", 6, &mut secrets);
@@ -97,7 +97,7 @@ fn server_drain_empties_it_without_losing_redundancy() {
 /// them again.
 #[test]
 fn draining_disk_gets_no_new_chunks() {
-    let mut c = pool(3, 1);
+    let mut c = PoolSpec::new(3, 1).build();
     let mut secrets = CountingSecrets::default();
     let d0 = c.disks().next().unwrap().id;
     c.drain_disk(d0).unwrap();
@@ -117,7 +117,7 @@ fn draining_first_leg(
     servers: usize,
     mirrored: u64,
 ) -> (Cluster, CountingSecrets, DiskId, Vec<JobId>) {
-    let mut c = pool(servers, 1);
+    let mut c = PoolSpec::new(servers, 1).build();
     let mut secrets = CountingSecrets::default();
     volume(&mut c, "v", mirrored, &mut secrets);
     let from = c.volume_by_name("v").unwrap().mirrored_disks[0].legs[0]
@@ -197,7 +197,7 @@ fn failed_move_copy_is_abandoned() {
 /// could have used.
 #[test]
 fn repairs_start_before_moves() {
-    let mut c = pool(6, 1);
+    let mut c = PoolSpec::new(6, 1).build();
     let mut secrets = CountingSecrets::default();
     volume(&mut c, "v", 24, &mut secrets);
     c.drain_server("s0").unwrap();
@@ -247,10 +247,11 @@ fn repairs_start_before_moves() {
 /// Three servers of two disks, half full with a 30-mirrored-disk volume
 /// "v", then two empty servers of two disks join.
 fn grown_pool(secrets: &mut CountingSecrets) -> Cluster {
-    let mut c = pool(3, 2);
+    let spec = PoolSpec::new(3, 2);
+    let mut c = spec.build();
     volume(&mut c, "v", 30, secrets);
-    add_server(&mut c, 3, 2);
-    add_server(&mut c, 4, 2);
+    spec.add_server(&mut c, 3, 2);
+    spec.add_server(&mut c, 4, 2);
     c
 }
 
@@ -283,11 +284,12 @@ fn rebalance_evens_out_after_servers_join() {
 /// `max_moves` bounds one rebalance call.
 #[test]
 fn rebalance_is_bounded() {
-    let mut c = pool(2, 1);
+    let spec = PoolSpec::new(2, 1);
+    let mut c = spec.build();
     let mut secrets = CountingSecrets::default();
     volume(&mut c, "v", 8, &mut secrets);
-    add_server(&mut c, 2, 1);
-    add_server(&mut c, 3, 1);
+    spec.add_server(&mut c, 2, 1);
+    spec.add_server(&mut c, 3, 1);
     let (moves, _) = c.rebalance(3, &mut secrets);
     assert_eq!(moves.len(), 3);
     for m in &moves {
@@ -359,9 +361,10 @@ fn auto_rebalance_keeps_a_window_in_flight() {
     assert_eq!(c.auto_rebalance(sized, 2, &mut secrets).0.len(), 8);
 
     // A repair goes first: nothing while one is queued or running.
-    let mut c = pool(3, 2);
+    let spec = PoolSpec::new(3, 2);
+    let mut c = spec.build();
     volume(&mut c, "v", 30, &mut secrets);
-    add_server(&mut c, 3, 2);
+    spec.add_server(&mut c, 3, 2);
     let victim = c.volume_by_name("v").unwrap().mirrored_disks[0].legs[0]
         .chunk
         .disk;
@@ -377,13 +380,13 @@ fn auto_rebalance_keeps_a_window_in_flight() {
         "repairing"
     );
     // Under the threshold: nothing either.
-    let mut c = pool(3, 2);
+    let mut c = spec.build();
     volume(&mut c, "v", 30, &mut secrets);
     let quiet = AutoRebalance {
         spread: 0.99,
         window: None,
     };
-    add_server(&mut c, 3, 2);
+    spec.add_server(&mut c, 3, 2);
     assert!(c.auto_rebalance(quiet, 1, &mut secrets).0.is_empty());
 }
 
@@ -391,7 +394,7 @@ fn auto_rebalance_keeps_a_window_in_flight() {
 /// and a half-done drain finishes after it.
 #[test]
 fn moves_survive_reload() {
-    let mut c = pool(3, 1);
+    let mut c = PoolSpec::new(3, 1).build();
     let mut secrets = CountingSecrets::default();
     volume(&mut c, "v", 3, &mut secrets);
     let s0 = c.server_by_name("s0").unwrap().id;
@@ -419,7 +422,7 @@ fn moves_survive_reload() {
 /// every chunk.
 #[test]
 fn delete_during_move_releases_everything() {
-    let mut c = pool(3, 1);
+    let mut c = PoolSpec::new(3, 1).build();
     let mut secrets = CountingSecrets::default();
     volume(&mut c, "v", 3, &mut secrets);
     c.drain_server("s0").unwrap();
@@ -434,7 +437,7 @@ fn delete_during_move_releases_everything() {
 /// A failed disk or server cannot be drained (its legs are being replaced).
 #[test]
 fn failed_disk_cannot_drain() {
-    let mut c = pool(3, 1);
+    let mut c = PoolSpec::new(3, 1).build();
     let d0 = c.disks().next().unwrap().id;
     c.fail_disk(d0).unwrap();
     assert!(c.drain_disk(d0).is_err());
@@ -447,7 +450,7 @@ fn failed_disk_cannot_drain() {
 /// for the leg that leaves; afterwards the legs are on distinct servers.
 #[test]
 fn a_disk_drains_onto_its_own_servers_other_disks() {
-    let mut c = pool(2, 2);
+    let mut c = PoolSpec::new(2, 2).build();
     let mut secrets = CountingSecrets::default();
     volume(&mut c, "v", 4, &mut secrets);
     let s0 = c.server_by_name("s0").unwrap().id;
@@ -471,7 +474,7 @@ fn a_disk_drains_onto_its_own_servers_other_disks() {
 /// planned until the repairs fit.
 #[test]
 fn repairs_take_the_room_of_queued_moves() {
-    let mut c = pool(3, 1);
+    let mut c = PoolSpec::new(3, 1).build();
     let mut secrets = CountingSecrets::default();
     // 16 chunks per disk, 3 disks: 20 legs leave 28 free.
     volume(&mut c, "v", 10, &mut secrets);

@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 
 mod common;
 
-use common::pool;
 use vsky_model::*;
+use vsky_testkit::pool::{CHUNK, MIB, PoolSpec};
 
 fn volume(c: &mut Cluster, name: &str, mirrored: u64, replicas: u8, secrets: &mut CountingSecrets) {
     common::volume(c, name, mirrored, replicas, secrets);
@@ -20,7 +20,7 @@ fn check(c: &Cluster, k: u32) {
 /// of their mirrored disk; the failed chunks are released; one job each.
 #[test]
 fn failed_disk_legs_are_replaced_elsewhere() {
-    let mut c = pool(4, 2);
+    let mut c = PoolSpec::new(4, 2).build();
     let mut secrets = CountingSecrets::default();
     volume(&mut c, "v", 12, 2, &mut secrets);
     let victim = c.volume_by_name("v").unwrap().mirrored_disks[0].legs[0]
@@ -51,7 +51,7 @@ fn failed_disk_legs_are_replaced_elsewhere() {
 /// jobs frees disks for the next ones until everything is healthy.
 #[test]
 fn per_disk_limit_holds_until_all_healthy() {
-    let mut c = pool(5, 2);
+    let mut c = PoolSpec::new(5, 2).build();
     let mut secrets = CountingSecrets::default();
     for i in 0..4 {
         volume(&mut c, &format!("v{i}"), 8, 2, &mut secrets);
@@ -90,7 +90,7 @@ fn per_disk_limit_holds_until_all_healthy() {
 /// Mirrored disks with the fewest healthy legs start first.
 #[test]
 fn fewest_healthy_legs_go_first() {
-    let mut c = pool(6, 1);
+    let mut c = PoolSpec::new(6, 1).build();
     let mut secrets = CountingSecrets::default();
     volume(&mut c, "v", 1, 3, &mut secrets);
     volume(&mut c, "w", 1, 3, &mut secrets);
@@ -115,7 +115,7 @@ fn fewest_healthy_legs_go_first() {
 /// `servers` servers of one disk and a 3-way volume "v" of one mirrored
 /// disk whose first leg's disk failed.
 fn three_way_with_a_failed_leg(servers: usize, secrets: &mut CountingSecrets) -> Cluster {
-    let mut c = pool(servers, 1);
+    let mut c = PoolSpec::new(servers, 1).build();
     volume(&mut c, "v", 1, 3, secrets);
     let first = c.volume_by_name("v").unwrap().mirrored_disks[0].legs[0].chunk;
     c.fail_disk(first.disk).unwrap();
@@ -167,7 +167,7 @@ fn second_failures_during_a_resync() {
 /// at once.
 #[test]
 fn replacements_avoid_busy_disks_and_start_together() {
-    let mut c = pool(12, 2);
+    let mut c = PoolSpec::new(12, 2).build();
     let mut secrets = CountingSecrets::default();
     for i in 0..4 {
         volume(&mut c, &format!("v{i}"), 6, 2, &mut secrets);
@@ -259,7 +259,7 @@ fn a_copy_whose_source_fails_starts_again_from_another_leg() {
 /// disk, so that is the one place a careless planner finds for the first.
 #[test]
 fn a_replacement_avoids_the_server_of_another_failed_leg() {
-    let mut c = pool(3, 1);
+    let mut c = PoolSpec::new(3, 1).build();
     let mut secrets = CountingSecrets::default();
     volume(&mut c, "v", 1, 3, &mut secrets);
     let legs: Vec<DiskId> = c.volume_by_name("v").unwrap().mirrored_disks[0]
@@ -272,7 +272,7 @@ fn a_replacement_avoids_the_server_of_another_failed_leg() {
     c.add_disk(NewDisk {
         server: spare_on,
         path: "/dev/spare".into(),
-        size_bytes: common::MIB + 16 * common::CHUNK,
+        size_bytes: MIB + 16 * CHUNK,
         class: None,
     })
     .unwrap();

@@ -15,10 +15,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use proptest::prelude::*;
 use vsky_model::agent_view::WipeSpec;
 use vsky_model::*;
+use vsky_testkit::pool::{CHUNK, MIB, PoolSpec};
 
 mod common;
-
-use common::{CHUNK, MIB, pool_of as pool};
 
 fn new_volume(name: &str, mirrored: u64, replicas: u8) -> NewVolume {
     NewVolume {
@@ -61,7 +60,7 @@ struct World {
 
 impl World {
     fn new(servers: usize, disks: usize, chunks: u64) -> World {
-        let c = pool(servers, disks, chunks);
+        let c = PoolSpec::new(servers, disks).chunks(chunks).build();
         let agents = c.servers().map(|s| (s.id, Agent::default())).collect();
         World {
             c,
@@ -406,7 +405,7 @@ fn capacity_adds_up_after_a_disk_fails() {
 /// report of an agent of either age frees them.
 #[test]
 fn an_older_store_shape_loads() {
-    let mut c = pool(2, 1, 4);
+    let mut c = PoolSpec::new(2, 1).chunks(4).build();
     c.create_volume(new_volume("a", 1, 2), &mut CountingSecrets::default())
         .unwrap();
     c.delete_volume("a").unwrap();
@@ -450,7 +449,7 @@ fn an_older_store_shape_loads() {
 /// the load refuses it.
 #[test]
 fn a_release_id_beyond_next_id_is_corrupt() {
-    let mut c = pool(2, 1, 4);
+    let mut c = PoolSpec::new(2, 1).chunks(4).build();
     c.create_volume(new_volume("a", 1, 2), &mut CountingSecrets::default())
         .unwrap();
     c.delete_volume("a").unwrap();

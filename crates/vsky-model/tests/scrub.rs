@@ -6,13 +6,9 @@
 mod common;
 
 use vsky_model::*;
+use vsky_testkit::pool::PoolSpec;
 
 const HOUR: u64 = 3600;
-
-/// `servers` servers with one disk each.
-fn pool(servers: usize) -> Cluster {
-    common::pool(servers, 1)
-}
 
 /// A detached volume of `mirrored_disks` 2-way mirrored disks.
 fn volume(c: &mut Cluster, name: &str, mirrored_disks: u64) -> VolumeId {
@@ -38,7 +34,7 @@ fn check(c: &Cluster, limit: u32) {
 
 #[test]
 fn a_detached_mirrored_disk_is_scrubbed_by_its_first_legs_server_once_per_interval() {
-    let mut c = pool(3);
+    let mut c = PoolSpec::new(3, 1).build();
     let v = volume(&mut c, "v", 1);
     let generation = c.generation();
     let started = c.start_scrubs(1000, HOUR, 1);
@@ -111,7 +107,7 @@ fn a_detached_mirrored_disk_is_scrubbed_by_its_first_legs_server_once_per_interv
 
 #[test]
 fn an_attached_mirrored_disk_is_checked_by_its_head_under_the_same_limit() {
-    let mut c = pool(4);
+    let mut c = PoolSpec::new(4, 1).build();
     let a = volume(&mut c, "a", 1);
     c.attach_volume("a", "s3").unwrap();
     let head = c.server_by_name("s3").unwrap().id;
@@ -148,7 +144,7 @@ fn an_attached_mirrored_disk_is_checked_by_its_head_under_the_same_limit() {
 
 #[test]
 fn degraded_and_rebuilding_mirrored_disks_are_not_scrubbed() {
-    let mut c = pool(4);
+    let mut c = PoolSpec::new(4, 1).build();
     let mut secrets = CountingSecrets::default();
     let d = volume(&mut c, "d", 1);
     // Leg 1 fails with its disk.
@@ -173,7 +169,7 @@ fn degraded_and_rebuilding_mirrored_disks_are_not_scrubbed() {
 
 #[test]
 fn no_scrub_is_given_to_a_failed_server() {
-    let mut c = pool(4);
+    let mut c = PoolSpec::new(4, 1).build();
     volume(&mut c, "a", 1);
     c.attach_volume("a", "s3").unwrap();
     c.fail_server("s3").unwrap();
@@ -185,7 +181,7 @@ fn no_scrub_is_given_to_a_failed_server() {
 
 #[test]
 fn a_scrub_ends_when_its_volume_is_attached_and_does_not_come_back() {
-    let mut c = pool(3);
+    let mut c = PoolSpec::new(3, 1).build();
     let v = volume(&mut c, "v", 1);
     let run = c.start_scrubs(0, HOUR, 1)[0].run;
     // Attached to the comparing server itself: same executor, but a head
@@ -215,12 +211,12 @@ fn a_scrub_ends_when_its_volume_is_attached_and_does_not_come_back() {
 #[test]
 fn scrubs_share_the_per_disk_limit() {
     // Three disks: two 2-way mirrored disks share at least one.
-    let mut c = pool(3);
+    let mut c = PoolSpec::new(3, 1).build();
     volume(&mut c, "x", 1);
     volume(&mut c, "y", 1);
     assert_eq!(c.start_scrubs(0, HOUR, 1).len(), 1);
     check(&c, 1);
-    let mut c2 = pool(3);
+    let mut c2 = PoolSpec::new(3, 1).build();
     volume(&mut c2, "x", 1);
     volume(&mut c2, "y", 1);
     assert_eq!(c2.start_scrubs(0, HOUR, 2).len(), 2);
@@ -229,7 +225,7 @@ fn scrubs_share_the_per_disk_limit() {
 
 #[test]
 fn resyncs_go_first_and_end_the_scrubs_in_their_way() {
-    let mut c = pool(3);
+    let mut c = PoolSpec::new(3, 1).build();
     let mut secrets = CountingSecrets::default();
     let x = volume(&mut c, "x", 1);
     let x_disks = disks_of(&c, x, 0);
@@ -287,7 +283,7 @@ fn resyncs_go_first_and_end_the_scrubs_in_their_way() {
 
 #[test]
 fn unreadable_legs_are_failed_and_replaced_never_revived() {
-    let mut c = pool(3);
+    let mut c = PoolSpec::new(3, 1).build();
     let mut secrets = CountingSecrets::default();
     let v = volume(&mut c, "v", 1);
     let run = c.start_scrubs(0, HOUR, 1)[0].run;
@@ -307,7 +303,13 @@ fn unreadable_legs_are_failed_and_replaced_never_revived() {
     assert_eq!(md.legs[1].state, LegState::Failed);
     let bad = md.legs[1].chunk;
     assert_eq!(
-        c.leg_returned(v, 0, 1).unwrap_err().kind(),
+        c.leg_returned(LegAddr {
+            volume: v,
+            mirrored_disk: 0,
+            leg: 1,
+        })
+        .unwrap_err()
+        .kind(),
         ErrorKind::Conflict,
         "a leg that cannot be read is only replaced"
     );
@@ -321,7 +323,7 @@ fn unreadable_legs_are_failed_and_replaced_never_revived() {
 #[test]
 fn never_scrubbed_then_oldest_first() {
     // Two disks: every scrub needs both, so one runs at a time.
-    let mut c = pool(2);
+    let mut c = PoolSpec::new(2, 1).build();
     let p = volume(&mut c, "p", 1);
     let q = volume(&mut c, "q", 1);
     let first = c.start_scrubs(0, 100, 1);
@@ -340,7 +342,7 @@ fn never_scrubbed_then_oldest_first() {
 
 #[test]
 fn a_failed_or_stuck_scrub_is_tried_again_later() {
-    let mut c = pool(3);
+    let mut c = PoolSpec::new(3, 1).build();
     let v = volume(&mut c, "v", 1);
     let run = c.start_scrubs(0, 7 * 24 * HOUR, 1)[0].run;
     let generation = c.generation();

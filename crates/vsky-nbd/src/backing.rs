@@ -174,9 +174,28 @@ impl Backing {
             iov_base: data.spare_capacity_mut().as_mut_ptr().cast(),
             iov_len: length,
         };
+        const IOV_COUNT: libc::c_long = 1;
+        // The raw system call, not glibc's preadv2(): that wrapper appeared in
+        // glibc 2.26, and the shipped binaries must run on XCP-ng's dom0
+        // (glibc 2.17, kernel 4.19; the call is in Linux since 4.6 and
+        // RWF_NOWAIT since 4.14). The offset goes in as glibc passes it on
+        // x86_64 (LO_HI_LONG): low and high halves, the kernel joining them.
+        // Every argument is widened to a long: syscall() is variadic and
+        // reads each as one.
         // SAFETY: the iovec describes `length` bytes of spare capacity, valid
-        // for writes; preadv2 writes at most that.
-        let n = unsafe { libc::preadv2(self.file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
+        // for writes; preadv2 writes at most that. The arguments match the
+        // kernel's preadv2(fd, iov, iovcnt, pos_l, pos_h, flags).
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_preadv2,
+                libc::c_long::from(self.file.as_raw_fd()),
+                &raw const iov,
+                IOV_COUNT,
+                at,
+                at >> 32,
+                libc::c_long::from(libc::RWF_NOWAIT),
+            )
+        };
         if n < 0 {
             let error = io::Error::last_os_error();
             if matches!(

@@ -10,6 +10,8 @@
 
 use std::sync::Mutex;
 
+use vsky_sync::LockExt;
+
 /// Smallest class: one page. Smaller requests still get a page-sized buffer.
 const MIN_CLASS: u32 = 12;
 /// Largest class: the protocol's maximum payload (32 MiB = 2^25).
@@ -73,9 +75,7 @@ impl BufferPool {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Classes> {
         // The critical sections cannot panic half-way; recover the pool.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.lock_unpoisoned()
     }
 
     #[cfg(test)]

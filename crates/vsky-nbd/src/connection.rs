@@ -40,6 +40,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
+use vsky_sync::{CondvarExt, LockExt};
 
 use crate::backing::Backing;
 use crate::buffer::BufferPool;
@@ -48,7 +49,7 @@ use crate::error::NbdError;
 use crate::handshake::Session;
 use crate::proto::{self, CommandType, FrameError, RequestHeader, SimpleReply};
 use crate::reply::ReplySink;
-use crate::server::Shutdown;
+use crate::shutdown::Shutdown;
 
 /// Socket read window: picks up several small pipelined requests per
 /// syscall, yet stays small because WRITE data that lands here is copied
@@ -330,12 +331,9 @@ impl Budget {
     /// total (the limits guarantee it), so the wait always ends once the
     /// requests in flight reply or their connection is cut.
     fn acquire(self: &Arc<Self>, amount: usize) -> Permit {
-        let mut available = self.available.lock().unwrap_or_else(|p| p.into_inner());
+        let mut available = self.available.lock_unpoisoned();
         while *available < amount {
-            available = self
-                .freed
-                .wait(available)
-                .unwrap_or_else(|p| p.into_inner());
+            available = self.freed.wait_unpoisoned(available);
         }
         *available -= amount;
         Permit {
@@ -347,11 +345,7 @@ impl Budget {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let mut available = self
-            .budget
-            .available
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut available = self.budget.available.lock_unpoisoned();
         *available += self.amount;
         self.budget.freed.notify_all();
     }

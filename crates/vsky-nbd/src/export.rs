@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
+use vsky_sync::LockExt;
 
 /// A byte range `[offset_bytes, offset_bytes + size_bytes)` of a regular file
 /// or block device, exported as an NBD device of `size_bytes` bytes.
@@ -117,9 +118,7 @@ impl ExportTable {
         // A panic while holding this lock can only come from HashMap itself;
         // the map stays consistent, so recover it rather than poisoning the
         // whole server.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.lock_unpoisoned()
     }
 }
 

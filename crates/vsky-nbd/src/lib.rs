@@ -52,6 +52,7 @@ mod handshake;
 pub mod proto;
 mod reply;
 mod server;
+mod shutdown;
 
 pub use error::NbdError;
 pub use export::{Export, ExportTable};

@@ -13,6 +13,8 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Mutex;
 
+use vsky_sync::LockExt;
+
 use crate::proto::{self, SimpleReply};
 
 pub(crate) struct ReplySink {
@@ -39,7 +41,7 @@ impl ReplySink {
         if data.is_empty() {
             remaining = &mut remaining[..1];
         }
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.lock.lock_unpoisoned();
         while !remaining.is_empty() {
             match self.sendmsg(remaining) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

@@ -27,6 +27,7 @@ use crate::error::NbdError;
 use crate::export::ExportTable;
 use crate::handshake;
 use crate::proto;
+use crate::shutdown::Shutdown;
 
 /// Limits and timeouts of one [`serve`] call.
 #[derive(Debug, Clone)]
@@ -218,23 +219,6 @@ fn tune_socket(stream: &TcpStream, config: &ServerConfig) -> std::io::Result<()>
         .with_interval(Duration::from_secs(10))
         .with_retries(3);
     SockRef::from(stream).set_tcp_keepalive(&keepalive)
-}
-
-/// A connection's view of the shutdown broadcast.
-pub(crate) struct Shutdown {
-    receiver: watch::Receiver<()>,
-}
-
-impl Shutdown {
-    fn new(receiver: watch::Receiver<()>) -> Self {
-        Self { receiver }
-    }
-
-    /// Completes once shutdown has begun (and immediately thereafter).
-    pub async fn wait(&mut self) {
-        // Nobody sends; `changed` fails once the sender is dropped.
-        while self.receiver.changed().await.is_ok() {}
-    }
 }
 
 /// Exponential backoff for accept errors, capped so the server recovers

@@ -1209,7 +1209,9 @@ fn stop(dp: &PluginDir, uri: &str, domain: &str, dev: &str) -> Step {
 
 /// VM start and shutdown on a head host (the lab VM): the device carries
 /// the volume's data across a full stop and start, shutdown leaves no
-/// device, and (given another server's name) activation is exclusive.
+/// device, (given another server's name) activation is exclusive, and a
+/// second domain's activation keeps the device through the first one's
+/// shutdown.
 pub fn vm_start_stop(
     rig: &Rig,
     admin: &ManagerAdmin,
@@ -1282,7 +1284,30 @@ pub fn vm_start_stop(
             return Err(format!("data at offset {o} did not survive stop and start"));
         }
     }
-    stop(dp, &uri, domain, &dev)?;
+    // A dom0 reader activates the same volume: the VM's shutdown leaves
+    // the device (and the attachment) to it, and the reader's own
+    // deactivate removes it.
+    let reader = "u0-reader";
+    ok(
+        dp,
+        "Datapath.activate",
+        json!({"dbg": DBG, "uri": uri, "domain": reader}),
+    )?;
+    shutdown_calls(dp, &uri, domain, 2)?;
+    if !is_block_device(&dev) {
+        return Err(format!(
+            "{dev} went with domain {domain}'s deactivate while domain {reader} still had it activated"
+        ));
+    }
+    if admin.volume(&key)?["attached_to"].is_null() {
+        return Err(format!(
+            "domain {domain}'s deactivate released the volume while domain {reader} still had it activated"
+        ));
+    }
+    stop(dp, &uri, reader, &dev)?;
+    if !admin.volume(&key)?["attached_to"].is_null() {
+        return Err("the volume is still attached after its last domain's deactivate".into());
+    }
     ok(
         &rig.volume,
         "Volume.destroy",

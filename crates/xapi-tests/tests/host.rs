@@ -9,38 +9,30 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use vsky_agent::api::ApiConfig;
-use vsky_agent::disks::DiskArg;
-use vsky_agent::head::NbdTimeouts;
-use vsky_api::{Client, ClientConfig};
-use vsky_manager::store::redb::RedbStore;
-use vsky_manager::{Manager, Tokens};
-use vsky_model::Settings;
+use vsky_sync::LockExt;
+use vsky_testkit::agents::{AgentHandle, disk_image, storage_agent_config};
+use vsky_testkit::free_port;
+use vsky_testkit::in_process::InProcessManager;
+use vsky_testkit::pool::CHUNK;
+use vsky_testkit::tokens::ADMIN_TOKEN;
 use xapi_tests::runner::{Kind, PluginDir, discover};
 use xapi_tests::scenarios::{self, ManagerAdmin, Rig};
 
-const ADMIN: &str = "xapi-tests-admin-token-0123456789";
-const AGENT: &str = "xapi-tests-agent-token-0123456789";
 const LOCAL_API: &str = "xapi-tests-local-api-token-0123";
-const MIB: u64 = 1 << 20;
-const CHUNK: u64 = 4 * MIB;
 
+/// Dropped in this order: the agents and the manager shut down before
+/// their runtime and scratch directory go.
 struct Cluster {
     url: String,
-    dir: tempfile::TempDir,
     plugins: PathBuf,
+    _agents: Vec<AgentHandle>,
+    _manager: InProcessManager,
     _runtime: tokio::runtime::Runtime,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    dir: tempfile::TempDir,
 }
 
 /// Builds the plugin binaries of the profile this test was built with and
@@ -117,8 +109,6 @@ fn install_plugins(prefix: &Path) -> PathBuf {
 fn start() -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("admin.token"), format!("# admin\n{ADMIN}\n")).unwrap();
-    std::fs::write(d.join("agent.token"), AGENT).unwrap();
     std::fs::write(d.join("api.token"), LOCAL_API).unwrap();
     let api_port = free_port();
     std::fs::write(
@@ -134,66 +124,26 @@ fn start() -> Cluster {
         .enable_all()
         .build()
         .unwrap();
-    let store = RedbStore::open(&d.join("data")).unwrap();
-    let manager = Arc::new(Manager::open(Box::new(store), Settings::new(CHUNK), true).unwrap());
-    let tokens = Tokens::load(&d.join("admin.token"), Some(&d.join("agent.token"))).unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    runtime.spawn(vsky_manager::run(
-        manager,
-        tokens,
-        listener,
-        None,
-        vsky_manager::RecoveryConfig {
-            // Servers here may stay silent (no agent); keep them.
-            server_grace: std::time::Duration::from_secs(3600),
-            ..Default::default()
-        },
-        std::future::pending(),
-    ));
-    for s in 0..3 {
-        let port = free_port();
-        let disk = d.join(format!("disk{s}.img"));
-        std::fs::File::create(&disk)
-            .unwrap()
-            .set_len(MIB + 32 * CHUNK)
-            .unwrap();
-        let config = vsky_agent::Config {
-            client: ClientConfig {
-                manager_url: url.clone(),
-                token: Some(AGENT.into()),
-                ..Default::default()
-            },
-            server_name: format!("s{s}"),
-            nbd_listen: format!("127.0.0.1:{port}").parse().unwrap(),
-            advertise: format!("127.0.0.1:{port}"),
-            disks: vec![DiskArg {
-                path: disk,
-                class: None,
-            }],
-            labels: Default::default(),
-            heartbeat_interval: Duration::from_millis(200),
-            head: false,
-            timeouts: NbdTimeouts {
-                request: Duration::from_secs(5),
-                dead_connection: Duration::from_secs(1),
-                connect: Duration::from_secs(2),
-            },
-            api: (s == 0).then(|| ApiConfig {
-                listen: format!("127.0.0.1:{api_port}").parse().unwrap(),
-                token: LOCAL_API.into(),
-            }),
-        };
-        runtime.spawn(vsky_agent::run(config, std::future::pending()));
-    }
-    let admin = Client::new(ClientConfig {
-        manager_url: url.clone(),
-        token: Some(ADMIN.into()),
-        ..Default::default()
-    })
-    .unwrap();
+    // Its servers may stay silent (no agent, as "other-head" below): kept.
+    let manager = runtime.block_on(InProcessManager::start(d, CHUNK));
+    let url = manager.url.clone();
+    let agents: Vec<AgentHandle> = runtime.block_on(async {
+        (0..3)
+            .map(|s| {
+                let disk = disk_image(&d.join(format!("disk{s}.img")), 32, CHUNK);
+                let config = vsky_agent::Config {
+                    api: (s == 0).then(|| ApiConfig {
+                        listen: format!("127.0.0.1:{api_port}").parse().unwrap(),
+                        token: LOCAL_API.into(),
+                        activations_file: d.join("activations.json"),
+                    }),
+                    ..storage_agent_config(&url, &format!("s{s}"), free_port(), disk)
+                };
+                AgentHandle::spawn(config)
+            })
+            .collect()
+    });
+    let admin = manager.admin();
     let begin = Instant::now();
     while !runtime
         .block_on(admin.cluster())
@@ -226,9 +176,11 @@ fn start() -> Cluster {
     let plugins = install_plugins(&d.join("prefix"));
     Cluster {
         url,
-        dir,
         plugins,
+        _agents: agents,
+        _manager: manager,
         _runtime: runtime,
+        dir,
     }
 }
 
@@ -238,9 +190,7 @@ fn start() -> Cluster {
 fn cluster() -> (&'static Cluster, MutexGuard<'static, ()>) {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
     static SERIAL: Mutex<()> = Mutex::new(());
-    let guard = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let guard = SERIAL.lock_unpoisoned();
     (CLUSTER.get_or_init(start), guard)
 }
 
@@ -281,7 +231,7 @@ fn rig(c: &Cluster) -> Rig {
 }
 
 fn admin(c: &Cluster) -> ManagerAdmin {
-    ManagerAdmin::new(&c.url, ADMIN).unwrap()
+    ManagerAdmin::new(&c.url, ADMIN_TOKEN).unwrap()
 }
 
 #[test]

@@ -1,9 +1,14 @@
 //! Turning every failure into a JSON error body, in one place.
 //!
 //! Model errors map by kind (bad input 400, not found 404, conflict 409, no
-//! capacity 507); store errors are 503; JSON and path rejections from axum
-//! are rewritten into the same body shape so clients only ever parse one
-//! error format.
+//! capacity 507, corrupt records 500); store errors and a poisoned manager
+//! are 503 `store_unavailable`; a standby, or a deposed leader whose commit
+//! etcd fenced, is 503 `not_leader` with the leader's URL when known
+//! (nothing was done). JSON and path rejections from axum (400, 413, 415)
+//! and a body that misses its deadline (408, or 503 `shutting_down`) are
+//! rewritten into the same body shape, `ErrorBody { code, message,
+//! request_id }`, so clients only ever parse one error format; the `code`
+//! strings are stable (the model's come from `ModelError::code`).
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -14,7 +19,7 @@ use serde::de::DeserializeOwned;
 use vsky_api::types::ErrorBody;
 use vsky_model::{ErrorKind, ModelError};
 
-use crate::service::ServiceError;
+use crate::manager::ManagerError;
 use crate::store::StoreError;
 
 /// Response header naming the leading manager on `not_leader` answers.
@@ -87,11 +92,11 @@ impl From<ModelError> for ApiError {
     }
 }
 
-impl From<ServiceError> for ApiError {
-    fn from(e: ServiceError) -> Self {
+impl From<ManagerError> for ApiError {
+    fn from(e: ManagerError) -> Self {
         match e {
-            ServiceError::Model(m) => m.into(),
-            ServiceError::Store(StoreError::NotLeader { leader }) => ApiError::not_leader(leader),
+            ManagerError::Model(m) => m.into(),
+            ManagerError::Store(StoreError::NotLeader { leader }) => ApiError::not_leader(leader),
             other => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",

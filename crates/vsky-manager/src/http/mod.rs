@@ -12,14 +12,28 @@
 //! (`standby.rs`) → body limit → handler. Handlers read bodies through
 //! `error::ApiJson`/`ApiOptionalJson`, which take JSON objects only
 //! (`json.rs`) and answer 408 when the body misses `--body-timeout`.
+//!
+//! Access (`required_access`): `/api/v1/health` and `/api/v1/openapi.json`
+//! are open, `/api/v1/agent/…` takes an agent or the admin token, `/metrics`
+//! the metrics or the admin token, and everything else the admin token.
+//! The agent handlers then check that a server-bound token acts only for
+//! its own server.
+//!
+//! Observability: the request id is the caller's `x-request-id` when it is
+//! plain (at most 64 letters, digits, `-` or `_`), else a generated one; it
+//! names the request's tracing span (with method and route template), is
+//! echoed in the response header and in every error body. Handlers log one
+//! `info` line per successful change; refusals log at `info`, server
+//! errors at `error`. Metrics are labelled by route template, so their
+//! cardinality is bounded.
 
 pub mod convert;
 pub mod error;
 pub mod handlers;
 pub mod json;
 pub mod standby;
+pub mod state;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -32,30 +46,13 @@ use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::OpenApi;
 
-use crate::auth::{Principal, Tokens};
-use crate::metrics::Metrics;
-use crate::service::Manager;
+use crate::auth::Principal;
 use error::{ApiError, REQUEST_ID};
 use handlers::{agent, cluster, disks, events, groups, pool, rebuilds, servers, volumes};
+pub use state::AppState;
 
 /// Largest request body accepted.
 const BODY_BYTES_MAX: usize = 1 << 20;
-
-impl AppState {
-    /// Records an event in the log behind `/api/v1/events` (it is also
-    /// written to the manager's log).
-    pub fn event(&self, e: crate::events::NewEvent) {
-        self.recovery.events.record(e);
-    }
-}
-
-#[derive(Clone)]
-pub struct AppState {
-    pub manager: Arc<Manager>,
-    pub tokens: Arc<Tokens>,
-    pub metrics: Arc<Metrics>,
-    pub recovery: Arc<crate::recovery::Recovery>,
-}
 
 #[derive(OpenApi)]
 #[openapi(

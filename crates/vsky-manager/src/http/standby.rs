@@ -19,9 +19,9 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::AppState;
 use super::error::ApiError;
-use crate::leader::Role;
+use super::state::AppState;
+use crate::manager::Role;
 
 pub async fn refuse_writes(State(app): State<AppState>, req: Request, next: Next) -> Response {
     let reads = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);

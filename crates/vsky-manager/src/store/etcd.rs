@@ -43,12 +43,13 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use vsky_model::{Changes, Cluster, Records};
+use vsky_sync::LockExt;
 
 use super::{
     FORMAT_VERSION, RecordKey, RecordWrite, Store, StoreError, Table, all_records, changed_records,
     decode, decode_record, encode,
 };
-use crate::etcd::{Compare, EtcdClient, EtcdConfig, EtcdError, Kv, Op, prefix_end};
+use crate::etcd_client::{Compare, EtcdClient, EtcdConfig, EtcdError, Kv, Op, prefix_end};
 
 /// Keys per page when loading: small enough for the gateway's message
 /// limit, large enough that a big cluster loads in a few round trips.
@@ -148,7 +149,7 @@ impl EtcdStore {
     }
 
     fn fence(&self) -> std::sync::MutexGuard<'_, Fence> {
-        self.inner.fence.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.fence.lock_unpoisoned()
     }
 
     /// True when a manager currently leads on this store.

@@ -6,7 +6,6 @@
 //! the client port over TLS and requires client certificates, with a test
 //! CA made by rcgen; peers stay on plain HTTP (not what is under test).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -17,6 +16,7 @@ use rcgen::{
 };
 
 use vsky_api::{Client, ClientConfig};
+use vsky_testkit::free_port;
 
 use super::{ADMIN_TOKEN, AGENT_TOKEN, write_tokens};
 
@@ -40,14 +40,6 @@ pub fn etcd_binary() -> Option<PathBuf> {
         );
     }
     found
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A PEM certificate and its private key.

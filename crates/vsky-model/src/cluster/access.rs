@@ -29,8 +29,12 @@
 //!   assembled (`None`) ends its releasing attachments at once, as detaches
 //!   did before two-phase detach.
 //!
-//! A releasing attachment whose head is declared failed stays releasing
-//! (nothing will confirm the teardown) until an admin forces the detach.
+//! A head that is gone — declared failed, or silent longer than the
+//! manager's `--head-grace` — never confirms a release and may never come
+//! back: an attach elsewhere then takes the volume over
+//! ([`Cluster::attach_volume_taking_over`]: fence, then attach, in one
+//! change), from either state. Without such an attach, its attachment stays
+//! until an admin forces the detach.
 //!
 //! ## Fencing
 //!
@@ -51,7 +55,7 @@
 
 use super::{Changes, Cluster};
 use crate::SecretSource;
-use crate::entities::AttachmentState;
+use crate::entities::{AttachmentState, ServerState};
 use crate::error::ModelError;
 use crate::ids::{ServerId, VolumeId};
 use crate::limits::HEARTBEAT_ASSEMBLED_MAX;
@@ -123,6 +127,50 @@ impl Cluster {
         let mut changes = Changes::default();
         let ended = self.end_attachment(id, secrets, &mut changes);
         Ok((ended, self.commit(changes)))
+    }
+
+    /// Attaches a volume to `server` ([`Cluster::attach_volume`]), first
+    /// taking it over from another head that is gone: declared failed, or
+    /// one `head_is_gone` says is (the manager's clock: silent longer than
+    /// `--head-grace`). The takeover is the fencing operation
+    /// ([`Cluster::force_detach_volume`]) and the attach in one change, so
+    /// the new head only ever learns the new export names, which the
+    /// storage agents serve only after they dropped the old ones: the old
+    /// head, if it comes back, gets I/O errors, never a successful write.
+    /// A head that is not gone keeps the volume (`AttachedElsewhere` or
+    /// `ReleasingElsewhere`, as from `attach_volume`). Returns the old
+    /// head's name when there was a takeover. The new head is checked
+    /// before anything is fenced, so a refused attach changes nothing.
+    pub fn attach_volume_taking_over(
+        &mut self,
+        name: &str,
+        server: &str,
+        head_is_gone: &dyn Fn(ServerId) -> bool,
+        secrets: &mut dyn SecretSource,
+    ) -> Result<(Option<String>, Changes), ModelError> {
+        let head = self.server_by_name(server)?;
+        let (head_id, head_failed) = (head.id, head.state == ServerState::Failed);
+        let volume = self.volume_by_name(name)?;
+        let id = volume.id;
+        let gone = volume
+            .attachment
+            .as_ref()
+            .map(|a| a.head)
+            .filter(|&old| old != head_id)
+            .filter(|old| self.servers[old].state == ServerState::Failed || head_is_gone(*old));
+        let Some(old) = gone else {
+            return Ok((None, self.attach_volume(name, server)?));
+        };
+        if head_failed {
+            // attach_volume's own refusal, before the fence.
+            return Ok((None, self.attach_volume(name, server)?));
+        }
+        self.check_may_head(head_id)?;
+        let mut changes = Changes::default();
+        self.end_attachment(id, secrets, &mut changes);
+        let mut changes = self.commit(changes);
+        changes.merge(self.attach_volume(name, server)?);
+        Ok((Some(self.servers[&old].name.clone()), changes))
     }
 
     /// A head's heartbeat says which volumes it has assembled now: every

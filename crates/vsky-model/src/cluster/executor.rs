@@ -24,7 +24,7 @@
 use std::collections::BTreeSet;
 
 use super::recovery::{JobKind, JobState, ResyncJob};
-use super::{Changes, Cluster};
+use super::{Changes, Cluster, LegAddr};
 use crate::entities::{DiskState, LegState};
 use crate::ids::{JobId, ServerId, VolumeId};
 
@@ -49,7 +49,11 @@ impl Cluster {
     /// The active (queued or running) job repairing a leg slot, if any.
     pub fn active_job(&self, volume: VolumeId, mirrored_disk: u32, leg: u8) -> Option<&ResyncJob> {
         self.repairs
-            .get(&(volume, mirrored_disk, leg))
+            .get(&LegAddr {
+                volume,
+                mirrored_disk,
+                leg,
+            })
             .map(|id| &self.jobs[id])
     }
 
@@ -114,11 +118,11 @@ impl Cluster {
     }
 
     /// Whether the failed leg in this slot waits for its server.
-    pub(super) fn repair_held(&self, (volume, m, l): (VolumeId, u32, u8)) -> bool {
+    pub(super) fn repair_held(&self, a: LegAddr) -> bool {
         if self.repair_hold.is_empty() {
             return false;
         }
-        let chunk = self.volumes[&volume].mirrored_disks[m as usize].legs[usize::from(l)].chunk;
+        let chunk = self.leg_at(a).chunk;
         self.disks
             .get(&chunk.disk)
             .is_some_and(|d| d.state != DiskState::Failed && self.repair_hold.contains(&d.server))
@@ -130,7 +134,7 @@ impl Cluster {
         let running: Vec<JobId> = self
             .repairs
             .iter()
-            .filter(|((v, _, _), _)| *v == volume)
+            .filter(|(a, _)| a.volume == volume)
             .map(|(_, id)| *id)
             .filter(|id| self.jobs[id].state == JobState::Running)
             .collect();
@@ -149,7 +153,7 @@ impl Cluster {
         let active: Vec<JobId> = self
             .repairs
             .iter()
-            .filter(|((v, _, _), _)| *v == volume)
+            .filter(|(a, _)| a.volume == volume)
             .map(|(_, id)| *id)
             .collect();
         for id in active {

@@ -146,16 +146,16 @@ impl Cluster {
     /// sits on the extra slot).
     pub(crate) fn move_of(&self, volume: VolumeId, m: u32) -> Option<&ResyncJob> {
         self.repairs
-            .range((volume, m, 0)..=(volume, m, u8::MAX))
+            .range(LegAddr::slots_of(volume, m))
             .map(|(_, id)| &self.jobs[id])
             .find(|j| matches!(j.kind, JobKind::Move { .. }))
     }
 
     /// Whether a failed leg is being replaced by its own move (repairs
     /// leave it alone).
-    pub(super) fn moving_away(&self, (volume, m, l): (VolumeId, u32, u8)) -> bool {
-        self.move_of(volume, m)
-            .is_some_and(|j| matches!(j.kind, JobKind::Move { from, .. } if from == l))
+    pub(super) fn moving_away(&self, a: LegAddr) -> bool {
+        self.move_of(a.volume, a.mirrored_disk)
+            .is_some_and(|j| matches!(j.kind, JobKind::Move { from, .. } if from == a.leg))
     }
 
     /// Plans a move for every healthy leg on a draining disk (or a disk of
@@ -237,7 +237,7 @@ impl Cluster {
             && md.legs.iter().all(|l| l.state == LegState::Active)
             && !self
                 .repairs
-                .range((a.volume, a.mirrored_disk, 0)..=(a.volume, a.mirrored_disk, u8::MAX))
+                .range(LegAddr::slots_of(a.volume, a.mirrored_disk))
                 .any(|_| true)
     }
 
@@ -493,7 +493,7 @@ impl Cluster {
                 from: a.leg,
                 reason,
             },
-            (a.volume, a.mirrored_disk, slot),
+            LegAddr { leg: slot, ..a },
             chunk,
             replaced,
             changes,

@@ -96,6 +96,15 @@ pub struct ResyncJob {
 }
 
 impl ResyncJob {
+    /// The slot this job fills.
+    pub(crate) fn leg_addr(&self) -> LegAddr {
+        LegAddr {
+            volume: self.volume,
+            mirrored_disk: self.mirrored_disk,
+            leg: self.leg,
+        }
+    }
+
     pub fn is_active(&self) -> bool {
         matches!(self.state, JobState::Queued | JobState::Running)
     }
@@ -193,8 +202,7 @@ impl Cluster {
                         job.id
                     )));
                 }
-                self.repairs
-                    .insert((job.volume, job.mirrored_disk, job.leg), job.id);
+                self.repairs.insert(job.leg_addr(), job.id);
             } else {
                 self.finished.insert(job.id);
             }
@@ -214,7 +222,7 @@ impl Cluster {
         if !self.repairs_pending {
             return (planned, changes);
         }
-        let failed: Vec<(VolumeId, u32, u8)> = self
+        let failed: Vec<LegAddr> = self
             .volumes
             .values()
             .flat_map(|v| {
@@ -226,7 +234,11 @@ impl Cluster {
                             .iter()
                             .enumerate()
                             .filter(|(_, l)| l.state == LegState::Failed)
-                            .map(move |(l, _)| (v.id, m as u32, l as u8))
+                            .map(move |(l, _)| LegAddr {
+                                volume: v.id,
+                                mirrored_disk: m as u32,
+                                leg: l as u8,
+                            })
                     })
             })
             .filter(|slot| !self.repairs.contains_key(slot))
@@ -238,8 +250,8 @@ impl Cluster {
         // Resyncs bound to each disk, counting the sources the new jobs will
         // be bound to before any target is chosen, so targets avoid them.
         let mut load = self.resyncs_bound_per_disk();
-        for &(volume, m, _) in &failed {
-            if let Some(d) = self.forced_source(volume, m) {
+        for slot in &failed {
+            if let Some(d) = self.forced_source(slot.volume, slot.mirrored_disk) {
                 *load.entry(d).or_insert(0) += 1;
             }
         }
@@ -251,17 +263,12 @@ impl Cluster {
         }
         let mut unplanned = false;
         let mut no_room = false;
-        for (volume, m, l) in failed {
-            let recoverable = self.volumes[&volume].mirrored_disks[m as usize].healthy_legs() > 0;
-            match self.plan_one(
-                volume,
-                m,
-                l,
-                &mut load,
-                &mut receiving,
-                secrets,
-                &mut changes,
-            ) {
+        for slot in failed {
+            let recoverable = self.volumes[&slot.volume].mirrored_disks
+                [slot.mirrored_disk as usize]
+                .healthy_legs()
+                > 0;
+            match self.plan_one(slot, &mut load, &mut receiving, secrets, &mut changes) {
                 Some(id) => planned.push(id),
                 None => {
                     unplanned = true;
@@ -284,17 +291,19 @@ impl Cluster {
     /// Plans one leg's replacement; `load` holds the resyncs bound to each
     /// disk and `receiving` those each server receives; both gain the new
     /// target.
-    #[allow(clippy::too_many_arguments)]
     fn plan_one(
         &mut self,
-        volume: VolumeId,
-        m: u32,
-        l: u8,
+        slot: LegAddr,
         load: &mut HashMap<DiskId, u32>,
         receiving: &mut HashMap<ServerId, u32>,
         secrets: &mut dyn SecretSource,
         changes: &mut Changes,
     ) -> Option<JobId> {
+        let LegAddr {
+            volume,
+            mirrored_disk: m,
+            leg: l,
+        } = slot;
         let v = &self.volumes[&volume];
         let md = &v.mirrored_disks[m as usize];
         if md.healthy_legs() == 0 {
@@ -334,14 +343,7 @@ impl Cluster {
 
         // Take the new chunk for the slot; release the failed one (it is
         // wiped if its disk ever serves again, dropped with the disk if not).
-        let index = self.take_chunk(
-            disk,
-            LegAddr {
-                volume,
-                mirrored_disk: m,
-                leg: l,
-            },
-        );
+        let index = self.take_chunk(disk, slot);
         self.release_chunk(replaced, changes);
         let target = ChunkRef { disk, index };
         let leg = &mut self
@@ -359,15 +361,15 @@ impl Cluster {
         self.link_pairs(&before, false);
         self.link_pairs(&after, true);
 
-        Some(self.queue_job(JobKind::Repair, (volume, m, l), target, replaced, changes))
+        Some(self.queue_job(JobKind::Repair, slot, target, replaced, changes))
     }
 
-    /// Queues a new job filling `target` in slot `(volume, mirrored disk,
-    /// leg)` in place of `replaced`; its source is chosen when it starts.
+    /// Queues a new job filling `target` in slot `slot` in place of
+    /// `replaced`; its source is chosen when it starts.
     pub(super) fn queue_job(
         &mut self,
         kind: JobKind,
-        (volume, m, l): (VolumeId, u32, u8),
+        slot: LegAddr,
         target: ChunkRef,
         replaced: ChunkRef,
         changes: &mut Changes,
@@ -376,9 +378,9 @@ impl Cluster {
         let job = ResyncJob {
             id,
             kind,
-            volume,
-            mirrored_disk: m,
-            leg: l,
+            volume: slot.volume,
+            mirrored_disk: slot.mirrored_disk,
+            leg: slot.leg,
             target,
             source: None,
             replaced,
@@ -389,9 +391,9 @@ impl Cluster {
             failed_sources: Vec::new(),
         };
         self.jobs.insert(id, job);
-        self.repairs.insert((volume, m, l), id);
+        self.repairs.insert(slot, id);
         changes.jobs.insert(id);
-        changes.volumes.insert(volume);
+        changes.volumes.insert(slot.volume);
         id
     }
 
@@ -642,8 +644,7 @@ impl Cluster {
         if state == JobState::Done {
             job.bytes_done = job.bytes_total;
         }
-        self.repairs
-            .remove(&(job.volume, job.mirrored_disk, job.leg));
+        self.repairs.remove(&job.leg_addr());
         changes.jobs.insert(id);
         // Keep a bounded history of finished jobs (ids grow, so the
         // smallest finished ids are the oldest).
@@ -741,7 +742,11 @@ impl Cluster {
             for (m, md) in v.mirrored_disks.iter().enumerate() {
                 for (l, leg) in md.legs.iter().enumerate() {
                     if leg.state == LegState::Syncing {
-                        syncing.insert((v.id, m as u32, l as u8));
+                        syncing.insert(LegAddr {
+                            volume: v.id,
+                            mirrored_disk: m as u32,
+                            leg: l as u8,
+                        });
                     }
                 }
             }

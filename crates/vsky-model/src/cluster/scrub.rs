@@ -40,7 +40,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::recovery::JobState;
-use super::{Changes, Cluster};
+use super::{Changes, Cluster, LegAddr};
 use crate::entities::{LegState, ServerState};
 use crate::error::ModelError;
 use crate::ids::{DiskId, ServerId, VolumeId};
@@ -138,7 +138,7 @@ impl Cluster {
                 && md.legs.iter().all(|l| l.state == LegState::Active)
         }) && self
             .repairs
-            .range((volume, m, 0)..=(volume, m, u8::MAX))
+            .range(LegAddr::slots_of(volume, m))
             .next()
             .is_none()
     }

@@ -3,6 +3,16 @@
 //!
 //! These take an agent token (or the admin token). A token bound to a server
 //! acts for that server only.
+//!
+//! The handlers only translate: the cluster's rules are model methods
+//! (`Cluster::register_reported_disk` judges each registered disk,
+//! `Cluster::apply_heartbeat` judges a heartbeat's observations and drops
+//! the stale ones, `Cluster::attach_volume` and `release_volume` the
+//! agent's own attaches and detaches). A handler parses the body, calls the
+//! model inside `Manager::mutate` (all or nothing), and turns the outcome
+//! into events, metrics and the answer. The recovery loop's in-memory
+//! state (suspected servers, legs brought back once, rate samples) is fed
+//! from here.
 
 use std::time::Duration;
 
@@ -10,19 +20,21 @@ use axum::extract::State;
 use axum::{Extension, Json};
 use serde::Deserialize;
 use vsky_api::types::{
-    AgentAttachment, AgentRegistered, ChunkId, DesiredState, ErrorBody, FailedLeg, Heartbeat,
-    HeartbeatAck, RefusedDisk, RegisterAgent, RegisteredDisk, ScrubReport, VolumeDetail,
+    AgentAttachment, AgentRegistered, ChunkId, DesiredState, ErrorBody, Heartbeat, HeartbeatAck,
+    RefusedDisk, RegisterAgent, RegisteredDisk, VolumeDetail,
 };
 use vsky_model::{
-    ChunkRef, DiskId, DiskLabel, DiskVerdict, FoundLabel, JobId, NewDisk, NewServer, ReportedDisk,
-    ServerId, ServerState, WipedChunk,
+    AgentReport, ChunkRef, DiskId, DiskLabel, DiskVerdict, DroppedReport, FoundLabel,
+    HeartbeatEvent, HeartbeatOutcome, JobId, JobKind, LegFailure, MoveReason, NewDisk, NewServer,
+    ReportedDisk, ResyncStatus, ResyncUpdate, ScrubResult, ScrubVerdict, ServerId, ServerState,
+    WipedChunk,
 };
 
 use crate::auth::Principal;
 use crate::events::{NewEvent, Severity};
-use crate::http::AppState;
 use crate::http::convert;
 use crate::http::error::{ApiError, ApiJson, ApiQuery};
+use crate::http::state::AppState;
 
 /// Longest a desired-state long-poll may wait.
 const LONG_POLL_MAX: Duration = Duration::from_secs(60);
@@ -196,318 +208,308 @@ pub async fn heartbeat(
     }
     // Agents that checked their mirrors on their own timer (before the
     // manager scheduled every scrub) send no scrub id: an event only. The
-    // manager's scrubs end their runs below.
+    // manager's scrubs end their runs in `apply_heartbeat`.
     for scrub in req.scrubs.iter().filter(|s| s.scrub.is_none()) {
-        app.recovery.scrub_finished(&req.server, scrub);
+        app.recovery.scrub_finished(
+            &req.server,
+            &scrub.volume,
+            scrub.mirrored_disk,
+            scrub.mismatched_sectors,
+        );
     }
-    let scheduled_scrubs = req.scrubs.iter().any(|s| s.scrub.is_some());
-    // Releasing attachments of this server whose devices are gone (or all
-    // of them, if the agent cannot say: `assembled` is None) end below.
-    let releases = app.manager.read(|c| {
-        c.releasing_on(server_id).any(|(_, name)| {
-            req.assembled
-                .as_ref()
-                .is_none_or(|list| !list.contains(&name))
-        })
-    })?;
-    if !releases
-        && req.wiped_chunks.is_empty()
-        && req.wiped.is_empty()
-        && req.failed_legs.is_empty()
-        && req.resyncs.is_empty()
-        && !scheduled_scrubs
+    // The rules (who may report what, which reports are stale) are
+    // `Cluster::apply_heartbeat`'s; this converts the report and turns the
+    // outcome into events and metrics.
+    let report = agent_report(&req);
+    if app
+        .manager
+        .read(|c| c.heartbeat_is_quiet(server_id, &report))?
     {
         let generation = app.manager.read(|c| c.generation())?;
         return Ok(Json(HeartbeatAck { generation }));
     }
-    let server = req.server.clone();
-    let reporter = req.server.clone();
-    let (generation, events, suspects, progress, scrubbed) = app
+    let outcome = app
         .manager
         .mutate(move |c, secrets| {
-            // Observations can be stale by the time they arrive (the
-            // volume was detached or deleted, the disk removed, the leg
-            // replaced, the job requeued): those are dropped, not refused,
-            // or one stale item would block every later heartbeat.
-            let mut events = Vec::new();
-            // Servers holding the legs reported failed: held for their grace
-            // period unless they show they are alive.
-            let mut suspects = Vec::new();
-            let mut progress = Vec::new();
-            // Reports without a release id (`wiped_chunks`) are for
-            // release 0: they free only chunks freed before release ids.
-            let unnumbered = req
-                .wiped_chunks
-                .iter()
-                .map(|ch| (ch, vsky_model::UNNUMBERED_RELEASE));
-            let wiped: Vec<WipedChunk> = unnumbered
-                .chain(req.wiped.iter().map(|w| (&w.chunk, w.release)))
-                .map(|(ch, release)| WipedChunk {
-                    chunk: ChunkRef { disk: DiskId(ch.disk_id), index: ch.index },
-                    release,
-                })
-                .filter(|w| c.disk(w.chunk.disk).is_ok_and(|d| d.server == server_id))
-                .collect();
-            let (freed, mut changes) = c.chunks_wiped(server_id, &wiped)?;
-            if freed > 0 {
-                tracing::info!(server = %server, freed, "wiped chunks returned to the pool");
-            }
-            let outdated = wiped
-                .iter()
-                .filter(|w| w.release == vsky_model::UNNUMBERED_RELEASE)
-                .filter(|w| {
-                    c.disk(w.chunk.disk).is_ok_and(|d| {
-                        d.releasing.get(&w.chunk.index).is_some_and(|&r| r != w.release)
-                    })
-                })
-                .count();
-            if outdated > 0 {
-                tracing::warn!(server = %server, chunks = outdated, "agent reports wipes without release ids (an older agent?); those chunks stay releasing until it is upgraded");
-            }
-            for f in &req.failed_legs {
-                if let Some(reported) = f.chunk
-                    && current_chunk(c, f) != Some(reported)
-                {
-                    tracing::info!(server = %server, volume = %f.volume, "failure report about a replaced chunk dropped");
-                    continue;
-                }
-                let holder = current_chunk(c, f)
-                    .and_then(|ch| c.disk(DiskId(ch.disk_id)).ok())
-                    .map(|d| d.server);
-                match c.report_leg_failed(server_id, &f.volume, f.mirrored_disk, f.leg) {
-                    Ok(ch) => {
-                        if !ch.volumes.is_empty() {
-                            suspects.extend(holder);
-                            events.push(
-                                NewEvent::new(
-                                    Severity::Warning,
-                                    "leg_failed",
-                                    format!(
-                                        "head {server} reports leg {} of mirrored disk {} of volume {} failed",
-                                        f.leg, f.mirrored_disk, f.volume
-                                    ),
-                                )
-                                .server(&server)
-                                .volume(&f.volume),
-                            );
-                        }
-                        changes.merge(ch);
-                    }
-                    Err(e) => tracing::info!(server = %server, volume = %f.volume, error = %e,
-                        "stale failed-leg report dropped"),
-                }
-            }
-            for r in &req.resyncs {
-                let job = JobId(r.job);
-                // Only the job's current executor may move it on.
-                if c.job_executor(job).map(|e| e.server()) != Some(server_id) {
-                    tracing::debug!(server = %server, %job, "resync report from a non-executor dropped");
-                    continue;
-                }
-                let volume = c.job(job).map(|j| c.volume_label(j.volume)).unwrap_or_default();
-                let kind = c.job(job).map(|j| j.kind).unwrap_or_default();
-                let is_move = matches!(kind, vsky_model::JobKind::Move { .. });
-                let source = c.job(job).ok().and_then(|j| j.source);
-                let ch = if let (Some(error), Some(failed)) = (&r.error, r.failed_source) {
-                    // The copy could not read its source: another healthy
-                    // leg is tried, the target stays. A report about an
-                    // earlier attempt's source is stale.
-                    if source.map(|s| (s.disk.0, s.index)) != Some((failed.disk_id, failed.index)) {
-                        tracing::debug!(server = %server, %job, "stale copy-source report dropped");
-                        continue;
-                    }
-                    let (ch, another) = c.copy_source_failed(job, error)?;
-                    let next = if another {
-                        "it starts again from another healthy leg, onto the same new chunk"
-                    } else {
-                        "no other healthy leg holds the data: it tries the same one again"
-                    };
-                    events.push(
-                        NewEvent::new(
-                            Severity::Warning,
-                            "rebuild_source_failed",
-                            format!(
-                                "{job} on {server} could not read its source (disk {} chunk {}): {error}; {next}",
-                                failed.disk_id, failed.index
-                            ),
-                        )
-                        .server(&server)
-                        .volume(&volume)
-                        .rebuild(job.0),
-                    );
-                    ch
-                } else if let Some(error) = &r.error {
-                    let next = match kind {
-                        vsky_model::JobKind::Repair => "the leg gets a new replacement",
-                        vsky_model::JobKind::Move { reason: vsky_model::MoveReason::Drain, .. } => {
-                            "the move is dropped and the leg stays where it was; the drain plans it again"
-                        }
-                        vsky_model::JobKind::Move { .. } => {
-                            "the move is dropped and the leg stays where it was"
-                        }
-                    };
-                    events.push(
-                        NewEvent::new(
-                            Severity::Error,
-                            "rebuild_failed",
-                            format!("{job} failed on {server}: {error}; {next}"),
-                        )
-                        .server(&server)
-                        .volume(&volume)
-                        .rebuild(job.0),
-                    );
-                    c.fail_job(job, error)?
-                } else if r.done {
-                    events.push(
-                        NewEvent::new(
-                            Severity::Info,
-                            "rebuild_done",
-                            if is_move {
-                                format!("{job} done: volume {volume}: the leg moved, its old chunk is wiped and freed")
-                            } else {
-                                format!("{job} done: volume {volume} mirrored disk has its leg back")
-                            },
-                        )
-                        .server(&server)
-                        .volume(&volume)
-                        .rebuild(job.0),
-                    );
-                    c.finish_job(job)?
-                } else {
-                    progress.push((job, r.bytes_done));
-                    c.job_progress(job, r.bytes_done)?
-                };
-                changes.merge(ch);
-            }
-            let scrubbed = finish_scrubs(c, server_id, &server, &req.scrubs, &mut events, &mut changes);
-            let (released, ch) =
-                c.head_reports_assembled(server_id, req.assembled.as_deref(), secrets)?;
-            changes.merge(ch);
-            for volume in released {
-                events.push(
-                    NewEvent::new(
-                        Severity::Info,
-                        "volume_detached",
-                        if req.assembled.is_some() {
-                            format!("volume {volume} detached: its head {server} has torn its devices down; its legs have new export names")
-                        } else {
-                            format!("volume {volume} detached from {server}, whose agent cannot report its devices (an older agent): released at once; its legs have new export names")
-                        },
-                    )
-                    .server(&server)
-                    .volume(&volume),
-                );
-            }
-            Ok(((c.generation(), events, suspects, progress, scrubbed), changes))
+            c.apply_heartbeat(server_id, &report, crate::recovery::unix_now(), secrets)
         })
         .await?;
+    let server = req.server.as_str();
+    log_outcome(server, &outcome);
     // Rate samples only from the executor's accepted reports.
-    for (job, bytes_done) in progress {
+    for (job, bytes_done) in outcome.progress {
         app.recovery.progress(job, bytes_done);
     }
-    for s in suspects {
+    for s in outcome.suspects {
         app.recovery.suspect(s);
     }
-    for scrub in &scrubbed {
-        app.recovery.scrub_finished(&reporter, scrub);
+    for s in &outcome.scrubs_finished {
+        app.recovery
+            .scrub_finished(server, &s.volume, s.mirrored_disk, s.mismatched_sectors);
     }
-    for e in events {
-        if let Some(job) = e.rebuild {
-            app.recovery.forget(JobId(job));
+    for e in &outcome.events {
+        if let Some(job) = e.job() {
+            app.recovery.forget(job);
         }
-        app.event(e);
+        app.event(heartbeat_event(server, req.assembled.is_some(), e));
     }
-    Ok(Json(HeartbeatAck { generation }))
+    Ok(Json(HeartbeatAck {
+        generation: outcome.generation,
+    }))
 }
 
-/// Ends the runs of the scrubs reported (`scrub` set) by their executor: records the scrub, and fails the legs that could not
-/// be read (a `scrub_unreadable` event each time), or, for a scrub that
-/// could not be done, lets it be tried again later (`scrub_failed`).
-/// Reports of runs that ended, changed or belong to another executor are
-/// dropped: the agent sends a verdict until the manager stops listing the
-/// scrub. Returns the verdicts accepted, for their events and metrics.
-fn finish_scrubs(
-    c: &mut vsky_model::Cluster,
-    server_id: ServerId,
-    server: &str,
-    reports: &[ScrubReport],
-    events: &mut Vec<NewEvent>,
-    changes: &mut vsky_model::Changes,
-) -> Vec<ScrubReport> {
-    let now = crate::recovery::unix_now();
-    let mut accepted = Vec::new();
-    for r in reports {
-        let Some(id) = r.scrub else { continue };
-        let Some(volume) = c.volume_by_name(&r.volume).ok().map(|v| v.id) else {
-            tracing::debug!(server, volume = %r.volume, "scrub report about a missing volume dropped");
-            continue;
-        };
-        let m = r.mirrored_disk;
-        // Only the run's executor may end it.
-        if c.scrub(volume, m).map(|run| (run.id, run.executor)) != Some((id, server_id)) {
-            tracing::debug!(server, volume = %r.volume, scrub = id, "stale scrub report dropped");
-            continue;
-        }
-        let what = format!("volume {} mirrored disk {m}", r.volume);
-        if let Some(error) = &r.error {
-            match c.scrub_failed(volume, m, id, now) {
-                Ok(ch) => {
-                    changes.merge(ch);
-                    events.push(
-                        NewEvent::new(
-                            Severity::Warning,
-                            "scrub_failed",
-                            format!(
-                                "scrub of {what} by {server} could not be done: {error}; it is tried again later"
-                            ),
-                        )
-                        .server(server)
-                        .volume(&r.volume),
-                    );
-                }
-                Err(e) => {
-                    tracing::info!(server, scrub = id, error = %e, "scrub failure report dropped")
-                }
-            }
-            continue;
-        }
-        let legs: Vec<String> = r
-            .unreadable_legs
-            .iter()
-            .map(|l| {
-                let holder = c
-                    .volume(volume)
-                    .and_then(|v| v.mirrored_disks.get(m as usize)?.legs.get(usize::from(*l)))
-                    .and_then(|leg| c.disk(leg.chunk.disk).ok())
-                    .and_then(|d| c.server(d.server))
-                    .map(|s| s.name.clone())
-                    .unwrap_or_default();
-                format!("leg {l} on {holder}")
+/// The REST heartbeat in the model's terms. Reports without a release id
+/// (`wiped_chunks`) are for release 0: they free only chunks freed before
+/// release ids. Scrub reports without a scrub id are no verdict on a run.
+fn agent_report(req: &Heartbeat) -> AgentReport {
+    let chunk = |ch: &ChunkId| ChunkRef {
+        disk: DiskId(ch.disk_id),
+        index: ch.index,
+    };
+    let unnumbered = req
+        .wiped_chunks
+        .iter()
+        .map(|ch| (ch, vsky_model::UNNUMBERED_RELEASE));
+    let wiped = unnumbered
+        .chain(req.wiped.iter().map(|w| (&w.chunk, w.release)))
+        .map(|(ch, release)| WipedChunk {
+            chunk: chunk(ch),
+            release,
+        })
+        .collect();
+    let failed_legs = req
+        .failed_legs
+        .iter()
+        .map(|f| LegFailure {
+            volume: f.volume.clone(),
+            mirrored_disk: f.mirrored_disk,
+            leg: f.leg,
+            chunk: f.chunk.as_ref().map(chunk),
+        })
+        .collect();
+    let resyncs = req
+        .resyncs
+        .iter()
+        .map(|r| ResyncUpdate {
+            job: JobId(r.job),
+            status: match (&r.error, &r.failed_source) {
+                (Some(error), Some(source)) => ResyncStatus::SourceFailed {
+                    source: chunk(source),
+                    error: error.clone(),
+                },
+                (Some(error), None) => ResyncStatus::Failed {
+                    error: error.clone(),
+                },
+                (None, _) if r.done => ResyncStatus::Done,
+                (None, _) => ResyncStatus::Copying {
+                    bytes_done: r.bytes_done,
+                },
+            },
+        })
+        .collect();
+    let scrubs = req
+        .scrubs
+        .iter()
+        .filter_map(|s| {
+            Some(ScrubVerdict {
+                scrub: s.scrub?,
+                volume: s.volume.clone(),
+                mirrored_disk: s.mirrored_disk,
+                result: match &s.error {
+                    Some(error) => ScrubResult::NotDone {
+                        error: error.clone(),
+                    },
+                    None => ScrubResult::Read {
+                        mismatched_sectors: s.mismatched_sectors,
+                        unreadable_legs: s.unreadable_legs.clone(),
+                    },
+                },
             })
-            .collect();
-        match c.finish_scrub(volume, m, id, now, &r.unreadable_legs) {
-            Ok(ch) => {
-                changes.merge(ch);
-                if !legs.is_empty() {
-                    events.push(
-                        NewEvent::new(
-                            Severity::Warning,
-                            "scrub_unreadable",
-                            format!(
-                                "scrub of {what} by {server}: {} could not be read; failed, being replaced from the other legs",
-                                legs.join(", ")
-                            ),
-                        )
-                        .server(server)
-                        .volume(&r.volume),
-                    );
-                }
-                accepted.push(r.clone());
+        })
+        .collect();
+    AgentReport {
+        wiped,
+        failed_legs,
+        resyncs,
+        scrubs,
+        assembled: req.assembled.clone(),
+    }
+}
+
+/// Logs what a heartbeat freed and what of it was dropped.
+fn log_outcome(server: &str, outcome: &HeartbeatOutcome) {
+    if outcome.freed > 0 {
+        tracing::info!(
+            server,
+            freed = outcome.freed,
+            "wiped chunks returned to the pool"
+        );
+    }
+    if outcome.unnumbered_still_releasing > 0 {
+        tracing::warn!(
+            server,
+            chunks = outcome.unnumbered_still_releasing,
+            "agent reports wipes without release ids (an older agent?); those chunks stay releasing until it is upgraded"
+        );
+    }
+    for d in &outcome.dropped {
+        match d {
+            DroppedReport::FailureOfReplacedChunk { volume } => {
+                tracing::info!(server, %volume, "failure report about a replaced chunk dropped")
             }
-            Err(e) => tracing::warn!(server, scrub = id, error = %e, "scrub report refused"),
+            DroppedReport::StaleFailure { volume, error } => {
+                tracing::info!(server, %volume, %error, "stale failed-leg report dropped")
+            }
+            DroppedReport::NotExecutor { job } => {
+                tracing::debug!(server, %job, "resync report from a non-executor dropped")
+            }
+            DroppedReport::StaleCopySource { job } => {
+                tracing::debug!(server, %job, "stale copy-source report dropped")
+            }
+            DroppedReport::ScrubOfMissingVolume { volume } => {
+                tracing::debug!(server, %volume, "scrub report about a missing volume dropped")
+            }
+            DroppedReport::StaleScrub { volume, scrub } => {
+                tracing::debug!(server, %volume, scrub, "stale scrub report dropped")
+            }
+            DroppedReport::ScrubFailureRefused { scrub, error } => {
+                tracing::info!(server, scrub, %error, "scrub failure report dropped")
+            }
+            DroppedReport::ScrubRefused { scrub, error } => {
+                tracing::warn!(server, scrub, %error, "scrub report refused")
+            }
         }
     }
-    accepted
+}
+
+/// The event-log entry for what `server`'s heartbeat changed.
+/// `assembled_known`: the agent listed its assembled volumes (an older
+/// agent cannot, and its releases end at once).
+fn heartbeat_event(server: &str, assembled_known: bool, e: &HeartbeatEvent) -> NewEvent {
+    match e {
+        HeartbeatEvent::LegFailed {
+            volume,
+            mirrored_disk,
+            leg,
+        } => NewEvent::new(
+            Severity::Warning,
+            "leg_failed",
+            format!(
+                "head {server} reports leg {leg} of mirrored disk {mirrored_disk} of volume {volume} failed"
+            ),
+        )
+        .server(server)
+        .volume(volume),
+        HeartbeatEvent::ResyncSourceFailed {
+            job,
+            volume,
+            source,
+            error,
+            another_source,
+        } => {
+            let next = if *another_source {
+                "it starts again from another healthy leg, onto the same new chunk"
+            } else {
+                "no other healthy leg holds the data: it tries the same one again"
+            };
+            NewEvent::new(
+                Severity::Warning,
+                "rebuild_source_failed",
+                format!(
+                    "{job} on {server} could not read its source (disk {} chunk {}): {error}; {next}",
+                    source.disk.0, source.index
+                ),
+            )
+            .server(server)
+            .volume(volume)
+            .rebuild(job.0)
+        }
+        HeartbeatEvent::ResyncFailed {
+            job,
+            volume,
+            kind,
+            error,
+        } => {
+            let next = match kind {
+                JobKind::Repair => "the leg gets a new replacement",
+                JobKind::Move {
+                    reason: MoveReason::Drain,
+                    ..
+                } => "the move is dropped and the leg stays where it was; the drain plans it again",
+                JobKind::Move { .. } => "the move is dropped and the leg stays where it was",
+            };
+            NewEvent::new(
+                Severity::Error,
+                "rebuild_failed",
+                format!("{job} failed on {server}: {error}; {next}"),
+            )
+            .server(server)
+            .volume(volume)
+            .rebuild(job.0)
+        }
+        HeartbeatEvent::ResyncDone { job, volume, kind } => NewEvent::new(
+            Severity::Info,
+            "rebuild_done",
+            if matches!(kind, JobKind::Move { .. }) {
+                format!(
+                    "{job} done: volume {volume}: the leg moved, its old chunk is wiped and freed"
+                )
+            } else {
+                format!("{job} done: volume {volume} mirrored disk has its leg back")
+            },
+        )
+        .server(server)
+        .volume(volume)
+        .rebuild(job.0),
+        HeartbeatEvent::ScrubFailed {
+            volume,
+            mirrored_disk,
+            error,
+        } => NewEvent::new(
+            Severity::Warning,
+            "scrub_failed",
+            format!(
+                "scrub of volume {volume} mirrored disk {mirrored_disk} by {server} could not be done: {error}; it is tried again later"
+            ),
+        )
+        .server(server)
+        .volume(volume),
+        HeartbeatEvent::ScrubUnreadable {
+            volume,
+            mirrored_disk,
+            legs,
+        } => {
+            let legs: Vec<String> = legs
+                .iter()
+                .map(|(l, holder)| format!("leg {l} on {holder}"))
+                .collect();
+            NewEvent::new(
+                Severity::Warning,
+                "scrub_unreadable",
+                format!(
+                    "scrub of volume {volume} mirrored disk {mirrored_disk} by {server}: {} could not be read; failed, being replaced from the other legs",
+                    legs.join(", ")
+                ),
+            )
+            .server(server)
+            .volume(volume)
+        }
+        HeartbeatEvent::Released { volume } => NewEvent::new(
+            Severity::Info,
+            "volume_detached",
+            if assembled_known {
+                format!(
+                    "volume {volume} detached: its head {server} has torn its devices down; its legs have new export names"
+                )
+            } else {
+                format!(
+                    "volume {volume} detached from {server}, whose agent cannot report its devices (an older agent): released at once; its legs have new export names"
+                )
+            },
+        )
+        .server(server)
+        .volume(volume),
+    }
 }
 
 /// The agent of a server declared failed for its silence speaks again: the
@@ -559,13 +561,18 @@ async fn bring_back_legs(
         .mutate(move |c, _| {
             let mut changes = vsky_model::Changes::default();
             let mut back = Vec::new();
-            for (volume, m, l, _) in legs {
+            for (addr, _) in legs {
                 // Stale candidates (replaced or failed meanwhile) are skipped.
-                if let Ok(ch) = c.leg_returned(volume, m, l)
+                if let Ok(ch) = c.leg_returned(addr)
                     && !ch.is_empty()
                 {
                     changes.merge(ch);
-                    back.push(format!("{} {m}/{l}", c.volume_label(volume)));
+                    back.push(format!(
+                        "{} {}/{}",
+                        c.volume_label(addr.volume),
+                        addr.mirrored_disk,
+                        addr.leg
+                    ));
                 }
             }
             Ok((back, changes))
@@ -588,20 +595,6 @@ async fn bring_back_legs(
     Ok(())
 }
 
-/// The chunk a failure report's slot holds now, if the slot exists.
-fn current_chunk(c: &vsky_model::Cluster, f: &FailedLeg) -> Option<ChunkId> {
-    let v = c.volume_by_name(&f.volume).ok()?;
-    let leg = v
-        .mirrored_disks
-        .get(f.mirrored_disk as usize)?
-        .legs
-        .get(usize::from(f.leg))?;
-    Some(ChunkId {
-        disk_id: leg.chunk.disk.0,
-        index: leg.chunk.index,
-    })
-}
-
 /// Attaches a volume to the calling agent's own server (the datapath
 /// plugin's path to an attach, with no admin token on the host). Refused
 /// (409 `storage_only`) when that agent registered with `--storage-only`.
@@ -619,16 +612,28 @@ pub async fn attach(
         "attach the volume on a head, or give this server a token without `storage-only` if it should head volumes",
     )?;
     let (volume, server) = (req.volume.clone(), req.server.clone());
-    let detail = app
+    let gone = app.recovery.gone_heads(&app.manager)?;
+    let (taken_from, detail) = app
         .manager
-        .mutate(move |c, _| {
-            let changes = c.attach_volume(&req.volume, &req.server)?;
+        .mutate(move |c, secrets| {
+            let (from, changes) = c.attach_volume_taking_over(
+                &req.volume,
+                &req.server,
+                &|h| gone.contains(&h),
+                secrets,
+            )?;
             Ok((
-                convert::volume_detail(c, c.volume_by_name(&req.volume)?),
+                (
+                    from,
+                    convert::volume_detail(c, c.volume_by_name(&req.volume)?),
+                ),
                 changes,
             ))
         })
         .await?;
+    if let Some(from) = &taken_from {
+        app.event(super::taken_over_event(&volume, from, &server));
+    }
     app.event(
         NewEvent::new(
             Severity::Info,

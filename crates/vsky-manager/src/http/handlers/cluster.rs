@@ -4,10 +4,10 @@ use axum::Json;
 use axum::extract::State;
 use vsky_api::types::{ClusterSummary, ErrorBody, Health};
 
-use crate::http::AppState;
 use crate::http::convert;
 use crate::http::error::ApiError;
-use crate::leader::Role;
+use crate::http::state::AppState;
+use crate::manager::Role;
 
 /// Liveness: answers without a token.
 #[utoipa::path(get, path = "/api/v1/health", tag = "cluster",

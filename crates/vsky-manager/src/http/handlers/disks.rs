@@ -7,9 +7,9 @@ use vsky_api::types::{CreateDisk, Disk, ErrorBody};
 use vsky_model::{DiskId, NewDisk};
 
 use crate::events::{NewEvent, Severity};
-use crate::http::AppState;
 use crate::http::convert;
 use crate::http::error::{ApiError, ApiJson, ApiPath};
+use crate::http::state::AppState;
 
 #[utoipa::path(get, path = "/api/v1/disks", tag = "disks",
     responses((status = 200, body = Vec<Disk>), (status = 401, body = ErrorBody)))]

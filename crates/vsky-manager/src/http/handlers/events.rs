@@ -8,8 +8,8 @@ use axum::extract::State;
 use serde::Deserialize;
 use vsky_api::types::{ErrorBody, EventList};
 
-use crate::http::AppState;
 use crate::http::error::{ApiError, ApiQuery};
+use crate::http::state::AppState;
 
 /// Most events one answer carries.
 const PAGE_MAX: usize = 1000;

@@ -6,9 +6,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use vsky_api::types::{CreateGroup, ErrorBody, Group, UpdateGroup};
 
-use crate::http::AppState;
 use crate::http::convert;
 use crate::http::error::{ApiError, ApiJson, ApiPath};
+use crate::http::state::AppState;
 
 #[utoipa::path(get, path = "/api/v1/groups", tag = "groups",
     responses((status = 200, body = Vec<Group>), (status = 401, body = ErrorBody)))]

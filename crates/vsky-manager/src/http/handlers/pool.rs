@@ -8,9 +8,9 @@ use vsky_api::types::{
 };
 
 use crate::events::{NewEvent, Severity};
-use crate::http::AppState;
 use crate::http::convert;
 use crate::http::error::{ApiError, ApiOptionalJson};
+use crate::http::state::AppState;
 use crate::recovery::{describe_job, rebuild_queued};
 
 /// Plans moves from the fullest disks (by the fraction of their chunks in

@@ -7,9 +7,9 @@ use serde::Deserialize;
 use vsky_api::types::{ErrorBody, RebuildList};
 use vsky_model::JobState;
 
-use crate::http::AppState;
 use crate::http::convert;
 use crate::http::error::{ApiError, ApiQuery};
+use crate::http::state::AppState;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]

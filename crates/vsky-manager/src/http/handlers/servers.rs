@@ -7,9 +7,9 @@ use vsky_api::types::{CreateServer, ErrorBody, Server};
 use vsky_model::NewServer;
 
 use crate::events::{NewEvent, Severity};
-use crate::http::AppState;
 use crate::http::convert;
 use crate::http::error::{ApiError, ApiJson, ApiPath};
+use crate::http::state::AppState;
 
 #[utoipa::path(get, path = "/api/v1/servers", tag = "servers",
     responses((status = 200, body = Vec<Server>), (status = 401, body = ErrorBody)))]

@@ -10,9 +10,9 @@ use vsky_api::types::{
 use vsky_model::{NewVolume, Stripe};
 
 use crate::events::{NewEvent, Severity};
-use crate::http::AppState;
 use crate::http::convert;
 use crate::http::error::{ApiError, ApiJson, ApiOptionalJson, ApiPath, ApiQuery};
+use crate::http::state::AppState;
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -153,7 +153,11 @@ pub async fn delete(
 
 /// Attaches a volume to a head server (idempotent for the same server).
 /// Refused (409 `storage_only`) on a server whose agent runs with
-/// `--storage-only`: nothing there could assemble it.
+/// `--storage-only`: nothing there could assemble it. Refused (409
+/// `attached_elsewhere` / `releasing_elsewhere`) while another head holds
+/// it, unless that head is gone (declared failed, or silent longer than
+/// `--head-grace`): then the old head is fenced first (every leg gets a new
+/// secret export name) and the volume moves (event `volume_taken_over`).
 #[utoipa::path(post, path = "/api/v1/volumes/{name}/attach", tag = "volumes", request_body = AttachVolume,
     params(("name" = String, Path, description = "volume name")),
     responses((status = 200, body = VolumeDetail), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -163,13 +167,21 @@ pub async fn attach(
     ApiJson(req): ApiJson<AttachVolume>,
 ) -> Result<Json<VolumeDetail>, ApiError> {
     let (n, server) = (name.clone(), req.server.clone());
-    let detail = app
+    let gone = app.recovery.gone_heads(&app.manager)?;
+    let (taken_from, detail) = app
         .manager
-        .mutate(move |c, _| {
-            let changes = c.attach_volume(&n, &req.server)?;
-            Ok((convert::volume_detail(c, c.volume_by_name(&n)?), changes))
+        .mutate(move |c, secrets| {
+            let (from, changes) =
+                c.attach_volume_taking_over(&n, &req.server, &|h| gone.contains(&h), secrets)?;
+            Ok((
+                (from, convert::volume_detail(c, c.volume_by_name(&n)?)),
+                changes,
+            ))
         })
         .await?;
+    if let Some(from) = &taken_from {
+        app.event(super::taken_over_event(&name, from, &server));
+    }
     app.event(
         NewEvent::new(
             Severity::Info,

@@ -10,6 +10,11 @@
 //! A std mutex (not tokio's) guards the cluster: critical sections are short
 //! and never await; mutations run on the blocking pool because the store
 //! fsyncs.
+//!
+//! The manager's [`Role`] (single, leader or standby) lives here with the
+//! [`Manager`] that holds it: a standby refuses writes. The election
+//! (`leader.rs`) sets the role and the HTTP layer reads it, so both depend
+//! on this module and it depends on neither.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,12 +23,12 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 use vsky_model::{Changes, Cluster, ModelError, SecretSource, ServerId, Settings};
+use vsky_sync::LockExt;
 
-use crate::leader::Role;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
+pub enum ManagerError {
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]
@@ -40,6 +45,33 @@ impl SecretSource for OsSecrets {
         let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes).expect("the OS random source is available");
         bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// This manager's part in serving the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The only manager (embedded redb store): always accepts writes.
+    Single,
+    /// Elected among managers sharing an etcd store: accepts writes.
+    Leader,
+    /// Another manager leads (its advertised URL, when known): answers
+    /// reads and refuses writes with `not_leader`.
+    Standby { leader: Option<String> },
+}
+
+impl Role {
+    /// True when this manager may accept writes.
+    pub fn is_leader(&self) -> bool {
+        matches!(self, Role::Single | Role::Leader)
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::Single => "single",
+            Role::Leader => "leader",
+            Role::Standby { .. } => "standby",
+        }
     }
 }
 
@@ -62,7 +94,7 @@ pub struct Manager {
     role: watch::Sender<Role>,
 }
 
-fn load_cluster(store: &dyn Store) -> Result<Option<Cluster>, ServiceError> {
+fn load_cluster(store: &dyn Store) -> Result<Option<Cluster>, ManagerError> {
     match store.load()? {
         Some(records) => Ok(Some(Cluster::load(records)?)),
         None => Ok(None),
@@ -100,7 +132,7 @@ impl Manager {
         store: Box<dyn Store>,
         settings: Settings,
         chunk_size_given: bool,
-    ) -> Result<Self, ServiceError> {
+    ) -> Result<Self, ManagerError> {
         let cluster = match load_cluster(store.as_ref())? {
             Some(c) => {
                 if chunk_size_given && c.settings().chunk_size_bytes != settings.chunk_size_bytes {
@@ -147,13 +179,13 @@ impl Manager {
         // A panic while holding the lock (a broken invariant) poisons the
         // mutex; `mutate` then rebuilds the cluster from the store, so the
         // guard is safe to take back here.
-        self.cluster.lock().unwrap_or_else(|p| p.into_inner())
+        self.cluster.lock_unpoisoned()
     }
 
     /// Runs a read-only query.
-    pub fn read<T>(&self, f: impl FnOnce(&Cluster) -> T) -> Result<T, ServiceError> {
+    pub fn read<T>(&self, f: impl FnOnce(&Cluster) -> T) -> Result<T, ManagerError> {
         if self.poisoned.load(Ordering::Acquire) {
-            return Err(ServiceError::Poisoned);
+            return Err(ManagerError::Poisoned);
         }
         Ok(f(&self.lock()))
     }
@@ -165,7 +197,7 @@ impl Manager {
     /// in-memory cluster may have run ahead of the store (an error after a
     /// partial change, a failed commit, a panic), it is rebuilt from the
     /// store, which holds exactly the acknowledged state.
-    pub async fn mutate<T, F>(self: &Arc<Self>, f: F) -> Result<T, ServiceError>
+    pub async fn mutate<T, F>(self: &Arc<Self>, f: F) -> Result<T, ManagerError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Cluster, &mut dyn SecretSource) -> Result<(T, Changes), ModelError>
@@ -179,17 +211,17 @@ impl Manager {
                 tracing::error!(error = %panic, "a mutation panicked; rebuilding state from the store");
                 let mut cluster = self.lock();
                 self.reload(&mut cluster);
-                Err(ServiceError::Poisoned)
+                Err(ManagerError::Poisoned)
             }
         }
     }
 
-    fn mutate_blocking<T, F>(&self, f: F) -> Result<T, ServiceError>
+    fn mutate_blocking<T, F>(&self, f: F) -> Result<T, ManagerError>
     where
         F: FnOnce(&mut Cluster, &mut dyn SecretSource) -> Result<(T, Changes), ModelError>,
     {
         if self.poisoned.load(Ordering::Acquire) {
-            return Err(ServiceError::Poisoned);
+            return Err(ManagerError::Poisoned);
         }
         if let Role::Standby { leader } = self.role() {
             return Err(StoreError::NotLeader { leader }.into());
@@ -248,7 +280,7 @@ impl Manager {
     /// after a failed write once the store answers again. Unlike the reload
     /// after a failed commit, a failure here changes nothing (the caller
     /// retries) and a success clears `poisoned`.
-    pub fn resync(&self) -> Result<(), ServiceError> {
+    pub fn resync(&self) -> Result<(), ManagerError> {
         let Some(mut loaded) = load_cluster(self.store.as_ref())? else {
             return Err(
                 StoreError::Io("the store holds no cluster (not initialised)".into()).into(),
@@ -294,7 +326,7 @@ impl Manager {
             // rather than declare them all silent.
             let servers: Vec<ServerId> = self.lock().servers().map(|s| s.id).collect();
             let now = Instant::now();
-            let mut seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+            let mut seen = self.last_seen.lock_unpoisoned();
             for id in servers {
                 seen.insert(id, now);
             }
@@ -322,14 +354,13 @@ impl Manager {
 
     pub fn saw_heartbeat(&self, server: ServerId) {
         self.last_seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock_unpoisoned()
             .insert(server, Instant::now());
     }
 
     /// Seconds since the server's last heartbeat to this manager process.
     pub fn heartbeat_age_seconds(&self, server: ServerId) -> Option<f64> {
-        let seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = self.last_seen.lock_unpoisoned();
         seen.get(&server).map(|t| t.elapsed().as_secs_f64())
     }
 }

@@ -18,6 +18,10 @@
 //! never left this process (connection refused), so an ambiguous write is
 //! reported, never replayed blindly (replays are anyway guarded by revision
 //! compares in the store).
+//!
+//! Size: about 850 lines, one concern: one blocking client of etcd's JSON
+//! gateway (its config, errors and hints, encoding, TLS, endpoint failover,
+//! and the calls); its tests are in `etcd_client/tests.rs`.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -31,6 +35,7 @@ use serde_json::{Value, json};
 // failures.
 use tokio_rustls::rustls;
 use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+use vsky_sync::LockExt;
 
 /// The largest answer we read (a full store range page is far smaller).
 const BODY_MAX_BYTES: u64 = 64 << 20;
@@ -593,7 +598,7 @@ impl EtcdClient {
         let Some((user, password)) = &self.credentials else {
             return Ok(None);
         };
-        if let Some(t) = self.token.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        if let Some(t) = self.token.lock_unpoisoned().clone() {
             return Ok(Some(t));
         }
         let body = json!({"name": user, "password": password});
@@ -608,12 +613,12 @@ impl EtcdClient {
                 "etcd at {endpoint} granted no auth token to user '{user}'; is authentication enabled (etcdctl auth enable)?"
             )));
         }
-        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Some(token.clone());
+        *self.token.lock_unpoisoned() = Some(token.clone());
         Ok(Some(token))
     }
 
     fn forget_token(&self) {
-        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.token.lock_unpoisoned() = None;
     }
 
     /// Sends one request, moving to the next member when allowed.
@@ -851,109 +856,4 @@ fn parse_answer(endpoint: &str, (status, text): (u16, String)) -> Result<Value, 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn store_urls_parse_into_endpoints_and_a_prefix() {
-        let c = EtcdConfig::from_url("etcd://10.0.0.1:2379,10.0.0.2:2379").unwrap();
-        assert_eq!(
-            c.endpoints,
-            ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
-        );
-        assert_eq!(c.prefix, PREFIX_DEFAULT);
-        let c = EtcdConfig::from_url("etcds://[::1]:2379/prod/vsky/").unwrap();
-        assert_eq!(c.endpoints, ["https://[::1]:2379"]);
-        assert_eq!(c.prefix, "/prod/vsky");
-        for bad in [
-            "http://x:2379",
-            "etcd://",
-            "etcd://host",
-            "etcd://host:0",
-            "etcd://host:port",
-            "etcd://a:1,,b:2",
-            "etcd://u@h:1",
-            "etcd://h:1/a b",
-        ] {
-            let e = EtcdConfig::from_url(bad).unwrap_err();
-            assert!(e.contains("etcd://HOST:PORT"), "{bad}: {e}");
-        }
-    }
-
-    #[test]
-    fn prefix_ends_cover_exactly_the_prefix() {
-        assert_eq!(prefix_end(b"/v/"), b"/v0");
-        assert_eq!(prefix_end(b"a\xff"), b"b");
-        assert_eq!(prefix_end(b"\xff"), [0]);
-    }
-
-    #[test]
-    fn errors_say_what_to_do() {
-        let e = parse_answer(
-            "http://e",
-            (
-                400,
-                r#"{"error":"etcdserver: too many operations in txn request","message":"etcdserver: too many operations in txn request","code":3}"#.into(),
-            ),
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("--max-txn-ops"), "{e}");
-        let e = parse_answer(
-            "http://e",
-            (200, r#"{"error":{"grpc_code":5,"http_code":404,"message":"etcdserver: requested lease not found"}}"#.into()),
-        )
-        .unwrap_err();
-        assert!(matches!(e, EtcdError::Server { code: 5, .. }), "{e:?}");
-        assert!(parse_answer("http://e", (502, "<html>".into())).is_err());
-        let ok = parse_answer("http://e", (200, r#"{"header":{"revision":"7"}}"#.into())).unwrap();
-        assert_eq!(int(&ok["header"]["revision"]), 7);
-    }
-
-    #[test]
-    fn tls_files_need_an_etcds_url() {
-        let mut c = EtcdConfig::from_url("etcd://127.0.0.1:2379").unwrap();
-        c.ca_file = Some("/etc/ssl/ca.pem".into());
-        assert!(matches!(EtcdClient::new(&c), Err(EtcdError::Config(_))));
-        let mut c = EtcdConfig::from_url("etcd://127.0.0.1:2379").unwrap();
-        c.user = Some("vsky".into());
-        assert!(matches!(EtcdClient::new(&c), Err(EtcdError::Config(_))));
-        c.password_file = Some("/nonexistent/password".into());
-        assert!(matches!(EtcdClient::new(&c), Err(EtcdError::Config(_))));
-    }
-
-    #[test]
-    fn tls_failures_name_the_options_that_fix_them() {
-        let io = |e: rustls::Error| {
-            ureq::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-        };
-        let untrusted = io(rustls::Error::InvalidCertificate(
-            rustls::CertificateError::UnknownIssuer,
-        ));
-        let tls = tls_failure(&untrusted).expect("a TLS failure");
-        assert!(tls_hint(tls, true, true).contains("--etcd-ca-file"));
-        let refused = io(rustls::Error::AlertReceived(
-            rustls::AlertDescription::BadCertificate,
-        ));
-        let tls = tls_failure(&refused).expect("a TLS failure");
-        assert!(tls_hint(tls, true, false).contains("--etcd-cert-file and --etcd-key-file"));
-        assert!(tls_hint(tls, true, true).contains("--trusted-ca-file"));
-        let refused = ureq::Error::Io(std::io::ErrorKind::ConnectionRefused.into());
-        assert!(tls_failure(&refused).is_none() && !closed_by_peer(&refused));
-        let closed = ureq::Error::Io(std::io::ErrorKind::BrokenPipe.into());
-        assert!(closed_by_peer(&closed));
-        assert!(closed_tls_hint(false).contains("--etcd-cert-file and --etcd-key-file"));
-    }
-
-    #[test]
-    fn an_unreachable_cluster_is_reported_with_every_endpoint() {
-        let mut c = EtcdConfig::from_url("etcd://127.0.0.1:1,127.0.0.1:2").unwrap();
-        c.timeout = Duration::from_secs(2);
-        let client = EtcdClient::new(&c).unwrap();
-        let e = client.range(b"/k", None, 0, 0).unwrap_err();
-        let text = e.to_string();
-        assert!(
-            text.contains("127.0.0.1:1,") && text.contains("quorum"),
-            "{text}"
-        );
-    }
-}
+mod tests;

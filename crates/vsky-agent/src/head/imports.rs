@@ -1,0 +1,299 @@
+//! The NBD legs of the head: importing a chunk through the kernel NBD
+//! client (or mapping one on a local block device in place), adopting an
+//! import the kernel already has, giving a dead import a fresh connection,
+//! and bringing back legs the manager lists active again.
+
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use vsky_api::types::{ChunkId, LegSpec, LegState, VolumeSpec};
+use vsky_kernel::dm::{Device, LegDevices, LegLayout, VolumeName};
+use vsky_kernel::nbd::{self, ConnectRequest, NbdIndex};
+
+use super::naming::{BACKEND_PREFIX, backend_id, leg_tag, parse_backend_rest};
+use super::{Head, HeadError, REVIVE_BACKOFF, sectors};
+
+/// The NBD import of `chunk` in mirrored disk `k` of `volume`, with the
+/// backend identifier the kernel holds for it (either form).
+fn find_import(
+    volume: &str,
+    k: usize,
+    chunk: ChunkId,
+) -> Result<Option<(NbdIndex, String)>, HeadError> {
+    Ok(pick_import(nbd::list_backends()?, volume, k, chunk))
+}
+
+/// [`find_import`] over a list of (device, backend identifier).
+fn pick_import(
+    backends: Vec<(NbdIndex, String)>,
+    volume: &str,
+    k: usize,
+    chunk: ChunkId,
+) -> Option<(NbdIndex, String)> {
+    // Volume names hold no ':', so the prefix ends exactly at the volume.
+    let prefix = format!("{BACKEND_PREFIX}{volume}:");
+    backends.into_iter().find(|(_, backend)| {
+        backend.strip_prefix(&prefix).and_then(parse_backend_rest) == Some((k as u32, chunk))
+    })
+}
+
+impl Head {
+    /// Imports one leg and carves its meta and data devices. A new member
+    /// (a replacement leg) gets its metadata area zeroed when its devices
+    /// are first created, so dm-raid rebuilds it rather than trusting
+    /// whatever an earlier user of the chunk left there.
+    pub(super) fn leg(
+        &mut self,
+        vol: &VolumeName,
+        spec: &VolumeSpec,
+        k: usize,
+        leg: &LegSpec,
+        layout: LegLayout,
+        new_member: bool,
+    ) -> Result<LegDevices, HeadError> {
+        let names = vol.leg(k as u32, &leg_tag(leg.chunk))?;
+        let (parent, layout) = match leg.local_disk_path.as_ref().map(PathBuf::from) {
+            Some(path) if self.local_block_disks.contains(&path) => {
+                // A chunk on our own block device: map it in place, no
+                // network hop.
+                let meta = std::fs::metadata(&path).map_err(|e| HeadError::Layout {
+                    volume: spec.name.clone(),
+                    reason: format!("cannot stat local disk {}: {e}", path.display()),
+                })?;
+                if !meta.file_type().is_block_device() {
+                    return Err(HeadError::Layout {
+                        volume: spec.name.clone(),
+                        reason: format!("{} is no block device", path.display()),
+                    });
+                }
+                let rdev = meta.rdev();
+                let device = Device {
+                    major: libc::major(rdev),
+                    minor: libc::minor(rdev),
+                };
+                (device, layout.at(sectors(leg.offset_bytes)))
+            }
+            // A remote chunk, or one on a local *file* (labs only: a file is
+            // not a block device, so it goes through our own NBD export).
+            _ => (
+                self.import(&spec.name, k, spec.chunk_size_bytes, leg)?,
+                layout,
+            ),
+        };
+        Ok(self
+            .dp
+            .ensure_leg(&names, parent, layout, new_member)?
+            .devices())
+    }
+
+    /// Imports a chunk of mirrored disk `k` through the kernel NBD client,
+    /// or adopts the device already connected for it (whichever slot it
+    /// was imported for).
+    pub(super) fn import(
+        &mut self,
+        volume: &str,
+        k: usize,
+        chunk_size_bytes: u64,
+        leg: &LegSpec,
+    ) -> Result<Device, HeadError> {
+        if let Some((index, _)) = find_import(volume, k, leg.chunk)? {
+            return Ok(index.device()?);
+        }
+        let backend = &backend_id(volume, k, leg.chunk);
+        let (socket, info) =
+            handshake(&leg.server_address, &leg.export_name, self.timeouts.connect).map_err(
+                |e| HeadError::Layout {
+                    volume: backend.to_string(),
+                    reason: format!("cannot reach {} ({}): {e}", leg.server, leg.server_address),
+                },
+            )?;
+        if info.size_bytes != chunk_size_bytes {
+            return Err(HeadError::Layout {
+                volume: backend.to_string(),
+                reason: format!(
+                    "server {} exports {} bytes, expected a {chunk_size_bytes}-byte chunk",
+                    leg.server, info.size_bytes
+                ),
+            });
+        }
+        let mut req = ConnectRequest::new(info.size_bytes, info.transmission_flags, backend);
+        req.timeout = self.timeouts.request;
+        req.dead_conn_timeout = self.timeouts.dead_connection;
+        let index = self.nl.connect(&req, &[socket.as_fd()])?;
+        // The kernel holds its own reference to the socket.
+        drop(socket);
+        Ok(index.device()?)
+    }
+
+    /// Brings back legs of mirror `k` that the kernel failed but the manager
+    /// lists active again (their server returned within its grace period):
+    /// the NBD import gets a fresh socket in place (netlink RECONFIGURE;
+    /// the device, and so the mirror's table, stay the same), then the
+    /// mirror's table is reloaded so dm-raid re-adds the leg and resyncs
+    /// only what its write-intent bitmap marks. Best effort: a leg still
+    /// unreachable stays dead and is reported again by the health loop.
+    pub(super) fn revive_returned_legs(&mut self, vol: &VolumeName, spec: &VolumeSpec, k: usize) {
+        let legs = &spec.mirrored_disks[k];
+        let name = vol.raid(k as u32);
+        let Ok(status) = self.dp.raid1_status(&name) else {
+            return;
+        };
+        let dead = status.dead_legs();
+        if dead.is_empty() {
+            return;
+        }
+        let Ok(chunks) = self
+            .device_names()
+            .and_then(|names| self.slot_chunks(vol, k as u32, &names))
+        else {
+            return;
+        };
+        let mut back = Vec::new();
+        for position in dead {
+            // The manager's slot of the dead chunk: while a leg moves, the
+            // kernel's slots and the manager's can differ. None: the dead
+            // device is another chunk's (a replacement is due, or the leg
+            // is moving away).
+            let Some(l) = chunks
+                .get(position)
+                .copied()
+                .flatten()
+                .and_then(|chunk| legs.iter().position(|leg| leg.chunk == chunk))
+            else {
+                continue;
+            };
+            let leg = &legs[l];
+            if leg.state != LegState::Active {
+                continue;
+            }
+            let key = (spec.name.clone(), k, l, leg.chunk);
+            if self
+                .revive_attempts
+                .get(&key)
+                .is_some_and(|t| t.elapsed() < REVIVE_BACKOFF)
+            {
+                continue;
+            }
+            self.revive_attempts.insert(key, Instant::now());
+            let local = leg
+                .local_disk_path
+                .as_ref()
+                .is_some_and(|p| self.local_block_disks.contains(&PathBuf::from(p)));
+            let reconnected = if local {
+                Ok(())
+            } else {
+                self.reconnect(&spec.name, k, leg)
+            };
+            match reconnected {
+                Ok(()) => back.push(l),
+                Err(e) => {
+                    tracing::warn!(volume = %spec.name, mirrored_disk = k, leg = l, error = %e,
+                    "cannot bring the returned leg back yet")
+                }
+            }
+        }
+        if back.is_empty() {
+            return;
+        }
+        match self.dp.reload_raid1(&name) {
+            Ok(()) => tracing::info!(volume = %spec.name, mirrored_disk = k, legs = ?back,
+                "returned legs re-added; catching up from the write-intent bitmap"),
+            Err(e) => tracing::warn!(volume = %spec.name, mirrored_disk = k, error = %e,
+                "cannot reload the mirror to re-add returned legs"),
+        }
+        self.revive_attempts
+            .retain(|(v, m, l, _), _| !(v == &spec.name && *m == k && back.contains(l)));
+    }
+
+    /// Gives the existing NBD import of a leg of mirrored disk `k` a fresh
+    /// connection in place.
+    pub(super) fn reconnect(
+        &mut self,
+        volume: &str,
+        k: usize,
+        leg: &LegSpec,
+    ) -> Result<(), HeadError> {
+        // The kernel refuses a RECONFIGURE whose backend identifier differs
+        // from the device's: use the one it holds (an older agent's form
+        // names the slot).
+        let (index, backend) =
+            find_import(volume, k, leg.chunk)?.ok_or_else(|| HeadError::Layout {
+                volume: volume.to_string(),
+                reason: format!(
+                    "the NBD import of chunk {} is gone; it is replaced instead",
+                    leg_tag(leg.chunk)
+                ),
+            })?;
+        let (socket, _) = handshake(&leg.server_address, &leg.export_name, self.timeouts.connect)
+            .map_err(|e| HeadError::Layout {
+            volume: volume.to_string(),
+            reason: format!("cannot reach {} ({}): {e}", leg.server, leg.server_address),
+        })?;
+        self.nl.reconfigure(index, &backend, &[socket.as_fd()])?;
+        Ok(())
+    }
+}
+
+/// Connects and negotiates a socket the kernel can take over.
+fn handshake(
+    address: &str,
+    export: &str,
+    timeout: Duration,
+) -> std::io::Result<(std::net::TcpStream, vsky_nbd::client::ExportInfo)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let connect = async {
+            let mut s = tokio::net::TcpStream::connect(address).await?;
+            s.set_nodelay(true)?;
+            let info = vsky_nbd::client::handshake(&mut s, export)
+                .await
+                .map_err(std::io::Error::other)?;
+            Ok::<_, std::io::Error>((s.into_std()?, info))
+        };
+        let (s, info) = tokio::time::timeout(timeout, connect).await.map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "NBD connect timed out")
+        })??;
+        // The kernel drives the socket in blocking mode.
+        s.set_nonblocking(false)?;
+        Ok((s, info))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(disk_id: u64, index: u32) -> ChunkId {
+        ChunkId { disk_id, index }
+    }
+
+    #[test]
+    fn imports_are_found_in_both_forms() {
+        let backends = vec![
+            (NbdIndex(0), "vsky:vol2:0:17:5".to_string()),
+            (NbdIndex(1), "vsky:vol:1:17:5".to_string()),
+            (NbdIndex(2), "vsky:vol:0:1:17:5".to_string()),
+            (NbdIndex(3), "vsky:vol:0:17:6".to_string()),
+            (NbdIndex(4), "lab/x".to_string()),
+        ];
+        assert_eq!(
+            pick_import(backends.clone(), "vol", 0, chunk(17, 5)),
+            Some((NbdIndex(2), "vsky:vol:0:1:17:5".to_string()))
+        );
+        assert_eq!(
+            pick_import(backends.clone(), "vol", 0, chunk(17, 6)),
+            Some((NbdIndex(3), "vsky:vol:0:17:6".to_string()))
+        );
+        assert_eq!(
+            pick_import(backends.clone(), "vol", 1, chunk(17, 5)).map(|(i, _)| i),
+            Some(NbdIndex(1))
+        );
+        // Not another volume's, nor another mirror's.
+        assert_eq!(pick_import(backends.clone(), "vol2", 1, chunk(17, 5)), None);
+        assert_eq!(pick_import(backends, "vo", 0, chunk(17, 5)), None);
+    }
+}

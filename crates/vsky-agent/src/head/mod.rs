@@ -1,0 +1,544 @@
+//! The head role: assembling attached volumes in the kernel, and tearing
+//! them down.
+//!
+//! For every mirrored disk, each leg that is not known to have failed is
+//! imported: a chunk on another server through the kernel NBD client (a
+//! socket we handshake, then hand to the kernel over netlink), a chunk on
+//! one of this server's block devices directly. Each leg is carved into a
+//! metadata and a data device, the legs form a dm-raid raid1 mirror, and the
+//! mirrors are concatenated (or striped) into `/dev/mapper/vsky-<volume>`.
+//!
+//! Which legs join: an `active` leg is imported and joins the mirror; an
+//! unreachable one leaves an empty slot (`- -`) and is reported. A
+//! `syncing` leg whose `resync_job` this head runs is a new member: its
+//! metadata area is zeroed when its devices are created, and it enters the
+//! running mirror with `replace_raid1_leg` (or is listed to rebuild when the
+//! mirror is created). A `syncing` leg without a job here waits outside the
+//! mirror, and a `failed` one is not imported. A leg the kernel failed but
+//! the manager lists `active` again (its server came back within the grace
+//! period) gets its NBD import a fresh socket in place and the mirror's
+//! table reloaded, so dm-raid re-adds it and catches up from its
+//! write-intent bitmap (`imports`). Leg devices no mirror uses any more are
+//! removed with their imports (`collect_garbage`).
+//!
+//! Everything is idempotent and adopts what the kernel already has: NBD
+//! devices by their backend identifier, dm devices by name and table. So an
+//! agent restarted while volumes are attached picks them up unchanged.
+//!
+//! A running mirror follows the manager's layout online. A slot whose
+//! replacement's turn has come gets the new leg in place
+//! (`replace_raid1_leg`). A leg *move* (drain, rebalance) changes the
+//! number and the order of the slots: the manager appends a slot for the
+//! target leg (`[a, b, c]`; the head grows the mirror once the move's job
+//! is its to run, and the new leg syncs while the mirror serves), then
+//! puts the target into the moved leg's slot and drops the extra one
+//! (`[c, b]`), or drops the extra slot alone when the move is abandoned
+//! (`[a, b]`). Every such change is one reload of the mirror's table
+//! (`reshape_raid1`), planned by [`plan_mirror_change`] from the running
+//! table, its health and the wanted slots. A reload that drops or moves a
+//! leg waits until every active leg that stays is in sync, so the mirror
+//! never loses its last in-sync copy. Because a leg can change slots, the
+//! NBD import of a leg is named by its volume, mirrored disk and chunk,
+//! never by its slot, and kernel slots are matched to the manager's slots
+//! by chunk.
+//!
+//! All calls here block (ioctls, netlink, socket handshakes): the agent runs
+//! them on the blocking pool, one at a time (the [`Head`] is behind a mutex).
+//!
+//! Files: this one holds the [`Head`] and the assembly (`ensure`, the
+//! mirror and volume devices, teardown); `imports` the NBD legs (import,
+//! adopt, reconnect, revive); `plan` the pure planner of mirror changes
+//! ([`plan_mirror_change`]); `naming` the backend identifiers and leg tags;
+//! `status` what the head reports (dead legs, resyncs, scrubs, health).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use vsky_api::types::{ChunkId, LegSpec, LegState, VolumeSpec};
+use vsky_kernel::dm::{
+    Datapath, Device, LegDevices, LegLayout, MappedDevice, Raid1Table, Sectors, VolumeLayout,
+    VolumeName,
+};
+use vsky_kernel::nbd::{self, NbdNetlink};
+
+mod imports;
+mod naming;
+mod plan;
+mod status;
+
+use naming::{BACKEND_PREFIX, describe_chunks, leg_device_of, leg_tag, parse_backend_rest};
+use plan::{MirrorChange, holds_wanted, plan_mirror_change};
+
+const SECTOR: u64 = 512;
+/// Bitmap region of the mirrors: the unit a returning leg resyncs in.
+const REGION_SECTORS: u64 = 2048;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HeadError {
+    #[error(transparent)]
+    Dm(#[from] vsky_kernel::dm::DmError),
+    #[error(transparent)]
+    Nbd(#[from] vsky_kernel::nbd::NbdError),
+    #[error(
+        "volume {volume}: mirrored disk {mirrored_disk} has no reachable leg; its data is unavailable until a leg's server returns"
+    )]
+    NoLeg {
+        volume: String,
+        mirrored_disk: usize,
+    },
+    #[error("volume {volume}: {reason}")]
+    Layout { volume: String, reason: String },
+}
+
+/// Timeouts for imported legs: finite, so a dead server turns into an I/O
+/// error that degrades the mirror instead of hanging it.
+#[derive(Clone, Copy, Debug)]
+pub struct NbdTimeouts {
+    pub request: Duration,
+    pub dead_connection: Duration,
+    pub connect: Duration,
+}
+
+/// What one assembly found, for the agent to report.
+#[derive(Debug, Default)]
+pub struct Assembly {
+    pub device: PathBuf,
+    /// Legs (mirrored disk, leg) that could not be imported.
+    pub unreachable_legs: Vec<(u32, u8)>,
+    /// A new member (a leg whose resync this head runs) could not be
+    /// imported yet and is not reported: try again soon.
+    pub retry_new_members: bool,
+}
+
+pub struct Head {
+    dp: Datapath,
+    nl: NbdNetlink,
+    timeouts: NbdTimeouts,
+    /// This server's block-device disks, by path, for direct local legs.
+    local_block_disks: BTreeSet<PathBuf>,
+    /// Last attempt to bring back each dead leg the manager lists active
+    /// (volume, mirror, slot, chunk), so an unreachable server costs one
+    /// connect timeout per [`REVIVE_BACKOFF`], not one per reconcile.
+    revive_attempts: HashMap<(String, usize, usize, ChunkId), Instant>,
+    /// The cluster's resync rate limit, KiB/s per leg, for mirrors created
+    /// from now on (`None`: md's default).
+    recovery_rate_kib: Option<u64>,
+    /// When each new member that could not be imported first failed.
+    new_member_failures: HashMap<(String, usize, ChunkId), Instant>,
+}
+
+/// How long a new member may stay unreachable before it is reported as a
+/// failed leg (its job then fails and the manager picks another target).
+const NEW_MEMBER_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Least time between two attempts to bring back the same dead leg.
+const REVIVE_BACKOFF: Duration = Duration::from_secs(10);
+
+fn sectors(bytes: u64) -> Sectors {
+    Sectors(bytes / SECTOR)
+}
+
+impl Head {
+    pub fn open(
+        timeouts: NbdTimeouts,
+        local_block_disks: BTreeSet<PathBuf>,
+    ) -> Result<Self, HeadError> {
+        Ok(Head {
+            dp: Datapath::new()?,
+            nl: NbdNetlink::open()?,
+            timeouts,
+            local_block_disks,
+            revive_attempts: HashMap::new(),
+            recovery_rate_kib: None,
+            new_member_failures: HashMap::new(),
+        })
+    }
+
+    /// Forgets earlier attempts to bring back these legs (mirror, slot) of
+    /// `volume`, so the next assembly tries them at once: the manager has
+    /// just listed them active again.
+    pub fn forget_revive_attempts(
+        &mut self,
+        volume: &str,
+        legs: impl IntoIterator<Item = (usize, usize)>,
+    ) {
+        for (k, l) in legs {
+            self.revive_attempts
+                .retain(|(v, m, s, _), _| !(v == volume && *m == k && *s == l));
+        }
+    }
+
+    /// Sets the resync rate limit (bytes per second, 0 for none) that
+    /// mirrors get when they are created; running ones keep theirs.
+    pub fn set_resync_rate(&mut self, bytes_per_second: u64) {
+        self.recovery_rate_kib = (bytes_per_second > 0).then(|| (bytes_per_second / 1024).max(1));
+    }
+
+    /// Volumes whose top device exists in the kernel (ours: `vsky-` names
+    /// without the internal `+` separator).
+    pub fn assembled_volumes(&self) -> Result<BTreeSet<String>, HeadError> {
+        let prefix = vsky_kernel::dm::NAME_PREFIX;
+        Ok(self
+            .dp
+            .list()?
+            .into_iter()
+            .filter_map(|(n, _)| {
+                n.as_str()
+                    .strip_prefix(prefix)
+                    .filter(|v| !v.contains('+'))
+                    .map(String::from)
+            })
+            .collect())
+    }
+
+    /// Creates or adopts every device of `spec`; returns the volume device.
+    pub fn ensure(&mut self, spec: &VolumeSpec) -> Result<Assembly, HeadError> {
+        let vol = VolumeName::new(&spec.name)?;
+        let layout =
+            LegLayout::with_meta(sectors(spec.chunk_size_bytes), sectors(spec.leg_meta_bytes))?;
+        let data_len = layout.data_size;
+        let mut assembly = Assembly::default();
+        let mut mirrors: Vec<MappedDevice> = Vec::with_capacity(spec.mirrored_disks.len());
+        for (k, legs) in spec.mirrored_disks.iter().enumerate() {
+            let mut slots: Vec<Option<LegDevices>> = Vec::with_capacity(legs.len());
+            let mut rebuild = Vec::new();
+            for (l, leg) in legs.iter().enumerate() {
+                let new_member = match (leg.state, leg.resync_job) {
+                    // Failed, or a replacement waiting for its turn: the
+                    // mirror runs without it.
+                    (LegState::Failed, _) | (LegState::Syncing, None) => {
+                        slots.push(None);
+                        continue;
+                    }
+                    (LegState::Syncing, Some(_)) => true,
+                    (LegState::Active, _) => false,
+                };
+                match self.leg(&vol, spec, k, leg, layout, new_member) {
+                    Ok(devices) => {
+                        if new_member {
+                            rebuild.push(l);
+                            self.new_member_failures
+                                .remove(&(spec.name.clone(), k, leg.chunk));
+                        }
+                        slots.push(Some(devices));
+                    }
+                    Err(e) if new_member && self.new_member_may_wait(&spec.name, k, leg.chunk) => {
+                        // Its storage agent may not export it yet (both
+                        // learn of the job from the same change): a new
+                        // member holds no data, so reporting it failed
+                        // would only throw the job away.
+                        tracing::info!(volume = %spec.name, mirrored_disk = k, leg = l, server = %leg.server, error = %e,
+                            "new leg not reachable yet; retrying");
+                        assembly.retry_new_members = true;
+                        slots.push(None);
+                    }
+                    Err(e) => {
+                        tracing::warn!(volume = %spec.name, mirrored_disk = k, leg = l, server = %leg.server, error = %e,
+                            "leg unreachable; assembling the mirror without it");
+                        assembly.unreachable_legs.push((k as u32, l as u8));
+                        slots.push(None);
+                    }
+                }
+            }
+            if slots.iter().all(Option::is_none) {
+                return Err(HeadError::NoLeg {
+                    volume: spec.name.clone(),
+                    mirrored_disk: k,
+                });
+            }
+            if self.dp.lookup(&vol.raid(k as u32))?.is_none() {
+                rebuild.extend(self.copied_legs(&vol, k, legs, &slots, &rebuild)?);
+                rebuild.sort_unstable();
+            }
+            mirrors.push(self.mirror(&vol, k as u32, data_len, slots, &rebuild, legs)?);
+            self.revive_returned_legs(&vol, spec, k);
+        }
+        let top = self.top(&vol, spec, data_len, &mirrors)?;
+        assembly.device = top.path;
+        self.collect_garbage(&vol, spec.mirrored_disks.len());
+        Ok(assembly)
+    }
+
+    /// Before a mirror is created: the active legs without a dm-raid
+    /// superblock when others have one. They were filled by a storage
+    /// agent's copy while the volume was detached (repair or move), which
+    /// copies the data area only, so dm-raid must be told to rebuild them
+    /// from the legs it knows; it refuses the table otherwise. When no leg
+    /// has a superblock the mirror is new and syncs as a whole.
+    fn copied_legs(
+        &self,
+        vol: &VolumeName,
+        k: usize,
+        legs: &[LegSpec],
+        slots: &[Option<LegDevices>],
+        rebuild: &[usize],
+    ) -> Result<Vec<usize>, HeadError> {
+        let mut with = 0;
+        let mut without = Vec::new();
+        for (l, leg) in legs.iter().enumerate() {
+            if slots.get(l).is_none_or(Option::is_none) || rebuild.contains(&l) {
+                continue;
+            }
+            let meta = vol.leg(k as u32, &leg_tag(leg.chunk))?.meta.node_path();
+            if vsky_kernel::dm::has_raid_superblock(&meta)? {
+                with += 1;
+            } else {
+                without.push(l);
+            }
+        }
+        if with == 0 {
+            return Ok(Vec::new());
+        }
+        if !without.is_empty() {
+            tracing::info!(volume = %vol.as_str(), mirrored_disk = k, legs = ?without,
+                "legs copied while the volume was detached join the mirror with a rebuild");
+        }
+        Ok(without)
+    }
+
+    /// Whether a new member that failed to import may wait for another
+    /// attempt rather than be reported failed (within
+    /// [`NEW_MEMBER_PATIENCE`] of its first failure).
+    fn new_member_may_wait(&mut self, volume: &str, k: usize, chunk: ChunkId) -> bool {
+        // Forget legs that stopped being new members long ago.
+        self.new_member_failures
+            .retain(|_, t| t.elapsed() < 10 * NEW_MEMBER_PATIENCE);
+        let key = (volume.to_string(), k, chunk);
+        let first = *self
+            .new_member_failures
+            .entry(key.clone())
+            .or_insert_with(Instant::now);
+        if first.elapsed() < NEW_MEMBER_PATIENCE {
+            return true;
+        }
+        self.new_member_failures.remove(&key);
+        false
+    }
+
+    /// Creates the mirror, or adopts a running one and brings it to the
+    /// wanted `slots` online (see [`plan_mirror_change`]): new members
+    /// (`rebuild` slots) go in, and legs leave or change slots when the
+    /// manager moves a leg. `legs` are the manager's slots of this mirror.
+    fn mirror(
+        &self,
+        vol: &VolumeName,
+        k: u32,
+        len: Sectors,
+        slots: Vec<Option<LegDevices>>,
+        rebuild: &[usize],
+        legs: &[LegSpec],
+    ) -> Result<MappedDevice, HeadError> {
+        let name = vol.raid(k);
+        if let Some(device) = self.dp.lookup(&name)? {
+            let (_, table) = self.dp.raid1_table(&name)?;
+            let status = self.dp.raid1_status(&name)?;
+            // Only imported active legs: a failed or unreachable one is no
+            // copy the mirror could keep.
+            let active: Vec<bool> = legs
+                .iter()
+                .zip(&slots)
+                .map(|(leg, slot)| leg.state == LegState::Active && slot.is_some())
+                .collect();
+            let change = plan_mirror_change(&table.legs, &status.legs, &slots, &active, rebuild)
+                .map_err(|refusal| HeadError::Layout {
+                    volume: vol.as_str().to_string(),
+                    reason: format!("mirror {}: {}", name.as_str(), refusal.describe(legs)),
+                })?;
+            match change {
+                MirrorChange::Keep => {}
+                MirrorChange::Replace(new) => {
+                    for (i, leg) in new {
+                        self.dp.replace_raid1_leg(&name, i, leg)?;
+                    }
+                }
+                MirrorChange::Reshape {
+                    legs: new,
+                    rebuild: new_rebuild,
+                } => {
+                    // For the log only: which chunks leave, stay and come.
+                    let from = self
+                        .device_names()
+                        .and_then(|names| self.slot_chunks(vol, k, &names))
+                        .unwrap_or_default();
+                    let to: Vec<Option<ChunkId>> = new
+                        .iter()
+                        .zip(legs)
+                        .map(|(slot, leg)| slot.map(|_| leg.chunk))
+                        .collect();
+                    for &i in &new_rebuild {
+                        if legs[i].state == LegState::Active {
+                            // Not a leg this mirror ever synced (a leg that
+                            // was unreachable when the mirror was made, and
+                            // is back): its content cannot be trusted.
+                            tracing::warn!(volume = %vol.as_str(), mirrored_disk = k, leg = i,
+                                "an active leg is not in the running mirror; it joins with a full rebuild");
+                        }
+                    }
+                    tracing::info!(volume = %vol.as_str(), mirrored_disk = k,
+                        from = %describe_chunks(&from), to = %describe_chunks(&to),
+                        rebuild = ?new_rebuild, "reshaping the mirror");
+                    self.dp.reshape_raid1(&name, new, new_rebuild)?;
+                }
+            }
+            let (_, table) = self.dp.raid1_table(&name)?;
+            if !holds_wanted(&table.legs, &slots) {
+                return Err(HeadError::Layout {
+                    volume: vol.as_str().to_string(),
+                    reason: format!(
+                        "running mirror {} has other legs than the manager's layout",
+                        name.as_str()
+                    ),
+                });
+            }
+            return Ok(MappedDevice {
+                name: name.clone(),
+                device,
+                path: name.node_path(),
+                created: false,
+            });
+        }
+        let mut region = REGION_SECTORS;
+        // dm-raid's bitmap has at most 2^21 regions.
+        while region < *len >> 21 {
+            region <<= 1;
+        }
+        let mut table = Raid1Table::new(slots, Sectors(region.min(*len)));
+        table.rebuild = rebuild.to_vec();
+        table.max_recovery_rate_kib = self.recovery_rate_kib;
+        Ok(self.dp.ensure_raid1(&name, len, &table)?)
+    }
+
+    /// The volume device over the mirrors: a concatenation, or stripes
+    /// whose columns concatenate every `width`-th mirror.
+    fn top(
+        &self,
+        vol: &VolumeName,
+        spec: &VolumeSpec,
+        data_len: Sectors,
+        mirrors: &[MappedDevice],
+    ) -> Result<MappedDevice, HeadError> {
+        let size = sectors(spec.size_bytes);
+        let layout = match &spec.stripe {
+            None => {
+                let mut left = *size;
+                let mut parts = Vec::new();
+                for m in mirrors {
+                    if left == 0 {
+                        break;
+                    }
+                    let take = left.min(*data_len);
+                    parts.push((m.device, Sectors(take)));
+                    left -= take;
+                }
+                VolumeLayout::Linear(parts)
+            }
+            Some(stripe) => {
+                let width = stripe.width as usize;
+                if width == 0 || !mirrors.len().is_multiple_of(width) {
+                    return Err(HeadError::Layout {
+                        volume: spec.name.clone(),
+                        reason: "mirrored disks are not a multiple of the stripe width".into(),
+                    });
+                }
+                let per_column = *size / width as u64;
+                let mut members = Vec::with_capacity(width);
+                for c in 0..width {
+                    let column: Vec<&MappedDevice> =
+                        mirrors.iter().skip(c).step_by(width).collect();
+                    let device = if column.len() == 1 {
+                        column[0].device
+                    } else {
+                        let mut left = per_column;
+                        let parts = column
+                            .iter()
+                            .map(|m| {
+                                let take = left.min(*data_len);
+                                left -= take;
+                                (m.device, Sectors(take))
+                            })
+                            .filter(|(_, l)| **l > 0)
+                            .collect();
+                        self.dp
+                            .ensure_volume(&vol.column(c as u32), &VolumeLayout::Linear(parts))?
+                            .device
+                    };
+                    members.push((device, Sectors(per_column)));
+                }
+                VolumeLayout::Striped {
+                    chunk: sectors(stripe.unit_bytes),
+                    members,
+                }
+            }
+        };
+        Ok(self.dp.ensure_volume(&vol.top(), &layout)?)
+    }
+
+    /// Removes every device of a volume and disconnects its legs.
+    pub fn teardown(&mut self, volume: &str) -> Result<(), HeadError> {
+        let vol = VolumeName::new(volume)?;
+        self.dp.teardown_volume(&vol)?;
+        let prefix = format!("{BACKEND_PREFIX}{volume}:");
+        for (index, backend) in nbd::list_backends()? {
+            if backend.starts_with(&prefix) {
+                self.nl.disconnect(index)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the leg devices of `vol` that no mirror uses any more (the
+    /// old legs of replaced slots) and disconnects their NBD imports. Best
+    /// effort: a device still busy is left for the next pass.
+    fn collect_garbage(&mut self, vol: &VolumeName, mirrors: usize) {
+        let Ok(all) = self.dp.list() else { return };
+        let mut in_use: HashSet<Device> = HashSet::new();
+        for k in 0..mirrors as u32 {
+            match self.dp.raid1_table(&vol.raid(k)) {
+                Ok((_, table)) => {
+                    in_use.extend(table.legs.iter().flatten().flat_map(|l| [l.meta, l.data]))
+                }
+                // Without the table, nothing can be proven unused.
+                Err(_) => return,
+            }
+        }
+        let mut kept_tags: BTreeSet<(u32, ChunkId)> = BTreeSet::new();
+        for (name, device) in &all {
+            let Some((k, chunk)) = leg_device_of(vol, name.as_str()) else {
+                continue;
+            };
+            if in_use.contains(device) {
+                kept_tags.insert((k, chunk));
+                continue;
+            }
+            match self.dp.remove(name) {
+                Ok(()) => tracing::info!(device = %name, "removed the device of a replaced leg"),
+                Err(e) => {
+                    tracing::debug!(device = %name, error = %e, "unused leg device still busy");
+                    kept_tags.insert((k, chunk));
+                }
+            }
+        }
+        let prefix = format!("{BACKEND_PREFIX}{}:", vol.as_str());
+        let Ok(backends) = nbd::list_backends() else {
+            return;
+        };
+        for (index, backend) in backends {
+            let Some(rest) = backend.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Some((k, chunk)) = parse_backend_rest(rest) else {
+                continue;
+            };
+            if kept_tags.contains(&(k, chunk)) {
+                continue;
+            }
+            match self.nl.disconnect(index) {
+                Ok(()) => tracing::info!(%backend, "disconnected the import of a replaced leg"),
+                Err(e) => {
+                    tracing::debug!(%backend, error = %e, "cannot disconnect an unused import yet")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,601 @@
+//! The device-mapper context and its ioctls: the idempotent `ensure_*`
+//! operations, reading tables and status back, reloading mirrors, and
+//! removal. Needs `/dev/mapper/control` and root; the VM lab runs it.
+
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use devicemapper::{DM, DevId, DmError as RawDmError, DmFlags, DmOptions, DmUuid};
+
+use super::layout::{LegLayout, VolumeLayout};
+use super::names::{DevName, LegNames, UUID_PREFIX, VolumeName};
+use super::status::RaidStatus;
+use super::superblock::zero_head;
+use super::table::{
+    LegDevices, Raid1Table, Target, TargetLine, format_raw_table, table_matches, validate_table,
+};
+use super::{Device, DmError, Result, Sectors};
+
+/// A created or adopted device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappedDevice {
+    pub name: DevName,
+    pub device: Device,
+    /// `/dev/mapper/<name>`, created by us.
+    pub path: PathBuf,
+    /// False when an existing device with the same table was adopted.
+    pub created: bool,
+}
+
+/// A leg: the meta and data devices carved from one imported chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leg {
+    pub meta: MappedDevice,
+    pub data: MappedDevice,
+}
+
+impl Leg {
+    pub fn devices(&self) -> LegDevices {
+        LegDevices {
+            meta: self.meta.device,
+            data: self.data.device,
+        }
+    }
+}
+
+/// The device-mapper context of the head's datapath.
+///
+/// Every method is a blocking ioctl (and `wait_raid1_in_sync` sleeps): from
+/// async code call them in `spawn_blocking`. Operations on one volume must be
+/// serialised by the caller (the agent owns each volume in one task); the
+/// kernel serialises single ioctls, not our read-compare-load sequences.
+pub struct Datapath {
+    dm: DM,
+    mapper_dir: PathBuf,
+}
+
+fn dm_err(op: &'static str, name: &DevName) -> impl FnOnce(RawDmError) -> DmError + use<> {
+    let name = name.to_string();
+    move |source| DmError::Ioctl { op, name, source }
+}
+
+/// ENXIO from DM_DEV_STATUS/TABLE_STATUS means "no such device".
+fn is_no_such_device(e: &RawDmError) -> bool {
+    matches!(e, RawDmError::Core(devicemapper::errors::Error::Ioctl(_, _, _, errno)) if **errno as i32 == libc::ENXIO)
+}
+
+impl Datapath {
+    /// Opens `/dev/mapper/control`.
+    pub fn new() -> Result<Self> {
+        let dm = DM::new().map_err(|e| DmError::Open(e.to_string()))?;
+        Ok(Datapath {
+            dm,
+            mapper_dir: PathBuf::from("/dev/mapper"),
+        })
+    }
+
+    /// The (major, minor, patch) version of the kernel's DM ioctl interface.
+    pub fn version(&self) -> Result<(u32, u32, u32)> {
+        self.dm.version().map_err(|source| DmError::Ioctl {
+            op: "version",
+            name: "control".into(),
+            source,
+        })
+    }
+
+    fn node_path(&self, name: &DevName) -> PathBuf {
+        self.mapper_dir.join(name.as_str())
+    }
+
+    /// The device number of `name`, or `None` if it does not exist.
+    pub fn lookup(&self, name: &DevName) -> Result<Option<Device>> {
+        match self.dm.device_info(&DevId::Name(name.dm_name())) {
+            Ok(info) => Ok(Some(info.device())),
+            Err(e) if is_no_such_device(&e) => Ok(None),
+            Err(e) => Err(dm_err("info", name)(e)),
+        }
+    }
+
+    /// How many times `name` is held open (the kernel's open count: a VM's
+    /// blkback, a mounted filesystem, a process with the node open), or
+    /// `None` if it does not exist. A device held open cannot be removed.
+    pub fn open_count(&self, name: &DevName) -> Result<Option<i32>> {
+        match self.dm.device_info(&DevId::Name(name.dm_name())) {
+            Ok(info) => Ok(Some(info.open_count())),
+            Err(e) if is_no_such_device(&e) => Ok(None),
+            Err(e) => Err(dm_err("info", name)(e)),
+        }
+    }
+
+    /// The active table of `name` as (start, len, type, params).
+    pub fn table(&self, name: &DevName) -> Result<Vec<(u64, u64, String, String)>> {
+        let opts = DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE);
+        match self.dm.table_status(&DevId::Name(name.dm_name()), opts) {
+            Ok((_, t)) => Ok(t),
+            Err(e) if is_no_such_device(&e) => Err(DmError::NotFound {
+                name: name.to_string(),
+            }),
+            Err(e) => Err(dm_err("table", name)(e)),
+        }
+    }
+
+    fn raw_status(&self, name: &DevName) -> Result<Vec<(u64, u64, String, String)>> {
+        // NOFLUSH: a status read must never wait for I/O stuck on a dead leg.
+        let opts = DmOptions::default().set_flags(DmFlags::DM_NOFLUSH);
+        match self.dm.table_status(&DevId::Name(name.dm_name()), opts) {
+            Ok((_, t)) => Ok(t),
+            Err(e) if is_no_such_device(&e) => Err(DmError::NotFound {
+                name: name.to_string(),
+            }),
+            Err(e) => Err(dm_err("status", name)(e)),
+        }
+    }
+
+    /// Creates `name` with `lines`, or adopts it if it exists with the same
+    /// table. What a crashed run may have left is completed: a device without
+    /// an active table gets `lines` loaded, and a suspended device is resumed
+    /// first (a crash between suspend and resume of a leg replacement would
+    /// otherwise leave every I/O to the volume hanging). On failure a device
+    /// created here is removed again.
+    pub fn ensure_device(&self, name: &DevName, lines: &[TargetLine]) -> Result<MappedDevice> {
+        validate_table(name, lines)?;
+        let id = DevId::Name(name.dm_name());
+        if let Some(mut info) = self.info(name)? {
+            if !info.flags().contains(DmFlags::DM_ACTIVE_PRESENT) {
+                tracing::warn!(%name, "device exists without an active table; loading it");
+                self.load_and_resume(name, lines)?;
+                let path = self.ensure_node(name, info.device())?;
+                return Ok(MappedDevice {
+                    name: name.clone(),
+                    device: info.device(),
+                    path,
+                    created: true,
+                });
+            }
+            if info.flags().contains(DmFlags::DM_SUSPEND) {
+                tracing::warn!(%name, "device was left suspended; resuming it");
+                info = self
+                    .dm
+                    .device_suspend(&id, DmOptions::default())
+                    .map_err(dm_err("resume", name))?;
+            }
+            let found = self.table(name)?;
+            if !table_matches(lines, &found) {
+                return Err(DmError::TableMismatch {
+                    name: name.to_string(),
+                    found: format_raw_table(&found),
+                    wanted: lines
+                        .iter()
+                        .map(|l| l.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                });
+            }
+            let device = info.device();
+            let path = self.ensure_node(name, device)?;
+            tracing::debug!(%name, %device, "adopted existing device");
+            return Ok(MappedDevice {
+                name: name.clone(),
+                device,
+                path,
+                created: false,
+            });
+        }
+        let uuid = format!("{UUID_PREFIX}{}", name.as_str());
+        let uuid = DmUuid::new(&uuid).map_err(|_| DmError::InvalidName {
+            name: uuid.clone(),
+            reason: "not a valid device-mapper UUID",
+        })?;
+        let info = self
+            .dm
+            .device_create(name.dm_name(), Some(uuid), DmOptions::default())
+            .map_err(dm_err("create", name))?;
+        let device = info.device();
+        let result = self
+            .load_and_resume(name, lines)
+            .and_then(|()| self.ensure_node(name, device));
+        match result {
+            Ok(path) => {
+                tracing::info!(%name, %device, "created device");
+                Ok(MappedDevice {
+                    name: name.clone(),
+                    device,
+                    path,
+                    created: true,
+                })
+            }
+            Err(e) => {
+                // Roll back so a retry starts clean.
+                if let Err(re) = self.dm.device_remove(&id, DmOptions::default()) {
+                    tracing::error!(%name, error = %re, "rollback of a half-created device failed");
+                }
+                let _ = std::fs::remove_file(self.node_path(name));
+                Err(e)
+            }
+        }
+    }
+
+    fn info(&self, name: &DevName) -> Result<Option<devicemapper::DeviceInfo>> {
+        match self.dm.device_info(&DevId::Name(name.dm_name())) {
+            Ok(info) => Ok(Some(info)),
+            Err(e) if is_no_such_device(&e) => Ok(None),
+            Err(e) => Err(dm_err("info", name)(e)),
+        }
+    }
+
+    fn load_and_resume(&self, name: &DevName, lines: &[TargetLine]) -> Result<()> {
+        let id = DevId::Name(name.dm_name());
+        let raw: Vec<(u64, u64, String, String)> = lines
+            .iter()
+            .map(|l| {
+                (
+                    *l.start,
+                    *l.len,
+                    l.target.target_type().to_string(),
+                    l.target.params(),
+                )
+            })
+            .collect();
+        self.dm
+            .table_load(&id, &raw, DmOptions::default())
+            .map_err(dm_err("table load", name))?;
+        // Resume = activate the loaded table.
+        self.dm
+            .device_suspend(&id, DmOptions::default())
+            .map_err(dm_err("resume", name))?;
+        Ok(())
+    }
+
+    /// Creates `/dev/mapper/<name>` as a block node for `device`, replacing a
+    /// stale node or a regular file (a write to a missing node creates one on
+    /// devtmpfs-less systems).
+    fn ensure_node(&self, name: &DevName, device: Device) -> Result<PathBuf> {
+        let path = self.node_path(name);
+        let io = |source| DmError::Io {
+            path: path.clone(),
+            source,
+        };
+        let want = libc::makedev(device.major, device.minor);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_block_device() && m.rdev() == want => return Ok(path),
+            Ok(_) => std::fs::remove_file(&path).map_err(io)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io(std::io::ErrorKind::InvalidInput.into()))?;
+        // SAFETY: mknod with a valid NUL-terminated path.
+        let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFBLK | 0o600, want) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            // udev may have raced us to it; accept a correct node.
+            if e.kind() == std::io::ErrorKind::AlreadyExists
+                && std::fs::symlink_metadata(&path)
+                    .is_ok_and(|m| m.file_type().is_block_device() && m.rdev() == want)
+            {
+                return Ok(path);
+            }
+            return Err(io(e));
+        }
+        Ok(path)
+    }
+
+    /// Carves a leg (meta + data linear devices) from `parent`.
+    ///
+    /// With `new_member`, the first 4 KiB of a *newly created* meta device
+    /// is zeroed so dm-raid treats the leg as a new member to rebuild (an old
+    /// superblock from a reused chunk would otherwise be trusted). Without
+    /// it (re-assembling a volume's existing legs, e.g. after a detach or a
+    /// reboot) the superblock and write-intent bitmap are kept, so dm-raid
+    /// knows the legs are in sync and resyncs only what the bitmap says. An
+    /// adopted meta device is never touched: it belongs to a running mirror.
+    pub fn ensure_leg(
+        &self,
+        names: &LegNames,
+        parent: Device,
+        layout: LegLayout,
+        new_member: bool,
+    ) -> Result<Leg> {
+        let meta_line = [TargetLine {
+            start: Sectors(0),
+            len: layout.meta_size,
+            target: Target::Linear {
+                dev: parent,
+                offset: layout.start,
+            },
+        }];
+        let data_line = [TargetLine {
+            start: Sectors(0),
+            len: layout.data_size,
+            target: Target::Linear {
+                dev: parent,
+                offset: Sectors(*layout.start + *layout.meta_size),
+            },
+        }];
+        let meta = self.ensure_device(&names.meta, &meta_line)?;
+        let zeroed = if meta.created && new_member {
+            zero_head(&meta.path)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = zeroed {
+            let _ = self.remove(&names.meta);
+            return Err(e);
+        }
+        let data = match self.ensure_device(&names.data, &data_line) {
+            Ok(d) => d,
+            Err(e) => {
+                if meta.created {
+                    let _ = self.remove(&names.meta);
+                }
+                return Err(e);
+            }
+        };
+        Ok(Leg { meta, data })
+    }
+
+    /// Creates or adopts a raid1 device of `len` sectors (≤ every data leg).
+    pub fn ensure_raid1(
+        &self,
+        name: &DevName,
+        len: Sectors,
+        table: &Raid1Table,
+    ) -> Result<MappedDevice> {
+        self.ensure_device(
+            name,
+            &[TargetLine {
+                start: Sectors(0),
+                len,
+                target: Target::Raid1(table.clone()),
+            }],
+        )
+    }
+
+    /// Creates or adopts the volume device.
+    pub fn ensure_volume(&self, name: &DevName, layout: &VolumeLayout) -> Result<MappedDevice> {
+        self.ensure_device(name, &layout.lines())
+    }
+
+    /// The current raid1 table of a running mirror.
+    pub fn raid1_table(&self, name: &DevName) -> Result<(Sectors, Raid1Table)> {
+        let t = self.table(name)?;
+        match t.as_slice() {
+            [(0, len, kind, params)] if kind == "raid" => {
+                let table = params.parse::<Raid1Table>().map_err(|e| DmError::Parse {
+                    name: name.to_string(),
+                    what: "raid1 table",
+                    text: format!("{params} ({e})"),
+                })?;
+                Ok((Sectors(*len), table))
+            }
+            _ => Err(DmError::Parse {
+                name: name.to_string(),
+                what: "raid1 table",
+                text: format_raw_table(&t),
+            }),
+        }
+    }
+
+    /// Puts `new` into slot `index` of a running raid1 and starts its
+    /// rebuild: load the table with `rebuild <index>`, suspend, resume. The
+    /// volume device above is untouched (its table names the raid's
+    /// major:minor, which survives the reload). Returns false if the slot
+    /// already holds `new` (idempotent retry).
+    ///
+    /// Suspend flushes in-flight I/O: the NBD timeouts must be finite so a
+    /// dead leg cannot hang it.
+    pub fn replace_raid1_leg(&self, name: &DevName, index: usize, new: LegDevices) -> Result<bool> {
+        let (len, mut table) = self.raid1_table(name)?;
+        if index >= table.legs.len() {
+            return Err(DmError::InvalidTable {
+                name: name.to_string(),
+                reason: format!(
+                    "slot {index} out of range: the mirror has {} legs",
+                    table.legs.len()
+                ),
+            });
+        }
+        if table.legs[index] == Some(new) {
+            return Ok(false);
+        }
+        table.legs[index] = Some(new);
+        // Only the new slot is rebuilt; an older `rebuild` must not be
+        // repeated (it would restart that leg's full rebuild).
+        table.rebuild = vec![index];
+        table.nosync = false;
+        self.reload_raid1_table(name, len, table)?;
+        tracing::info!(%name, index, "replaced raid1 leg; rebuild started");
+        Ok(true)
+    }
+
+    /// Reloads a running raid1 with its own table (no `rebuild`, no
+    /// `nosync`), so dm-raid reads every leg's superblock again. A leg it
+    /// had failed whose device works again (its NBD import reconnected)
+    /// comes back as a returning member: md resyncs only the regions its
+    /// write-intent bitmap marks dirty, not the whole leg.
+    pub fn reload_raid1(&self, name: &DevName) -> Result<()> {
+        let (len, mut table) = self.raid1_table(name)?;
+        table.rebuild.clear();
+        table.nosync = false;
+        self.reload_raid1_table(name, len, table)?;
+        tracing::info!(%name, "reloaded raid1 table; returning legs are re-added");
+        Ok(())
+    }
+
+    /// Reloads a running raid1 with another set of legs: more (a new leg
+    /// listed in `rebuild` is synced from the others while the mirror keeps
+    /// serving), fewer (a leg dropped from the table leaves the mirror), or
+    /// the same ones in other slots (dm-raid lets raid1 legs change
+    /// position). This is how a leg moves without the mirror ever having
+    /// fewer in-sync copies: add the new leg, wait until it is in sync, then
+    /// drop the old one. The region size and options are kept.
+    pub fn reshape_raid1(
+        &self,
+        name: &DevName,
+        legs: Vec<Option<LegDevices>>,
+        rebuild: Vec<usize>,
+    ) -> Result<()> {
+        let (len, mut table) = self.raid1_table(name)?;
+        table.legs = legs;
+        table.rebuild = rebuild;
+        table.nosync = false;
+        self.reload_raid1_table(name, len, table)?;
+        tracing::info!(%name, "reshaped raid1");
+        Ok(())
+    }
+
+    /// Loads `table` as the inactive table of `name`, then suspends and
+    /// resumes to swap it in.
+    fn reload_raid1_table(&self, name: &DevName, len: Sectors, table: Raid1Table) -> Result<()> {
+        let line = [TargetLine {
+            start: Sectors(0),
+            len,
+            target: Target::Raid1(table),
+        }];
+        validate_table(name, &line)?;
+        let raw: Vec<(u64, u64, String, String)> = line
+            .iter()
+            .map(|l| {
+                (
+                    *l.start,
+                    *l.len,
+                    l.target.target_type().to_string(),
+                    l.target.params(),
+                )
+            })
+            .collect();
+        let id = DevId::Name(name.dm_name());
+        self.dm
+            .table_load(&id, &raw, DmOptions::default())
+            .map_err(dm_err("table load", name))?;
+        if let Err(e) = self
+            .dm
+            .device_suspend(&id, DmOptions::default().set_flags(DmFlags::DM_SUSPEND))
+        {
+            // Drop the inactive table so a later resume cannot swap it in.
+            let _ = self.dm.table_clear(&id);
+            return Err(dm_err("suspend", name)(e));
+        }
+        self.dm
+            .device_suspend(&id, DmOptions::default())
+            .map_err(dm_err("resume", name))?;
+        Ok(())
+    }
+
+    /// Parsed status of a raid1 device.
+    pub fn raid1_status(&self, name: &DevName) -> Result<RaidStatus> {
+        let t = self.raw_status(name)?;
+        match t.as_slice() {
+            [(_, _, kind, params)] if kind == "raid" => {
+                params.parse::<RaidStatus>().map_err(|e| DmError::Parse {
+                    name: name.to_string(),
+                    what: "raid status",
+                    text: format!("{params} ({e})"),
+                })
+            }
+            _ => Err(DmError::Parse {
+                name: name.to_string(),
+                what: "raid status",
+                text: format_raw_table(&t),
+            }),
+        }
+    }
+
+    /// Polls until every leg is `A` and md is idle, or `timeout` passes.
+    pub fn wait_raid1_in_sync(&self, name: &DevName, timeout: Duration) -> Result<RaidStatus> {
+        let start = Instant::now();
+        loop {
+            let s = self.raid1_status(name)?;
+            if s.is_in_sync() {
+                return Ok(s);
+            }
+            if start.elapsed() >= timeout {
+                return Err(DmError::Timeout {
+                    name: name.to_string(),
+                    wanted: "in sync",
+                    waited: timeout,
+                    last: s.to_string(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Sends a message (`check`, `repair`, `idle`, …) to a raid device.
+    pub fn raid1_message(&self, name: &DevName, msg: &str) -> Result<()> {
+        self.dm
+            .target_msg(&DevId::Name(name.dm_name()), None, msg)
+            .map_err(dm_err("message", name))?;
+        Ok(())
+    }
+
+    /// Removes a device and its node. Missing is success (idempotent).
+    pub fn remove(&self, name: &DevName) -> Result<()> {
+        match self
+            .dm
+            .device_remove(&DevId::Name(name.dm_name()), DmOptions::default())
+        {
+            Ok(_) => {}
+            Err(e) if is_no_such_device(&e) => {}
+            Err(e) => return Err(dm_err("remove", name)(e)),
+        }
+        match std::fs::remove_file(self.node_path(name)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(DmError::Io {
+                path: self.node_path(name),
+                source,
+            }),
+        }
+    }
+
+    /// All our devices (`vsky-…`), sorted by name.
+    pub fn list(&self) -> Result<Vec<(DevName, Device)>> {
+        let all = self.dm.list_devices().map_err(|source| DmError::Ioctl {
+            op: "list",
+            name: "all".into(),
+            source,
+        })?;
+        let mut out: Vec<(DevName, Device)> = all
+            .into_iter()
+            .filter_map(|(n, dev, _)| DevName::new(n.to_string()).ok().map(|n| (n, dev)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Removes every device of `volume`, top first, then the mirrors, then
+    /// the legs, so no device is removed while another still maps it.
+    /// Returns the removed names. The NBD devices underneath are the
+    /// caller's (disconnect them afterwards).
+    pub fn teardown_volume(&self, volume: &VolumeName) -> Result<Vec<DevName>> {
+        let top = volume.top();
+        let prefix = format!("{}+", top.as_str());
+        let mine: Vec<DevName> = self
+            .list()?
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| *n == top || n.as_str().starts_with(&prefix))
+            .collect();
+        let rank = |n: &DevName| {
+            if *n == top {
+                0
+            } else if n.as_str().ends_with("+meta") || n.as_str().ends_with("+data") {
+                3
+            } else if n.as_str().starts_with(&format!("{prefix}c")) {
+                // Stripe columns sit between the top and the mirrors.
+                1
+            } else {
+                2
+            }
+        };
+        let mut ordered = mine;
+        ordered.sort_by_key(|n| (rank(n), n.clone()));
+        for n in &ordered {
+            self.remove(n)?;
+        }
+        Ok(ordered)
+    }
+}

@@ -1,0 +1,105 @@
+//! Device-mapper stacks for VastSky volumes: legs, raid1 mirrors, and the
+//! linear or striped volume device on top.
+//!
+//! A volume on the head is built bottom-up:
+//!
+//! ```text
+//! /dev/nbdN ─┬─ vsky-<vol>+r<k>+<tag>+meta   dm-linear, first `meta_size` sectors (superblock + bitmap)
+//!            └─ vsky-<vol>+r<k>+<tag>+data   dm-linear, the rest
+//! vsky-<vol>+r<k>   dm-raid raid1 over 2+ (meta, data) pairs, `- -` for a missing leg
+//! vsky-<vol>        dm-linear concatenation (or dm-striped) of the raid1 devices
+//! ```
+//!
+//! Every operation is an idempotent `ensure_*` in the devicemapper-rs style:
+//! if the device is missing it is created (and removed again if its table
+//! fails to load); if it exists, the kernel's table is read back and compared
+//! with the wanted one, and a difference is an error rather than a silent
+//! reload. That is also how a restarted agent adopts its devices. Tables refer
+//! to parents by `major:minor` and we create `/dev/mapper/<name>` nodes
+//! ourselves, because there is no udev on the test VM (and we must not depend
+//! on it in production either).
+//!
+//! Main types: [`Datapath`] (the DM context), [`TargetLine`] (typed table
+//! lines: [`Raid1Table`], linear, striped), [`RaidStatus`] (parsed status).
+//!
+//! The pure parts need no kernel and are unit-tested here: `names`
+//! (device names), `table` (typed table lines, their formatting, parsing
+//! and validation), `layout` (how legs and volumes map onto table lines),
+//! `status` (parsing dm-raid's status) and `superblock` (recognising a
+//! dm-raid superblock). `datapath` holds the ioctls: the `ensure_*`
+//! operations, reloads, status queries and removal; the VM lab
+//! (`crates/vsky-kernel/tests/lab.rs`) exercises it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use devicemapper::DmError as RawDmError;
+pub use devicemapper::{Device, Sectors};
+
+mod datapath;
+mod layout;
+mod names;
+mod status;
+mod superblock;
+mod table;
+
+pub use datapath::{Datapath, Leg, MappedDevice};
+pub use layout::{LegLayout, VolumeLayout};
+pub use names::{DevName, LegNames, NAME_PREFIX, VolumeName};
+pub use status::{LegHealth, RaidStatus, SyncAction};
+pub use superblock::has_raid_superblock;
+pub use table::{LegDevices, Raid1Table, Target, TargetLine};
+
+/// Errors of the device-mapper layer. Messages name the device and say what
+/// to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum DmError {
+    #[error(
+        "cannot open /dev/mapper/control: {0} (load the dm-mod module and run as root; \
+         dm-raid and raid1 are needed for mirrors)"
+    )]
+    Open(String),
+    #[error("invalid name {name:?}: {reason}")]
+    InvalidName { name: String, reason: &'static str },
+    #[error("invalid table for {name}: {reason}")]
+    InvalidTable { name: String, reason: String },
+    #[error("device-mapper {op} on {name} failed: {source} (see dmesg for the target's reason)")]
+    Ioctl {
+        op: &'static str,
+        name: String,
+        #[source]
+        source: RawDmError,
+    },
+    #[error(
+        "{name} already exists with a different table: kernel has {found:?}, wanted {wanted:?}; \
+         remove it (or pick another name) if it is stale"
+    )]
+    TableMismatch {
+        name: String,
+        found: String,
+        wanted: String,
+    },
+    #[error("{name} does not exist")]
+    NotFound { name: String },
+    #[error("cannot parse the {what} of {name}: {text:?}")]
+    Parse {
+        name: String,
+        what: &'static str,
+        text: String,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{name} did not reach {wanted} within {waited:?}; last status: {last}")]
+    Timeout {
+        name: String,
+        wanted: &'static str,
+        waited: Duration,
+        last: String,
+    },
+}
+
+pub type Result<T, E = DmError> = std::result::Result<T, E>;

@@ -1,0 +1,168 @@
+//! Device names: every device we create is `vsky-…`, derived from the
+//! volume name so that a restarted agent finds (and teardown removes) exactly
+//! the devices of one volume.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use devicemapper::DmName;
+
+use super::{DmError, Result};
+
+/// Prefix of every device we create; teardown only ever touches these.
+pub const NAME_PREFIX: &str = "vsky-";
+/// Prefix of the DM UUIDs we set, so tools can tell our devices apart.
+pub(super) const UUID_PREFIX: &str = "VSKY-";
+/// DM_NAME_LEN is 128 including the NUL; leave room for our suffixes.
+const NAME_MAX_BYTES: usize = 127;
+
+/// A validated device-mapper device name (`vsky-…`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DevName(String);
+
+impl DevName {
+    pub fn new(name: impl Into<String>) -> Result<Self> {
+        let name = name.into();
+        let bad = |reason| {
+            Err(DmError::InvalidName {
+                name: name.clone(),
+                reason,
+            })
+        };
+        if !name.starts_with(NAME_PREFIX) {
+            return bad("VastSky devices are named vsky-…");
+        }
+        if name.len() > NAME_MAX_BYTES {
+            return bad("longer than 127 bytes");
+        }
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b))
+        {
+            return bad("only ASCII letters, digits and - _ . + are allowed");
+        }
+        Ok(DevName(name))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The node we create: `/dev/mapper/<name>`.
+    pub fn node_path(&self) -> PathBuf {
+        Path::new("/dev/mapper").join(&self.0)
+    }
+    pub(super) fn dm_name(&self) -> &DmName {
+        // Validated above with rules stricter than DmName's.
+        DmName::new(&self.0).expect("DevName is a valid DmName")
+    }
+}
+
+impl fmt::Display for DevName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A volume name as the manager gives it; device names derive from it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct VolumeName(String);
+
+impl VolumeName {
+    pub fn new(name: impl Into<String>) -> Result<Self> {
+        let name = name.into();
+        // The manager's names: 1-64 of [A-Za-z0-9._-]. Internal devices
+        // separate name parts with '+', which volume names never contain, so
+        // `vsky-a+r0` (mirror 0 of volume `a`) can never collide with the top
+        // device of a volume named `a-r0` (`vsky-a-r0`). Room is left for
+        // "vsky-" and "+r<k>+<tag>+meta" within the kernel's 127 bytes.
+        if name.is_empty() || name.len() > 64 {
+            return Err(DmError::InvalidName {
+                name,
+                reason: "volume names are 1-64 bytes",
+            });
+        }
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        {
+            return Err(DmError::InvalidName {
+                name,
+                reason: "volume names use ASCII letters, digits, _, . and -",
+            });
+        }
+        Ok(VolumeName(name))
+    }
+    /// The volume device, `vsky-<vol>`.
+    pub fn top(&self) -> DevName {
+        DevName(format!("{NAME_PREFIX}{}", self.0))
+    }
+    /// Mirrored disk `k` of the volume, `vsky-<vol>+r<k>`.
+    pub fn raid(&self, k: u32) -> DevName {
+        DevName(format!("{NAME_PREFIX}{}+r{k}", self.0))
+    }
+
+    /// Column `k` of a striped volume whose columns span several mirrored
+    /// disks (a linear concatenation), `vsky-<vol>+c<k>`.
+    pub fn column(&self, k: u32) -> DevName {
+        DevName(format!("{NAME_PREFIX}{}+c{k}", self.0))
+    }
+    /// The meta/data pair of one leg of mirror `k`. `tag` identifies the
+    /// chunk (a replacement leg needs a name different from the one it
+    /// replaces, since both exist during the swap).
+    pub fn leg(&self, k: u32, tag: &str) -> Result<LegNames> {
+        if tag.is_empty()
+            || tag.len() > 40
+            || !tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.".contains(&b))
+        {
+            return Err(DmError::InvalidName {
+                name: tag.to_string(),
+                reason: "leg tags are 1-40 ASCII letters, digits, _ or .",
+            });
+        }
+        let base = format!("{NAME_PREFIX}{}+r{k}+{tag}", self.0);
+        Ok(LegNames {
+            meta: DevName::new(format!("{base}+meta"))?,
+            data: DevName::new(format!("{base}+data"))?,
+        })
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Names of a leg's two linear devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegNames {
+    pub meta: DevName,
+    pub data: DevName,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Names are validated and derived consistently.
+    #[test]
+    fn names() {
+        let v = VolumeName::new("vm42.disk0").unwrap();
+        assert_eq!(v.top().as_str(), "vsky-vm42.disk0");
+        assert_eq!(v.raid(1).as_str(), "vsky-vm42.disk0+r1");
+        let l = v.leg(1, "c17").unwrap();
+        assert_eq!(l.meta.as_str(), "vsky-vm42.disk0+r1+c17+meta");
+        assert_eq!(l.data.as_str(), "vsky-vm42.disk0+r1+c17+data");
+        // Dashes are allowed in volume names and cannot collide with parts.
+        let dashed = VolumeName::new("a-r0").unwrap();
+        assert_ne!(dashed.top(), VolumeName::new("a").unwrap().raid(0));
+        assert!(VolumeName::new("a+b").is_err());
+        assert!(VolumeName::new("").is_err());
+        assert!(VolumeName::new("x".repeat(65)).is_err());
+        assert!(v.leg(0, "bad tag").is_err());
+        assert!(DevName::new("other").is_err());
+        assert!(DevName::new("vsky-ä").is_err());
+        assert_eq!(
+            DevName::new("vsky-x").unwrap().node_path(),
+            Path::new("/dev/mapper/vsky-x")
+        );
+    }
+}

@@ -1,0 +1,493 @@
+//! Typed device-mapper table lines: the raid1, linear and striped targets we
+//! load, formatted exactly as the kernel prints them back (so a read-back
+//! table compares equal), parsed from the kernel's text, and validated
+//! before any ioctl.
+
+use std::fmt;
+use std::str::FromStr;
+
+use super::names::DevName;
+use super::{Device, DmError, Result, Sectors};
+
+/// The device numbers of one raid1 leg, as used in the raid table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegDevices {
+    pub meta: Device,
+    pub data: Device,
+}
+
+/// The raid1 parameters we use: `raid1 <#params> 0 [nosync] [rebuild i]…
+/// region_size <r> <#devs> <meta data|- ->…`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Raid1Table {
+    /// Legs in slot order; `None` is a missing leg (`- -`).
+    pub legs: Vec<Option<LegDevices>>,
+    /// Bitmap region size. Power of two, ≤ the device length and ≥ len/2^21.
+    pub region_size: Sectors,
+    /// Slots to rebuild from scratch (only on the load that adds a new leg).
+    pub rebuild: Vec<usize>,
+    /// Skip the initial resync (legs known to be zero).
+    pub nosync: bool,
+    /// Resync/recovery rate limit per leg, KiB/s (`max_recovery_rate`);
+    /// `None` leaves md's default.
+    pub max_recovery_rate_kib: Option<u64>,
+}
+
+impl Raid1Table {
+    pub fn new(legs: Vec<Option<LegDevices>>, region_size: Sectors) -> Self {
+        Raid1Table {
+            legs,
+            region_size,
+            rebuild: Vec::new(),
+            nosync: false,
+            max_recovery_rate_kib: None,
+        }
+    }
+
+    fn validate(&self, len: Sectors) -> std::result::Result<(), String> {
+        let r = *self.region_size;
+        if self.legs.len() < 2 || self.legs.len() > 64 {
+            return Err(format!("raid1 needs 2-64 legs, got {}", self.legs.len()));
+        }
+        if self.legs.iter().all(Option::is_none) {
+            return Err("raid1 needs at least one present leg".into());
+        }
+        if !r.is_power_of_two() || r > *len || r < (*len >> 21).max(1) {
+            return Err(format!(
+                "region size {r} must be a power of two within {}..={}",
+                (*len >> 21).max(1),
+                *len
+            ));
+        }
+        if self.nosync && !self.rebuild.is_empty() {
+            return Err("nosync and rebuild are mutually exclusive".into());
+        }
+        if let Some(i) = self
+            .rebuild
+            .iter()
+            .find(|i| **i >= self.legs.len() || self.legs[**i].is_none())
+        {
+            return Err(format!("rebuild slot {i} is not a present leg"));
+        }
+        Ok(())
+    }
+
+    /// Same devices and region size; `rebuild`/`nosync` are creation-time
+    /// switches and deliberately ignored, so a device still carrying its last
+    /// `rebuild i` in the kernel matches the plain table (and is not reloaded,
+    /// which would restart a full rebuild).
+    pub fn same_layout(&self, other: &Raid1Table) -> bool {
+        self.legs == other.legs && self.region_size == other.region_size
+    }
+}
+
+impl fmt::Display for Raid1Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Option order follows dm-raid's own table output (raid_status,
+        // STATUSTYPE_TABLE), so our line and the kernel's compare equal.
+        let mut opts = Vec::new();
+        if self.nosync {
+            opts.push("nosync".to_string());
+        }
+        for i in &self.rebuild {
+            opts.push(format!("rebuild {i}"));
+        }
+        if let Some(rate) = self.max_recovery_rate_kib {
+            opts.push(format!("max_recovery_rate {rate}"));
+        }
+        opts.push(format!("region_size {}", *self.region_size));
+        let opts = opts.join(" ");
+        // #raid_params counts chunk_size plus every option token.
+        let nparams = 1 + opts.split(' ').count();
+        write!(f, "raid1 {nparams} 0 {opts} {}", self.legs.len())?;
+        for leg in &self.legs {
+            match leg {
+                Some(l) => write!(f, " {} {}", l.meta, l.data)?,
+                None => write!(f, " - -")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_device(tok: &str) -> std::result::Result<Device, String> {
+    tok.parse::<Device>()
+        .map_err(|_| format!("{tok:?} is not major:minor"))
+}
+
+impl FromStr for Raid1Table {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let mut t = s.split_whitespace();
+        let mut next = |what: &str| t.next().ok_or_else(|| format!("missing {what}"));
+        if next("raid type")? != "raid1" {
+            return Err("not a raid1 table".into());
+        }
+        let num = |v: &str, what: &str| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{what} {v:?} is not a number"))
+        };
+        let nparams = num(next("#raid_params")?, "#raid_params")? as usize;
+        if nparams == 0 {
+            return Err("#raid_params is 0 (chunk size missing)".into());
+        }
+        let mut params = Vec::with_capacity(nparams);
+        for _ in 0..nparams {
+            params.push(next("raid parameter")?.to_string());
+        }
+        let mut table = Raid1Table::new(Vec::new(), Sectors(0));
+        let mut p = params[1..].iter();
+        while let Some(key) = p.next() {
+            match key.as_str() {
+                "nosync" => table.nosync = true,
+                "sync" => {}
+                "rebuild" | "region_size" | "write_mostly" | "daemon_sleep"
+                | "min_recovery_rate" | "max_recovery_rate" | "max_write_behind" => {
+                    let v = p.next().ok_or_else(|| format!("{key} without a value"))?;
+                    let v = num(v, key)?;
+                    match key.as_str() {
+                        "rebuild" => table.rebuild.push(v as usize),
+                        "region_size" => table.region_size = Sectors(v),
+                        "max_recovery_rate" => table.max_recovery_rate_kib = Some(v),
+                        // Not used by VastSky; tolerated so that adoption of a
+                        // hand-tuned device reports a mismatch, not a parse error.
+                        _ => {}
+                    }
+                }
+                other => return Err(format!("unknown raid1 option {other:?}")),
+            }
+        }
+        let ndevs = num(next("#raid_devs")?, "#raid_devs")? as usize;
+        if ndevs > 64 {
+            return Err(format!("{ndevs} raid devices is more than dm-raid allows"));
+        }
+        for _ in 0..ndevs {
+            let (m, d) = (next("meta device")?, next("data device")?);
+            table.legs.push(match (m, d) {
+                ("-", "-") => None,
+                ("-", _) | (_, "-") => {
+                    return Err("legs without a metadata device are not used by VastSky".into());
+                }
+                (m, d) => Some(LegDevices {
+                    meta: parse_device(m)?,
+                    data: parse_device(d)?,
+                }),
+            });
+        }
+        if let Some(extra) = t.next() {
+            return Err(format!("trailing token {extra:?}"));
+        }
+        Ok(table)
+    }
+}
+
+/// One line of a device table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `linear <dev> <offset>`.
+    Linear {
+        dev: Device,
+        offset: Sectors,
+    },
+    /// `striped <#stripes> <chunk> <dev> <offset>…`.
+    Striped {
+        chunk: Sectors,
+        stripes: Vec<(Device, Sectors)>,
+    },
+    Raid1(Raid1Table),
+}
+
+impl Target {
+    pub fn target_type(&self) -> &'static str {
+        match self {
+            Target::Linear { .. } => "linear",
+            Target::Striped { .. } => "striped",
+            Target::Raid1(_) => "raid",
+        }
+    }
+    pub fn params(&self) -> String {
+        match self {
+            Target::Linear { dev, offset } => format!("{dev} {}", **offset),
+            Target::Striped { chunk, stripes } => {
+                let mut s = format!("{} {}", stripes.len(), **chunk);
+                for (d, o) in stripes {
+                    s.push_str(&format!(" {d} {}", **o));
+                }
+                s
+            }
+            Target::Raid1(r) => r.to_string(),
+        }
+    }
+    /// Whether the kernel's (type, params) for this line describe the same
+    /// mapping.
+    fn matches(&self, kind: &str, params: &str) -> bool {
+        if kind != self.target_type() {
+            return false;
+        }
+        match self {
+            Target::Raid1(want) => params
+                .parse::<Raid1Table>()
+                .is_ok_and(|t| want.same_layout(&t)),
+            _ => params
+                .split_whitespace()
+                .eq(self.params().split_whitespace()),
+        }
+    }
+}
+
+/// `(start, length, target)`, like a dmsetup table line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetLine {
+    pub start: Sectors,
+    pub len: Sectors,
+    pub target: Target,
+}
+
+impl fmt::Display for TargetLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} {} {}",
+            *self.start,
+            *self.len,
+            self.target.target_type(),
+            self.target.params()
+        )
+    }
+}
+
+pub(super) fn validate_table(name: &DevName, lines: &[TargetLine]) -> Result<()> {
+    let bad = |reason: String| {
+        Err(DmError::InvalidTable {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if lines.is_empty() {
+        return bad("a table needs at least one line".into());
+    }
+    let mut at = Sectors(0);
+    for l in lines {
+        if l.start != at {
+            return bad(format!(
+                "line at {} leaves a gap or overlap (expected start {})",
+                *l.start, *at
+            ));
+        }
+        if *l.len == 0 {
+            return bad("zero-length line".into());
+        }
+        match &l.target {
+            Target::Raid1(r) => {
+                if let Err(e) = r.validate(l.len) {
+                    return bad(e);
+                }
+            }
+            Target::Striped { chunk, stripes } => {
+                if stripes.len() < 2 {
+                    return bad("striping needs at least two stripes".into());
+                }
+                let c = **chunk;
+                // dm-stripe: chunk ≥ 4 KiB (8 sectors) so it is a multiple of
+                // any logical block size; length a multiple of the chunk for
+                // each stripe.
+                if c < 8
+                    || !c.is_power_of_two()
+                    || !(*l.len).is_multiple_of(c * stripes.len() as u64)
+                {
+                    return bad(format!(
+                        "stripe chunk {c} must be a power of two ≥ 8 sectors dividing len/stripes ({} / {})",
+                        *l.len,
+                        stripes.len()
+                    ));
+                }
+            }
+            Target::Linear { .. } => {}
+        }
+        at = Sectors(*at + *l.len);
+    }
+    Ok(())
+}
+
+pub(super) fn table_matches(want: &[TargetLine], found: &[(u64, u64, String, String)]) -> bool {
+    want.len() == found.len()
+        && want
+            .iter()
+            .zip(found)
+            .all(|(w, (s, l, k, p))| *w.start == *s && *w.len == *l && w.target.matches(k, p))
+}
+
+pub(super) fn format_raw_table(t: &[(u64, u64, String, String)]) -> String {
+    if t.is_empty() {
+        return "(no table)".into();
+    }
+    t.iter()
+        .map(|(s, l, k, p)| format!("{s} {l} {k} {p}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(major: u32, minor: u32) -> Device {
+        Device { major, minor }
+    }
+
+    fn leg(a: u32) -> Option<LegDevices> {
+        Some(LegDevices {
+            meta: dev(253, a),
+            data: dev(253, a + 1),
+        })
+    }
+
+    /// The raid1 line counts its parameters and lists legs, with `- -` for
+    /// a missing one; the rebuild form adds two parameters.
+    #[test]
+    fn raid1_table_formats_like_dmsetup() {
+        let t = Raid1Table::new(vec![leg(0), leg(2)], Sectors(1024));
+        assert_eq!(
+            t.to_string(),
+            "raid1 3 0 region_size 1024 2 253:0 253:1 253:2 253:3"
+        );
+        let mut r = Raid1Table::new(vec![leg(0), None, leg(4)], Sectors(8192));
+        r.rebuild = vec![2];
+        assert_eq!(
+            r.to_string(),
+            "raid1 5 0 rebuild 2 region_size 8192 3 253:0 253:1 - - 253:4 253:5"
+        );
+        let mut n = Raid1Table::new(vec![leg(0), leg(2)], Sectors(1024));
+        n.nosync = true;
+        assert_eq!(
+            n.to_string(),
+            "raid1 4 0 nosync region_size 1024 2 253:0 253:1 253:2 253:3"
+        );
+        let line = TargetLine {
+            start: Sectors(0),
+            len: Sectors(131072),
+            target: Target::Raid1(t),
+        };
+        assert_eq!(
+            line.to_string(),
+            "0 131072 raid raid1 3 0 region_size 1024 2 253:0 253:1 253:2 253:3"
+        );
+    }
+
+    /// What we format parses back to the same value, and the kernel's own
+    /// table (which keeps `rebuild`) still counts as the same layout.
+    #[test]
+    fn raid1_table_round_trips_and_ignores_rebuild_when_comparing() {
+        let mut r = Raid1Table::new(vec![leg(0), None, leg(4)], Sectors(8192));
+        r.rebuild = vec![2];
+        let parsed: Raid1Table = r.to_string().parse().unwrap();
+        assert_eq!(parsed, r);
+        let plain = Raid1Table::new(vec![leg(0), None, leg(4)], Sectors(8192));
+        assert!(plain.same_layout(&parsed));
+        assert!(Target::Raid1(plain.clone()).matches("raid", &r.to_string()));
+        assert!(!Target::Raid1(plain.clone()).matches(
+            "raid",
+            "raid1 3 0 region_size 4096 3 253:0 253:1 - - 253:4 253:5"
+        ));
+        assert!(!Target::Raid1(plain).matches("linear", "253:0 0"));
+    }
+
+    /// The recovery rate goes where dm-raid prints it (after `rebuild`,
+    /// before `region_size`), parses back, and does not change the layout.
+    #[test]
+    fn raid1_table_carries_the_recovery_rate() {
+        let mut r = Raid1Table::new(vec![leg(0), leg(2)], Sectors(1024));
+        r.rebuild = vec![1];
+        r.max_recovery_rate_kib = Some(20480);
+        assert_eq!(
+            r.to_string(),
+            "raid1 7 0 rebuild 1 max_recovery_rate 20480 region_size 1024 2 253:0 253:1 253:2 253:3"
+        );
+        let parsed: Raid1Table = r.to_string().parse().unwrap();
+        assert_eq!(parsed, r);
+        assert!(Raid1Table::new(vec![leg(0), leg(2)], Sectors(1024)).same_layout(&parsed));
+    }
+
+    /// Garbage from the kernel (or a hand-made device) is an error, not a panic.
+    #[test]
+    fn raid1_table_parse_rejects_garbage() {
+        for bad in [
+            "",
+            "raid5 3 0 region_size 1024 2 1:1 1:2 1:3 1:4",
+            "raid1 9 0 region_size",
+            "raid1 3 0 region_size x 2 1:1 1:2 1:3 1:4",
+            "raid1 3 0 region_size 1024 2 1:1 1:2",
+            "raid1 3 0 region_size 1024 2 1:1 - 1:3 1:4",
+            "raid1 3 0 region_size 1024 2 1:1 1:2 1:3 1:4 extra",
+            "raid1 1 0 bogus 1 1:1 1:2",
+            "raid1 3 0 region_size 1024 99999999999 1:1",
+            "raid1 0",
+        ] {
+            assert!(bad.parse::<Raid1Table>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    /// Table validation catches what dm-raid and dm-stripe would reject, with
+    /// a reason, before any ioctl.
+    #[test]
+    fn table_validation() {
+        let name = DevName::new("vsky-t").unwrap();
+        let raid = |legs, region| {
+            vec![TargetLine {
+                start: Sectors(0),
+                len: Sectors(131072),
+                target: Target::Raid1(Raid1Table::new(legs, Sectors(region))),
+            }]
+        };
+        assert!(validate_table(&name, &raid(vec![leg(0), leg(2)], 1024)).is_ok());
+        assert!(validate_table(&name, &raid(vec![leg(0), leg(2)], 1000)).is_err()); // not a power of two
+        assert!(validate_table(&name, &raid(vec![leg(0)], 1024)).is_err()); // one leg
+        assert!(validate_table(&name, &raid(vec![None, None], 1024)).is_err());
+        let mut r = Raid1Table::new(vec![leg(0), None], Sectors(1024));
+        r.rebuild = vec![1];
+        assert!(
+            validate_table(
+                &name,
+                &[TargetLine {
+                    start: Sectors(0),
+                    len: Sectors(2048),
+                    target: Target::Raid1(r)
+                }]
+            )
+            .is_err()
+        );
+        let gap = vec![
+            TargetLine {
+                start: Sectors(0),
+                len: Sectors(8),
+                target: Target::Linear {
+                    dev: dev(1, 1),
+                    offset: Sectors(0),
+                },
+            },
+            TargetLine {
+                start: Sectors(16),
+                len: Sectors(8),
+                target: Target::Linear {
+                    dev: dev(1, 1),
+                    offset: Sectors(0),
+                },
+            },
+        ];
+        assert!(validate_table(&name, &gap).is_err());
+        assert!(validate_table(&name, &[]).is_err());
+        let striped = |len, chunk| {
+            vec![TargetLine {
+                start: Sectors(0),
+                len: Sectors(len),
+                target: Target::Striped {
+                    chunk: Sectors(chunk),
+                    stripes: vec![(dev(1, 1), Sectors(0)), (dev(1, 2), Sectors(0))],
+                },
+            }]
+        };
+        assert!(validate_table(&name, &striped(4096, 128)).is_ok());
+        assert!(validate_table(&name, &striped(4000, 128)).is_err());
+        assert!(validate_table(&name, &striped(4096, 4)).is_err());
+    }
+}

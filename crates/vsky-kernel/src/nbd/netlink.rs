@@ -1,0 +1,395 @@
+//! The generic netlink socket and the nbd family's commands: connect,
+//! disconnect, reconfigure and status ([`NbdNetlink`]), and the link-dead
+//! notices of its multicast group ([`NbdEvents`]). The libc calls on the
+//! socket are the only unsafe code of the NBD client.
+
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use super::codec::*;
+use super::{
+    ConnectRequest, NbdDeviceStatus, NbdError, NbdEvent, NbdIndex, Result, flags,
+    validate_backend_identifier,
+};
+
+/// A generic netlink socket bound to the kernel's "nbd" family, for
+/// commands. Blocking: call it from a blocking thread in async code.
+pub struct NbdNetlink {
+    sock: NlSocket,
+    family_id: u16,
+}
+
+/// Replies larger than this are truncated by recv; the STATUS reply for the
+/// maximum of 2^20 devices is far larger, but 64 KiB covers ~5000 devices.
+const RECV_BUF_BYTES: usize = 64 * 1024;
+/// Bound on how long we wait for the kernel (disconnect flushes a workqueue).
+const NETLINK_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl NbdNetlink {
+    /// Opens a netlink socket and resolves the "nbd" family id.
+    pub fn open() -> Result<Self> {
+        let mut sock = NlSocket::open()?;
+        let family_id = sock.resolve_family()?.id;
+        Ok(NbdNetlink { sock, family_id })
+    }
+
+    pub fn connect(
+        &mut self,
+        req: &ConnectRequest,
+        sockets: &[BorrowedFd<'_>],
+    ) -> Result<NbdIndex> {
+        req.validate()?;
+        if sockets.is_empty() {
+            return Err(NbdError::InvalidRequest(
+                "at least one socket is required".into(),
+            ));
+        }
+        if sockets.len() > 1 && req.server_flags & flags::CAN_MULTI_CONN == 0 {
+            return Err(NbdError::InvalidRequest(
+                "several sockets need a server that announces CAN_MULTI_CONN".into(),
+            ));
+        }
+        for s in sockets {
+            set_blocking(*s)?;
+        }
+        let attrs = encode_connect(req, sockets.iter().map(|s| s.as_raw_fd() as u32));
+        let replies = self.sock.transact(
+            self.family_id,
+            NBD_CMD_CONNECT,
+            NBD_GENL_VERSION,
+            &attrs,
+            "CONNECT",
+        )?;
+        for msg in &replies {
+            for a in Attrs::new(&msg.attrs) {
+                let a = a?;
+                if a.kind == NBD_ATTR_INDEX {
+                    return Ok(NbdIndex(a.u32()?));
+                }
+            }
+        }
+        Err(NbdError::Malformed(
+            "CONNECT reply without NBD_ATTR_INDEX".into(),
+        ))
+    }
+
+    /// Disconnects a device: the kernel sends NBD_CMD_DISC, shuts the sockets
+    /// down and fails queued I/O. Disconnecting an unconfigured device is a
+    /// no-op in the kernel; an unknown index is an error (EINVAL).
+    pub fn disconnect(&mut self, index: NbdIndex) -> Result<()> {
+        let mut attrs = AttrWriter::default();
+        attrs.u32(NBD_ATTR_INDEX, index.0);
+        self.sock.transact(
+            self.family_id,
+            NBD_CMD_DISCONNECT,
+            NBD_GENL_VERSION,
+            &attrs,
+            "DISCONNECT",
+        )?;
+        Ok(())
+    }
+
+    /// Replaces a dead socket of a connected device with a fresh handshaken
+    /// one. The kernel only fills *dead* slots: if no slot is dead it ignores
+    /// the socket and still returns success, so callers should check that the
+    /// link was reported dead (I/O errors, status) before relying on it.
+    pub fn reconfigure(
+        &mut self,
+        index: NbdIndex,
+        backend_identifier: &str,
+        sockets: &[BorrowedFd<'_>],
+    ) -> Result<()> {
+        validate_backend_identifier(backend_identifier)?;
+        for s in sockets {
+            set_blocking(*s)?;
+        }
+        let mut attrs = AttrWriter::default();
+        attrs.u32(NBD_ATTR_INDEX, index.0);
+        attrs.string(NBD_ATTR_BACKEND_IDENTIFIER, backend_identifier);
+        encode_sockets(&mut attrs, sockets.iter().map(|s| s.as_raw_fd() as u32));
+        self.sock.transact(
+            self.family_id,
+            NBD_CMD_RECONFIGURE,
+            NBD_GENL_VERSION,
+            &attrs,
+            "RECONFIGURE",
+        )?;
+        Ok(())
+    }
+
+    /// All NBD devices the kernel knows, with their connected state.
+    pub fn status(&mut self) -> Result<Vec<NbdDeviceStatus>> {
+        let attrs = AttrWriter::default();
+        let replies = self.sock.transact(
+            self.family_id,
+            NBD_CMD_STATUS,
+            NBD_GENL_VERSION,
+            &attrs,
+            "STATUS",
+        )?;
+        let mut out = Vec::new();
+        for msg in &replies {
+            out.extend(decode_status(&msg.attrs)?);
+        }
+        Ok(out)
+    }
+
+    /// The indexes of all connected devices.
+    pub fn connected(&mut self) -> Result<Vec<NbdIndex>> {
+        Ok(self
+            .status()?
+            .into_iter()
+            .filter(|d| d.connected)
+            .map(|d| d.index)
+            .collect())
+    }
+}
+
+/// A raw NETLINK_GENERIC socket with request/ACK bookkeeping.
+struct NlSocket {
+    fd: OwnedFd,
+    seq: u32,
+}
+
+impl NlSocket {
+    fn open() -> Result<Self> {
+        // SAFETY: plain socket(2); the result is checked before use.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_GENERIC,
+            )
+        };
+        if raw < 0 {
+            return Err(sock_err("socket"));
+        }
+        // SAFETY: raw is a fresh, valid descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(NlSocket { fd, seq: 0 })
+    }
+
+    fn resolve_family(&mut self) -> Result<FamilyInfo> {
+        let mut attrs = AttrWriter::default();
+        attrs.string(CTRL_ATTR_FAMILY_NAME, NBD_FAMILY_NAME);
+        let replies =
+            match self.transact(GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1, &attrs, "family lookup") {
+                Err(NbdError::Kernel { source, .. })
+                    if source.raw_os_error() == Some(libc::ENOENT) =>
+                {
+                    return Err(NbdError::FamilyNotFound);
+                }
+                other => other?,
+            };
+        replies
+            .iter()
+            .find_map(|m| decode_family(&m.attrs).transpose())
+            .unwrap_or(Err(NbdError::FamilyNotFound))
+    }
+
+    fn send(&self, msg: &[u8]) -> Result<()> {
+        // SAFETY: sending an initialised buffer to the kernel (a zeroed
+        // sockaddr_nl is pid 0, the kernel).
+        let sent = unsafe {
+            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+            addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                msg.as_ptr().cast(),
+                msg.len(),
+                0,
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if sent < 0 {
+            return Err(sock_err("sendto"));
+        }
+        Ok(())
+    }
+
+    /// Receives one datagram, waiting at most `timeout`; `None` on timeout.
+    fn recv(&self, buf: &mut [u8], timeout: Duration) -> Result<Option<usize>> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let mut pfd = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = left.as_millis().min(i32::MAX as u128) as i32;
+            // SAFETY: poll on one valid pollfd.
+            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if rc < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(NbdError::Socket {
+                    op: "poll",
+                    source: e,
+                });
+            }
+            if rc == 0 {
+                return Ok(None);
+            }
+            // SAFETY: recv into our own buffer of the given length.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EINTR) | Some(libc::EAGAIN) => continue,
+                    _ => {
+                        return Err(NbdError::Socket {
+                            op: "recv",
+                            source: e,
+                        });
+                    }
+                }
+            }
+            let n = n as usize;
+            if n > buf.len() {
+                return Err(NbdError::Malformed(format!(
+                    "a netlink message of {n} bytes exceeds the {}-byte buffer",
+                    buf.len()
+                )));
+            }
+            return Ok(Some(n));
+        }
+    }
+
+    /// Sends one request with NLM_F_ACK and collects the genl replies up to
+    /// the ACK (or the error that replaces it).
+    fn transact(
+        &mut self,
+        family: u16,
+        cmd: u8,
+        version: u8,
+        attrs: &AttrWriter,
+        what: &'static str,
+    ) -> Result<Vec<GenlMessage>> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        self.send(&encode_request(family, cmd, version, seq, attrs))?;
+        let mut replies = Vec::new();
+        let mut buf = vec![0u8; RECV_BUF_BYTES];
+        let deadline = std::time::Instant::now() + NETLINK_TIMEOUT;
+        // Bounded by the deadline: the kernel sends a reply and an ACK per
+        // request; messages for other sequence numbers are skipped.
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Some(n) = self.recv(&mut buf, left)? else {
+                return Err(NbdError::NoReply(what));
+            };
+            for m in decode_messages(&buf[..n])? {
+                if m.seq != seq {
+                    continue;
+                }
+                match m.body {
+                    NlBody::Ack | NlBody::Done => return Ok(replies),
+                    NlBody::Error(errno) => {
+                        return Err(NbdError::Kernel {
+                            cmd: what,
+                            source: std::io::Error::from_raw_os_error(errno),
+                        });
+                    }
+                    NlBody::Genl(g) => replies.push(g),
+                }
+            }
+        }
+    }
+}
+
+/// Subscription to the kernel's `nbd_mc_group`: it multicasts LINK_DEAD with
+/// the device index whenever a socket of a connected device dies (server
+/// crash, timeout). The agent reacts by reconnecting the socket
+/// ([`NbdNetlink::reconfigure`]) or, for a mirror leg, by replacing the leg.
+pub struct NbdEvents {
+    sock: NlSocket,
+    family_id: u16,
+}
+
+impl NbdEvents {
+    /// Joins the "nbd_mc_group" multicast group on a socket of its own (so
+    /// command replies and events never mix).
+    pub fn subscribe() -> Result<Self> {
+        let mut sock = NlSocket::open()?;
+        let family = sock.resolve_family()?;
+        let group = family
+            .groups
+            .iter()
+            .find(|(n, _)| n == NBD_MCAST_GROUP)
+            .map(|(_, id)| *id)
+            .ok_or_else(|| {
+                NbdError::Malformed(format!("the nbd family has no {NBD_MCAST_GROUP:?} group"))
+            })?;
+        // SAFETY: setsockopt with a u32 group id.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.fd.as_raw_fd(),
+                libc::SOL_NETLINK,
+                libc::NETLINK_ADD_MEMBERSHIP,
+                (&group as *const u32).cast(),
+                std::mem::size_of::<u32>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(sock_err("setsockopt(NETLINK_ADD_MEMBERSHIP)"));
+        }
+        Ok(NbdEvents {
+            sock,
+            family_id: family.id,
+        })
+    }
+
+    /// The next event, or `None` if none arrived within `timeout`.
+    pub fn next_event(&mut self, timeout: Duration) -> Result<Option<NbdEvent>> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut buf = vec![0u8; 8192];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Some(n) = self.sock.recv(&mut buf, left)? else {
+                return Ok(None);
+            };
+            for m in decode_messages(&buf[..n])? {
+                if let Some(e) = decode_event(self.family_id, &m)? {
+                    return Ok(Some(e));
+                }
+            }
+        }
+    }
+}
+
+fn sock_err(op: &'static str) -> NbdError {
+    NbdError::Socket {
+        op,
+        source: std::io::Error::last_os_error(),
+    }
+}
+
+/// The kernel's socket I/O does not depend on O_NONBLOCK, but a socket from
+/// tokio is non-blocking, and nbd-client hands over blocking sockets; clear it
+/// so the kernel sees exactly what it was tested with.
+fn set_blocking(fd: BorrowedFd<'_>) -> Result<()> {
+    // SAFETY: fcntl on a borrowed, open descriptor.
+    unsafe {
+        let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        if fl < 0 {
+            return Err(sock_err("fcntl(F_GETFL) on the NBD socket"));
+        }
+        if fl & libc::O_NONBLOCK != 0
+            && libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK) < 0
+        {
+            return Err(sock_err("fcntl(F_SETFL) on the NBD socket"));
+        }
+    }
+    Ok(())
+}

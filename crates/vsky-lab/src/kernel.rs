@@ -1,0 +1,236 @@
+//! What the head's kernel holds: dm devices (read with `dmsetup status`,
+//! the kernel's own format), NBD connections (sysfs) and `/dev/mapper`
+//! nodes. The agents create everything; the scenarios only look.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// One dm-raid raid1 mirror as `dmsetup status` shows it:
+/// `<name>: <start> <len> raid raid1 <legs> <health> <ratio> <action> …`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mirror {
+    pub name: String,
+    pub legs: usize,
+    /// One character per leg: `A` alive and in sync, `a` alive and not in
+    /// sync, `D` dead, `-` left out of the table.
+    pub health: String,
+    /// `idle`, `resync`, `recover`, `check`, …
+    pub action: String,
+}
+
+impl Mirror {
+    pub fn in_sync(&self) -> bool {
+        self.action == "idle" && self.health.chars().all(|c| c == 'A')
+    }
+    /// A leg is out of service: dead, or left out of the table.
+    pub fn leg_out(&self) -> bool {
+        self.health.contains(['D', '-'])
+    }
+}
+
+/// `dmsetup status` as text (also printed in diagnostics).
+pub fn dmsetup_status() -> Result<String> {
+    let out = Command::new("dmsetup")
+        .arg("status")
+        // No udev in the VM; dmsetup only reads here.
+        .env("DM_DISABLE_UDEV", "1")
+        .output()
+        .context("run dmsetup status")?;
+    if !out.status.success() {
+        bail!(
+            "dmsetup status failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `dmsetup ls`: every dm device with its device number (shown to the
+/// reader of the demo).
+pub fn dmsetup_ls() -> Result<String> {
+    let out = Command::new("dmsetup")
+        .arg("ls")
+        .env("DM_DISABLE_UDEV", "1")
+        .output()
+        .context("run dmsetup ls")?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Every raid1 mirror in the kernel.
+pub fn mirrors() -> Result<Vec<Mirror>> {
+    Ok(dmsetup_status()?.lines().filter_map(parse_mirror).collect())
+}
+
+fn parse_mirror(line: &str) -> Option<Mirror> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    if f.len() < 9 || f[3] != "raid" || f[4] != "raid1" {
+        return None;
+    }
+    Some(Mirror {
+        name: f[0].trim_end_matches(':').to_string(),
+        legs: f[5].parse().ok()?,
+        health: f[6].to_string(),
+        action: f[8].to_string(),
+    })
+}
+
+/// Every mirror in the kernel (a scenario assembles one volume at a time)
+/// has every leg alive and in sync, and there is at least one.
+pub fn mirrors_in_sync() -> Result<bool> {
+    let m = mirrors()?;
+    Ok(!m.is_empty() && m.iter().all(Mirror::in_sync))
+}
+
+/// In sync, and every mirror has exactly `legs` legs.
+pub fn mirrors_in_sync_with(legs: usize) -> Result<bool> {
+    let m = mirrors()?;
+    Ok(!m.is_empty() && m.iter().all(|m| m.in_sync() && m.legs == legs))
+}
+
+/// Device-mapper devices (`/sys/block/dm-*`).
+pub fn dm_count() -> Result<usize> {
+    Ok(sys_block()?.iter().filter(|n| n.starts_with("dm-")).count())
+}
+
+fn sys_block() -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for e in std::fs::read_dir("/sys/block").context("read /sys/block")? {
+        names.push(e?.file_name().to_string_lossy().into_owned());
+    }
+    Ok(names)
+}
+
+/// Connected NBD devices and their backend identifiers
+/// (`vsky:<volume>:<k>:[<slot>:]<disk>:<index>`), sorted by device. A
+/// device has a backend identifier in sysfs only while connected.
+pub fn nbd_backends() -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for name in sys_block()? {
+        if !name.starts_with("nbd") {
+            continue;
+        }
+        if let Ok(b) = std::fs::read_to_string(format!("/sys/block/{name}/backend")) {
+            out.push((name, b.trim().to_string()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub fn nbd_connected() -> Result<usize> {
+    Ok(nbd_backends()?.len())
+}
+
+/// Nothing of any volume is assembled: no dm device, no NBD connection.
+pub fn nothing_assembled() -> Result<bool> {
+    Ok(dm_count()? == 0 && nbd_connected()? == 0)
+}
+
+/// The disk id in a backend identifier (its second-to-last field).
+pub fn backend_disk(backend: &str) -> Option<u64> {
+    backend.rsplit(':').nth(1)?.parse().ok()
+}
+
+/// The `/dev/nbdN` importing the leg of `volume` on disk `disk`.
+pub fn leg_device(volume: &str, disk: u64) -> Result<Option<PathBuf>> {
+    let prefix = format!("vsky:{volume}:");
+    Ok(nbd_backends()?
+        .into_iter()
+        .find(|(_, b)| b.starts_with(&prefix) && backend_disk(b) == Some(disk))
+        .map(|(dev, _)| PathBuf::from(format!("/dev/{dev}"))))
+}
+
+/// Sectors written so far to the NBD imports of `volume`'s legs on the
+/// given disks (`/sys/block/nbdN/stat`, field 7).
+pub fn sectors_written(volume: &str, disks: &[u64]) -> Result<u64> {
+    let prefix = format!("vsky:{volume}:");
+    let mut sectors = 0;
+    for (dev, backend) in nbd_backends()? {
+        if !backend.starts_with(&prefix)
+            || !backend_disk(&backend).is_some_and(|d| disks.contains(&d))
+        {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/sys/block/{dev}/stat"))
+            .with_context(|| format!("read /sys/block/{dev}/stat"))?;
+        sectors += stat
+            .split_whitespace()
+            .nth(6)
+            .and_then(|s| s.parse::<u64>().ok())
+            .with_context(|| format!("/sys/block/{dev}/stat has no sectors-written field"))?;
+    }
+    Ok(sectors)
+}
+
+/// The top devices in `/dev/mapper` (`vsky-<volume>`, sorted); internal
+/// ones carry a `+`.
+pub fn top_devices() -> Result<Vec<String>> {
+    Ok(mapper()?.into_iter().filter(|n| !n.contains('+')).collect())
+}
+
+/// Every `vsky-*` node in `/dev/mapper`, sorted.
+pub fn mapper() -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for e in std::fs::read_dir("/dev/mapper").context("read /dev/mapper")? {
+        let n = e?.file_name().to_string_lossy().into_owned();
+        if n.starts_with("vsky-") {
+            names.push(n);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Kernel log lines containing `needle`.
+pub fn dmesg_count(needle: &str) -> Result<usize> {
+    let out = Command::new("dmesg").output().context("run dmesg")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count())
+}
+
+/// The last `n` kernel log lines.
+pub fn dmesg_tail(n: usize) -> String {
+    let out = Command::new("dmesg")
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Whether `path` is a block device (a write to a missing `/dev/mapper`
+/// path would silently create a regular file).
+pub fn is_block(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_raid1_status_lines_only() {
+        let m = parse_mirror("vsky-va+0: 0 14336 raid raid1 2 AD 14336/14336 idle 0 0 -")
+            .expect("a raid1 line");
+        assert_eq!(m.name, "vsky-va+0");
+        assert_eq!(
+            (m.legs, m.health.as_str(), m.action.as_str()),
+            (2, "AD", "idle")
+        );
+        assert!(!m.in_sync() && m.leg_out());
+        assert_eq!(parse_mirror("vsky-va: 0 98304 linear "), None);
+    }
+
+    #[test]
+    fn reads_the_disk_of_a_backend_identifier() {
+        assert_eq!(backend_disk("vsky:va:0:7:3"), Some(7));
+        assert_eq!(backend_disk("vsky:va:0:2:7:3"), Some(7));
+        assert_eq!(backend_disk("nonsense"), None);
+    }
+}

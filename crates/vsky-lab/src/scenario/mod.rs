@@ -1,0 +1,17 @@
+//! One module per cluster scenario. Each builds its own cluster
+//! (`fixture::Cluster`), proves one thing and returns its `LAB-DETAIL`
+//! line; the list of scenarios and what each proves is `crate::scenarios`.
+
+pub mod agent_restart;
+pub mod attach;
+pub mod bench;
+pub mod busy_detach;
+pub mod demo;
+pub mod disk_rebuild;
+pub mod drain;
+pub mod ha_rebuild;
+pub mod kill_server;
+pub mod rebuild;
+pub mod return_in_time;
+pub mod scrub;
+pub mod xapi;

@@ -1,0 +1,155 @@
+//! The lab's scenarios, in one place: their names, whether `lab/run` runs
+//! them by default, what each proves, and how it runs. `lab/run` reads the
+//! names from `vsky-lab --list`; `vsky-lab --help` prints what each proves.
+
+use anyhow::Result;
+
+use crate::scenario;
+
+/// How a scenario runs inside the VM.
+pub enum Run {
+    /// A test of `crates/vsky-kernel/tests/lab.rs` (the library level):
+    /// run from the kernel test binary by its name.
+    Kernel(&'static str),
+    /// A cluster scenario of this crate: real manager, agents and CLI.
+    /// Returns its `LAB-DETAIL` text.
+    Cluster(fn() -> Result<String>),
+}
+
+pub struct Scenario {
+    pub name: &'static str,
+    /// Run by `lab/run` when no scenario is named.
+    pub default: bool,
+    /// What a pass proves.
+    pub proves: &'static str,
+    pub run: Run,
+}
+
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "kernel-mirror",
+        default: true,
+        proves: "raid1 over two NBD legs; kill a server mid-write (no I/O error, leg D); rebuild onto a third server (AA idle); kill the other original leg; data still intact; clean teardown.",
+        run: Run::Kernel("kernel_mirror"),
+    },
+    Scenario {
+        name: "kernel-reshape",
+        default: true,
+        proves: "a leg moves online: a third leg joins a running raid1 and syncs, the old leg leaves (the new one takes its slot), then the other original leg dies: data intact.",
+        run: Run::Kernel("kernel_reshape"),
+    },
+    Scenario {
+        name: "kernel-adopt",
+        default: true,
+        proves: "ensure_* twice and from a fresh process adopts the existing NBD and dm devices without duplicates; differing tables refused.",
+        run: Run::Kernel("kernel_adopt"),
+    },
+    Scenario {
+        name: "kernel-stripe",
+        default: true,
+        proves: "a dm-striped volume over two raid1 mirrors (4 NBD legs): adopted on re-ensure; stripe chunks land on the right disks.",
+        run: Run::Kernel("kernel_stripe"),
+    },
+    Scenario {
+        name: "nbd-reconnect",
+        default: true,
+        proves: "netlink RECONFIGURE swaps a dead socket in place after a server restart; in-flight I/O completes.",
+        run: Run::Kernel("nbd_reconnect"),
+    },
+    Scenario {
+        name: "cluster-attach",
+        default: true,
+        proves: "real manager + agents (storage agents each in a network namespace): volume create/attach, O_DIRECT pattern + ext4 files, detach (devices gone), reattach, data matches.",
+        run: Run::Cluster(scenario::attach::run_scenario),
+    },
+    Scenario {
+        name: "cluster-kill-server",
+        default: true,
+        proves: "kill -9 a storage agent during an O_DIRECT write: no I/O error, the manager shows its legs failed, data intact; then detach, delete, re-create under the same name and take a server's link down mid-write: same guarantees.",
+        run: Run::Cluster(scenario::kill_server::run_scenario),
+    },
+    Scenario {
+        name: "cluster-agent-restart",
+        default: true,
+        proves: "the head agent SIGTERMed / SIGKILLed and restarted during a write (also with a degraded volume): devices adopted unchanged, no duplicates, I/O continues.",
+        run: Run::Cluster(scenario::agent_restart::run_scenario),
+    },
+    Scenario {
+        name: "cluster-rebuild",
+        default: true,
+        proves: "kill -9 a storage agent under write load: after the grace period its legs are replaced from the pool and resynced online by the head, no disk in two resyncs; then the surviving original copy's server dies too: data intact.",
+        run: Run::Cluster(scenario::rebuild::run_scenario),
+    },
+    Scenario {
+        name: "cluster-disk-rebuild",
+        default: true,
+        proves: "a disk holding legs of several mirrored disks is declared failed under an attached volume: they rebuild in parallel, the job log (events) shows no disk in two resyncs at once, `vsky disk fail --wait` follows it.",
+        run: Run::Cluster(scenario::disk_rebuild::run_scenario),
+    },
+    Scenario {
+        name: "cluster-drain",
+        default: true,
+        proves: "a server drained under an O_DIRECT rewrite loop: attached legs move online (the mirror grows, then drops the old leg), detached ones are copied; no I/O error, the server ends empty and is removed; both volumes intact.",
+        run: Run::Cluster(scenario::drain::run_scenario),
+    },
+    Scenario {
+        name: "cluster-return",
+        default: true,
+        proves: "a server's link down under write load, back within the grace period: its legs are held, then re-added in place and caught up from dm-raid's bitmap (bytes written to them measured), no rebuild; then the other copy dies: data intact.",
+        run: Run::Cluster(scenario::return_in_time::run_scenario),
+    },
+    Scenario {
+        name: "cluster-scrub",
+        default: true,
+        proves: "the manager's scrub patrol has the head check an attached volume's mirror (dm-raid check): clean legs reported clean; one leg overwritten behind the mirror's back: the mismatch is reported (event and metric); a repair needing the mirror's disks interrupts the check.",
+        run: Run::Cluster(scenario::scrub::run_scenario),
+    },
+    Scenario {
+        name: "cluster-ha-rebuild",
+        default: true,
+        proves: "two managers on etcd: the leader is killed -9 while a rebuild runs; the standby takes over and the rebuild completes, exactly once per lost leg; data intact.",
+        run: Run::Cluster(scenario::ha_rebuild::run_scenario),
+    },
+    Scenario {
+        name: "cluster-xapi",
+        default: true,
+        proves: "the SMAPIv3 plugins as xapi drives them (xapi-tests datapath): SR/VDI create, VM start (open/attach/activate), data on /dev/mapper/vsky-<vdi>, VM shutdown (device gone), exclusivity against another host, restart with the data intact.",
+        run: Run::Cluster(scenario::xapi::run_scenario),
+    },
+    Scenario {
+        name: "cluster-busy-detach",
+        default: true,
+        proves: "the head agent's local detach (the datapath plugin's deactivate) in two phases: a device held open is refused (409 busy, manager unchanged); once closed, the answer comes after the devices are gone and the manager released the volume; no dm-raid superblock error.",
+        run: Run::Cluster(scenario::busy_detach::run_scenario),
+    },
+    Scenario {
+        name: "cluster-bench",
+        default: false,
+        proves: "(a benchmark) a mirrored volume's sequential O_DIRECT throughput against one raw leg.",
+        run: Run::Cluster(scenario::bench::run_scenario),
+    },
+    Scenario {
+        name: "demo",
+        default: false,
+        proves: "(scripts/demo runs it) the README's main job with `demo:` progress lines.",
+        run: Run::Cluster(scenario::demo::run_scenario),
+    },
+];
+
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    SCENARIOS.iter().find(|s| s.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique() {
+        let mut names: Vec<_> = SCENARIOS.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        let n = names.len();
+        names.dedup();
+        assert_eq!(names.len(), n, "a scenario name appears twice");
+    }
+}

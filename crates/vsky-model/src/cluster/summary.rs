@@ -1,0 +1,81 @@
+//! Cluster-wide totals, and the capacity accounting behind them.
+//!
+//! Capacity counts only chunks that can serve (an online disk of an online
+//! server), and always adds up: `capacity = free + used + releasing`.
+//! Chunks on a failed disk, or on any disk of a failed server, count apart
+//! as `unavailable_bytes`, whatever they hold.
+
+use super::Cluster;
+use crate::entities::{DiskState, ServerState};
+
+/// Cluster-wide totals.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub servers: usize,
+    pub servers_failed: usize,
+    pub disks: usize,
+    pub disks_failed: usize,
+    pub chunk_size_bytes: u64,
+    pub default_replicas: u8,
+    /// Chunk bytes on disks that can serve (online disk, online server).
+    /// Always `free_bytes + used_bytes + releasing_bytes`.
+    pub capacity_bytes: u64,
+    /// Chunk bytes free for new legs (on serving disks).
+    pub free_bytes: u64,
+    /// Chunk bytes in use by legs on serving disks.
+    pub used_bytes: u64,
+    /// Chunk bytes on serving disks freed but not yet wiped by their agent.
+    pub releasing_bytes: u64,
+    /// Chunk bytes on disks that cannot serve (a failed disk, or any disk
+    /// of a failed server), whatever they hold: not part of the capacity.
+    pub unavailable_bytes: u64,
+    pub volumes: usize,
+    pub volumes_attached: usize,
+    pub mirrored_disks: usize,
+    pub mirrored_disks_degraded: usize,
+    pub mirrored_disks_rebuilding: usize,
+}
+
+impl Cluster {
+    pub fn summary(&self) -> Summary {
+        let chunk = self.settings.chunk_size_bytes;
+        let mut s = Summary {
+            chunk_size_bytes: chunk,
+            default_replicas: self.settings.default_replicas,
+            ..Summary::default()
+        };
+        s.servers = self.servers.len();
+        s.servers_failed = self
+            .servers
+            .values()
+            .filter(|v| v.state == ServerState::Failed)
+            .count();
+        for disk in self.disks.values() {
+            s.disks += 1;
+            let serving = disk.state == DiskState::Online
+                && self.servers[&disk.server].state == ServerState::Online;
+            if disk.state == DiskState::Failed {
+                s.disks_failed += 1;
+            }
+            // Each disk's chunks are free, used or releasing; a disk that
+            // cannot serve counts apart, so the capacity still adds up.
+            let usage = self.disk_usage(disk.id);
+            if serving {
+                s.capacity_bytes += u64::from(disk.chunk_count) * chunk;
+                s.free_bytes += usage.free_chunks * chunk;
+                s.used_bytes += usage.legs * chunk;
+                s.releasing_bytes += usage.releasing_chunks * chunk;
+            } else {
+                s.unavailable_bytes += u64::from(disk.chunk_count) * chunk;
+            }
+        }
+        for volume in self.volumes.values() {
+            s.volumes += 1;
+            s.volumes_attached += usize::from(volume.attachment.is_some());
+            s.mirrored_disks += volume.mirrored_disks.len();
+            s.mirrored_disks_degraded += volume.degraded_mirrored_disks();
+            s.mirrored_disks_rebuilding += volume.rebuilding_mirrored_disks();
+        }
+        s
+    }
+}
