@@ -3,6 +3,10 @@
 //! Sizes are bytes (u64) everywhere; states are lower-case strings. Request
 //! bodies deny unknown fields so that a misspelt option is an error, not a
 //! silently ignored wish.
+//!
+//! Size: over 900 lines, one concern: every body of the REST API in one
+//! place, so the wire format (and the OpenAPI document generated from it)
+//! is reviewed as a whole; it is declarations and their docs, no logic.
 
 use std::collections::BTreeMap;
 
