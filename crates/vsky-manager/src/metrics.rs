@@ -36,6 +36,11 @@ struct RebuildLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabels {
+    server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     method: String,
     route: String,
@@ -50,6 +55,10 @@ pub struct Metrics {
     /// scrape, so finished rebuilds disappear).
     rebuild_left: Family<RebuildLabels, Gauge>,
     rebuild_rate: Family<RebuildLabels, Gauge<f64, AtomicU64>>,
+    /// Per server: seconds since its last heartbeat to this manager (from
+    /// the manager's start for one not heard from since). Rebuilt at every
+    /// scrape, so removed servers disappear.
+    heartbeat_age: Family<ServerLabels, Gauge<f64, AtomicU64>>,
     /// Encoding needs exclusive access to nothing but the output buffer;
     /// the mutex only serialises concurrent scrapes.
     scrape: Mutex<()>,
@@ -202,6 +211,12 @@ impl Metrics {
             "Copy rate of a running resync, measured from its progress reports",
             rebuild_rate.clone(),
         );
+        let heartbeat_age = Family::<ServerLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "server_heartbeat_age_seconds",
+            "Seconds since the server's agent last sent a heartbeat to this manager (counted from the manager's start if not since); above --head-grace its volumes may be taken over, above --server-grace its legs are replaced",
+            heartbeat_age.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -209,6 +224,7 @@ impl Metrics {
             gauges: g,
             rebuild_left,
             rebuild_rate,
+            heartbeat_age,
             scrape: Mutex::new(()),
         }
     }
@@ -230,7 +246,7 @@ impl Metrics {
     }
 
     pub fn render(&self, manager: &Manager, recovery: &Recovery) -> Result<String, ManagerError> {
-        let (s, jobs, draining, spread, scrubs_running) = manager.read(|c| {
+        let (s, jobs, draining, spread, scrubs_running, servers) = manager.read(|c| {
             let jobs: Vec<(ResyncJob, String)> = c
                 .jobs()
                 .filter(|j| j.is_active())
@@ -247,6 +263,9 @@ impl Metrics {
                 draining,
                 c.fill_spread(),
                 c.scrubs().count(),
+                c.servers()
+                    .map(|s| (s.id, s.name.clone()))
+                    .collect::<Vec<_>>(),
             )
         })?;
         let _guard = self.scrape.lock_unpoisoned();
@@ -299,6 +318,12 @@ impl Metrics {
             if let Some(rate) = recovery.rate(j.id) {
                 self.rebuild_rate.get_or_create(&labels).set(rate);
             }
+        }
+        self.heartbeat_age.clear();
+        for (id, server) in servers {
+            self.heartbeat_age
+                .get_or_create(&ServerLabels { server })
+                .set(recovery.heartbeat_age(manager, id).as_secs_f64());
         }
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");

@@ -292,7 +292,9 @@ impl Recovery {
             .collect())
     }
 
-    fn heartbeat_age(&self, manager: &Manager, server: vsky_model::ServerId) -> Duration {
+    /// How long the server has been silent to this manager process (from
+    /// the process's start for one not heard from since).
+    pub fn heartbeat_age(&self, manager: &Manager, server: vsky_model::ServerId) -> Duration {
         manager
             .heartbeat_age_seconds(server)
             .map(Duration::from_secs_f64)

@@ -135,6 +135,7 @@ fn the_alert_rules_cover_the_failures_an_admin_must_hear_about() {
         "VastskyMirrorsDegraded",
         "VastskyRebuildStalled",
         "VastskyServerSilent",
+        "VastskyServerFailed",
         "VastskyPoolLowSpace",
         "VastskyScrubMismatch",
     ] {

@@ -79,4 +79,17 @@ async fn the_recovery_loop_survives_a_panic_and_keeps_handling_failures() {
         restarts.trim().parse::<f64>().unwrap() >= 1.0,
         "the restart is counted: {restarts}"
     );
+    // The silent server's age is exported; a speaking one's stays small.
+    let age = |server: &str| {
+        let prefix = format!("vsky_server_heartbeat_age_seconds{{server=\"{server}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no heartbeat age for {server}"))
+            .trim()
+            .parse::<f64>()
+            .unwrap()
+    };
+    assert!(age("s3") >= 2.0, "s3 has been silent past its grace");
+    assert!(age("s0") < age("s3"), "s0 speaks");
 }
