@@ -8,7 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::agents::{KeepAlive, beat, count_kind, eventually, kinds, resync_beat};
+use common::agents::{
+    KeepAlive, beat, count_kind, eventually, kinds, legs_on, resync_beat, server_failed,
+};
 use common::*;
 use vsky_api::Client;
 use vsky_api::types::{
@@ -75,25 +77,10 @@ async fn a_silent_server_is_failed_after_its_grace_period_and_its_legs_rebuilt()
     let (_dir, m) = manager_with_volume("2s", 4 * 7 * MIB).await;
     let (admin, agent) = (m.admin(), m.client(AGENT_TOKEN));
     let _alive = KeepAlive::start(agent.clone(), vec!["s0".into(), "s1".into(), "s2".into()]);
-    let lost = admin
-        .volume("v")
-        .await
-        .unwrap()
-        .layout
-        .iter()
-        .flat_map(|md| &md.legs)
-        .filter(|l| l.server == "s3")
-        .count();
+    let lost = legs_on(&admin, "v", "s3").await;
     assert!(lost > 0, "fixture: s3 holds legs");
 
-    eventually("s3 declared failed", async || {
-        admin
-            .server("s3")
-            .await
-            .ok()
-            .filter(|s| s.state == vsky_api::types::ServerState::Failed)
-    })
-    .await;
+    server_failed(&admin, "s3", "s3 declared failed").await;
     eventually("every lost leg's rebuild to start", async || {
         let list = admin.rebuilds(false).await.unwrap();
         (list.running + list.queued == lost && list.running > 0).then_some(list)

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::agents::{KeepAlive, eventually};
+use common::agents::{KeepAlive, eventually, legs_on, server_failed};
 use common::*;
 use vsky_manager::RecoveryConfig;
 use vsky_testkit::in_process::InProcessManager;
@@ -37,26 +37,11 @@ async fn the_recovery_loop_survives_a_panic_and_keeps_handling_failures() {
     let mut req = volume("v", 4 * 7 * MIB);
     req.replicas = Some(2);
     admin.create_volume(&req).await.unwrap();
-    let lost = admin
-        .volume("v")
-        .await
-        .unwrap()
-        .layout
-        .iter()
-        .flat_map(|md| &md.legs)
-        .filter(|l| l.server == "s3")
-        .count();
+    let lost = legs_on(&admin, "v", "s3").await;
     assert!(lost > 0, "fixture: s3 holds legs");
 
     // s3 never speaks: the restarted loop declares it failed and rebuilds.
-    eventually("s3 declared failed after the panic", async || {
-        admin
-            .server("s3")
-            .await
-            .ok()
-            .filter(|s| s.state == vsky_api::types::ServerState::Failed)
-    })
-    .await;
+    server_failed(&admin, "s3", "s3 declared failed after the panic").await;
     eventually("the lost legs' rebuilds to be planned", async || {
         let list = admin.rebuilds(false).await.unwrap();
         (list.running + list.queued == lost).then_some(())

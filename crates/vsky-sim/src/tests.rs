@@ -3,27 +3,16 @@
 
 use crate::*;
 
+/// The standard rates and timings on a small pool.
 pub(crate) fn small(scenario: Scenario, seed: u64) -> SimConfig {
     SimConfig {
-        servers: 12,
         disks_per_server: 4,
         racks: 3,
         chunk_bytes: 64 << 20,
         chunks_per_disk: 64,
-        fill: 0.5,
-        replicas: 2,
-        disk_bytes_per_second: 200e6,
-        network_bytes_per_second: 1.25e9,
-        per_disk_limit: 1,
-        seed,
-        scenario,
-        grace_seconds: 60.0,
-        outage_seconds: 30.0,
-        write_bytes_per_second: 100e3,
-        region_bytes: 1 << 20,
         new_servers: 2,
         rebalance_moves: Some(16),
-        rebalance_request_moves: 10_000,
+        ..SimConfig::standard(12, scenario, seed)
     }
 }
 

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use vsky_api::Client;
-use vsky_api::types::{Heartbeat, ResyncReport};
+use vsky_api::types::{Heartbeat, ResyncReport, ServerState};
 
 /// A heartbeat that reports nothing.
 pub fn beat(server: &str) -> Heartbeat {
@@ -81,4 +81,29 @@ pub async fn kinds(admin: &Client) -> Vec<String> {
 /// How many events of `kind` were logged so far.
 pub async fn count_kind(admin: &Client, kind: &str) -> usize {
     kinds(admin).await.iter().filter(|k| *k == kind).count()
+}
+
+/// How many legs of `volume` are on `server`.
+pub async fn legs_on(admin: &Client, volume: &str, server: &str) -> usize {
+    admin
+        .volume(volume)
+        .await
+        .unwrap()
+        .layout
+        .iter()
+        .flat_map(|md| &md.legs)
+        .filter(|l| l.server == server)
+        .count()
+}
+
+/// Waits until the manager shows `server` failed.
+pub async fn server_failed(admin: &Client, server: &str, what: &str) {
+    eventually(what, async || {
+        admin
+            .server(server)
+            .await
+            .ok()
+            .filter(|s| s.state == ServerState::Failed)
+    })
+    .await;
 }

@@ -158,13 +158,11 @@ impl Cluster {
             .map(|a| a.head)
             .filter(|&old| old != head_id)
             .filter(|old| self.servers[old].state == ServerState::Failed || head_is_gone(*old));
-        let Some(old) = gone else {
+        // A failed new head gets attach_volume's own refusal, before any
+        // fence.
+        let Some(old) = gone.filter(|_| !head_failed) else {
             return Ok((None, self.attach_volume(name, server)?));
         };
-        if head_failed {
-            // attach_volume's own refusal, before the fence.
-            return Ok((None, self.attach_volume(name, server)?));
-        }
         self.check_may_head(head_id)?;
         let mut changes = Changes::default();
         self.end_attachment(id, secrets, &mut changes);
