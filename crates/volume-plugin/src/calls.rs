@@ -43,9 +43,11 @@ pub const CALLS: &[(&str, Handler)] = &[
     ("Volume.resize", volume_resize),
 ];
 
-/// Features we declare. VDI_RESIZE_ONLINE is absent: a grow of an attached
-/// volume is not yet propagated to its assembled device. Clone, snapshot,
-/// copy, CBT and SR_METADATA are absent because the manager cannot do them.
+/// Features we declare. VDI_RESIZE_ONLINE: a grow of an attached volume is
+/// applied by its head under I/O, and the manager answers once the head
+/// serves the new size (xen-blkback then sees its backing device grow).
+/// Clone, snapshot, copy, CBT and SR_METADATA are absent because the
+/// manager cannot do them.
 pub const FEATURES: &[&str] = &[
     "SR_ATTACH",
     "SR_DETACH",
@@ -58,6 +60,7 @@ pub const FEATURES: &[&str] = &[
     "VDI_DESTROY",
     "VDI_UPDATE",
     "VDI_RESIZE",
+    "VDI_RESIZE_ONLINE",
     "VDI_ATTACH",
     "VDI_DETACH",
     "VDI_ACTIVATE",
@@ -559,8 +562,9 @@ fn volume_unset(args: &Args) -> SmapiResult<Value> {
     )
 }
 
-/// Grows the volume to at least `new_size` (rounded up by the manager) and
-/// answers the new size; shrinking is refused, since it would lose data.
+/// Grows the volume to at least `new_size` (rounded up by the manager);
+/// shrinking is refused, since it would lose data. An attached volume
+/// grows online: the manager answers once its head serves the new size.
 fn volume_resize(args: &Args) -> SmapiResult<Value> {
     args.str("dbg")?;
     let new_size = args.size("new_size")?;
@@ -602,9 +606,10 @@ mod tests {
             .iter()
             .map(|v| v.as_str().unwrap())
             .collect();
-        for absent in ["VDI_CLONE", "VDI_SNAPSHOT", "VDI_COPY", "VDI_RESIZE_ONLINE"] {
+        for absent in ["VDI_CLONE", "VDI_SNAPSHOT", "VDI_COPY"] {
             assert!(!f.contains(&absent));
         }
+        assert!(f.contains(&"VDI_RESIZE_ONLINE"));
         assert!(
             q["configuration"]["manager"]
                 .as_str()

@@ -7,7 +7,7 @@
 //! (a missing SR or a missing VDI), so callers say which code it becomes.
 
 use smapi::error::codes;
-use smapi::http::{HttpClient, HttpError, segment};
+use smapi::http::{HttpClient, HttpConfig, HttpError, segment};
 use smapi::{SmapiError, SmapiResult};
 use vsky_api::types::{
     ClusterSummary, CreateGroup, CreateVolume, Group, ResizeVolume, UpdateGroup, UpdateVolume,
@@ -18,6 +18,9 @@ use crate::config::SrConfig;
 
 pub struct Manager {
     http: HttpClient,
+    /// For requests that need a longer timeout (a grow of an attached
+    /// volume answers once its head serves the new size).
+    http_config: HttpConfig,
     urls: String,
 }
 
@@ -76,10 +79,12 @@ const API: &str = vsky_api::API_PREFIX;
 
 impl Manager {
     pub fn connect(config: &SrConfig) -> SmapiResult<Manager> {
-        let http = HttpClient::new(&config.http_config()?)
+        let http_config = config.http_config()?;
+        let http = HttpClient::new(&http_config)
             .map_err(|e| SmapiError::new(codes::INVALID_CONFIGURATION, e.to_string()))?;
         Ok(Manager {
             http,
+            http_config,
             urls: config.managers.join(", "),
         })
     }
@@ -153,10 +158,18 @@ impl Manager {
     }
 
     pub fn resize_volume(&self, name: &str, size_bytes: u64) -> SmapiResult<Volume> {
-        self.http
+        let patient = HttpConfig {
+            timeout: self.http_config.timeout + vsky_api::RESIZE_EXTRA_WAIT,
+            ..self.http_config.clone()
+        };
+        HttpClient::new(&patient)
+            .map_err(|e| SmapiError::new(codes::INVALID_CONFIGURATION, e.to_string()))?
             .post::<_, VolumeDetail>(
                 &format!("{API}/volumes/{}/resize", segment(name)),
-                &ResizeVolume { size_bytes },
+                &ResizeVolume {
+                    size_bytes,
+                    wait_seconds: None,
+                },
             )
             .map(|d| d.volume)
             .map_err(self.err(Missing::Volume))

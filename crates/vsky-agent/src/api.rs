@@ -231,11 +231,11 @@ async fn list(State(state): State<AppState>) -> Json<Vec<LocalVolume>> {
     Json(
         assembled
             .into_iter()
-            .map(|(name, device)| {
+            .map(|(name, assembled)| {
                 let holders = table.holders(&name).cloned().unwrap_or_default();
                 LocalVolume {
                     name,
-                    device: device.display().to_string(),
+                    device: assembled.device.display().to_string(),
                     domains: holders.domains,
                     unknown_holder: holders.unknown,
                 }
@@ -329,6 +329,7 @@ async fn assemble(ctx: &Context, name: &str) -> Result<String, ApiError> {
         ));
     }
     Ok(ctx.shared.assembled.lock_unpoisoned()[name]
+        .device
         .display()
         .to_string())
 }

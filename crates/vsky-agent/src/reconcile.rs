@@ -48,7 +48,7 @@ use crate::copy::Copies;
 use crate::disks::InspectedDisk;
 use crate::head::Head;
 use crate::label::{self, Decoded};
-use crate::shared::Shared;
+use crate::shared::{Assembled, Shared};
 use crate::wipe;
 
 /// Longest wait of one desired-state long-poll.
@@ -404,10 +404,13 @@ impl Agent {
                 );
                 match head.ensure(spec) {
                     Ok(assembly) => {
-                        shared
-                            .assembled
-                            .lock_unpoisoned()
-                            .insert(spec.name.clone(), assembly.device.clone());
+                        shared.set_assembled(
+                            &spec.name,
+                            Assembled {
+                                device: assembly.device.clone(),
+                                size_bytes: assembly.size_bytes,
+                            },
+                        );
                         for (k, l) in &assembly.unreachable_legs {
                             shared.leg_failed(spec, *k, *l, None);
                         }
@@ -473,6 +476,8 @@ pub(crate) async fn heartbeat_loop(
     // Cleared when the manager is older than two-phase detach and refuses
     // the field; such a manager detaches at once anyway.
     let mut report_assembled = true;
+    // Cleared when the manager is older than online resize.
+    let mut report_served = true;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(config.heartbeat_interval) => {}
@@ -502,6 +507,11 @@ pub(crate) async fn heartbeat_loop(
             resyncs,
             scrubs,
             assembled: report_assembled.then(|| shared.assembled_report()),
+            served: if report_served {
+                shared.served_report()
+            } else {
+                Vec::new()
+            },
         };
         match client.heartbeat(&beat).await {
             Err(vsky_api::ClientError::Api {
@@ -513,6 +523,17 @@ pub(crate) async fn heartbeat_loop(
                     "the manager is older than two-phase detach; heartbeats go without the assembled volumes (upgrade the managers)"
                 );
                 report_assembled = false;
+                shared.heartbeat_now.notify_one();
+            }
+            Err(vsky_api::ClientError::Api {
+                status: 400,
+                message,
+                ..
+            }) if report_served && refuses_field(&message, "served") => {
+                tracing::warn!(
+                    "the manager is older than online resize; heartbeats go without the served sizes (upgrade the managers before growing attached volumes)"
+                );
+                report_served = false;
                 shared.heartbeat_now.notify_one();
             }
             Ok(_) => {
@@ -535,7 +556,13 @@ pub(crate) async fn heartbeat_loop(
 /// Whether a manager's 400 answer refuses the heartbeat's `assembled`
 /// field as unknown (a manager from before two-phase detach).
 fn refuses_assembled(message: &str) -> bool {
-    message.contains("unknown field `assembled`")
+    refuses_field(message, "assembled")
+}
+
+/// Whether a manager's 400 answer refuses the heartbeat field `field` as
+/// unknown (a manager older than the field).
+fn refuses_field(message: &str, field: &str) -> bool {
+    message.contains(&format!("unknown field `{field}`"))
 }
 
 /// Polls assembled mirrors for legs the kernel marked dead. (dm-raid also
@@ -737,6 +764,20 @@ mod tests {
         assert!(!refuses_assembled(
             "unknown field `x`, expected one of `server`, `scrubs`, `assembled`"
         ));
+        // A manager older than online resize refuses the served sizes.
+        let served = Heartbeat {
+            server: "h".into(),
+            served: vec![vsky_api::types::ServedVolume {
+                volume: "v".into(),
+                size_bytes: 1,
+            }],
+            ..Default::default()
+        };
+        let e = serde_json::from_value::<OlderHeartbeat>(serde_json::to_value(&served).unwrap())
+            .err()
+            .expect("an older manager refuses the field");
+        assert!(refuses_field(&e.to_string(), "served"), "{e}");
+        assert!(!refuses_field(&e.to_string(), "assembled"), "{e}");
     }
 
     #[test]

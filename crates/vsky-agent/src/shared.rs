@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, watch};
 use vsky_api::types::{
-    ChunkId, FailedLeg, LegState, ResyncReport, ScrubReport, ScrubSpec, VolumeSpec, WipedChunk,
+    ChunkId, FailedLeg, LegState, ResyncReport, ScrubReport, ScrubSpec, ServedVolume, VolumeSpec,
+    WipedChunk,
 };
 use vsky_sync::LockExt;
 
@@ -48,7 +49,7 @@ pub(crate) struct Shared {
     pub(crate) heartbeat_now: Notify,
     /// Volumes assembled on this head, with their devices; the local API
     /// waits on `assembly` for attaches and detaches to take effect.
-    pub(crate) assembled: Mutex<BTreeMap<String, PathBuf>>,
+    pub(crate) assembled: Mutex<BTreeMap<String, Assembled>>,
     pub(crate) assembly: watch::Sender<u64>,
     /// Volumes whose devices exist in the kernel, as the last assembly pass
     /// (or the start) found them: with the desired volumes, what the
@@ -58,6 +59,15 @@ pub(crate) struct Shared {
     /// Why the last teardown of a volume failed (usually: held open), until
     /// one succeeds; the local API's detach answers with it.
     pub(crate) teardown_errors: Mutex<BTreeMap<String, String>>,
+}
+
+/// A volume device this head has assembled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Assembled {
+    /// `/dev/mapper/vsky-<volume>`.
+    pub(crate) device: PathBuf,
+    /// Its size now: it grows online when the manager grows the volume.
+    pub(crate) size_bytes: u64,
 }
 
 /// (volume, mirrored disk, leg slot, chunk) of a failed leg.
@@ -120,6 +130,31 @@ impl Shared {
         );
         names.extend(self.assembled.lock_unpoisoned().keys().cloned());
         names.into_iter().collect()
+    }
+
+    /// The size of every volume device assembled here, for the heartbeat
+    /// (a grow of an attached volume is done once its head serves it).
+    pub(crate) fn served_report(&self) -> Vec<ServedVolume> {
+        self.assembled
+            .lock_unpoisoned()
+            .iter()
+            .map(|(volume, a)| ServedVolume {
+                volume: volume.clone(),
+                size_bytes: a.size_bytes,
+            })
+            .collect()
+    }
+
+    /// Records an assembled volume; a new size goes to the manager at once
+    /// (a grow waits for it).
+    pub(crate) fn set_assembled(&self, volume: &str, assembled: Assembled) {
+        let before = self
+            .assembled
+            .lock_unpoisoned()
+            .insert(volume.to_string(), assembled.clone());
+        if before.is_none_or(|b| b.size_bytes != assembled.size_bytes) {
+            self.heartbeat_now.notify_one();
+        }
     }
 
     /// Whether a volume has no devices here (none assembled by this

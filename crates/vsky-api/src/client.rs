@@ -525,15 +525,23 @@ impl Client {
         .await
     }
 
+    /// Grows a volume; for an attached one, waits up to `wait_seconds`
+    /// (`None`: the manager's default) for its head to serve the new size.
     pub async fn resize_volume(
         &self,
         name: &str,
         size_bytes: u64,
+        wait_seconds: Option<u64>,
     ) -> Result<VolumeDetail, ClientError> {
-        let body = ResizeVolume { size_bytes };
-        self.post(
+        let body = ResizeVolume {
+            size_bytes,
+            wait_seconds,
+        };
+        self.call(
+            Method::POST,
             &format!("{API_PREFIX}/volumes/{}/resize", segment(name)),
-            &body,
+            Some(&body),
+            crate::RESIZE_EXTRA_WAIT,
         )
         .await
     }

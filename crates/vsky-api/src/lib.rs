@@ -16,3 +16,10 @@ pub use client::{Client, ClientConfig, ClientError};
 
 /// Path prefix of every v1 endpoint.
 pub const API_PREFIX: &str = "/api/v1";
+
+/// How much longer than other requests a client gives `POST
+/// …/volumes/{name}/resize`: the manager answers the grow of an attached
+/// volume once its head serves the new size, and waits up to
+/// `vsky_model::limits::GROW_APPLY_WAIT_SECONDS` for that (a manager test
+/// keeps this above it).
+pub const RESIZE_EXTRA_WAIT: std::time::Duration = std::time::Duration::from_secs(75);

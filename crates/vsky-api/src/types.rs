@@ -306,6 +306,11 @@ pub struct Volume {
     /// may attach meanwhile). `None` when detached.
     #[serde(default)]
     pub attachment_state: Option<AttachmentState>,
+    /// The size of the volume device on its head, as the head last
+    /// reported it; below `size_bytes` while a grow is not applied there
+    /// yet. `None` when detached or not reported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_bytes: Option<u64>,
     pub health: VolumeHealth,
     pub mirrored_disks: usize,
     pub mirrored_disks_degraded: usize,
@@ -396,6 +401,12 @@ pub struct DetachVolume {
 pub struct ResizeVolume {
     /// New size; must not be smaller than the current one.
     pub size_bytes: u64,
+    /// For an attached volume: how long the answer waits for the head to
+    /// serve the new size (504 if it has not by then; the grow goes on).
+    /// 0 answers at once. Default and most: `GROW_APPLY_WAIT_SECONDS`
+    /// (60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_seconds: Option<u64>,
 }
 
 // ---- agent endpoints --------------------------------------------------------
@@ -560,6 +571,21 @@ pub struct Heartbeat {
     /// ends this server's releasing attachments at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assembled: Option<Vec<String>>,
+    /// The size of each volume device this head serves now. A grow of an
+    /// attached volume is done once its head serves the new size. Left
+    /// out when empty, so that managers from before online resize accept
+    /// the heartbeat of a head with nothing assembled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub served: Vec<ServedVolume>,
+}
+
+/// A volume device as a head serves it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServedVolume {
+    pub volume: String,
+    /// The size of `/dev/mapper/vsky-<volume>` on the head.
+    pub size_bytes: u64,
 }
 
 /// A freed chunk wiped for one release of it (`WipeSpec::release`).

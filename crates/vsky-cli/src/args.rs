@@ -592,10 +592,14 @@ pub enum VolumeCommand {
         #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_timeout)]
         wait_timeout: Duration,
     },
-    /// Grow a volume.
+    /// Grow a volume, online if it is attached.
     #[command(
         long_about = "Grow a volume to --size (the new total size, not an increment). \
-            Shrinking is refused by the manager.",
+            Shrinking is refused by the manager. An attached volume grows online: \
+            its head assembles the new mirrored disks and swaps the volume device's \
+            table under I/O; the command returns once the head serves the new size \
+            (up to 60 s). It is refused, and nothing changes, when the head's agent \
+            has been silent.",
         after_help = "Example:\n  vsky volume resize vm-101-disk-0 --size 80GiB"
     )]
     Resize {
@@ -604,6 +608,10 @@ pub enum VolumeCommand {
         /// New total size, e.g. 20GiB.
         #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
         size: u64,
+        /// Return once the manager has grown the volume, without waiting
+        /// for its head to serve the new size (`vsky volume show` tells).
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Change a volume's display name, description or keys (free-form
     /// metadata, e.g. what the SMAPIv3 plugin stores for XAPI).

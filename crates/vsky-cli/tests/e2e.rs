@@ -115,8 +115,18 @@ fn quickstart_through_the_cli() {
     assert!(listed.lines().any(|l| l.contains("vm-disk")), "{listed}");
 
     env.ok(&["volume", "attach", "vm-disk", "--server", "node1"]);
-    let grown = env.json(&["volume", "resize", "vm-disk", "--size", "100MiB"]);
+    // node1 has no agent here to apply the grow: --no-wait answers once
+    // the manager has grown the volume (the head would serve it later).
+    let grown = env.json(&[
+        "volume",
+        "resize",
+        "vm-disk",
+        "--size",
+        "100MiB",
+        "--no-wait",
+    ]);
     assert_eq!(grown["attached_to"], "node1");
+    assert!(grown["served_bytes"].is_null(), "{grown}");
     assert_eq!(grown["layout"].as_array().unwrap().len(), 15);
 
     // Metadata: display name, description and keys.

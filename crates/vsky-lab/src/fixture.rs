@@ -61,6 +61,9 @@ pub struct Config {
     pub chunk: &'static str,
     /// A silent server's legs are replaced after this (production: 60s).
     pub grace: &'static str,
+    /// How long a silent head keeps its volumes against an attach
+    /// elsewhere (the manager's `--head-grace`; production default 30s).
+    pub head_grace: &'static str,
     /// The per-resync rate limit, if any.
     pub resync_rate: Option<&'static str>,
     /// The manager's scrub patrol: off (`0`) unless a scenario tests it, so
@@ -81,6 +84,7 @@ impl Default for Config {
             disk_mib: 64,
             chunk: "8MiB",
             grace: "10s",
+            head_grace: "30s",
             resync_rate: None,
             scrub_interval: "0",
             ha: false,
@@ -219,6 +223,7 @@ impl Cluster {
             .arg(w.join("agent.token"))
             .args(["--chunk-size", self.cfg.chunk])
             .args(["--server-grace", self.cfg.grace])
+            .args(["--head-grace", self.cfg.head_grace])
             .args(["--scrub-interval", self.cfg.scrub_interval]);
         if let Some(rate) = self.cfg.resync_rate {
             cmd.args(["--resync-rate", rate]);

@@ -93,6 +93,12 @@ pub const SCENARIOS: &[Scenario] = &[
         run: Run::Cluster(scenario::drain::run_scenario),
     },
     Scenario {
+        name: "cluster-grow",
+        default: true,
+        proves: "attached volumes (a concatenation, and a stripe whose columns turn into concatenations) grow online under an O_DIRECT rewriter: `vsky volume resize` returns once the head serves the new size, no I/O error, the device has the new size, data past the old end and before it intact across detach/reattach.",
+        run: Run::Cluster(scenario::grow::run_scenario),
+    },
+    Scenario {
         name: "cluster-return",
         default: true,
         proves: "a server's link down under write load, back within the grace period: its legs are held, then re-added in place and caught up from dm-raid's bitmap (bytes written to them measured), no rebuild; then the other copy dies: data intact.",
@@ -113,7 +119,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "cluster-xapi",
         default: true,
-        proves: "the SMAPIv3 plugins as xapi drives them (xapi-tests datapath): SR/VDI create, VM start (open/attach/activate), data on /dev/mapper/vsky-<vdi>, VM shutdown (device gone), exclusivity against another host, restart with the data intact.",
+        proves: "the SMAPIv3 plugins as xapi drives them (xapi-tests datapath): SR/VDI create, VM start (open/attach/activate), data on /dev/mapper/vsky-<vdi>, VM shutdown (device gone), exclusivity against another host, restart with the data intact, Volume.resize of the running VM's disk (online: the device grows before the call returns).",
         run: Run::Cluster(scenario::xapi::run_scenario),
     },
     Scenario {

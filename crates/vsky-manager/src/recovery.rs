@@ -285,10 +285,23 @@ impl Recovery {
     /// volumes may be taken over by an attach elsewhere). Read outside the
     /// cluster lock, then passed into the model's rule.
     pub fn gone_heads(&self, manager: &Manager) -> Result<HashSet<ServerId>, ManagerError> {
+        Ok(self
+            .heartbeat_ages(manager)?
+            .into_iter()
+            .filter(|(_, age)| *age >= self.config.head_grace)
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// How long each server has been silent ([`Self::heartbeat_age`]).
+    pub fn heartbeat_ages(
+        &self,
+        manager: &Manager,
+    ) -> Result<HashMap<ServerId, Duration>, ManagerError> {
         let servers: Vec<ServerId> = manager.read(|c| c.servers().map(|s| s.id).collect())?;
         Ok(servers
             .into_iter()
-            .filter(|&id| self.heartbeat_age(manager, id) >= self.config.head_grace)
+            .map(|id| (id, self.heartbeat_age(manager, id)))
             .collect())
     }
 

@@ -455,7 +455,12 @@ async fn volume_lifecycle() {
     let exports: usize = futures_count(&m, 4).await;
     assert_eq!(exports, 30, "every leg is exported by exactly one server");
 
-    let grown = admin.resize_volume("vm1", 200 * MIB).await.unwrap();
+    // vm1 is attached: without waiting for its (played) head to serve the
+    // new size (tests/grow.rs plays that).
+    let grown = admin
+        .resize_volume("vm1", 200 * MIB, Some(0))
+        .await
+        .unwrap();
     assert_eq!(
         (grown.volume.size_bytes, grown.layout.len()),
         (200 * MIB, 29)
@@ -467,7 +472,7 @@ async fn volume_lifecycle() {
     );
     assert_eq!(
         admin
-            .resize_volume("vm1", 10 * MIB)
+            .resize_volume("vm1", 10 * MIB, Some(0))
             .await
             .unwrap_err()
             .code(),

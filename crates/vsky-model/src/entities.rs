@@ -289,6 +289,11 @@ pub struct Attachment {
     /// from before two-phase detach have none: they were attached.
     #[serde(default)]
     pub state: AttachmentState,
+    /// The size of the volume device the head serves, as it last reported
+    /// (`None` until it has). Below the volume's size while a grow is not
+    /// applied on the head yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_bytes: Option<u64>,
 }
 
 impl Attachment {

@@ -63,6 +63,15 @@ pub const HEARTBEAT_ASSEMBLED_MAX: usize = 1 << 16;
 /// should keep it above three of the agents' heartbeat intervals (5 s by
 /// default); tests use a few seconds with 1 s heartbeats.
 pub const HEAD_GRACE_SECONDS_MIN: u64 = 2;
+/// A grow of an attached volume is refused when its head's agent has been
+/// silent this long (four of the agents' default 5 s heartbeats): the head
+/// applies the grow, so with none there the volume would be bigger in the
+/// manager than on its host.
+pub const GROW_HEAD_SILENCE_SECONDS_MAX: u64 = 20;
+/// How long the manager's resize answer waits for the head of an attached
+/// volume to serve the new size (one long-poll, an assembly of the new
+/// mirrored disks, a table swap and a heartbeat; seconds in the lab).
+pub const GROW_APPLY_WAIT_SECONDS: u64 = 60;
 /// REST requests: the longest URI (path and query) the manager takes;
 /// longer ones are answered 414. Every valid request is far shorter.
 pub const HTTP_URI_BYTES_MAX: usize = 8 << 10;

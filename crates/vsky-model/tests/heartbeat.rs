@@ -547,6 +547,15 @@ fn build_report(
             .map(|list| list.iter().filter_map(|i| pick(&volumes, *i)).collect()),
         ..AgentReport::default()
     };
+    // The sizes served: the volume's, or half of it (a grow not applied).
+    for i in assembled.iter().flatten() {
+        if let Some(name) = pick(&volumes, *i) {
+            let size = c.volume_by_name(&name).unwrap().size_bytes;
+            report
+                .served
+                .push((name, if i % 2 == 0 { size } else { size / 2 }));
+        }
+    }
     for (n, it) in items.iter().enumerate() {
         let speaker = match it {
             Item::Resync {
@@ -671,6 +680,9 @@ struct Before {
     runs: Vec<(String, u32, ScrubRun)>,
     /// Whether the speaker had attachments being released.
     releasing: bool,
+    /// Each volume's served size and whether it was attached (not
+    /// releasing) to the speaker.
+    served: Vec<(String, Option<u64>, bool)>,
     records: String,
     generation: u64,
 }
@@ -678,6 +690,17 @@ struct Before {
 fn before(c: &Cluster, from: ServerId) -> Before {
     Before {
         releasing: c.releasing_on(from).next().is_some(),
+        served: c
+            .volumes()
+            .map(|v| {
+                let a = v.attachment.as_ref();
+                (
+                    v.name.clone(),
+                    a.and_then(|a| a.served_bytes),
+                    a.is_some_and(|a| a.head == from && !a.is_releasing()),
+                )
+            })
+            .collect(),
         executors: c.jobs().map(|j| (j.id, c.job_executor(j.id))).collect(),
         heads: c
             .volumes()
@@ -709,6 +732,12 @@ fn check_heartbeat(
         if let Some(job) = e.job() {
             prop_assert!(executes(job), "{job} moved on by {from}, not its executor");
         }
+        if let HeartbeatEvent::GrowApplied { volume, .. } = e {
+            prop_assert!(
+                b.served.iter().any(|(v, _, head)| v == volume && *head),
+                "a grow of {volume} applied by {from}, not its head"
+            );
+        }
         if let HeartbeatEvent::LegFailed { volume, .. } = e {
             prop_assert!(
                 b.heads.iter().any(|(v, h)| v == volume && *h == Some(from)),
@@ -730,9 +759,39 @@ fn check_heartbeat(
             s.volume
         );
     }
+    // Only the head's report sets a volume's served size, to what it said.
+    for (name, before, head) in &b.served {
+        let Some(a) = c
+            .volume_by_name(name)
+            .ok()
+            .and_then(|v| v.attachment.clone())
+        else {
+            continue;
+        };
+        let said = report
+            .served
+            .iter()
+            .rev()
+            .find(|(v, _)| v == name)
+            .map(|(_, s)| *s);
+        match said {
+            Some(size) if *head => prop_assert_eq!(a.served_bytes, Some(size)),
+            _ => prop_assert_eq!(
+                a.served_bytes,
+                *before,
+                "{} served changed by {}",
+                name,
+                from
+            ),
+        }
+    }
     // A report that names only jobs others execute, and nothing else,
     // changes nothing at all.
     let only_foreign_resyncs = report.wiped.is_empty()
+        && report
+            .served
+            .iter()
+            .all(|(v, _)| !b.served.iter().any(|(n, _, head)| n == v && *head))
         && report.failed_legs.is_empty()
         && report.scrubs.is_empty()
         && report.resyncs.iter().all(|r| !executes(r.job))

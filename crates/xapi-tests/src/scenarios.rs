@@ -220,6 +220,7 @@ pub fn query(rig: &Rig) -> Step {
         ("VDI_COPY", "Volume.copy"),
         ("VDI_CREATE", "Volume.create"),
         ("VDI_RESIZE", "Volume.resize"),
+        ("VDI_RESIZE_ONLINE", "Volume.resize"),
         ("SR_PROBE", "SR.probe"),
     ] {
         let has_call = calls.iter().any(|c| c == call);
@@ -1282,6 +1283,35 @@ pub fn vm_start_stop(
     for &o in &offsets {
         if read_at(&dev, o, MIB as usize)? != pattern(seed, o) {
             return Err(format!("data at offset {o} did not survive stop and start"));
+        }
+    }
+    // Online resize (VDI_RESIZE_ONLINE): Volume.resize of the running VM's
+    // disk returns once its device has the new size; the new end holds
+    // data and the old data is untouched.
+    ok(
+        &rig.volume,
+        "Volume.resize",
+        json!({"dbg": DBG, "sr": sr, "key": key, "new_size": vsize + MIB}),
+    )?;
+    let grown = stat_vdi(rig, &sr, &key)?["virtual_size"]
+        .as_u64()
+        .unwrap_or(0);
+    let len = std::fs::File::open(&dev)
+        .and_then(|mut f| f.seek(SeekFrom::End(0)))
+        .map_err(|e| format!("size of {dev}: {e}"))?;
+    if grown <= vsize || len != grown {
+        return Err(format!(
+            "after an online resize from {vsize} bytes, the volume is {grown} and {dev} {len}"
+        ));
+    }
+    let end = grown - MIB;
+    write_at(&dev, end, &pattern(seed, end))?;
+    if read_at(&dev, end, MIB as usize)? != pattern(seed, end) {
+        return Err("read-back at the grown end differs".into());
+    }
+    for &o in &offsets {
+        if read_at(&dev, o, MIB as usize)? != pattern(seed, o) {
+            return Err(format!("data at offset {o} changed in the online resize"));
         }
     }
     // A dom0 reader activates the same volume: the VM's shutdown leaves

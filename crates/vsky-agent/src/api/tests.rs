@@ -7,7 +7,7 @@
 //! the manager is asked.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use vsky_testkit::pool::{CHUNK, MIB};
 use vsky_testkit::tokens::AGENT_TOKEN;
 
 use super::*;
+use crate::shared::Assembled;
 
 const TOKEN: &str = "local-api-token-for-tests-0123";
 const HEAD: &str = "head";
@@ -36,9 +37,10 @@ async fn play_head(agent: Client, shared: Arc<Shared>, mut stop: oneshot::Receiv
                 let before: BTreeSet<String> = assembled.keys().cloned().collect();
                 assembled.retain(|v, _| want.contains(v));
                 for v in &want {
-                    assembled
-                        .entry(v.clone())
-                        .or_insert_with(|| PathBuf::from(format!("/dev/mapper/vsky-{v}")));
+                    assembled.entry(v.clone()).or_insert_with(|| Assembled {
+                        device: PathBuf::from(format!("/dev/mapper/vsky-{v}")),
+                        size_bytes: 0,
+                    });
                 }
                 before != want
             };

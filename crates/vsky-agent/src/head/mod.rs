@@ -104,6 +104,8 @@ pub struct NbdTimeouts {
 #[derive(Debug, Default)]
 pub struct Assembly {
     pub device: PathBuf,
+    /// The volume device's size: the new one once a grow is applied.
+    pub size_bytes: u64,
     /// Legs (mirrored disk, leg) that could not be imported.
     pub unreachable_legs: Vec<(u32, u8)>,
     /// A new member (a leg whose resync this head runs) could not be
@@ -199,10 +201,17 @@ impl Head {
             LegLayout::with_meta(sectors(spec.chunk_size_bytes), sectors(spec.leg_meta_bytes))?;
         let data_len = layout.data_size;
         let mut assembly = Assembly::default();
+        // The volume device exists: mirrors it lacks were added by a grow.
+        let serving = self.dp.lookup(&vol.top())?.is_some();
         let mut mirrors: Vec<MappedDevice> = Vec::with_capacity(spec.mirrored_disks.len());
         for (k, legs) in spec.mirrored_disks.iter().enumerate() {
             let mut slots: Vec<Option<LegDevices>> = Vec::with_capacity(legs.len());
             let mut rebuild = Vec::new();
+            // A mirror a grow added: its storage agents learn of its legs
+            // with this head, so a leg not exported yet is waited for (as
+            // a new member is), not reported failed.
+            let grown = serving && self.dp.lookup(&vol.raid(k as u32))?.is_none();
+            let mut waiting = false;
             for (l, leg) in legs.iter().enumerate() {
                 let new_member = match (leg.state, leg.resync_job) {
                     // Failed, or a replacement waiting for its turn: the
@@ -223,14 +232,19 @@ impl Head {
                         }
                         slots.push(Some(devices));
                     }
-                    Err(e) if new_member && self.new_member_may_wait(&spec.name, k, leg.chunk) => {
+                    Err(e)
+                        if (new_member || grown)
+                            && self.new_member_may_wait(&spec.name, k, leg.chunk) =>
+                    {
                         // Its storage agent may not export it yet (both
-                        // learn of the job from the same change): a new
-                        // member holds no data, so reporting it failed
-                        // would only throw the job away.
+                        // learn of the job, or the grow, from the same
+                        // change): a new member holds no data, so
+                        // reporting it failed would only throw the job
+                        // away, and a grown mirror would start degraded.
                         tracing::info!(volume = %spec.name, mirrored_disk = k, leg = l, server = %leg.server, error = %e,
                             "new leg not reachable yet; retrying");
                         assembly.retry_new_members = true;
+                        waiting = true;
                         slots.push(None);
                     }
                     Err(e) => {
@@ -240,6 +254,14 @@ impl Head {
                         slots.push(None);
                     }
                 }
+            }
+            if grown && waiting {
+                // Grow once every leg of the new mirrors is there; until
+                // then the volume keeps serving its old size.
+                let top = vol.top();
+                assembly.device = top.node_path();
+                assembly.size_bytes = self.dp.size(&top)?.0 * SECTOR;
+                return Ok(assembly);
             }
             if slots.iter().all(Option::is_none) {
                 return Err(HeadError::NoLeg {
@@ -254,8 +276,9 @@ impl Head {
             mirrors.push(self.mirror(&vol, k as u32, data_len, slots, &rebuild, legs)?);
             self.revive_returned_legs(&vol, spec, k);
         }
-        let top = self.top(&vol, spec, data_len, &mirrors)?;
+        let (top, len) = self.top(&vol, spec, data_len, &mirrors)?;
         assembly.device = top.path;
+        assembly.size_bytes = *len * SECTOR;
         self.collect_garbage(&vol, spec.mirrored_disks.len());
         Ok(assembly)
     }
@@ -410,14 +433,22 @@ impl Head {
     }
 
     /// The volume device over the mirrors: a concatenation, or stripes
-    /// whose columns concatenate every `width`-th mirror.
+    /// whose columns concatenate every `width`-th mirror; with its length.
+    ///
+    /// Grown online: when the manager appends mirrored disks to an attached
+    /// volume, the new mirrors are assembled first (above), then each
+    /// column and the volume device get their longer tables in place
+    /// (`Datapath::ensure_volume` reloads a table that only appends space,
+    /// holding I/O for the swap). A column that was a single mirror becomes
+    /// a concatenation that begins with it, so the stripe still maps every
+    /// old sector where it did.
     fn top(
         &self,
         vol: &VolumeName,
         spec: &VolumeSpec,
         data_len: Sectors,
         mirrors: &[MappedDevice],
-    ) -> Result<MappedDevice, HeadError> {
+    ) -> Result<(MappedDevice, Sectors), HeadError> {
         let size = sectors(spec.size_bytes);
         let layout = match &spec.stripe {
             None => {
@@ -471,7 +502,7 @@ impl Head {
                 }
             }
         };
-        Ok(self.dp.ensure_volume(&vol.top(), &layout)?)
+        Ok((self.dp.ensure_volume(&vol.top(), &layout)?, layout.len()))
     }
 
     /// Removes every device of a volume and disconnects its legs.

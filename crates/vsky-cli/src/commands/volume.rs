@@ -108,8 +108,14 @@ pub async fn run(cmd: &VolumeCommand, client: &Client, json: bool) -> Result<Str
             let detail = wait_released(client, detail, *wait_timeout).await?;
             Ok(detail_output(&detail, json, "Detached"))
         }
-        VolumeCommand::Resize { name, size } => {
-            let detail = client.resize_volume(name, *size).await?;
+        VolumeCommand::Resize {
+            name,
+            size,
+            no_wait,
+        } => {
+            let detail = client
+                .resize_volume(name, *size, no_wait.then_some(0))
+                .await?;
             Ok(detail_output(&detail, json, "Resized"))
         }
         VolumeCommand::Set {
@@ -208,11 +214,15 @@ fn detail_output(detail: &VolumeDetail, json: bool, verb: &str) -> String {
     )
 }
 
-/// The head, with `(releasing)` while a graceful detach waits for it.
+/// The head, with `(releasing)` while a graceful detach waits for it, and
+/// the size it serves while a grow is not applied there yet.
 fn attachment(v: &Volume) -> String {
-    match (v.attached_to.as_deref(), v.attachment_state) {
-        (Some(head), Some(AttachmentState::Releasing)) => format!("{head} (releasing)"),
-        (head, _) => render::opt(head),
+    match (v.attached_to.as_deref(), v.attachment_state, v.served_bytes) {
+        (Some(head), Some(AttachmentState::Releasing), _) => format!("{head} (releasing)"),
+        (Some(head), _, Some(served)) if served < v.size_bytes => {
+            format!("{head} (growing: serves {})", render::size(served))
+        }
+        (head, _, _) => render::opt(head),
     }
 }
 
@@ -349,6 +359,7 @@ mod tests {
             near_server: None,
             attachment_state: attached_to.map(|_| AttachmentState::Attached),
             attached_to: attached_to.map(String::from),
+            served_bytes: attached_to.map(|_| 10 << 30),
             health: VolumeHealth::Rebuilding,
             mirrored_disks: 2,
             mirrored_disks_degraded: 0,
@@ -437,6 +448,19 @@ MDISK  LEG  SERVER  DISK  PATH      CHUNK       OFFSET  STATE
             "{text}"
         );
         assert!(text.contains("Attached to:             -\n"), "{text}");
+        // A grow its head has not applied yet shows the size it serves.
+        let mut growing = detail.clone();
+        growing.volume.attached_to = Some("node1".into());
+        growing.volume.attachment_state = Some(AttachmentState::Attached);
+        growing.volume.served_bytes = Some(4 << 30);
+        assert!(
+            render_volume_detail(&growing)
+                .contains("Attached to:             node1 (growing: serves 4 GiB)\n"),
+            "{}",
+            render_volume_detail(&growing)
+        );
+        growing.volume.served_bytes = Some(10 << 30);
+        assert!(render_volume_detail(&growing).contains("Attached to:             node1\n"));
         assert!(
             text.contains(
                 "Scrubbed:                not yet: 2 of 2 mirrored disks never scrubbed\n"

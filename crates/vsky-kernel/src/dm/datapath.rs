@@ -14,7 +14,8 @@ use super::names::{DevName, LegNames, UUID_PREFIX, VolumeName};
 use super::status::RaidStatus;
 use super::superblock::zero_head;
 use super::table::{
-    LegDevices, Raid1Table, Target, TargetLine, format_raw_table, table_matches, validate_table,
+    LegDevices, Raid1Table, Target, TargetLine, format_raw_table, grows, table_matches,
+    validate_table,
 };
 use super::{Device, DmError, Result, Sectors};
 
@@ -121,6 +122,11 @@ impl Datapath {
         }
     }
 
+    /// The length of `name`'s active table.
+    pub fn size(&self, name: &DevName) -> Result<Sectors> {
+        Ok(Sectors(self.table(name)?.iter().map(|l| l.1).sum()))
+    }
+
     fn raw_status(&self, name: &DevName) -> Result<Vec<(u64, u64, String, String)>> {
         // NOFLUSH: a status read must never wait for I/O stuck on a dead leg.
         let opts = DmOptions::default().set_flags(DmFlags::DM_NOFLUSH);
@@ -140,6 +146,19 @@ impl Datapath {
     /// otherwise leave every I/O to the volume hanging). On failure a device
     /// created here is removed again.
     pub fn ensure_device(&self, name: &DevName, lines: &[TargetLine]) -> Result<MappedDevice> {
+        self.ensure_device_or_grow(name, lines, false)
+    }
+
+    /// [`ensure_device`](Self::ensure_device), except that a running device
+    /// whose table `lines` only grows (see [`grows`]) gets `lines` loaded
+    /// in place: suspend, swap, resume, with the I/O in flight held, never
+    /// failed. A device that would change otherwise is still a mismatch.
+    fn ensure_device_or_grow(
+        &self,
+        name: &DevName,
+        lines: &[TargetLine],
+        may_grow: bool,
+    ) -> Result<MappedDevice> {
         validate_table(name, lines)?;
         let id = DevId::Name(name.dm_name());
         if let Some(mut info) = self.info(name)? {
@@ -162,7 +181,13 @@ impl Datapath {
                     .map_err(dm_err("resume", name))?;
             }
             let found = self.table(name)?;
-            if !table_matches(lines, &found) {
+            let begins_with = |new, old, len| self.begins_with(new, old, len);
+            if !table_matches(lines, &found) && may_grow && grows(&found, lines, &begins_with) {
+                let from: u64 = found.iter().map(|l| l.1).sum();
+                let to: u64 = lines.iter().map(|l| *l.len).sum();
+                self.reload_table(name, lines)?;
+                tracing::info!(%name, from_sectors = from, to_sectors = to, "grew device");
+            } else if !table_matches(lines, &found) {
                 return Err(DmError::TableMismatch {
                     name: name.to_string(),
                     found: format_raw_table(&found),
@@ -354,8 +379,31 @@ impl Datapath {
     }
 
     /// Creates or adopts the volume device.
+    ///
+    /// A running volume device whose new layout only appends space (the
+    /// volume grew: more mirrored disks, or longer stripe columns) is
+    /// reloaded in place, under I/O; see [`grows`].
     pub fn ensure_volume(&self, name: &DevName, layout: &VolumeLayout) -> Result<MappedDevice> {
-        self.ensure_device(name, &layout.lines())
+        self.ensure_device_or_grow(name, &layout.lines(), true)
+    }
+
+    /// Whether device `new` maps its first `len` sectors straight onto
+    /// `old` (its table starts with `linear <old> 0` at least `len` long).
+    fn begins_with(&self, new: Device, old: Device, len: Sectors) -> bool {
+        let Ok(devices) = self.list() else {
+            return false;
+        };
+        let Some((name, _)) = devices.into_iter().find(|(_, d)| *d == new) else {
+            return false;
+        };
+        let Ok(table) = self.table(&name) else {
+            return false;
+        };
+        let want = Target::Linear {
+            dev: old,
+            offset: Sectors(0),
+        };
+        matches!(table.first(), Some((0, l, kind, params)) if *l >= *len && want.matches(kind, params))
     }
 
     /// The current raid1 table of a running mirror.
@@ -454,8 +502,15 @@ impl Datapath {
             len,
             target: Target::Raid1(table),
         }];
-        validate_table(name, &line)?;
-        let raw: Vec<(u64, u64, String, String)> = line
+        self.reload_table(name, &line)
+    }
+
+    /// Loads `lines` as the inactive table of the running device `name`,
+    /// then suspends and resumes to swap it in. Suspend holds new I/O and
+    /// waits for the I/O in flight; nothing fails.
+    fn reload_table(&self, name: &DevName, lines: &[TargetLine]) -> Result<()> {
+        validate_table(name, lines)?;
+        let raw: Vec<(u64, u64, String, String)> = lines
             .iter()
             .map(|l| {
                 (

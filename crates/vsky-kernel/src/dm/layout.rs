@@ -62,6 +62,11 @@ pub enum VolumeLayout {
 }
 
 impl VolumeLayout {
+    /// The device's length: what its table maps.
+    pub fn len(&self) -> Sectors {
+        Sectors(self.lines().iter().map(|l| *l.len).sum())
+    }
+
     pub(super) fn lines(&self) -> Vec<TargetLine> {
         match self {
             VolumeLayout::Linear(parts) => {

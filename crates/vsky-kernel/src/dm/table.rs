@@ -220,7 +220,7 @@ impl Target {
     }
     /// Whether the kernel's (type, params) for this line describe the same
     /// mapping.
-    fn matches(&self, kind: &str, params: &str) -> bool {
+    pub(super) fn matches(&self, kind: &str, params: &str) -> bool {
         if kind != self.target_type() {
             return false;
         }
@@ -315,6 +315,102 @@ pub(super) fn table_matches(want: &[TargetLine], found: &[(u64, u64, String, Str
             .iter()
             .zip(found)
             .all(|(w, (s, l, k, p))| *w.start == *s && *w.len == *l && w.target.matches(k, p))
+}
+
+/// The linear or striped target the kernel printed as (`kind`, `params`);
+/// `None` for any other target or a line we cannot read.
+fn parse_plain_target(kind: &str, params: &str) -> Option<Target> {
+    let t: Vec<&str> = params.split_whitespace().collect();
+    let sectors = |v: &str| v.parse::<u64>().ok().map(Sectors);
+    match (kind, t.as_slice()) {
+        ("linear", [dev, offset]) => Some(Target::Linear {
+            dev: dev.parse().ok()?,
+            offset: sectors(offset)?,
+        }),
+        ("striped", [n, chunk, rest @ ..]) => {
+            let n: usize = n.parse().ok()?;
+            if n == 0 || rest.len() != 2 * n {
+                return None;
+            }
+            let stripes = rest
+                .chunks(2)
+                .map(|p| Some((p[0].parse().ok()?, sectors(p[1])?)))
+                .collect::<Option<Vec<(Device, Sectors)>>>()?;
+            Some(Target::Striped {
+                chunk: sectors(chunk)?,
+                stripes,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Whether loading `want` over the running `found` table only *grows* the
+/// device: every sector `found` maps goes to the same place under `want`,
+/// and `want` is longer. That is how a volume grows online (mirrored disks
+/// appended): the reload may then happen under I/O, because no sector that
+/// a reader or writer already uses changes its meaning.
+///
+/// Line by line: `want` starts with `found`'s lines, the same except that
+/// the last one may be longer (a linear part that reaches further into its
+/// device, or a striped line over more sectors: dm-stripe's mapping does
+/// not depend on the line's length); lines after that are new space. Only
+/// linear and striped lines can grow. A stripe member may change device
+/// when `begins_with(new, old, len)` says the new device maps its first
+/// `len` sectors straight onto the old one (a column that was one mirror
+/// and has become a concatenation starting with that mirror).
+pub(super) fn grows(
+    found: &[(u64, u64, String, String)],
+    want: &[TargetLine],
+    begins_with: &dyn Fn(Device, Device, Sectors) -> bool,
+) -> bool {
+    let total = |lens: &mut dyn Iterator<Item = u64>| lens.sum::<u64>();
+    let (Some(last), true) = (found.len().checked_sub(1), found.len() <= want.len()) else {
+        return false;
+    };
+    if total(&mut want.iter().map(|l| *l.len)) <= total(&mut found.iter().map(|l| l.1)) {
+        return false;
+    }
+    found
+        .iter()
+        .zip(want)
+        .enumerate()
+        .all(|(i, ((start, len, kind, params), w))| {
+            let Some(old) = parse_plain_target(kind, params) else {
+                return false;
+            };
+            let length_ok = if i == last {
+                *w.len >= *len
+            } else {
+                *w.len == *len
+            };
+            *w.start == *start
+                && length_ok
+                && match (&old, &w.target) {
+                    (
+                        Target::Linear { dev, offset },
+                        Target::Linear {
+                            dev: new_dev,
+                            offset: new_offset,
+                        },
+                    ) => dev == new_dev && offset == new_offset,
+                    (
+                        Target::Striped { chunk, stripes },
+                        Target::Striped {
+                            chunk: new_chunk,
+                            stripes: new_stripes,
+                        },
+                    ) => {
+                        let per_stripe = Sectors(*len / stripes.len() as u64);
+                        chunk == new_chunk
+                            && stripes.len() == new_stripes.len()
+                            && stripes.iter().zip(new_stripes).all(|((d, o), (nd, no))| {
+                                o == no && (d == nd || begins_with(*nd, *d, per_stripe))
+                            })
+                    }
+                    _ => false,
+                }
+        })
 }
 
 pub(super) fn format_raw_table(t: &[(u64, u64, String, String)]) -> String {
@@ -489,5 +585,129 @@ mod tests {
         assert!(validate_table(&name, &striped(4096, 128)).is_ok());
         assert!(validate_table(&name, &striped(4000, 128)).is_err());
         assert!(validate_table(&name, &striped(4096, 4)).is_err());
+    }
+
+    fn raw(lines: &[TargetLine]) -> Vec<(u64, u64, String, String)> {
+        lines
+            .iter()
+            .map(|l| {
+                (
+                    *l.start,
+                    *l.len,
+                    l.target.target_type().to_string(),
+                    l.target.params(),
+                )
+            })
+            .collect()
+    }
+
+    fn linear(parts: &[(u32, u64)]) -> Vec<TargetLine> {
+        crate::dm::VolumeLayout::Linear(
+            parts
+                .iter()
+                .map(|(m, len)| (dev(253, *m), Sectors(*len)))
+                .collect(),
+        )
+        .lines()
+    }
+
+    fn striped(members: &[(u32, u64)]) -> Vec<TargetLine> {
+        crate::dm::VolumeLayout::Striped {
+            chunk: Sectors(128),
+            members: members
+                .iter()
+                .map(|(m, len)| (dev(253, *m), Sectors(*len)))
+                .collect(),
+        }
+        .lines()
+    }
+
+    const NEVER: &dyn Fn(Device, Device, Sectors) -> bool = &|_, _, _| false;
+
+    /// Appended mirrors, and a last part that reaches further, grow a
+    /// linear volume; anything that moves a sector already mapped does not.
+    #[test]
+    fn linear_growth_keeps_every_mapped_sector() {
+        let old = raw(&linear(&[(1, 1000), (2, 600)]));
+        assert!(grows(
+            &old,
+            &linear(&[(1, 1000), (2, 1000), (3, 1000)]),
+            NEVER
+        ));
+        assert!(grows(&old, &linear(&[(1, 1000), (2, 700)]), NEVER));
+        // Same table: not a growth (adoption handles it).
+        assert!(!grows(&old, &linear(&[(1, 1000), (2, 600)]), NEVER));
+        // Shrinking, another device, another order, a shorter middle part.
+        assert!(!grows(&old, &linear(&[(1, 1000), (2, 500)]), NEVER));
+        assert!(!grows(&old, &linear(&[(1, 1000), (4, 1000)]), NEVER));
+        assert!(!grows(&old, &linear(&[(2, 1000), (1, 1000)]), NEVER));
+        assert!(!grows(
+            &old,
+            &linear(&[(1, 900), (2, 1000), (3, 1000)]),
+            NEVER
+        ));
+        // A moved offset.
+        let mut moved = linear(&[(1, 1000), (2, 1000)]);
+        moved[1].target = Target::Linear {
+            dev: dev(253, 2),
+            offset: Sectors(8),
+        };
+        assert!(!grows(&old, &moved, NEVER));
+        // Nothing running, or a raid table: never a growth.
+        assert!(!grows(&[], &linear(&[(1, 1000)]), NEVER));
+        let raid = [(
+            0,
+            1000,
+            "raid".to_string(),
+            "raid1 3 0 region_size 8 2 253:1 253:2 253:3 253:4".to_string(),
+        )];
+        assert!(!grows(&raid, &linear(&[(1, 2000)]), NEVER));
+    }
+
+    /// A striped volume grows over the same members, or over columns that
+    /// begin with the mirror that was the whole column before.
+    #[test]
+    fn striped_growth_needs_columns_that_begin_with_the_old_members() {
+        let old = raw(&striped(&[(1, 1024), (2, 1024)]));
+        assert!(grows(&old, &striped(&[(1, 2048), (2, 2048)]), NEVER));
+        assert!(!grows(&old, &striped(&[(1, 1024), (2, 1024)]), NEVER));
+        assert!(!grows(&old, &striped(&[(2, 2048), (1, 2048)]), NEVER));
+        assert!(!grows(
+            &old,
+            &striped(&[(1, 2048), (2, 2048), (3, 2048)]),
+            NEVER
+        ));
+        let columns = striped(&[(11, 2048), (12, 2048)]);
+        assert!(!grows(&old, &columns, NEVER));
+        // Column 11 begins with mirror 1 and column 12 with mirror 2, over
+        // at least one old column's length (1024 sectors).
+        let begins =
+            |new: Device, old: Device, len: Sectors| *len == 1024 && new.minor == old.minor + 10;
+        assert!(grows(&old, &columns, &begins));
+        let swapped = striped(&[(12, 2048), (11, 2048)]);
+        assert!(!grows(&old, &swapped, &begins));
+    }
+
+    proptest::proptest! {
+        /// Appending parts to any linear layout (and lengthening its last
+        /// part) is a growth; changing the device of any existing part is
+        /// not.
+        #[test]
+        fn appended_parts_grow_and_changed_parts_do_not(
+            parts in proptest::collection::vec((1u32..50, 1u64..5000), 1..8),
+            extra in proptest::collection::vec((1u32..50, 1u64..5000), 0..8),
+            longer in 0u64..100,
+            changed in 0usize..8,
+        ) {
+            let old = raw(&linear(&parts));
+            let mut new = parts.clone();
+            new.last_mut().expect("one part").1 += longer;
+            new.extend(&extra);
+            let grew = longer > 0 || !extra.is_empty();
+            proptest::prop_assert_eq!(grows(&old, &linear(&new), NEVER), grew);
+            let i = changed % parts.len();
+            new[i].0 += 100;
+            proptest::prop_assert!(!grows(&old, &linear(&new), NEVER));
+        }
     }
 }

@@ -9,6 +9,7 @@ pub mod busy_detach;
 pub mod demo;
 pub mod disk_rebuild;
 pub mod drain;
+pub mod grow;
 pub mod ha_rebuild;
 pub mod kill_server;
 pub mod rebuild;

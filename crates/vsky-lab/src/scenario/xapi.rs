@@ -31,6 +31,10 @@ pub fn run_scenario() -> Result<String> {
     let c = Cluster::up(Config {
         head_api: true,
         disk_mib: 128,
+        // other-head has no agent: it must keep the volume it is given
+        // however slowly the VM runs (past the grace, an activate would
+        // rightly take the volume over from it).
+        head_grace: "1h",
         ..Config::default()
     })?;
     // The head's local API answers before the plugin is pointed at it.
@@ -142,6 +146,6 @@ pub fn run_scenario() -> Result<String> {
     );
     c.finish();
     Ok(format!(
-        "xapi-tests datapath through the installed plugins in {took}s: VM start (open/attach/activate) → {mirrors} dm-raid raid1 mirrors under block device /dev/mapper/vsky-<vdi> of 32 MiB, 3 MiB written and read back; VM shutdown (deactivate ×2, detach, close) → device, dm and NBD gone; activate refused (Activated_on_another_host) while other-head holds it, other-head kept it; restart → data intact; nothing left attached"
+        "xapi-tests datapath through the installed plugins in {took}s: VM start (open/attach/activate) → {mirrors} dm-raid raid1 mirrors under block device /dev/mapper/vsky-<vdi> of 32 MiB, 3 MiB written and read back; VM shutdown (deactivate ×2, detach, close) → device, dm and NBD gone; activate refused (Activated_on_another_host) while other-head holds it, other-head kept it; restart → data intact; Volume.resize of the running VM's disk → the device grew before the call returned, new end written and read back; nothing left attached"
     ))
 }

@@ -133,6 +133,7 @@ pub fn volume(c: &Cluster, v: &m::Volume) -> api::Volume {
             m::AttachmentState::Attached => api::AttachmentState::Attached,
             m::AttachmentState::Releasing => api::AttachmentState::Releasing,
         }),
+        served_bytes: v.attachment.as_ref().and_then(|a| a.served_bytes),
         health: if degraded > 0 {
             api::VolumeHealth::Degraded
         } else if rebuilding > 0 {

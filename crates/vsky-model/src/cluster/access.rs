@@ -53,6 +53,8 @@
 //! nothing there would ever assemble the volume or run its resyncs, and its
 //! desired state names no volume to assemble.
 
+use std::collections::BTreeMap;
+
 use super::{Changes, Cluster};
 use crate::SecretSource;
 use crate::entities::{AttachmentState, ServerState};
@@ -210,6 +212,68 @@ impl Cluster {
         Ok((released, self.commit(changes)))
     }
 
+    /// Records the sizes `server` serves its attached volumes at (see
+    /// `Attachment::served_bytes`); reports about volumes not attached
+    /// to it, or releasing, are ignored. Returns the volumes whose grow this
+    /// report shows applied (volume, size): served below the volume's size
+    /// before, at it now.
+    pub(crate) fn head_serves(
+        &mut self,
+        server: ServerId,
+        served: &[(String, u64)],
+        changes: &mut Changes,
+    ) -> Result<Vec<(String, u64)>, ModelError> {
+        if served.len() > HEARTBEAT_ASSEMBLED_MAX {
+            return Err(ModelError::invalid(
+                "served volumes",
+                format!(
+                    "{} sizes; a heartbeat lists at most {HEARTBEAT_ASSEMBLED_MAX}",
+                    served.len()
+                ),
+            ));
+        }
+        let mut grown = Vec::new();
+        for (name, size) in last_size_per_volume(served) {
+            let Some(id) = self.attached_to(server, name) else {
+                continue;
+            };
+            let volume = self.volumes.get_mut(&id).expect("attached_to found it");
+            let target = volume.size_bytes;
+            let attachment = volume.attachment.as_mut().expect("attached_to checked");
+            if attachment.served_bytes == Some(size) {
+                continue;
+            }
+            let before = attachment.served_bytes.replace(size);
+            if before.is_some_and(|b| b < target) && size >= target {
+                grown.push((name.to_string(), size));
+            }
+            changes.volumes.insert(id);
+        }
+        Ok(grown)
+    }
+
+    /// Whether `served` would change a served size [`Self::head_serves`]
+    /// records.
+    pub(crate) fn served_sizes_change(&self, server: ServerId, served: &[(String, u64)]) -> bool {
+        last_size_per_volume(served)
+            .into_iter()
+            .any(|(name, size)| {
+                self.attached_to(server, name).is_some_and(|id| {
+                    self.volumes[&id]
+                        .attachment
+                        .as_ref()
+                        .is_some_and(|a| a.served_bytes != Some(size))
+                })
+            })
+    }
+
+    /// The volume `name` if it is attached (not releasing) to `server`.
+    fn attached_to(&self, server: ServerId, name: &str) -> Option<VolumeId> {
+        let id = *self.volume_names.get(name)?;
+        let a = self.volumes[&id].attachment.as_ref()?;
+        (a.head == server && !a.is_releasing()).then_some(id)
+    }
+
     /// The volumes (id, name) whose attachment to `server` is releasing.
     pub fn releasing_on(&self, server: ServerId) -> impl Iterator<Item = (VolumeId, String)> + '_ {
         self.volumes
@@ -262,4 +326,11 @@ impl Cluster {
         }
         changes.volumes.insert(id);
     }
+}
+
+/// A report's served sizes, one per volume: a volume listed twice counts
+/// with its last size, so that the same report applied twice changes
+/// nothing the second time.
+fn last_size_per_volume(served: &[(String, u64)]) -> BTreeMap<&str, u64> {
+    served.iter().map(|(v, s)| (v.as_str(), *s)).collect()
 }

@@ -18,7 +18,10 @@
 //!   the source of the current attempt;
 //! - only a scrub run's executor ends the run it was given;
 //! - a releasing attachment of the server ends once its volume is no
-//!   longer assembled there.
+//!   longer assembled there;
+//! - the size a head serves counts only for volumes attached to it (not
+//!   releasing), and is recorded on the attachment (a grow is applied
+//!   once it reaches the volume's size).
 //!
 //! The manager's handler (`vsky-manager/src/http/handlers/agent.rs`)
 //! only translates: the REST body into an [`AgentReport`], and the
@@ -47,6 +50,9 @@ pub struct AgentReport {
     /// The volumes the agent has assembled now; `None` when it cannot say
     /// (an agent from before two-phase detach).
     pub assembled: Option<Vec<String>>,
+    /// The size of each volume device the agent serves (volume, bytes);
+    /// empty from agents older than online resize.
+    pub served: Vec<(String, u64)>,
 }
 
 /// A head saw one leg's I/O fail.
@@ -180,6 +186,8 @@ pub enum HeartbeatEvent {
     },
     /// A releasing attachment ended: the head tore its devices down.
     Released { volume: String },
+    /// The head serves a grown volume at its new size.
+    GrowApplied { volume: String, size_bytes: u64 },
 }
 
 impl HeartbeatEvent {
@@ -227,6 +235,7 @@ impl Cluster {
                 .is_none_or(|list| !list.contains(&name))
         });
         !releases
+            && !self.served_sizes_change(server, &report.served)
             && report.wiped.is_empty()
             && report.failed_legs.is_empty()
             && report.resyncs.is_empty()
@@ -280,6 +289,12 @@ impl Cluster {
             released
                 .into_iter()
                 .map(|volume| HeartbeatEvent::Released { volume }),
+        );
+        let grown = self.head_serves(server, &report.served, &mut changes)?;
+        out.events.extend(
+            grown
+                .into_iter()
+                .map(|(volume, size_bytes)| HeartbeatEvent::GrowApplied { volume, size_bytes }),
         );
         out.generation = self.generation();
         Ok((out, changes))

@@ -8,11 +8,13 @@
 //! releasing sets under one release id. Attaching to another server than
 //! the head is a conflict.
 
+use std::time::Duration;
+
 use super::{Changes, Cluster, not_found};
 use crate::SecretSource;
 use crate::entities::{Attachment, AttachmentState, ServerState, Stripe, Volume, VolumeMeta};
 use crate::error::ModelError;
-use crate::ids::{self, ChunkRef, VolumeId};
+use crate::ids::{self, ChunkRef, ServerId, VolumeId};
 use crate::limits;
 
 #[derive(Clone, Debug, Default)]
@@ -101,10 +103,22 @@ impl Cluster {
 
     /// Grows a volume to at least `size_bytes` (shrinking would cut data off
     /// and is refused). All or nothing.
+    ///
+    /// An attached volume grows online: its head assembles the new
+    /// mirrored disks and swaps its volume device's table for the longer
+    /// one (`vsky-agent/src/head`), then reports the new size
+    /// ([`Attachment::served_bytes`]). So a grow needs a head that is
+    /// there to apply it: if the head has been silent (`head_silent_for`,
+    /// the manager's clock) for [`limits::GROW_HEAD_SILENCE_SECONDS_MAX`]
+    /// or its `head_grace`, whichever is shorter (past its grace the head
+    /// counts as gone), the grow is refused and nothing is allocated; the
+    /// volume keeps its size.
     pub fn resize_volume(
         &mut self,
         name: &str,
         size_bytes: u64,
+        head_silent_for: &dyn Fn(ServerId) -> Duration,
+        head_grace: Duration,
         secrets: &mut dyn SecretSource,
     ) -> Result<Changes, ModelError> {
         let volume = self.volume_by_name(name)?;
@@ -121,6 +135,17 @@ impl Cluster {
         let mut changes = Changes::default();
         if new_size == volume.size_bytes {
             return Ok(changes);
+        }
+        if let Some(a) = volume.attachment.as_ref().filter(|a| !a.is_releasing()) {
+            let silent = head_silent_for(a.head);
+            let limit = head_grace.min(Duration::from_secs(limits::GROW_HEAD_SILENCE_SECONDS_MAX));
+            if silent >= limit {
+                let server = &self.servers[&a.head].name;
+                return Err(ModelError::Conflict(format!(
+                    "volume '{name}' is attached to server '{server}', whose agent has been silent for {}s; an attached volume grows on its head, so nothing was changed. Start the agent on '{server}' and try again, or detach the volume first (`vsky volume detach --force {name}` if '{server}' is dead)",
+                    silent.as_secs()
+                )));
+            }
         }
         let id = volume.id;
         let have = volume.mirrored_disks.len() as u64;
@@ -236,6 +261,7 @@ impl Cluster {
         self.volumes.get_mut(&id).expect("exists").attachment = Some(Attachment {
             head: head_id,
             state: AttachmentState::Attached,
+            served_bytes: None,
         });
         changes.volumes.insert(id);
         // A storage agent was copying its resyncs; the head takes over.

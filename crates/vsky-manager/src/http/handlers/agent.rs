@@ -333,6 +333,11 @@ fn agent_report(req: &Heartbeat) -> AgentReport {
         resyncs,
         scrubs,
         assembled: req.assembled.clone(),
+        served: req
+            .served
+            .iter()
+            .map(|s| (s.volume.clone(), s.size_bytes))
+            .collect(),
     }
 }
 
@@ -506,6 +511,13 @@ fn heartbeat_event(server: &str, assembled_known: bool, e: &HeartbeatEvent) -> N
                     "volume {volume} detached from {server}, whose agent cannot report its devices (an older agent): released at once; its legs have new export names"
                 )
             },
+        )
+        .server(server)
+        .volume(volume),
+        HeartbeatEvent::GrowApplied { volume, size_bytes } => NewEvent::new(
+            Severity::Info,
+            "volume_grown_online",
+            format!("volume {volume} grown online: its head {server} serves {size_bytes} bytes"),
         )
         .server(server)
         .volume(volume),

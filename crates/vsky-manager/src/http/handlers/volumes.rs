@@ -1,5 +1,7 @@
 //! Volumes: create, list, show with layout, delete, attach, detach, grow.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -7,7 +9,7 @@ use vsky_api::types::{
     AttachVolume, CreateVolume, DetachVolume, ErrorBody, ResizeVolume, UpdateVolume, Volume,
     VolumeDetail,
 };
-use vsky_model::{NewVolume, Stripe};
+use vsky_model::{NewVolume, Stripe, limits};
 
 use crate::events::{NewEvent, Severity};
 use crate::http::convert;
@@ -265,29 +267,119 @@ pub async fn detach(
 }
 
 /// Grows a volume (all or nothing); shrinking is refused.
+///
+/// An attached volume grows online: the answer comes once its head serves
+/// the new size (the new mirrored disks assembled, the volume device's
+/// table swapped under I/O), so that when it returns the VM's disk has
+/// grown. Refused (409, nothing changed) when the head has been silent too
+/// long to apply it; 504 when the head has not applied it within
+/// `GROW_APPLY_WAIT_SECONDS`: the volume is grown in the manager and keeps
+/// serving its old size until the head does (it retries on every
+/// reconcile; `served_bytes` tells).
 #[utoipa::path(post, path = "/api/v1/volumes/{name}/resize", tag = "volumes", request_body = ResizeVolume,
     params(("name" = String, Path, description = "volume name")),
-    responses((status = 200, body = VolumeDetail), (status = 400, body = ErrorBody), (status = 507, body = ErrorBody)))]
+    responses((status = 200, body = VolumeDetail), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 504, body = ErrorBody), (status = 507, body = ErrorBody)))]
 pub async fn resize(
     State(app): State<AppState>,
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<ResizeVolume>,
 ) -> Result<Json<VolumeDetail>, ApiError> {
     let n = name.clone();
-    let detail = app
+    let wait = match req.wait_seconds {
+        None => limits::GROW_APPLY_WAIT_SECONDS,
+        Some(w) if w <= limits::GROW_APPLY_WAIT_SECONDS => w,
+        Some(w) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!(
+                    "wait_seconds {w} is more than the {}s a grow may wait for the head; ask again (a repeated grow to the same size only waits) or watch `served_bytes`",
+                    limits::GROW_APPLY_WAIT_SECONDS
+                ),
+            ));
+        }
+    };
+    let head_grace = app.recovery.config.head_grace;
+    let ages = app.recovery.heartbeat_ages(&app.manager)?;
+    let (before, detail) = app
         .manager
         .mutate(move |c, secrets| {
-            let changes = c.resize_volume(&n, req.size_bytes, secrets)?;
-            Ok((convert::volume_detail(c, c.volume_by_name(&n)?), changes))
+            let before = c.volume_by_name(&n)?.size_bytes;
+            let silent_for = |h| ages.get(&h).copied().unwrap_or_default();
+            let changes = c.resize_volume(&n, req.size_bytes, &silent_for, head_grace, secrets)?;
+            Ok((
+                (before, convert::volume_detail(c, c.volume_by_name(&n)?)),
+                changes,
+            ))
         })
         .await?;
-    app.event(
-        NewEvent::new(
-            Severity::Info,
-            "volume_resized",
-            format!("volume {name} grown to {} bytes", detail.volume.size_bytes),
-        )
-        .volume(&name),
-    );
+    let size = detail.volume.size_bytes;
+    if size != before {
+        app.event(
+            NewEvent::new(
+                Severity::Info,
+                "volume_resized",
+                format!("volume {name} grown from {before} to {size} bytes"),
+            )
+            .volume(&name),
+        );
+    }
+    wait_until_served(&app, &name, size, Duration::from_secs(wait)).await?;
+    let detail = app.manager.read(|c| {
+        c.volume_by_name(&name)
+            .map(|v| convert::volume_detail(c, v))
+    })??;
     Ok(Json(detail))
+}
+
+/// Waits until the head of `name`, if it is attached, serves `size` bytes
+/// (see [`resize`]).
+async fn wait_until_served(
+    app: &AppState,
+    name: &str,
+    size: u64,
+    wait: Duration,
+) -> Result<(), ApiError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut changes = app.manager.subscribe();
+    loop {
+        let (head, served) = app.manager.read(|c| {
+            let v = c.volume_by_name(name)?;
+            Ok::<_, vsky_model::ModelError>(match &v.attachment {
+                Some(a) if !a.is_releasing() => {
+                    (c.server(a.head).map(|s| s.name.clone()), a.served_bytes)
+                }
+                // Detached (or being released) meanwhile: it assembles
+                // at its new size wherever it is attached next.
+                _ => (None, None),
+            })
+        })??;
+        let Some(head) = head else { return Ok(()) };
+        if served.is_some_and(|s| s >= size) || wait.is_zero() {
+            return Ok(());
+        }
+        let changed = tokio::time::timeout_at(deadline, changes.changed()).await;
+        if changed.is_err() {
+            let serving = served.map_or(
+                "its old size (it has not reported a size: agents older than online resize never do, upgrade it)".to_string(),
+                |s| format!("{s} bytes"),
+            );
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "grow_not_applied",
+                format!(
+                    "volume '{name}' has grown to {size} bytes in the manager, but its head '{head}' has not applied it within {}s and keeps serving {serving}; it retries on every reconcile: see the agent log on '{head}' and `vsky volume show {name}` (served size)",
+                    wait.as_secs()
+                ),
+            ));
+        }
+        if changed.is_ok_and(|r| r.is_err()) {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the manager is shutting down; see `vsky volume show` for the volume's served size",
+            ));
+        }
+    }
 }
