@@ -24,7 +24,8 @@
 //!   `alloc.rs`);
 //! - `access.rs` (who may reach a volume), `identity.rs` (whose disk it
 //!   is), `executor.rs` (who copies a resync), `recovery.rs` (replacement
-//!   legs and resyncs), `moves.rs` (drain and rebalance), `scrub.rs` (the
+//!   legs and resyncs), `schedule.rs` (which resyncs start), `moves.rs`
+//!   (drain and rebalance), `scrub.rs` (the
 //!   scrub patrol), `heartbeat.rs` (what an agent may report) and
 //!   `pass.rs` (the recovery loop's planning pass).
 
@@ -44,6 +45,7 @@ pub mod moves;
 pub mod pass;
 mod placement;
 pub mod recovery;
+mod schedule;
 pub mod scrub;
 mod servers;
 mod summary;

@@ -78,6 +78,17 @@ pub const HTTP_URI_BYTES_MAX: usize = 8 << 10;
 /// REST requests: the request line and headers together; larger heads (and
 /// more than 100 headers) are answered 431.
 pub const HTTP_HEAD_BYTES_MAX: usize = 64 << 10;
+/// How many disks' worth of copies one server link carries at full speed,
+/// in thousandths. The resync scheduler (`cluster/schedule.rs`) starts no
+/// more resyncs sending, nor receiving, through one server's link than
+/// this many disks' worth times the per-disk limit (each of a disk's k
+/// resyncs gets 1/k of it), and at least half the server's resync slots.
+/// More would share the link and copy slower than the rest of the round,
+/// which leaves disks idle after them. 6250: a 10 GbE link carries 6.25
+/// disks of 200 MB/s, the reference hardware of `vsky-sim`; at 100 servers
+/// × 10 disks a server loss took 76 s without the cap, 70 s with it
+/// (bound 59 s). A server with fewer disks than that is never capped.
+pub const LINK_DISKS_AT_FULL_SPEED_PERMILLE: u64 = 6250;
 
 const _: () = assert!(CHUNK_SIZE_BYTES_MIN > LEG_META_BYTES);
 const _: () = assert!(CHUNK_SIZE_BYTES_DEFAULT.is_multiple_of(CHUNK_ALIGN_BYTES));

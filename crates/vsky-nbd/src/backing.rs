@@ -25,6 +25,7 @@ use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::buffer::Buffer;
 use crate::export::Export;
 
 /// An export's size as seen by clients, and where it lives in the file.
@@ -58,6 +59,12 @@ pub(crate) struct Backing {
     revoked: Arc<AtomicBool>,
     /// Cleared once the kernel refuses `RWF_NOWAIT`.
     nowait_reads: AtomicBool,
+    /// Set after every write or zeroing through this handle, cleared when a
+    /// flush through it starts. Lets the connection skip its closing
+    /// `fdatasync` when the client already flushed everything it wrote: with
+    /// nbdcopy's several connections that sync was a second, synchronous
+    /// write-back of the whole copy (see `docs/benchmarks.md`).
+    unflushed: AtomicBool,
 }
 
 impl Backing {
@@ -103,6 +110,7 @@ impl Backing {
             },
             revoked,
             nowait_reads: AtomicBool::new(true),
+            unflushed: AtomicBool::new(false),
         })
     }
 
@@ -114,7 +122,7 @@ impl Backing {
     /// [`Geometry::confine`] (as for every method below).
     /// `data` is an empty buffer to fill (from the pool); it is returned
     /// holding exactly `length` bytes.
-    pub fn read(&self, file_offset: u64, length: usize, mut data: Vec<u8>) -> io::Result<Vec<u8>> {
+    pub fn read(&self, file_offset: u64, length: usize, mut data: Buffer) -> io::Result<Buffer> {
         self.check_live()?;
         // Read into uninitialised capacity: zeroing a buffer that pread is
         // about to overwrite is pure waste on large reads.
@@ -160,8 +168,8 @@ impl Backing {
         &self,
         file_offset: u64,
         length: usize,
-        mut data: Vec<u8>,
-    ) -> Result<Vec<u8>, Vec<u8>> {
+        mut data: Buffer,
+    ) -> Result<Buffer, Buffer> {
         if !self.nowait_reads.load(Ordering::Relaxed) || self.check_live().is_err() {
             return Err(data);
         }
@@ -217,7 +225,12 @@ impl Backing {
 
     pub fn write(&self, file_offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
         self.check_live()?;
-        self.file.write_all_at(data, file_offset)?;
+        let written = self.file.write_all_at(data, file_offset);
+        // Marked once the write is done (even a failed one may have written
+        // part), before it is acknowledged: a flush that cleared the mark
+        // earlier may have missed this data, so the mark must survive it.
+        self.unflushed.store(true, Ordering::SeqCst);
+        written?;
         if fua {
             self.file.sync_data()?;
         }
@@ -231,7 +244,28 @@ impl Backing {
             return Ok(());
         }
         self.check_live()?;
-        self.file.sync_data()
+        // Cleared before the sync, so a write that completes during it marks
+        // the handle again and is covered by the next flush or the closing
+        // one; restored if the sync fails, so nothing counts as durable that
+        // may not be.
+        self.unflushed.store(false, Ordering::SeqCst);
+        let synced = self.file.sync_data();
+        if synced.is_err() {
+            self.unflushed.store(true, Ordering::SeqCst);
+        }
+        synced
+    }
+
+    /// [`Backing::flush`], but only if something was written or zeroed
+    /// through this handle since its last successful flush: the closing sync
+    /// of a connection. Writes of *other* connections are their own
+    /// connection's business, so skipping here never leaves an acknowledged
+    /// write unsynced.
+    pub fn flush_if_unflushed(&self) -> io::Result<()> {
+        if !self.unflushed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.flush()
     }
 
     /// Makes the range read as zeroes. `may_punch` allows deallocation (TRIM,
@@ -247,6 +281,17 @@ impl Backing {
         if length == 0 {
             return Ok(());
         }
+        let zeroed = self.zero_range(file_offset, length, may_punch);
+        // As in write(): marked once the file changed, before the reply.
+        self.unflushed.store(true, Ordering::SeqCst);
+        zeroed?;
+        if fua {
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    fn zero_range(&self, file_offset: u64, length: u64, may_punch: bool) -> io::Result<()> {
         let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         let zero_range = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
         let modes: &[libc::c_int] = if may_punch {
@@ -267,9 +312,6 @@ impl Backing {
         }
         if !done {
             self.write_zeroes_by_hand(file_offset, length)?;
-        }
-        if fua {
-            self.file.sync_data()?;
         }
         Ok(())
     }
@@ -349,6 +391,11 @@ impl Backing {
             offset += n as u64;
         }
         Ok(())
+    }
+
+    #[cfg(test)]
+    fn unflushed(&self) -> bool {
+        self.unflushed.load(Ordering::SeqCst)
     }
 
     fn check_live(&self) -> io::Result<()> {
@@ -458,13 +505,45 @@ mod tests {
         for (may_punch, start, len) in [(true, 100u64, 10_000u64), (false, 20_000, 5_000)] {
             let at = backing.geometry().confine(start, len).expect("in range");
             backing.zero(at, len, may_punch, false).expect("zero");
-            let data = backing.read(at, len as usize, Vec::new()).expect("read");
+            let data = backing
+                .read(at, len as usize, Buffer::default())
+                .expect("read");
             assert!(data.iter().all(|&b| b == 0));
-            let before = backing.read(at - 1, 1, Vec::new()).expect("read before");
-            let after = backing.read(at + len, 1, Vec::new()).expect("read after");
+            let before = backing
+                .read(at - 1, 1, Buffer::default())
+                .expect("read before");
+            let after = backing
+                .read(at + len, 1, Buffer::default())
+                .expect("read after");
             assert_eq!((before[0], after[0]), (0xee, 0xee));
         }
         backing.flush().expect("flush");
+    }
+
+    // Proves the closing sync is skipped only when a flush through this
+    // handle came after every write and zeroing through it: each change
+    // marks the handle, a flush clears the mark, reads leave it alone.
+    #[test]
+    fn only_a_flush_after_the_last_change_clears_the_mark() {
+        let file = backing_file(8192);
+        let backing = open(file.path(), 0, 8192, false).expect("open");
+        assert!(!backing.unflushed(), "nothing written yet");
+        backing.write(0, &[1; 512], false).expect("write");
+        assert!(backing.unflushed());
+        backing.read(0, 512, Buffer::default()).expect("read");
+        assert!(backing.unflushed(), "a read does not make writes durable");
+        backing.flush().expect("flush");
+        assert!(!backing.unflushed());
+        backing.zero(4096, 4096, true, false).expect("zero");
+        assert!(backing.unflushed(), "zeroing changes the file too");
+        backing.flush_if_unflushed().expect("closing sync");
+        assert!(!backing.unflushed());
+        backing.write(0, &[2; 512], true).expect("FUA write");
+        backing.write(512, &[3; 512], false).expect("write");
+        assert!(
+            backing.unflushed(),
+            "a later plain write needs a sync again"
+        );
     }
 
     // Proves a revoked backing refuses all further I/O.
@@ -480,11 +559,14 @@ mod tests {
         };
         let backing = Backing::open(&export, Arc::clone(&flag)).expect("open");
         flag.store(true, Ordering::SeqCst);
-        assert!(backing.read(0, 1, Vec::new()).is_err());
+        assert!(backing.read(0, 1, Buffer::default()).is_err());
         assert!(backing.write(0, &[1], false).is_err());
         assert!(backing.zero(0, 1, true, false).is_err());
         assert_eq!(
-            backing.read(0, 0, Vec::new()).map_err(|e| e.kind()).err(),
+            backing
+                .read(0, 0, Buffer::default())
+                .map_err(|e| e.kind())
+                .err(),
             Some(io::ErrorKind::NotConnected)
         );
     }

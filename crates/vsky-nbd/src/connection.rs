@@ -28,10 +28,12 @@
 //! client that stops reading replies stalls its own connection, not others.
 //!
 //! Endings: on `NBD_CMD_DISC`, end of stream or server shutdown, the thread
-//! stops reading, waits until every in-flight request has replied, makes
-//! completed writes durable, and the socket closes. When the export is
-//! removed the socket is cut at once instead; requests still queued fail
-//! their revocation check before touching the file and their replies fail.
+//! stops reading, waits until every in-flight request has replied, closes
+//! the socket, and then makes completed writes durable (unless a FLUSH
+//! already covered them) before the connection counts as ended. When the
+//! export is removed the socket is cut at once instead; requests still
+//! queued fail their revocation check before touching the file and their
+//! replies fail.
 
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,7 +45,7 @@ use tokio::sync::oneshot;
 use vsky_sync::{CondvarExt, LockExt};
 
 use crate::backing::Backing;
-use crate::buffer::BufferPool;
+use crate::buffer::{Buffer, BufferPool};
 use crate::cmd::{Command, Outcome};
 use crate::error::NbdError;
 use crate::handshake::Session;
@@ -179,11 +181,24 @@ impl ConnectionThread {
         let ended = self.serve(&mut reader);
         // Idle means every budget unit is back: all replies are out.
         drop(self.inflight.acquire(self.max_inflight));
+        // The client is owed nothing more, so it is released before the
+        // closing sync below: nbdcopy waits for the server to close after
+        // its NBD_CMD_DISC, and it used to wait here for an fdatasync of
+        // everything it had written (see docs/benchmarks.md, NBD section).
+        // Closing first promises nothing that was not promised: durability
+        // is what FLUSH and FUA answer for, and those are done by now.
+        drop(reader);
+        self.sink.shutdown();
         if !self.backing.geometry().read_only {
-            // Completed writes become durable before the connection is gone,
-            // so a graceful shutdown loses nothing that was acknowledged. A
-            // removed export refuses (NotConnected): nothing to report.
-            match self.backing.flush() {
+            // Completed writes still become durable before the connection
+            // counts as ended, so a graceful server shutdown (which waits
+            // for every connection) leaves nothing acknowledged in the page
+            // cache only. A client that flushed after its last write (as
+            // nbdcopy --flush does on each of its connections) has nothing
+            // left to sync, and a second fdatasync would still wait on the
+            // device, so it is skipped. A removed export refuses
+            // (NotConnected): nothing to report.
+            match self.backing.flush_if_unflushed() {
                 Err(error) if error.kind() != std::io::ErrorKind::NotConnected => {
                     tracing::warn!(%error, "fdatasync at connection end failed");
                 }
@@ -226,7 +241,7 @@ impl ConnectionThread {
             let payload = if payload_bytes > 0 {
                 reader.read_payload(payload_bytes, self.buffers.take(payload_bytes))?
             } else {
-                Vec::new()
+                Buffer::default()
             };
             let job = Job {
                 cookie: header.cookie,
@@ -309,7 +324,7 @@ fn finish(
 /// A counting budget that blocks its taker until enough is free: a
 /// semaphore for plain threads.
 struct Budget {
-    available: Mutex<usize>,
+    counts: Mutex<Counts>,
     freed: Condvar,
 }
 
@@ -319,10 +334,23 @@ struct Permit {
     amount: usize,
 }
 
+/// The guarded part of a [`Budget`].
+struct Counts {
+    available: usize,
+    /// Takers blocked in [`Budget::acquire`]. A release wakes them only if
+    /// there are any: `Condvar::notify_all` is a system call even with no
+    /// waiter, and two releases per request showed up as a third of the
+    /// server's futex calls under nbdcopy.
+    waiting: usize,
+}
+
 impl Budget {
     fn new(total: usize) -> Self {
         Self {
-            available: Mutex::new(total),
+            counts: Mutex::new(Counts {
+                available: total,
+                waiting: 0,
+            }),
             freed: Condvar::new(),
         }
     }
@@ -331,11 +359,13 @@ impl Budget {
     /// total (the limits guarantee it), so the wait always ends once the
     /// requests in flight reply or their connection is cut.
     fn acquire(self: &Arc<Self>, amount: usize) -> Permit {
-        let mut available = self.available.lock_unpoisoned();
-        while *available < amount {
-            available = self.freed.wait_unpoisoned(available);
+        let mut counts = self.counts.lock_unpoisoned();
+        while counts.available < amount {
+            counts.waiting += 1;
+            counts = self.freed.wait_unpoisoned(counts);
+            counts.waiting -= 1;
         }
-        *available -= amount;
+        counts.available -= amount;
         Permit {
             budget: Arc::clone(self),
             amount,
@@ -345,9 +375,11 @@ impl Budget {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let mut available = self.budget.available.lock_unpoisoned();
-        *available += self.amount;
-        self.budget.freed.notify_all();
+        let mut counts = self.budget.counts.lock_unpoisoned();
+        counts.available += self.amount;
+        if counts.waiting > 0 {
+            self.budget.freed.notify_all();
+        }
     }
 }
 
@@ -356,17 +388,16 @@ impl Drop for Permit {
 /// before `recv` overwrites it.
 pub(crate) trait PayloadSource: Read {
     /// Appends at most `limit` bytes to `buffer`; returns how many.
-    fn append_to(&mut self, buffer: &mut Vec<u8>, limit: usize) -> std::io::Result<usize> {
-        let start = buffer.len();
-        buffer.resize(start + limit, 0);
-        let read = self.read(&mut buffer[start..]);
-        buffer.truncate(start + *read.as_ref().unwrap_or(&0));
-        read
+    fn append_to(&mut self, buffer: &mut Buffer, limit: usize) -> std::io::Result<usize> {
+        let mut chunk = vec![0u8; limit];
+        let read = self.read(&mut chunk)?;
+        buffer.extend_from_slice(&chunk[..read]);
+        Ok(read)
     }
 }
 
 impl PayloadSource for std::net::TcpStream {
-    fn append_to(&mut self, buffer: &mut Vec<u8>, limit: usize) -> std::io::Result<usize> {
+    fn append_to(&mut self, buffer: &mut Buffer, limit: usize) -> std::io::Result<usize> {
         use std::os::fd::AsRawFd;
         buffer.reserve(limit);
         let spare = buffer.spare_capacity_mut();
@@ -471,11 +502,7 @@ impl<R: PayloadSource> RequestReader<R> {
     /// read from the socket straight into `payload`, never past its end, so
     /// the next header stays in the stream. `length` was bounded by the
     /// header check.
-    pub fn read_payload(
-        &mut self,
-        length: usize,
-        mut payload: Vec<u8>,
-    ) -> Result<Vec<u8>, NbdError> {
+    pub fn read_payload(&mut self, length: usize, mut payload: Buffer) -> Result<Buffer, NbdError> {
         payload.clear();
         let buffered = self.buffered().len().min(length);
         payload.extend_from_slice(&self.buffered()[..buffered]);
@@ -564,7 +591,7 @@ mod tests {
         });
         let first = reader.read_header().expect("ok").expect("header");
         assert_eq!((first.command, first.length), (CommandType::Write, 5));
-        let payload = reader.read_payload(5, Vec::new()).expect("payload");
+        let payload = reader.read_payload(5, Buffer::default()).expect("payload");
         assert_eq!(&payload[..], b"hello");
         let second = reader.read_header().expect("ok").expect("header");
         assert_eq!(second.command, CommandType::Flush);
@@ -592,7 +619,7 @@ mod tests {
         });
         reader.read_header().expect("ok").expect("header");
         assert!(matches!(
-            reader.read_payload(100, Vec::new()),
+            reader.read_payload(100, Buffer::default()),
             Err(NbdError::ConnectionClosed { .. })
         ));
     }
@@ -635,6 +662,7 @@ mod tests {
         };
         drop(first);
         waiter.join().expect("waiter finished after the release");
-        assert_eq!(*budget.available.lock().expect("lock"), 2);
+        assert_eq!(budget.counts.lock().expect("lock").available, 2);
+        assert_eq!(budget.counts.lock().expect("lock").waiting, 0);
     }
 }

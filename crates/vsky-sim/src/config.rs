@@ -114,6 +114,13 @@ pub struct SimConfig {
     /// --max-moves`, at most 10 000), asked again whenever no job is
     /// active, for the scheduled run.
     pub rebalance_request_moves: usize,
+    /// The volumes' own I/O each live disk is asked for, bytes per second
+    /// (0: none). A disk shares its bandwidth fairly between this stream
+    /// and each resync on it (see `fluid::rates`): the foreground gets
+    /// its demand, or an equal share if that is less, and the resyncs
+    /// split the rest. [`run_foreground`](crate::run_foreground) reports
+    /// what the resyncs take from it.
+    pub foreground_bytes_per_second: f64,
 }
 
 impl SimConfig {
@@ -140,6 +147,7 @@ impl SimConfig {
             new_servers: (servers / 10).max(1),
             rebalance_moves: None,
             rebalance_request_moves: 10_000,
+            foreground_bytes_per_second: 0.0,
         }
     }
 }

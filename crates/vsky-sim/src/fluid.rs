@@ -22,6 +22,13 @@ pub struct Outcome {
     pub bytes_copied: u64,
     pub jobs: usize,
     pub failed_jobs: usize,
+    /// With a foreground load (`SimConfig::foreground_bytes_per_second`):
+    /// the foreground bytes the disks could not serve because resyncs
+    /// shared them, summed over the disks and the rebuild.
+    pub foreground_lost_bytes: f64,
+    /// The least foreground throughput any disk served at any time during
+    /// the run (the demand if no disk fell short).
+    pub foreground_slowest_bytes_per_second: f64,
 }
 
 /// What starts a run, chosen once per seed so every engine run sees the
@@ -207,7 +214,10 @@ pub(crate) fn simulate(
     second_seed: u64,
 ) -> Result<Run, String> {
     let mut rng = Rng::new(second_seed);
-    let mut outcome = Outcome::default();
+    let mut outcome = Outcome {
+        foreground_slowest_bytes_per_second: config.foreground_bytes_per_second,
+        ..Outcome::default()
+    };
     let mut tally = Tally {
         min_active_legs: usize::MAX,
         ..Tally::default()
@@ -323,6 +333,7 @@ pub(crate) fn simulate(
             })
             .collect();
         let rates = rates(config, &c, &pairs);
+        let foreground = foreground_shortfall(config, &pairs);
         let mut dt = f64::INFINITY;
         for (job, rate) in running.iter().zip(&rates) {
             let left = job.bytes_total as f64 - done.get(&job.id).copied().unwrap_or(0.0);
@@ -342,6 +353,10 @@ pub(crate) fn simulate(
         }
         now += dt;
         copied_bytes += flow * dt;
+        outcome.foreground_lost_bytes += foreground.lost_per_second * dt;
+        outcome.foreground_slowest_bytes_per_second = outcome
+            .foreground_slowest_bytes_per_second
+            .min(foreground.slowest);
         for (job, rate) in running.iter().zip(&rates) {
             let copied = done.entry(job.id).or_insert(0.0);
             *copied += rate * dt;
@@ -468,27 +483,74 @@ fn apply(c: &mut Cluster, fault: &Fault) -> Result<(), String> {
 /// The copy rate of each running copy (source disk, target disk): its
 /// bottleneck among its source disk, target disk, source server's outbound
 /// and target server's inbound network, each shared equally among the
-/// copies using it.
+/// copies using it. With a foreground load, a disk first serves its
+/// foreground share ([`foreground_share`]) and the copies split the rest.
 pub(crate) fn rates(config: &SimConfig, c: &Cluster, running: &[(DiskId, DiskId)]) -> Vec<f64> {
     let server_of = |d: DiskId| c.disk(d).expect("running copies use known disks").server;
-    let mut disk_users: HashMap<DiskId, u32> = HashMap::new();
+    let disk_users = disk_users(running);
     let mut out_users: HashMap<ServerId, u32> = HashMap::new();
     let mut in_users: HashMap<ServerId, u32> = HashMap::new();
     for &(source, target) in running {
-        *disk_users.entry(source).or_default() += 1;
-        *disk_users.entry(target).or_default() += 1;
         *out_users.entry(server_of(source)).or_default() += 1;
         *in_users.entry(server_of(target)).or_default() += 1;
     }
+    let disk = config.disk_bytes_per_second;
+    let per_copy = |d: DiskId| {
+        let n = disk_users[&d];
+        (disk - foreground_share(config, n)) / f64::from(n)
+    };
     running
         .iter()
         .map(|&(source, target)| {
-            let disk = config.disk_bytes_per_second;
             let net = config.network_bytes_per_second;
-            (disk / f64::from(disk_users[&source]))
-                .min(disk / f64::from(disk_users[&target]))
+            per_copy(source)
+                .min(per_copy(target))
                 .min(net / f64::from(out_users[&server_of(source)]))
                 .min(net / f64::from(in_users[&server_of(target)]))
         })
         .collect()
+}
+
+/// Running copies per disk (as source or target).
+fn disk_users(running: &[(DiskId, DiskId)]) -> HashMap<DiskId, u32> {
+    let mut users: HashMap<DiskId, u32> = HashMap::new();
+    for &(source, target) in running {
+        *users.entry(source).or_default() += 1;
+        *users.entry(target).or_default() += 1;
+    }
+    users
+}
+
+/// What a disk in `copies` resyncs serves of its foreground demand: a fair
+/// share, the disk's bandwidth over the streams (the foreground and each
+/// copy), or the demand if that is less. (The copies may be slowed
+/// elsewhere and leave some of their share unused; the foreground demand
+/// is taken as fixed, so it does not grow into it.)
+pub(crate) fn foreground_share(config: &SimConfig, copies: u32) -> f64 {
+    let demand = config.foreground_bytes_per_second;
+    demand.min(config.disk_bytes_per_second / f64::from(copies + 1))
+}
+
+/// The foreground the resyncs take at one moment.
+pub(crate) struct Shortfall {
+    /// Summed over the disks, bytes per second.
+    pub(crate) lost_per_second: f64,
+    /// The least any disk serves.
+    pub(crate) slowest: f64,
+}
+
+/// The foreground shortfall while `running` copies run (disks without
+/// copies serve their whole demand).
+pub(crate) fn foreground_shortfall(config: &SimConfig, running: &[(DiskId, DiskId)]) -> Shortfall {
+    let demand = config.foreground_bytes_per_second;
+    let mut out = Shortfall {
+        lost_per_second: 0.0,
+        slowest: demand,
+    };
+    for &n in disk_users(running).values() {
+        let served = foreground_share(config, n);
+        out.lost_per_second += demand - served;
+        out.slowest = out.slowest.min(served);
+    }
+    out
 }

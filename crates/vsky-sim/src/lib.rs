@@ -40,15 +40,21 @@
 //! reported next to a naive drain that moves one leg at a time and the
 //! same lower bounds.
 //!
+//! [`run_foreground`] runs the rebuilds under a foreground load on every
+//! disk (the volumes' own I/O), at k = 1, k = 2 and without a limit, and
+//! reports the foreground throughput the resyncs took: what the per-disk
+//! limit buys, next to what it costs in rebuild time.
+//!
 //! One module per concern: `config` (what a run is given), `pool` (the
 //! filled pool), `fluid` (the fluid model: `simulate`, `rates`), `bounds`,
-//! one module per scenario runner (`rebuild`, `server_return`, `moves`),
-//! and `checks`. The crate's API is re-exported here.
+//! one module per scenario runner (`rebuild`, `server_return`, `moves`,
+//! `foreground`), and `checks`. The crate's API is re-exported here.
 
 mod bounds;
 mod checks;
 mod config;
 mod fluid;
+mod foreground;
 mod moves;
 mod pool;
 mod rebuild;
@@ -61,6 +67,7 @@ pub use bounds::Bounds;
 pub use checks::{check, shared_domains};
 pub use config::{Rng, Scenario, SimConfig};
 pub use fluid::Outcome;
+pub use foreground::{ForegroundReport, ForegroundRun, run_foreground};
 pub use moves::{MoveOutcome, MoveReport, run_moves};
 pub use pool::build_pool;
 pub use rebuild::{Report, run};

@@ -2,7 +2,10 @@
 //! results (a Markdown table, or JSON with --json).
 
 use clap::{Parser, Subcommand};
-use vsky_sim::{MoveReport, Report, ReturnReport, Scenario, SimConfig, run, run_moves, run_return};
+use vsky_sim::{
+    ForegroundReport, MoveReport, Report, ReturnReport, Scenario, SimConfig, run, run_foreground,
+    run_moves, run_return,
+};
 
 /// Simulates VastSky's pool-wide rebuild with the real allocator and
 /// scheduler, next to dedicated-spare RAID1, an unscheduled rebuild and the
@@ -62,6 +65,23 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         rebalance_request_moves: usize,
     },
+    /// A rebuild under a foreground load on every disk (the volumes' own
+    /// I/O), at k = 1, k = 2 and unscheduled: the foreground throughput the
+    /// resyncs take, and the rebuild's time. The data for choosing the
+    /// manager's --resyncs-per-disk.
+    Foreground {
+        #[arg(long, default_value_t = 100)]
+        servers: usize,
+        /// disk-loss, server-loss or second-failure.
+        #[arg(long, value_enum, default_value = "server-loss")]
+        scenario: Scenario,
+        /// Foreground demand on every disk, bytes per second (the disks
+        /// serve 200 MB/s).
+        #[arg(long, default_value_t = 100e6)]
+        rate: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// The tables of docs/benchmarks.md: 10, 100 and 1000 servers × 10
     /// disks, every scenario (server-return, the drains and the rebalance
     /// in tables of their own).
@@ -82,6 +102,40 @@ enum AnyReport {
     Rebuild(Report),
     Return(ReturnReport),
     Moves(MoveReport),
+    Foreground(ForegroundReport),
+}
+
+const FOREGROUND_HEADER: &str = "| pool | scenario | foreground per disk | k | rebuild | foreground lost | of the demand while it ran | slowest disk's foreground | peak/disk |\n|---|---|---:|---|---:|---:|---:|---:|---:|";
+
+fn foreground_rows(r: &ForegroundReport) -> String {
+    const GIB: f64 = (1u64 << 30) as f64;
+    let c = &r.config;
+    let mut rows = vec![format!(
+        "| {} × {} | {:?} | none | {} | {:.0} s | | | | {} |",
+        c.servers,
+        c.disks_per_server,
+        c.scenario,
+        c.per_disk_limit,
+        r.idle_pool.restore_seconds,
+        r.idle_pool.peak_resyncs_per_disk,
+    )];
+    for run in &r.runs {
+        rows.push(format!(
+            "| {} × {} | {:?} | {:.0} MB/s | {} | {:.0} s | {:.0} GiB | {:.1} % | {:.0} MB/s | {} |",
+            c.servers,
+            c.disks_per_server,
+            c.scenario,
+            c.foreground_bytes_per_second / 1e6,
+            run.per_disk_limit
+                .map_or_else(|| "unscheduled".to_string(), |k| k.to_string()),
+            run.outcome.restore_seconds,
+            run.outcome.foreground_lost_bytes / GIB,
+            run.lost_share() * 100.0,
+            run.outcome.foreground_slowest_bytes_per_second / 1e6,
+            run.outcome.peak_resyncs_per_disk,
+        ));
+    }
+    rows.join("\n")
 }
 
 fn row(r: &Report) -> String {
@@ -195,6 +249,27 @@ const RETURN_HEADER: &str = "| pool | outage | writes per mirrored disk | legs b
 
 const HEADER: &str = "| pool | scenario | legs rebuilt | scheduled (k=1) | unscheduled | dedicated spare | ideal (fluid) | bound (whole chunks) | vs spare | of ideal | of bound | busiest source | peak/disk (k=1) | peak/disk (unscheduled) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
 
+/// `vsky-sim foreground`: one report of its own.
+fn foreground(servers: usize, scenario: Scenario, rate: f64, seed: u64, json: bool) {
+    if servers < 3 || !(rate > 0.0 && rate < 200e6) {
+        eprintln!("vsky-sim: need at least 3 servers and 0 < --rate < 200e6 (the disks' speed)");
+        std::process::exit(2);
+    }
+    let mut c = SimConfig::standard(servers, scenario, seed);
+    c.foreground_bytes_per_second = rate;
+    match run_foreground(&c) {
+        Ok(r) if json => println!(
+            "{}",
+            serde_json::to_string_pretty(&AnyReport::Foreground(r)).expect("reports serialise")
+        ),
+        Ok(r) => println!("{FOREGROUND_HEADER}\n{}", foreground_rows(&r)),
+        Err(e) => {
+            eprintln!("vsky-sim: {servers} servers, {scenario:?}, seed {seed}: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 fn main() {
     let args = Args::parse();
     let configs: Vec<SimConfig> = match args.command {
@@ -280,6 +355,15 @@ fn main() {
                     .map(|servers| SimConfig::standard(servers, Scenario::Rebalance, seed)),
             )
             .collect(),
+        Command::Foreground {
+            servers,
+            scenario,
+            rate,
+            seed,
+        } => {
+            foreground(servers, scenario, rate, seed, args.json);
+            return;
+        }
     };
     // One array, in table order; each report names its scenario.
     let mut reports: Vec<AnyReport> = Vec::new();

@@ -167,6 +167,8 @@ pub fn run_return(config: &SimConfig) -> Result<ReturnReport, String> {
         bytes_copied: bytes,
         jobs: copies.len(),
         failed_jobs: 0,
+        // The catch-ups run without a foreground load.
+        ..Outcome::default()
     };
     Ok(ReturnReport {
         config: config.clone(),

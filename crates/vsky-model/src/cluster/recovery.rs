@@ -5,12 +5,12 @@
 //! disk, in another failure domain when possible, on the disk with the
 //! fewest resyncs already bound to it, least loaded first: allocation rule
 //! 7 in `alloc.rs`), puts it in the leg's slot as `Syncing`, releases the
-//! failed chunk, and queues a [`ResyncJob`]. [`Cluster::start_jobs`] starts
-//! queued jobs as soon as their disks are free: every physical disk, as
-//! resync source or target, takes part in at most `per_disk_limit` running
-//! resyncs; mirrored disks with the fewest healthy legs go first, then the
-//! jobs on the disks with the most resyncs still to do (those disks set the
-//! end of the rebuild). Whoever copies (the head's dm-raid for an attached
+//! failed chunk, and queues a [`ResyncJob`]. [`Cluster::start_jobs`]
+//! (`schedule.rs`) starts queued jobs as soon as their disks are free:
+//! every physical disk, as resync source or target, takes part in at most
+//! `per_disk_limit` running resyncs; mirrored disks with the fewest healthy
+//! legs go first, then the jobs on the disks and links with the most
+//! resyncs still to do (those set the end of the rebuild). Whoever copies (the head's dm-raid for an attached
 //! volume, a storage agent for a detached one) reports progress and
 //! completion; [`Cluster::finish_job`] turns the leg `Active`.
 //!
@@ -18,14 +18,13 @@
 //! the manager drives it from its loop, and `vsky-sim` drives the very same
 //! code under simulated time with injected faults.
 
-use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
 use super::{Changes, Cluster, LegAddr};
 use crate::SecretSource;
-use crate::entities::{DiskState, LegState};
+use crate::entities::LegState;
 use crate::error::ModelError;
 use crate::ids::{ChunkRef, DiskId, JobId, ServerId, VolumeId};
 
@@ -143,8 +142,8 @@ impl Cluster {
     }
 
     /// Active resyncs (queued or running) bound to each disk: as target,
-    /// as chosen source, or as the only healthy leg a queued job can copy
-    /// from. A disk's count is the number of chunk copies it must still
+    /// as chosen source, or as the leg a queued job will copy from (the
+    /// only healthy one, or the only one off draining disks). A disk's count is the number of chunk copies it must still
     /// take part in, so the largest count bounds how soon the rebuild can
     /// end.
     pub fn resyncs_bound_per_disk(&self) -> HashMap<DiskId, u32> {
@@ -163,15 +162,26 @@ impl Cluster {
         load
     }
 
-    /// The disk of a mirrored disk's only healthy leg, if it has exactly
-    /// one: every resync of that mirrored disk must copy from it.
-    fn forced_source(&self, volume: VolumeId, m: u32) -> Option<DiskId> {
+    /// The disk a resync of this mirrored disk will read from: its only
+    /// healthy leg, or else its only healthy leg off draining disks (the
+    /// scheduler reads draining disks last, `schedule.rs`, so a drain's
+    /// move reads the moving leg's partner). `None` when the scheduler
+    /// has a real choice.
+    pub(super) fn forced_source(&self, volume: VolumeId, m: u32) -> Option<DiskId> {
         let md = self.volumes.get(&volume)?.mirrored_disks.get(m as usize)?;
-        let mut active = md.legs.iter().filter(|l| l.state == LegState::Active);
-        match (active.next(), active.next()) {
-            (Some(only), None) => Some(only.chunk.disk),
-            _ => None,
-        }
+        let only =
+            |mut legs: Box<dyn Iterator<Item = DiskId> + '_>| match (legs.next(), legs.next()) {
+                (Some(only), None) => Some(only),
+                _ => None,
+            };
+        let active = || {
+            md.legs
+                .iter()
+                .filter(|l| l.state == LegState::Active)
+                .map(|l| l.chunk.disk)
+        };
+        only(Box::new(active()))
+            .or_else(|| only(Box::new(active().filter(|d| !self.is_draining(*d)))))
     }
 
     pub(super) fn load_jobs(&mut self, jobs: Vec<ResyncJob>) -> Result<(), ModelError> {
@@ -395,158 +405,6 @@ impl Cluster {
         changes.jobs.insert(id);
         changes.volumes.insert(slot.volume);
         id
-    }
-
-    /// Starts queued jobs whose disks have room, so that no disk takes part
-    /// in more than `per_disk_limit` running resyncs and scrubs together (a
-    /// scrub on a disk a queued job needs is ended first: resyncs come
-    /// first, see `scrub.rs`). Order: mirrored disks
-    /// with the fewest healthy legs first (they are closest to data loss);
-    /// then the jobs whose disks have the most resyncs still bound to them
-    /// (queued or running, see [`Self::resyncs_bound_per_disk`]), busiest
-    /// disk first, then both disks together. A disk with n resyncs to go
-    /// needs n copy times whatever happens, so starting its jobs first keeps
-    /// it from being the tail of the rebuild, and a chain of jobs sharing
-    /// disks is entered in the middle, which leaves its ends free to pair
-    /// up next. The source is a healthy leg off draining disks, then on the
-    /// least busy disk, then the one with the fewest resyncs to go. Returns
-    /// the started jobs.
-    pub fn start_jobs(&mut self, per_disk_limit: u32) -> (Vec<JobId>, Changes) {
-        assert!(per_disk_limit > 0);
-        // Resyncs come first: scrubs give way on the disks queued resyncs
-        // need (`scrub.rs`); the others count as busy.
-        self.preempt_scrubs();
-        let mut busy = self.running_per_disk();
-        let load = self.resyncs_bound_per_disk();
-        let load_of = |d: DiskId| load.get(&d).copied().unwrap_or(0);
-        type Priority = (usize, Reverse<u32>, Reverse<u32>, JobId);
-        // A releasing volume's jobs wait for its attachment to end
-        // (`executor.rs`).
-        let mut queued: Vec<Priority> = self
-            .jobs
-            .values()
-            .filter(|j| j.state == JobState::Queued && !self.releasing(j.volume))
-            .map(|j| {
-                let md = &self.volumes[&j.volume].mirrored_disks[j.mirrored_disk as usize];
-                let target = load_of(j.target.disk);
-                let source = md
-                    .legs
-                    .iter()
-                    .filter(|l| l.state == LegState::Active)
-                    .map(|l| load_of(l.chunk.disk))
-                    .min()
-                    .unwrap_or(0);
-                (
-                    md.healthy_legs(),
-                    Reverse(target.max(source)),
-                    Reverse(target + source),
-                    j.id,
-                )
-            })
-            .collect();
-        queued.sort();
-
-        // A server's link carries its disks' resyncs both ways. When most of
-        // its busy disks send (or most receive), the link, not the disks,
-        // sets the pace. So within each class of jobs equal in the first
-        // two keys above, a first pass starts only jobs that keep every
-        // server's sending and receiving resyncs each within half its
-        // resync slots (live disks × limit); a second pass starts whatever
-        // else fits.
-        let server_of = |d: DiskId| self.disks[&d].server;
-        let mut sending: HashMap<ServerId, u32> = HashMap::new();
-        let mut receiving: HashMap<ServerId, u32> = HashMap::new();
-        for job in self.jobs.values().filter(|j| j.state == JobState::Running) {
-            if let Some(source) = job.source {
-                *sending.entry(server_of(source.disk)).or_insert(0) += 1;
-            }
-            *receiving.entry(server_of(job.target.disk)).or_insert(0) += 1;
-        }
-        let mut half_slots: HashMap<ServerId, u32> = HashMap::new();
-        let mut half = |s: ServerId| {
-            *half_slots.entry(s).or_insert_with(|| {
-                let live = self
-                    .disks_of(s)
-                    .filter(|d| d.state == DiskState::Online)
-                    .count() as u32;
-                live.saturating_mul(per_disk_limit).div_ceil(2)
-            })
-        };
-        let free = |d: DiskId, busy: &BTreeMap<DiskId, u32>| {
-            busy.get(&d).copied().unwrap_or(0) < per_disk_limit
-        };
-        let mut plan: Vec<(JobId, ChunkRef)> = Vec::new();
-        let mut rest = queued.as_slice();
-        while let Some(&(healthy, busiest, ..)) = rest.first() {
-            let split = rest
-                .iter()
-                .position(|p| (p.0, p.1) != (healthy, busiest))
-                .unwrap_or(rest.len());
-            let (class, tail) = rest.split_at(split);
-            rest = tail;
-            let mut waiting: Vec<JobId> = class.iter().map(|p| p.3).collect();
-            for balanced in [true, false] {
-                waiting.retain(|id| {
-                    let job = &self.jobs[id];
-                    let target_server = server_of(job.target.disk);
-                    if !free(job.target.disk, &busy)
-                        || (balanced
-                            && receiving.get(&target_server).copied().unwrap_or(0)
-                                >= half(target_server))
-                    {
-                        return true;
-                    }
-                    let md = &self.volumes[&job.volume].mirrored_disks[job.mirrored_disk as usize];
-                    // Sources that failed a copy are passed over while
-                    // another healthy leg remains.
-                    let avoid: &[ChunkRef] = if md.legs.iter().any(|l| {
-                        l.state == LegState::Active && !job.failed_sources.contains(&l.chunk)
-                    }) {
-                        &job.failed_sources
-                    } else {
-                        &[]
-                    };
-                    let source = md
-                        .legs
-                        .iter()
-                        .filter(|leg| leg.state == LegState::Active && free(leg.chunk.disk, &busy))
-                        .filter(|leg| !avoid.contains(&leg.chunk))
-                        .filter(|leg| {
-                            let s = server_of(leg.chunk.disk);
-                            !balanced || sending.get(&s).copied().unwrap_or(0) < half(s)
-                        })
-                        // Off draining disks first: a disk is often drained
-                        // because it is ageing, and its reads are better
-                        // spent on its own legs' moves.
-                        .min_by_key(|leg| {
-                            (
-                                self.is_draining(leg.chunk.disk),
-                                busy.get(&leg.chunk.disk).copied().unwrap_or(0),
-                                load_of(leg.chunk.disk),
-                                leg.chunk,
-                            )
-                        })
-                        .map(|leg| leg.chunk);
-                    let Some(source) = source else { return true };
-                    *busy.entry(job.target.disk).or_insert(0) += 1;
-                    *busy.entry(source.disk).or_insert(0) += 1;
-                    *sending.entry(server_of(source.disk)).or_insert(0) += 1;
-                    *receiving.entry(target_server).or_insert(0) += 1;
-                    plan.push((*id, source));
-                    false
-                });
-            }
-        }
-        let mut started = Vec::new();
-        let mut changes = Changes::default();
-        for (id, source) in plan {
-            let job = self.jobs.get_mut(&id).expect("listed");
-            job.source = Some(source);
-            job.state = JobState::Running;
-            changes.jobs.insert(id);
-            started.push(id);
-        }
-        (started, self.commit(changes))
     }
 
     /// Records how far a running job got (the generation does not move).

@@ -21,7 +21,7 @@ mod write;
 mod write_zeroes;
 
 use crate::backing::{Backing, Geometry, nbd_error_from_io};
-use crate::buffer::BufferPool;
+use crate::buffer::{Buffer, BufferPool};
 use crate::proto::{self, CommandType, RequestHeader};
 
 pub(crate) use cache::Cache;
@@ -49,7 +49,7 @@ pub(crate) enum Command {
 #[derive(Debug)]
 pub(crate) struct Outcome {
     pub error: u32,
-    pub data: Option<Vec<u8>>,
+    pub data: Option<Buffer>,
 }
 
 impl Outcome {
@@ -75,7 +75,7 @@ impl Outcome {
 impl Command {
     /// Validates a request. `payload` is the WRITE data (empty otherwise).
     /// `NBD_CMD_DISC` is handled by the connection loop and never gets here.
-    pub fn from_request(header: &RequestHeader, payload: Vec<u8>, geometry: Geometry) -> Self {
+    pub fn from_request(header: &RequestHeader, payload: Buffer, geometry: Geometry) -> Self {
         let parsed = match header.command {
             CommandType::Read => Read::parse(header, geometry).map(Self::Read),
             CommandType::Write => Write::parse(header, payload, geometry).map(Self::Write),
@@ -162,9 +162,9 @@ mod tests {
 
     fn refusal(header: RequestHeader, read_only: bool) -> Option<u32> {
         let payload = if header.command == CommandType::Write {
-            vec![0u8; header.length as usize]
+            Buffer::from(vec![0u8; header.length as usize])
         } else {
-            Vec::new()
+            Buffer::default()
         };
         match Command::from_request(&header, payload, geometry(read_only)) {
             Command::Refused(error) => Some(error),
@@ -256,13 +256,14 @@ mod tests {
         let backing = Backing::open(&export, flag).expect("open");
         let pool = BufferPool::new(1 << 20);
         let write = request(CommandType::Write, CMD_FLAG_FUA, 0, 4096);
-        let outcome = Command::from_request(&write, vec![0xaa; 4096], backing.geometry())
-            .apply(&backing, &pool);
+        let outcome =
+            Command::from_request(&write, Buffer::from(vec![0xaa; 4096]), backing.geometry())
+                .apply(&backing, &pool);
         assert_eq!(outcome.error, 0);
         let read = request(CommandType::Read, 0, 4095, 1);
-        let outcome =
-            Command::from_request(&read, Vec::new(), backing.geometry()).apply(&backing, &pool);
-        assert_eq!(outcome.data, Some(vec![0xaa]));
+        let outcome = Command::from_request(&read, Buffer::default(), backing.geometry())
+            .apply(&backing, &pool);
+        assert_eq!(outcome.data.as_deref(), Some(&[0xaa][..]));
         let contents = std::fs::read(file.path()).expect("read back");
         assert!(contents[..4096].iter().all(|&b| b == 0x55));
         assert!(contents[4096..8192].iter().all(|&b| b == 0xaa));

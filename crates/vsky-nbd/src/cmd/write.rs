@@ -2,7 +2,7 @@
 //! the reply when FUA is set.
 
 use crate::backing::{Backing, Geometry};
-use crate::buffer::BufferPool;
+use crate::buffer::{Buffer, BufferPool};
 use crate::proto::{self, CMD_FLAG_FUA, RequestHeader};
 
 use super::Outcome;
@@ -11,14 +11,14 @@ use super::Outcome;
 pub(crate) struct Write {
     file_offset: u64,
     /// Read off the socket straight into a pooled buffer.
-    data: Vec<u8>,
+    data: Buffer,
     fua: bool,
 }
 
 impl Write {
     /// The payload has always been read off the socket by now (even for a
     /// refused write), so refusing keeps the stream in sync.
-    pub fn parse(header: &RequestHeader, data: Vec<u8>, geometry: Geometry) -> Result<Self, u32> {
+    pub fn parse(header: &RequestHeader, data: Buffer, geometry: Geometry) -> Result<Self, u32> {
         super::check_flags(header, CMD_FLAG_FUA)?;
         super::check_writable(geometry)?;
         let file_offset = super::confine(header, geometry, proto::ENOSPC)?;
