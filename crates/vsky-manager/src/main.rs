@@ -146,8 +146,12 @@ struct Args {
     max_connections_per_source: usize,
 
     /// Resyncs one physical disk takes part in at a time, as source or
-    /// target (k). 1 keeps every disk's bandwidth for one rebuild plus the
-    /// volumes' own I/O.
+    /// target (k). With k = 1 a rebuild never takes more than half a disk
+    /// from the volumes on it (`vsky-sim foreground`: with VMs asking half
+    /// a disk, k = 1 loses none of their I/O where an unscheduled rebuild
+    /// loses 82 %, at the price of a rebuild twice as long). Use 2 where
+    /// the volumes' I/O stays under a third of a disk: as fast, and it
+    /// still keeps a third for them. See docs/benchmarks.md.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     resyncs_per_disk: u32,
 
@@ -172,6 +176,10 @@ struct Args {
     /// Per-resync copy rate limit in bytes per second (e.g. 100MiB; 0 for
     /// none). Heads apply it to the dm-raid mirrors they assemble
     /// (max_recovery_rate), storage agents to copies of detached volumes.
+    /// --resyncs-per-disk already shares each disk with its volumes; set a
+    /// rate only to cap the network a rebuild takes (e.g. a link shared
+    /// with VM traffic): each copy then runs at most this fast, and a
+    /// rebuild takes at least chunk size ÷ rate per round.
     #[arg(long, default_value = "0", value_parser = parse_size)]
     resync_rate: u64,
 
