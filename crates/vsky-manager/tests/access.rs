@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::agents::refusal;
 use common::*;
 use vsky_api::types::*;
 use vsky_api::{Client, ClientError};
@@ -43,17 +44,6 @@ async fn pool_and_volume(admin: &Client) {
 }
 
 /// The status, code and message of a refusal.
-fn refusal(e: ClientError) -> (u16, String, String) {
-    match e {
-        ClientError::Api {
-            status,
-            code,
-            message,
-        } => (status, code, message),
-        e => panic!("expected the manager's refusal, got {e}"),
-    }
-}
-
 fn assert_storage_only(e: ClientError, server: &str) {
     let (status, code, message) = refusal(e);
     assert_eq!((status, code.as_str()), (409, "storage_only"), "{message}");
@@ -182,15 +172,7 @@ async fn state(admin: &Client) -> Option<AttachmentState> {
 
 /// The kinds of the events about volume "v", oldest first.
 async fn volume_events(admin: &Client) -> Vec<String> {
-    admin
-        .events(0, None, std::time::Duration::ZERO)
-        .await
-        .unwrap()
-        .events
-        .into_iter()
-        .filter(|e| e.volume.as_deref() == Some("v"))
-        .map(|e| e.kind)
-        .collect()
+    common::agents::volume_kinds(admin, "v").await
 }
 
 #[tokio::test]

@@ -9,9 +9,10 @@ mod common;
 
 use std::time::Duration;
 
+use common::agents::refusal;
 use common::*;
+use vsky_api::Client;
 use vsky_api::types::*;
-use vsky_api::{Client, ClientError};
 
 /// One mirrored disk's data with the suite's 8 MiB chunks.
 const DATA: u64 = CHUNK - MIB;
@@ -60,27 +61,8 @@ fn serving(size: u64) -> Heartbeat {
     }
 }
 
-fn refusal(e: ClientError) -> (u16, String, String) {
-    match e {
-        ClientError::Api {
-            status,
-            code,
-            message,
-        } => (status, code, message),
-        e => panic!("expected the manager's refusal, got {e}"),
-    }
-}
-
 async fn event_kinds(admin: &Client) -> Vec<String> {
-    admin
-        .events(0, None, Duration::ZERO)
-        .await
-        .unwrap()
-        .events
-        .into_iter()
-        .filter(|e| e.volume.as_deref() == Some("v"))
-        .map(|e| e.kind)
-        .collect()
+    common::agents::volume_kinds(admin, "v").await
 }
 
 /// The grow answers once the head serves the new size; the volume shows

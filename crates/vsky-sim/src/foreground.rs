@@ -11,13 +11,12 @@
 //! and the price is a slower rebuild. The network is left to the resyncs:
 //! the foreground is counted on disks only.
 
-use std::collections::BTreeSet;
-
 use serde::Serialize;
 
 use crate::config::{Rng, Scenario, SimConfig};
-use crate::fluid::{Fault, Outcome, simulate};
-use crate::pool::{build_pool, random_used_disk};
+use crate::fluid::{Outcome, simulate};
+use crate::pool::build_pool;
+use crate::rebuild::first_fault;
 
 /// One rebuild under the foreground load, for one per-disk limit.
 #[derive(Clone, Debug, Serialize)]
@@ -75,15 +74,7 @@ pub fn run_foreground(config: &SimConfig) -> Result<ForegroundReport, String> {
     }
     let mut rng = Rng::new(config.seed);
     let pool = build_pool(config, &mut rng)?;
-    let first = random_used_disk(&pool, &mut rng, None, &BTreeSet::new())
-        .ok_or("the pool holds no legs")?;
-    let fault = match config.scenario {
-        Scenario::ServerLoss => {
-            let server = pool.disk(first).map_err(|e| e.to_string())?.server;
-            Fault::Server(pool.server(server).expect("disk's server").name.clone())
-        }
-        _ => Fault::Disk(first),
-    };
+    let fault = first_fault(config, &pool, &mut rng)?;
     let second_seed = rng.next_u64();
     let idle = SimConfig {
         foreground_bytes_per_second: 0.0,

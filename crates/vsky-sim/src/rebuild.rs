@@ -34,6 +34,25 @@ pub struct Report {
     pub fraction_of_bound: f64,
 }
 
+/// The first fault of a rebuild scenario: a random disk that holds legs,
+/// or (`ServerLoss`) its server.
+pub(crate) fn first_fault(
+    config: &SimConfig,
+    pool: &vsky_model::Cluster,
+    rng: &mut Rng,
+) -> Result<Fault, String> {
+    let first =
+        random_used_disk(pool, rng, None, &BTreeSet::new()).ok_or("the pool holds no legs")?;
+    let fault = match config.scenario {
+        Scenario::ServerLoss => {
+            let server = pool.disk(first).map_err(|e| e.to_string())?.server;
+            Fault::Server(pool.server(server).expect("disk's server").name.clone())
+        }
+        _ => Fault::Disk(first),
+    };
+    Ok(fault)
+}
+
 /// Runs one scenario with the per-disk limit and without, and reports both
 /// with the baselines.
 pub fn run(config: &SimConfig) -> Result<Report, String> {
@@ -47,15 +66,7 @@ pub fn run(config: &SimConfig) -> Result<Report, String> {
     let mut rng = Rng::new(config.seed);
     let pool = build_pool(config, &mut rng)?;
     pool.check_invariants()?;
-    let first = random_used_disk(&pool, &mut rng, None, &BTreeSet::new())
-        .ok_or("the pool holds no legs")?;
-    let fault = match config.scenario {
-        Scenario::ServerLoss => {
-            let server = pool.disk(first).map_err(|e| e.to_string())?.server;
-            Fault::Server(pool.server(server).expect("disk's server").name.clone())
-        }
-        _ => Fault::Disk(first),
-    };
+    let fault = first_fault(config, &pool, &mut rng)?;
     let second_seed = rng.next_u64();
     let scheduled = simulate(
         config,

@@ -78,6 +78,31 @@ pub async fn kinds(admin: &Client) -> Vec<String> {
         .collect()
 }
 
+/// The kinds of the events about `volume`, oldest first.
+pub async fn volume_kinds(admin: &Client, volume: &str) -> Vec<String> {
+    admin
+        .events(0, None, Duration::ZERO)
+        .await
+        .unwrap()
+        .events
+        .into_iter()
+        .filter(|e| e.volume.as_deref() == Some(volume))
+        .map(|e| e.kind)
+        .collect()
+}
+
+/// The status, code and message of the manager's refusal.
+pub fn refusal(e: vsky_api::ClientError) -> (u16, String, String) {
+    match e {
+        vsky_api::ClientError::Api {
+            status,
+            code,
+            message,
+        } => (status, code, message),
+        e => panic!("expected the manager's refusal, got {e}"),
+    }
+}
+
 /// How many events of `kind` were logged so far.
 pub async fn count_kind(admin: &Client, kind: &str) -> usize {
     kinds(admin).await.iter().filter(|k| *k == kind).count()

@@ -143,23 +143,33 @@ impl Cluster {
 
     /// Active resyncs (queued or running) bound to each disk: as target,
     /// as chosen source, or as the leg a queued job will copy from (the
-    /// only healthy one, or the only one off draining disks). A disk's count is the number of chunk copies it must still
-    /// take part in, so the largest count bounds how soon the rebuild can
-    /// end.
+    /// only healthy one, or the only one off draining disks). A disk's
+    /// count is the number of chunk copies it must still take part in, so
+    /// the largest count bounds how soon the rebuild can end.
     pub fn resyncs_bound_per_disk(&self) -> HashMap<DiskId, u32> {
         let mut load = HashMap::new();
-        for id in self.repairs.values() {
-            let job = &self.jobs[id];
-            *load.entry(job.target.disk).or_insert(0) += 1;
-            if let Some(d) = job
-                .source
-                .map(|s| s.disk)
-                .or_else(|| self.forced_source(job.volume, job.mirrored_disk))
-            {
+        for (target, source) in self.active_resync_disks() {
+            *load.entry(target).or_insert(0) += 1;
+            if let Some(d) = source {
                 *load.entry(d).or_insert(0) += 1;
             }
         }
         load
+    }
+
+    /// The (target, source) disks of every active resync; the source when
+    /// chosen (running) or forced ([`Self::forced_source`]).
+    pub(super) fn active_resync_disks(
+        &self,
+    ) -> impl Iterator<Item = (DiskId, Option<DiskId>)> + '_ {
+        self.repairs.values().map(|id| {
+            let job = &self.jobs[id];
+            let source = job
+                .source
+                .map(|s| s.disk)
+                .or_else(|| self.forced_source(job.volume, job.mirrored_disk));
+            (job.target.disk, source)
+        })
     }
 
     /// The disk a resync of this mirrored disk will read from: its only

@@ -241,14 +241,9 @@ impl Cluster {
         // the disks: targets, and chosen or forced sources).
         let mut sends: HashMap<ServerId, u64> = HashMap::new();
         let mut receives: HashMap<ServerId, u64> = HashMap::new();
-        for id in self.repairs.values() {
-            let job = &self.jobs[id];
-            *receives.entry(slots.server(job.target.disk)).or_insert(0) += 1;
-            if let Some(d) = job
-                .source
-                .map(|s| s.disk)
-                .or_else(|| self.forced_source(job.volume, job.mirrored_disk))
-            {
+        for (target, source) in self.active_resync_disks() {
+            *receives.entry(slots.server(target)).or_insert(0) += 1;
+            if let Some(d) = source {
                 *sends.entry(slots.server(d)).or_insert(0) += 1;
             }
         }
