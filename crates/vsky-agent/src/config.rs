@@ -8,7 +8,7 @@ use vsky_api::ClientConfig;
 
 use crate::api::ApiConfig;
 use crate::disks::DiskArg;
-use crate::head::NbdTimeouts;
+use crate::head::{NbdBackendFile, NbdTimeouts};
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -24,6 +24,9 @@ pub struct Config {
     /// Run the head role (needs the nbd, dm-mod and dm-raid modules).
     pub head: bool,
     pub timeouts: NbdTimeouts,
+    /// Where the head keeps its NBD imports on kernels without backend
+    /// identifiers (before Linux 5.14).
+    pub nbd_backends: NbdBackendFile,
     /// The local API for the datapath plugin (attach/detach/status), if
     /// enabled.
     pub api: Option<ApiConfig>,

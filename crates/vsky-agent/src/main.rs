@@ -72,6 +72,17 @@ struct Args {
     /// fails (and the mirror degrades).
     #[arg(long, default_value_t = 2)]
     dead_connection_timeout: u64,
+    /// File where the head keeps which /dev/nbdN imports which leg, on
+    /// kernels that do not keep NBD backend identifiers (before Linux 5.14,
+    /// such as XCP-ng's 4.19). Keep it on a tmpfs such as /run: it must be
+    /// empty after a reboot, when the NBD devices are gone too.
+    #[arg(long, default_value = vsky_kernel::nbd::DEFAULT_BACKEND_FILE)]
+    nbd_backend_file: PathBuf,
+    /// Use --nbd-backend-file even on a kernel that keeps backend
+    /// identifiers. For tests: it runs the path of kernels before 5.14 on
+    /// a newer one, where the kernel can check it.
+    #[arg(long, env = "VSKY_NBD_BACKEND_FILE_ALWAYS")]
+    nbd_backend_file_always: bool,
     /// Address of the local API for the datapath plugin (attach, detach,
     /// status). Enabled only together with --api-token-file.
     #[arg(long, default_value = "127.0.0.1:10810")]
@@ -242,6 +253,10 @@ async fn main() -> anyhow::Result<()> {
             request: Duration::from_secs(args.nbd_timeout),
             dead_connection: Duration::from_secs(args.dead_connection_timeout),
             connect: Duration::from_secs(5),
+        },
+        nbd_backends: vsky_agent::head::NbdBackendFile {
+            path: args.nbd_backend_file,
+            always: args.nbd_backend_file_always,
         },
         api: match &args.api_token_file {
             Some(path) => Some(vsky_agent::api::ApiConfig {

@@ -44,13 +44,14 @@ pub async fn run(
             .map(|d| d.path.clone())
             .collect();
         let timeouts = config.timeouts;
+        let nbd_backends = config.nbd_backends.clone();
         let (head, present) = tokio::task::spawn_blocking(move || {
-            let head = Head::open(timeouts, local)?;
+            let head = Head::open(timeouts, local, &nbd_backends)?;
             let present = head.assembled_volumes()?;
             Ok::<_, HeadError>((head, present))
         })
         .await?
-        .context("head role needs the nbd, dm-mod and dm-raid kernel modules (modprobe them, or run with --storage-only)")?;
+        .context("cannot start the head role (it needs the nbd, dm-mod and dm-raid kernel modules and a kernel it supports; or run with --storage-only)")?;
         Some((Arc::new(Mutex::new(head)), present))
     } else {
         None

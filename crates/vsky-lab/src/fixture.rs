@@ -47,6 +47,9 @@ const AGENT_API_TOKEN: &str = "lab-agent-api-token-0123456789";
 pub const MOUNT: &str = "/mnt/vol";
 /// The head's name in the manager.
 pub const HEAD: &str = "head";
+/// The head's NBD backend file when `nbd_backend_file` is set: under the
+/// lab's work directory, so every cluster starts without one.
+pub const NBD_BACKEND_FILE: &str = "/tmp/cluster/head-nbd-backends";
 /// Where the head agent serves its local API (`head_api`).
 pub const HEAD_API: &str = "127.0.0.1:10810";
 
@@ -74,6 +77,11 @@ pub struct Config {
     /// The head also serves its local API (the datapath plugin's), as in
     /// dom0.
     pub head_api: bool,
+    /// The head keeps which NBD device imports which leg in its own file
+    /// ([`NBD_BACKEND_FILE`]), as it must on kernels before 5.14 (XCP-ng's
+    /// 4.19), although the lab's kernel keeps backend identifiers: so the
+    /// real kernel checks that path.
+    pub nbd_backend_file: bool,
 }
 
 impl Default for Config {
@@ -89,6 +97,7 @@ impl Default for Config {
             scrub_interval: "0",
             ha: false,
             head_api: false,
+            nbd_backend_file: false,
         }
     }
 }
@@ -350,6 +359,11 @@ impl Cluster {
         if self.cfg.head_api {
             cmd.arg("--api-token-file")
                 .arg(self.work.join("agent-api.token"));
+        }
+        if self.cfg.nbd_backend_file {
+            cmd.arg("--nbd-backend-file")
+                .arg(NBD_BACKEND_FILE)
+                .arg("--nbd-backend-file-always");
         }
         let (out, err) = self.log_file(HEAD)?;
         let child = cmd

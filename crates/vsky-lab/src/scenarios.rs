@@ -105,6 +105,18 @@ pub const SCENARIOS: &[Scenario] = &[
         run: Run::Cluster(scenario::return_in_time::run_scenario),
     },
     Scenario {
+        name: "cluster-nbd-backend-file",
+        default: true,
+        proves: "the head keeping which NBD device imports which leg in its own file, as on kernels before 5.14 (XCP-ng's 4.19), forced on the lab's kernel so the kernel's own backends check it: attach, SIGTERM/SIGKILL restarts (also degraded) adopt through the file without duplicates, detach disconnects every import and empties it.",
+        run: Run::Cluster(scenario::nbd_backend_file::run_scenario),
+    },
+    Scenario {
+        name: "cluster-return-nbd-backend-file",
+        default: false,
+        proves: "cluster-return with the head keeping its NBD imports in its own file (as before Linux 5.14): the returned legs get their fresh sockets (RECONFIGURE) on the devices the file names.",
+        run: Run::Cluster(scenario::return_in_time::run_with_backend_file),
+    },
+    Scenario {
         name: "cluster-scrub",
         default: true,
         proves: "the manager's scrub patrol has the head check an attached volume's mirror (dm-raid check): clean legs reported clean; one leg overwritten behind the mirror's back: the mismatch is reported (event and metric); a repair needing the mirror's disks interrupts the check.",

@@ -54,6 +54,7 @@ pub fn storage_agent_config(url: &str, name: &str, port: u16, disk: PathBuf) -> 
             dead_connection: Duration::from_secs(1),
             connect: Duration::from_secs(2),
         },
+        nbd_backends: Default::default(),
         api: None,
     }
 }

@@ -15,17 +15,28 @@ use vsky_kernel::nbd::{self, ConnectRequest, NbdIndex};
 use super::naming::{BACKEND_PREFIX, backend_id, leg_tag, parse_backend_rest};
 use super::{Head, HeadError, REVIVE_BACKOFF, sectors};
 
-/// The NBD import of `chunk` in mirrored disk `k` of `volume`, with the
-/// backend identifier the kernel holds for it (either form).
-fn find_import(
-    volume: &str,
-    k: usize,
-    chunk: ChunkId,
-) -> Result<Option<(NbdIndex, String)>, HeadError> {
-    Ok(pick_import(nbd::list_backends()?, volume, k, chunk))
+/// Where the head keeps which NBD device imports which leg when the
+/// kernel does not (before Linux 5.14; `nbd::BackendFile`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NbdBackendFile {
+    /// The file, on a tmpfs such as /run: it must be empty after a reboot,
+    /// when the NBD devices are gone too.
+    pub path: PathBuf,
+    /// Use the file even on a kernel that keeps identifiers (the lab runs
+    /// the 4.19 path this way on a newer kernel).
+    pub always: bool,
 }
 
-/// [`find_import`] over a list of (device, backend identifier).
+impl Default for NbdBackendFile {
+    fn default() -> Self {
+        NbdBackendFile {
+            path: PathBuf::from(nbd::DEFAULT_BACKEND_FILE),
+            always: false,
+        }
+    }
+}
+
+/// [`Head::find_import`] over a list of (device, backend identifier).
 fn pick_import(
     backends: Vec<(NbdIndex, String)>,
     volume: &str,
@@ -40,6 +51,18 @@ fn pick_import(
 }
 
 impl Head {
+    /// The NBD import of `chunk` in mirrored disk `k` of `volume`, with the
+    /// backend identifier it was connected with (either form): from the
+    /// kernel, or from the head's own file on kernels without identifiers.
+    fn find_import(
+        &mut self,
+        volume: &str,
+        k: usize,
+        chunk: ChunkId,
+    ) -> Result<Option<(NbdIndex, String)>, HeadError> {
+        Ok(pick_import(self.nl.list_backends()?, volume, k, chunk))
+    }
+
     /// Imports one leg and carves its meta and data devices. A new member
     /// (a replacement leg) gets its metadata area zeroed when its devices
     /// are first created, so dm-raid rebuilds it rather than trusting
@@ -98,7 +121,7 @@ impl Head {
         chunk_size_bytes: u64,
         leg: &LegSpec,
     ) -> Result<Device, HeadError> {
-        if let Some((index, _)) = find_import(volume, k, leg.chunk)? {
+        if let Some((index, _)) = self.find_import(volume, k, leg.chunk)? {
             return Ok(index.device()?);
         }
         let backend = &backend_id(volume, k, leg.chunk);
@@ -217,15 +240,18 @@ impl Head {
     ) -> Result<(), HeadError> {
         // The kernel refuses a RECONFIGURE whose backend identifier differs
         // from the device's: use the one it holds (an older agent's form
-        // names the slot).
+        // names the slot). A kernel without identifiers checks nothing:
+        // then the index comes from the head's file, just verified against
+        // the kernel (connected, same size).
         let (index, backend) =
-            find_import(volume, k, leg.chunk)?.ok_or_else(|| HeadError::Layout {
-                volume: volume.to_string(),
-                reason: format!(
-                    "the NBD import of chunk {} is gone; it is replaced instead",
-                    leg_tag(leg.chunk)
-                ),
-            })?;
+            self.find_import(volume, k, leg.chunk)?
+                .ok_or_else(|| HeadError::Layout {
+                    volume: volume.to_string(),
+                    reason: format!(
+                        "the NBD import of chunk {} is gone; it is replaced instead",
+                        leg_tag(leg.chunk)
+                    ),
+                })?;
         let (socket, _) = handshake(&leg.server_address, &leg.export_name, self.timeouts.connect)
             .map_err(|e| HeadError::Layout {
             volume: volume.to_string(),

@@ -22,8 +22,10 @@
 //! removed with their imports (`collect_garbage`).
 //!
 //! Everything is idempotent and adopts what the kernel already has: NBD
-//! devices by their backend identifier, dm devices by name and table. So an
-//! agent restarted while volumes are attached picks them up unchanged.
+//! devices by their backend identifier (kept by the kernel, or before Linux
+//! 5.14 by the head in a file of its own, see [`Head::open`]), dm devices by
+//! name and table. So an agent restarted while volumes are attached picks
+//! them up unchanged.
 //!
 //! A running mirror follows the manager's layout online. A slot whose
 //! replacement's turn has come gets the new leg in place
@@ -67,6 +69,7 @@ mod naming;
 mod plan;
 mod status;
 
+pub use imports::NbdBackendFile;
 use naming::{BACKEND_PREFIX, describe_chunks, leg_device_of, leg_tag, parse_backend_rest};
 use plan::{MirrorChange, holds_wanted, plan_mirror_change};
 
@@ -142,13 +145,35 @@ fn sectors(bytes: u64) -> Sectors {
 }
 
 impl Head {
+    /// Opens the kernel side and checks, before the agent serves anything,
+    /// that this kernel can carry the head (docs/kernel-floor.md): the DM
+    /// interface and the dm-raid version (refused with what to do when
+    /// unsuitable; the version also decides how raid tables read back are
+    /// trusted), and the nbd family, with or without backend identifiers
+    /// (without them, before Linux 5.14, the head keeps the map of its
+    /// imports in `nbd_backends`' file).
     pub fn open(
         timeouts: NbdTimeouts,
         local_block_disks: BTreeSet<PathBuf>,
+        nbd_backends: &NbdBackendFile,
     ) -> Result<Self, HeadError> {
+        let mut dp = Datapath::new()?;
+        let dm = dp.check_kernel()?;
+        let nl = NbdNetlink::open_with_backend_file(
+            nbd::BackendFile::new(&nbd_backends.path),
+            nbd_backends.always,
+        )?;
+        tracing::info!(
+            dm_interface = ?dm.interface,
+            raid_target = %dm.raid,
+            raid_table_readback = ?dm.readback,
+            nbd_backend_identifiers = nl.kernel_keeps_backends(),
+            nbd_backends = %nl.backend_lookup(),
+            "kernel checked for the head role"
+        );
         Ok(Head {
-            dp: Datapath::new()?,
-            nl: NbdNetlink::open()?,
+            dp,
+            nl,
             timeouts,
             local_block_disks,
             revive_attempts: HashMap::new(),
@@ -510,7 +535,7 @@ impl Head {
         let vol = VolumeName::new(volume)?;
         self.dp.teardown_volume(&vol)?;
         let prefix = format!("{BACKEND_PREFIX}{volume}:");
-        for (index, backend) in nbd::list_backends()? {
+        for (index, backend) in self.nl.list_backends()? {
             if backend.starts_with(&prefix) {
                 self.nl.disconnect(index)?;
             }
@@ -551,7 +576,7 @@ impl Head {
             }
         }
         let prefix = format!("{BACKEND_PREFIX}{}:", vol.as_str());
-        let Ok(backends) = nbd::list_backends() else {
+        let Ok(backends) = self.nl.list_backends() else {
             return;
         };
         for (index, backend) in backends {

@@ -12,7 +12,7 @@ pub(super) const BACKEND_PREFIX: &str = "vsky:";
 /// so it holds no secret): volume, mirrored disk and chunk,
 /// `vsky:<vol>:<k>:<disk>:<index>`. Not the slot: a moved leg changes
 /// slots and must keep its import. Agents before moves existed put the
-/// slot in too (`vsky:<vol>:<k>:<l>:<disk>:<index>`); `imports::find_import`
+/// slot in too (`vsky:<vol>:<k>:<l>:<disk>:<index>`); `Head::find_import`
 /// adopts both.
 pub(super) fn backend_id(volume: &str, k: usize, chunk: ChunkId) -> String {
     format!(

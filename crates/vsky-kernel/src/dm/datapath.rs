@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 
 use devicemapper::{DM, DevId, DmError as RawDmError, DmFlags, DmOptions, DmUuid};
 
+use super::floor::{DM_INTERFACE_MAJOR, DmSupport, decide_dm_support};
 use super::layout::{LegLayout, VolumeLayout};
 use super::names::{DevName, LegNames, UUID_PREFIX, VolumeName};
 use super::status::RaidStatus;
 use super::superblock::zero_head;
 use super::table::{
-    LegDevices, Raid1Table, Target, TargetLine, format_raw_table, grows, table_matches,
-    validate_table,
+    LegDevices, Raid1Table, RaidTableReadback, Target, TargetLine, format_raw_table, grows,
+    table_matches, validate_table,
 };
 use super::{Device, DmError, Result, Sectors};
 
@@ -55,6 +56,9 @@ impl Leg {
 pub struct Datapath {
     dm: DM,
     mapper_dir: PathBuf,
+    /// How raid tables read back are trusted: exact only once
+    /// [`Datapath::check_kernel`] found dm-raid ≥ 1.15.1.
+    readback: RaidTableReadback,
 }
 
 fn dm_err(op: &'static str, name: &DevName) -> impl FnOnce(RawDmError) -> DmError + use<> {
@@ -74,6 +78,52 @@ impl Datapath {
         Ok(Datapath {
             dm,
             mapper_dir: PathBuf::from("/dev/mapper"),
+            readback: RaidTableReadback::UntrustedRebuild,
+        })
+    }
+
+    /// Checks that this kernel's device-mapper can carry the head
+    /// ([`decide_dm_support`]): DM interface 4, and a `raid` target of at
+    /// least 4.19's 1.14.0. The target's version also decides how raid
+    /// tables read back are trusted from now on (B10 of
+    /// docs/kernel-floor.md).
+    ///
+    /// DM_LIST_VERSIONS, not DM_GET_TARGET_VERSION: the latter needs
+    /// interface 4.41 and 4.19 has 4.39. It lists loaded targets only, so
+    /// dm-raid is loaded first when it is missing; the kernel would load it
+    /// on its own (request_module) at the first raid table, too late for a
+    /// start-up check.
+    pub fn check_kernel(&mut self) -> Result<DmSupport> {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "(unknown release)".to_string());
+        let interface = self.version().map_err(|e| DmError::Unsupported {
+            kernel: kernel.clone(),
+            reason: format!(
+                "its device-mapper does not answer a version {DM_INTERFACE_MAJOR} VERSION ioctl \
+                 ({e}); run the head on a standard Linux kernel, or run this agent with \
+                 --storage-only"
+            ),
+        })?;
+        let mut targets = Vec::new();
+        if interface.0 == DM_INTERFACE_MAJOR {
+            targets = self.list_versions()?;
+            if !targets.iter().any(|(name, ..)| name == "raid") {
+                load_module("dm-raid");
+                targets = self.list_versions()?;
+            }
+        }
+        let support = decide_dm_support(&kernel, interface, &targets)?;
+        self.readback = support.readback;
+        Ok(support)
+    }
+
+    /// The loaded targets and their versions (DM_LIST_VERSIONS).
+    fn list_versions(&self) -> Result<Vec<(String, u32, u32, u32)>> {
+        self.dm.list_versions().map_err(|source| DmError::Ioctl {
+            op: "list versions",
+            name: "control".into(),
+            source,
         })
     }
 
@@ -411,11 +461,12 @@ impl Datapath {
         let t = self.table(name)?;
         match t.as_slice() {
             [(0, len, kind, params)] if kind == "raid" => {
-                let table = params.parse::<Raid1Table>().map_err(|e| DmError::Parse {
-                    name: name.to_string(),
-                    what: "raid1 table",
-                    text: format!("{params} ({e})"),
-                })?;
+                let table =
+                    Raid1Table::from_kernel(params, self.readback).map_err(|e| DmError::Parse {
+                        name: name.to_string(),
+                        what: "raid1 table",
+                        text: format!("{params} ({e})"),
+                    })?;
                 Ok((Sectors(*len), table))
             }
             _ => Err(DmError::Parse {
@@ -652,5 +703,20 @@ impl Datapath {
             self.remove(n)?;
         }
         Ok(ordered)
+    }
+}
+
+/// Loads a kernel module with modprobe, as the agent's service unit does
+/// before start (`ExecStartPre=-/sbin/modprobe -a nbd dm-mod dm-raid`).
+/// Best effort: what is still missing afterwards is reported by the caller,
+/// with what to do.
+fn load_module(name: &str) {
+    let status = ["modprobe", "/sbin/modprobe", "/usr/sbin/modprobe"]
+        .iter()
+        .find_map(|bin| std::process::Command::new(bin).arg(name).status().ok());
+    match status {
+        Some(s) if s.success() => tracing::info!(module = name, "loaded kernel module"),
+        Some(s) => tracing::warn!(module = name, %s, "modprobe failed"),
+        None => tracing::warn!(module = name, "modprobe not found; cannot load the module"),
     }
 }

@@ -25,8 +25,9 @@
 //! The pure parts need no kernel and are unit-tested here: `names`
 //! (device names), `table` (typed table lines, their formatting, parsing
 //! and validation), `layout` (how legs and volumes map onto table lines),
-//! `status` (parsing dm-raid's status) and `superblock` (recognising a
-//! dm-raid superblock). `datapath` holds the ioctls: the `ensure_*`
+//! `status` (parsing dm-raid's status), `superblock` (recognising a
+//! dm-raid superblock) and `floor` (which DM interface and dm-raid versions
+//! the head accepts, checked at start-up). `datapath` holds the ioctls: the `ensure_*`
 //! operations, reloads, status queries and removal; the VM lab
 //! (`crates/vsky-kernel/tests/lab.rs`) exercises it.
 
@@ -37,6 +38,7 @@ use devicemapper::DmError as RawDmError;
 pub use devicemapper::{Device, Sectors};
 
 mod datapath;
+mod floor;
 mod layout;
 mod names;
 mod status;
@@ -44,11 +46,14 @@ mod superblock;
 mod table;
 
 pub use datapath::{Datapath, Leg, MappedDevice};
+pub use floor::{
+    DM_INTERFACE_MAJOR, DmSupport, RAID_EXACT_TABLE, RAID_MIN, TargetVersion, decide_dm_support,
+};
 pub use layout::{LegLayout, VolumeLayout};
 pub use names::{DevName, LegNames, NAME_PREFIX, VolumeName};
 pub use status::{LegHealth, RaidStatus, SyncAction};
 pub use superblock::has_raid_superblock;
-pub use table::{LegDevices, Raid1Table, Target, TargetLine};
+pub use table::{LegDevices, Raid1Table, RaidTableReadback, Target, TargetLine};
 
 /// Errors of the device-mapper layer. Messages name the device and say what
 /// to do next.
@@ -59,6 +64,8 @@ pub enum DmError {
          dm-raid and raid1 are needed for mirrors)"
     )]
     Open(String),
+    #[error("the head cannot run on kernel {kernel}: {reason}")]
+    Unsupported { kernel: String, reason: String },
     #[error("invalid name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
     #[error("invalid table for {name}: {reason}")]

@@ -115,37 +115,97 @@ fn parse_device(tok: &str) -> std::result::Result<Device, String> {
         .map_err(|_| format!("{tok:?} is not major:minor"))
 }
 
+/// How far a raid table line the kernel prints back can be trusted.
+///
+/// dm-raid before 1.15.1 (Linux < 5.6; XCP-ng's 4.19 ships 1.14.0) prints a
+/// table that carries `rebuild` with a wrong `#raid_params`: each rebuild
+/// pair is counted twice (once per rebuild disk, once through the
+/// `rebuild` constructor flag), so our `raid1 5 0 rebuild 1 region_size 2048
+/// 2 …` comes back as `raid1 7 0 rebuild 1 region_size 2048 2 …`. It also
+/// prints the rebuild index from the md member's `raid_disk`, which is not
+/// set yet at that point, so the index itself may be wrong or missing.
+/// (docs/kernel-floor.md, B10.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RaidTableReadback {
+    /// dm-raid ≥ 1.15.1: the `rebuild` indexes are the ones we loaded.
+    Exact,
+    /// dm-raid < 1.15.1: `rebuild` values are not trusted and dropped.
+    UntrustedRebuild,
+}
+
+impl Raid1Table {
+    /// Parses a raid1 table line as the kernel prints it back.
+    ///
+    /// `#raid_params` is never trusted, whatever the target's version: the
+    /// legs are found by counting back from the end of the line, where
+    /// `<#raid_devs>` is followed by exactly 2·N device tokens (`M:m` or
+    /// `-`), and every token between the chunk size and `<#raid_devs>` is an
+    /// option. On a correct kernel this reads exactly what the count says;
+    /// on dm-raid < 1.15.1 it reads past the miscount. The option order
+    /// does not matter either (it differs between dm-raid versions). With
+    /// [`RaidTableReadback::UntrustedRebuild`] the `rebuild` values are
+    /// dropped: every caller that reloads a table sets its own, and
+    /// [`Raid1Table::same_layout`] ignores them.
+    pub fn from_kernel(s: &str, readback: RaidTableReadback) -> std::result::Result<Self, String> {
+        let mut table = s.parse::<Raid1Table>()?;
+        if readback == RaidTableReadback::UntrustedRebuild {
+            table.rebuild.clear();
+        }
+        Ok(table)
+    }
+}
+
 impl FromStr for Raid1Table {
     type Err = String;
+    /// Reads `#raid_params` past a miscount (see [`Raid1Table::from_kernel`]);
+    /// `rebuild` values are kept as printed.
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let mut t = s.split_whitespace();
-        let mut next = |what: &str| t.next().ok_or_else(|| format!("missing {what}"));
-        if next("raid type")? != "raid1" {
-            return Err("not a raid1 table".into());
-        }
+        let t: Vec<&str> = s.split_whitespace().collect();
         let num = |v: &str, what: &str| {
             v.parse::<u64>()
                 .map_err(|_| format!("{what} {v:?} is not a number"))
         };
-        let nparams = num(next("#raid_params")?, "#raid_params")? as usize;
+        match t.first() {
+            Some(&"raid1") => {}
+            Some(_) => return Err("not a raid1 table".into()),
+            None => return Err("missing raid type".into()),
+        }
+        // Checked for its form only: dm-raid < 1.15.1 miscounts it when the
+        // table carries `rebuild` (docs/kernel-floor.md, B10).
+        let nparams = num(t.get(1).ok_or("missing #raid_params")?, "#raid_params")?;
         if nparams == 0 {
             return Err("#raid_params is 0 (chunk size missing)".into());
         }
-        let mut params = Vec::with_capacity(nparams);
-        for _ in 0..nparams {
-            params.push(next("raid parameter")?.to_string());
+        num(t.get(2).ok_or("missing chunk size")?, "chunk size")?;
+        // `<#raid_devs>` is the last token that is not a device: options
+        // hold names and numbers, never `major:minor` or `-` (journal_dev,
+        // the one option with a device, is not a raid1 option).
+        let is_device = |tok: &&&str| **tok == "-" || tok.contains(':');
+        let devices = t[3..].iter().rev().take_while(is_device).count();
+        let Some(at) = (t.len() - devices).checked_sub(1).filter(|at| *at >= 3) else {
+            return Err("missing #raid_devs".into());
+        };
+        let ndevs = num(t[at], "#raid_devs")?;
+        if ndevs > 64 {
+            return Err(format!("{ndevs} raid devices is more than dm-raid allows"));
         }
-        let mut table = Raid1Table::new(Vec::new(), Sectors(0));
-        let mut p = params[1..].iter();
+        if devices as u64 != 2 * ndevs {
+            return Err(format!(
+                "#raid_devs {ndevs} needs {} device tokens, the line has {devices}",
+                2 * ndevs
+            ));
+        }
+        let mut table = Raid1Table::new(Vec::with_capacity(ndevs as usize), Sectors(0));
+        let mut p = t[3..at].iter();
         while let Some(key) = p.next() {
-            match key.as_str() {
+            match *key {
                 "nosync" => table.nosync = true,
                 "sync" => {}
                 "rebuild" | "region_size" | "write_mostly" | "daemon_sleep"
                 | "min_recovery_rate" | "max_recovery_rate" | "max_write_behind" => {
                     let v = p.next().ok_or_else(|| format!("{key} without a value"))?;
                     let v = num(v, key)?;
-                    match key.as_str() {
+                    match *key {
                         "rebuild" => table.rebuild.push(v as usize),
                         "region_size" => table.region_size = Sectors(v),
                         "max_recovery_rate" => table.max_recovery_rate_kib = Some(v),
@@ -157,25 +217,18 @@ impl FromStr for Raid1Table {
                 other => return Err(format!("unknown raid1 option {other:?}")),
             }
         }
-        let ndevs = num(next("#raid_devs")?, "#raid_devs")? as usize;
-        if ndevs > 64 {
-            return Err(format!("{ndevs} raid devices is more than dm-raid allows"));
-        }
-        for _ in 0..ndevs {
-            let (m, d) = (next("meta device")?, next("data device")?);
-            table.legs.push(match (m, d) {
-                ("-", "-") => None,
-                ("-", _) | (_, "-") => {
+        for pair in t[at + 1..].chunks(2) {
+            table.legs.push(match pair {
+                ["-", "-"] => None,
+                ["-", _] | [_, "-"] => {
                     return Err("legs without a metadata device are not used by VastSky".into());
                 }
-                (m, d) => Some(LegDevices {
+                [m, d] => Some(LegDevices {
                     meta: parse_device(m)?,
                     data: parse_device(d)?,
                 }),
+                _ => return Err("odd number of device tokens".into()),
             });
-        }
-        if let Some(extra) = t.next() {
-            return Err(format!("trailing token {extra:?}"));
         }
         Ok(table)
     }
@@ -517,10 +570,67 @@ mod tests {
             "raid1 3 0 region_size 1024 2 1:1 1:2 1:3 1:4 extra",
             "raid1 1 0 bogus 1 1:1 1:2",
             "raid1 3 0 region_size 1024 99999999999 1:1",
+            // #raid_devs and the device tokens disagree.
+            "raid1 3 0 region_size 1024 3 1:1 1:2 1:3 1:4",
+            "raid1 3 0 region_size 1024 1 1:1 1:2 1:3 1:4",
+            // No #raid_devs before the devices.
+            "raid1 3 0 1:1 1:2 1:3 1:4",
             "raid1 0",
         ] {
             assert!(bad.parse::<Raid1Table>().is_err(), "{bad:?} parsed");
         }
+    }
+
+    /// dm-raid < 1.15.1 (Linux 4.19) counts each `rebuild` pair twice in
+    /// `#raid_params` and may print another index: the exact shapes its
+    /// `raid_status` produces for our tables read back as the same layout.
+    #[test]
+    fn raid1_table_reads_the_4_19_rebuild_miscount() {
+        let plain = Raid1Table::new(vec![leg(0), leg(2)], Sectors(2048));
+        // What we load, and what 4.19 prints back: 5 becomes 7, in either
+        // option order (a 1.10-era raid_status prints region_size before
+        // rebuild), with the right index, a wrong one, the unset raid_disk
+        // (-1 as %u), or no rebuild pair at all (the index test failed)
+        // while the count still includes it.
+        let mut ours = plain.clone();
+        ours.rebuild = vec![1];
+        assert_eq!(
+            ours.to_string(),
+            "raid1 5 0 rebuild 1 region_size 2048 2 253:0 253:1 253:2 253:3"
+        );
+        for printed in [
+            "raid1 7 0 rebuild 1 region_size 2048 2 253:0 253:1 253:2 253:3",
+            "raid1 7 0 region_size 2048 rebuild 1 2 253:0 253:1 253:2 253:3",
+            "raid1 7 0 rebuild 0 region_size 2048 2 253:0 253:1 253:2 253:3",
+            "raid1 7 0 rebuild 4294967295 region_size 2048 2 253:0 253:1 253:2 253:3",
+            "raid1 7 0 region_size 2048 2 253:0 253:1 253:2 253:3",
+        ] {
+            let exact = printed.parse::<Raid1Table>();
+            assert!(
+                exact.as_ref().is_ok_and(|t| t.same_layout(&plain)),
+                "{printed}: {exact:?}"
+            );
+            let legacy =
+                Raid1Table::from_kernel(printed, RaidTableReadback::UntrustedRebuild).unwrap();
+            assert_eq!(legacy, plain, "{printed}");
+            assert!(
+                Target::Raid1(plain.clone()).matches("raid", printed),
+                "{printed}"
+            );
+        }
+        // With a recovery rate and a missing leg (3 one-arg flags: 7 → 9).
+        let mut rated = Raid1Table::new(vec![leg(0), None, leg(4)], Sectors(8192));
+        rated.max_recovery_rate_kib = Some(20480);
+        let printed = "raid1 9 0 rebuild 2 max_recovery_rate 20480 region_size 8192 3 253:0 253:1 - - 253:4 253:5";
+        assert_eq!(
+            Raid1Table::from_kernel(printed, RaidTableReadback::UntrustedRebuild).unwrap(),
+            rated
+        );
+        // A current kernel's rebuild index is kept.
+        assert_eq!(
+            Raid1Table::from_kernel(&ours.to_string(), RaidTableReadback::Exact).unwrap(),
+            ours
+        );
     }
 
     /// Table validation catches what dm-raid and dm-stripe would reject, with
@@ -686,6 +796,110 @@ mod tests {
         assert!(grows(&old, &columns, &begins));
         let swapped = striped(&[(12, 2048), (11, 2048)]);
         assert!(!grows(&old, &swapped, &begins));
+    }
+
+    /// A raid1 table as `Head::mirror` and the reloads make them: 2-64
+    /// slots, some empty, options in any combination.
+    fn any_raid1_table() -> impl proptest::strategy::Strategy<Value = Raid1Table> {
+        use proptest::prelude::*;
+        (
+            proptest::collection::vec(
+                proptest::option::weighted(0.8, (0u32..4096, 0u32..1000)),
+                2..64,
+            ),
+            0u32..22,
+            proptest::collection::vec(0usize..64, 0..4),
+            any::<bool>(),
+            proptest::option::of(1u64..1 << 30),
+        )
+            .prop_map(|(legs, region, rebuild, nosync, rate)| {
+                let legs: Vec<Option<LegDevices>> = legs
+                    .into_iter()
+                    .map(|l| {
+                        l.map(|(major, minor)| LegDevices {
+                            meta: dev(major, minor),
+                            data: dev(major, minor + 1),
+                        })
+                    })
+                    .collect();
+                let mut t = Raid1Table::new(legs, Sectors(1 << region));
+                t.rebuild = rebuild;
+                t.nosync = nosync && t.rebuild.is_empty();
+                t.max_recovery_rate_kib = rate;
+                t
+            })
+    }
+
+    /// What dm-raid < 1.15.1 prints for `t`: every rebuild pair counted
+    /// twice in `#raid_params`, each printed index replaced by `printed`
+    /// (`None`: the pair is not printed at all), options in the 1.10-era
+    /// order (the parser must not depend on the order).
+    fn mangle_like_4_19(t: &Raid1Table, printed: &[Option<u64>]) -> String {
+        let mut opts = Vec::new();
+        if t.nosync {
+            opts.push("nosync".to_string());
+        }
+        opts.push(format!("region_size {}", *t.region_size));
+        for (i, r) in t.rebuild.iter().enumerate() {
+            if let Some(v) = printed.get(i).copied().unwrap_or(Some(*r as u64)) {
+                opts.push(format!("rebuild {v}"));
+            }
+        }
+        if let Some(rate) = t.max_recovery_rate_kib {
+            opts.push(format!("max_recovery_rate {rate}"));
+        }
+        let one_arg_flags =
+            1 + usize::from(!t.rebuild.is_empty()) + usize::from(t.max_recovery_rate_kib.is_some());
+        let count = 1 + t.rebuild.len() * 2 + usize::from(t.nosync) + one_arg_flags * 2;
+        let mut line = format!("raid1 {count} 0 {} {}", opts.join(" "), t.legs.len());
+        for leg in &t.legs {
+            match leg {
+                Some(l) => line.push_str(&format!(" {} {}", l.meta, l.data)),
+                None => line.push_str(" - -"),
+            }
+        }
+        line
+    }
+
+    proptest::proptest! {
+        /// Any table we format reads back as itself, and mangled the 4.19
+        /// way as the same layout (with the same options but `rebuild`).
+        #[test]
+        fn raid1_tables_survive_the_4_19_readback(
+            t in any_raid1_table(),
+            printed in proptest::collection::vec(proptest::option::of(0u64..u32::MAX as u64), 0..4),
+        ) {
+            proptest::prop_assert_eq!(&t.to_string().parse::<Raid1Table>().unwrap(), &t);
+            let mangled = mangle_like_4_19(&t, &printed);
+            let back = Raid1Table::from_kernel(&mangled, RaidTableReadback::UntrustedRebuild);
+            let mut want = t.clone();
+            want.rebuild.clear();
+            proptest::prop_assert_eq!(back, Ok(want), "{}", mangled);
+            proptest::prop_assert!(Target::Raid1(t.clone()).matches("raid", &mangled));
+        }
+
+        /// Garbage never panics, whatever the readback mode.
+        #[test]
+        fn raid1_table_parse_never_panics(
+            tokens in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just("raid1".to_string()),
+                    proptest::strategy::Just("-".to_string()),
+                    proptest::strategy::Just("rebuild".to_string()),
+                    proptest::strategy::Just("region_size".to_string()),
+                    "[0-9]{1,3}",
+                    "[0-9]{1,3}:[0-9]{1,3}",
+                    "[a-z:_-]{0,6}",
+                    "[0-9]{18,22}",
+                ],
+                0..24,
+            ),
+        ) {
+            let line = tokens.join(" ");
+            let _ = line.parse::<Raid1Table>();
+            let _ = Raid1Table::from_kernel(&line, RaidTableReadback::UntrustedRebuild);
+            let _ = Raid1Table::from_kernel(&format!("raid1 {line}"), RaidTableReadback::Exact);
+        }
     }
 
     proptest::proptest! {

@@ -24,6 +24,9 @@ pub(super) const GENL_ID_CTRL: u16 = 0x10;
 pub(super) const CTRL_CMD_GETFAMILY: u8 = 3;
 const CTRL_ATTR_FAMILY_ID: u16 = 1;
 pub(super) const CTRL_ATTR_FAMILY_NAME: u16 = 2;
+/// The family's highest attribute type (`genetlink.c` sends it since the
+/// controller exists; 4.19's `ctrl_fill_info` l.660).
+const CTRL_ATTR_MAXATTR: u16 = 5;
 const CTRL_ATTR_MCAST_GROUPS: u16 = 7;
 const CTRL_ATTR_MCAST_GRP_NAME: u16 = 1;
 const CTRL_ATTR_MCAST_GRP_ID: u16 = 2;
@@ -294,16 +297,32 @@ pub(super) fn decode_status(attrs: &[u8]) -> Result<Vec<NbdDeviceStatus>> {
 pub(super) struct FamilyInfo {
     pub(super) id: u16,
     pub(super) groups: Vec<(String, u32)>,
+    /// The highest attribute type the family parses (`CTRL_ATTR_MAXATTR`):
+    /// attributes above it are dropped without an error.
+    pub(super) max_attr: Option<u32>,
+}
+
+impl FamilyInfo {
+    /// Whether the kernel keeps `NBD_ATTR_BACKEND_IDENTIFIER` (Linux ≥
+    /// 5.14): 4.19's nbd family stops at `NBD_ATTR_DEVICE_LIST` (9) and
+    /// silently drops type 10, so CONNECT succeeds without it and no
+    /// `/sys/block/nbdN/backend` appears. Unknown (no MAXATTR) counts as no.
+    pub(super) fn has_backend_identifier(&self) -> bool {
+        self.max_attr
+            .is_some_and(|m| m >= u32::from(NBD_ATTR_BACKEND_IDENTIFIER))
+    }
 }
 
 /// Reads the family id and multicast groups from a CTRL_CMD_GETFAMILY reply.
 pub(super) fn decode_family(attrs: &[u8]) -> Result<Option<FamilyInfo>> {
     let mut id = None;
+    let mut max_attr = None;
     let mut groups = Vec::new();
     for a in Attrs::new(attrs) {
         let a = a?;
         match a.kind {
             CTRL_ATTR_FAMILY_ID => id = Some(a.u16()?),
+            CTRL_ATTR_MAXATTR => max_attr = Some(a.u32()?),
             CTRL_ATTR_MCAST_GROUPS => {
                 for g in Attrs::new(a.payload) {
                     let (mut name, mut gid) = (None, None);
@@ -326,7 +345,11 @@ pub(super) fn decode_family(attrs: &[u8]) -> Result<Option<FamilyInfo>> {
             _ => {}
         }
     }
-    Ok(id.map(|id| FamilyInfo { id, groups }))
+    Ok(id.map(|id| FamilyInfo {
+        id,
+        groups,
+        max_attr,
+    }))
 }
 
 /// Turns a multicast message of the nbd family into an event; anything else
@@ -474,9 +497,11 @@ mod tests {
             info,
             FamilyInfo {
                 id: 0x1d,
-                groups: vec![("nbd_mc_group".into(), 9)]
+                groups: vec![("nbd_mc_group".into(), 9)],
+                max_attr: None,
             }
         );
+        assert!(!info.has_backend_identifier());
         assert_eq!(
             decode_family(&attr_bytes(CTRL_ATTR_FAMILY_NAME, b"nbd\0")).unwrap(),
             None
@@ -492,6 +517,25 @@ mod tests {
         assert_eq!(decode_event(0x1e, &msgs[0]).unwrap(), None);
         let no_index = decode_messages(&nlmsg(0x1d, 0, &[NBD_CMD_LINK_DEAD, 1, 0, 0])).unwrap();
         assert!(decode_event(0x1d, &no_index[0]).is_err());
+    }
+
+    /// CTRL_ATTR_MAXATTR tells a kernel that keeps backend identifiers
+    /// (5.14+: the enum reaches 10) from 4.19 (it ends at DEVICE_LIST, 9).
+    #[test]
+    fn family_maxattr_tells_whether_backend_identifiers_exist() {
+        let family = |max: u32| {
+            let mut attrs = attr_bytes(CTRL_ATTR_FAMILY_ID, &0x1du16.to_ne_bytes());
+            attrs.extend(attr_bytes(CTRL_ATTR_MAXATTR, &max.to_ne_bytes()));
+            decode_family(&attrs).unwrap().unwrap()
+        };
+        assert_eq!(family(9).max_attr, Some(9));
+        assert!(!family(9).has_backend_identifier());
+        assert!(family(10).has_backend_identifier());
+        assert!(family(11).has_backend_identifier());
+        // A MAXATTR that is not a u32 is malformed, not a guess.
+        let mut bad = attr_bytes(CTRL_ATTR_FAMILY_ID, &0x1du16.to_ne_bytes());
+        bad.extend(attr_bytes(CTRL_ATTR_MAXATTR, &[1]));
+        assert!(decode_family(&bad).is_err());
     }
 
     /// Truncated or lying lengths are errors, never panics or endless loops.

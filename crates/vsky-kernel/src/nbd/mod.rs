@@ -34,23 +34,36 @@
 //! - `/sys/block/nbdN/backend` exists while the device is connected and holds
 //!   the identifier followed by a newline.
 //!
+//! Before Linux 5.14 (XCP-ng's 4.19) the kernel has no backend identifier:
+//! it drops the attribute without an error, has no `backend` file and does
+//! not check identity on RECONFIGURE. [`NbdNetlink::open_with_backend_file`]
+//! probes for it (`CTRL_ATTR_MAXATTR`) and then keeps the map in a file of
+//! its own (`backends`), checked against `NBD_CMD_STATUS` and the device
+//! size before use; [`NbdNetlink::list_backends`] reads whichever applies.
+//! On 4.19 a single-socket timeout also fails the request at once instead of
+//! requeueing it (docs/kernel-floor.md, A4), which md handles the same way.
+//!
 //! Modules: `netlink` holds the socket and the commands (the only unsafe
 //! code, libc calls on the socket), `codec` the message encoding and
-//! decoding (pure, tested on exact bytes), and `sysfs` the discovery of
-//! connected devices through `/sys/block` (tested on a fake tree).
+//! decoding (pure, tested on exact bytes), `sysfs` the discovery of
+//! connected devices through `/sys/block` (tested on a fake tree), and
+//! `backends` the agent-kept map for kernels without identifiers.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use devicemapper::Device;
 
+mod backends;
 mod codec;
 mod netlink;
 mod sysfs;
 
-pub use netlink::{NbdEvents, NbdNetlink};
+pub use backends::{BackendEntry, BackendFile, DEFAULT_BACKEND_FILE, verified};
+pub use netlink::{BackendLookup, NbdEvents, NbdNetlink};
 pub use sysfs::{
-    device_number, find_by_backend, find_by_backend_in, list_backends, list_backends_in,
+    device_number, device_size_bytes, find_by_backend, find_by_backend_in, list_backends,
+    list_backends_in,
 };
 
 /// Errors of the NBD netlink client. Each message says what to check next.
@@ -79,6 +92,11 @@ pub enum NbdError {
     NoReply(&'static str),
     #[error("invalid NBD connect request: {0}")]
     InvalidRequest(String),
+    #[error(
+        "NBD backend file {path}: {reason} (the head keeps which /dev/nbdN imports which leg \
+         there, because this kernel (before Linux 5.14) does not keep backend identifiers)"
+    )]
+    BackendFile { path: PathBuf, reason: String },
     #[error("reading {path}: {source}")]
     Sysfs {
         path: PathBuf,

@@ -4,11 +4,13 @@
 //! socket are the only unsafe code of the NBD client.
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::Path;
 use std::time::Duration;
 
+use super::backends::{BackendEntry, BackendFile, verified};
 use super::codec::*;
 use super::{
-    ConnectRequest, NbdDeviceStatus, NbdError, NbdEvent, NbdIndex, Result, flags,
+    ConnectRequest, NbdDeviceStatus, NbdError, NbdEvent, NbdIndex, Result, flags, sysfs,
     validate_backend_identifier,
 };
 
@@ -17,6 +19,30 @@ use super::{
 pub struct NbdNetlink {
     sock: NlSocket,
     family_id: u16,
+    /// Whether the kernel keeps backend identifiers (Linux ≥ 5.14).
+    kernel_backends: bool,
+    /// Where devices are looked up by backend.
+    lookup: BackendLookup,
+}
+
+/// Where [`NbdNetlink::list_backends`] finds which device imports which
+/// backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendLookup {
+    /// The kernel's `/sys/block/nbdN/backend` (Linux ≥ 5.14).
+    Kernel,
+    /// The agent's own map, checked against the kernel before use (for
+    /// kernels without identifiers; see the `backends` module).
+    File(BackendFile),
+}
+
+impl std::fmt::Display for BackendLookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendLookup::Kernel => write!(f, "the kernel (/sys/block/nbdN/backend)"),
+            BackendLookup::File(file) => write!(f, "the agent's file {}", file.path().display()),
+        }
+    }
 }
 
 /// Replies larger than this are truncated by recv; the STATUS reply for the
@@ -26,11 +52,77 @@ const RECV_BUF_BYTES: usize = 64 * 1024;
 const NETLINK_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl NbdNetlink {
-    /// Opens a netlink socket and resolves the "nbd" family id.
+    /// Opens a netlink socket and resolves the "nbd" family id. Devices
+    /// are looked up through the kernel's backend identifiers.
     pub fn open() -> Result<Self> {
         let mut sock = NlSocket::open()?;
-        let family_id = sock.resolve_family()?.id;
-        Ok(NbdNetlink { sock, family_id })
+        let family = sock.resolve_family()?;
+        Ok(NbdNetlink {
+            sock,
+            family_id: family.id,
+            kernel_backends: family.has_backend_identifier(),
+            lookup: BackendLookup::Kernel,
+        })
+    }
+
+    /// [`NbdNetlink::open`] for the head: probes whether the kernel keeps
+    /// backend identifiers (`CTRL_ATTR_MAXATTR` of the family reaches
+    /// `NBD_ATTR_BACKEND_IDENTIFIER`), and if not, keeps the map in `file`
+    /// instead. `always_file` uses the file on any kernel, so that the
+    /// fallback runs where a newer kernel can check it (the lab).
+    pub fn open_with_backend_file(file: BackendFile, always_file: bool) -> Result<Self> {
+        let mut nl = Self::open()?;
+        if always_file || !nl.kernel_backends {
+            nl.lookup = BackendLookup::File(file);
+        }
+        Ok(nl)
+    }
+
+    /// Whether the kernel keeps backend identifiers (Linux ≥ 5.14).
+    pub fn kernel_keeps_backends(&self) -> bool {
+        self.kernel_backends
+    }
+
+    /// Where devices are looked up by backend.
+    pub fn backend_lookup(&self) -> &BackendLookup {
+        &self.lookup
+    }
+
+    /// Every connected device with its backend identifier, sorted by index.
+    /// With [`BackendLookup::File`], only entries the kernel confirms
+    /// (connected, with the recorded size) count, and the others are
+    /// dropped from the file.
+    pub fn list_backends(&mut self) -> Result<Vec<(NbdIndex, String)>> {
+        let file = match &self.lookup {
+            BackendLookup::Kernel => return sysfs::list_backends(),
+            BackendLookup::File(file) => file.clone(),
+        };
+        let entries = file.load()?;
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let connected = self.connected()?;
+        let sys_block = Path::new("/sys/block");
+        let kept = verified(&entries, &connected, |i| {
+            sysfs::device_size_bytes(sys_block, i).ok()
+        });
+        if kept.len() != entries.len() {
+            for gone in entries.iter().filter(|e| !kept.contains(e)) {
+                tracing::info!(device = %gone.index, backend = %gone.backend,
+                    "NBD device no longer holds its recorded import; forgetting it");
+            }
+            file.store(&kept)?;
+        }
+        Ok(kept.into_iter().map(|e| (e.index, e.backend)).collect())
+    }
+
+    /// The connected device whose backend identifier is `id`.
+    pub fn find_by_backend(&mut self, id: &str) -> Result<Option<NbdIndex>> {
+        Ok(self
+            .list_backends()?
+            .into_iter()
+            .find(|(_, b)| b == id)
+            .map(|(i, _)| i))
     }
 
     pub fn connect(
@@ -60,23 +152,47 @@ impl NbdNetlink {
             &attrs,
             "CONNECT",
         )?;
+        let mut index = None;
         for msg in &replies {
             for a in Attrs::new(&msg.attrs) {
                 let a = a?;
-                if a.kind == NBD_ATTR_INDEX {
-                    return Ok(NbdIndex(a.u32()?));
+                if a.kind == NBD_ATTR_INDEX && index.is_none() {
+                    index = Some(NbdIndex(a.u32()?));
                 }
             }
         }
-        Err(NbdError::Malformed(
-            "CONNECT reply without NBD_ATTR_INDEX".into(),
-        ))
+        let index = index
+            .ok_or_else(|| NbdError::Malformed("CONNECT reply without NBD_ATTR_INDEX".into()))?;
+        if let BackendLookup::File(file) = &self.lookup {
+            let recorded = file.record(BackendEntry {
+                index,
+                size_bytes: req.size_bytes,
+                backend: req.backend_identifier.clone(),
+            });
+            if let Err(e) = recorded {
+                // A device nobody can find again would leak: undo it.
+                if let Err(undo) = self.disconnect_device(index) {
+                    tracing::warn!(device = %index, error = %undo,
+                        "cannot disconnect an NBD device whose import could not be recorded");
+                }
+                return Err(e);
+            }
+        }
+        Ok(index)
     }
 
     /// Disconnects a device: the kernel sends NBD_CMD_DISC, shuts the sockets
     /// down and fails queued I/O. Disconnecting an unconfigured device is a
     /// no-op in the kernel; an unknown index is an error (EINVAL).
     pub fn disconnect(&mut self, index: NbdIndex) -> Result<()> {
+        self.disconnect_device(index)?;
+        if let BackendLookup::File(file) = &self.lookup {
+            file.forget(index)?;
+        }
+        Ok(())
+    }
+
+    fn disconnect_device(&mut self, index: NbdIndex) -> Result<()> {
         let mut attrs = AttrWriter::default();
         attrs.u32(NBD_ATTR_INDEX, index.0);
         self.sock.transact(

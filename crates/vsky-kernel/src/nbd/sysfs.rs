@@ -72,6 +72,23 @@ pub fn device_number(sys_block: &Path, index: NbdIndex) -> Result<Device> {
         .map_err(|e| NbdError::Malformed(format!("{}: {e}", path.display())))
 }
 
+/// The size of `<sys_block>/nbdN` in bytes (its `size` file counts
+/// 512-byte sectors whatever the block size); 0 while not connected.
+pub fn device_size_bytes(sys_block: &Path, index: NbdIndex) -> Result<u64> {
+    let path = sys_block.join(index.to_string()).join("size");
+    let s = std::fs::read_to_string(&path).map_err(|source| NbdError::Sysfs {
+        path: path.clone(),
+        source,
+    })?;
+    s.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|sectors| sectors.checked_mul(512))
+        .ok_or_else(|| {
+            NbdError::Malformed(format!("{}: {s:?} is not a sector count", path.display()))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +107,7 @@ mod tests {
             let d = root.join(format!("nbd{n}"));
             std::fs::create_dir_all(&d).unwrap();
             std::fs::write(d.join("dev"), dev).unwrap();
+            std::fs::write(d.join("size"), format!("{}\n", n * 2048)).unwrap();
             if let Some(b) = backend {
                 std::fs::write(d.join("backend"), b).unwrap();
             }
@@ -108,6 +126,11 @@ mod tests {
                 minor: 96
             }
         );
+        assert_eq!(device_size_bytes(&root, NbdIndex(3)).unwrap(), 3 << 20);
+        assert_eq!(device_size_bytes(&root, NbdIndex(0)).unwrap(), 0);
+        std::fs::write(root.join("nbd4").join("size"), "lots\n").unwrap();
+        assert!(device_size_bytes(&root, NbdIndex(4)).is_err());
+        assert!(device_size_bytes(&root, NbdIndex(7)).is_err());
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -18,12 +18,12 @@ use crate::kernel;
 use crate::out::{say, secs};
 use crate::wait::{self, wait_for};
 
-const VOLUME: &str = "vr";
+pub(crate) const VOLUME: &str = "vr";
 
 /// The kernel state an agent restart must leave alone.
 #[derive(Debug, PartialEq, Eq)]
-struct Snapshot {
-    dm: usize,
+pub(crate) struct Snapshot {
+    pub(crate) dm: usize,
     nbd: Vec<(String, String)>,
     mapper: Vec<String>,
     /// The device number of the volume's node.
@@ -43,7 +43,7 @@ fn snapshot() -> Result<Snapshot> {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Mirrors {
+pub(crate) enum Mirrors {
     Healthy,
     /// Mirrors keep their dead legs.
     Degraded,
@@ -52,7 +52,7 @@ enum Mirrors {
 /// Stops the head agent with `signal` while a writer runs, checks the
 /// datapath keeps serving without it, restarts it and waits until it has
 /// reconciled again (adopting, not recreating, the devices).
-fn restart_head(
+pub(crate) fn restart_head(
     c: &mut Cluster,
     signal: &str,
     mirrors: Mirrors,

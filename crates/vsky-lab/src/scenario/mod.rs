@@ -12,6 +12,7 @@ pub mod drain;
 pub mod grow;
 pub mod ha_rebuild;
 pub mod kill_server;
+pub mod nbd_backend_file;
 pub mod rebuild;
 pub mod return_in_time;
 pub mod scrub;

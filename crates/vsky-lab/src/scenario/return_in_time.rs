@@ -20,9 +20,21 @@ use crate::out::{say, secs};
 use crate::wait::{self, wait_for};
 
 pub fn run_scenario() -> Result<String> {
+    run_with(false)
+}
+
+/// The same with the head keeping its NBD imports in its own file, as on
+/// kernels before 5.14: the returned legs' RECONFIGUREs find their devices
+/// through it.
+pub fn run_with_backend_file() -> Result<String> {
+    run_with(true)
+}
+
+fn run_with(nbd_backend_file: bool) -> Result<String> {
     let v = "vc";
     let dev = device(v);
     let mut c = Cluster::up(Config {
+        nbd_backend_file,
         servers: 3,
         // The victim's legs fail one NBD timeout after the other (each
         // mirror notices on its own superblock write), which took close to
@@ -133,10 +145,18 @@ pub fn run_scenario() -> Result<String> {
     say(format!(
         "killed {other}: all 48 MiB (with the 4 MiB written while {victim} was away) read back from the caught-up legs"
     ));
+    if nbd_backend_file {
+        crate::scenario::nbd_backend_file::file_matches_kernel("after the catch-up")?;
+    }
     c.detach_wait(v)?;
     c.finish();
+    let file = if nbd_backend_file {
+        " (the head keeping its NBD imports in its own file, as before Linux 5.14: the returned legs' RECONFIGUREs found their devices through it, and it matched the kernel's backends)"
+    } else {
+        ""
+    };
     Ok(format!(
-        "link of {victim} down during a 4 MiB O_DIRECT write (no I/O error): its written leg failed, held (no rebuild) in the grace period; link back: legs active in place after {took}s, catch-up wrote {caught:.1} MiB to them instead of {full} MiB, no rebuild job, legs_returned event; {other} then killed: all 48 MiB match"
+        "link of {victim} down during a 4 MiB O_DIRECT write (no I/O error): its written leg failed, held (no rebuild) in the grace period; link back: legs active in place after {took}s, catch-up wrote {caught:.1} MiB to them instead of {full} MiB, no rebuild job, legs_returned event; {other} then killed: all 48 MiB match{file}"
     ))
 }
 
