@@ -123,6 +123,40 @@ pub fn nbd_connected() -> Result<usize> {
     Ok(nbd_backends()?.len())
 }
 
+/// Established TCP connections (IPv4 and IPv6) of this network namespace
+/// to a remote `port`: the head's NBD imports hold one each, kept by the
+/// kernel once handed over.
+pub fn tcp_established_to(port: u16) -> Result<usize> {
+    let mut n = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = match std::fs::read_to_string(table) {
+            Ok(t) => t,
+            // No IPv6 in this kernel: no connections there.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("read {table}")),
+        };
+        n += text
+            .lines()
+            .skip(1)
+            .filter(|l| established_to(l, port))
+            .count();
+    }
+    Ok(n)
+}
+
+/// A `/proc/net/tcp` line: `sl local rem st …`, addresses as `HEX:PORT`,
+/// state `01` established.
+fn established_to(line: &str, port: u16) -> bool {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    f.len() > 3
+        && f[3] == "01"
+        && f[2]
+            .rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+            == Some(port)
+}
+
 /// Nothing of any volume is assembled: no dm device, no NBD connection.
 pub fn nothing_assembled() -> Result<bool> {
     Ok(dm_count()? == 0 && nbd_connected()? == 0)
@@ -225,6 +259,17 @@ mod tests {
         );
         assert!(!m.in_sync() && m.leg_out());
         assert_eq!(parse_mirror("vsky-va: 0 98304 linear "), None);
+    }
+
+    #[test]
+    fn counts_established_connections_to_a_port_only() {
+        let to = "   3: 0100000A:B2C4 0200000A:2A39 01 00000000:00000000 00:00000000 00000000     0        0 1 1 0 20 4 30 10 -1";
+        assert!(established_to(to, 10809));
+        assert!(!established_to(to, 8080));
+        let listening = "   0: 0100007F:2A39 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0";
+        assert!(!established_to(listening, 10809));
+        let closing = to.replace(" 01 ", " 06 ");
+        assert!(!established_to(&closing, 10809));
     }
 
     #[test]

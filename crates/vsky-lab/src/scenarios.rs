@@ -147,6 +147,12 @@ pub const SCENARIOS: &[Scenario] = &[
         run: Run::Cluster(scenario::bench::run_scenario),
     },
     Scenario {
+        name: "cluster-activation",
+        default: false,
+        proves: "(a benchmark) a volume's handover cost against its size (1, 16, 64, 256 mirrored disks): activate (attach to device of the right size) and deactivate (detach until no dm device or NBD connection is left) times, median of a few cycles and ratios to 1 mirrored disk, where the activation's time goes (NBD imports, dm devices), and the NBD devices, dm devices and TCP connections each volume holds.",
+        run: Run::Cluster(scenario::activation::run_scenario),
+    },
+    Scenario {
         name: "demo",
         default: false,
         proves: "(scripts/demo runs it) the README's main job with `demo:` progress lines.",

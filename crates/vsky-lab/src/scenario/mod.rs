@@ -2,6 +2,7 @@
 //! (`fixture::Cluster`), proves one thing and returns its `LAB-DETAIL`
 //! line; the list of scenarios and what each proves is `crate::scenarios`.
 
+pub mod activation;
 pub mod agent_restart;
 pub mod attach;
 pub mod bench;
