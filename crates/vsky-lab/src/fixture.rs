@@ -666,7 +666,9 @@ fn debug() -> bool {
     std::fs::read_to_string("/proc/cmdline").is_ok_and(|c| c.contains("vsky.debug=1"))
 }
 
-fn strip_ansi(line: &str) -> String {
+/// `line` without its ANSI colour sequences (`\x1b[…m`), as the daemons
+/// log to a terminal.
+pub(crate) fn strip_ansi(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars();
     while let Some(c) = chars.next() {

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 
 use crate::data::device;
-use crate::fixture::{Cluster, Config, HEAD, HEAD_API};
+use crate::fixture::{Cluster, Config, HEAD, HEAD_API, strip_ansi};
 use crate::kernel;
 use crate::out::say;
 use crate::wait::{self, wait_for};
@@ -530,24 +530,6 @@ fn day_seconds_now() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     since.as_secs_f64() % 86_400.0
-}
-
-/// The head logs with colours: `name=` is `\x1b[3mname\x1b[0m\x1b[2m=…`.
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -121,6 +121,24 @@ pub(crate) fn restart_head(
     Ok(after)
 }
 
+/// Degrades volume `v`: kills the server of mirrored disk 0's second leg
+/// during a write and waits until the manager shows its legs failed, so the
+/// head restarted then (SIGKILL) gets a layout with failed legs while the
+/// kernel mirrors still list them (dead). Returns the killed server and
+/// what the restart found.
+pub(crate) fn restart_head_degraded(c: &mut Cluster, v: &str) -> Result<(String, Snapshot)> {
+    let victim = server_in(&c.api.legs(v)?, 0, 1)?;
+    let pat = Arc::new(data::random(40)?);
+    let slots = fail_server_during_write(c, v, &pat, &victim, Failure::Kill)?;
+    wait_for(
+        &format!("the manager to show {victim}'s legs failed"),
+        wait::secs(30),
+        || Ok(legs_failed_of(&c.api.legs(v)?, &slots, &victim)),
+    )?;
+    let after = restart_head(c, "KILL", Mirrors::Degraded, &Arc::new(data::random(40)?))?;
+    Ok((victim, after))
+}
+
 pub fn run_scenario() -> Result<String> {
     let v = VOLUME;
     let mut c = Cluster::up(Config::default())?;
@@ -139,23 +157,7 @@ pub fn run_scenario() -> Result<String> {
         Mirrors::Healthy,
         &Arc::new(data::random(40)?),
     )?;
-    // Degrade the volume: kill a storage server and wait for its legs to be
-    // failed in the manager, so the restarted head gets a layout with failed
-    // legs while the kernel mirrors still list them (dead).
-    let victim = server_in(&c.api.legs(v)?, 0, 1)?;
-    let pat = Arc::new(data::random(40)?);
-    let slots = fail_server_during_write(&mut c, v, &pat, &victim, Failure::Kill)?;
-    wait_for(
-        &format!("the manager to show {victim}'s legs failed"),
-        wait::secs(30),
-        || Ok(legs_failed_of(&c.api.legs(v)?, &slots, &victim)),
-    )?;
-    let after = restart_head(
-        &mut c,
-        "KILL",
-        Mirrors::Degraded,
-        &Arc::new(data::random(40)?),
-    )?;
+    let (victim, after) = restart_head_degraded(&mut c, v)?;
     c.detach_wait(v)?;
     c.finish();
     Ok(format!(

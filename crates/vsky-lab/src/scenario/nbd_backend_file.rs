@@ -12,14 +12,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, ensure};
 
-use crate::api::server_in;
 use crate::data;
-use crate::faults::{Failure, fail_server_during_write, legs_failed_of};
 use crate::fixture::{Cluster, Config, NBD_BACKEND_FILE};
 use crate::kernel;
 use crate::out::say;
-use crate::scenario::agent_restart::{Mirrors, VOLUME, restart_head};
-use crate::wait::{self, wait_for};
+use crate::scenario::agent_restart::{Mirrors, VOLUME, restart_head, restart_head_degraded};
 
 /// The head's file as (`nbdN`, backend), sorted like `kernel::nbd_backends`.
 fn file_entries() -> Result<Vec<(String, String)>> {
@@ -74,20 +71,7 @@ pub fn run_scenario() -> Result<String> {
         )?;
         file_matches_kernel(&format!("after the SIG{signal} restart"))?;
     }
-    let victim = server_in(&c.api.legs(v)?, 0, 1)?;
-    let pat = Arc::new(data::random(40)?);
-    let slots = fail_server_during_write(&mut c, v, &pat, &victim, Failure::Kill)?;
-    wait_for(
-        &format!("the manager to show {victim}'s legs failed"),
-        wait::secs(30),
-        || Ok(legs_failed_of(&c.api.legs(v)?, &slots, &victim)),
-    )?;
-    let after = restart_head(
-        &mut c,
-        "KILL",
-        Mirrors::Degraded,
-        &Arc::new(data::random(40)?),
-    )?;
+    let (victim, after) = restart_head_degraded(&mut c, v)?;
     let degraded = file_matches_kernel("after the degraded restart")?;
     c.detach_wait(v)?;
     let left = file_entries()?;
