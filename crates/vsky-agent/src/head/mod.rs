@@ -235,7 +235,8 @@ impl Head {
             // A mirror a grow added: its storage agents learn of its legs
             // with this head, so a leg not exported yet is waited for (as
             // a new member is), not reported failed.
-            let grown = serving && self.dp.lookup(&vol.raid(k as u32))?.is_none();
+            let running = self.dp.lookup(&vol.raid(k as u32))?.is_some();
+            let grown = serving && !running;
             let mut waiting = false;
             for (l, leg) in legs.iter().enumerate() {
                 let new_member = match (leg.state, leg.resync_job) {
@@ -294,7 +295,7 @@ impl Head {
                     mirrored_disk: k,
                 });
             }
-            if self.dp.lookup(&vol.raid(k as u32))?.is_none() {
+            if !running {
                 rebuild.extend(self.copied_legs(&vol, k, legs, &slots, &rebuild)?);
                 rebuild.sort_unstable();
             }
