@@ -163,6 +163,7 @@ pub(crate) mod test_export {
                 offset_bytes,
                 size_bytes,
                 read_only: false,
+                writable_bytes: None,
             },
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

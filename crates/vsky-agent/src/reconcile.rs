@@ -325,7 +325,9 @@ impl Agent {
     }
 
     /// Exports exactly the chunks the manager lists. Removing an export
-    /// also cuts its open connections.
+    /// also cuts its open connections. A write limit that moved (a layer
+    /// was frozen) moves for the open connections too, without cutting
+    /// them.
     fn sync_exports(&self, desired: &DesiredState) {
         let want: HashMap<&str, _> = desired
             .exports
@@ -340,7 +342,12 @@ impl Agent {
             }
         }
         for (name, e) in want {
-            if !have.contains(name) {
+            if have.contains(name) {
+                let before = self.exports.set_writable_bytes(name, e.writable_bytes);
+                if before.is_some_and(|b| b != e.writable_bytes) {
+                    tracing::info!(disk = %e.disk_path, chunk = e.chunk.index, writable_bytes = ?e.writable_bytes, "export write limit moved");
+                }
+            } else {
                 self.exports.insert(
                     name.to_string(),
                     Export {
@@ -348,6 +355,7 @@ impl Agent {
                         offset_bytes: e.offset_bytes,
                         size_bytes: e.size_bytes,
                         read_only: false,
+                        writable_bytes: e.writable_bytes,
                     },
                 );
                 tracing::info!(disk = %e.disk_path, chunk = e.chunk.index, "export added");

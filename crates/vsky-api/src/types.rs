@@ -648,6 +648,11 @@ pub struct ExportSpec {
     pub disk_path: String,
     pub offset_bytes: u64,
     pub size_bytes: u64,
+    /// If set, the export refuses writes past this byte (`EPERM`), also on
+    /// connections already open: the leg of a frozen snapshot layer, whose
+    /// data nothing may change; its metadata area in front stays writable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writable_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

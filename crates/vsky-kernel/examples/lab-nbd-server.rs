@@ -28,6 +28,7 @@ fn parse_export(arg: &str) -> Result<(String, vsky_nbd::Export), String> {
             offset_bytes: offset,
             size_bytes: size,
             read_only: false,
+            writable_bytes: None,
         },
     ))
 }

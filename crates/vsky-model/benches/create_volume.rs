@@ -32,6 +32,7 @@ fn volume(name: &str, mirrored: u64) -> NewVolume {
         class: None,
         near_server: None,
         meta: Default::default(),
+        thin: false,
     }
 }
 

@@ -25,6 +25,11 @@ pub struct ExportSpec {
     pub disk_path: String,
     pub offset_bytes: u64,
     pub size_bytes: u64,
+    /// Writes past this byte of the export are refused: set for the active
+    /// legs of a frozen layer (`cluster/chains.rs`), whose data nothing may
+    /// change while any number of hosts read it; its dm-raid metadata area
+    /// in front stays writable for the head that assembles it with one.
+    pub writable_bytes: Option<u64>,
 }
 
 /// A freed chunk this server must wipe before it can be reused.
@@ -133,6 +138,7 @@ impl Cluster {
                     disk_path: disk.path.clone(),
                     offset_bytes: s.chunk_offset_bytes(index),
                     size_bytes: chunk,
+                    writable_bytes: self.leg_is_immutable(v, leg).then_some(s.leg_meta_bytes),
                 });
             }
             for (&index, &release) in &disk.releasing {
@@ -152,11 +158,14 @@ impl Cluster {
         // before the role was known waits for an admin's detach). A
         // releasing volume is left out: its head tears it down, and its
         // heartbeat then ends the attachment (`cluster/access.rs`).
+        // Thin volumes are not assembled by heads yet (design step 6 of
+        // docs/design/snapshots.md); nothing attaches one until then.
         let heads = self.server(server).is_some_and(|s| !s.storage_only);
         let volumes = self
             .volumes()
             .filter(|v| {
                 heads
+                    && v.role.is_thick()
                     && v.attachment
                         .as_ref()
                         .is_some_and(|a| a.head == server && !a.is_releasing())

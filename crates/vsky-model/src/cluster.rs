@@ -22,6 +22,8 @@
 //! - `placement.rs`: taking chunks for new legs, keeping the allocation
 //!   index and partner counts current (the rules themselves are in
 //!   `alloc.rs`);
+//! - `chains.rs`: thin volumes, snapshots and clones as chains of hidden
+//!   layers;
 //! - `access.rs` (who may reach a volume), `identity.rs` (whose disk it
 //!   is), `executor.rs` (who copies a resync), `recovery.rs` (replacement
 //!   legs and resyncs), `schedule.rs` (which resyncs start), `moves.rs`
@@ -33,6 +35,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::RangeInclusive;
 
 pub mod access;
+mod chains;
 mod disks;
 pub mod executor;
 mod groups;
@@ -51,6 +54,7 @@ mod servers;
 mod summary;
 mod volumes;
 
+pub use chains::{layer_name, thin_meta_bytes};
 pub use disks::{DiskUsage, NewDisk, WipedChunk};
 pub use groups::{GroupUpdate, VolumeMetaUpdate};
 pub use load::Records;

@@ -334,6 +334,81 @@ pub struct Volume {
     /// What users and XAPI say about the volume; no effect on placement.
     #[serde(default)]
     pub meta: VolumeMeta,
+    /// Thick, a thin volume, a snapshot, or one of their hidden layers
+    /// (`cluster/chains.rs`). Records from before thin volumes are thick.
+    #[serde(default, skip_serializing_if = "VolumeRole::is_thick")]
+    pub role: VolumeRole,
+}
+
+/// What a volume record is. Thin volumes and snapshots hold no mirrored
+/// disks of their own: their data is a chain of layers, each a dm-thin
+/// pool with one thin device on the layer's own mirrored disks, reading
+/// what it has not written from its parent (docs/design/snapshots.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum VolumeRole {
+    /// Its mirrored disks hold its data as they are (every volume made
+    /// before thin volumes, and those asked for thick).
+    #[default]
+    Thick,
+    /// A thin volume: it writes to its `top` layer and reads through the
+    /// chain below it.
+    Thin { top: VolumeId },
+    /// A read-only snapshot: the frozen `layer` and the chain below it.
+    Snapshot {
+        layer: VolumeId,
+        /// The name of the volume it was taken of (the IDL's
+        /// `snapshot_of`; kept as it was, even if that volume is gone).
+        snapshot_of: String,
+        snapshot_time_unix_s: u64,
+    },
+    /// A hidden layer of some thin volumes' and snapshots' chains.
+    Layer(LayerInfo),
+}
+
+impl VolumeRole {
+    pub fn is_thick(&self) -> bool {
+        matches!(self, VolumeRole::Thick)
+    }
+
+    pub fn layer(&self) -> Option<&LayerInfo> {
+        match self {
+            VolumeRole::Layer(info) => Some(info),
+            _ => None,
+        }
+    }
+}
+
+/// A layer: one dm-thin pool whose metadata is the first `meta_bytes` of
+/// the layer's space (its mirrored disks concatenated) and whose data is
+/// the rest, with one thin device of `thin_size_bytes`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerInfo {
+    /// The layer below (the thin device's external origin), frozen.
+    pub parent: Option<VolumeId>,
+    pub state: LayerState,
+    /// dm-thin's block size, in 512-byte sectors.
+    pub block_sectors: u32,
+    pub meta_bytes: u64,
+    pub thin_size_bytes: u64,
+    /// When it was frozen (the snapshot's moment), Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen_at_unix_s: Option<u64>,
+}
+
+/// The life of a layer: writable → freezing → frozen, never back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerState {
+    /// The top of exactly one thin volume, written by its head.
+    Writable,
+    /// Frozen in the records, but the head of the volume it was the top of
+    /// may still write it until it reports the switch to the new top done
+    /// or its attachment ends (`cluster/chains.rs`): nothing may rely on
+    /// its content yet.
+    Freezing,
+    /// Immutable: any number of hosts may read it.
+    Frozen,
 }
 
 /// Descriptive data of a volume, kept verbatim for its users (XAPI stores

@@ -90,7 +90,28 @@ pub const HTTP_HEAD_BYTES_MAX: usize = 64 << 10;
 /// (bound 59 s). A server with fewer disks than that is never capped.
 pub const LINK_DISKS_AT_FULL_SPEED_PERMILLE: u64 = 6250;
 
+/// dm-thin's block size in a layer's pool, in 512-byte sectors: 64 KiB,
+/// the smallest the kernel takes, so a 4 KiB write into a block a layer
+/// has not written copies the least from its parent.
+pub const THIN_BLOCK_SECTORS: u32 = 128;
+/// A layer's pool metadata: at least 2 MiB (the smallest size the kernel's
+/// sizing guide gives), and at most 16 MiB on its first mirrored disk
+/// (48 bytes per 64 KiB block, twice over, covers ~10 GiB of data there;
+/// pools that grow past that get more metadata as they grow).
+pub const THIN_META_BYTES_MIN: u64 = 2 << 20;
+pub const THIN_META_BYTES_INITIAL: u64 = 16 << 20;
+/// The data area of a chunk must hold a pool's smallest metadata and as
+/// much data for a thin volume to be created.
+pub const THIN_CHUNK_DATA_BYTES_MIN: u64 = 2 * THIN_META_BYTES_MIN;
+/// Layers a chain may have below a volume's own: every read of data left
+/// in the deepest layer goes through this many stacked thin devices, and
+/// a snapshot or clone that would go deeper is refused (delete older
+/// snapshots; garbage collection folds them).
+pub const CHAIN_DEPTH_MAX: usize = 16;
+
 const _: () = assert!(CHUNK_SIZE_BYTES_MIN > LEG_META_BYTES);
+const _: () = assert!(THIN_META_BYTES_MIN.is_multiple_of(THIN_BLOCK_SECTORS as u64 * 512));
+const _: () = assert!(THIN_META_BYTES_INITIAL >= THIN_META_BYTES_MIN);
 const _: () = assert!(CHUNK_SIZE_BYTES_DEFAULT.is_multiple_of(CHUNK_ALIGN_BYTES));
 const _: () = assert!(LEG_META_BYTES.is_multiple_of(CHUNK_ALIGN_BYTES));
 const _: () = assert!(DISK_HEADER_BYTES.is_multiple_of(CHUNK_ALIGN_BYTES));

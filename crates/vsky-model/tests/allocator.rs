@@ -16,6 +16,7 @@ fn new_volume(name: &str, mirrored: u64, replicas: u8) -> NewVolume {
         class: None,
         near_server: None,
         meta: Default::default(),
+        thin: false,
     }
 }
 

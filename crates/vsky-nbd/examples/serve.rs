@@ -32,6 +32,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             offset_bytes,
             size_bytes,
             read_only: false,
+            writable_bytes: None,
         },
     );
     let listener = tokio::net::TcpListener::bind(addr).await?;

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::buffer::Buffer;
-use crate::export::Export;
+use crate::export::{Export, WriteLimit};
 
 /// An export's size as seen by clients, and where it lives in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +57,9 @@ pub(crate) struct Backing {
     /// Set when the export is removed from the table; checked right before
     /// each syscall so nothing new reaches a reassigned chunk.
     revoked: Arc<AtomicBool>,
+    /// The export's live write limit (`Export::writable_bytes`), checked
+    /// before each write and zeroing, like `revoked`.
+    write_limit: WriteLimit,
     /// Cleared once the kernel refuses `RWF_NOWAIT`.
     nowait_reads: AtomicBool,
     /// Set after every write or zeroing through this handle, cleared when a
@@ -71,7 +74,11 @@ impl Backing {
     /// Opens the backing file and checks that the export's range lies inside
     /// it. Never creates or extends the file: a chunk that does not fit is a
     /// configuration error, not something to paper over with zeroes.
-    pub fn open(export: &Export, revoked: Arc<AtomicBool>) -> io::Result<Self> {
+    pub fn open(
+        export: &Export,
+        revoked: Arc<AtomicBool>,
+        write_limit: WriteLimit,
+    ) -> io::Result<Self> {
         let end = export
             .offset_bytes
             .checked_add(export.size_bytes)
@@ -109,6 +116,7 @@ impl Backing {
                 read_only: export.read_only,
             },
             revoked,
+            write_limit,
             nowait_reads: AtomicBool::new(true),
             unflushed: AtomicBool::new(false),
         })
@@ -225,6 +233,7 @@ impl Backing {
 
     pub fn write(&self, file_offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
         self.check_live()?;
+        self.check_write_limit(file_offset, data.len() as u64)?;
         let written = self.file.write_all_at(data, file_offset);
         // Marked once the write is done (even a failed one may have written
         // part), before it is acknowledged: a flush that cleared the mark
@@ -278,6 +287,7 @@ impl Backing {
         fua: bool,
     ) -> io::Result<()> {
         self.check_live()?;
+        self.check_write_limit(file_offset, length)?;
         if length == 0 {
             return Ok(());
         }
@@ -407,6 +417,18 @@ impl Backing {
         }
         Ok(())
     }
+
+    /// Refuses a change of `[file_offset, file_offset + length)` that
+    /// reaches past the export's write limit, with `EPERM` (what NBD
+    /// answers a write to a read-only range with). The range was confined
+    /// to the export already, so the subtraction cannot underflow.
+    fn check_write_limit(&self, file_offset: u64, length: u64) -> io::Result<()> {
+        let end = file_offset - self.geometry.base_bytes + length;
+        if end > self.write_limit.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+        Ok(())
+    }
 }
 
 /// fallocate errors that mean "try another way", not "the I/O failed".
@@ -436,6 +458,7 @@ pub(crate) fn nbd_error_from_io(error: &io::Error) -> u32 {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::sync::atomic::AtomicU64;
 
     fn geometry(base: u64, size: u64) -> Geometry {
         Geometry {
@@ -480,8 +503,13 @@ mod tests {
             offset_bytes: offset,
             size_bytes: size,
             read_only,
+            writable_bytes: None,
         };
-        Backing::open(&export, Arc::new(AtomicBool::new(false)))
+        Backing::open(
+            &export,
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(u64::MAX)),
+        )
     }
 
     // Proves open refuses ranges that do not fit in the file or overflow,
@@ -556,8 +584,10 @@ mod tests {
             offset_bytes: 0,
             size_bytes: 4096,
             read_only: false,
+            writable_bytes: None,
         };
-        let backing = Backing::open(&export, Arc::clone(&flag)).expect("open");
+        let limit = Arc::new(AtomicU64::new(u64::MAX));
+        let backing = Backing::open(&export, Arc::clone(&flag), limit).expect("open");
         flag.store(true, Ordering::SeqCst);
         assert!(backing.read(0, 1, Buffer::default()).is_err());
         assert!(backing.write(0, &[1], false).is_err());
@@ -569,5 +599,66 @@ mod tests {
                 .err(),
             Some(io::ErrorKind::NotConnected)
         );
+    }
+
+    // Proves the write limit refuses writes and zeroing that reach past it,
+    // as EPERM, while reads, flushes and changes below it go on, and that
+    // moving the limit binds the open backing at once.
+    #[test]
+    fn write_limit_keeps_the_data_behind_it() {
+        let file = backing_file(3 * 4096);
+        let export = Export {
+            path: file.path().to_owned(),
+            offset_bytes: 4096,
+            size_bytes: 8192,
+            read_only: false,
+            writable_bytes: Some(4096),
+        };
+        let limit = Arc::new(AtomicU64::new(4096));
+        let backing = Backing::open(
+            &export,
+            Arc::new(AtomicBool::new(false)),
+            Arc::clone(&limit),
+        )
+        .expect("open");
+        let base = 4096;
+        backing
+            .write(base, &[1; 4096], false)
+            .expect("below the limit");
+        backing
+            .zero(base + 512, 512, true, false)
+            .expect("zero below it");
+        for refused in [
+            backing.write(base + 4095, &[1; 2], false),
+            backing.write(base + 4096, &[1; 512], true),
+            backing.zero(base, 4097, true, false),
+            backing.zero(base + 8191, 1, false, false),
+        ] {
+            let error = refused.expect_err("past the limit");
+            assert_eq!(
+                crate::backing::nbd_error_from_io(&error),
+                crate::proto::EPERM
+            );
+        }
+        assert_eq!(
+            backing
+                .read(base + 4096, 4096, Buffer::default())
+                .expect("read")
+                .len(),
+            4096
+        );
+        backing.flush().expect("flush");
+        // The data behind the limit is untouched.
+        let mut tail = vec![0u8; 4096];
+        file.as_file()
+            .read_exact_at(&mut tail, 2 * 4096)
+            .expect("read back");
+        assert!(tail.iter().all(|b| *b == 0xee));
+        limit.store(u64::MAX, Ordering::SeqCst);
+        backing
+            .write(base + 4096, &[2; 512], false)
+            .expect("limit lifted");
+        limit.store(0, Ordering::SeqCst);
+        assert!(backing.write(base, &[3; 512], false).is_err());
     }
 }

@@ -9,12 +9,17 @@
 //! drops its socket at once. A reassigned chunk thus becomes unreachable
 //! through old connections, not just for new ones.
 //!
+//! A registration also carries a live write limit
+//! ([`ExportTable::set_writable_bytes`]): the leg of a frozen layer may only
+//! have its front (dm-raid's superblock and bitmap) written, and lowering
+//! the limit binds connections already open, not just new ones.
+//!
 //! Export names are per-leg secrets: they act as capabilities, so nothing in
 //! this module (or the handshake) ever lists them to a client.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -32,6 +37,19 @@ pub struct Export {
     pub size_bytes: u64,
     /// Opened `O_RDONLY`, advertised READ_ONLY; writes get `EPERM`.
     pub read_only: bool,
+    /// If set, writes, zeroes and trims must end at or below this byte of
+    /// the export; others get `EPERM` (the data of a frozen layer's leg,
+    /// which nothing may change, behind its writable metadata area). The
+    /// limit at registration; [`ExportTable::set_writable_bytes`] moves it.
+    pub writable_bytes: Option<u64>,
+}
+
+/// The live write limit of a registration: the first byte no write may
+/// reach ([`u64::MAX`]: none).
+pub(crate) type WriteLimit = Arc<AtomicU64>;
+
+fn limit_value(writable_bytes: Option<u64>) -> u64 {
+    writable_bytes.unwrap_or(u64::MAX)
 }
 
 /// The live set of exports, keyed by secret export name.
@@ -50,6 +68,8 @@ struct Registration {
     /// Checked by the blocking I/O path right before each syscall, so no new
     /// read or write starts on a removed export.
     revoked: Arc<AtomicBool>,
+    /// Checked by the blocking I/O path before each write or zeroing.
+    write_limit: WriteLimit,
     /// Dropping the sender wakes every connection's [`Revocation::revoked`].
     /// A watch channel (rather than `Notify`) because it also reports a drop
     /// that happened before the connection started waiting.
@@ -73,6 +93,7 @@ impl ExportTable {
     pub fn insert(&self, name: String, export: Export) {
         let (alive, _) = watch::channel(());
         let registration = Registration {
+            write_limit: Arc::new(AtomicU64::new(limit_value(export.writable_bytes))),
             export: Arc::new(export),
             revoked: Arc::new(AtomicBool::new(false)),
             _alive: alive,
@@ -87,6 +108,23 @@ impl ExportTable {
     pub fn remove(&self, name: &str) -> bool {
         let old = self.lock().remove(name);
         old.is_some()
+    }
+
+    /// Moves the write limit of `name` (see [`Export::writable_bytes`]),
+    /// for its open connections too: a write that has not started yet is
+    /// checked against the new limit. Returns the limit it had, or `None`
+    /// if `name` is not registered.
+    pub fn set_writable_bytes(
+        &self,
+        name: &str,
+        writable_bytes: Option<u64>,
+    ) -> Option<Option<u64>> {
+        let table = self.lock();
+        let old = table
+            .get(name)?
+            .write_limit
+            .swap(limit_value(writable_bytes), Ordering::SeqCst);
+        Some((old != u64::MAX).then_some(old))
     }
 
     /// The registered names, sorted, for the agent's own status reporting.
@@ -107,6 +145,7 @@ impl ExportTable {
         let registration = table.get(name)?;
         Some(ExportHandle {
             export: Arc::clone(&registration.export),
+            write_limit: Arc::clone(&registration.write_limit),
             revocation: Revocation {
                 flag: Arc::clone(&registration.revoked),
                 receiver: registration._alive.subscribe(),
@@ -135,6 +174,7 @@ impl std::fmt::Debug for ExportTable {
 /// registered, and the signal that it has since been removed.
 pub(crate) struct ExportHandle {
     pub export: Arc<Export>,
+    pub write_limit: WriteLimit,
     pub revocation: Revocation,
 }
 
@@ -173,6 +213,7 @@ mod tests {
             offset_bytes: 0,
             size_bytes: 4096,
             read_only: false,
+            writable_bytes: None,
         }
     }
 
@@ -204,6 +245,28 @@ mod tests {
         old.revocation.revoked().await;
         let new = table.lookup(b"a").expect("registered");
         assert!(!new.revocation.is_revoked());
+    }
+
+    // Proves the write limit of a registration reaches handles obtained
+    // before it moved, and that an unknown name has none.
+    #[test]
+    fn write_limits_move_for_open_handles() {
+        let table = ExportTable::new();
+        table.insert("a".into(), export());
+        let handle = table.lookup(b"a").expect("registered");
+        assert_eq!(handle.write_limit.load(Ordering::SeqCst), u64::MAX);
+        assert_eq!(table.set_writable_bytes("a", Some(512)), Some(None));
+        assert_eq!(handle.write_limit.load(Ordering::SeqCst), 512);
+        assert_eq!(table.set_writable_bytes("a", None), Some(Some(512)));
+        assert_eq!(handle.write_limit.load(Ordering::SeqCst), u64::MAX);
+        assert_eq!(table.set_writable_bytes("b", Some(1)), None);
+        let limited = Export {
+            writable_bytes: Some(1024),
+            ..export()
+        };
+        table.insert("c".into(), limited);
+        let handle = table.lookup(b"c").expect("registered");
+        assert_eq!(handle.write_limit.load(Ordering::SeqCst), 1024);
     }
 
     // Proves unknown and non-UTF-8 names are simply not found.

@@ -195,10 +195,16 @@ impl Haggler<'_> {
 /// and for an export that cannot be opened alike (see the module docs); the
 /// latter is logged with its path, never with its name.
 async fn open_session(exports: &ExportTable, name: &[u8]) -> Option<Session> {
-    let ExportHandle { export, revocation } = exports.lookup(name)?;
+    let ExportHandle {
+        export,
+        write_limit,
+        revocation,
+    } = exports.lookup(name)?;
     let flag = revocation.flag();
     let export_for_open = Arc::clone(&export);
-    let opened = tokio::task::spawn_blocking(move || Backing::open(&export_for_open, flag)).await;
+    let opened =
+        tokio::task::spawn_blocking(move || Backing::open(&export_for_open, flag, write_limit))
+            .await;
     match opened {
         Ok(Ok(backing)) => Some(Session {
             backing: Arc::new(backing),
@@ -318,6 +324,7 @@ mod tests {
                 offset_bytes: 4096,
                 size_bytes: 8192,
                 read_only: false,
+                writable_bytes: None,
             },
         );
         (exports, file)

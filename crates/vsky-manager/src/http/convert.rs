@@ -275,6 +275,7 @@ pub fn desired_state(
                 disk_path: e.disk_path,
                 offset_bytes: e.offset_bytes,
                 size_bytes: e.size_bytes,
+                writable_bytes: e.writable_bytes,
             })
             .collect(),
         wipes: view

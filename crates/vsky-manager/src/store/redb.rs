@@ -330,6 +330,7 @@ mod tests {
             class: None,
             near_server: None,
             meta: Default::default(),
+            thin: false,
         };
         let (_, ch) = c.create_volume(new("a"), &mut secrets).unwrap();
         store.commit(&c, &ch).unwrap();

@@ -308,13 +308,15 @@ impl Cluster {
         // stop qualifying).
         self.requeue_jobs_of(id, changes);
         self.rotate_leg_secrets(id, secrets, changes);
+        // A thin volume's legs are its layers' (`cluster/chains.rs`).
+        self.end_chain_writer(id, secrets, changes);
         true
     }
 
     /// Draws a new secret export name for every leg of a volume (the extra
     /// slot of a move, failed and syncing legs included): connections
     /// opened with the old names are cut once the storage agents apply it.
-    fn rotate_leg_secrets(
+    pub(super) fn rotate_leg_secrets(
         &mut self,
         id: VolumeId,
         secrets: &mut dyn SecretSource,

@@ -148,6 +148,7 @@ impl Cluster {
         if partners != self.partners {
             return Err("partner-pair counts differ from the volumes' legs".into());
         }
+        self.check_chains()?;
         let used: usize = self.runtime.values().map(|r| r.used.len()).sum();
         if used != seen.len() {
             return Err(format!(

@@ -6,8 +6,8 @@
 //! Nothing derived is ever stored, so it cannot drift from the records.
 //! `load` refuses records that contradict each other (an id beyond the next
 //! id, a chunk used twice or both used and releasing, a leg on a missing
-//! disk, a volume in a missing group) with `ModelError::Corrupt`, rather
-//! than run on them.
+//! disk, a volume in a missing group, a chain of layers that breaks a rule
+//! of `chains.rs`) with `ModelError::Corrupt`, rather than run on them.
 
 use std::collections::BTreeMap;
 
@@ -141,6 +141,7 @@ impl Cluster {
         for id in ids {
             cluster.reindex_server(id);
         }
+        cluster.check_chains().map_err(corrupt)?;
         cluster.load_jobs(jobs)?;
         Ok(cluster)
     }

@@ -132,7 +132,7 @@ impl Cluster {
         index
     }
 
-    fn give_back(&mut self, chunks: &[ChunkRef]) {
+    pub(super) fn give_back(&mut self, chunks: &[ChunkRef]) {
         for c in chunks {
             let rt = self
                 .runtime

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use super::{Changes, Cluster, not_found};
 use crate::SecretSource;
-use crate::entities::{Attachment, AttachmentState, ServerState, Stripe, Volume, VolumeMeta};
+use crate::entities::{
+    Attachment, AttachmentState, ServerState, Stripe, Volume, VolumeMeta, VolumeRole,
+};
 use crate::error::ModelError;
 use crate::ids::{self, ChunkRef, ServerId, VolumeId};
 use crate::limits;
@@ -26,6 +28,9 @@ pub struct NewVolume {
     pub class: Option<String>,
     pub near_server: Option<String>,
     pub meta: VolumeMeta,
+    /// A thin volume (`cluster/chains.rs`): it takes chunks as it is
+    /// written, and can be snapshotted and cloned.
+    pub thin: bool,
 }
 
 impl Cluster {
@@ -37,10 +42,13 @@ impl Cluster {
         self.volumes.get(&id)
     }
 
+    /// The volume a user names. Layers (`cluster/chains.rs`) are internal:
+    /// no user's name can be a layer's, and they are not found by name.
     pub fn volume_by_name(&self, name: &str) -> Result<&Volume, ModelError> {
         self.volume_names
             .get(name)
             .map(|id| &self.volumes[id])
+            .filter(|v| v.role.layer().is_none())
             .ok_or_else(|| not_found("volume", "volume", name))
     }
 
@@ -89,7 +97,11 @@ impl Cluster {
             mirrored_disks: Vec::new(),
             attachment: None,
             meta: new.meta,
+            role: VolumeRole::Thick,
         };
+        if new.thin {
+            return self.create_thin_volume(volume, secrets);
+        }
         let mut changes = Changes::default();
         let id = VolumeId(self.next_id);
         volume.id = id;
@@ -148,6 +160,21 @@ impl Cluster {
             }
         }
         let id = volume.id;
+        match volume.role {
+            VolumeRole::Thick => {}
+            // A thin volume's pool grows as it is written, not with its
+            // size: only the thin device gets longer.
+            VolumeRole::Thin { top } => {
+                self.set_thin_size(id, top, new_size, &mut changes);
+                return Ok(self.commit(changes));
+            }
+            VolumeRole::Snapshot { .. } | VolumeRole::Layer(_) => {
+                return Err(ModelError::invalid(
+                    "volume",
+                    format!("'{name}' is a snapshot, which is read-only; resize a clone of it"),
+                ));
+            }
+        }
         let have = volume.mirrored_disks.len() as u64;
         // allocate() needs the cluster mutably; it reads only the placement
         // fields, so a shell copy without the layout is enough.
@@ -164,7 +191,9 @@ impl Cluster {
     }
 
     /// Deletes a detached volume. Its chunks go to their disks' releasing
-    /// sets until the storage agents wipe them.
+    /// sets until the storage agents wipe them. A thin volume's or a
+    /// snapshot's layers go with it, unless another volume or snapshot
+    /// still reads through them (`cluster/chains.rs`).
     pub fn delete_volume(&mut self, name: &str) -> Result<Changes, ModelError> {
         let volume = self.volume_by_name(name)?;
         if let Some(a) = &volume.attachment {
@@ -179,16 +208,28 @@ impl Cluster {
         }
         let id = volume.id;
         let mut changes = Changes::default();
-        self.end_jobs_of(id, &mut changes);
+        if volume.role.is_thick() {
+            self.release_volume_record(id, &mut changes);
+        } else {
+            self.delete_handle(id, &mut changes);
+        }
+        Ok(self.commit(changes))
+    }
+
+    /// Removes a volume record with mirrored disks (a thick volume or a
+    /// layer) and sends its chunks to their disks' releasing sets, under one
+    /// release id, until the storage agents wipe them. Its jobs end.
+    pub(super) fn release_volume_record(&mut self, id: VolumeId, changes: &mut Changes) {
+        self.end_jobs_of(id, changes);
         let volume = self.volumes.remove(&id).expect("exists");
-        self.volume_names.remove(name);
+        self.volume_names.remove(&volume.name);
         for md in &volume.mirrored_disks {
             let chunks: Vec<ChunkRef> = md.legs.iter().map(|l| l.chunk).collect();
             self.link_pairs(&chunks, false);
         }
         // One release id for all its chunks: what matters is that each
         // release of one chunk has its own.
-        let release = self.take_id(&mut changes);
+        let release = self.take_id(changes);
         for leg in volume.mirrored_disks.iter().flat_map(|m| &m.legs) {
             let rt = self
                 .runtime
@@ -209,7 +250,6 @@ impl Cluster {
             self.reindex(d);
         }
         changes.volumes.insert(id);
-        Ok(self.commit(changes))
     }
 
     /// Attaches a volume to its head server. Attaching again to the same
@@ -228,6 +268,7 @@ impl Cluster {
         }
         self.check_may_head(head_id)?;
         let volume = self.volume_by_name(name)?;
+        self.check_chain_attachable(volume)?;
         let mut changes = Changes::default();
         let id = volume.id;
         match &volume.attachment {

@@ -251,9 +251,11 @@ mod tests {
             offset_bytes: 4096,
             size_bytes: 4096,
             read_only: false,
+            writable_bytes: None,
         };
         let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let backing = Backing::open(&export, flag).expect("open");
+        let limit = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+        let backing = Backing::open(&export, flag, limit).expect("open");
         let pool = BufferPool::new(1 << 20);
         let write = request(CommandType::Write, CMD_FLAG_FUA, 0, 4096);
         let outcome =

@@ -186,6 +186,45 @@ async fn read_only_export_refuses_changes() {
     server.assert_guards_intact();
 }
 
+// Proves a write limit set while a connection is open binds that connection
+// at once: writes, trims and zeroing that reach past it get EPERM and change
+// nothing, while the front stays writable and reads and flushes go on; and
+// lifting it lets writes through again, all on the same connection.
+#[tokio::test]
+async fn a_write_limit_binds_open_connections() {
+    let server = TestServer::start().await;
+    let mut client = Client::connect(server.addr, NAME).await.expect("connect");
+    client
+        .write(8192, b"data", false)
+        .await
+        .expect("before the limit");
+    assert_eq!(
+        server.exports.set_writable_bytes(NAME, Some(4096)),
+        Some(None)
+    );
+    assert!(!client.info().read_only(), "the front stays writable");
+    client.write(0, b"superblock", true).await.expect("front");
+    for error in [
+        request_error(client.write(4090, b"straddles", false).await),
+        request_error(client.write(8192, b"DATA", true).await),
+        request_error(client.trim(4096, 4096, false).await),
+        request_error(client.write_zeroes(0, 8192, false, false).await),
+    ] {
+        assert_eq!(error, proto::EPERM);
+    }
+    client.flush().await.expect("flush");
+    assert_eq!(client.read(8192, 4).await.expect("read"), b"data");
+    let bytes = server.export_bytes();
+    assert_eq!(&bytes[..10], b"superblock");
+    assert_eq!(&bytes[8192..8196], b"data");
+    assert!(bytes[4090..8192].iter().all(|&b| b == 0));
+    server.exports.set_writable_bytes(NAME, None);
+    client.write(8192, b"DATA", false).await.expect("lifted");
+    assert_eq!(client.read(8192, 4).await.expect("read"), b"DATA");
+    client.disconnect().await.expect("disconnect");
+    server.assert_guards_intact();
+}
+
 // Proves what CAN_MULTI_CONN promises: a write acknowledged on one connection
 // and flushed is visible on another.
 #[tokio::test]
@@ -212,6 +251,7 @@ async fn unknown_and_broken_exports_are_indistinguishable() {
             offset_bytes: 0,
             size_bytes: 4096,
             read_only: false,
+            writable_bytes: None,
         },
     );
     for name in ["", "leg-7f3a9c", "broken", &format!("{NAME} ")] {

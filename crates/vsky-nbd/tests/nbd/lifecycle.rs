@@ -100,6 +100,7 @@ async fn removing_an_export_closes_its_connections() {
             offset_bytes: 0,
             size_bytes: 4096,
             read_only: true,
+            writable_bytes: None,
         },
     );
     let mut victim = Client::connect(server.addr, NAME).await.expect("connect");

@@ -48,6 +48,7 @@ impl TestServer {
                 offset_bytes: BASE,
                 size_bytes: SIZE,
                 read_only,
+                writable_bytes: None,
             },
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

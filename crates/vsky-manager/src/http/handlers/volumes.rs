@@ -93,6 +93,8 @@ pub async fn create(
                     keys: req.keys,
                     sharable: req.sharable,
                 },
+                // Heads cannot assemble thin volumes yet (issue #13).
+                thin: false,
             };
             let (id, changes) = c.create_volume(new, secrets)?;
             Ok((

@@ -1,0 +1,755 @@
+//! Thin volumes, snapshots, clones and reverts as chains of layers
+//! (`cluster/chains.rs`): what each operation costs and refuses, how a
+//! snapshot of an attached volume waits for its head, what `load` refuses,
+//! and, as a property over random histories, that every volume and
+//! snapshot reads exactly what was written to it while exactly the layers
+//! nothing reads are released.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use vsky_model::*;
+use vsky_testkit::pool::{MIB, PoolSpec};
+
+/// 16 MiB chunks: big enough for a thin pool (4 MiB of data at least).
+const CHUNK: u64 = 16 * MIB;
+
+fn pool() -> Cluster {
+    PoolSpec::new(3, 2).chunk_bytes(CHUNK).chunks(32).build()
+}
+
+fn thin(c: &mut Cluster, name: &str, size: u64, s: &mut CountingSecrets) -> VolumeId {
+    let new = NewVolume {
+        name: name.into(),
+        size_bytes: size,
+        thin: true,
+        ..Default::default()
+    };
+    c.create_volume(new, s).unwrap().0
+}
+
+fn server(c: &Cluster, name: &str) -> ServerId {
+    c.server_by_name(name).unwrap().id
+}
+
+fn used_chunks(c: &Cluster) -> u64 {
+    c.volumes()
+        .flat_map(|v| &v.mirrored_disks)
+        .map(|m| m.legs.len() as u64)
+        .sum()
+}
+
+fn releasing_chunks(c: &Cluster) -> usize {
+    c.disks().map(|d| d.releasing.len()).sum()
+}
+
+fn layer(c: &Cluster, id: VolumeId) -> &LayerInfo {
+    c.volume(id).unwrap().role.layer().unwrap()
+}
+
+fn top_of(c: &Cluster, name: &str) -> VolumeId {
+    match c.volume_by_name(name).unwrap().role {
+        VolumeRole::Thin { top } => top,
+        ref other => panic!("{name} is {other:?}"),
+    }
+}
+
+fn leg_names(c: &Cluster, layer: VolumeId) -> Vec<String> {
+    c.volume(layer)
+        .unwrap()
+        .mirrored_disks
+        .iter()
+        .flat_map(|m| &m.legs)
+        .map(|l| l.export_name.clone())
+        .collect()
+}
+
+#[test]
+fn a_thin_volume_takes_one_mirrored_disk_whatever_its_size() {
+    let mut c = pool();
+    let mut s = CountingSecrets::default();
+    // Far more than the pool holds (6 disks × 32 chunks of 16 MiB).
+    let v = thin(&mut c, "big", 1 << 40, &mut s);
+    let handle = c.volume(v).unwrap();
+    assert!(handle.mirrored_disks.is_empty());
+    assert_eq!(handle.size_bytes, 1 << 40);
+    let chain = c.chain(v);
+    assert_eq!(chain.len(), 1);
+    let top = c.volume(chain[0]).unwrap();
+    assert_eq!(top.mirrored_disks.len(), 1);
+    assert_eq!(top.name, layer_name(top.id));
+    let info = top.role.layer().unwrap();
+    assert_eq!(info.state, LayerState::Writable);
+    assert_eq!(info.parent, None);
+    assert_eq!(info.thin_size_bytes, 1 << 40);
+    assert_eq!(info.meta_bytes, thin_meta_bytes(CHUNK - MIB).unwrap());
+    assert_eq!(used_chunks(&c), 2);
+    c.check_invariants().unwrap();
+    // Layers are internal: not found by name, and no volume can take one's
+    // name.
+    assert!(matches!(
+        c.volume_by_name(&top.name.clone()),
+        Err(ModelError::NotFound { .. })
+    ));
+    let taken = NewVolume {
+        name: layer_name(VolumeId(999)),
+        size_bytes: MIB,
+        ..Default::default()
+    };
+    assert!(matches!(
+        c.create_volume(taken, &mut s),
+        Err(ModelError::Invalid { .. })
+    ));
+}
+
+#[test]
+fn thin_pool_sizes_follow_the_chunk() {
+    // An eighth of the data area, clamped, in whole 64 KiB blocks.
+    assert_eq!(thin_meta_bytes(3 * MIB), None);
+    assert_eq!(thin_meta_bytes(4 * MIB), Some(2 * MIB));
+    assert_eq!(thin_meta_bytes(15 * MIB), Some(2 * MIB));
+    assert_eq!(thin_meta_bytes(63 * MIB), Some(7 * MIB + 896 * 1024));
+    assert_eq!(thin_meta_bytes(1023 * MIB), Some(16 * MIB));
+    // Too small a chunk: a clear refusal, nothing taken.
+    let mut c = PoolSpec::new(3, 1).build();
+    let mut s = CountingSecrets::default();
+    let new = NewVolume {
+        name: "v".into(),
+        size_bytes: MIB,
+        thin: true,
+        ..Default::default()
+    };
+    let err = c.create_volume(new, &mut s).unwrap_err();
+    assert!(err.to_string().contains("create it thick"), "{err}");
+    assert_eq!(c.volumes().count(), 0);
+    assert_eq!(c.next_id(), PoolSpec::new(3, 1).build().next_id());
+}
+
+#[test]
+fn a_snapshot_of_a_detached_volume_is_ready_at_once_and_costs_one_mirrored_disk() {
+    let mut c = pool();
+    let mut s = CountingSecrets::default();
+    let v = thin(&mut c, "v", 100 << 30, &mut s);
+    let old_top = top_of(&c, "v");
+    let before = used_chunks(&c);
+    let (snap, _) = c.snapshot_volume("v", "v-snap", 1_000, &mut s).unwrap();
+    assert_eq!(used_chunks(&c), before + 2, "only the new top's chunks");
+    assert!(c.snapshot_is_ready(snap));
+    let new_top = top_of(&c, "v");
+    assert_eq!(c.chain(v), vec![new_top, old_top]);
+    assert_eq!(c.chain(snap), vec![old_top]);
+    assert_eq!(layer(&c, old_top).state, LayerState::Frozen);
+    assert_eq!(layer(&c, old_top).frozen_at_unix_s, Some(1_000));
+    assert_eq!(layer(&c, new_top).parent, Some(old_top));
+    let sv = c.volume(snap).unwrap();
+    assert_eq!(sv.size_bytes, 100 << 30);
+    assert_eq!(
+        sv.role,
+        VolumeRole::Snapshot {
+            layer: old_top,
+            snapshot_of: "v".into(),
+            snapshot_time_unix_s: 1_000
+        }
+    );
+    c.check_invariants().unwrap();
+    // A snapshot is read-only: no read-write attach, no resize, no
+    // snapshot of it.
+    assert!(c.attach_volume("v-snap", "s0").is_err());
+    let grace = std::time::Duration::from_secs(30);
+    let silent = |_| std::time::Duration::ZERO;
+    assert!(
+        c.resize_volume("v-snap", 200 << 30, &silent, grace, &mut s)
+            .is_err()
+    );
+    assert!(c.snapshot_volume("v-snap", "x", 1, &mut s).is_err());
+    // A thin volume grows without chunks.
+    let chunks = used_chunks(&c);
+    c.resize_volume("v", 200 << 30, &silent, grace, &mut s)
+        .unwrap();
+    assert_eq!(used_chunks(&c), chunks);
+    assert_eq!(layer(&c, new_top).thin_size_bytes, 200 << 30);
+    c.check_invariants().unwrap();
+}
+
+#[test]
+fn a_snapshot_of_an_attached_volume_waits_for_its_head() {
+    let mut c = pool();
+    let mut s = CountingSecrets::default();
+    thin(&mut c, "v", 64 * MIB, &mut s);
+    c.attach_volume("v", "s0").unwrap();
+    let old_top = top_of(&c, "v");
+    let (snap, _) = c.snapshot_volume("v", "v-snap", 5, &mut s).unwrap();
+    assert!(!c.snapshot_is_ready(snap));
+    assert_eq!(layer(&c, old_top).state, LayerState::Freezing);
+    c.check_invariants().unwrap();
+    // Until the head switched, nothing relies on the old top.
+    let refusal = c.clone_volume("v-snap", "c", 6, &mut s).unwrap_err();
+    assert!(refusal.to_string().contains("try again"), "{refusal}");
+    let refusal = c.snapshot_volume("v", "v-snap2", 6, &mut s).unwrap_err();
+    assert!(refusal.to_string().contains("try again"), "{refusal}");
+    // Only the head's report counts, once.
+    let (frozen, changes) = c.finish_freeze(server(&c, "s1"), "v").unwrap();
+    assert!(!frozen && changes.is_empty());
+    let (frozen, _) = c.finish_freeze(server(&c, "s0"), "v").unwrap();
+    assert!(frozen);
+    assert!(c.snapshot_is_ready(snap));
+    let (frozen, changes) = c.finish_freeze(server(&c, "s0"), "v").unwrap();
+    assert!(!frozen && changes.is_empty());
+    c.check_invariants().unwrap();
+    c.clone_volume("v-snap", "c", 7, &mut s).unwrap();
+    c.check_invariants().unwrap();
+}
+
+#[test]
+fn an_attachment_that_ends_before_the_switch_drops_the_pending_snapshot() {
+    let mut c = pool();
+    let mut s = CountingSecrets::default();
+    let v = thin(&mut c, "v", 64 * MIB, &mut s);
+    c.attach_volume("v", "s0").unwrap();
+    let old_top = top_of(&c, "v");
+    let (snap, _) = c.snapshot_volume("v", "v-snap", 5, &mut s).unwrap();
+    let new_top = top_of(&c, "v");
+    let names = (leg_names(&c, old_top), leg_names(&c, new_top));
+    // The head is fenced before it reported the switch: it may have written
+    // the old top after the snapshot was asked, so the snapshot goes; the
+    // volume's data is whole either way (old writes in the old top, new ones
+    // in the new top).
+    c.force_detach_volume("v", &mut s).unwrap();
+    assert!(c.volume(snap).is_none());
+    assert_eq!(c.chain(v), vec![new_top, old_top]);
+    assert_eq!(layer(&c, old_top).state, LayerState::Frozen);
+    // Both layers the head could write have new secrets.
+    let after = (leg_names(&c, old_top), leg_names(&c, new_top));
+    assert!(names.0.iter().all(|n| !after.0.contains(n)));
+    assert!(names.1.iter().all(|n| !after.1.contains(n)));
+    c.check_invariants().unwrap();
+    // The volume snapshots again once detached.
+    c.snapshot_volume("v", "v-snap", 6, &mut s).unwrap();
+    c.check_invariants().unwrap();
+}
+
+/// The write limits of the exports of `layer`'s legs, from their servers'
+/// desired states.
+fn write_limits(c: &Cluster, layer: VolumeId) -> Vec<Option<u64>> {
+    let names = leg_names(c, layer);
+    c.servers()
+        .flat_map(|s| c.agent_view(s.id).exports)
+        .filter(|e| names.contains(&e.export_name))
+        .map(|e| e.writable_bytes)
+        .collect()
+}
+
+#[test]
+fn a_frozen_layers_data_is_exported_read_only_once_its_head_switched() {
+    let mut c = pool();
+    let mut s = CountingSecrets::default();
+    thin(&mut c, "v", 64 * MIB, &mut s);
+    c.attach_volume("v", "s0").unwrap();
+    let old_top = top_of(&c, "v");
+    assert_eq!(write_limits(&c, old_top), vec![None, None]);
+    c.snapshot_volume("v", "snap", 1, &mut s).unwrap();
+    // Its head may still write it until it switched.
+    assert_eq!(write_limits(&c, old_top), vec![None, None]);
+    c.finish_freeze(server(&c, "s0"), "v").unwrap();
+    let meta = Some(c.settings().leg_meta_bytes);
+    assert_eq!(write_limits(&c, old_top), vec![meta, meta]);
+    assert_eq!(write_limits(&c, top_of(&c, "v")), vec![None, None]);
+    // A detached volume's snapshot is read-only at once.
+    thin(&mut c, "w", 64 * MIB, &mut s);
+    let top = top_of(&c, "w");
+    c.snapshot_volume("w", "wsnap", 1, &mut s).unwrap();
+    assert_eq!(write_limits(&c, top), vec![meta, meta]);
+}
+
+#[test]
+fn clones_come_from_snapshots_and_detached_volumes_only() {
+    let mut c = pool();
+    let mut s = CountingSecrets::default();
+    let v = thin(&mut c, "tmpl", 64 * MIB, &mut s);
+    let base = top_of(&c, "tmpl");
+    // A detached volume: its top is frozen under the clone and under the
+    // volume's own new top.
+    let (c1, _) = c.clone_volume("tmpl", "vm1", 1, &mut s).unwrap();
+    assert_eq!(c.chain(c1)[1..], [base]);
+    assert_eq!(c.chain(v)[1..], [base]);
+    assert_eq!(layer(&c, base).state, LayerState::Frozen);
+    let clone = c.volume(c1).unwrap();
+    assert_eq!(clone.size_bytes, 64 * MIB);
+    assert!(clone.attachment.is_none());
+    // Clones of one base attach on different heads at once.
+    c.attach_volume("vm1", "s0").unwrap();
+    let (snap, _) = c.snapshot_volume("tmpl", "tmpl-snap", 2, &mut s).unwrap();
+    let (c2, _) = c.clone_volume("tmpl-snap", "vm2", 3, &mut s).unwrap();
+    c.attach_volume("vm2", "s1").unwrap();
+    assert_eq!(c.chain(c2)[1..], c.chain(snap)[..]);
+    c.check_invariants().unwrap();
+    // An attached volume is refused, and so are thick volumes.
+    let refusal = c.clone_volume("vm1", "x", 4, &mut s).unwrap_err();
+    assert!(refusal.to_string().contains("snapshot it"), "{refusal}");
+    let thick = NewVolume {
+        name: "thick".into(),
+        size_bytes: MIB,
+        ..Default::default()
+    };
+    c.create_volume(thick, &mut s).unwrap();
+    for refusal in [
+        c.clone_volume("thick", "x", 4, &mut s).unwrap_err(),
+        c.snapshot_volume("thick", "x", 4, &mut s).unwrap_err(),
+        c.revert_volume("thick", "tmpl-snap", &mut s).unwrap_err(),
+    ] {
+        assert!(refusal.to_string().contains("thick"), "{refusal}");
+    }
+    // Names are checked like any volume's.
+    assert!(matches!(
+        c.clone_volume("tmpl-snap", "vm1", 5, &mut s),
+        Err(ModelError::AlreadyExists { .. })
+    ));
+    assert!(c.clone_volume("tmpl-snap", "-x", 5, &mut s).is_err());
+    c.check_invariants().unwrap();
+}
+
+#[test]
+fn a_refused_clone_changes_nothing() {
+    // Room for exactly one more mirrored disk: the clone's top fits, the
+    // volume's own new top does not.
+    let mut c = PoolSpec::new(2, 1).chunk_bytes(CHUNK).chunks(2).build();
+    let mut s = CountingSecrets::default();
+    thin(&mut c, "v", 64 * MIB, &mut s);
+    let before = format!("{:?}", c.records());
+    let next = c.next_id();
+    let err = c.clone_volume("v", "c", 1, &mut s).unwrap_err();
+    assert!(matches!(err, ModelError::NotEnoughChunks { .. }), "{err}");
+    assert_eq!(format!("{:?}", c.records()), before);
+    assert_eq!(c.next_id(), next);
+    c.check_invariants().unwrap();
+    // The snapshot needs one mirrored disk, and gets it.
+    c.snapshot_volume("v", "snap", 1, &mut s).unwrap();
+    c.check_invariants().unwrap();
+}
+
+#[test]
+fn revert_needs_a_detached_volume_and_releases_its_old_top() {
+    let mut c = pool();
+    let mut s = CountingSecrets::default();
+    let v = thin(&mut c, "v", 64 * MIB, &mut s);
+    let (snap, _) = c.snapshot_volume("v", "snap", 1, &mut s).unwrap();
+    let grace = std::time::Duration::from_secs(30);
+    let silent = |_| std::time::Duration::ZERO;
+    c.resize_volume("v", 128 * MIB, &silent, grace, &mut s)
+        .unwrap();
+    c.attach_volume("v", "s0").unwrap();
+    let refusal = c.revert_volume("v", "snap", &mut s).unwrap_err();
+    assert!(
+        refusal.to_string().contains("shut its VM down"),
+        "{refusal}"
+    );
+    c.release_volume("v").unwrap();
+    c.head_reports_assembled(server(&c, "s0"), Some(&[]), &mut s)
+        .unwrap();
+    let old_top = top_of(&c, "v");
+    let released = releasing_chunks(&c);
+    c.revert_volume("v", "snap", &mut s).unwrap();
+    assert!(c.volume(old_top).is_none());
+    assert_eq!(releasing_chunks(&c), released + 2);
+    assert_eq!(c.chain(v)[1..], c.chain(snap)[..]);
+    assert_eq!(
+        c.volume(v).unwrap().size_bytes,
+        64 * MIB,
+        "the snapshot's size"
+    );
+    assert!(c.revert_volume("v", "v", &mut s).is_err());
+    assert!(c.revert_volume("snap", "snap", &mut s).is_err());
+    c.check_invariants().unwrap();
+}
+
+#[test]
+fn chains_are_bounded() {
+    let mut c = PoolSpec::new(3, 2).chunk_bytes(CHUNK).chunks(64).build();
+    let mut s = CountingSecrets::default();
+    thin(&mut c, "v", 64 * MIB, &mut s);
+    for i in 0..limits::CHAIN_DEPTH_MAX {
+        c.snapshot_volume("v", &format!("s{i}"), i as u64, &mut s)
+            .unwrap();
+    }
+    let next = c.next_id();
+    let refusal = c.snapshot_volume("v", "one-more", 99, &mut s).unwrap_err();
+    assert!(
+        refusal.to_string().contains("delete older snapshots"),
+        "{refusal}"
+    );
+    let refusal = c.clone_volume("v", "one-more", 99, &mut s).unwrap_err();
+    assert!(
+        refusal.to_string().contains("delete older snapshots"),
+        "{refusal}"
+    );
+    assert_eq!(c.next_id(), next);
+    // The deepest snapshot's clone is as deep as the volume's top: allowed.
+    let deepest = format!("s{}", limits::CHAIN_DEPTH_MAX - 1);
+    c.clone_volume(&deepest, "c", 100, &mut s).unwrap();
+    c.check_invariants().unwrap();
+}
+
+#[test]
+fn deleting_in_any_order_releases_each_layer_when_nothing_reads_it() {
+    let mut c = pool();
+    let mut s = CountingSecrets::default();
+    thin(&mut c, "v", 64 * MIB, &mut s);
+    let t0 = top_of(&c, "v");
+    c.snapshot_volume("v", "snap", 1, &mut s).unwrap();
+    c.clone_volume("snap", "c", 2, &mut s).unwrap();
+    // The snapshot goes; its layer stays: two volumes read through it.
+    c.delete_volume("snap").unwrap();
+    assert!(c.volume(t0).is_some());
+    c.check_invariants().unwrap();
+    // The volume goes: its top is released; the base stays for the clone.
+    c.delete_volume("v").unwrap();
+    assert!(c.volume(t0).is_some());
+    assert_eq!(c.volumes().count(), 3, "clone, its top, the base");
+    c.check_invariants().unwrap();
+    // The clone goes: its top, then the base nothing names any more.
+    c.delete_volume("c").unwrap();
+    assert_eq!(c.volumes().count(), 0);
+    assert_eq!(used_chunks(&c), 0);
+    c.check_invariants().unwrap();
+}
+
+#[test]
+fn thin_records_survive_the_store_and_older_records_load_thick() {
+    let mut c = pool();
+    let mut s = CountingSecrets::default();
+    thin(&mut c, "v", 64 * MIB, &mut s);
+    c.attach_volume("v", "s0").unwrap();
+    c.snapshot_volume("v", "snap", 1, &mut s).unwrap();
+    let records = c.records();
+    // Through the store's encoding (JSON) and back.
+    let volumes: Vec<Volume> = records
+        .volumes
+        .iter()
+        .map(|v| serde_json::from_str(&serde_json::to_string(v).unwrap()).unwrap())
+        .collect();
+    assert_eq!(volumes, records.volumes);
+    let loaded = Cluster::load(Records {
+        volumes,
+        ..records.clone()
+    })
+    .unwrap();
+    assert_eq!(format!("{:?}", loaded.records()), format!("{records:?}"));
+    loaded.check_invariants().unwrap();
+    // A record without a role is thick, and a thick one is stored without.
+    let mut c = pool();
+    let (id, _) = c
+        .create_volume(
+            NewVolume {
+                name: "old".into(),
+                size_bytes: MIB,
+                ..Default::default()
+            },
+            &mut s,
+        )
+        .unwrap();
+    let json = serde_json::to_value(c.volume(id).unwrap()).unwrap();
+    assert!(json.get("role").is_none());
+    let back: Volume = serde_json::from_value(json).unwrap();
+    assert_eq!(back.role, VolumeRole::Thick);
+}
+
+/// Records of a cluster with a volume over a snapshot, broken by `f`.
+fn load_broken(f: impl FnOnce(&mut Vec<Volume>)) -> Result<Cluster, ModelError> {
+    let mut c = pool();
+    let mut s = CountingSecrets::default();
+    thin(&mut c, "v", 64 * MIB, &mut s);
+    c.snapshot_volume("v", "snap", 1, &mut s).unwrap();
+    let mut records = c.records();
+    f(&mut records.volumes);
+    Cluster::load(records)
+}
+
+fn layer_mut(volumes: &mut [Volume], pick: impl Fn(&LayerInfo) -> bool) -> &mut LayerInfo {
+    volumes
+        .iter_mut()
+        .find_map(|v| match &mut v.role {
+            VolumeRole::Layer(info) if pick(info) => Some(info),
+            _ => None,
+        })
+        .unwrap()
+}
+
+#[test]
+fn load_refuses_chains_that_break_a_rule() {
+    load_broken(|_| {}).unwrap();
+    let corrupt = |r: Result<Cluster, ModelError>| {
+        assert!(matches!(r, Err(ModelError::Corrupt(_))), "{r:?}");
+    };
+    // A writable parent.
+    corrupt(load_broken(|v| {
+        layer_mut(v, |l| l.parent.is_none()).state = LayerState::Writable;
+    }));
+    // A parent cycle.
+    corrupt(load_broken(|v| {
+        let top = v
+            .iter()
+            .find_map(|x| match x.role {
+                VolumeRole::Thin { top } => Some(top),
+                _ => None,
+            })
+            .unwrap();
+        layer_mut(v, |l| l.parent.is_none()).parent = Some(top);
+    }));
+    // A layer nothing names (the snapshot record lost, the top too).
+    corrupt(load_broken(|v| {
+        v.retain(|x| {
+            !matches!(
+                x.role,
+                VolumeRole::Snapshot { .. } | VolumeRole::Thin { .. }
+            )
+        });
+    }));
+    // A snapshot of a volume that is not a layer.
+    corrupt(load_broken(|v| {
+        let thin = v
+            .iter()
+            .find(|x| matches!(x.role, VolumeRole::Thin { .. }))
+            .unwrap()
+            .id;
+        for x in v.iter_mut() {
+            if let VolumeRole::Snapshot { layer, .. } = &mut x.role {
+                *layer = thin;
+            }
+        }
+    }));
+    // A thin volume with chunks of its own.
+    corrupt(load_broken(|v| {
+        let legs = v
+            .iter()
+            .find(|x| x.role.layer().is_some())
+            .unwrap()
+            .mirrored_disks
+            .clone();
+        let t = v
+            .iter_mut()
+            .find(|x| matches!(x.role, VolumeRole::Thin { .. }))
+            .unwrap();
+        t.mirrored_disks = legs;
+    }));
+    // A top whose thin device is not the volume's size.
+    corrupt(load_broken(|v| {
+        layer_mut(v, |l| l.state == LayerState::Writable).thin_size_bytes += 4096;
+    }));
+}
+
+// ---- The property: random histories keep every volume's data. ----
+
+#[derive(Clone, Debug)]
+enum Op {
+    Create,
+    Write(u8, u8),
+    Snapshot(u8),
+    Clone(u8),
+    Revert(u8, u8),
+    Delete(u8),
+    Attach(u8, u8),
+    ForceDetach(u8),
+    HeadSwitched(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        1 => Just(Op::Create),
+        4 => (0u8..16, 0u8..8).prop_map(|(h, b)| Op::Write(h, b)),
+        2 => (0u8..16).prop_map(Op::Snapshot),
+        1 => (0u8..16).prop_map(Op::Clone),
+        1 => (0u8..16, 0u8..16).prop_map(|(h, s)| Op::Revert(h, s)),
+        2 => (0u8..16).prop_map(Op::Delete),
+        1 => (0u8..16, 0u8..2).prop_map(|(h, s)| Op::Attach(h, s)),
+        1 => (0u8..16).prop_map(Op::ForceDetach),
+        2 => (0u8..16).prop_map(Op::HeadSwitched),
+    ]
+}
+
+/// The world: the cluster, what each layer holds (block → version), and the
+/// oracle: what each volume and snapshot must read.
+struct World {
+    c: Cluster,
+    s: CountingSecrets,
+    layers: BTreeMap<VolumeId, BTreeMap<u8, u32>>,
+    expect: BTreeMap<String, BTreeMap<u8, u32>>,
+    version: u32,
+    names: u32,
+}
+
+impl World {
+    fn pick(&self, i: u8) -> Option<String> {
+        let names: Vec<&String> = self.expect.keys().collect();
+        (!names.is_empty()).then(|| names[usize::from(i) % names.len()].clone())
+    }
+
+    fn fresh(&mut self) -> String {
+        self.names += 1;
+        format!("h{}", self.names)
+    }
+
+    fn read(&self, name: &str) -> BTreeMap<u8, u32> {
+        let id = self.c.volume_by_name(name).unwrap().id;
+        let chain = self.c.chain(id);
+        let mut seen = BTreeMap::new();
+        for layer in chain.iter().rev() {
+            assert!(
+                self.c.volume(*layer).is_some(),
+                "{name} reads released {layer}"
+            );
+            seen.extend(self.layers.get(layer).into_iter().flatten());
+        }
+        seen
+    }
+
+    fn apply(&mut self, op: &Op) {
+        let now = u64::from(self.version);
+        match *op {
+            Op::Create => {
+                let name = self.fresh();
+                thin(&mut self.c, &name, 64 * MIB, &mut self.s);
+                self.expect.insert(name, BTreeMap::new());
+            }
+            Op::Write(h, block) => {
+                let Some(name) = self.pick(h) else { return };
+                let VolumeRole::Thin { top } = self.c.volume_by_name(&name).unwrap().role else {
+                    return;
+                };
+                self.version += 1;
+                self.layers
+                    .entry(top)
+                    .or_default()
+                    .insert(block, self.version);
+                self.expect
+                    .get_mut(&name)
+                    .unwrap()
+                    .insert(block, self.version);
+            }
+            Op::Snapshot(h) => {
+                let Some(name) = self.pick(h) else { return };
+                let snap = self.fresh();
+                if self
+                    .c
+                    .snapshot_volume(&name, &snap, now, &mut self.s)
+                    .is_ok()
+                {
+                    let data = self.expect[&name].clone();
+                    self.expect.insert(snap, data);
+                }
+            }
+            Op::Clone(h) => {
+                let Some(name) = self.pick(h) else { return };
+                let clone = self.fresh();
+                if self.c.clone_volume(&name, &clone, now, &mut self.s).is_ok() {
+                    let data = self.expect[&name].clone();
+                    self.expect.insert(clone, data);
+                }
+            }
+            Op::Revert(h, snap) => {
+                let (Some(name), Some(snap)) = (self.pick(h), self.pick(snap)) else {
+                    return;
+                };
+                if self.c.revert_volume(&name, &snap, &mut self.s).is_ok() {
+                    let data = self.expect[&snap].clone();
+                    self.expect.insert(name, data);
+                }
+            }
+            Op::Delete(h) => {
+                let Some(name) = self.pick(h) else { return };
+                if self.c.delete_volume(&name).is_ok() {
+                    self.expect.remove(&name);
+                }
+            }
+            Op::Attach(h, server) => {
+                let Some(name) = self.pick(h) else { return };
+                let _ = self.c.attach_volume(&name, &format!("s{server}"));
+            }
+            Op::ForceDetach(h) => {
+                let Some(name) = self.pick(h) else { return };
+                // Snapshots its head never confirmed are dropped with it.
+                let pending: Vec<String> = self
+                    .expect
+                    .keys()
+                    .filter(|n| {
+                        let v = self.c.volume_by_name(n).unwrap();
+                        matches!(&v.role, VolumeRole::Snapshot { snapshot_of, .. } if *snapshot_of == name)
+                            && !self.c.snapshot_is_ready(v.id)
+                    })
+                    .cloned()
+                    .collect();
+                let (ended, _) = self.c.force_detach_volume(&name, &mut self.s).unwrap();
+                for p in pending {
+                    assert!(ended, "a pending snapshot needs an attached volume");
+                    self.expect.remove(&p);
+                }
+            }
+            Op::HeadSwitched(h) => {
+                let Some(name) = self.pick(h) else { return };
+                let head = self
+                    .c
+                    .volume_by_name(&name)
+                    .unwrap()
+                    .attachment
+                    .as_ref()
+                    .map(|a| a.head);
+                if let Some(head) = head {
+                    self.c.finish_freeze(head, &name).unwrap();
+                }
+            }
+        }
+        // Released layers' data is gone for good.
+        self.layers.retain(|id, _| self.c.volume(*id).is_some());
+    }
+
+    fn check(&self) {
+        self.c.check_invariants().unwrap();
+        let handles = self
+            .c
+            .volumes()
+            .filter(|v| v.role.layer().is_none())
+            .count();
+        assert_eq!(handles, self.expect.len(), "volumes and snapshots");
+        for (name, want) in &self.expect {
+            assert_eq!(
+                &self.read(name),
+                want,
+                "{name} reads what was written to it"
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    #[test]
+    fn every_history_keeps_each_volumes_data_and_frees_what_nothing_reads(
+        ops in prop::collection::vec(op(), 1..60),
+        order in prop::collection::vec(any::<u8>(), 0..40),
+    ) {
+        let mut w = World {
+            c: PoolSpec::new(3, 2).chunk_bytes(CHUNK).chunks(64).build(),
+            s: CountingSecrets::default(),
+            layers: BTreeMap::new(),
+            expect: BTreeMap::new(),
+            version: 0,
+            names: 0,
+        };
+        for op in &ops {
+            w.apply(op);
+            w.check();
+        }
+        // Everything goes, in a random order: every chunk is released.
+        let mut order = order.into_iter().cycle();
+        while let Some(name) = w.pick(order.next().unwrap_or(0)) {
+            w.c.force_detach_volume(&name, &mut w.s).unwrap();
+            w.c.delete_volume(&name).unwrap();
+            w.expect.remove(&name);
+            // A pending snapshot of it went with its detach.
+            w.expect.retain(|n, _| w.c.volume_by_name(n).is_ok());
+            w.layers.retain(|id, _| w.c.volume(*id).is_some());
+            w.check();
+        }
+        prop_assert_eq!(w.c.volumes().count(), 0);
+        prop_assert_eq!(used_chunks(&w.c), 0);
+    }
+}
