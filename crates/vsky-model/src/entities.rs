@@ -394,6 +394,12 @@ pub struct LayerInfo {
     /// When it was frozen (the snapshot's moment), Unix seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frozen_at_unix_s: Option<u64>,
+    /// The thin volume whose head may write this layer: the one whose top
+    /// it is, and, while it is freezing, the one it was the top of. `None`
+    /// once frozen. That head (when the volume is attached) runs the
+    /// layer's resyncs and scrubs, as it does an attached thick volume's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<VolumeId>,
 }
 
 /// The life of a layer: writable → freezing → frozen, never back.

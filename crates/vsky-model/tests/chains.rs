@@ -261,6 +261,67 @@ fn a_frozen_layers_data_is_exported_read_only_once_its_head_switched() {
     assert_eq!(write_limits(&c, top), vec![meta, meta]);
 }
 
+/// Fails the disk under leg 0 of `layer` and plans and starts its repair;
+/// returns the job.
+fn repair_leg_of(c: &mut Cluster, layer: VolumeId, s: &mut CountingSecrets) -> JobId {
+    let disk = c.volume(layer).unwrap().mirrored_disks[0].legs[0]
+        .chunk
+        .disk;
+    c.fail_disk(disk).unwrap();
+    let (jobs, _) = c.plan_repairs(s);
+    let job = jobs
+        .into_iter()
+        .find(|j| c.job(*j).unwrap().volume == layer)
+        .expect("a repair of the layer");
+    c.start_jobs(2);
+    assert_eq!(c.job(job).unwrap().state, JobState::Running);
+    job
+}
+
+#[test]
+fn the_head_of_a_thin_volume_repairs_the_layers_it_writes() {
+    // Big enough that each layer's legs sit on disks of their own.
+    let mut c = PoolSpec::new(4, 2).chunk_bytes(CHUNK).chunks(8).build();
+    let mut s = CountingSecrets::default();
+    thin(&mut c, "v", 64 * MIB, &mut s);
+    c.attach_volume("v", "s0").unwrap();
+    let head = server(&c, "s0");
+    let top = top_of(&c, "v");
+    // The written top is repaired by the head, through its mirror.
+    let job = repair_leg_of(&mut c, top, &mut s);
+    assert_eq!(c.job_executor(job), Some(Executor::Head(head)));
+    c.check_invariants().unwrap();
+    // While it freezes, the head still writes it and still repairs it.
+    c.snapshot_volume("v", "snap", 1, &mut s).unwrap();
+    assert_eq!(c.job_executor(job), Some(Executor::Head(head)));
+    // Once the head switched, nothing writes it: the storage agent copies,
+    // after the job went back to the queue (it restarts from zero).
+    c.finish_freeze(head, "v").unwrap();
+    assert_eq!(c.job(job).unwrap().state, JobState::Queued);
+    c.start_jobs(2);
+    assert!(matches!(c.job_executor(job), Some(Executor::Storage(_))));
+    c.check_invariants().unwrap();
+    // The new top's repair is the head's; releasing the volume stops it
+    // (the head tears down), and the end of the attachment hands it to a
+    // storage agent.
+    let new_top = top_of(&c, "v");
+    let job = repair_leg_of(&mut c, new_top, &mut s);
+    assert_eq!(c.job_executor(job), Some(Executor::Head(head)));
+    c.release_volume("v").unwrap();
+    assert_eq!(c.job(job).unwrap().state, JobState::Queued);
+    c.start_jobs(2);
+    assert_eq!(c.job_executor(job), None, "nothing starts while releasing");
+    c.check_invariants().unwrap();
+    c.head_reports_assembled(head, Some(&[]), &mut s).unwrap();
+    c.start_jobs(2);
+    assert!(matches!(c.job_executor(job), Some(Executor::Storage(_))));
+    // Attaching again gives it back to the head.
+    c.attach_volume("v", "s0").unwrap();
+    c.start_jobs(2);
+    assert_eq!(c.job_executor(job), Some(Executor::Head(head)));
+    c.check_invariants().unwrap();
+}
+
 #[test]
 fn clones_come_from_snapshots_and_detached_volumes_only() {
     let mut c = pool();
@@ -530,6 +591,19 @@ fn load_refuses_chains_that_break_a_rule() {
             .find(|x| matches!(x.role, VolumeRole::Thin { .. }))
             .unwrap();
         t.mirrored_disks = legs;
+    }));
+    // A frozen layer that names a writer.
+    corrupt(load_broken(|v| {
+        let handle = v
+            .iter()
+            .find(|x| matches!(x.role, VolumeRole::Thin { .. }))
+            .unwrap()
+            .id;
+        layer_mut(v, |l| l.state == LayerState::Frozen).writer = Some(handle);
+    }));
+    // A top that names no writer.
+    corrupt(load_broken(|v| {
+        layer_mut(v, |l| l.state == LayerState::Writable).writer = None;
     }));
     // A top whose thin device is not the volume's size.
     corrupt(load_broken(|v| {

@@ -110,7 +110,7 @@ impl Cluster {
         {
             a.state = AttachmentState::Releasing;
             changes.volumes.insert(id);
-            self.requeue_jobs_of(id, &mut changes);
+            self.requeue_writer_jobs(id, &mut changes);
         }
         Ok(self.commit(changes))
     }
@@ -306,7 +306,7 @@ impl Cluster {
         // requeued, they restart under a storage agent with the new names.
         // The head's scrubs are dropped by `commit` (the mirrored disks
         // stop qualifying).
-        self.requeue_jobs_of(id, changes);
+        self.requeue_writer_jobs(id, changes);
         self.rotate_leg_secrets(id, secrets, changes);
         // A thin volume's legs are its layers' (`cluster/chains.rs`).
         self.end_chain_writer(id, secrets, changes);

@@ -44,7 +44,7 @@ use std::collections::BTreeMap;
 
 use super::{Changes, Cluster};
 use crate::SecretSource;
-use crate::entities::{LayerInfo, LayerState, Volume, VolumeMeta, VolumeRole};
+use crate::entities::{Attachment, LayerInfo, LayerState, Volume, VolumeMeta, VolumeRole};
 use crate::error::ModelError;
 use crate::ids::{self, ChunkRef, VolumeId};
 use crate::limits;
@@ -120,6 +120,37 @@ impl Cluster {
                 .is_some_and(|l| l.state == LayerState::Frozen)
     }
 
+    /// The attachment whose head writes `volume`'s chunks: a thick
+    /// volume's own, and a writable or freezing layer's writer's
+    /// ([`LayerInfo::writer`]); `None` for a frozen layer and when that
+    /// volume is detached. Who runs a volume's resyncs and scrubs follows
+    /// from it (`executor.rs`, `scrub.rs`).
+    pub(crate) fn writer_of(&self, volume: VolumeId) -> Option<&Attachment> {
+        let v = self.volumes.get(&volume)?;
+        match &v.role {
+            VolumeRole::Layer(info) => self.volumes.get(&info.writer?)?.attachment.as_ref(),
+            _ => v.attachment.as_ref(),
+        }
+    }
+
+    /// Requeues the running jobs of volume `id` and of the layers its head
+    /// writes: their executor is about to change (an attachment starts,
+    /// releases or ends).
+    pub(super) fn requeue_writer_jobs(&mut self, id: VolumeId, changes: &mut Changes) {
+        self.requeue_jobs_of(id, changes);
+        let written: Vec<VolumeId> = match self.volumes[&id].role {
+            VolumeRole::Thin { top } => self
+                .chain_from(top)
+                .into_iter()
+                .take_while(|l| self.layer_info(*l).is_some_and(|i| i.writer == Some(id)))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for layer in written {
+            self.requeue_jobs_of(layer, changes);
+        }
+    }
+
     fn layer_info(&self, id: VolumeId) -> Option<&LayerInfo> {
         self.volumes.get(&id).and_then(|v| v.role.layer())
     }
@@ -159,6 +190,7 @@ impl Cluster {
     fn new_layer(
         &mut self,
         handle: &Volume,
+        writer: Option<VolumeId>,
         base: Base,
         thin_size_bytes: u64,
         secrets: &mut dyn SecretSource,
@@ -202,6 +234,7 @@ impl Cluster {
                 meta_bytes,
                 thin_size_bytes,
                 frozen_at_unix_s: None,
+                writer,
             }),
         };
         layer.mirrored_disks = self.allocate(&layer, 1, 0, secrets)?;
@@ -230,12 +263,14 @@ impl Cluster {
         let mut changes = Changes::default();
         let top = self.new_layer(
             &handle,
+            None,
             Base::Empty,
             handle.size_bytes,
             secrets,
             &mut changes,
         )?;
         let id = VolumeId(self.take_id(&mut changes));
+        self.layer_info_mut(top).writer = Some(id);
         handle.id = id;
         handle.role = VolumeRole::Thin { top };
         self.volume_names.insert(handle.name.clone(), id);
@@ -323,7 +358,7 @@ impl Cluster {
             attachment: None,
             ..handle.clone()
         };
-        let top = self.new_layer(&shell, Base::Over(base), size, secrets, &mut changes)?;
+        let top = self.new_layer(&shell, None, Base::Over(base), size, secrets, &mut changes)?;
         // A thin volume's top is frozen under both the clone and the
         // volume's own new top; with no room for the latter, the clone's
         // top is given back and nothing changed.
@@ -334,6 +369,7 @@ impl Cluster {
             return Err(e);
         }
         let id = VolumeId(self.take_id(&mut changes));
+        self.layer_info_mut(top).writer = Some(id);
         let clone = Volume {
             id,
             name: clone_name.to_string(),
@@ -388,7 +424,14 @@ impl Cluster {
         self.check_frozen(snapshot, layer)?;
         self.check_depth(layer, snapshot)?;
         let mut changes = Changes::default();
-        let top = self.new_layer(&handle, Base::Over(layer), size, secrets, &mut changes)?;
+        let top = self.new_layer(
+            &handle,
+            Some(handle.id),
+            Base::Over(layer),
+            size,
+            secrets,
+            &mut changes,
+        )?;
         let v = self.volumes.get_mut(&handle.id).expect("exists");
         v.role = VolumeRole::Thin { top };
         v.size_bytes = size;
@@ -501,7 +544,10 @@ impl Cluster {
             return false;
         }
         info.state = LayerState::Frozen;
+        info.writer = None;
         changes.volumes.insert(p);
+        // Its head ran its resyncs; storage agents copy them from now on.
+        self.requeue_jobs_of(p, changes);
         true
     }
 
@@ -525,13 +571,22 @@ impl Cluster {
         }
         self.check_depth(top, &handle.name)?;
         let size = handle.size_bytes;
-        let new_top = self.new_layer(handle, Base::Over(top), size, secrets, changes)?;
+        let new_top = self.new_layer(
+            handle,
+            Some(handle.id),
+            Base::Over(top),
+            size,
+            secrets,
+            changes,
+        )?;
         let info = self.layer_info_mut(top);
-        info.state = if handle.attachment.is_some() {
-            LayerState::Freezing
+        if handle.attachment.is_some() {
+            // Its head still writes it until it switches.
+            info.state = LayerState::Freezing;
         } else {
-            LayerState::Frozen
-        };
+            info.state = LayerState::Frozen;
+            info.writer = None;
+        }
         info.frozen_at_unix_s = Some(now_unix_s);
         changes.volumes.insert(top);
         self.volumes.get_mut(&handle.id).expect("exists").role = VolumeRole::Thin { top: new_top };
@@ -755,6 +810,21 @@ impl Cluster {
                     "layer {} is named by nothing and was not released",
                     v.id
                 ));
+            }
+            let handle_top = |w: VolumeId| match self.volumes.get(&w).map(|h| &h.role) {
+                Some(VolumeRole::Thin { top }) => Some(*top),
+                _ => None,
+            };
+            let writer_ok = match info.state {
+                LayerState::Frozen => info.writer.is_none(),
+                LayerState::Writable => info.writer.and_then(handle_top) == Some(v.id),
+                LayerState::Freezing => info
+                    .writer
+                    .and_then(handle_top)
+                    .is_some_and(|top| n.children.contains(&top)),
+            };
+            if !writer_ok {
+                return Err(format!("layer {} names the wrong writer", v.id));
             }
             match info.state {
                 LayerState::Writable

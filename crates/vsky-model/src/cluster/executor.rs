@@ -5,7 +5,9 @@
 //! volume and never stored:
 //! - an **attached** volume's head rebuilds the new leg through its own
 //!   dm-raid mirror (the data keeps changing under the copy, and only the
-//!   mirror sees every write);
+//!   mirror sees every write); so does the head of a thin volume for the
+//!   layers it writes (its top, and its old top while that freezes:
+//!   `Cluster::writer_of` in `chains.rs`);
 //! - a **detached** volume's new leg is filled by the storage agent that
 //!   holds the target chunk, reading the healthy source leg over NBD.
 //!
@@ -63,13 +65,16 @@ impl Cluster {
         if job.state != JobState::Running {
             return None;
         }
-        let volume = self.volumes.get(&job.volume)?;
-        Some(match &volume.attachment {
+        // A layer's writer is its thin volume's attachment (`chains.rs`).
+        Some(match self.writer_of(job.volume) {
             // Never running (requeued when the release starts, and none
             // starts until it ends): nobody may copy.
             Some(a) if a.is_releasing() => return None,
             Some(a) => Executor::Head(a.head),
-            None => Executor::Storage(self.disks.get(&job.target.disk)?.server),
+            None if self.volumes.contains_key(&job.volume) => {
+                Executor::Storage(self.disks.get(&job.target.disk)?.server)
+            }
+            None => return None,
         })
     }
 
@@ -77,10 +82,7 @@ impl Cluster {
     /// start, neither by its head (which tears it down) nor by a storage
     /// agent (the head may still write the chunks).
     pub(super) fn releasing(&self, volume: VolumeId) -> bool {
-        self.volumes
-            .get(&volume)
-            .and_then(|v| v.attachment.as_ref())
-            .is_some_and(|a| a.is_releasing())
+        self.writer_of(volume).is_some_and(|a| a.is_releasing())
     }
 
     /// Whether the storage agent should export a leg's chunk: every leg's,

@@ -26,7 +26,8 @@ impl Cluster {
                 return Err(format!("volume name index broken for {}", v.name));
             }
             // Nothing writes a releasing volume's chunks but its head.
-            if v.attachment.as_ref().is_some_and(|a| a.is_releasing())
+            let releasing = self.writer_of(v.id).is_some_and(|a| a.is_releasing());
+            if releasing
                 && let Some(job) = self
                     .jobs
                     .values()
@@ -34,9 +35,7 @@ impl Cluster {
             {
                 return Err(format!("{} runs on releasing volume {}", job.id, v.name));
             }
-            if v.attachment.as_ref().is_some_and(|a| a.is_releasing())
-                && self.scrubs.has_run_of(v.id)
-            {
+            if releasing && self.scrubs.has_run_of(v.id) {
                 return Err(format!("a scrub runs on releasing volume {}", v.name));
             }
             for (m, md) in v.mirrored_disks.iter().enumerate() {

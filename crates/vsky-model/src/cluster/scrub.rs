@@ -150,7 +150,7 @@ impl Cluster {
     /// read legs the head may still write).
     fn scrub_executor(&self, volume: VolumeId, m: u32) -> Option<(ServerId, ScrubMethod)> {
         let v = self.volumes.get(&volume)?;
-        let (server, method) = match &v.attachment {
+        let (server, method) = match self.writer_of(volume) {
             Some(a) if a.is_releasing() => return None,
             Some(a) => (a.head, ScrubMethod::RaidCheck),
             None => {

@@ -306,7 +306,7 @@ impl Cluster {
         });
         changes.volumes.insert(id);
         // A storage agent was copying its resyncs; the head takes over.
-        self.requeue_jobs_of(id, &mut changes);
+        self.requeue_writer_jobs(id, &mut changes);
         Ok(self.commit(changes))
     }
 
