@@ -3,14 +3,20 @@
 //! process per "server" so a scenario can `kill -9` one, exactly like a crashed
 //! storage node (an in-process task would die with the test).
 //!
-//! Usage: `lab-nbd-server <listen-addr> <name>=<path>:<offset_bytes>:<size_bytes>…`
+//! Usage: `lab-nbd-server <listen-addr> <name>=<path>:<offset_bytes>:<size_bytes>[:ro]…`
+//! (`:ro` exports the range read-only: the handshake carries READ_ONLY, so
+//! the kernel client marks the disk read-only and refuses writes itself).
 
 use std::path::PathBuf;
 
 fn parse_export(arg: &str) -> Result<(String, vsky_nbd::Export), String> {
     let (name, rest) = arg
         .split_once('=')
-        .ok_or("expected name=path:offset:size")?;
+        .ok_or("expected name=path:offset:size[:ro]")?;
+    let (rest, read_only) = match rest.strip_suffix(":ro") {
+        Some(rest) => (rest, true),
+        None => (rest, false),
+    };
     let mut parts = rest.rsplitn(3, ':');
     let size = parts
         .next()
@@ -27,7 +33,7 @@ fn parse_export(arg: &str) -> Result<(String, vsky_nbd::Export), String> {
             path: PathBuf::from(path),
             offset_bytes: offset,
             size_bytes: size,
-            read_only: false,
+            read_only,
             writable_bytes: None,
         },
     ))
@@ -36,7 +42,7 @@ fn parse_export(arg: &str) -> Result<(String, vsky_nbd::Export), String> {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 2 {
-        eprintln!("usage: lab-nbd-server <listen-addr> <name>=<path>:<offset>:<size>…");
+        eprintln!("usage: lab-nbd-server <listen-addr> <name>=<path>:<offset>:<size>[:ro]…");
         std::process::exit(2);
     }
     let exports = vsky_nbd::ExportTable::new();

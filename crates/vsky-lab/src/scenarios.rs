@@ -51,6 +51,12 @@ pub const SCENARIOS: &[Scenario] = &[
         run: Run::Kernel("kernel_stripe"),
     },
     Scenario {
+        name: "kernel-thin",
+        default: true,
+        proves: "dm-thin over NBD legs (docs/design/snapshots.md §9 step 1): freeze a thin layer under an O_DIRECT writer (pause timed; every earlier write in the frozen layer, later ones only in the new top over it as external origin); a second host's base-form assembly (raid1 without metadata, nosync, read_only pool) over READ_ONLY imports reads it exactly and writes nothing; pool read_only ↔ rw live; origin re-pointed live; discard through an origin; a base-form leg killed (D, reads go on).",
+        run: Run::Kernel("kernel_thin"),
+    },
+    Scenario {
         name: "nbd-reconnect",
         default: true,
         proves: "netlink RECONFIGURE swaps a dead socket in place after a server restart; in-flight I/O completes.",

@@ -18,6 +18,7 @@ use super::table::{
     LegDevices, Raid1Table, RaidTableReadback, Target, TargetLine, format_raw_table, grows,
     table_matches, validate_table,
 };
+use super::thin::{ThinPoolStatus, ThinStatus};
 use super::{Device, DmError, Result, Sectors};
 
 /// A created or adopted device.
@@ -66,9 +67,60 @@ fn dm_err(op: &'static str, name: &DevName) -> impl FnOnce(RawDmError) -> DmErro
     move |source| DmError::Ioctl { op, name, source }
 }
 
+/// The errno of a failed ioctl, if it was one.
+fn errno_of(e: &RawDmError) -> Option<i32> {
+    match e {
+        RawDmError::Core(devicemapper::errors::Error::Ioctl(_, _, _, errno)) => {
+            Some(**errno as i32)
+        }
+        _ => None,
+    }
+}
+
 /// ENXIO from DM_DEV_STATUS/TABLE_STATUS means "no such device".
 fn is_no_such_device(e: &RawDmError) -> bool {
-    matches!(e, RawDmError::Core(devicemapper::errors::Error::Ioctl(_, _, _, errno)) if **errno as i32 == libc::ENXIO)
+    errno_of(e) == Some(libc::ENXIO)
+}
+
+/// How a table is loaded: read-write (the default), or read-only
+/// (`dmsetup --readonly`, DM_READONLY): the device-mapper core opens the
+/// table's devices for reading only and marks the device read-only. A
+/// thin-pool is refused in a read-only table (it is always opened for
+/// writing); its own `read_only` feature is the pool's read-only mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableMode {
+    ReadWrite,
+    ReadOnly,
+}
+
+impl TableMode {
+    fn options(self) -> DmOptions {
+        match self {
+            TableMode::ReadWrite => DmOptions::default(),
+            TableMode::ReadOnly => DmOptions::default().set_flags(DmFlags::DM_READONLY),
+        }
+    }
+    fn of(info: &devicemapper::DeviceInfo) -> TableMode {
+        if info.flags().contains(DmFlags::DM_READONLY) {
+            TableMode::ReadOnly
+        } else {
+            TableMode::ReadWrite
+        }
+    }
+}
+
+fn raw_lines(lines: &[TargetLine]) -> Vec<(u64, u64, String, String)> {
+    lines
+        .iter()
+        .map(|l| {
+            (
+                *l.start,
+                *l.len,
+                l.target.target_type().to_string(),
+                l.target.params(),
+            )
+        })
+        .collect()
 }
 
 impl Datapath {
@@ -196,7 +248,19 @@ impl Datapath {
     /// otherwise leave every I/O to the volume hanging). On failure a device
     /// created here is removed again.
     pub fn ensure_device(&self, name: &DevName, lines: &[TargetLine]) -> Result<MappedDevice> {
-        self.ensure_device_or_grow(name, lines, false)
+        self.ensure_device_or_grow(name, lines, TableMode::ReadWrite, false)
+    }
+
+    /// [`ensure_device`](Self::ensure_device) with the table loaded
+    /// read-only (see [`TableMode`]). An existing device adopts only if its
+    /// mode is the same too: a read-write device is a mismatch.
+    pub fn ensure_device_mode(
+        &self,
+        name: &DevName,
+        lines: &[TargetLine],
+        mode: TableMode,
+    ) -> Result<MappedDevice> {
+        self.ensure_device_or_grow(name, lines, mode, false)
     }
 
     /// [`ensure_device`](Self::ensure_device), except that a running device
@@ -207,6 +271,7 @@ impl Datapath {
         &self,
         name: &DevName,
         lines: &[TargetLine],
+        mode: TableMode,
         may_grow: bool,
     ) -> Result<MappedDevice> {
         validate_table(name, lines)?;
@@ -214,7 +279,7 @@ impl Datapath {
         if let Some(mut info) = self.info(name)? {
             if !info.flags().contains(DmFlags::DM_ACTIVE_PRESENT) {
                 tracing::warn!(%name, "device exists without an active table; loading it");
-                self.load_and_resume(name, lines)?;
+                self.load_and_resume(name, lines, mode)?;
                 let path = self.ensure_node(name, info.device())?;
                 return Ok(MappedDevice {
                     name: name.clone(),
@@ -231,11 +296,22 @@ impl Datapath {
                     .map_err(dm_err("resume", name))?;
             }
             let found = self.table(name)?;
+            if TableMode::of(&info) != mode {
+                return Err(DmError::TableMismatch {
+                    name: name.to_string(),
+                    found: format!(
+                        "{:?} table {}",
+                        TableMode::of(&info),
+                        format_raw_table(&found)
+                    ),
+                    wanted: format!("{mode:?} table"),
+                });
+            }
             let begins_with = |new, old, len| self.begins_with(new, old, len);
             if !table_matches(lines, &found) && may_grow && grows(&found, lines, &begins_with) {
                 let from: u64 = found.iter().map(|l| l.1).sum();
                 let to: u64 = lines.iter().map(|l| *l.len).sum();
-                self.reload_table(name, lines)?;
+                self.reload(name, lines)?;
                 tracing::info!(%name, from_sectors = from, to_sectors = to, "grew device");
             } else if !table_matches(lines, &found) {
                 return Err(DmError::TableMismatch {
@@ -269,7 +345,7 @@ impl Datapath {
             .map_err(dm_err("create", name))?;
         let device = info.device();
         let result = self
-            .load_and_resume(name, lines)
+            .load_and_resume(name, lines, mode)
             .and_then(|()| self.ensure_node(name, device));
         match result {
             Ok(path) => {
@@ -300,21 +376,10 @@ impl Datapath {
         }
     }
 
-    fn load_and_resume(&self, name: &DevName, lines: &[TargetLine]) -> Result<()> {
+    fn load_and_resume(&self, name: &DevName, lines: &[TargetLine], mode: TableMode) -> Result<()> {
         let id = DevId::Name(name.dm_name());
-        let raw: Vec<(u64, u64, String, String)> = lines
-            .iter()
-            .map(|l| {
-                (
-                    *l.start,
-                    *l.len,
-                    l.target.target_type().to_string(),
-                    l.target.params(),
-                )
-            })
-            .collect();
         self.dm
-            .table_load(&id, &raw, DmOptions::default())
+            .table_load(&id, &raw_lines(lines), mode.options())
             .map_err(dm_err("table load", name))?;
         // Resume = activate the loaded table.
         self.dm
@@ -434,7 +499,7 @@ impl Datapath {
     /// volume grew: more mirrored disks, or longer stripe columns) is
     /// reloaded in place, under I/O; see [`grows`].
     pub fn ensure_volume(&self, name: &DevName, layout: &VolumeLayout) -> Result<MappedDevice> {
-        self.ensure_device_or_grow(name, &layout.lines(), true)
+        self.ensure_device_or_grow(name, &layout.lines(), TableMode::ReadWrite, true)
     }
 
     /// Whether device `new` maps its first `len` sectors straight onto
@@ -553,28 +618,19 @@ impl Datapath {
             len,
             target: Target::Raid1(table),
         }];
-        self.reload_table(name, &line)
+        self.reload(name, &line)
     }
 
     /// Loads `lines` as the inactive table of the running device `name`,
     /// then suspends and resumes to swap it in. Suspend holds new I/O and
-    /// waits for the I/O in flight; nothing fails.
-    fn reload_table(&self, name: &DevName, lines: &[TargetLine]) -> Result<()> {
+    /// waits for the I/O in flight; nothing fails. This is also how a
+    /// thin-pool changes mode (`read_only` on or off) and a thin device
+    /// changes its external origin, with the devices above kept open.
+    pub fn reload(&self, name: &DevName, lines: &[TargetLine]) -> Result<()> {
         validate_table(name, lines)?;
-        let raw: Vec<(u64, u64, String, String)> = lines
-            .iter()
-            .map(|l| {
-                (
-                    *l.start,
-                    *l.len,
-                    l.target.target_type().to_string(),
-                    l.target.params(),
-                )
-            })
-            .collect();
         let id = DevId::Name(name.dm_name());
         self.dm
-            .table_load(&id, &raw, DmOptions::default())
+            .table_load(&id, &raw_lines(lines), DmOptions::default())
             .map_err(dm_err("table load", name))?;
         if let Err(e) = self
             .dm
@@ -635,6 +691,112 @@ impl Datapath {
             .target_msg(&DevId::Name(name.dm_name()), None, msg)
             .map_err(dm_err("message", name))?;
         Ok(())
+    }
+
+    /// Loads `lines` into the inactive slot of `name` without swapping it
+    /// in: the next [`resume`](Self::resume) does. This is the middle of a
+    /// multi-device change made while the devices are suspended (the
+    /// freeze of docs/design/snapshots.md §5.5.2). A failed load leaves the
+    /// active table as it was.
+    pub fn load_table(&self, name: &DevName, lines: &[TargetLine], mode: TableMode) -> Result<()> {
+        validate_table(name, lines)?;
+        self.dm
+            .table_load(
+                &DevId::Name(name.dm_name()),
+                &raw_lines(lines),
+                mode.options(),
+            )
+            .map_err(dm_err("table load", name))?;
+        Ok(())
+    }
+
+    /// Suspends `name`: waits for the I/O in flight (and, for a thin-pool,
+    /// commits its metadata), then holds new I/O until the resume.
+    /// Suspending a suspended device is a no-op.
+    pub fn suspend(&self, name: &DevName) -> Result<()> {
+        self.dm
+            .device_suspend(
+                &DevId::Name(name.dm_name()),
+                DmOptions::default().set_flags(DmFlags::DM_SUSPEND),
+            )
+            .map_err(dm_err("suspend", name))?;
+        Ok(())
+    }
+
+    /// Resumes `name`, swapping in a table loaded by
+    /// [`load_table`](Self::load_table) first if there is one; the I/O
+    /// held since the suspend then runs against it.
+    pub fn resume(&self, name: &DevName) -> Result<()> {
+        self.dm
+            .device_suspend(&DevId::Name(name.dm_name()), DmOptions::default())
+            .map_err(dm_err("resume", name))?;
+        Ok(())
+    }
+
+    /// Whether `name` is suspended, or `None` if it does not exist. A
+    /// restarted agent reads this to finish a sequence a crash cut short.
+    pub fn suspended(&self, name: &DevName) -> Result<Option<bool>> {
+        Ok(self
+            .info(name)?
+            .map(|info| info.flags().contains(DmFlags::DM_SUSPEND)))
+    }
+
+    /// Sends a target message (DM_TARGET_MSG, sector 0) and returns the
+    /// target's reply text, if any.
+    pub fn message(&self, name: &DevName, msg: &str) -> Result<Option<String>> {
+        let (_, reply) = self
+            .dm
+            .target_msg(&DevId::Name(name.dm_name()), None, msg)
+            .map_err(dm_err("message", name))?;
+        Ok(reply)
+    }
+
+    /// Creates thin device `dev_id` in the running pool `pool`
+    /// (`create_thin <id>`). Returns false if the pool already has it
+    /// (the kernel's EEXIST): the thin device lives in the pool's metadata,
+    /// so a retry after a crash finds it there.
+    pub fn create_thin(&self, pool: &DevName, dev_id: u32) -> Result<bool> {
+        match self.dm.target_msg(
+            &DevId::Name(pool.dm_name()),
+            None,
+            &format!("create_thin {dev_id}"),
+        ) {
+            Ok(_) => Ok(true),
+            Err(e) if errno_of(&e) == Some(libc::EEXIST) => Ok(false),
+            Err(e) => Err(dm_err("message create_thin", pool)(e)),
+        }
+    }
+
+    /// Parsed status of a thin-pool: usage, mode, `needs_check`.
+    pub fn thin_pool_status(&self, name: &DevName) -> Result<ThinPoolStatus> {
+        self.single_status(name, "thin-pool", "thin-pool status")
+    }
+
+    /// Parsed status of a thin device: the sectors it maps in its pool.
+    pub fn thin_status(&self, name: &DevName) -> Result<ThinStatus> {
+        self.single_status(name, "thin", "thin status")
+    }
+
+    /// The status of a one-line device of target `kind`, parsed as `T`.
+    fn single_status<T: std::str::FromStr<Err = String>>(
+        &self,
+        name: &DevName,
+        kind: &str,
+        what: &'static str,
+    ) -> Result<T> {
+        let t = self.raw_status(name)?;
+        match t.as_slice() {
+            [(_, _, k, params)] if k == kind => params.parse::<T>().map_err(|e| DmError::Parse {
+                name: name.to_string(),
+                what,
+                text: format!("{params} ({e})"),
+            }),
+            _ => Err(DmError::Parse {
+                name: name.to_string(),
+                what,
+                text: format_raw_table(&t),
+            }),
+        }
     }
 
     /// Removes a device and its node. Missing is success (idempotent).

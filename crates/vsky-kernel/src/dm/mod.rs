@@ -1,5 +1,6 @@
 //! Device-mapper stacks for VastSky volumes: legs, raid1 mirrors, and the
-//! linear or striped volume device on top.
+//! linear or striped volume device on top; and the dm-thin layers that
+//! snapshots will use (docs/design/snapshots.md §5.4).
 //!
 //! A volume on the head is built bottom-up:
 //!
@@ -9,6 +10,15 @@
 //! vsky-<vol>+r<k>   dm-raid raid1 over 2+ (meta, data) pairs, `- -` for a missing leg
 //! vsky-<vol>        dm-linear concatenation (or dm-striped) of the raid1 devices
 //! ```
+//!
+//! A thin layer (not yet assembled by the agent; the lab's `kernel-thin`
+//! runs it) sits on one such mirror: `tmeta` and `tdata` linears over it,
+//! a `thin-pool` over those, and thin device 0 with an optional external
+//! origin (the thin device of the layer below). Its **top form** is the
+//! mirror above with metadata devices; its **base form**, for readers of a
+//! frozen layer on any host, is raid1 over the data areas only
+//! ([`Raid1BaseTable`]: `- <data>` pairs, `nosync`, a read-only table) with
+//! the pool `read_only`.
 //!
 //! Every operation is an idempotent `ensure_*` in the devicemapper-rs style:
 //! if the device is missing it is created (and removed again if its table
@@ -20,15 +30,19 @@
 //! on it in production either).
 //!
 //! Main types: [`Datapath`] (the DM context), [`TargetLine`] (typed table
-//! lines: [`Raid1Table`], linear, striped), [`RaidStatus`] (parsed status).
+//! lines: [`Raid1Table`], [`Raid1BaseTable`], linear, striped,
+//! [`ThinPoolTable`], [`ThinTable`]), [`RaidStatus`] and [`ThinPoolStatus`]
+//! (parsed status).
 //!
 //! The pure parts need no kernel and are unit-tested here: `names`
 //! (device names), `table` (typed table lines, their formatting, parsing
-//! and validation), `layout` (how legs and volumes map onto table lines),
+//! and validation), `thin` (the thin-pool and thin lines and their status),
+//! `layout` (how legs and volumes map onto table lines),
 //! `status` (parsing dm-raid's status), `superblock` (recognising a
 //! dm-raid superblock) and `floor` (which DM interface and dm-raid versions
 //! the head accepts, checked at start-up). `datapath` holds the ioctls: the `ensure_*`
-//! operations, reloads, status queries and removal; the VM lab
+//! operations, reloads (also the suspend / load / resume steps a multi-device
+//! change is made of), target messages, status queries and removal; the VM lab
 //! (`crates/vsky-kernel/tests/lab.rs`) exercises it.
 
 use std::path::PathBuf;
@@ -44,8 +58,9 @@ mod names;
 mod status;
 mod superblock;
 mod table;
+mod thin;
 
-pub use datapath::{Datapath, Leg, MappedDevice};
+pub use datapath::{Datapath, Leg, MappedDevice, TableMode};
 pub use floor::{
     DM_INTERFACE_MAJOR, DmSupport, RAID_EXACT_TABLE, RAID_MIN, TargetVersion, decide_dm_support,
 };
@@ -53,7 +68,11 @@ pub use layout::{LegLayout, VolumeLayout};
 pub use names::{DevName, LegNames, NAME_PREFIX, VolumeName};
 pub use status::{LegHealth, RaidStatus, SyncAction};
 pub use superblock::has_raid_superblock;
-pub use table::{LegDevices, Raid1Table, RaidTableReadback, Target, TargetLine};
+pub use table::{LegDevices, Raid1BaseTable, Raid1Table, RaidTableReadback, Target, TargetLine};
+pub use thin::{
+    PoolDiscard, PoolMode, THIN_BLOCK_MAX, THIN_BLOCK_MIN, THIN_DEV_ID_MAX, ThinPoolStatus,
+    ThinPoolTable, ThinPoolUsage, ThinStatus, ThinTable,
+};
 
 /// Errors of the device-mapper layer. Messages name the device and say what
 /// to do next.

@@ -1,12 +1,13 @@
-//! Typed device-mapper table lines: the raid1, linear and striped targets we
-//! load, formatted exactly as the kernel prints them back (so a read-back
-//! table compares equal), parsed from the kernel's text, and validated
-//! before any ioctl.
+//! Typed device-mapper table lines: the raid1 (top and base form), linear,
+//! striped, thin-pool and thin (`thin.rs`) targets we load, formatted
+//! exactly as the kernel prints them back (so a read-back table compares
+//! equal), parsed from the kernel's text, and validated before any ioctl.
 
 use std::fmt;
 use std::str::FromStr;
 
 use super::names::DevName;
+use super::thin::{ThinPoolTable, ThinTable};
 use super::{Device, DmError, Result, Sectors};
 
 /// The device numbers of one raid1 leg, as used in the raid table.
@@ -155,82 +156,179 @@ impl Raid1Table {
     }
 }
 
+/// The slots of a raid1 line as printed: (metadata, data), `None` for `-`.
+type RawSlots = Vec<(Option<Device>, Option<Device>)>;
+
+/// Reads a raid1 line into its options (a table with no legs yet) and its
+/// device slots, for both forms ([`Raid1Table`], [`Raid1BaseTable`]).
+/// Reads `#raid_params` past a miscount (see [`Raid1Table::from_kernel`]);
+/// `rebuild` values are kept as printed.
+fn parse_raid1_line(s: &str) -> std::result::Result<(Raid1Table, RawSlots), String> {
+    let t: Vec<&str> = s.split_whitespace().collect();
+    let num = |v: &str, what: &str| {
+        v.parse::<u64>()
+            .map_err(|_| format!("{what} {v:?} is not a number"))
+    };
+    match t.first() {
+        Some(&"raid1") => {}
+        Some(_) => return Err("not a raid1 table".into()),
+        None => return Err("missing raid type".into()),
+    }
+    // Checked for its form only: dm-raid < 1.15.1 miscounts it when the
+    // table carries `rebuild` (docs/kernel-floor.md, B10).
+    let nparams = num(t.get(1).ok_or("missing #raid_params")?, "#raid_params")?;
+    if nparams == 0 {
+        return Err("#raid_params is 0 (chunk size missing)".into());
+    }
+    num(t.get(2).ok_or("missing chunk size")?, "chunk size")?;
+    // `<#raid_devs>` is the last token that is not a device: options
+    // hold names and numbers, never `major:minor` or `-` (journal_dev,
+    // the one option with a device, is not a raid1 option).
+    let is_device = |tok: &&&str| **tok == "-" || tok.contains(':');
+    let devices = t[3..].iter().rev().take_while(is_device).count();
+    let Some(at) = (t.len() - devices).checked_sub(1).filter(|at| *at >= 3) else {
+        return Err("missing #raid_devs".into());
+    };
+    let ndevs = num(t[at], "#raid_devs")?;
+    if ndevs > 64 {
+        return Err(format!("{ndevs} raid devices is more than dm-raid allows"));
+    }
+    if devices as u64 != 2 * ndevs {
+        return Err(format!(
+            "#raid_devs {ndevs} needs {} device tokens, the line has {devices}",
+            2 * ndevs
+        ));
+    }
+    let mut table = Raid1Table::new(Vec::with_capacity(ndevs as usize), Sectors(0));
+    let mut p = t[3..at].iter();
+    while let Some(key) = p.next() {
+        match *key {
+            "nosync" => table.nosync = true,
+            "sync" => {}
+            "rebuild" | "region_size" | "write_mostly" | "daemon_sleep" | "min_recovery_rate"
+            | "max_recovery_rate" | "max_write_behind" => {
+                let v = p.next().ok_or_else(|| format!("{key} without a value"))?;
+                let v = num(v, key)?;
+                match *key {
+                    "rebuild" => table.rebuild.push(v as usize),
+                    "region_size" => table.region_size = Sectors(v),
+                    "max_recovery_rate" => table.max_recovery_rate_kib = Some(v),
+                    // Not used by VastSky; tolerated so that adoption of a
+                    // hand-tuned device reports a mismatch, not a parse error.
+                    _ => {}
+                }
+            }
+            other => return Err(format!("unknown raid1 option {other:?}")),
+        }
+    }
+    let dev = |tok: &str| match tok {
+        "-" => Ok(None),
+        tok => parse_device(tok).map(Some),
+    };
+    let mut slots = Vec::with_capacity(ndevs as usize);
+    for pair in t[at + 1..].chunks(2) {
+        match pair {
+            [m, d] => slots.push((dev(m)?, dev(d)?)),
+            _ => return Err("odd number of device tokens".into()),
+        }
+    }
+    Ok((table, slots))
+}
+
 impl FromStr for Raid1Table {
     type Err = String;
     /// Reads `#raid_params` past a miscount (see [`Raid1Table::from_kernel`]);
     /// `rebuild` values are kept as printed.
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let t: Vec<&str> = s.split_whitespace().collect();
-        let num = |v: &str, what: &str| {
-            v.parse::<u64>()
-                .map_err(|_| format!("{what} {v:?} is not a number"))
-        };
-        match t.first() {
-            Some(&"raid1") => {}
-            Some(_) => return Err("not a raid1 table".into()),
-            None => return Err("missing raid type".into()),
-        }
-        // Checked for its form only: dm-raid < 1.15.1 miscounts it when the
-        // table carries `rebuild` (docs/kernel-floor.md, B10).
-        let nparams = num(t.get(1).ok_or("missing #raid_params")?, "#raid_params")?;
-        if nparams == 0 {
-            return Err("#raid_params is 0 (chunk size missing)".into());
-        }
-        num(t.get(2).ok_or("missing chunk size")?, "chunk size")?;
-        // `<#raid_devs>` is the last token that is not a device: options
-        // hold names and numbers, never `major:minor` or `-` (journal_dev,
-        // the one option with a device, is not a raid1 option).
-        let is_device = |tok: &&&str| **tok == "-" || tok.contains(':');
-        let devices = t[3..].iter().rev().take_while(is_device).count();
-        let Some(at) = (t.len() - devices).checked_sub(1).filter(|at| *at >= 3) else {
-            return Err("missing #raid_devs".into());
-        };
-        let ndevs = num(t[at], "#raid_devs")?;
-        if ndevs > 64 {
-            return Err(format!("{ndevs} raid devices is more than dm-raid allows"));
-        }
-        if devices as u64 != 2 * ndevs {
-            return Err(format!(
-                "#raid_devs {ndevs} needs {} device tokens, the line has {devices}",
-                2 * ndevs
-            ));
-        }
-        let mut table = Raid1Table::new(Vec::with_capacity(ndevs as usize), Sectors(0));
-        let mut p = t[3..at].iter();
-        while let Some(key) = p.next() {
-            match *key {
-                "nosync" => table.nosync = true,
-                "sync" => {}
-                "rebuild" | "region_size" | "write_mostly" | "daemon_sleep"
-                | "min_recovery_rate" | "max_recovery_rate" | "max_write_behind" => {
-                    let v = p.next().ok_or_else(|| format!("{key} without a value"))?;
-                    let v = num(v, key)?;
-                    match *key {
-                        "rebuild" => table.rebuild.push(v as usize),
-                        "region_size" => table.region_size = Sectors(v),
-                        "max_recovery_rate" => table.max_recovery_rate_kib = Some(v),
-                        // Not used by VastSky; tolerated so that adoption of a
-                        // hand-tuned device reports a mismatch, not a parse error.
-                        _ => {}
-                    }
+        let (mut table, slots) = parse_raid1_line(s)?;
+        for slot in slots {
+            table.legs.push(match slot {
+                (None, None) => None,
+                (Some(meta), Some(data)) => Some(LegDevices { meta, data }),
+                (None, Some(_)) => {
+                    return Err(
+                        "a leg without a metadata device is the base form (Raid1BaseTable)".into(),
+                    );
                 }
-                other => return Err(format!("unknown raid1 option {other:?}")),
-            }
-        }
-        for pair in t[at + 1..].chunks(2) {
-            table.legs.push(match pair {
-                ["-", "-"] => None,
-                ["-", _] | [_, "-"] => {
-                    return Err("legs without a metadata device are not used by VastSky".into());
-                }
-                [m, d] => Some(LegDevices {
-                    meta: parse_device(m)?,
-                    data: parse_device(d)?,
-                }),
-                _ => return Err("odd number of device tokens".into()),
+                (Some(_), None) => return Err("a metadata device without data".into()),
             });
         }
         Ok(table)
+    }
+}
+
+/// The **base form** of a raid1 mirror: data devices only (`- <data>`
+/// pairs), always `nosync`, loaded in a read-only table. Without metadata
+/// devices dm-raid keeps no superblock and no bitmap, so nothing is ever
+/// written to the legs, and any number of hosts may assemble the same
+/// legs at once. It serves immutable data only (a frozen layer): without
+/// a bitmap nothing records which regions differ, so a rebuild is
+/// impossible and a failed leg stays failed until the table is reloaded
+/// with another leg list. Format:
+/// `raid1 4 0 nosync region_size <r> <#devs> - <data>|- -…`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Raid1BaseTable {
+    /// Data devices in slot order; `None` is a missing leg (`- -`).
+    pub data: Vec<Option<Device>>,
+    /// Region size: a power of two, as for [`Raid1Table`] (dm-raid checks
+    /// it even without a bitmap).
+    pub region_size: Sectors,
+}
+
+impl Raid1BaseTable {
+    fn validate(&self, len: Sectors) -> std::result::Result<(), String> {
+        // The same slot and region rules as the top form.
+        let legs = self
+            .data
+            .iter()
+            .map(|d| d.map(|data| LegDevices { meta: data, data }))
+            .collect();
+        Raid1Table::new(legs, self.region_size).validate(len)
+    }
+}
+
+impl fmt::Display for Raid1BaseTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Option order as dm-raid prints it (nosync before region_size).
+        write!(
+            f,
+            "raid1 4 0 nosync region_size {} {}",
+            *self.region_size,
+            self.data.len()
+        )?;
+        for d in &self.data {
+            match d {
+                Some(d) => write!(f, " - {d}")?,
+                None => write!(f, " - -")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Raid1BaseTable {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (table, slots) = parse_raid1_line(s)?;
+        if !table.nosync {
+            return Err("the base form is always nosync (no bitmap to resync from)".into());
+        }
+        if !table.rebuild.is_empty() {
+            return Err("the base form cannot rebuild (no metadata devices)".into());
+        }
+        let mut data = Vec::with_capacity(slots.len());
+        for slot in slots {
+            data.push(match slot {
+                (None, d) => d,
+                (Some(_), _) => {
+                    return Err("a leg with a metadata device is the top form (Raid1Table)".into());
+                }
+            });
+        }
+        Ok(Raid1BaseTable {
+            data,
+            region_size: table.region_size,
+        })
     }
 }
 
@@ -248,6 +346,12 @@ pub enum Target {
         stripes: Vec<(Device, Sectors)>,
     },
     Raid1(Raid1Table),
+    /// raid1 over data devices only: the read-only base form.
+    Raid1Base(Raid1BaseTable),
+    /// `thin-pool <metadata> <data> <block> <low water> <#features> …`.
+    ThinPool(ThinPoolTable),
+    /// `thin <pool> <dev id> [<external origin>]`.
+    Thin(ThinTable),
 }
 
 impl Target {
@@ -255,7 +359,9 @@ impl Target {
         match self {
             Target::Linear { .. } => "linear",
             Target::Striped { .. } => "striped",
-            Target::Raid1(_) => "raid",
+            Target::Raid1(_) | Target::Raid1Base(_) => "raid",
+            Target::ThinPool(_) => "thin-pool",
+            Target::Thin(_) => "thin",
         }
     }
     pub fn params(&self) -> String {
@@ -269,6 +375,9 @@ impl Target {
                 s
             }
             Target::Raid1(r) => r.to_string(),
+            Target::Raid1Base(r) => r.to_string(),
+            Target::ThinPool(p) => p.to_string(),
+            Target::Thin(t) => t.to_string(),
         }
     }
     /// Whether the kernel's (type, params) for this line describe the same
@@ -281,6 +390,9 @@ impl Target {
             Target::Raid1(want) => params
                 .parse::<Raid1Table>()
                 .is_ok_and(|t| want.same_layout(&t)),
+            Target::Raid1Base(want) => params.parse::<Raid1BaseTable>().as_ref() == Ok(want),
+            Target::ThinPool(want) => params.parse::<ThinPoolTable>().as_ref() == Ok(want),
+            Target::Thin(want) => params.parse::<ThinTable>().as_ref() == Ok(want),
             _ => params
                 .split_whitespace()
                 .eq(self.params().split_whitespace()),
@@ -333,6 +445,21 @@ pub(super) fn validate_table(name: &DevName, lines: &[TargetLine]) -> Result<()>
         match &l.target {
             Target::Raid1(r) => {
                 if let Err(e) = r.validate(l.len) {
+                    return bad(e);
+                }
+            }
+            Target::Raid1Base(r) => {
+                if let Err(e) = r.validate(l.len) {
+                    return bad(e);
+                }
+            }
+            Target::ThinPool(p) => {
+                if let Err(e) = p.validate(l.len) {
+                    return bad(e);
+                }
+            }
+            Target::Thin(t) => {
+                if let Err(e) = t.validate() {
                     return bad(e);
                 }
             }
