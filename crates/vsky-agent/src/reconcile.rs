@@ -643,6 +643,7 @@ mod tests {
             chunk_size_bytes: 8 << 20,
             leg_meta_bytes: 1 << 20,
             mirrored_disks: vec![chunks.iter().enumerate().map(|(i, c)| leg(i, *c)).collect()],
+            chain: Vec::new(),
         }
     }
 

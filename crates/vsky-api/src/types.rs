@@ -750,7 +750,47 @@ pub struct VolumeSpec {
     pub stripe: Option<Stripe>,
     pub chunk_size_bytes: u64,
     pub leg_meta_bytes: u64,
+    /// A thick volume's mirrored disks; empty for a thin volume.
     pub mirrored_disks: Vec<Vec<LegSpec>>,
+    /// A thin volume's layers, its top first, each reading what it has not
+    /// written from the next; absent for a thick volume.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<LayerSpec>,
+}
+
+/// How a head assembles one layer of a thin volume's chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerForm {
+    /// The layer the volume writes: raid1 with metadata over every leg,
+    /// its pool read-write.
+    Top,
+    /// The old top of a snapshot this head still has to switch away from:
+    /// assembled as `top`; once the volume device reads the new top, its
+    /// pool is reloaded read-only and the switch reported.
+    Freezing,
+    /// Immutable: read-only raid1 over the active legs' data areas, no
+    /// metadata, its pool read-only.
+    Base,
+}
+
+/// One layer of a thin volume's chain: a dm-thin pool on the layer's
+/// mirrored disks and its thin device 0.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LayerSpec {
+    /// The layer's name: its devices are named after it.
+    pub name: String,
+    pub form: LayerForm,
+    pub mirrored_disks: Vec<Vec<LegSpec>>,
+    /// Bytes of pool metadata at the front of the layer's space.
+    pub meta_bytes: u64,
+    /// dm-thin block size, in 512-byte sectors.
+    pub block_sectors: u32,
+    pub thin_size_bytes: u64,
+    /// The next layer of the chain, which this one reads unwritten blocks
+    /// from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 /// Everything one agent must do: chunks to export, freed chunks to wipe,

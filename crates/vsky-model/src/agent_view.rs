@@ -8,8 +8,9 @@
 //! token may leak: a leg's secret export name is listed to the server that
 //! exports the chunk, and to another server only while that server must
 //! open the leg (as the head of an attached volume, a copy's source, a
-//! leg a comparing scrub reads over NBD). A storage-only server is listed
-//! no volume to assemble, and a head no volume it is releasing.
+//! leg a comparing scrub reads over NBD, a layer of an attached thin
+//! volume's chain). A storage-only server is listed no volume to assemble,
+//! and a head no volume it is releasing.
 
 use crate::cluster::Cluster;
 use crate::cluster::executor::Executor;
@@ -95,7 +96,52 @@ pub struct VolumeSpec {
     pub stripe: Option<Stripe>,
     pub chunk_size_bytes: u64,
     pub leg_meta_bytes: u64,
+    /// A thick volume's mirrored disks; empty for a thin volume.
     pub mirrored_disks: Vec<Vec<LegSpec>>,
+    /// A thin volume's layers, its top first, each over the next; empty
+    /// for a thick volume (`cluster/chains.rs`).
+    pub chain: Vec<LayerSpec>,
+}
+
+/// How a head assembles one layer of a chain (docs/design/snapshots.md
+/// §5.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerForm {
+    /// The layer the volume writes: raid1 with metadata devices over every
+    /// leg (resyncs run through it, as a thick volume's), its pool
+    /// read-write.
+    Top,
+    /// The old top a snapshot froze, which this head still writes until it
+    /// has switched the volume device to the new top: assembled as `Top`
+    /// until then; the head then reloads its pool `read_only` and reports
+    /// the switch (the heartbeat's frozen layers, `Cluster::finish_freeze`).
+    Freezing,
+    /// Immutable: raid1 over the active legs' data areas only (no metadata
+    /// devices, `nosync`), read-only, its pool `read_only`. Any number of
+    /// heads may assemble it so at once; storage agents repair it.
+    Base,
+}
+
+/// One layer of a thin volume's chain: a dm-thin pool on the layer's
+/// mirrored disks (metadata in front, data behind) and its thin device 0.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerSpec {
+    /// The layer's record name (`_L<id>`): its devices are named after it,
+    /// so a head assembles a layer several of its volumes share once.
+    pub name: String,
+    pub form: LayerForm,
+    /// Every slot, as for a thick volume: a leg this head must not open
+    /// has no export name (in `Base` form, every leg that is not active).
+    pub mirrored_disks: Vec<Vec<LegSpec>>,
+    /// Bytes of pool metadata at the front of the layer's space.
+    pub meta_bytes: u64,
+    /// dm-thin block size, in 512-byte sectors.
+    pub block_sectors: u32,
+    /// The size of the layer's thin device.
+    pub thin_size_bytes: u64,
+    /// The layer its thin device reads unwritten blocks from (the next in
+    /// the chain).
+    pub parent: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -158,14 +204,11 @@ impl Cluster {
         // before the role was known waits for an admin's detach). A
         // releasing volume is left out: its head tears it down, and its
         // heartbeat then ends the attachment (`cluster/access.rs`).
-        // Thin volumes are not assembled by heads yet (design step 6 of
-        // docs/design/snapshots.md); nothing attaches one until then.
         let heads = self.server(server).is_some_and(|s| !s.storage_only);
         let volumes = self
             .volumes()
             .filter(|v| {
                 heads
-                    && v.role.is_thick()
                     && v.attachment
                         .as_ref()
                         .is_some_and(|a| a.head == server && !a.is_releasing())
@@ -176,34 +219,8 @@ impl Cluster {
                 stripe: v.stripe,
                 chunk_size_bytes: chunk,
                 leg_meta_bytes: s.leg_meta_bytes,
-                mirrored_disks: v
-                    .mirrored_disks
-                    .iter()
-                    .enumerate()
-                    .map(|(m, md)| {
-                        md.legs
-                            .iter()
-                            .enumerate()
-                            .map(|(l, leg)| {
-                                let mut spec = self.leg_spec(server, leg);
-                                spec.resync_job = self
-                                    .active_job(v.id, m as u32, l as u8)
-                                    .filter(|j| {
-                                        leg.state == LegState::Syncing
-                                            && self.job_executor(j.id)
-                                                == Some(Executor::Head(server))
-                                    })
-                                    .map(|j| j.id);
-                                // The head imports active legs and the new
-                                // members it rebuilds, nothing else.
-                                if leg.state != LegState::Active && spec.resync_job.is_none() {
-                                    spec.export_name.clear();
-                                }
-                                spec
-                            })
-                            .collect()
-                    })
-                    .collect(),
+                mirrored_disks: self.head_legs(server, v),
+                chain: self.chain_specs(server, v),
             })
             .collect();
         AgentView {
@@ -276,6 +293,85 @@ impl Cluster {
         self.volume(id)
             .map(|v| v.name.clone())
             .unwrap_or_else(|| format!("#{}", id.0))
+    }
+
+    /// The legs of a volume (or a top-form layer) as its head assembles
+    /// them: active legs, and the new members whose resync this head runs.
+    fn head_legs(&self, server: ServerId, v: &Volume) -> Vec<Vec<LegSpec>> {
+        v.mirrored_disks
+            .iter()
+            .enumerate()
+            .map(|(m, md)| {
+                md.legs
+                    .iter()
+                    .enumerate()
+                    .map(|(l, leg)| {
+                        let mut spec = self.leg_spec(server, leg);
+                        spec.resync_job = self
+                            .active_job(v.id, m as u32, l as u8)
+                            .filter(|j| {
+                                leg.state == LegState::Syncing
+                                    && self.job_executor(j.id) == Some(Executor::Head(server))
+                            })
+                            .map(|j| j.id);
+                        // The head imports active legs and the new
+                        // members it rebuilds, nothing else.
+                        if leg.state != LegState::Active && spec.resync_job.is_none() {
+                            spec.export_name.clear();
+                        }
+                        spec
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// A thin volume's chain as its head `server` assembles it: the layers
+    /// its head writes in top form, the frozen ones in base form (their
+    /// active legs only).
+    fn chain_specs(&self, server: ServerId, v: &Volume) -> Vec<LayerSpec> {
+        let chain = self.chain(v.id);
+        chain
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &id)| {
+                let layer = self.volume(id)?;
+                let info = layer.role.layer()?;
+                let form = match info.state {
+                    LayerState::Writable => LayerForm::Top,
+                    LayerState::Freezing => LayerForm::Freezing,
+                    LayerState::Frozen => LayerForm::Base,
+                };
+                let mirrored_disks = match form {
+                    LayerForm::Top | LayerForm::Freezing => self.head_legs(server, layer),
+                    LayerForm::Base => layer
+                        .mirrored_disks
+                        .iter()
+                        .map(|md| {
+                            md.legs
+                                .iter()
+                                .map(|leg| {
+                                    let mut spec = self.leg_spec(server, leg);
+                                    if leg.state != LegState::Active {
+                                        spec.export_name.clear();
+                                    }
+                                    spec
+                                })
+                                .collect()
+                        })
+                        .collect(),
+                };
+                Some(LayerSpec {
+                    name: layer.name.clone(),
+                    form,
+                    mirrored_disks,
+                    meta_bytes: info.meta_bytes,
+                    block_sectors: info.block_sectors,
+                    thin_size_bytes: info.thin_size_bytes,
+                    parent: chain.get(i + 1).map(|p| self.volume_label(*p)),
+                })
+            })
+            .collect()
     }
 
     fn leg_spec(&self, head: ServerId, leg: &Leg) -> LegSpec {

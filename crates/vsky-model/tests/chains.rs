@@ -322,6 +322,91 @@ fn the_head_of_a_thin_volume_repairs_the_layers_it_writes() {
     c.check_invariants().unwrap();
 }
 
+fn chain_of(c: &Cluster, head: &str, volume: &str) -> Vec<(String, agent_view::LayerForm)> {
+    let view = c.agent_view(server(c, head));
+    let spec = view.volumes.iter().find(|v| v.name == volume).unwrap();
+    assert!(
+        spec.mirrored_disks.is_empty(),
+        "a thin volume's data is its chain"
+    );
+    for pair in spec.chain.windows(2) {
+        assert_eq!(pair[0].parent.as_ref(), Some(&pair[1].name));
+    }
+    assert_eq!(spec.chain.last().unwrap().parent, None);
+    spec.chain
+        .iter()
+        .map(|l| (l.name.clone(), l.form))
+        .collect()
+}
+
+#[test]
+fn a_head_is_told_each_layer_of_its_volumes_chains_and_how_to_assemble_it() {
+    use agent_view::LayerForm::{Base, Freezing, Top};
+    let mut c = pool();
+    let mut s = CountingSecrets::default();
+    thin(&mut c, "v", 64 * MIB, &mut s);
+    c.attach_volume("v", "s0").unwrap();
+    let t = layer_name(top_of(&c, "v"));
+    assert_eq!(chain_of(&c, "s0", "v"), vec![(t.clone(), Top)]);
+    c.snapshot_volume("v", "snap", 1, &mut s).unwrap();
+    let n = layer_name(top_of(&c, "v"));
+    assert_eq!(
+        chain_of(&c, "s0", "v"),
+        vec![(n.clone(), Top), (t.clone(), Freezing)]
+    );
+    c.finish_freeze(server(&c, "s0"), "v").unwrap();
+    assert_eq!(
+        chain_of(&c, "s0", "v"),
+        vec![(n.clone(), Top), (t.clone(), Base)]
+    );
+    // A clone on another head reads the same base.
+    c.clone_volume("snap", "c", 2, &mut s).unwrap();
+    c.attach_volume("c", "s1").unwrap();
+    let ct = layer_name(top_of(&c, "c"));
+    assert_eq!(chain_of(&c, "s1", "c"), vec![(ct, Top), (t.clone(), Base)]);
+    // No other server is told any layer.
+    assert!(c.agent_view(server(&c, "s2")).volumes.is_empty());
+    // A base's failed leg is listed without its secret; the leg a head
+    // reads with is still there.
+    let base = c.volume_by_name("snap").unwrap().role.clone();
+    let VolumeRole::Snapshot { layer, .. } = base else {
+        unreachable!()
+    };
+    c.report_leg_failed(server(&c, "s1"), &t, 0, 0).unwrap();
+    let view = c.agent_view(server(&c, "s1"));
+    let spec = view.volumes.iter().find(|v| v.name == "c").unwrap();
+    let legs = &spec.chain[1].mirrored_disks[0];
+    assert!(legs[0].export_name.is_empty());
+    assert_eq!(legs[1].export_name, leg_names(&c, layer)[1]);
+    c.check_invariants().unwrap();
+}
+
+#[test]
+fn heads_report_failed_legs_of_the_layers_they_assemble_only() {
+    let mut c = pool();
+    let mut s = CountingSecrets::default();
+    thin(&mut c, "v", 64 * MIB, &mut s);
+    let top = top_of(&c, "v");
+    let name = layer_name(top);
+    // Not attached: nobody assembles it.
+    assert!(matches!(
+        c.report_leg_failed(server(&c, "s0"), &name, 0, 0),
+        Err(ModelError::Conflict(_))
+    ));
+    c.attach_volume("v", "s0").unwrap();
+    assert!(matches!(
+        c.report_leg_failed(server(&c, "s1"), &name, 0, 0),
+        Err(ModelError::Conflict(_))
+    ));
+    assert!(c.report_leg_failed(server(&c, "s0"), &name, 0, 9).is_err());
+    c.report_leg_failed(server(&c, "s0"), &name, 0, 1).unwrap();
+    let leg = &c.volume(top).unwrap().mirrored_disks[0].legs[1];
+    assert_eq!(leg.state, LegState::Failed);
+    // A handle's own name has no legs to report.
+    assert!(c.report_leg_failed(server(&c, "s0"), "v", 0, 0).is_err());
+    c.check_invariants().unwrap();
+}
+
 #[test]
 fn clones_come_from_snapshots_and_detached_volumes_only() {
     let mut c = pool();

@@ -3,6 +3,7 @@
 //! import the kernel already has, giving a dead import a fresh connection,
 //! and bringing back legs the manager lists active again.
 
+use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
@@ -36,31 +37,57 @@ impl Default for NbdBackendFile {
     }
 }
 
-/// [`Head::find_import`] over a list of (device, backend identifier).
-fn pick_import(
-    backends: Vec<(NbdIndex, String)>,
-    volume: &str,
-    k: usize,
-    chunk: ChunkId,
-) -> Option<(NbdIndex, String)> {
-    // Volume names hold no ':', so the prefix ends exactly at the volume.
-    let prefix = format!("{BACKEND_PREFIX}{volume}:");
-    backends.into_iter().find(|(_, backend)| {
-        backend.strip_prefix(&prefix).and_then(parse_backend_rest) == Some((k as u32, chunk))
-    })
+/// One volume's NBD imports, by leg: what the kernel (or the head's file)
+/// lists, read once and then kept current by the head's own connects.
+/// `Head::ensure` holds one for the whole assembly: reading every NBD
+/// device's backend for each leg made a volume's activation quadratic in
+/// its legs (docs/design/activation.md, step 1).
+#[derive(Debug, Default)]
+pub(super) struct ImportIndex {
+    volume: String,
+    by_leg: HashMap<(u32, ChunkId), (NbdIndex, String)>,
+}
+
+impl ImportIndex {
+    /// The imports of `volume` among `backends` (device, backend
+    /// identifier), in either identifier form; of two imports of one leg,
+    /// the first listed.
+    pub(super) fn of(volume: &str, backends: Vec<(NbdIndex, String)>) -> Self {
+        // Volume names hold no ':', so the prefix ends exactly at the volume.
+        let prefix = format!("{BACKEND_PREFIX}{volume}:");
+        let mut by_leg = HashMap::new();
+        for (index, backend) in backends {
+            let Some(leg) = backend.strip_prefix(&prefix).and_then(parse_backend_rest) else {
+                continue;
+            };
+            by_leg.entry(leg).or_insert((index, backend));
+        }
+        ImportIndex {
+            volume: volume.to_string(),
+            by_leg,
+        }
+    }
+
+    fn get(&self, k: usize, chunk: ChunkId) -> Option<(NbdIndex, String)> {
+        self.by_leg.get(&(k as u32, chunk)).cloned()
+    }
 }
 
 impl Head {
     /// The NBD import of `chunk` in mirrored disk `k` of `volume`, with the
     /// backend identifier it was connected with (either form): from the
-    /// kernel, or from the head's own file on kernels without identifiers.
+    /// assembly's index while `ensure` runs, else from the kernel, or from
+    /// the head's own file on kernels without identifiers.
     fn find_import(
         &mut self,
         volume: &str,
         k: usize,
         chunk: ChunkId,
     ) -> Result<Option<(NbdIndex, String)>, HeadError> {
-        Ok(pick_import(self.nl.list_backends()?, volume, k, chunk))
+        if let Some(imports) = self.imports.as_ref().filter(|i| i.volume == volume) {
+            return Ok(imports.get(k, chunk));
+        }
+        Ok(ImportIndex::of(volume, self.nl.list_backends()?).get(k, chunk))
     }
 
     /// Imports one leg and carves its meta and data devices. A new member
@@ -147,6 +174,11 @@ impl Head {
         let index = self.nl.connect(&req, &[socket.as_fd()])?;
         // The kernel holds its own reference to the socket.
         drop(socket);
+        if let Some(imports) = self.imports.as_mut().filter(|i| i.volume == volume) {
+            imports
+                .by_leg
+                .insert((k as u32, leg.chunk), (index, backend.to_string()));
+        }
         Ok(index.device()?)
     }
 
@@ -306,20 +338,34 @@ mod tests {
             (NbdIndex(3), "vsky:vol:0:17:6".to_string()),
             (NbdIndex(4), "lab/x".to_string()),
         ];
+        let find = |volume: &str, k: usize, c: ChunkId| {
+            ImportIndex::of(volume, backends.clone()).get(k, c)
+        };
         assert_eq!(
-            pick_import(backends.clone(), "vol", 0, chunk(17, 5)),
+            find("vol", 0, chunk(17, 5)),
             Some((NbdIndex(2), "vsky:vol:0:1:17:5".to_string()))
         );
         assert_eq!(
-            pick_import(backends.clone(), "vol", 0, chunk(17, 6)),
+            find("vol", 0, chunk(17, 6)),
             Some((NbdIndex(3), "vsky:vol:0:17:6".to_string()))
         );
         assert_eq!(
-            pick_import(backends.clone(), "vol", 1, chunk(17, 5)).map(|(i, _)| i),
+            find("vol", 1, chunk(17, 5)).map(|(i, _)| i),
             Some(NbdIndex(1))
         );
         // Not another volume's, nor another mirror's.
-        assert_eq!(pick_import(backends.clone(), "vol2", 1, chunk(17, 5)), None);
-        assert_eq!(pick_import(backends, "vo", 0, chunk(17, 5)), None);
+        assert_eq!(find("vol2", 1, chunk(17, 5)), None);
+        assert_eq!(find("vo", 0, chunk(17, 5)), None);
+        // Of two imports of one leg, the first listed is adopted.
+        let twice = vec![
+            (NbdIndex(7), "vsky:vol:0:17:5".to_string()),
+            (NbdIndex(8), "vsky:vol:0:0:17:5".to_string()),
+        ];
+        assert_eq!(
+            ImportIndex::of("vol", twice)
+                .get(0, chunk(17, 5))
+                .map(|(i, _)| i),
+            Some(NbdIndex(7))
+        );
     }
 }

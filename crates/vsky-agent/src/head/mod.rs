@@ -131,6 +131,9 @@ pub struct Head {
     recovery_rate_kib: Option<u64>,
     /// When each new member that could not be imported first failed.
     new_member_failures: HashMap<(String, usize, ChunkId), Instant>,
+    /// The NBD imports of the volume `ensure` is assembling, read once per
+    /// call (`imports.rs`); `None` outside it.
+    imports: Option<imports::ImportIndex>,
 }
 
 /// How long a new member may stay unreachable before it is reported as a
@@ -179,6 +182,7 @@ impl Head {
             revive_attempts: HashMap::new(),
             recovery_rate_kib: None,
             new_member_failures: HashMap::new(),
+            imports: None,
         })
     }
 
@@ -221,6 +225,27 @@ impl Head {
 
     /// Creates or adopts every device of `spec`; returns the volume device.
     pub fn ensure(&mut self, spec: &VolumeSpec) -> Result<Assembly, HeadError> {
+        if !spec.chain.is_empty() {
+            // Thin volumes are assembled from their layers (design step 6
+            // of docs/design/snapshots.md); the manager offers none yet.
+            return Err(HeadError::Layout {
+                volume: spec.name.clone(),
+                reason: "a thin volume (a chain of layers), which this agent cannot assemble yet"
+                    .into(),
+            });
+        }
+        // One listing of the NBD imports for the whole assembly; nothing
+        // else connects or disconnects this volume's imports meanwhile
+        // (the head runs one reconcile at a time), and it is dropped on
+        // every way out, so a later call reads the kernel afresh.
+        let listed = self.nl.list_backends()?;
+        self.imports = Some(imports::ImportIndex::of(&spec.name, listed));
+        let assembled = self.assemble(spec);
+        self.imports = None;
+        assembled
+    }
+
+    fn assemble(&mut self, spec: &VolumeSpec) -> Result<Assembly, HeadError> {
         let vol = VolumeName::new(&spec.name)?;
         let layout =
             LegLayout::with_meta(sectors(spec.chunk_size_bytes), sectors(spec.leg_meta_bytes))?;
@@ -305,6 +330,8 @@ impl Head {
         let (top, len) = self.top(&vol, spec, data_len, &mirrors)?;
         assembly.device = top.path;
         assembly.size_bytes = *len * SECTOR;
+        // It disconnects imports: the index would go stale.
+        self.imports = None;
         self.collect_garbage(&vol, spec.mirrored_disks.len());
         Ok(assembly)
     }

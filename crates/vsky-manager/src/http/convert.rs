@@ -303,8 +303,36 @@ pub fn desired_state(
                     .into_iter()
                     .map(|legs| legs.into_iter().map(leg_spec).collect())
                     .collect(),
+                chain: v
+                    .chain
+                    .into_iter()
+                    .map(|l| layer_spec(l, &leg_spec))
+                    .collect(),
             })
             .collect(),
+    }
+}
+
+fn layer_spec(
+    l: m::agent_view::LayerSpec,
+    leg_spec: &dyn Fn(m::agent_view::LegSpec) -> api::LegSpec,
+) -> api::LayerSpec {
+    api::LayerSpec {
+        name: l.name,
+        form: match l.form {
+            m::agent_view::LayerForm::Top => api::LayerForm::Top,
+            m::agent_view::LayerForm::Freezing => api::LayerForm::Freezing,
+            m::agent_view::LayerForm::Base => api::LayerForm::Base,
+        },
+        mirrored_disks: l
+            .mirrored_disks
+            .into_iter()
+            .map(|legs| legs.into_iter().map(leg_spec).collect())
+            .collect(),
+        meta_bytes: l.meta_bytes,
+        block_sectors: l.block_sectors,
+        thin_size_bytes: l.thin_size_bytes,
+        parent: l.parent,
     }
 }
 

@@ -151,6 +151,19 @@ impl Cluster {
         }
     }
 
+    /// Whether `head` assembles volume `v`: a volume attached to it, or a
+    /// layer in the chain of a thin volume attached to it.
+    pub(super) fn assembles(&self, head: crate::ids::ServerId, v: &Volume) -> bool {
+        if v.role.layer().is_none() {
+            return v.attachment.as_ref().is_some_and(|a| a.head == head);
+        }
+        self.volumes.values().any(|h| {
+            matches!(h.role, VolumeRole::Thin { .. })
+                && h.attachment.as_ref().is_some_and(|a| a.head == head)
+                && self.chain(h.id).contains(&v.id)
+        })
+    }
+
     fn layer_info(&self, id: VolumeId) -> Option<&LayerInfo> {
         self.volumes.get(&id).and_then(|v| v.role.layer())
     }

@@ -15,7 +15,9 @@ use crate::error::ModelError;
 use crate::ids::{ChunkRef, DiskId, ServerId};
 
 impl Cluster {
-    /// The head of a volume reports that one of its legs failed.
+    /// The head of a volume reports that one of its legs failed. `volume`
+    /// may name a layer of a thin volume attached to that head
+    /// (`chains.rs`): the head assembles those, so it sees their legs fail.
     pub fn report_leg_failed(
         &mut self,
         head: ServerId,
@@ -23,8 +25,11 @@ impl Cluster {
         mirrored_disk: u32,
         leg: u8,
     ) -> Result<Changes, ModelError> {
-        let v = self.volume_by_name(volume)?;
-        if v.attachment.as_ref().map(|a| a.head) != Some(head) {
+        let v = match self.volume_names.get(volume).map(|id| &self.volumes[id]) {
+            Some(layer) if layer.role.layer().is_some() => layer,
+            _ => self.volume_by_name(volume)?,
+        };
+        if !self.assembles(head, v) {
             return Err(ModelError::Conflict(format!(
                 "volume '{volume}' is not attached to this server; only its head reports leg failures"
             )));
