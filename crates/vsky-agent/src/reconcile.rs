@@ -46,7 +46,7 @@ use crate::compare::Scrubs;
 use crate::config::Config;
 use crate::copy::Copies;
 use crate::disks::InspectedDisk;
-use crate::head::Head;
+use crate::head::{Head, is_layer, mirror_sets};
 use crate::label::{self, Decoded};
 use crate::shared::{Assembled, Shared};
 use crate::wipe;
@@ -401,15 +401,19 @@ impl Agent {
             head.set_resync_rate(resync_rate);
             let mut complete = true;
             for spec in &volumes {
-                // Legs brought back by the manager: try them now, whatever
-                // an earlier attempt (during the outage) said.
-                let returning = shared.take_returning(&spec.name);
-                head.forget_revive_attempts(
-                    &spec.name,
-                    returning
-                        .iter()
-                        .map(|(_, k, l, _)| (*k as usize, *l as usize)),
-                );
+                // A thin volume's layers are sets of mirrors of their own.
+                let sets = mirror_sets(spec);
+                for set in &sets {
+                    // Legs brought back by the manager: try them now,
+                    // whatever an earlier attempt (during the outage) said.
+                    let returning = shared.take_returning(&set.name);
+                    head.forget_revive_attempts(
+                        &set.name,
+                        returning
+                            .iter()
+                            .map(|(_, k, l, _)| (*k as usize, *l as usize)),
+                    );
+                }
                 match head.ensure(spec) {
                     Ok(assembly) => {
                         shared.set_assembled(
@@ -419,8 +423,10 @@ impl Agent {
                                 size_bytes: assembly.size_bytes,
                             },
                         );
-                        for (k, l) in &assembly.unreachable_legs {
-                            shared.leg_failed(spec, *k, *l, None);
+                        for (set, k, l) in &assembly.unreachable_legs {
+                            if let Some(set) = sets.iter().find(|s| s.name == *set) {
+                                shared.leg_failed(set, *k, *l, None);
+                            }
                         }
                         if assembly.retry_new_members {
                             complete = false;
@@ -433,32 +439,58 @@ impl Agent {
                     }
                 }
             }
-            let desired: BTreeSet<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+            // A thin volume's layers are assembled under their own names:
+            // the head reports them assembled until they are torn down,
+            // so the manager never lets another head write a layer this
+            // one still has.
+            let desired: BTreeSet<&str> = volumes
+                .iter()
+                .flat_map(|v| {
+                    std::iter::once(v.name.as_str()).chain(v.chain.iter().map(|l| l.name.as_str()))
+                })
+                .collect();
             match head.assembled_volumes() {
                 Ok(mut present) => {
-                    let extra: Vec<String> = present
+                    let mut extra: Vec<String> = present
                         .iter()
                         .filter(|n| !desired.contains(n.as_str()))
                         .cloned()
                         .collect();
-                    for name in extra {
-                        match head.teardown(&name) {
+                    // Volumes before layers, and a layer only once nothing
+                    // above it is left: a layer another still reads from
+                    // is busy, and waits for the next round.
+                    extra.sort_by_key(|n| is_layer(n));
+                    let mut failed = BTreeMap::new();
+                    loop {
+                        let before = extra.len();
+                        extra.retain(|name| match head.teardown(name) {
                             Ok(()) => {
-                                shared.assembled.lock_unpoisoned().remove(&name);
-                                shared.teardown_errors.lock_unpoisoned().remove(&name);
-                                present.remove(&name);
+                                shared.assembled.lock_unpoisoned().remove(name);
+                                shared.teardown_errors.lock_unpoisoned().remove(name);
+                                present.remove(name);
+                                failed.remove(name);
                                 tracing::info!(volume = %name, "volume detached");
+                                false
                             }
                             Err(e) => {
-                                // Usually still open by a user: keep it, retry.
-                                tracing::warn!(volume = %name, error = %e, "cannot tear down volume; will retry");
-                                shared
-                                    .teardown_errors
-                                    .lock_unpoisoned()
-                                    .insert(name, e.to_string());
-                                complete = false;
+                                failed.insert(name.clone(), e);
+                                true
                             }
+                        });
+                        if extra.is_empty() || extra.len() == before {
+                            break;
                         }
+                    }
+                    for (name, e) in failed {
+                        // Usually still open by a user: keep it, retry.
+                        tracing::warn!(volume = %name, error = %e, "cannot tear down volume; will retry");
+                        if !is_layer(&name) {
+                            shared
+                                .teardown_errors
+                                .lock_unpoisoned()
+                                .insert(name, e.to_string());
+                        }
+                        complete = false;
                     }
                     // The manager hears at once that the devices are gone.
                     shared.set_present(present);
@@ -591,7 +623,8 @@ pub(crate) async fn health_loop(
             let volumes = shared.volumes.lock_unpoisoned().clone();
             let head = head.lock_unpoisoned();
             let mut resyncs = BTreeMap::new();
-            for spec in &volumes {
+            for spec in volumes.iter().flat_map(mirror_sets) {
+                let spec = &spec;
                 if let Ok(dead) = head.dead_legs(spec) {
                     for (k, l, chunk) in dead {
                         shared.leg_failed(spec, k, l, chunk);

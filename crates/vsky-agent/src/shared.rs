@@ -14,6 +14,8 @@ use vsky_api::types::{
 };
 use vsky_sync::LockExt;
 
+use crate::head::mirror_sets;
+
 /// Observations waiting for the next heartbeat, plus the latest desired
 /// volumes for the health watcher.
 #[derive(Default)]
@@ -73,18 +75,18 @@ pub(crate) struct Assembled {
 /// (volume, mirrored disk, leg slot, chunk) of a failed leg.
 pub(crate) type FailedKey = (String, u32, u8, ChunkId);
 
-/// Every leg slot of `volumes` with its state.
-pub(crate) fn slots(volumes: &[VolumeSpec]) -> impl Iterator<Item = (FailedKey, LegState)> + '_ {
-    volumes.iter().flat_map(|spec| {
-        spec.mirrored_disks
-            .iter()
-            .enumerate()
-            .flat_map(move |(k, legs)| {
-                legs.iter().enumerate().map(move |(l, leg)| {
-                    ((spec.name.clone(), k as u32, l as u8, leg.chunk), leg.state)
-                })
-            })
-    })
+/// Every leg slot of `volumes` with its state (a thin volume's under the
+/// names of its layers).
+pub(crate) fn slots(volumes: &[VolumeSpec]) -> impl Iterator<Item = (FailedKey, LegState)> {
+    let mut out = Vec::new();
+    for spec in volumes.iter().flat_map(mirror_sets) {
+        for (k, legs) in spec.mirrored_disks.iter().enumerate() {
+            for (l, leg) in legs.iter().enumerate() {
+                out.push(((spec.name.clone(), k as u32, l as u8, leg.chunk), leg.state));
+            }
+        }
+    }
+    out.into_iter()
 }
 
 impl Shared {
@@ -183,7 +185,8 @@ impl Shared {
             .lock_unpoisoned()
             .iter()
             .filter(|v| assembled.contains_key(&v.name))
-            .flat_map(|v| (0..v.mirrored_disks.len() as u32).map(|k| (v.name.clone(), k)))
+            .flat_map(mirror_sets)
+            .flat_map(|v| (0..v.mirrored_disks.len() as u32).map(move |k| (v.name.clone(), k)))
             .collect()
     }
 

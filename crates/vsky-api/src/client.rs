@@ -546,6 +546,55 @@ impl Client {
         .await
     }
 
+    /// Takes snapshot `snapshot` of the detached thin volume `name`.
+    pub async fn snapshot_volume(
+        &self,
+        name: &str,
+        snapshot: &str,
+    ) -> Result<VolumeDetail, ClientError> {
+        let body = NewVolumeName {
+            name: snapshot.to_string(),
+        };
+        self.post(
+            &format!("{API_PREFIX}/volumes/{}/snapshot", segment(name)),
+            &body,
+        )
+        .await
+    }
+
+    /// Clones the snapshot or detached thin volume `source` as `clone`.
+    pub async fn clone_volume(
+        &self,
+        source: &str,
+        clone: &str,
+    ) -> Result<VolumeDetail, ClientError> {
+        let body = NewVolumeName {
+            name: clone.to_string(),
+        };
+        self.post(
+            &format!("{API_PREFIX}/volumes/{}/clone", segment(source)),
+            &body,
+        )
+        .await
+    }
+
+    /// Takes the detached thin volume `name` back to its snapshot
+    /// `snapshot`.
+    pub async fn revert_volume(
+        &self,
+        name: &str,
+        snapshot: &str,
+    ) -> Result<VolumeDetail, ClientError> {
+        let body = RevertVolume {
+            snapshot: snapshot.to_string(),
+        };
+        self.post(
+            &format!("{API_PREFIX}/volumes/{}/revert", segment(name)),
+            &body,
+        )
+        .await
+    }
+
     pub async fn list_volumes_in(&self, group: &str) -> Result<Vec<Volume>, ClientError> {
         self.get(&format!("{API_PREFIX}/volumes?group={}", segment(group)))
             .await

@@ -222,6 +222,12 @@ pub struct CreateVolume {
     pub keys: BTreeMap<String, String>,
     #[serde(default)]
     pub sharable: bool,
+    /// Thin: chunks are taken as data is written, not at create, and the
+    /// volume can have snapshots and clones. Until pools grow as they
+    /// fill, a thin volume holds at most one chunk's data less its pool
+    /// metadata, and is not striped.
+    #[serde(default)]
+    pub thin: bool,
 }
 
 /// A change to a volume's descriptive data; absent fields stay as they are.
@@ -312,6 +318,18 @@ pub struct Volume {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_bytes: Option<u64>,
     pub health: VolumeHealth,
+    /// Thin (see `CreateVolume::thin`): its mirrored disks are those of
+    /// the layers it reads (its own and those it shares with snapshots and
+    /// clones), and the counts below cover them all.
+    #[serde(default)]
+    pub thin: bool,
+    /// For a snapshot (read-only): the volume it was taken of, as named
+    /// then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_of: Option<String>,
+    /// For a snapshot: when it was taken, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_time_unix_s: Option<u64>,
     pub mirrored_disks: usize,
     pub mirrored_disks_degraded: usize,
     pub mirrored_disks_rebuilding: usize,
@@ -394,6 +412,21 @@ pub struct DetachVolume {
     /// gone.
     #[serde(default)]
     pub force: bool,
+}
+
+/// The name of a new snapshot (`POST /volumes/{name}/snapshot`) or clone
+/// (`POST /volumes/{name}/clone`): a volume name nothing has yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewVolumeName {
+    pub name: String,
+}
+
+/// `POST /volumes/{name}/revert`: the snapshot of the volume to go back to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevertVolume {
+    pub snapshot: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -480,7 +480,8 @@ pub enum VolumeCommand {
             whole stripe rows when striped).",
         after_help = "Examples:\n  vsky volume create vm-101-disk-0 --size 40GiB\n  \
             vsky volume create db --size 2TiB --replicas 3 --stripe-width 4 --stripe-unit 64KiB --class nvme\n  \
-            vsky volume create scratch --size 100GiB --near node4"
+            vsky volume create scratch --size 100GiB --near node4\n  \
+            vsky volume create tmpl --size 900MiB --thin"
     )]
     Create {
         /// Unique volume name.
@@ -508,6 +509,11 @@ pub enum VolumeCommand {
         /// Place legs near this server (the expected head) when possible.
         #[arg(long, value_name = "SERVER")]
         near: Option<String>,
+        /// Thin: take chunks as data is written, not now. Until pools grow
+        /// as they fill, a thin volume holds at most one chunk's data less
+        /// its pool metadata, and cannot be striped.
+        #[arg(long, conflicts_with = "stripe_width")]
+        thin: bool,
     },
     /// List volumes.
     #[command(after_help = "Example:\n  vsky volume list")]
@@ -612,6 +618,47 @@ pub enum VolumeCommand {
         /// for its head to serve the new size (`vsky volume show` tells).
         #[arg(long)]
         no_wait: bool,
+    },
+    /// Take a snapshot of a detached thin volume.
+    #[command(
+        long_about = "Take a snapshot of a detached thin volume: a read-only volume \
+            that keeps the data the volume has now. Nothing is copied; the volume \
+            continues on a new, empty layer over the snapshot's. Refused while the \
+            volume is attached (detach it first, for now).",
+        after_help = "Example:\n  vsky volume snapshot tmpl tmpl-2026-12-07"
+    )]
+    Snapshot {
+        /// The thin volume.
+        name: String,
+        /// The new snapshot's name.
+        snapshot: String,
+    },
+    /// Clone a snapshot or a detached thin volume.
+    #[command(
+        long_about = "Clone a snapshot or a detached thin volume: a new thin volume \
+            that reads the source's data and is written independently of it. \
+            Nothing is copied, and each clone may be attached on a different \
+            server.",
+        after_help = "Example:\n  vsky volume clone tmpl-2026-12-07 vm-102-disk-0"
+    )]
+    Clone {
+        /// The snapshot or detached thin volume to clone.
+        source: String,
+        /// The new volume's name.
+        name: String,
+    },
+    /// Take a detached thin volume back to one of its snapshots.
+    #[command(
+        long_about = "Take a detached thin volume back to one of its snapshots: \
+            afterwards it reads exactly what the snapshot reads, and what was \
+            written to it since is released.",
+        after_help = "Example:\n  vsky volume revert vm-101-disk-0 before-upgrade"
+    )]
+    Revert {
+        /// The thin volume.
+        name: String,
+        /// One of its snapshots.
+        snapshot: String,
     },
     /// Change a volume's display name, description or keys (free-form
     /// metadata, e.g. what the SMAPIv3 plugin stores for XAPI).
@@ -724,7 +771,9 @@ mod tests {
                 stripe_unit,
                 class,
                 near,
+                thin,
             }) => {
+                assert!(!thin);
                 assert_eq!(name, "v1");
                 assert_eq!(size, 10 << 30);
                 assert_eq!(replicas, Some(3));

@@ -101,6 +101,42 @@ impl Api {
         Ok(())
     }
 
+    /// A 2-way mirrored thin volume of `mib` MiB.
+    pub fn create_thin_volume(&self, name: &str, mib: u64) -> Result<VolumeDetail> {
+        let req = CreateVolume {
+            name: name.into(),
+            size_bytes: mib << 20,
+            replicas: Some(2),
+            thin: true,
+            ..CreateVolume::default()
+        };
+        self.run(
+            &format!("create thin volume {name}"),
+            self.client.create_volume(&req),
+        )
+    }
+
+    pub fn snapshot(&self, name: &str, snapshot: &str) -> Result<VolumeDetail> {
+        self.run(
+            &format!("snapshot {name} as {snapshot}"),
+            self.client.snapshot_volume(name, snapshot),
+        )
+    }
+
+    pub fn clone_volume(&self, source: &str, name: &str) -> Result<VolumeDetail> {
+        self.run(
+            &format!("clone {source} as {name}"),
+            self.client.clone_volume(source, name),
+        )
+    }
+
+    pub fn revert(&self, name: &str, snapshot: &str) -> Result<VolumeDetail> {
+        self.run(
+            &format!("revert {name} to {snapshot}"),
+            self.client.revert_volume(name, snapshot),
+        )
+    }
+
     pub fn delete_volume(&self, name: &str) -> Result<()> {
         self.run(
             &format!("delete volume {name}"),

@@ -244,6 +244,53 @@ pub fn is_block(path: &std::path::Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
 }
 
+/// `dmsetup table <name>` as text.
+pub fn dm_table(name: &str) -> Result<String> {
+    let out = Command::new("dmsetup")
+        .args(["table", name])
+        .env("DM_DISABLE_UDEV", "1")
+        .output()
+        .context("run dmsetup table")?;
+    if !out.status.success() {
+        bail!(
+            "dmsetup table {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Whether the dm device `name` is read-only (`/sys/block/dm-N/ro`).
+pub fn dm_read_only(name: &str) -> Result<bool> {
+    for dev in sys_block()?.iter().filter(|n| n.starts_with("dm-")) {
+        let of = std::fs::read_to_string(format!("/sys/block/{dev}/dm/name")).unwrap_or_default();
+        if of.trim() == name {
+            let ro = std::fs::read_to_string(format!("/sys/block/{dev}/ro"))
+                .with_context(|| format!("read /sys/block/{dev}/ro"))?;
+            return Ok(ro.trim() == "1");
+        }
+    }
+    bail!("no dm device named {name}")
+}
+
+/// The sectors a thin device has mapped in its pool (`dmsetup status`:
+/// `0 <len> thin <mapped sectors> <highest mapped sector>`).
+pub fn thin_mapped_sectors(name: &str) -> Result<u64> {
+    let out = Command::new("dmsetup")
+        .args(["status", name])
+        .env("DM_DISABLE_UDEV", "1")
+        .output()
+        .context("run dmsetup status")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let f: Vec<&str> = text.split_whitespace().collect();
+    match f.as_slice() {
+        [_, _, "thin", mapped, ..] => mapped
+            .parse()
+            .with_context(|| format!("thin status of {name}: {text:?}")),
+        _ => bail!("{name} is not a thin device: {text:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

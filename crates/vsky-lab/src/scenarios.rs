@@ -123,6 +123,12 @@ pub const SCENARIOS: &[Scenario] = &[
         run: Run::Cluster(scenario::return_in_time::run_with_backend_file),
     },
     Scenario {
+        name: "cluster-thin",
+        default: true,
+        proves: "thin volumes assembled by the head (docs/design/snapshots.md step 6): a thin volume written, detached (every layer device and import gone) and reattached exactly; a snapshot cloned, the clone reading it through the frozen layer assembled read-only (raid1 nosync without metadata, read_only pool) and writing its own without changing it; the volume over the same base unaffected; revert exact; a clone of a never-written volume's snapshot (a base with no pool metadata) reads zeros and writes; deleting all returns every chunk.",
+        run: Run::Cluster(scenario::thin::run_scenario),
+    },
+    Scenario {
         name: "cluster-scrub",
         default: true,
         proves: "the manager's scrub patrol has the head check an attached volume's mirror (dm-raid check): clean legs reported clean; one leg overwritten behind the mirror's back: the mismatch is reported (event and metric); a repair needing the mirror's disks interrupts the check.",

@@ -68,6 +68,22 @@ fn request() -> impl Strategy<Value = Request> {
             "/api/v1/volumes",
             json!({"name": name, "size_bytes": size % (1 << 30)})
         )),
+        (text(), any::<u64>()).prop_map(move |(name, size)| post(
+            "/api/v1/volumes",
+            json!({"name": name, "size_bytes": size % (1 << 30), "thin": true})
+        )),
+        (
+            text(),
+            prop::sample::select(vec!["snapshot", "clone", "revert"])
+        )
+            .prop_map(move |(name, op)| post(
+                &format!("/api/v1/volumes/v0/{op}"),
+                if op == "revert" {
+                    json!({ "snapshot": name })
+                } else {
+                    json!({ "name": name })
+                }
+            )),
         (text(), text(), text(), text()).prop_map(move |(name, address, k, v)| post(
             "/api/v1/servers",
             json!({"name": name, "address": address, "labels": {k: v}})
@@ -108,6 +124,9 @@ fn request() -> impl Strategy<Value = Request> {
                 "/api/v1/groups",
                 "/api/v1/volumes/v0/attach",
                 "/api/v1/volumes/v0/resize",
+                "/api/v1/volumes/v0/snapshot",
+                "/api/v1/volumes/v0/clone",
+                "/api/v1/volumes/v0/revert",
                 "/api/v1/pool/rebalance",
                 "/api/v1/agent/register",
                 "/api/v1/agent/heartbeat",

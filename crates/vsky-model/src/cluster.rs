@@ -54,7 +54,7 @@ mod servers;
 mod summary;
 mod volumes;
 
-pub use chains::{layer_name, thin_meta_bytes};
+pub use chains::{layer_name, thin_capacity_bytes, thin_meta_bytes};
 pub use disks::{DiskUsage, NewDisk, WipedChunk};
 pub use groups::{GroupUpdate, VolumeMetaUpdate};
 pub use load::Records;

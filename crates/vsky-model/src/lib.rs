@@ -48,7 +48,7 @@ pub use cluster::recovery::{JobKind, JobState, MoveReason, ResyncJob};
 pub use cluster::scrub::{ScrubMethod, ScrubRun, StartedScrub};
 pub use cluster::{
     Changes, Cluster, GroupUpdate, LegAddr, NewDisk, NewServer, NewVolume, Records, Summary,
-    VolumeMetaUpdate, WipedChunk, layer_name, thin_meta_bytes,
+    VolumeMetaUpdate, WipedChunk, layer_name, thin_capacity_bytes, thin_meta_bytes,
 };
 pub use entities::*;
 pub use error::{ErrorKind, ModelError};

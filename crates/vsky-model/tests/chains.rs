@@ -11,8 +11,9 @@ use proptest::prelude::*;
 use vsky_model::*;
 use vsky_testkit::pool::{MIB, PoolSpec};
 
-/// 16 MiB chunks: big enough for a thin pool (4 MiB of data at least).
-const CHUNK: u64 = 16 * MIB;
+/// 256 MiB chunks: a thin volume holds up to 239 MiB on them (the data
+/// area less 16 MiB of pool metadata).
+const CHUNK: u64 = 256 * MIB;
 
 fn pool() -> Cluster {
     PoolSpec::new(3, 2).chunk_bytes(CHUNK).chunks(32).build()
@@ -65,14 +66,26 @@ fn leg_names(c: &Cluster, layer: VolumeId) -> Vec<String> {
 }
 
 #[test]
-fn a_thin_volume_takes_one_mirrored_disk_whatever_its_size() {
+fn a_thin_volume_takes_one_mirrored_disk_and_holds_what_its_pool_can() {
     let mut c = pool();
     let mut s = CountingSecrets::default();
-    // Far more than the pool holds (6 disks × 32 chunks of 16 MiB).
-    let v = thin(&mut c, "big", 1 << 40, &mut s);
+    let capacity = thin_capacity_bytes(CHUNK - MIB).unwrap();
+    assert_eq!(capacity, CHUNK - MIB - 16 * MIB);
+    // Larger than one layer's pool: refused until pools grow, nothing taken.
+    let next = c.next_id();
+    let too_big = NewVolume {
+        name: "big".into(),
+        size_bytes: capacity + 512,
+        thin: true,
+        ..Default::default()
+    };
+    let err = c.create_volume(too_big, &mut s).unwrap_err();
+    assert!(err.to_string().contains("make it thick"), "{err}");
+    assert_eq!((c.volumes().count(), c.next_id()), (0, next));
+    let v = thin(&mut c, "big", capacity, &mut s);
     let handle = c.volume(v).unwrap();
     assert!(handle.mirrored_disks.is_empty());
-    assert_eq!(handle.size_bytes, 1 << 40);
+    assert_eq!(handle.size_bytes, capacity);
     let chain = c.chain(v);
     assert_eq!(chain.len(), 1);
     let top = c.volume(chain[0]).unwrap();
@@ -81,7 +94,7 @@ fn a_thin_volume_takes_one_mirrored_disk_whatever_its_size() {
     let info = top.role.layer().unwrap();
     assert_eq!(info.state, LayerState::Writable);
     assert_eq!(info.parent, None);
-    assert_eq!(info.thin_size_bytes, 1 << 40);
+    assert_eq!(info.thin_size_bytes, capacity);
     assert_eq!(info.meta_bytes, thin_meta_bytes(CHUNK - MIB).unwrap());
     assert_eq!(used_chunks(&c), 2);
     c.check_invariants().unwrap();
@@ -129,7 +142,7 @@ fn thin_pool_sizes_follow_the_chunk() {
 fn a_snapshot_of_a_detached_volume_is_ready_at_once_and_costs_one_mirrored_disk() {
     let mut c = pool();
     let mut s = CountingSecrets::default();
-    let v = thin(&mut c, "v", 100 << 30, &mut s);
+    let v = thin(&mut c, "v", 100 * MIB, &mut s);
     let old_top = top_of(&c, "v");
     let before = used_chunks(&c);
     let (snap, _) = c.snapshot_volume("v", "v-snap", 1_000, &mut s).unwrap();
@@ -142,7 +155,7 @@ fn a_snapshot_of_a_detached_volume_is_ready_at_once_and_costs_one_mirrored_disk(
     assert_eq!(layer(&c, old_top).frozen_at_unix_s, Some(1_000));
     assert_eq!(layer(&c, new_top).parent, Some(old_top));
     let sv = c.volume(snap).unwrap();
-    assert_eq!(sv.size_bytes, 100 << 30);
+    assert_eq!(sv.size_bytes, 100 * MIB);
     assert_eq!(
         sv.role,
         VolumeRole::Snapshot {
@@ -158,16 +171,22 @@ fn a_snapshot_of_a_detached_volume_is_ready_at_once_and_costs_one_mirrored_disk(
     let grace = std::time::Duration::from_secs(30);
     let silent = |_| std::time::Duration::ZERO;
     assert!(
-        c.resize_volume("v-snap", 200 << 30, &silent, grace, &mut s)
+        c.resize_volume("v-snap", 200 * MIB, &silent, grace, &mut s)
             .is_err()
     );
     assert!(c.snapshot_volume("v-snap", "x", 1, &mut s).is_err());
     // A thin volume grows without chunks.
     let chunks = used_chunks(&c);
-    c.resize_volume("v", 200 << 30, &silent, grace, &mut s)
+    c.resize_volume("v", 200 * MIB, &silent, grace, &mut s)
         .unwrap();
     assert_eq!(used_chunks(&c), chunks);
-    assert_eq!(layer(&c, new_top).thin_size_bytes, 200 << 30);
+    assert_eq!(layer(&c, new_top).thin_size_bytes, 200 * MIB);
+    // Not past what its top's pool holds.
+    assert!(
+        c.resize_volume("v", 240 * MIB, &silent, grace, &mut s)
+            .is_err()
+    );
+    assert_eq!(c.volume(v).unwrap().size_bytes, 200 * MIB);
     c.check_invariants().unwrap();
 }
 
@@ -320,6 +339,45 @@ fn the_head_of_a_thin_volume_repairs_the_layers_it_writes() {
     c.start_jobs(2);
     assert_eq!(c.job_executor(job), Some(Executor::Head(head)));
     c.check_invariants().unwrap();
+}
+
+#[test]
+fn a_release_ends_once_the_head_has_no_layer_it_wrote_left() {
+    let mut c = pool();
+    let mut s = CountingSecrets::default();
+    let v = thin(&mut c, "v", 64 * MIB, &mut s);
+    c.snapshot_volume("v", "snap", 1, &mut s).unwrap();
+    c.attach_volume("v", "s0").unwrap();
+    let head = server(&c, "s0");
+    let top = c.volume(top_of(&c, "v")).unwrap().name.clone();
+    let base = c.volume(c.chain(v)[1]).unwrap().name.clone();
+    c.release_volume("v").unwrap();
+    // The volume's own device is gone, but its top is still assembled:
+    // another head must not assemble that layer writable yet.
+    for still in [vec![top.clone()], vec![top.clone(), base.clone()]] {
+        let (released, _) = c
+            .head_reports_assembled(head, Some(&still), &mut s)
+            .unwrap();
+        assert!(released.is_empty(), "{still:?}");
+        assert!(c.volume_by_name("v").unwrap().attachment.is_some());
+        // Nothing to apply: the manager skips writing such heartbeats.
+        assert!(c.heartbeat_is_quiet(head, &report_assembled(still)));
+    }
+    // A base it only read does not hold the release.
+    assert!(!c.heartbeat_is_quiet(head, &report_assembled(vec![base.clone()])));
+    let (released, _) = c
+        .head_reports_assembled(head, Some(std::slice::from_ref(&base)), &mut s)
+        .unwrap();
+    assert_eq!(released, ["v"]);
+    assert!(c.volume_by_name("v").unwrap().attachment.is_none());
+    c.check_invariants().unwrap();
+}
+
+fn report_assembled(assembled: Vec<String>) -> AgentReport {
+    AgentReport {
+        assembled: Some(assembled),
+        ..Default::default()
+    }
 }
 
 fn chain_of(c: &Cluster, head: &str, volume: &str) -> Vec<(String, agent_view::LayerForm)> {

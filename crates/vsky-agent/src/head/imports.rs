@@ -104,7 +104,23 @@ impl Head {
         new_member: bool,
     ) -> Result<LegDevices, HeadError> {
         let names = vol.leg(k as u32, &leg_tag(leg.chunk))?;
-        let (parent, layout) = match leg.local_disk_path.as_ref().map(PathBuf::from) {
+        let (parent, layout) = self.leg_source(spec, k, leg, layout)?;
+        Ok(self
+            .dp
+            .ensure_leg(&names, parent, layout, new_member)?
+            .devices())
+    }
+
+    /// The device a leg's chunk is on, and where on it: a chunk of one of
+    /// this server's block devices in place, anything else imported.
+    pub(super) fn leg_source(
+        &mut self,
+        spec: &VolumeSpec,
+        k: usize,
+        leg: &LegSpec,
+        layout: LegLayout,
+    ) -> Result<(Device, LegLayout), HeadError> {
+        Ok(match leg.local_disk_path.as_ref().map(PathBuf::from) {
             Some(path) if self.local_block_disks.contains(&path) => {
                 // A chunk on our own block device: map it in place, no
                 // network hop.
@@ -131,11 +147,7 @@ impl Head {
                 self.import(&spec.name, k, spec.chunk_size_bytes, leg)?,
                 layout,
             ),
-        };
-        Ok(self
-            .dp
-            .ensure_leg(&names, parent, layout, new_member)?
-            .devices())
+        })
     }
 
     /// Imports a chunk of mirrored disk `k` through the kernel NBD client,

@@ -64,11 +64,13 @@ use vsky_kernel::dm::{
 };
 use vsky_kernel::nbd::{self, NbdNetlink};
 
+mod chain;
 mod imports;
 mod naming;
 mod plan;
 mod status;
 
+pub use chain::{is_layer, mirror_sets};
 pub use imports::NbdBackendFile;
 use naming::{BACKEND_PREFIX, describe_chunks, leg_device_of, leg_tag, parse_backend_rest};
 use plan::{MirrorChange, holds_wanted, plan_mirror_change};
@@ -109,8 +111,9 @@ pub struct Assembly {
     pub device: PathBuf,
     /// The volume device's size: the new one once a grow is applied.
     pub size_bytes: u64,
-    /// Legs (mirrored disk, leg) that could not be imported.
-    pub unreachable_legs: Vec<(u32, u8)>,
+    /// Legs (volume or layer, mirrored disk, leg) that could not be
+    /// imported.
+    pub unreachable_legs: Vec<(String, u32, u8)>,
     /// A new member (a leg whose resync this head runs) could not be
     /// imported yet and is not reported: try again soon.
     pub retry_new_members: bool,
@@ -225,20 +228,14 @@ impl Head {
 
     /// Creates or adopts every device of `spec`; returns the volume device.
     pub fn ensure(&mut self, spec: &VolumeSpec) -> Result<Assembly, HeadError> {
-        if !spec.chain.is_empty() {
-            // Thin volumes are assembled from their layers (design step 6
-            // of docs/design/snapshots.md); the manager offers none yet.
-            return Err(HeadError::Layout {
-                volume: spec.name.clone(),
-                reason: "a thin volume (a chain of layers), which this agent cannot assemble yet"
-                    .into(),
-            });
-        }
         // One listing of the NBD imports for the whole assembly; nothing
         // else connects or disconnects this volume's imports meanwhile
         // (the head runs one reconcile at a time), and it is dropped on
         // every way out, so a later call reads the kernel afresh.
         let listed = self.nl.list_backends()?;
+        if !spec.chain.is_empty() {
+            return self.assemble_chain(spec, &listed);
+        }
         self.imports = Some(imports::ImportIndex::of(&spec.name, listed));
         let assembled = self.assemble(spec);
         self.imports = None;
@@ -301,7 +298,9 @@ impl Head {
                     Err(e) => {
                         tracing::warn!(volume = %spec.name, mirrored_disk = k, leg = l, server = %leg.server, error = %e,
                             "leg unreachable; assembling the mirror without it");
-                        assembly.unreachable_legs.push((k as u32, l as u8));
+                        assembly
+                            .unreachable_legs
+                            .push((spec.name.clone(), k as u32, l as u8));
                         slots.push(None);
                     }
                 }
@@ -474,12 +473,7 @@ impl Head {
                 created: false,
             });
         }
-        let mut region = REGION_SECTORS;
-        // dm-raid's bitmap has at most 2^21 regions.
-        while region < *len >> 21 {
-            region <<= 1;
-        }
-        let mut table = Raid1Table::new(slots, Sectors(region.min(*len)));
+        let mut table = Raid1Table::new(slots, chain::region_size(len));
         table.rebuild = rebuild.to_vec();
         table.max_recovery_rate_kib = self.recovery_rate_kib;
         Ok(self.dp.ensure_raid1(&name, len, &table)?)

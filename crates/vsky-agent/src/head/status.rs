@@ -111,13 +111,13 @@ impl Head {
         k: u32,
         names: &HashMap<Device, DevName>,
     ) -> Result<Vec<Option<ChunkId>>, HeadError> {
-        let (_, table) = self.dp.raid1_table(&vol.raid(k))?;
+        // Either form: a base (a frozen layer) has data devices only.
+        let data = self.dp.raid1_data_devices(&vol.raid(k))?;
         let prefix = format!("{}+", vol.raid(k).as_str());
-        Ok(table
-            .legs
+        Ok(data
             .iter()
-            .map(|leg| {
-                let name = names.get(&leg.as_ref()?.data)?;
+            .map(|data| {
+                let name = names.get(data.as_ref()?)?;
                 parse_tag(name.as_str().strip_prefix(&prefix)?.strip_suffix("+data")?)
             })
             .collect())

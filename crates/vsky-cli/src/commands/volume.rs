@@ -27,6 +27,7 @@ pub async fn run(cmd: &VolumeCommand, client: &Client, json: bool) -> Result<Str
             stripe_unit,
             class,
             near,
+            thin,
         } => {
             // clap makes the two stripe options require each other, so both
             // or neither are present here.
@@ -44,6 +45,7 @@ pub async fn run(cmd: &VolumeCommand, client: &Client, json: bool) -> Result<Str
                 stripe,
                 class: class.clone(),
                 near_server: near.clone(),
+                thin: *thin,
                 ..Default::default()
             };
             let detail = client.create_volume(&req).await?;
@@ -117,6 +119,18 @@ pub async fn run(cmd: &VolumeCommand, client: &Client, json: bool) -> Result<Str
                 .resize_volume(name, *size, no_wait.then_some(0))
                 .await?;
             Ok(detail_output(&detail, json, "Resized"))
+        }
+        VolumeCommand::Snapshot { name, snapshot } => {
+            let detail = client.snapshot_volume(name, snapshot).await?;
+            Ok(detail_output(&detail, json, "Created"))
+        }
+        VolumeCommand::Clone { source, name } => {
+            let detail = client.clone_volume(source, name).await?;
+            Ok(detail_output(&detail, json, "Created"))
+        }
+        VolumeCommand::Revert { name, snapshot } => {
+            let detail = client.revert_volume(name, snapshot).await?;
+            Ok(detail_output(&detail, json, "Reverted"))
         }
         VolumeCommand::Set {
             name,
@@ -293,24 +307,43 @@ pub fn render_volume_detail(d: &VolumeDetail) -> String {
         .add("Near server", render::opt(v.near_server.as_deref()))
         .add("Attached to", attachment(v))
         .add("Health", render::state(&v.health))
-        .add(
-            "Mirrored disks",
+        .add("Provisioning", if v.thin { "thin" } else { "thick" });
+    if let Some(of) = &v.snapshot_of {
+        kv.add(
+            "Snapshot of",
             format!(
-                "{} ({} degraded, {} rebuilding)",
-                v.mirrored_disks, v.mirrored_disks_degraded, v.mirrored_disks_rebuilding
+                "{} (taken {}, read-only)",
+                render::clean(of),
+                render::utc(
+                    v.snapshot_time_unix_s
+                        .unwrap_or_default()
+                        .saturating_mul(1000)
+                )
             ),
-        )
-        .add(
-            "Data per mirrored disk",
-            render::size_exact(d.data_bytes_per_mirrored_disk),
-        )
-        .add("Scrubbed", scrubbed(&d.layout))
-        .add("Group", render::opt(v.group.as_deref()))
-        .add("Display name", render::clean(&v.display_name))
-        .add("Description", render::clean(&v.description))
-        .add("Keys", render::clean(&render::labels(&v.keys)));
+        );
+    }
+    kv.add(
+        "Mirrored disks",
+        format!(
+            "{} ({} degraded, {} rebuilding)",
+            v.mirrored_disks, v.mirrored_disks_degraded, v.mirrored_disks_rebuilding
+        ),
+    )
+    .add(
+        "Data per mirrored disk",
+        render::size_exact(d.data_bytes_per_mirrored_disk),
+    )
+    .add("Scrubbed", scrubbed(&d.layout))
+    .add("Group", render::opt(v.group.as_deref()))
+    .add("Display name", render::clean(&v.display_name))
+    .add("Description", render::clean(&v.description))
+    .add("Keys", render::clean(&render::labels(&v.keys)));
     let mut out = kv.render();
     out.push('\n');
+    if d.layout.is_empty() && v.thin {
+        out.push_str("Its mirrored disks are its layers' (counted above, not listed yet).\n");
+        return out;
+    }
     if d.layout.is_empty() {
         out.push_str("No layout.\n");
         return out;
@@ -361,6 +394,9 @@ mod tests {
             attached_to: attached_to.map(String::from),
             served_bytes: attached_to.map(|_| 10 << 30),
             health: VolumeHealth::Rebuilding,
+            thin: false,
+            snapshot_of: None,
+            snapshot_time_unix_s: None,
             mirrored_disks: 2,
             mirrored_disks_degraded: 0,
             mirrored_disks_rebuilding: 1,

@@ -15,8 +15,8 @@ use super::names::{DevName, LegNames, UUID_PREFIX, VolumeName};
 use super::status::RaidStatus;
 use super::superblock::zero_head;
 use super::table::{
-    LegDevices, Raid1Table, RaidTableReadback, Target, TargetLine, format_raw_table, grows,
-    table_matches, validate_table,
+    LegDevices, Raid1BaseTable, Raid1Table, RaidTableReadback, Target, TargetLine,
+    format_raw_table, grows, table_matches, validate_table,
 };
 use super::thin::{ThinPoolStatus, ThinStatus};
 use super::{Device, DmError, Result, Sectors};
@@ -542,6 +542,27 @@ impl Datapath {
         }
     }
 
+    /// The data device of each slot of a running mirror in either form:
+    /// top ([`Raid1Table`]) or base ([`Raid1BaseTable`], a frozen layer
+    /// assembled read-only). `None` is an empty slot.
+    pub fn raid1_data_devices(&self, name: &DevName) -> Result<Vec<Option<Device>>> {
+        let t = self.table(name)?;
+        let parsed = match t.as_slice() {
+            [(0, _, kind, params)] if kind == "raid" => {
+                match Raid1Table::from_kernel(params, self.readback) {
+                    Ok(top) => Some(top.legs.iter().map(|l| l.map(|l| l.data)).collect()),
+                    Err(_) => params.parse::<Raid1BaseTable>().ok().map(|base| base.data),
+                }
+            }
+            _ => None,
+        };
+        parsed.ok_or_else(|| DmError::Parse {
+            name: name.to_string(),
+            what: "raid1 table (top or base form)",
+            text: format_raw_table(&t),
+        })
+    }
+
     /// Puts `new` into slot `index` of a running raid1 and starts its
     /// rebuild: load the table with `rebuild <index>`, suspend, resume. The
     /// volume device above is untouched (its table names the raid's
@@ -834,10 +855,12 @@ impl Datapath {
         Ok(out)
     }
 
-    /// Removes every device of `volume`, top first, then the mirrors, then
-    /// the legs, so no device is removed while another still maps it.
-    /// Returns the removed names. The NBD devices underneath are the
-    /// caller's (disconnect them afterwards).
+    /// Removes every device of `volume` (or of a thin volume's layer) from
+    /// the top down, so no device is removed while another still maps it:
+    /// a layer's thin device, its pool, the pool's metadata and data
+    /// linears, then the volume (or layer space) device, stripe columns,
+    /// mirrors and legs. Returns the removed names. The NBD devices
+    /// underneath are the caller's (disconnect them afterwards).
     pub fn teardown_volume(&self, volume: &VolumeName) -> Result<Vec<DevName>> {
         let top = volume.top();
         let prefix = format!("{}+", top.as_str());
@@ -847,16 +870,24 @@ impl Datapath {
             .map(|(n, _)| n)
             .filter(|n| *n == top || n.as_str().starts_with(&prefix))
             .collect();
+        let (thin, pool) = (volume.thin(), volume.pool());
+        let (tmeta, tdata) = (volume.thin_meta(), volume.thin_data());
         let rank = |n: &DevName| {
-            if *n == top {
+            if *n == thin {
                 0
-            } else if n.as_str().ends_with("+meta") || n.as_str().ends_with("+data") {
+            } else if *n == pool {
+                1
+            } else if *n == tmeta || *n == tdata {
+                2
+            } else if *n == top {
                 3
+            } else if n.as_str().ends_with("+meta") || n.as_str().ends_with("+data") {
+                6
             } else if n.as_str().starts_with(&format!("{prefix}c")) {
                 // Stripe columns sit between the top and the mirrors.
-                1
+                4
             } else {
-                2
+                5
             }
         };
         let mut ordered = mine;

@@ -105,6 +105,22 @@ impl VolumeName {
     pub fn column(&self, k: u32) -> DevName {
         DevName(format!("{NAME_PREFIX}{}+c{k}", self.0))
     }
+    /// The thin stack of a layer of a thin volume (docs/design/snapshots.md
+    /// §5.4): the pool's metadata and data linears over the layer's space
+    /// (`vsky-<layer>`, the concatenation of its mirrors), the pool, and
+    /// its thin device.
+    pub fn thin_meta(&self) -> DevName {
+        DevName(format!("{NAME_PREFIX}{}+tmeta", self.0))
+    }
+    pub fn thin_data(&self) -> DevName {
+        DevName(format!("{NAME_PREFIX}{}+tdata", self.0))
+    }
+    pub fn pool(&self) -> DevName {
+        DevName(format!("{NAME_PREFIX}{}+pool", self.0))
+    }
+    pub fn thin(&self) -> DevName {
+        DevName(format!("{NAME_PREFIX}{}+thin", self.0))
+    }
     /// The meta/data pair of one leg of mirror `k`. `tag` identifies the
     /// chunk (a replacement leg needs a name different from the one it
     /// replaces, since both exist during the swap).
@@ -154,6 +170,11 @@ mod tests {
         // Dashes are allowed in volume names and cannot collide with parts.
         let dashed = VolumeName::new("a-r0").unwrap();
         assert_ne!(dashed.top(), VolumeName::new("a").unwrap().raid(0));
+        let layer = VolumeName::new("_L1f").unwrap();
+        assert_eq!(layer.thin_meta().as_str(), "vsky-_L1f+tmeta");
+        assert_eq!(layer.thin_data().as_str(), "vsky-_L1f+tdata");
+        assert_eq!(layer.pool().as_str(), "vsky-_L1f+pool");
+        assert_eq!(layer.thin().as_str(), "vsky-_L1f+thin");
         assert!(VolumeName::new("a+b").is_err());
         assert!(VolumeName::new("").is_err());
         assert!(VolumeName::new("x".repeat(65)).is_err());

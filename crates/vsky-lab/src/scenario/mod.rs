@@ -17,4 +17,5 @@ pub mod nbd_backend_file;
 pub mod rebuild;
 pub mod return_in_time;
 pub mod scrub;
+pub mod thin;
 pub mod xapi;

@@ -116,10 +116,23 @@ pub fn disk(c: &Cluster, d: &m::Disk) -> api::Disk {
     }
 }
 
+/// The records whose mirrored disks hold a volume's data: a thick
+/// volume's own; a thin volume's or a snapshot's layers.
+fn data_records<'a>(c: &'a Cluster, v: &'a m::Volume) -> Vec<&'a m::Volume> {
+    if v.role.is_thick() {
+        return vec![v];
+    }
+    c.chain(v.id)
+        .into_iter()
+        .filter_map(|id| c.volume(id))
+        .collect()
+}
+
 pub fn volume(c: &Cluster, v: &m::Volume) -> api::Volume {
     let name_of = |id: m::ServerId| c.server(id).map(|s| s.name.clone());
-    let degraded = v.degraded_mirrored_disks();
-    let rebuilding = v.rebuilding_mirrored_disks();
+    let records = data_records(c, v);
+    let degraded = records.iter().map(|r| r.degraded_mirrored_disks()).sum();
+    let rebuilding = records.iter().map(|r| r.rebuilding_mirrored_disks()).sum();
     api::Volume {
         id: v.id.0,
         name: v.name.clone(),
@@ -141,7 +154,19 @@ pub fn volume(c: &Cluster, v: &m::Volume) -> api::Volume {
         } else {
             api::VolumeHealth::Healthy
         },
-        mirrored_disks: v.mirrored_disks.len(),
+        thin: !v.role.is_thick(),
+        snapshot_of: match &v.role {
+            m::VolumeRole::Snapshot { snapshot_of, .. } => Some(snapshot_of.clone()),
+            _ => None,
+        },
+        snapshot_time_unix_s: match &v.role {
+            m::VolumeRole::Snapshot {
+                snapshot_time_unix_s,
+                ..
+            } => Some(*snapshot_time_unix_s),
+            _ => None,
+        },
+        mirrored_disks: records.iter().map(|r| r.mirrored_disks.len()).sum(),
         mirrored_disks_degraded: degraded,
         mirrored_disks_rebuilding: rebuilding,
         group: v.meta.group.clone(),
@@ -169,12 +194,19 @@ pub fn group(c: &Cluster, g: &m::Group) -> api::Group {
         mirrored_disks_degraded: 0,
         mirrored_disks_rebuilding: 0,
     };
+    // Layers shared by several volumes of the group count once.
+    let mut counted = std::collections::BTreeSet::new();
     for v in c.volumes_in(&g.name) {
         out.volumes += 1;
         out.virtual_size_bytes += v.size_bytes;
-        out.physical_bytes += v.mirrored_disks.len() as u64 * u64::from(v.replicas) * chunk;
-        out.mirrored_disks_degraded += v.degraded_mirrored_disks();
-        out.mirrored_disks_rebuilding += v.rebuilding_mirrored_disks();
+        for r in data_records(c, v) {
+            if !counted.insert(r.id) {
+                continue;
+            }
+            out.physical_bytes += r.mirrored_disks.len() as u64 * u64::from(r.replicas) * chunk;
+            out.mirrored_disks_degraded += r.degraded_mirrored_disks();
+            out.mirrored_disks_rebuilding += r.rebuilding_mirrored_disks();
+        }
     }
     out
 }

@@ -48,7 +48,9 @@ use utoipa::OpenApi;
 
 use crate::auth::Principal;
 use error::{ApiError, REQUEST_ID};
-use handlers::{agent, cluster, disks, events, groups, pool, rebuilds, servers, volumes};
+use handlers::{
+    agent, cluster, disks, events, groups, pool, rebuilds, servers, snapshots, volumes,
+};
 pub use state::AppState;
 
 /// Largest request body accepted.
@@ -67,6 +69,7 @@ All endpoints but health and this document need `Authorization: Bearer <token>`.
         disks::drain, disks::stop_drain,
         pool::rebalance,
         volumes::list, volumes::create, volumes::show, volumes::update, volumes::delete, volumes::attach, volumes::detach, volumes::resize,
+        snapshots::snapshot, snapshots::clone, snapshots::revert,
         groups::list, groups::create, groups::show, groups::update, groups::delete,
         rebuilds::list, events::list,
         agent::register, agent::heartbeat, agent::desired_state, agent::attach, agent::detach,
@@ -158,6 +161,9 @@ pub fn router(state: AppState) -> Router {
         .route("/volumes/{name}/attach", post(volumes::attach))
         .route("/volumes/{name}/detach", post(volumes::detach))
         .route("/volumes/{name}/resize", post(volumes::resize))
+        .route("/volumes/{name}/snapshot", post(snapshots::snapshot))
+        .route("/volumes/{name}/clone", post(snapshots::clone))
+        .route("/volumes/{name}/revert", post(snapshots::revert))
         .route("/rebuilds", get(rebuilds::list))
         .route("/events", get(events::list))
         .route("/agent/register", post(agent::register))

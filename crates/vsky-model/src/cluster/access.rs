@@ -175,7 +175,8 @@ impl Cluster {
 
     /// A head's heartbeat says which volumes it has assembled now: every
     /// releasing attachment of that server whose volume is not among them
-    /// ends (the devices are gone). `None` (an agent from before two-phase
+    /// (nor, for a thin volume, a layer it writes) ends (the devices are
+    /// gone). `None` (an agent from before two-phase
     /// detach, which cannot say) ends them all at once, as its detaches
     /// did before. Names of unknown volumes are ignored (a volume may have
     /// been deleted since). Returns the names of the volumes released.
@@ -201,7 +202,9 @@ impl Cluster {
         }
         let done: Vec<(VolumeId, String)> = self
             .releasing_on(server)
-            .filter(|(_, name)| assembled.is_none_or(|list| !list.iter().any(|n| n == name)))
+            .filter(|(id, name)| {
+                assembled.is_none_or(|list| !self.holds_writable_devices(*id, name, list))
+            })
             .collect();
         let mut changes = Changes::default();
         let mut released = Vec::with_capacity(done.len());

@@ -70,6 +70,18 @@ pub fn thin_meta_bytes(data_bytes_per_chunk: u64) -> Option<u64> {
     Some(meta - meta % block)
 }
 
+/// How much a layer of one mirrored disk can hold: the chunk's data area
+/// less the pool's metadata, in whole thin blocks. Pools do not grow yet
+/// (docs/design/snapshots.md §9 step 11), so a thin volume is at most this
+/// large: every block of its thin device then fits its top's pool, and
+/// writers never find the pool full.
+pub fn thin_capacity_bytes(data_bytes_per_chunk: u64) -> Option<u64> {
+    let meta = thin_meta_bytes(data_bytes_per_chunk)?;
+    let block = u64::from(limits::THIN_BLOCK_SECTORS) * 512;
+    let data = data_bytes_per_chunk - meta;
+    Some(data - data % block)
+}
+
 /// What a handle's chain needs from the source a new layer goes over.
 enum Base {
     /// A new thin volume: no parent.
@@ -138,17 +150,36 @@ impl Cluster {
     /// releases or ends).
     pub(super) fn requeue_writer_jobs(&mut self, id: VolumeId, changes: &mut Changes) {
         self.requeue_jobs_of(id, changes);
-        let written: Vec<VolumeId> = match self.volumes[&id].role {
-            VolumeRole::Thin { top } => self
-                .chain_from(top)
+        for layer in self.layers_written_by(id) {
+            self.requeue_jobs_of(layer, changes);
+        }
+    }
+
+    /// The layers thin volume `id`'s head may write (its top, and an old
+    /// top while that freezes); none for any other volume.
+    fn layers_written_by(&self, id: VolumeId) -> Vec<VolumeId> {
+        match self.volumes.get(&id).map(|v| &v.role) {
+            Some(VolumeRole::Thin { top }) => self
+                .chain_from(*top)
                 .into_iter()
                 .take_while(|l| self.layer_info(*l).is_some_and(|i| i.writer == Some(id)))
                 .collect(),
             _ => Vec::new(),
-        };
-        for layer in written {
-            self.requeue_jobs_of(layer, changes);
         }
+    }
+
+    /// Whether a head's list of what it has assembled still holds devices
+    /// of volume `id` (named `name`) that write its chunks: the volume's
+    /// own, or a layer it writes (heads assemble layers under the layers'
+    /// names). Until none is left, its release does not end: another head
+    /// could otherwise assemble the same legs writable while these still
+    /// run.
+    pub(super) fn holds_writable_devices(&self, id: VolumeId, name: &str, list: &[String]) -> bool {
+        list.iter().any(|n| n == name)
+            || self
+                .layers_written_by(id)
+                .iter()
+                .any(|l| list.iter().any(|n| *n == self.volumes[l].name))
     }
 
     /// Whether `head` assembles volume `v`: a volume attached to it, or a
@@ -220,6 +251,7 @@ impl Cluster {
                 ),
             )
         })?;
+        self.check_thin_size(thin_size_bytes)?;
         let parent = match base {
             Base::Empty => None,
             Base::Over(p) => Some(p),
@@ -528,6 +560,29 @@ impl Cluster {
             VolumeRole::Thick | VolumeRole::Layer(_) => {
                 unreachable!("delete_handle is for thin volumes and snapshots")
             }
+        }
+    }
+
+    /// Refuses a thin size one layer's pool cannot hold (see
+    /// [`thin_capacity_bytes`]).
+    pub(super) fn check_thin_size(&self, size_bytes: u64) -> Result<(), ModelError> {
+        let per_chunk = self.settings.data_bytes_per_chunk();
+        match thin_capacity_bytes(per_chunk) {
+            Some(capacity) if size_bytes <= capacity => Ok(()),
+            Some(capacity) => Err(ModelError::invalid(
+                "size",
+                format!(
+                    "{size_bytes} bytes is more than a thin volume can hold on this pool's chunks ({capacity} bytes: one chunk's data less its pool metadata, until pools grow as they fill); make it thick, or smaller"
+                ),
+            )),
+            None => Err(ModelError::invalid(
+                "thin volume",
+                format!(
+                    "chunks of {} bytes are too small for a thin volume's pool, which needs {} bytes of data per chunk; create it thick",
+                    self.settings.chunk_size_bytes,
+                    limits::THIN_CHUNK_DATA_BYTES_MIN
+                ),
+            )),
         }
     }
 

@@ -228,11 +228,11 @@ impl Cluster {
     /// item to apply, and no releasing attachment of the server to end.
     /// The manager skips the write for such heartbeats.
     pub fn heartbeat_is_quiet(&self, server: ServerId, report: &AgentReport) -> bool {
-        let releases = self.releasing_on(server).any(|(_, name)| {
+        let releases = self.releasing_on(server).any(|(id, name)| {
             report
                 .assembled
                 .as_ref()
-                .is_none_or(|list| !list.contains(&name))
+                .is_none_or(|list| !self.holds_writable_devices(id, &name, list))
         });
         !releases
             && !self.served_sizes_change(server, &report.served)

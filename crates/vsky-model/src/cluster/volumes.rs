@@ -165,6 +165,7 @@ impl Cluster {
             // A thin volume's pool grows as it is written, not with its
             // size: only the thin device gets longer.
             VolumeRole::Thin { top } => {
+                self.check_thin_size(new_size)?;
                 self.set_thin_size(id, top, new_size, &mut changes);
                 return Ok(self.commit(changes));
             }

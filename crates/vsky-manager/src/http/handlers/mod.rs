@@ -10,6 +10,7 @@ pub mod groups;
 pub mod pool;
 pub mod rebuilds;
 pub mod servers;
+pub mod snapshots;
 pub mod volumes;
 
 use crate::events::{NewEvent, Severity};

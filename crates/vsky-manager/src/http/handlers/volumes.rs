@@ -93,8 +93,7 @@ pub async fn create(
                     keys: req.keys,
                     sharable: req.sharable,
                 },
-                // Heads cannot assemble thin volumes yet (issue #13).
-                thin: false,
+                thin: req.thin,
             };
             let (id, changes) = c.create_volume(new, secrets)?;
             Ok((

@@ -1,0 +1,97 @@
+//! Thin volumes, snapshots, clones and reverts over REST against a real
+//! `vsky-manager` process: what each answer says, what is refused and that
+//! a refusal changes nothing. The chain rules themselves are the model's
+//! (`crates/vsky-model/tests/chains.rs`); the kernel half runs in the VM
+//! lab (`cluster-thin`).
+
+mod common;
+
+use common::*;
+use vsky_api::ClientError;
+use vsky_api::types::*;
+
+fn status(e: &ClientError) -> u16 {
+    match e {
+        ClientError::Api { status, .. } => *status,
+        other => panic!("not an API error: {other}"),
+    }
+}
+
+fn thin(name: &str, size_bytes: u64) -> CreateVolume {
+    CreateVolume {
+        thin: true,
+        ..volume(name, size_bytes)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshots_clones_and_reverts_of_thin_volumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = ManagerProcess::start(MANAGER, dir.path(), &["--chunk-size", "8MiB"]);
+    let admin = m.admin();
+    register_pool(&admin, &pool(3, 1)).await;
+
+    // 8 MiB chunks: 7 MiB of data, 2 MiB of it pool metadata.
+    let too_big = admin
+        .create_volume(&thin("big", 5 * MIB + 4096))
+        .await
+        .unwrap_err();
+    assert_eq!(status(&too_big), 400, "{too_big}");
+    assert!(too_big.to_string().contains("make it thick"), "{too_big}");
+    let v = admin.create_volume(&thin("v", 4 * MIB)).await.unwrap();
+    assert!(v.volume.thin);
+    assert_eq!(v.volume.mirrored_disks, 1);
+    assert!(v.layout.is_empty(), "a thin volume's legs are its layers'");
+    let used = admin.cluster().await.unwrap().used_bytes;
+    assert_eq!(used, 2 * CHUNK, "one mirrored disk of two legs");
+
+    // An attached volume cannot be snapshotted yet; nothing changes.
+    admin.attach_volume("v", "s0").await.unwrap();
+    let refused = admin.snapshot_volume("v", "snap").await.unwrap_err();
+    assert_eq!(status(&refused), 409, "{refused}");
+    assert!(refused.to_string().contains("detach it"), "{refused}");
+    assert!(admin.volume("snap").await.is_err());
+    assert_eq!(admin.cluster().await.unwrap().used_bytes, used);
+    admin.force_detach_volume("v").await.unwrap();
+
+    let snap = admin.snapshot_volume("v", "snap").await.unwrap();
+    assert_eq!(snap.volume.snapshot_of.as_deref(), Some("v"));
+    assert!(snap.volume.snapshot_time_unix_s.is_some());
+    assert!(snap.volume.thin);
+    assert_eq!(snap.volume.size_bytes, 4 * MIB);
+    // The volume went on over a new, empty top: one more mirrored disk.
+    let v = admin.volume("v").await.unwrap();
+    assert_eq!(v.volume.mirrored_disks, 2);
+    assert_eq!(admin.cluster().await.unwrap().used_bytes, 4 * CHUNK);
+    // A snapshot is read-only.
+    let attach = admin.attach_volume("snap", "s0").await.unwrap_err();
+    assert_eq!(status(&attach), 400, "{attach}");
+
+    let clone = admin.clone_volume("snap", "vm1").await.unwrap();
+    assert!(clone.volume.thin && clone.volume.snapshot_of.is_none());
+    assert_eq!(
+        clone.volume.mirrored_disks, 2,
+        "its top and the shared base"
+    );
+    let taken = admin.clone_volume("snap", "vm1").await.unwrap_err();
+    assert_eq!(status(&taken), 409, "{taken}");
+
+    let reverted = admin.revert_volume("v", "snap").await.unwrap();
+    assert_eq!(reverted.volume.size_bytes, 4 * MIB);
+    let unknown = admin.revert_volume("v", "nope").await.unwrap_err();
+    assert_eq!(status(&unknown), 404, "{unknown}");
+
+    // Thick volumes have no snapshots.
+    admin
+        .create_volume(&volume("thick", 4 * MIB))
+        .await
+        .unwrap();
+    let thick = admin.snapshot_volume("thick", "t1").await.unwrap_err();
+    assert_eq!(status(&thick), 400, "{thick}");
+
+    // Deleted in any order, every chunk goes.
+    for name in ["snap", "v", "vm1", "thick"] {
+        admin.delete_volume(name).await.unwrap();
+    }
+    assert_eq!(admin.cluster().await.unwrap().used_bytes, 0);
+}
