@@ -400,6 +400,7 @@ impl Agent {
             let mut head = head.lock_unpoisoned();
             head.set_resync_rate(resync_rate);
             let mut complete = true;
+            let mut switched = BTreeSet::new();
             for spec in &volumes {
                 // A thin volume's layers are sets of mirrors of their own.
                 let sets = mirror_sets(spec);
@@ -431,6 +432,9 @@ impl Agent {
                         if assembly.retry_new_members {
                             complete = false;
                         }
+                        if assembly.switched {
+                            switched.insert(spec.name.clone());
+                        }
                         tracing::debug!(volume = %spec.name, device = %assembly.device.display(), "volume assembled");
                     }
                     Err(e) => {
@@ -439,6 +443,7 @@ impl Agent {
                     }
                 }
             }
+            shared.set_switched(switched);
             // A thin volume's layers are assembled under their own names:
             // the head reports them assembled until they are torn down,
             // so the manager never lets another head write a layer this
@@ -552,6 +557,7 @@ pub(crate) async fn heartbeat_loop(
             } else {
                 Vec::new()
             },
+            switched: shared.switched.lock_unpoisoned().iter().cloned().collect(),
         };
         match client.heartbeat(&beat).await {
             Err(vsky_api::ClientError::Api {

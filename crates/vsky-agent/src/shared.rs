@@ -61,6 +61,10 @@ pub(crate) struct Shared {
     /// Why the last teardown of a volume failed (usually: held open), until
     /// one succeeds; the local API's detach answers with it.
     pub(crate) teardown_errors: Mutex<BTreeMap<String, String>>,
+    /// Thin volumes whose device the head has switched onto the new top of
+    /// a snapshot while the manager still lists the old top freezing (from
+    /// the last assembly pass): the heartbeat reports them until it stops.
+    pub(crate) switched: Mutex<BTreeSet<String>>,
 }
 
 /// A volume device this head has assembled.
@@ -173,6 +177,18 @@ impl Shared {
         if *have != present {
             *have = present;
             drop(have);
+            self.heartbeat_now.notify_one();
+        }
+    }
+
+    /// Records the switched volumes of an assembly pass; a new one has a
+    /// heartbeat go out at once (a snapshot request waits for it).
+    pub(crate) fn set_switched(&self, switched: BTreeSet<String>) {
+        let mut have = self.switched.lock_unpoisoned();
+        let new = switched.iter().any(|v| !have.contains(v));
+        *have = switched;
+        drop(have);
+        if new {
             self.heartbeat_now.notify_one();
         }
     }

@@ -619,12 +619,14 @@ pub enum VolumeCommand {
         #[arg(long)]
         no_wait: bool,
     },
-    /// Take a snapshot of a detached thin volume.
+    /// Take a snapshot of a thin volume, attached or not.
     #[command(
-        long_about = "Take a snapshot of a detached thin volume: a read-only volume \
-            that keeps the data the volume has now. Nothing is copied; the volume \
-            continues on a new, empty layer over the snapshot's. Refused while the \
-            volume is attached (detach it first, for now).",
+        long_about = "Take a snapshot of a thin volume: a read-only volume that keeps \
+            the data the volume has now. Nothing is copied; the volume continues on a \
+            new, empty layer over the snapshot's. For an attached volume the command \
+            returns once its head has switched the volume onto that layer (its I/O \
+            pauses for milliseconds); if the head has not within 60 s, the snapshot \
+            is dropped and the command fails, with nothing lost.",
         after_help = "Example:\n  vsky volume snapshot tmpl tmpl-2026-12-07"
     )]
     Snapshot {

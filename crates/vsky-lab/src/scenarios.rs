@@ -125,7 +125,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "cluster-thin",
         default: true,
-        proves: "thin volumes assembled by the head (docs/design/snapshots.md step 6): a thin volume written, detached (every layer device and import gone) and reattached exactly; a snapshot cloned, the clone reading it through the frozen layer assembled read-only (raid1 nosync without metadata, read_only pool) and writing its own without changing it; the volume over the same base unaffected; revert exact; a clone of a never-written volume's snapshot (a base with no pool metadata) reads zeros and writes; deleting all returns every chunk.",
+        proves: "thin volumes assembled by the head (docs/design/snapshots.md steps 6-7): a thin volume written, detached (every layer device and import gone) and reattached exactly; a snapshot of it attached, under an O_DIRECT rewriter: the head switches it onto a new top in one pause (timed), no I/O error, its clone holds what was written before and nothing after; a snapshot cloned, the clone reading it through the frozen layer assembled read-only (raid1 nosync without metadata, read_only pool) and writing its own without changing it; the volume over the same base unaffected; revert exact; a clone of a never-written volume's snapshot (a base with no pool metadata) reads zeros and writes; deleting all returns every chunk.",
         run: Run::Cluster(scenario::thin::run_scenario),
     },
     Scenario {

@@ -45,14 +45,30 @@ async fn snapshots_clones_and_reverts_of_thin_volumes() {
     let used = admin.cluster().await.unwrap().used_bytes;
     assert_eq!(used, 2 * CHUNK, "one mirrored disk of two legs");
 
-    // An attached volume cannot be snapshotted yet; nothing changes.
+    // An attached volume's snapshot waits for its head to switch (the
+    // test plays the head): the answer comes once the heartbeat says so.
     admin.attach_volume("v", "s0").await.unwrap();
-    let refused = admin.snapshot_volume("v", "snap").await.unwrap_err();
-    assert_eq!(status(&refused), 409, "{refused}");
-    assert!(refused.to_string().contains("detach it"), "{refused}");
-    assert!(admin.volume("snap").await.is_err());
-    assert_eq!(admin.cluster().await.unwrap().used_bytes, used);
+    let agent = m.client(AGENT_TOKEN);
+    let head = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let mut beat = common::agents::beat("s0");
+            beat.assembled = Some(vec!["v".into()]);
+            beat.switched = vec!["v".into()];
+            let _ = agent.heartbeat(&beat).await;
+        }
+    });
+    let live = admin.snapshot_volume("v", "live").await.unwrap();
+    head.abort();
+    assert_eq!(live.volume.snapshot_of.as_deref(), Some("v"));
+    assert!(
+        common::agents::kinds(&admin)
+            .await
+            .contains(&"volume_switched".to_string())
+    );
     admin.force_detach_volume("v").await.unwrap();
+    admin.delete_volume("live").await.unwrap();
+    let used = admin.cluster().await.unwrap().used_bytes;
 
     let snap = admin.snapshot_volume("v", "snap").await.unwrap();
     assert_eq!(snap.volume.snapshot_of.as_deref(), Some("v"));
@@ -61,8 +77,8 @@ async fn snapshots_clones_and_reverts_of_thin_volumes() {
     assert_eq!(snap.volume.size_bytes, 4 * MIB);
     // The volume went on over a new, empty top: one more mirrored disk.
     let v = admin.volume("v").await.unwrap();
-    assert_eq!(v.volume.mirrored_disks, 2);
-    assert_eq!(admin.cluster().await.unwrap().used_bytes, 4 * CHUNK);
+    assert_eq!(v.volume.mirrored_disks, 3, "its top over two frozen layers");
+    assert_eq!(admin.cluster().await.unwrap().used_bytes, used + 2 * CHUNK);
     // A snapshot is read-only.
     let attach = admin.attach_volume("snap", "s0").await.unwrap_err();
     assert_eq!(status(&attach), 400, "{attach}");
@@ -70,8 +86,8 @@ async fn snapshots_clones_and_reverts_of_thin_volumes() {
     let clone = admin.clone_volume("snap", "vm1").await.unwrap();
     assert!(clone.volume.thin && clone.volume.snapshot_of.is_none());
     assert_eq!(
-        clone.volume.mirrored_disks, 2,
-        "its top and the shared base"
+        clone.volume.mirrored_disks, 3,
+        "its top and the two shared bases"
     );
     let taken = admin.clone_volume("snap", "vm1").await.unwrap_err();
     assert_eq!(status(&taken), 409, "{taken}");

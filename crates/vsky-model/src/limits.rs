@@ -72,6 +72,13 @@ pub const GROW_HEAD_SILENCE_SECONDS_MAX: u64 = 20;
 /// volume to serve the new size (one long-poll, an assembly of the new
 /// mirrored disks, a table swap and a heartbeat; seconds in the lab).
 pub const GROW_APPLY_WAIT_SECONDS: u64 = 60;
+/// How long a snapshot of an attached thin volume waits for its head to
+/// switch the volume onto the new top (a long-poll, the new top's
+/// assembly, a pause of milliseconds, a heartbeat; seconds in the lab).
+/// Past it the pending snapshot is dropped and the call fails: xapi sees
+/// an error, and the volume keeps its new top (docs/design/snapshots.md
+/// §5.5.2).
+pub const SNAPSHOT_SWITCH_WAIT_SECONDS: u64 = 60;
 /// REST requests: the longest URI (path and query) the manager takes;
 /// longer ones are answered 414. Every valid request is far shorter.
 pub const HTTP_URI_BYTES_MAX: usize = 8 << 10;

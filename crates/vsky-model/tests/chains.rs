@@ -206,12 +206,25 @@ fn a_snapshot_of_an_attached_volume_waits_for_its_head() {
     assert!(refusal.to_string().contains("try again"), "{refusal}");
     let refusal = c.snapshot_volume("v", "v-snap2", 6, &mut s).unwrap_err();
     assert!(refusal.to_string().contains("try again"), "{refusal}");
-    // Only the head's report counts, once.
+    // Only the head's report counts, once; it comes in a heartbeat.
     let (frozen, changes) = c.finish_freeze(server(&c, "s1"), "v").unwrap();
     assert!(!frozen && changes.is_empty());
-    let (frozen, _) = c.finish_freeze(server(&c, "s0"), "v").unwrap();
-    assert!(frozen);
+    let head = server(&c, "s0");
+    let report = AgentReport {
+        assembled: Some(vec!["v".into()]),
+        switched: vec!["v".into(), "gone".into()],
+        ..Default::default()
+    };
+    assert!(!c.heartbeat_is_quiet(head, &report));
+    assert!(c.heartbeat_is_quiet(server(&c, "s1"), &report));
+    let (out, _) = c.apply_heartbeat(head, &report, 9, &mut s).unwrap();
+    assert_eq!(
+        out.events,
+        [HeartbeatEvent::Switched { volume: "v".into() }]
+    );
     assert!(c.snapshot_is_ready(snap));
+    assert_eq!(layer(&c, old_top).state, LayerState::Frozen);
+    assert!(c.heartbeat_is_quiet(head, &report), "said once is enough");
     let (frozen, changes) = c.finish_freeze(server(&c, "s0"), "v").unwrap();
     assert!(!frozen && changes.is_empty());
     c.check_invariants().unwrap();

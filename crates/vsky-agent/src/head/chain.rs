@@ -31,6 +31,45 @@ use vsky_kernel::dm::{
 use super::naming::leg_tag;
 use super::{Assembly, Head, HeadError, REGION_SECTORS, SECTOR, sectors};
 
+/// How a layer's pool and thin device are loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum StackForm {
+    /// The top this head writes: read-write tables and pool.
+    Writable,
+    /// The old top of a snapshot, until this head has switched the volume
+    /// off it: read-write tables, the pool in whatever mode it runs
+    /// (read-only once the switch is done, `freeze.rs`).
+    Freezing,
+    /// Frozen while this head had it assembled writable: its tables stay
+    /// as they were loaded, the pool is read-only.
+    FrozenInPlace,
+    /// Frozen and assembled read-only (base form).
+    Base,
+}
+
+impl StackForm {
+    fn table_mode(self) -> TableMode {
+        match self {
+            StackForm::Base => TableMode::ReadOnly,
+            _ => TableMode::ReadWrite,
+        }
+    }
+
+    /// The pool's `read_only` feature, given the running pool's.
+    fn pool_read_only(self, running: Option<bool>) -> bool {
+        match self {
+            StackForm::Writable => false,
+            StackForm::Freezing => running.unwrap_or(false),
+            StackForm::FrozenInPlace | StackForm::Base => true,
+        }
+    }
+
+    /// Whether the layer is written here (its thin device may be created).
+    fn writes(self) -> bool {
+        matches!(self, StackForm::Writable | StackForm::Freezing)
+    }
+}
+
 /// Every set of mirrors a volume spec stands for, each as a spec of its
 /// own: a thick volume itself; each layer of a thin volume's chain, under
 /// the layer's name. Failed legs, resyncs, scrubs and health are per set:
@@ -115,13 +154,6 @@ impl Head {
             reason,
         };
         check_chain(spec).map_err(layout_error)?;
-        if spec.chain.iter().any(|l| l.form == LayerForm::Freezing) {
-            // The switch to the new top (design step 7) comes with the
-            // snapshot of attached volumes; nothing offers it yet.
-            return Err(layout_error(
-                "a layer is freezing under a new top, which this agent cannot switch yet".into(),
-            ));
-        }
         let handle = VolumeName::new(&spec.name)?;
         let mut assembly = Assembly::default();
         let mut below: Option<(Device, Sectors)> = None;
@@ -131,8 +163,14 @@ impl Head {
                 listed.to_vec(),
             ));
             let thin = match layer.form {
-                LayerForm::Top | LayerForm::Freezing => {
-                    self.top_layer(spec, layer, below, &mut assembly).map(Some)
+                LayerForm::Top => self
+                    .top_layer(spec, layer, below, StackForm::Writable, &mut assembly)
+                    .map(Some),
+                LayerForm::Freezing => self
+                    .top_layer(spec, layer, below, StackForm::Freezing, &mut assembly)
+                    .map(Some),
+                LayerForm::Base if self.assembled_writable(&layer.name)? => {
+                    self.frozen_in_place(layer, below).map(Some)
                 }
                 LayerForm::Base => self.base_layer(spec, layer, below, &mut assembly),
             };
@@ -146,6 +184,12 @@ impl Head {
         // check_chain: the chain ends in its top, which always has one.
         let (thin, _) = below.expect("a top layer has a thin device");
         let len = sectors(spec.size_bytes);
+        if let Some(old) = spec.chain.get(1).filter(|l| l.form == LayerForm::Freezing) {
+            // A snapshot gave the volume a new top: move its device there
+            // (`freeze.rs`), then report it.
+            self.switch_to_new_top(&handle, &VolumeName::new(&old.name)?, thin, len)?;
+            assembly.switched = true;
+        }
         let device = self
             .dp
             .ensure_volume(&handle.top(), &VolumeLayout::Linear(vec![(thin, len)]))?;
@@ -162,6 +206,7 @@ impl Head {
         spec: &VolumeSpec,
         layer: &LayerSpec,
         below: Option<(Device, Sectors)>,
+        form: StackForm,
         assembly: &mut Assembly,
     ) -> Result<Device, HeadError> {
         let as_volume = layer_as_volume(spec, layer);
@@ -182,7 +227,7 @@ impl Head {
             space_device,
             sectors(space.size_bytes),
             below,
-            false,
+            form,
         )?
         .ok_or_else(|| HeadError::Layout {
             volume: spec.name.clone(),
@@ -242,7 +287,7 @@ impl Head {
         let space =
             self.dp
                 .ensure_device_mode(&vol.top(), &linear_lines(&parts), TableMode::ReadOnly)?;
-        self.thin_stack(&vol, layer, space.device, space_len, below, true)
+        self.thin_stack(&vol, layer, space.device, space_len, below, StackForm::Base)
     }
 
     /// One leg of a base: its import (or local chunk) and a read-only
@@ -309,23 +354,18 @@ impl Head {
 
     /// The pool and thin device of a layer over its space: metadata at the
     /// front, data behind, thin device 0 reading unwritten blocks from
-    /// `below`. `frozen`: the read-only form (no table below the pool
-    /// writable, the pool `read_only`); `None` for a frozen layer that was
-    /// never written, which needs no pool.
-    fn thin_stack(
+    /// `below`, in `form`; `None` for a base that was never written, which
+    /// needs no pool.
+    pub(super) fn thin_stack(
         &mut self,
         vol: &VolumeName,
         layer: &LayerSpec,
         space: Device,
         space_len: Sectors,
         below: Option<(Device, Sectors)>,
-        frozen: bool,
+        form: StackForm,
     ) -> Result<Option<Device>, HeadError> {
-        let mode = if frozen {
-            TableMode::ReadOnly
-        } else {
-            TableMode::ReadWrite
-        };
+        let mode = form.table_mode();
         let meta = sectors(layer.meta_bytes);
         let block = Sectors(u64::from(layer.block_sectors));
         if *meta == 0 || *block == 0 || *space_len <= *meta + *block {
@@ -341,7 +381,7 @@ impl Head {
         let tmeta =
             self.dp
                 .ensure_device_mode(&vol.thin_meta(), &linear_lines(&[(space, meta)]), mode)?;
-        if frozen && metadata_is_blank(&tmeta.path)? {
+        if form == StackForm::Base && metadata_is_blank(&tmeta.path)? {
             // A frozen layer no head ever wrote (a snapshot of a thin
             // volume never attached): no pool can be loaded `read_only`
             // over unformatted metadata, and it holds nothing, so the
@@ -363,19 +403,30 @@ impl Head {
             mode,
         )?;
         let mut pool = ThinPoolTable::new(tmeta.device, tdata.device, block, 0);
-        pool.read_only = frozen;
+        let running = self.running_pool(&vol.pool())?;
+        pool.read_only = form.pool_read_only(running.as_ref().map(|p| p.read_only));
         // dm-thin counts data blocks from the pool's length.
         let pool_len = Sectors(*data_len - *data_len % *block);
+        let pool_lines = [TargetLine {
+            start: Sectors(0),
+            len: pool_len,
+            target: Target::ThinPool(pool.clone()),
+        }];
+        if let Some(running) = running
+            && running.read_only != pool.read_only
+            && (ThinPoolTable {
+                read_only: pool.read_only,
+                ..running
+            }) == pool
+        {
+            // Frozen since it was loaded: the same pool, read-only now,
+            // reloaded live (its thin device may be another's origin).
+            tracing::info!(layer = %layer.name, read_only = pool.read_only, "reloading a pool's mode");
+            self.dp.reload(&vol.pool(), &pool_lines)?;
+        }
         // A thin-pool is always loaded read-write; `read_only` is its own.
-        let pool = self.dp.ensure_device(
-            &vol.pool(),
-            &[TargetLine {
-                start: Sectors(0),
-                len: pool_len,
-                target: Target::ThinPool(pool),
-            }],
-        )?;
-        if !frozen && self.dp.lookup(&vol.thin())?.is_none() {
+        let pool = self.dp.ensure_device(&vol.pool(), &pool_lines)?;
+        if form.writes() && self.dp.lookup(&vol.thin())?.is_none() {
             // Thin device 0 lives in the pool's metadata: a retry after a
             // crash finds it there (EEXIST), which is done too.
             self.dp.create_thin(&pool.name, 0)?;
@@ -391,7 +442,7 @@ impl Head {
             len,
             target: Target::Thin(wanted.clone()),
         }];
-        if !frozen && self.thin_is_shorter(&vol.thin(), &wanted, len)? {
+        if form == StackForm::Writable && self.thin_is_shorter(&vol.thin(), &wanted, len)? {
             // The volume grew: its thin device gets the new length in
             // place (blocks past the old end are unmapped, and past the
             // origin's end read as zeros).

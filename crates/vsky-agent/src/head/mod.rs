@@ -65,6 +65,7 @@ use vsky_kernel::dm::{
 use vsky_kernel::nbd::{self, NbdNetlink};
 
 mod chain;
+mod freeze;
 mod imports;
 mod naming;
 mod plan;
@@ -117,6 +118,9 @@ pub struct Assembly {
     /// A new member (a leg whose resync this head runs) could not be
     /// imported yet and is not reported: try again soon.
     pub retry_new_members: bool,
+    /// A thin volume whose old top the manager lists freezing: its device
+    /// now maps the new top, and the old top's pool is read-only.
+    pub switched: bool,
 }
 
 pub struct Head {

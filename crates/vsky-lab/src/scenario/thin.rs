@@ -1,18 +1,23 @@
 //! cluster-thin: thin volumes, snapshots, clones and reverts assembled by
-//! the head on the real kernel (docs/design/snapshots.md §9 step 6), with
-//! checksums at every step.
+//! the head on the real kernel (docs/design/snapshots.md §9 steps 6 and
+//! 7), with checksums at every step.
 //!
-//! A thin volume is written, detached and attached again; a snapshot is
-//! taken of it and cloned; the clone reads the snapshot's data through the
-//! frozen layer assembled read-only (base form) and writes its own
-//! without touching it; the volume itself goes on over the same base,
-//! then is reverted to the snapshot; everything is deleted and every chunk
-//! comes back.
+//! A thin volume is written, detached and attached again. A snapshot is
+//! taken of it attached, under a rewriter (the head switches the volume
+//! onto a new top), and its clone checked. Another snapshot is taken and
+//! cloned: the clone reads the snapshot's data through the frozen layers
+//! assembled read-only (base form) and writes its own without touching
+//! them; the volume itself goes on over the same bases, then is reverted
+//! to the snapshot. A clone of a never-written volume's snapshot reads
+//! zeros. Everything is deleted and every chunk comes back.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 
 use crate::data::{self, MIB, device};
-use crate::fixture::{Cluster, Config};
+use crate::fixture::{Cluster, Config, strip_ansi};
 use crate::kernel;
 use crate::out::say;
 use crate::wait::{self, wait_for};
@@ -70,7 +75,44 @@ pub fn run_scenario() -> Result<String> {
         &vec![0; 4 * MIB],
         "never-written blocks read zeros",
     )?;
+
+    // A snapshot of the attached volume under an O_DIRECT rewriter: the
+    // head switches it onto a new top in one short pause, the writer sees
+    // no error, and later writes stay out of the snapshot.
+    let r = data::random(2)?;
+    data::write_direct(&dev, 0, &r, MIB)?;
+    let rewriter = data::Rewriter::start(dev.clone(), Arc::new(r.clone()));
+    std::thread::sleep(Duration::from_secs(2));
+    let asked = Instant::now();
+    c.api.snapshot(v, "live")?;
+    let answered = asked.elapsed();
+    ensure!(
+        rewriter.running(),
+        "the rewriter stopped during the snapshot"
+    );
+    let rounds = rewriter.finish()?;
+    let pause = pause_logged(&c.head_log())?;
+    let e = data::random(2)?;
+    let at_e = 20 * MIB as u64;
+    data::write_direct(&dev, at_e, &e, MIB)?;
+    data::expect_same(&dev, at_e, &e, "pattern E after the live snapshot")?;
     c.detach_wait(v)?;
+    c.api.clone_volume("live", "vm3")?;
+    c.attach_wait("vm3")?;
+    let dev3 = device("vm3");
+    data::expect_same(&dev3, 0, &r, "the live snapshot's rewritten blocks")?;
+    data::expect_same(&dev3, at_a, &a, "the live snapshot's pattern A")?;
+    data::expect_same(
+        &dev3,
+        at_e,
+        &vec![0; 2 * MIB],
+        "no later write in the live snapshot",
+    )?;
+    c.detach_wait("vm3")?;
+    say(format!(
+        "live snapshot under an O_DIRECT rewriter ({rounds} rounds, no error): answered in {:.1}s, the head's pause {pause} ms; its clone reads what was written before it and nothing after",
+        answered.as_secs_f64()
+    ));
 
     // Snapshot and clone: the clone reads A through the frozen layer,
     // assembled read-only.
@@ -84,23 +126,27 @@ pub fn run_scenario() -> Result<String> {
     c.attach_wait(clone)?;
     let cdev = device(clone);
     data::expect_same(&cdev, at_a, &a, "the clone reads the snapshot's data")?;
-    let base = base_layer_of(clone)?;
-    for dev in [format!("{base}+r0"), base.clone(), format!("{base}+thin")] {
+    let bases = bases_of(clone)?;
+    let mut mapped_in_bases = Vec::new();
+    for base in &bases {
+        for dev in [format!("{base}+r0"), base.clone(), format!("{base}+thin")] {
+            ensure!(
+                kernel::dm_read_only(&dev)?,
+                "{dev} of a frozen layer is not read-only"
+            );
+        }
+        let raid = kernel::dm_table(&format!("{base}+r0"))?;
         ensure!(
-            kernel::dm_read_only(&dev)?,
-            "{dev} of a frozen layer is not read-only"
+            raid.contains("nosync") && raid.contains(" - "),
+            "the frozen layer's mirror is not the base form: {raid}"
         );
+        let pool = kernel::dm_table(&format!("{base}+pool"))?;
+        ensure!(
+            pool.contains("read_only"),
+            "the frozen layer's pool is writable: {pool}"
+        );
+        mapped_in_bases.push(kernel::thin_mapped_sectors(&format!("{base}+thin"))?);
     }
-    let raid = kernel::dm_table(&format!("{base}+r0"))?;
-    ensure!(
-        raid.contains("nosync") && raid.contains(" - "),
-        "the frozen layer's mirror is not the base form: {raid}"
-    );
-    let pool = kernel::dm_table(&format!("{base}+pool"))?;
-    ensure!(
-        pool.contains("read_only"),
-        "the frozen layer's pool is writable: {pool}"
-    );
     let b = data::random(4)?;
     let at_b = 8 * MIB as u64;
     data::write_direct(&cdev, at_b, &b, MIB)?;
@@ -112,12 +158,14 @@ pub fn run_scenario() -> Result<String> {
         &a[8 * MIB..],
         "the clone's A after B",
     )?;
-    ensure!(
-        kernel::thin_mapped_sectors(&format!("{base}+thin"))? == mapped,
-        "the frozen layer's mapping changed under the clone's writes"
-    );
+    for (base, before) in bases.iter().zip(&mapped_in_bases) {
+        ensure!(
+            kernel::thin_mapped_sectors(&format!("{base}+thin"))? == *before,
+            "the frozen layer {base}'s mapping changed under the clone's writes"
+        );
+    }
     say(format!(
-        "clone {clone} reads the snapshot through {base} (read-only, raid1 nosync without metadata, pool read_only) and writes its own"
+        "clone {clone} reads the snapshot through {bases:?} (read-only, raid1 nosync without metadata, pool read_only) and writes its own"
     ));
     c.detach_wait(clone)?;
 
@@ -155,7 +203,7 @@ pub fn run_scenario() -> Result<String> {
     c.detach_wait("vm2")?;
 
     // Deleted in an order that keeps the shared base until the last user.
-    for name in [snap, v, clone, "vm2", "fresh-snap", "fresh"] {
+    for name in [snap, "live", v, "vm3", clone, "vm2", "fresh-snap", "fresh"] {
         c.api.delete_volume(name)?;
     }
     wait_for("every chunk back in the free pool", wait::secs(60), || {
@@ -163,7 +211,7 @@ pub fn run_scenario() -> Result<String> {
     })?;
     c.finish();
     Ok(format!(
-        "thin {SIZE_MIB} MiB volume: write/detach/reattach exact, {} MiB mapped for 16 MiB written; snapshot + clone: the clone reads it through a read-only base-form layer and writes its own (base mapping unchanged); the volume over the same base unaffected; revert exact; a clone of a never-written volume's snapshot reads zeros and writes; deleting all returns every chunk",
+        "thin {SIZE_MIB} MiB volume: write/detach/reattach exact, {} MiB mapped for 16 MiB written; live snapshot under a rewriter: head pause {pause} ms, no I/O error, its clone exact; snapshot + clone: the clone reads it through a read-only base-form layer and writes its own (base mapping unchanged); the volume over the same base unaffected; revert exact; a clone of a never-written volume's snapshot reads zeros and writes; deleting all returns every chunk",
         mapped * 512 / MIB as u64
     ))
 }
@@ -199,14 +247,26 @@ fn thin_device_of(volume: &str) -> Result<String> {
         .ok_or_else(|| anyhow::anyhow!("no layer under {volume}"))
 }
 
-/// The frozen layer under a clone: the second layer assembled.
-fn base_layer_of(volume: &str) -> Result<String> {
+/// The frozen layers under a clone, top down.
+fn bases_of(volume: &str) -> Result<Vec<String>> {
     let layers = layers_under(volume)?;
-    ensure!(
-        layers.len() == 2,
-        "{volume} stacks {layers:?}, not top + base"
-    );
-    Ok(layers[1].clone())
+    ensure!(layers.len() >= 2, "{volume} stacks {layers:?}, no base");
+    Ok(layers[1..].to_vec())
+}
+
+/// The pause of the head's last switch onto a new top, in ms, from its
+/// log (`pause_ms=…`).
+fn pause_logged(log: &str) -> Result<u64> {
+    log.lines()
+        .rev()
+        .map(strip_ansi)
+        .filter(|l| l.contains("switched the volume onto the new top"))
+        .find_map(|l| {
+            let at = l.find("pause_ms=")? + "pause_ms=".len();
+            let digits: String = l[at..].chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .ok_or_else(|| anyhow::anyhow!("the head logged no switch onto a new top"))
 }
 
 /// The layers assembled for `volume` (the only volume assembled), top

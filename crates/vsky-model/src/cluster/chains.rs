@@ -182,6 +182,23 @@ impl Cluster {
                 .any(|l| list.iter().any(|n| *n == self.volumes[l].name))
     }
 
+    /// Whether thin volume `name`, attached to `head`, has a freezing old
+    /// top whose switch that head has yet to report.
+    pub(super) fn freeze_waits_for(&self, head: crate::ids::ServerId, name: &str) -> bool {
+        let Ok(v) = self.volume_by_name(name) else {
+            return false;
+        };
+        let (VolumeRole::Thin { top }, Some(a)) = (&v.role, &v.attachment) else {
+            return false;
+        };
+        a.head == head
+            && self
+                .layer_info(*top)
+                .and_then(|t| t.parent)
+                .and_then(|p| self.layer_info(p))
+                .is_some_and(|p| p.state == LayerState::Freezing)
+    }
+
     /// Whether `head` assembles volume `v`: a volume attached to it, or a
     /// layer in the chain of a thin volume attached to it.
     pub(super) fn assembles(&self, head: crate::ids::ServerId, v: &Volume) -> bool {

@@ -34,6 +34,7 @@ use crate::cluster::WipedChunk;
 use crate::entities::UNNUMBERED_RELEASE;
 use crate::error::ModelError;
 use crate::ids::{ChunkRef, JobId, ServerId, VolumeId};
+use crate::limits::HEARTBEAT_ASSEMBLED_MAX;
 
 /// What an agent observed since its last heartbeat, in the model's terms.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -53,6 +54,10 @@ pub struct AgentReport {
     /// The size of each volume device the agent serves (volume, bytes);
     /// empty from agents older than online resize.
     pub served: Vec<(String, u64)>,
+    /// Thin volumes whose device the agent has switched onto the new top
+    /// a snapshot gave them: it no longer writes their old top
+    /// ([`Cluster::finish_freeze`]).
+    pub switched: Vec<String>,
 }
 
 /// A head saw one leg's I/O fail.
@@ -188,6 +193,9 @@ pub enum HeartbeatEvent {
     Released { volume: String },
     /// The head serves a grown volume at its new size.
     GrowApplied { volume: String, size_bytes: u64 },
+    /// The head switched a thin volume onto the new top its snapshot gave
+    /// it: the snapshot is ready.
+    Switched { volume: String },
 }
 
 impl HeartbeatEvent {
@@ -234,7 +242,12 @@ impl Cluster {
                 .as_ref()
                 .is_none_or(|list| !self.holds_writable_devices(id, &name, list))
         });
+        let switches = report
+            .switched
+            .iter()
+            .any(|name| self.freeze_waits_for(server, name));
         !releases
+            && !switches
             && !self.served_sizes_change(server, &report.served)
             && report.wiped.is_empty()
             && report.failed_legs.is_empty()
@@ -290,6 +303,24 @@ impl Cluster {
                 .into_iter()
                 .map(|volume| HeartbeatEvent::Released { volume }),
         );
+        if report.switched.len() > HEARTBEAT_ASSEMBLED_MAX {
+            return Err(ModelError::invalid(
+                "switched volumes",
+                format!(
+                    "{} names; a heartbeat lists at most {HEARTBEAT_ASSEMBLED_MAX}",
+                    report.switched.len()
+                ),
+            ));
+        }
+        for name in &report.switched {
+            // A volume deleted or detached since is no news.
+            if let Ok((true, ch)) = self.finish_freeze(server, name) {
+                changes.merge(ch);
+                out.events.push(HeartbeatEvent::Switched {
+                    volume: name.clone(),
+                });
+            }
+        }
         let grown = self.head_serves(server, &report.served, &mut changes)?;
         out.events.extend(
             grown

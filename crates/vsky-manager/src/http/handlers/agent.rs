@@ -338,6 +338,7 @@ fn agent_report(req: &Heartbeat) -> AgentReport {
             .iter()
             .map(|s| (s.volume.clone(), s.size_bytes))
             .collect(),
+        switched: req.switched.clone(),
     }
 }
 
@@ -518,6 +519,15 @@ fn heartbeat_event(server: &str, assembled_known: bool, e: &HeartbeatEvent) -> N
             Severity::Info,
             "volume_grown_online",
             format!("volume {volume} grown online: its head {server} serves {size_bytes} bytes"),
+        )
+        .server(server)
+        .volume(volume),
+        HeartbeatEvent::Switched { volume } => NewEvent::new(
+            Severity::Info,
+            "volume_switched",
+            format!(
+                "volume {volume}: its head {server} writes the new top of its snapshot; the snapshot is ready"
+            ),
         )
         .server(server)
         .volume(volume),

@@ -4,8 +4,10 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use std::time::Duration;
 use vsky_api::types::{ErrorBody, NewVolumeName, RevertVolume, VolumeDetail};
-use vsky_model::ModelError;
+
+use vsky_model::limits;
 
 use crate::events::{NewEvent, Severity};
 use crate::http::convert;
@@ -13,42 +15,113 @@ use crate::http::error::{ApiError, ApiJson, ApiPath};
 use crate::http::state::AppState;
 use crate::recovery::unix_now;
 
-/// Takes a snapshot of a detached thin volume: a read-only volume with
-/// the data the volume has now, at no copy. Refused (409) while the volume
-/// is attached: its head would have to switch it onto a new top in the
-/// kernel, which heads do not do yet.
+/// Takes a snapshot of a thin volume: a read-only volume with the data the
+/// volume has now, at no copy. For an attached volume the answer waits
+/// until its head has switched the volume onto a new top (the VM's I/O
+/// pauses for milliseconds); if it has not within
+/// `SNAPSHOT_SWITCH_WAIT_SECONDS`, the snapshot is dropped and the answer
+/// is 504 (the volume keeps writing, nothing is lost).
 #[utoipa::path(post, path = "/api/v1/volumes/{name}/snapshot", tag = "volumes", request_body = NewVolumeName,
     params(("name" = String, Path, description = "the thin volume")),
     responses((status = 201, body = VolumeDetail, description = "the snapshot"), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 507, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 504, body = ErrorBody),
+        (status = 507, body = ErrorBody)))]
 pub async fn snapshot(
     State(app): State<AppState>,
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<NewVolumeName>,
 ) -> Result<(StatusCode, Json<VolumeDetail>), ApiError> {
     let n = name.clone();
-    let detail = app
+    let (id, detail) = app
         .manager
         .mutate(move |c, secrets| {
-            if c.volume_by_name(&n)?.attachment.is_some() {
-                return Err(ModelError::Conflict(format!(
-                    "volume '{n}' is attached, and heads cannot switch an attached volume onto a new top yet; detach it, take the snapshot, and attach it again"
-                )));
-            }
             let (id, changes) = c.snapshot_volume(&n, &req.name, unix_now(), secrets)?;
             let snap = c.volume(id).expect("just created");
-            Ok((convert::volume_detail(c, snap), changes))
+            Ok(((id, convert::volume_detail(c, snap)), changes))
         })
         .await?;
+    let snap = detail.volume.name.clone();
+    wait_until_switched(&app, &name, &snap, id).await?;
     app.event(
         NewEvent::new(
             Severity::Info,
             "volume_snapshot",
-            format!("snapshot {} taken of volume {name}", detail.volume.name),
+            format!("snapshot {snap} taken of volume {name}"),
         )
         .volume(&name),
     );
+    let detail = app.manager.read(|c| {
+        c.volume_by_name(&snap)
+            .map(|v| convert::volume_detail(c, v))
+    })??;
     Ok((StatusCode::CREATED, Json(detail)))
+}
+
+/// Waits until snapshot `id` of `volume` is ready (its head switched);
+/// on timeout drops the pending snapshot and answers 504.
+async fn wait_until_switched(
+    app: &AppState,
+    volume: &str,
+    snap: &str,
+    id: vsky_model::VolumeId,
+) -> Result<(), ApiError> {
+    let wait = Duration::from_secs(limits::SNAPSHOT_SWITCH_WAIT_SECONDS);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut changes = app.manager.subscribe();
+    loop {
+        // Gone: deleted meanwhile, or dropped because the attachment ended.
+        let ready = app
+            .manager
+            .read(|c| c.volume(id).map(|_| c.snapshot_is_ready(id)))?;
+        match ready {
+            Some(true) => return Ok(()),
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "snapshot_dropped",
+                    format!(
+                        "the snapshot {snap} of volume '{volume}' was dropped before its head switched (the volume was detached or deleted meanwhile); take it again"
+                    ),
+                ));
+            }
+            Some(false) => {}
+        }
+        let changed = tokio::time::timeout_at(deadline, changes.changed()).await;
+        if changed.is_err() {
+            let s = snap.to_string();
+            // Still pending: nothing reads it yet, so dropping it is safe.
+            let dropped = app
+                .manager
+                .mutate(move |c, _| {
+                    if c.volume_by_name(&s)
+                        .is_ok_and(|v| !c.snapshot_is_ready(v.id))
+                    {
+                        Ok((true, c.delete_volume(&s)?))
+                    } else {
+                        Ok((false, Default::default()))
+                    }
+                })
+                .await?;
+            if !dropped {
+                return Ok(());
+            }
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "snapshot_not_switched",
+                format!(
+                    "the head of volume '{volume}' did not switch it onto its new top within {}s, so snapshot {snap} was dropped; the volume keeps writing and lost nothing. See the agent log on its head, then take the snapshot again",
+                    wait.as_secs()
+                ),
+            ));
+        }
+        if changed.is_ok_and(|r| r.is_err()) {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the manager is shutting down; `vsky volume show` tells whether the snapshot was kept",
+            ));
+        }
+    }
 }
 
 /// Clones a snapshot or a detached thin volume: a new thin volume that

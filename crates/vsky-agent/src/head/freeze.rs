@@ -1,0 +1,210 @@
+//! The freeze: moving an attached thin volume onto the new top a snapshot
+//! gave it (docs/design/snapshots.md §5.5.2), and keeping the old top,
+//! once frozen, as it was assembled here.
+//!
+//! The manager records the snapshot first: the volume's chain is then the
+//! new, empty top `N` over the old top `T`, which is *freezing* (this head
+//! may still write it). The assembly builds `N` (its thin device reading
+//! through `T`'s) with no pause; then comes the pause, one step after the
+//! other, each "make it so", so a crash anywhere is finished by the next
+//! assembly:
+//! 1. suspend the volume device: the I/O in flight completes, new I/O
+//!    waits (every write acknowledged before this is in `T`);
+//! 2. suspend `T`'s thin device and pool (the pool commits its metadata),
+//!    load the pool `read_only`, resume both;
+//! 3. load the volume device as a linear over `N`'s thin device, resume:
+//!    the waiting I/O goes to `N`.
+//!
+//! The head then reports the volume switched, and the manager marks `T`
+//! frozen: the snapshot over it is ready. `T` stays assembled here as it
+//! was, read-write tables under a `read_only` pool, until the volume is
+//! detached (a later assembly elsewhere uses the base form).
+
+use std::time::Instant;
+
+use vsky_api::types::LayerSpec;
+use vsky_kernel::dm::{
+    DevName, Device, Raid1BaseTable, Sectors, TableMode, Target, TargetLine, ThinPoolTable,
+    VolumeName,
+};
+
+use super::chain::StackForm;
+use super::{Head, HeadError};
+
+impl Head {
+    /// Moves the volume device `handle` onto `new_thin` (its new top's thin
+    /// device) if it still maps `old`'s, making `old`'s pool read-only in
+    /// the same pause; also when the device does not exist yet (the volume
+    /// is being assembled afresh), only the pool changes.
+    pub(super) fn switch_to_new_top(
+        &mut self,
+        handle: &VolumeName,
+        old: &VolumeName,
+        new_thin: Device,
+        len: Sectors,
+    ) -> Result<(), HeadError> {
+        let device = handle.top();
+        let maps = self.linear_target(&device)?;
+        let frozen_pool = self.read_only_pool_lines(&old.pool())?;
+        if maps == Some(new_thin) || maps.is_none() {
+            // Switched already, or nothing to switch: only the pool.
+            if let Some(lines) = frozen_pool {
+                self.dp.reload(&old.pool(), &lines)?;
+            }
+            return Ok(());
+        }
+        let volume_lines = [TargetLine {
+            start: Sectors(0),
+            len,
+            target: Target::Linear {
+                dev: new_thin,
+                offset: Sectors(0),
+            },
+        }];
+        let paused = Instant::now();
+        let result = self.pause_and_switch(&device, old, frozen_pool, &volume_lines);
+        if let Err(e) = &result {
+            // Never leave the VM's I/O held: resume whatever is suspended
+            // (a table loaded and not swapped in is dropped by the retry).
+            tracing::error!(volume = %handle.as_str(), error = %e, "switch to the new top failed; resuming the old one");
+            for name in [old.pool(), old.thin(), device.clone()] {
+                let _ = self.dp.resume(&name);
+            }
+        }
+        result?;
+        tracing::info!(volume = %handle.as_str(), old_top = %old.as_str(),
+            pause_ms = paused.elapsed().as_millis() as u64,
+            "switched the volume onto the new top of its snapshot");
+        Ok(())
+    }
+
+    fn pause_and_switch(
+        &self,
+        device: &DevName,
+        old: &VolumeName,
+        frozen_pool: Option<Vec<TargetLine>>,
+        volume_lines: &[TargetLine],
+    ) -> Result<(), HeadError> {
+        self.dp.suspend(device)?;
+        self.dp.suspend(&old.thin())?;
+        self.dp.suspend(&old.pool())?;
+        if let Some(lines) = frozen_pool {
+            self.dp
+                .load_table(&old.pool(), &lines, TableMode::ReadWrite)?;
+        }
+        self.dp.resume(&old.pool())?;
+        self.dp.resume(&old.thin())?;
+        self.dp
+            .load_table(device, volume_lines, TableMode::ReadWrite)?;
+        self.dp.resume(device)?;
+        Ok(())
+    }
+
+    /// The device a one-line linear device maps, or `None` if it does not
+    /// exist.
+    fn linear_target(&self, name: &DevName) -> Result<Option<Device>, HeadError> {
+        if self.dp.lookup(name)?.is_none() {
+            return Ok(None);
+        }
+        let table = self.dp.table(name)?;
+        match table.as_slice() {
+            [(0, _, kind, params)] if kind == "linear" => {
+                let dev = params.split_whitespace().next().unwrap_or_default();
+                dev.parse::<Device>()
+                    .map(Some)
+                    .map_err(|_| HeadError::Layout {
+                        volume: name.to_string(),
+                        reason: format!("its linear table maps {dev:?}"),
+                    })
+            }
+            _ => Err(HeadError::Layout {
+                volume: name.to_string(),
+                reason: "is not one linear line; remove it or detach the volume".into(),
+            }),
+        }
+    }
+
+    /// The running pool's table, if the pool exists.
+    pub(super) fn running_pool(&self, pool: &DevName) -> Result<Option<ThinPoolTable>, HeadError> {
+        if self.dp.lookup(pool)?.is_none() {
+            return Ok(None);
+        }
+        match self.dp.table(pool)?.as_slice() {
+            [(0, _, kind, params)] if kind == "thin-pool" => {
+                params.parse().map(Some).map_err(|e| HeadError::Layout {
+                    volume: pool.to_string(),
+                    reason: format!("unreadable thin-pool table: {e}"),
+                })
+            }
+            _ => Err(HeadError::Layout {
+                volume: pool.to_string(),
+                reason: "is not a thin-pool".into(),
+            }),
+        }
+    }
+
+    /// The running pool's table with `read_only` on, or `None` if it is
+    /// read-only already.
+    fn read_only_pool_lines(&self, pool: &DevName) -> Result<Option<Vec<TargetLine>>, HeadError> {
+        let Some(running) = self.running_pool(pool)? else {
+            return Err(HeadError::Layout {
+                volume: pool.to_string(),
+                reason: "the old top's pool is gone".into(),
+            });
+        };
+        if running.read_only {
+            return Ok(None);
+        }
+        let len = self.dp.size(pool)?;
+        Ok(Some(vec![TargetLine {
+            start: Sectors(0),
+            len,
+            target: Target::ThinPool(ThinPoolTable {
+                read_only: true,
+                ..running
+            }),
+        }]))
+    }
+
+    /// Whether layer `name` runs here in top form (it was this head's
+    /// writable top): its first mirror has metadata devices.
+    pub(super) fn assembled_writable(&self, name: &str) -> Result<bool, HeadError> {
+        let mirror = VolumeName::new(name)?.raid(0);
+        if self.dp.lookup(&mirror)?.is_none() {
+            return Ok(false);
+        }
+        Ok(match self.dp.table(&mirror)?.as_slice() {
+            [(0, _, kind, params)] if kind == "raid" => params.parse::<Raid1BaseTable>().is_err(),
+            _ => false,
+        })
+    }
+
+    /// A frozen layer this head wrote: kept as it was assembled (its
+    /// mirrors with their metadata devices, read-write tables), its pool
+    /// read-only. Its legs are not reconciled any more: nothing writes its
+    /// data, and the next assembly (after a detach) is the base form.
+    pub(super) fn frozen_in_place(
+        &mut self,
+        layer: &LayerSpec,
+        below: Option<(Device, Sectors)>,
+    ) -> Result<Device, HeadError> {
+        let vol = VolumeName::new(&layer.name)?;
+        let space = self.dp.lookup(&vol.top())?.ok_or_else(|| HeadError::Layout {
+            volume: layer.name.clone(),
+            reason: "its mirrors run but its space device is gone; detach the volume to reassemble it".into(),
+        })?;
+        let space_len = self.dp.size(&vol.top())?;
+        self.thin_stack(
+            &vol,
+            layer,
+            space,
+            space_len,
+            below,
+            StackForm::FrozenInPlace,
+        )?
+        .ok_or_else(|| HeadError::Layout {
+            volume: layer.name.clone(),
+            reason: "a layer frozen in place has no thin device".into(),
+        })
+    }
+}
