@@ -390,6 +390,37 @@ pub struct VolumeDetail {
     /// Bytes of volume data each mirrored disk carries.
     pub data_bytes_per_mirrored_disk: u64,
     pub layout: Vec<MirroredDisk>,
+    /// A thin volume's or a snapshot's layers, its own first, then each
+    /// one it reads from; empty for a thick volume.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<Layer>,
+}
+
+/// One layer of a thin volume's chain: a dm-thin pool on mirrored disks of
+/// its own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Layer {
+    /// `_L<id>`, as in the head's device names.
+    pub name: String,
+    pub state: LayerState,
+    /// The size of its thin device.
+    pub thin_size_bytes: u64,
+    /// When it was frozen (a snapshot taken), Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen_at_unix_s: Option<u64>,
+    /// The volumes and snapshots whose data it holds.
+    pub shared_by: Vec<String>,
+    pub layout: Vec<MirroredDisk>,
+}
+
+/// A layer is written by one thin volume's head, then frozen for good.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerState {
+    Writable,
+    /// Frozen by a snapshot while its head still switches off it.
+    Freezing,
+    Frozen,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -522,7 +522,10 @@ pub enum VolumeCommand {
     #[command(
         long_about = "Show a volume and its full layout: every mirrored disk with its \
             legs (server, disk id and path, chunk index, byte offset on the disk, \
-            state: active, syncing or failed).",
+            state: active, syncing or failed). A thin volume or a snapshot shows its \
+            layers instead, its own first: each one's state (writable, freezing, \
+            frozen), when it was frozen, which volumes and snapshots hold data in it, \
+            and its legs.",
         after_help = "Example:\n  vsky volume show vm-101-disk-0"
     )]
     Show {

@@ -61,11 +61,12 @@ async fn snapshots_clones_and_reverts_of_thin_volumes() {
     let live = admin.snapshot_volume("v", "live").await.unwrap();
     head.abort();
     assert_eq!(live.volume.snapshot_of.as_deref(), Some("v"));
-    assert!(
-        common::agents::kinds(&admin)
-            .await
-            .contains(&"volume_switched".to_string())
-    );
+    // The heartbeat's answer logs the event after the state changed.
+    common::agents::eventually("the volume_switched event", async || {
+        let kinds = common::agents::kinds(&admin).await;
+        kinds.contains(&"volume_switched".to_string()).then_some(())
+    })
+    .await;
     admin.force_detach_volume("v").await.unwrap();
     admin.delete_volume("live").await.unwrap();
     let used = admin.cluster().await.unwrap().used_bytes;
@@ -89,6 +90,18 @@ async fn snapshots_clones_and_reverts_of_thin_volumes() {
         clone.volume.mirrored_disks, 3,
         "its top and the two shared bases"
     );
+    // Its layers, top first: its own, then the two it shares.
+    let states: Vec<LayerState> = clone.layers.iter().map(|l| l.state).collect();
+    assert_eq!(
+        states,
+        [LayerState::Writable, LayerState::Frozen, LayerState::Frozen]
+    );
+    assert_eq!(clone.layers[0].shared_by, ["vm1"]);
+    let mut below = clone.layers[1].shared_by.clone();
+    below.sort();
+    assert_eq!(below, ["snap", "v", "vm1"]);
+    assert!(clone.layers.iter().all(|l| l.layout.len() == 1));
+    assert!(clone.layers[1].frozen_at_unix_s.is_some());
     let taken = admin.clone_volume("snap", "vm1").await.unwrap_err();
     assert_eq!(status(&taken), 409, "{taken}");
 

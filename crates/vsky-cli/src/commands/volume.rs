@@ -340,14 +340,45 @@ pub fn render_volume_detail(d: &VolumeDetail) -> String {
     .add("Keys", render::clean(&render::labels(&v.keys)));
     let mut out = kv.render();
     out.push('\n');
-    if d.layout.is_empty() && v.thin {
-        out.push_str("Its mirrored disks are its layers' (counted above, not listed yet).\n");
+    if !d.layers.is_empty() {
+        // A thin volume or snapshot: its layers, then their legs.
+        let mut t = Table::new(&[
+            ("LAYER", Align::Left),
+            ("STATE", Align::Left),
+            ("SIZE", Align::Right),
+            ("MDISKS", Align::Right),
+            ("FROZEN", Align::Left),
+            ("DATA OF", Align::Left),
+        ]);
+        for l in &d.layers {
+            t.row(vec![
+                l.name.clone(),
+                render::state(&l.state),
+                render::size(l.thin_size_bytes),
+                l.layout.len().to_string(),
+                l.frozen_at_unix_s
+                    .map_or_else(|| "-".into(), |s| render::utc(s.saturating_mul(1000))),
+                render::clean(&l.shared_by.join(", ")),
+            ]);
+        }
+        out.push_str(&t.render());
+        out.push('\n');
+        for l in &d.layers {
+            out.push_str(&format!("Layer {}:\n", l.name));
+            out.push_str(&legs_table(&l.layout));
+        }
         return out;
     }
     if d.layout.is_empty() {
         out.push_str("No layout.\n");
         return out;
     }
+    out.push_str(&legs_table(&d.layout));
+    out
+}
+
+/// Every leg of `layout`, one row each.
+fn legs_table(layout: &[vsky_api::types::MirroredDisk]) -> String {
     let mut t = Table::new(&[
         ("MDISK", Align::Right),
         ("LEG", Align::Right),
@@ -358,7 +389,7 @@ pub fn render_volume_detail(d: &VolumeDetail) -> String {
         ("OFFSET", Align::Right),
         ("STATE", Align::Left),
     ]);
-    for md in &d.layout {
+    for md in layout {
         for (leg_index, leg) in md.legs.iter().enumerate() {
             t.row(vec![
                 md.index.to_string(),
@@ -372,14 +403,13 @@ pub fn render_volume_detail(d: &VolumeDetail) -> String {
             ]);
         }
     }
-    out.push_str(&t.render());
-    out
+    t.render()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vsky_api::types::{Leg, LegState, MirroredDisk, VolumeHealth};
+    use vsky_api::types::{Layer, LayerState, Leg, LegState, MirroredDisk, VolumeHealth};
 
     fn volume(name: &str, stripe: Option<Stripe>, attached_to: Option<&str>) -> Volume {
         Volume {
@@ -442,6 +472,54 @@ mod tests {
     }
 
     #[test]
+    fn a_thin_volume_shows_its_layers_and_their_legs() {
+        let mut v = volume("vm1", None, None);
+        v.thin = true;
+        let layer = |name: &str, state, frozen, shared: &[&str], chunk| Layer {
+            name: name.into(),
+            state,
+            thin_size_bytes: 24 << 20,
+            frozen_at_unix_s: frozen,
+            shared_by: shared.iter().map(|s| s.to_string()).collect(),
+            layout: vec![MirroredDisk {
+                last_scrub_unix_s: None,
+                index: 0,
+                legs: vec![
+                    leg("node1", 1, chunk, LegState::Active),
+                    leg("node2", 2, chunk, LegState::Active),
+                ],
+            }],
+        };
+        let detail = VolumeDetail {
+            volume: v,
+            data_bytes_per_mirrored_disk: 31 << 20,
+            layout: Vec::new(),
+            layers: vec![
+                layer("_L9", LayerState::Writable, None, &["vm1"], 4),
+                layer(
+                    "_L6",
+                    LayerState::Frozen,
+                    Some(86_400),
+                    &["snap", "tmpl", "vm1"],
+                    2,
+                ),
+            ],
+        };
+        let text = render_volume_detail(&detail);
+        assert!(text.contains("Provisioning:            thin\n"), "{text}");
+        let expected = "\
+LAYER  STATE       SIZE  MDISKS  FROZEN                DATA OF
+_L9    writable  24 MiB       1  -                     vm1
+_L6    frozen    24 MiB       1  1970-01-02 00:00:00Z  snap, tmpl, vm1
+
+Layer _L9:
+";
+        assert!(text.contains(expected), "{text}");
+        assert!(text.contains("Layer _L6:\nMDISK  LEG"), "{text}");
+        assert!(!text.contains("No layout."), "{text}");
+    }
+
+    #[test]
     fn volume_show_lists_every_leg_with_its_place_and_state() {
         let detail = VolumeDetail {
             volume: volume("v1", None, None),
@@ -464,6 +542,7 @@ mod tests {
                     ],
                 },
             ],
+            layers: Vec::new(),
         };
         let text = render_volume_detail(&detail);
         let expected_layout = "\
@@ -527,6 +606,7 @@ MDISK  LEG  SERVER  DISK  PATH      CHUNK       OFFSET  STATE
             volume: volume("v1", None, None),
             data_bytes_per_mirrored_disk: 1,
             layout: vec![],
+            layers: Vec::new(),
         };
         let value: serde_json::Value = serde_json::from_str(&render::json(&detail)).unwrap();
         // VolumeDetail flattens the volume: the fields sit at the top level.

@@ -214,8 +214,48 @@ pub fn group(c: &Cluster, g: &m::Group) -> api::Group {
 /// A volume with its layout. Export secrets are deliberately left out: only
 /// the head's and the storage servers' agents receive them.
 pub fn volume_detail(c: &Cluster, v: &m::Volume) -> api::VolumeDetail {
-    let layout = v
-        .mirrored_disks
+    let layers = if v.role.is_thick() {
+        Vec::new()
+    } else {
+        data_records(c, v)
+            .into_iter()
+            .filter_map(|l| {
+                let info = l.role.layer()?;
+                Some(api::Layer {
+                    name: l.name.clone(),
+                    state: match info.state {
+                        m::LayerState::Writable => api::LayerState::Writable,
+                        m::LayerState::Freezing => api::LayerState::Freezing,
+                        m::LayerState::Frozen => api::LayerState::Frozen,
+                    },
+                    thin_size_bytes: info.thin_size_bytes,
+                    frozen_at_unix_s: info.frozen_at_unix_s,
+                    shared_by: c
+                        .volumes()
+                        .filter(|h| {
+                            // Handles: thin volumes and snapshots.
+                            !h.role.is_thick()
+                                && h.role.layer().is_none()
+                                && c.chain(h.id).contains(&l.id)
+                        })
+                        .map(|h| h.name.clone())
+                        .collect(),
+                    layout: layout(c, l),
+                })
+            })
+            .collect()
+    };
+    api::VolumeDetail {
+        volume: volume(c, v),
+        data_bytes_per_mirrored_disk: c.settings().data_bytes_per_chunk(),
+        layout: layout(c, v),
+        layers,
+    }
+}
+
+/// A record's mirrored disks with their legs.
+fn layout(c: &Cluster, v: &m::Volume) -> Vec<api::MirroredDisk> {
+    v.mirrored_disks
         .iter()
         .enumerate()
         .map(|(index, md)| api::MirroredDisk {
@@ -240,12 +280,7 @@ pub fn volume_detail(c: &Cluster, v: &m::Volume) -> api::VolumeDetail {
                 })
                 .collect(),
         })
-        .collect();
-    api::VolumeDetail {
-        volume: volume(c, v),
-        data_bytes_per_mirrored_disk: c.settings().data_bytes_per_chunk(),
-        layout,
-    }
+        .collect()
 }
 
 pub fn desired_state(
