@@ -109,7 +109,9 @@ impl TableMode {
     }
 }
 
-fn raw_lines(lines: &[TargetLine]) -> Vec<(u64, u64, String, String)> {
+/// Table lines as the ioctl takes them, and as the kernel reads them back
+/// (start, length, target type, parameters).
+pub(super) fn raw_lines(lines: &[TargetLine]) -> Vec<(u64, u64, String, String)> {
     lines
         .iter()
         .map(|l| {

@@ -825,17 +825,7 @@ mod tests {
     }
 
     fn raw(lines: &[TargetLine]) -> Vec<(u64, u64, String, String)> {
-        lines
-            .iter()
-            .map(|l| {
-                (
-                    *l.start,
-                    *l.len,
-                    l.target.target_type().to_string(),
-                    l.target.params(),
-                )
-            })
-            .collect()
+        crate::dm::datapath::raw_lines(lines)
     }
 
     fn linear(parts: &[(u32, u64)]) -> Vec<TargetLine> {
