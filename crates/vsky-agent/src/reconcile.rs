@@ -432,8 +432,8 @@ impl Agent {
                         if assembly.retry_new_members {
                             complete = false;
                         }
-                        if assembly.switched {
-                            switched.insert(spec.name.clone());
+                        if let Some(old_top) = assembly.switched {
+                            switched.insert(old_top);
                         }
                         tracing::debug!(volume = %spec.name, device = %assembly.device.display(), "volume assembled");
                     }

@@ -61,9 +61,9 @@ pub(crate) struct Shared {
     /// Why the last teardown of a volume failed (usually: held open), until
     /// one succeeds; the local API's detach answers with it.
     pub(crate) teardown_errors: Mutex<BTreeMap<String, String>>,
-    /// Thin volumes whose device the head has switched onto the new top of
-    /// a snapshot while the manager still lists the old top freezing (from
-    /// the last assembly pass): the heartbeat reports them until it stops.
+    /// Old tops (layers) the head has switched its thin volumes off while
+    /// the manager still lists them freezing (from the last assembly
+    /// pass): the heartbeat reports them until it stops.
     pub(crate) switched: Mutex<BTreeSet<String>>,
 }
 

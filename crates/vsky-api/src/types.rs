@@ -641,9 +641,10 @@ pub struct Heartbeat {
     /// the heartbeat of a head with nothing assembled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub served: Vec<ServedVolume>,
-    /// Thin volumes whose device this head has switched onto the new top
-    /// a snapshot gave them: it no longer writes their old top, and the
-    /// snapshot is ready. Left out when empty, for older managers.
+    /// Old tops (layers, `_L<id>`) this head has switched its thin volumes
+    /// off, onto the new tops their snapshots gave them: it no longer
+    /// writes them, and the snapshots are ready. Left out when empty, for
+    /// older managers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub switched: Vec<String>,
 }

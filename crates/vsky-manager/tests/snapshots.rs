@@ -48,13 +48,15 @@ async fn snapshots_clones_and_reverts_of_thin_volumes() {
     // An attached volume's snapshot waits for its head to switch (the
     // test plays the head): the answer comes once the heartbeat says so.
     admin.attach_volume("v", "s0").await.unwrap();
+    // The head reports the old top it switched off, by the layer's name.
+    let old_top = admin.volume("v").await.unwrap().layers[0].name.clone();
     let agent = m.client(AGENT_TOKEN);
     let head = tokio::spawn(async move {
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             let mut beat = common::agents::beat("s0");
             beat.assembled = Some(vec!["v".into()]);
-            beat.switched = vec!["v".into()];
+            beat.switched = vec![old_top.clone()];
             let _ = agent.heartbeat(&beat).await;
         }
     });

@@ -210,9 +210,10 @@ fn a_snapshot_of_an_attached_volume_waits_for_its_head() {
     let (frozen, changes) = c.finish_freeze(server(&c, "s1"), "v").unwrap();
     assert!(!frozen && changes.is_empty());
     let head = server(&c, "s0");
+    let old_name = c.volume(old_top).unwrap().name.clone();
     let report = AgentReport {
         assembled: Some(vec!["v".into()]),
-        switched: vec!["v".into(), "gone".into()],
+        switched: vec![old_name.clone(), "_Lffff".into(), "v".into()],
         ..Default::default()
     };
     assert!(!c.heartbeat_is_quiet(head, &report));
@@ -225,10 +226,57 @@ fn a_snapshot_of_an_attached_volume_waits_for_its_head() {
     assert!(c.snapshot_is_ready(snap));
     assert_eq!(layer(&c, old_top).state, LayerState::Frozen);
     assert!(c.heartbeat_is_quiet(head, &report), "said once is enough");
+    // A second snapshot at once: the report about the first old top,
+    // still repeated, must not freeze the second before its switch.
+    let second_top = top_of(&c, "v");
+    let (snap2, _) = c.snapshot_volume("v", "v-snap2", 8, &mut s).unwrap();
+    assert!(c.heartbeat_is_quiet(head, &report));
+    let (out, _) = c.apply_heartbeat(head, &report, 10, &mut s).unwrap();
+    assert!(out.events.is_empty(), "{:?}", out.events);
+    assert!(!c.snapshot_is_ready(snap2));
+    assert_eq!(layer(&c, second_top).state, LayerState::Freezing);
+    c.check_invariants().unwrap();
+    // Its own report does.
+    let second = AgentReport {
+        switched: vec![c.volume(second_top).unwrap().name.clone()],
+        ..report
+    };
+    c.apply_heartbeat(head, &second, 11, &mut s).unwrap();
+    assert!(c.snapshot_is_ready(snap2));
     let (frozen, changes) = c.finish_freeze(server(&c, "s0"), "v").unwrap();
     assert!(!frozen && changes.is_empty());
     c.check_invariants().unwrap();
     c.clone_volume("v-snap", "c", 7, &mut s).unwrap();
+    c.check_invariants().unwrap();
+}
+
+#[test]
+fn a_heads_heartbeat_fails_the_legs_of_its_layers() {
+    let mut c = pool();
+    let mut s = CountingSecrets::default();
+    thin(&mut c, "v", 64 * MIB, &mut s);
+    c.attach_volume("v", "s0").unwrap();
+    let top = top_of(&c, "v");
+    let (name, chunk) = {
+        let l = c.volume(top).unwrap();
+        (l.name.clone(), l.mirrored_disks[0].legs[1].chunk)
+    };
+    let report = AgentReport {
+        assembled: Some(vec!["v".into(), name.clone()]),
+        failed_legs: vec![LegFailure {
+            volume: name,
+            mirrored_disk: 0,
+            leg: 1,
+            chunk: Some(chunk),
+        }],
+        ..Default::default()
+    };
+    c.apply_heartbeat(server(&c, "s0"), &report, 1, &mut s)
+        .unwrap();
+    assert_eq!(
+        c.volume(top).unwrap().mirrored_disks[0].legs[1].state,
+        LegState::Failed
+    );
     c.check_invariants().unwrap();
 }
 

@@ -155,6 +155,11 @@ impl Head {
         };
         check_chain(spec).map_err(layout_error)?;
         let handle = VolumeName::new(&spec.name)?;
+        if let Some(old) = spec.chain.get(1) {
+            // A switch a crash or an error cut short must not hold the VM's
+            // I/O while this assembly works (`freeze.rs`).
+            self.resume_cut_short_switch(&handle, &VolumeName::new(&old.name)?)?;
+        }
         let mut assembly = Assembly::default();
         let mut below: Option<(Device, Sectors)> = None;
         for layer in spec.chain.iter().rev() {
@@ -184,11 +189,19 @@ impl Head {
         // check_chain: the chain ends in its top, which always has one.
         let (thin, _) = below.expect("a top layer has a thin device");
         let len = sectors(spec.size_bytes);
-        if let Some(old) = spec.chain.get(1).filter(|l| l.form == LayerForm::Freezing) {
+        if let Some(old) = spec.chain.get(1) {
             // A snapshot gave the volume a new top: move its device there
-            // (`freeze.rs`), then report it.
-            self.switch_to_new_top(&handle, &VolumeName::new(&old.name)?, thin, len)?;
-            assembly.switched = true;
+            // (`freeze.rs`), then report it while the manager lists the old
+            // top freezing. Also when the old top is frozen already (the
+            // volume was fenced and attached here again before this head
+            // tore it down): the device must not keep mapping it.
+            let old_vol = VolumeName::new(&old.name)?;
+            if old.form == LayerForm::Freezing || self.maps_thin_of(&handle, &old_vol)? {
+                self.switch_to_new_top(&handle, &old_vol, thin, len)?;
+            }
+            if old.form == LayerForm::Freezing {
+                assembly.switched = Some(old.name.clone());
+            }
         }
         let device = self
             .dp

@@ -5,15 +5,22 @@
 //! The manager records the snapshot first: the volume's chain is then the
 //! new, empty top `N` over the old top `T`, which is *freezing* (this head
 //! may still write it). The assembly builds `N` (its thin device reading
-//! through `T`'s) with no pause; then comes the pause, one step after the
-//! other, each "make it so", so a crash anywhere is finished by the next
-//! assembly:
-//! 1. suspend the volume device: the I/O in flight completes, new I/O
-//!    waits (every write acknowledged before this is in `T`);
-//! 2. suspend `T`'s thin device and pool (the pool commits its metadata),
-//!    load the pool `read_only`, resume both;
-//! 3. load the volume device as a linear over `N`'s thin device, resume:
-//!    the waiting I/O goes to `N`.
+//! through `T`'s) with no pause; then:
+//! 1. load the volume device's new table (a linear over `N`'s thin
+//!    device) into its inactive slot: nothing pauses yet;
+//! 2. the pause: suspend the volume device (the I/O in flight completes,
+//!    new I/O waits: every write acknowledged before this is in `T`),
+//!    suspend `T`'s thin device and pool (the pool commits its metadata),
+//!    load the pool `read_only`, resume the pool and the thin device;
+//! 3. resume the volume device: its new table goes in, and the waiting
+//!    I/O goes to `N`.
+//!
+//! Because the volume device's new table is loaded before anything is
+//! suspended, every resume after a failure or a crash ends with the device
+//! on the old top with a writable pool, or on the new top: never on a
+//! read-only pool. A later assembly first resumes whatever a cut-short
+//! switch left suspended ([`Head::resume_cut_short_switch`]), then
+//! switches again; every step is "make it so".
 //!
 //! The head then reports the volume switched, and the manager marks `T`
 //! frozen: the snapshot over it is ready. `T` stays assembled here as it
@@ -61,12 +68,16 @@ impl Head {
                 offset: Sectors(0),
             },
         }];
+        // Before the pause: a failure here changes nothing.
+        self.dp
+            .load_table(&device, &volume_lines, TableMode::ReadWrite)?;
         let paused = Instant::now();
-        let result = self.pause_and_switch(&device, old, frozen_pool, &volume_lines);
+        let result = self.pause_and_switch(&device, old, frozen_pool);
         if let Err(e) = &result {
-            // Never leave the VM's I/O held: resume whatever is suspended
-            // (a table loaded and not swapped in is dropped by the retry).
-            tracing::error!(volume = %handle.as_str(), error = %e, "switch to the new top failed; resuming the old one");
+            // Never leave the VM's I/O held: resume whatever is suspended.
+            // The volume device then maps the new top (its table was
+            // loaded first), whatever mode the old top's pool is in.
+            tracing::error!(volume = %handle.as_str(), error = %e, "the pause of a switch to the new top failed; resuming");
             for name in [old.pool(), old.thin(), device.clone()] {
                 let _ = self.dp.resume(&name);
             }
@@ -78,12 +89,12 @@ impl Head {
         Ok(())
     }
 
+    /// The pause, with the volume device's new table already loaded.
     fn pause_and_switch(
         &self,
         device: &DevName,
         old: &VolumeName,
         frozen_pool: Option<Vec<TargetLine>>,
-        volume_lines: &[TargetLine],
     ) -> Result<(), HeadError> {
         self.dp.suspend(device)?;
         self.dp.suspend(&old.thin())?;
@@ -94,10 +105,39 @@ impl Head {
         }
         self.dp.resume(&old.pool())?;
         self.dp.resume(&old.thin())?;
-        self.dp
-            .load_table(device, volume_lines, TableMode::ReadWrite)?;
         self.dp.resume(device)?;
         Ok(())
+    }
+
+    /// Resumes what a switch cut short (by a crash or an error) left
+    /// suspended: the old top's pool (with the `read_only` table loaded,
+    /// if it was), its thin device, then the volume device (onto the new
+    /// top, if its table was loaded). Every outcome is safe, and the switch
+    /// runs again once the chain is assembled.
+    pub(super) fn resume_cut_short_switch(
+        &self,
+        handle: &VolumeName,
+        old: &VolumeName,
+    ) -> Result<(), HeadError> {
+        for name in [old.pool(), old.thin(), handle.top()] {
+            if self.dp.suspended(&name)? == Some(true) {
+                tracing::warn!(device = %name, "resuming a device a switch to a new top left suspended");
+                self.dp.resume(&name)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the volume device of `handle` maps `layer`'s thin device.
+    pub(super) fn maps_thin_of(
+        &self,
+        handle: &VolumeName,
+        layer: &VolumeName,
+    ) -> Result<bool, HeadError> {
+        let Some(thin) = self.dp.lookup(&layer.thin())? else {
+            return Ok(false);
+        };
+        Ok(self.linear_target(&handle.top())? == Some(thin))
     }
 
     /// The device a one-line linear device maps, or `None` if it does not

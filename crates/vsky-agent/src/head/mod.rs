@@ -118,9 +118,10 @@ pub struct Assembly {
     /// A new member (a leg whose resync this head runs) could not be
     /// imported yet and is not reported: try again soon.
     pub retry_new_members: bool,
-    /// A thin volume whose old top the manager lists freezing: its device
-    /// now maps the new top, and the old top's pool is read-only.
-    pub switched: bool,
+    /// A thin volume whose old top the manager lists freezing: the old
+    /// top's name, once the device maps the new top and the old top's pool
+    /// is read-only.
+    pub switched: Option<String>,
 }
 
 pub struct Head {
@@ -213,8 +214,11 @@ impl Head {
         self.recovery_rate_kib = (bytes_per_second > 0).then(|| (bytes_per_second / 1024).max(1));
     }
 
-    /// Volumes whose top device exists in the kernel (ours: `vsky-` names
-    /// without the internal `+` separator).
+    /// Volumes and layers with any device in the kernel (ours: `vsky-`
+    /// names, the part before the internal `+` separator): one whose top
+    /// device is gone but whose mirrors or legs are left (a teardown cut
+    /// short) is still here, so it is torn down again and the manager does
+    /// not end its release meanwhile.
     pub fn assembled_volumes(&self) -> Result<BTreeSet<String>, HeadError> {
         let prefix = vsky_kernel::dm::NAME_PREFIX;
         Ok(self
@@ -222,10 +226,8 @@ impl Head {
             .list()?
             .into_iter()
             .filter_map(|(n, _)| {
-                n.as_str()
-                    .strip_prefix(prefix)
-                    .filter(|v| !v.contains('+'))
-                    .map(String::from)
+                let name = n.as_str().strip_prefix(prefix)?;
+                Some(name.split('+').next().unwrap_or(name).to_string())
             })
             .collect())
     }

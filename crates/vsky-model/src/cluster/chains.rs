@@ -182,21 +182,49 @@ impl Cluster {
                 .any(|l| list.iter().any(|n| *n == self.volumes[l].name))
     }
 
-    /// Whether thin volume `name`, attached to `head`, has a freezing old
-    /// top whose switch that head has yet to report.
-    pub(super) fn freeze_waits_for(&self, head: crate::ids::ServerId, name: &str) -> bool {
-        let Ok(v) = self.volume_by_name(name) else {
-            return false;
+    /// A layer by its record name (`_L<id>`); `volume_by_name` finds only
+    /// volumes and snapshots.
+    pub(crate) fn layer_by_name(&self, name: &str) -> Option<&Volume> {
+        self.volume_names
+            .get(name)
+            .map(|id| &self.volumes[id])
+            .filter(|v| v.role.layer().is_some())
+    }
+
+    /// The thin volume whose head `head` still has to report having
+    /// switched off the freezing layer `layer` (its top's parent), if any.
+    pub(super) fn freezing_writer(
+        &self,
+        head: crate::ids::ServerId,
+        layer: &str,
+    ) -> Option<&Volume> {
+        let l = self.layer_by_name(layer)?;
+        let info = l.role.layer()?;
+        if info.state != LayerState::Freezing {
+            return None;
+        }
+        let writer = self.volumes.get(&info.writer?)?;
+        let VolumeRole::Thin { top } = writer.role else {
+            return None;
         };
-        let (VolumeRole::Thin { top }, Some(a)) = (&v.role, &v.attachment) else {
-            return false;
-        };
-        a.head == head
-            && self
-                .layer_info(*top)
-                .and_then(|t| t.parent)
-                .and_then(|p| self.layer_info(p))
-                .is_some_and(|p| p.state == LayerState::Freezing)
+        let on_head = writer.attachment.as_ref().is_some_and(|a| a.head == head);
+        let below_top = self.layer_info(top).and_then(|t| t.parent) == Some(l.id);
+        (on_head && below_top).then_some(writer)
+    }
+
+    /// Head `head` reports it switched its volume off the freezing layer
+    /// `layer`: the layer is frozen ([`Cluster::finish_freeze`]). Returns
+    /// the volume and the changes, or `None` if the report is stale.
+    pub(super) fn finish_freeze_of(
+        &mut self,
+        head: crate::ids::ServerId,
+        layer: &str,
+    ) -> Option<(String, Changes)> {
+        let name = self.freezing_writer(head, layer)?.name.clone();
+        match self.finish_freeze(head, &name) {
+            Ok((true, changes)) => Some((name, changes)),
+            _ => None,
+        }
     }
 
     /// Whether `head` assembles volume `v`: a volume attached to it, or a

@@ -54,9 +54,9 @@ pub struct AgentReport {
     /// The size of each volume device the agent serves (volume, bytes);
     /// empty from agents older than online resize.
     pub served: Vec<(String, u64)>,
-    /// Thin volumes whose device the agent has switched onto the new top
-    /// a snapshot gave them: it no longer writes their old top
-    /// ([`Cluster::finish_freeze`]).
+    /// Freezing layers (old tops) the agent has switched its thin volumes
+    /// off: it no longer writes them ([`Cluster::finish_freeze`]). Named by
+    /// layer, not volume, so a late report can never freeze a newer top.
     pub switched: Vec<String>,
 }
 
@@ -245,7 +245,7 @@ impl Cluster {
         let switches = report
             .switched
             .iter()
-            .any(|name| self.freeze_waits_for(server, name));
+            .any(|layer| self.freezing_writer(server, layer).is_some());
         !releases
             && !switches
             && !self.served_sizes_change(server, &report.served)
@@ -312,13 +312,12 @@ impl Cluster {
                 ),
             ));
         }
-        for name in &report.switched {
-            // A volume deleted or detached since is no news.
-            if let Ok((true, ch)) = self.finish_freeze(server, name) {
+        for layer in &report.switched {
+            // A layer frozen, deleted or no longer this head's since is no
+            // news.
+            if let Some((volume, ch)) = self.finish_freeze_of(server, layer) {
                 changes.merge(ch);
-                out.events.push(HeartbeatEvent::Switched {
-                    volume: name.clone(),
-                });
+                out.events.push(HeartbeatEvent::Switched { volume });
             }
         }
         let grown = self.head_serves(server, &report.served, &mut changes)?;
@@ -333,7 +332,12 @@ impl Cluster {
 
     /// The chunk a slot holds now, if the slot exists.
     fn chunk_in_slot(&self, volume: &str, mirrored_disk: u32, leg: u8) -> Option<ChunkRef> {
-        let v = self.volume_by_name(volume).ok()?;
+        // Heads report the legs of thin volumes' layers under the layers'
+        // names.
+        let v = match self.layer_by_name(volume) {
+            Some(layer) => layer,
+            None => self.volume_by_name(volume).ok()?,
+        };
         let leg = v
             .mirrored_disks
             .get(mirrored_disk as usize)?

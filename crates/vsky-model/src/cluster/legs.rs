@@ -25,9 +25,9 @@ impl Cluster {
         mirrored_disk: u32,
         leg: u8,
     ) -> Result<Changes, ModelError> {
-        let v = match self.volume_names.get(volume).map(|id| &self.volumes[id]) {
-            Some(layer) if layer.role.layer().is_some() => layer,
-            _ => self.volume_by_name(volume)?,
+        let v = match self.layer_by_name(volume) {
+            Some(layer) => layer,
+            None => self.volume_by_name(volume)?,
         };
         if !self.assembles(head, v) {
             return Err(ModelError::Conflict(format!(

@@ -88,18 +88,16 @@ async fn wait_until_switched(
         }
         let changed = tokio::time::timeout_at(deadline, changes.changed()).await;
         if changed.is_err() {
-            let s = snap.to_string();
             // Still pending: nothing reads it yet, so dropping it is safe.
+            // By id: another snapshot may have its name by now.
             let dropped = app
                 .manager
-                .mutate(move |c, _| {
-                    if c.volume_by_name(&s)
-                        .is_ok_and(|v| !c.snapshot_is_ready(v.id))
-                    {
-                        Ok((true, c.delete_volume(&s)?))
-                    } else {
-                        Ok((false, Default::default()))
+                .mutate(move |c, _| match c.volume(id) {
+                    Some(v) if !c.snapshot_is_ready(id) => {
+                        let name = v.name.clone();
+                        Ok((true, c.delete_volume(&name)?))
                     }
+                    _ => Ok((false, Default::default())),
                 })
                 .await?;
             if !dropped {
