@@ -13,7 +13,44 @@ pub mod servers;
 pub mod snapshots;
 pub mod volumes;
 
+use std::time::Duration;
+
+use axum::http::StatusCode;
+
 use crate::events::{NewEvent, Severity};
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
+
+/// Waits for an answer that depends on an agent (a head serving a grown
+/// volume, a head switching a volume onto a snapshot's new top): asks
+/// `check` now and after every change of the cluster, until it gives a
+/// value or `wait` has passed (`None`). `after` says where to look if the
+/// manager shuts down meanwhile (503).
+pub(crate) async fn wait_for_state<T>(
+    app: &AppState,
+    wait: Duration,
+    after: &str,
+    mut check: impl FnMut() -> Result<Option<T>, ApiError>,
+) -> Result<Option<T>, ApiError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut changes = app.manager.subscribe();
+    loop {
+        if let Some(found) = check()? {
+            return Ok(Some(found));
+        }
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Err(_) => return Ok(None),
+            Ok(Err(_)) => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting_down",
+                    format!("the manager is shutting down; {after}"),
+                ));
+            }
+            Ok(Ok(())) => {}
+        }
+    }
+}
 
 /// The event of an attach that took a volume over from a gone head (the
 /// admin's attach and the head agent's share it).

@@ -66,60 +66,56 @@ async fn wait_until_switched(
     id: vsky_model::VolumeId,
 ) -> Result<(), ApiError> {
     let wait = Duration::from_secs(limits::SNAPSHOT_SWITCH_WAIT_SECONDS);
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut changes = app.manager.subscribe();
-    loop {
-        // Gone: deleted meanwhile, or dropped because the attachment ended.
-        let ready = app
-            .manager
-            .read(|c| c.volume(id).map(|_| c.snapshot_is_ready(id)))?;
-        match ready {
-            Some(true) => return Ok(()),
-            None => {
-                return Err(ApiError::new(
+    let ready = super::wait_for_state(
+        app,
+        wait,
+        "`vsky volume show` tells whether the snapshot was kept",
+        || {
+            // Gone: deleted meanwhile, or dropped because the attachment
+            // ended.
+            match app
+                .manager
+                .read(|c| c.volume(id).map(|_| c.snapshot_is_ready(id)))?
+            {
+                Some(true) => Ok(Some(())),
+                Some(false) => Ok(None),
+                None => Err(ApiError::new(
                     StatusCode::CONFLICT,
                     "snapshot_dropped",
                     format!(
                         "the snapshot {snap} of volume '{volume}' was dropped before its head switched (the volume was detached or deleted meanwhile); take it again"
                     ),
-                ));
+                )),
             }
-            Some(false) => {}
-        }
-        let changed = tokio::time::timeout_at(deadline, changes.changed()).await;
-        if changed.is_err() {
-            // Still pending: nothing reads it yet, so dropping it is safe.
-            // By id: another snapshot may have its name by now.
-            let dropped = app
-                .manager
-                .mutate(move |c, _| match c.volume(id) {
-                    Some(v) if !c.snapshot_is_ready(id) => {
-                        let name = v.name.clone();
-                        Ok((true, c.delete_volume(&name)?))
-                    }
-                    _ => Ok((false, Default::default())),
-                })
-                .await?;
-            if !dropped {
-                return Ok(());
-            }
-            return Err(ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "snapshot_not_switched",
-                format!(
-                    "the head of volume '{volume}' did not switch it onto its new top within {}s, so snapshot {snap} was dropped; the volume keeps writing and lost nothing. See the agent log on its head, then take the snapshot again",
-                    wait.as_secs()
-                ),
-            ));
-        }
-        if changed.is_ok_and(|r| r.is_err()) {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                "the manager is shutting down; `vsky volume show` tells whether the snapshot was kept",
-            ));
-        }
+        },
+    )
+    .await?;
+    if ready.is_some() {
+        return Ok(());
     }
+    // Still pending: nothing reads it yet, so dropping it is safe. By id:
+    // another snapshot may have its name by now.
+    let dropped = app
+        .manager
+        .mutate(move |c, _| match c.volume(id) {
+            Some(v) if !c.snapshot_is_ready(id) => {
+                let name = v.name.clone();
+                Ok((true, c.delete_volume(&name)?))
+            }
+            _ => Ok((false, Default::default())),
+        })
+        .await?;
+    if !dropped {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "snapshot_not_switched",
+        format!(
+            "the head of volume '{volume}' did not switch it onto its new top within {}s, so snapshot {snap} was dropped; the volume keeps writing and lost nothing. See the agent log on its head, then take the snapshot again",
+            wait.as_secs()
+        ),
+    ))
 }
 
 /// Clones a snapshot or a detached thin volume: a new thin volume that

@@ -342,45 +342,49 @@ async fn wait_until_served(
     size: u64,
     wait: Duration,
 ) -> Result<(), ApiError> {
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut changes = app.manager.subscribe();
-    loop {
-        let (head, served) = app.manager.read(|c| {
-            let v = c.volume_by_name(name)?;
-            Ok::<_, vsky_model::ModelError>(match &v.attachment {
-                Some(a) if !a.is_releasing() => {
-                    (c.server(a.head).map(|s| s.name.clone()), a.served_bytes)
-                }
-                // Detached (or being released) meanwhile: it assembles
-                // at its new size wherever it is attached next.
-                _ => (None, None),
-            })
-        })??;
-        let Some(head) = head else { return Ok(()) };
-        if served.is_some_and(|s| s >= size) || wait.is_zero() {
-            return Ok(());
-        }
-        let changed = tokio::time::timeout_at(deadline, changes.changed()).await;
-        if changed.is_err() {
-            let serving = served.map_or(
-                "its old size (it has not reported a size: agents older than online resize never do, upgrade it)".to_string(),
-                |s| format!("{s} bytes"),
-            );
-            return Err(ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "grow_not_applied",
-                format!(
-                    "volume '{name}' has grown to {size} bytes in the manager, but its head '{head}' has not applied it within {}s and keeps serving {serving}; it retries on every reconcile: see the agent log on '{head}' and `vsky volume show {name}` (served size)",
-                    wait.as_secs()
-                ),
-            ));
-        }
-        if changed.is_ok_and(|r| r.is_err()) {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                "the manager is shutting down; see `vsky volume show` for the volume's served size",
-            ));
-        }
+    // The head, and the size it serves, as last seen.
+    let mut last = (String::new(), None);
+    let served = super::wait_for_state(
+        app,
+        wait,
+        "see `vsky volume show` for the volume's served size",
+        || {
+            let (head, served) = app.manager.read(|c| {
+                let v = c.volume_by_name(name)?;
+                Ok::<_, vsky_model::ModelError>(match &v.attachment {
+                    Some(a) if !a.is_releasing() => {
+                        (c.server(a.head).map(|s| s.name.clone()), a.served_bytes)
+                    }
+                    // Detached (or being released) meanwhile: it assembles
+                    // at its new size wherever it is attached next.
+                    _ => (None, None),
+                })
+            })??;
+            let Some(head) = head else {
+                return Ok(Some(()));
+            };
+            if served.is_some_and(|s| s >= size) || wait.is_zero() {
+                return Ok(Some(()));
+            }
+            last = (head, served);
+            Ok(None)
+        },
+    )
+    .await?;
+    if served.is_some() {
+        return Ok(());
     }
+    let (head, served) = last;
+    let serving = served.map_or(
+        "its old size (it has not reported a size: agents older than online resize never do, upgrade it)".to_string(),
+        |s| format!("{s} bytes"),
+    );
+    Err(ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "grow_not_applied",
+        format!(
+            "volume '{name}' has grown to {size} bytes in the manager, but its head '{head}' has not applied it within {}s and keeps serving {serving}; it retries on every reconcile: see the agent log on '{head}' and `vsky volume show {name}` (served size)",
+            wait.as_secs()
+        ),
+    ))
 }
