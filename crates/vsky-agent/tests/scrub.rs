@@ -164,5 +164,10 @@ async fn a_leg_that_cannot_be_read_is_replaced() {
         })
     })
     .await;
-    assert!(!about(&events(&admin).await, "rebuild_done", "v").is_empty());
+    // The event is logged right after the change that shows the leg
+    // active, so it may come a moment later.
+    eventually("the rebuild_done event", async || {
+        !about(&events(&admin).await, "rebuild_done", "v").is_empty()
+    })
+    .await;
 }
