@@ -13,6 +13,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+mod chains;
+pub use chains::*;
+
 /// Every error answer: a stable machine `code` to match on and a `message`
 /// for people, which says what to do next.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -396,33 +399,6 @@ pub struct VolumeDetail {
     pub layers: Vec<Layer>,
 }
 
-/// One layer of a thin volume's chain: a dm-thin pool on mirrored disks of
-/// its own.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct Layer {
-    /// `_L<id>`, as in the head's device names.
-    pub name: String,
-    pub state: LayerState,
-    /// The size of its thin device.
-    pub thin_size_bytes: u64,
-    /// When it was frozen (a snapshot taken), Unix seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub frozen_at_unix_s: Option<u64>,
-    /// The volumes and snapshots whose data it holds.
-    pub shared_by: Vec<String>,
-    pub layout: Vec<MirroredDisk>,
-}
-
-/// A layer is written by one thin volume's head, then frozen for good.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum LayerState {
-    Writable,
-    /// Frozen by a snapshot while its head still switches off it.
-    Freezing,
-    Frozen,
-}
-
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttachVolume {
@@ -443,21 +419,6 @@ pub struct DetachVolume {
     /// gone.
     #[serde(default)]
     pub force: bool,
-}
-
-/// The name of a new snapshot (`POST /volumes/{name}/snapshot`) or clone
-/// (`POST /volumes/{name}/clone`): a volume name nothing has yet.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewVolumeName {
-    pub name: String,
-}
-
-/// `POST /volumes/{name}/revert`: the snapshot of the volume to go back to.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RevertVolume {
-    pub snapshot: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -826,41 +787,6 @@ pub struct VolumeSpec {
     /// written from the next; absent for a thick volume.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chain: Vec<LayerSpec>,
-}
-
-/// How a head assembles one layer of a thin volume's chain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum LayerForm {
-    /// The layer the volume writes: raid1 with metadata over every leg,
-    /// its pool read-write.
-    Top,
-    /// The old top of a snapshot this head still has to switch away from:
-    /// assembled as `top`; once the volume device reads the new top, its
-    /// pool is reloaded read-only and the switch reported.
-    Freezing,
-    /// Immutable: read-only raid1 over the active legs' data areas, no
-    /// metadata, its pool read-only.
-    Base,
-}
-
-/// One layer of a thin volume's chain: a dm-thin pool on the layer's
-/// mirrored disks and its thin device 0.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct LayerSpec {
-    /// The layer's name: its devices are named after it.
-    pub name: String,
-    pub form: LayerForm,
-    pub mirrored_disks: Vec<Vec<LegSpec>>,
-    /// Bytes of pool metadata at the front of the layer's space.
-    pub meta_bytes: u64,
-    /// dm-thin block size, in 512-byte sectors.
-    pub block_sectors: u32,
-    pub thin_size_bytes: u64,
-    /// The next layer of the chain, which this one reads unwritten blocks
-    /// from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parent: Option<String>,
 }
 
 /// Everything one agent must do: chunks to export, freed chunks to wipe,
