@@ -394,7 +394,12 @@ impl Head {
         let tmeta =
             self.dp
                 .ensure_device_mode(&vol.thin_meta(), &linear_lines(&[(space, meta)]), mode)?;
-        if form == StackForm::Base && metadata_is_blank(&tmeta.path)? {
+        // A running pool has formatted its metadata: read the superblock
+        // only while there is none, not on every reconcile.
+        if form == StackForm::Base
+            && self.dp.lookup(&vol.pool())?.is_none()
+            && metadata_is_blank(&tmeta.path)?
+        {
             // A frozen layer no head ever wrote (a snapshot of a thin
             // volume never attached): no pool can be loaded `read_only`
             // over unformatted metadata, and it holds nothing, so the
