@@ -523,6 +523,8 @@ pub(crate) async fn heartbeat_loop(
     let mut report_assembled = true;
     // Cleared when the manager is older than online resize.
     let mut report_served = true;
+    // Cleared when the manager is older than growing pools.
+    let mut report_pools = true;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(config.heartbeat_interval) => {}
@@ -558,6 +560,11 @@ pub(crate) async fn heartbeat_loop(
                 Vec::new()
             },
             switched: shared.switched.lock_unpoisoned().iter().cloned().collect(),
+            pools: if report_pools {
+                shared.pools.lock_unpoisoned().clone()
+            } else {
+                Vec::new()
+            },
         };
         match client.heartbeat(&beat).await {
             Err(vsky_api::ClientError::Api {
@@ -580,6 +587,17 @@ pub(crate) async fn heartbeat_loop(
                     "the manager is older than online resize; heartbeats go without the served sizes (upgrade the managers before growing attached volumes)"
                 );
                 report_served = false;
+                shared.heartbeat_now.notify_one();
+            }
+            Err(vsky_api::ClientError::Api {
+                status: 400,
+                message,
+                ..
+            }) if report_pools && refuses_field(&message, "pools") => {
+                tracing::warn!(
+                    "the manager is older than growing thin pools; heartbeats go without pool usage (upgrade the managers: thin volumes stay on their first mirrored disk until then)"
+                );
+                report_pools = false;
                 shared.heartbeat_now.notify_one();
             }
             Ok(_) => {
@@ -629,6 +647,23 @@ pub(crate) async fn health_loop(
             let volumes = shared.volumes.lock_unpoisoned().clone();
             let head = head.lock_unpoisoned();
             let mut resyncs = BTreeMap::new();
+            let pools: Vec<_> = volumes.iter().filter_map(|v| head.pool_report(v)).collect();
+            // A pool past its last report's use by a tenth or more, or
+            // full, is news the manager may act on (grow it) now.
+            let urgent = {
+                let before = shared.pools.lock_unpoisoned();
+                pools.iter().any(|p| {
+                    p.out_of_data_space
+                        || before.iter().find(|b| b.layer == p.layer).is_none_or(|b| {
+                            p.used_data_blocks
+                                >= b.used_data_blocks.saturating_add(p.total_data_blocks / 10)
+                        })
+                })
+            };
+            *shared.pools.lock_unpoisoned() = pools;
+            if urgent {
+                shared.heartbeat_now.notify_one();
+            }
             for spec in volumes.iter().flat_map(mirror_sets) {
                 let spec = &spec;
                 if let Ok(dead) = head.dead_legs(spec) {

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, watch};
 use vsky_api::types::{
-    ChunkId, FailedLeg, LegState, ResyncReport, ScrubReport, ScrubSpec, ServedVolume, VolumeSpec,
-    WipedChunk,
+    ChunkId, FailedLeg, LegState, PoolReport, ResyncReport, ScrubReport, ScrubSpec, ServedVolume,
+    VolumeSpec, WipedChunk,
 };
 use vsky_sync::LockExt;
 
@@ -65,6 +65,10 @@ pub(crate) struct Shared {
     /// the manager still lists them freezing (from the last assembly
     /// pass): the heartbeat reports them until it stops.
     pub(crate) switched: Mutex<BTreeSet<String>>,
+    /// The pools of the tops this head writes, as the health loop last
+    /// read them: the heartbeat reports them, and the manager grows those
+    /// that fill.
+    pub(crate) pools: Mutex<Vec<PoolReport>>,
 }
 
 /// A volume device this head has assembled.

@@ -80,8 +80,19 @@ pub struct ClusterSummary {
     /// failed servers), whatever they hold; not part of the capacity.
     #[serde(default)]
     pub unavailable_bytes: u64,
+    /// Volumes and snapshots.
     pub volumes: usize,
     pub volumes_attached: usize,
+    /// The sizes of the writable volumes, thick and thin: what users were
+    /// promised. Thin volumes take chunks as they are written, so this may
+    /// exceed the usable capacity (`capacity_bytes` over the replicas):
+    /// over-commit.
+    #[serde(default)]
+    pub provisioned_bytes: u64,
+    /// Usable bytes the pools of thin volumes, their snapshots and clones
+    /// hold now.
+    #[serde(default)]
+    pub thin_allocated_bytes: u64,
     pub mirrored_disks: usize,
     /// Mirrored disks with a failed leg.
     pub mirrored_disks_degraded: usize,
@@ -608,6 +619,28 @@ pub struct Heartbeat {
     /// older managers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub switched: Vec<String>,
+    /// The pools of the layers this head writes, as the kernel counts
+    /// them: the manager grows a pool that fills. Left out when empty, for
+    /// older managers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<PoolReport>,
+}
+
+/// A thin pool as its head's kernel counts it (`dmsetup status`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolReport {
+    /// The layer (`_L<id>`) whose pool it is.
+    pub layer: String,
+    /// Pool blocks (`block_sectors` each) mapped, and in the pool.
+    pub used_data_blocks: u64,
+    pub total_data_blocks: u64,
+    /// Metadata blocks (4 KiB) used, and in the pool.
+    pub used_meta_blocks: u64,
+    pub total_meta_blocks: u64,
+    /// The kernel holds writes to unmapped blocks: no data space left.
+    #[serde(default)]
+    pub out_of_data_space: bool,
 }
 
 /// A volume device as a head serves it.

@@ -291,6 +291,22 @@ pub fn thin_mapped_sectors(name: &str) -> Result<u64> {
     }
 }
 
+/// `dmsetup status <name>` as text.
+pub fn dm_status(name: &str) -> Result<String> {
+    let out = Command::new("dmsetup")
+        .args(["status", name])
+        .env("DM_DISABLE_UDEV", "1")
+        .output()
+        .context("run dmsetup status")?;
+    if !out.status.success() {
+        bail!(
+            "dmsetup status {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -129,6 +129,12 @@ pub const SCENARIOS: &[Scenario] = &[
         run: Run::Cluster(scenario::thin::run_scenario),
     },
     Scenario {
+        name: "cluster-thin-grow",
+        default: true,
+        proves: "a thin volume's pool grows as it is written (docs/design/snapshots.md step 11): one O_DIRECT writer writes far past the first mirrored disk, the manager adds mirrored disks on the head's reports and the head grows the pool's metadata and data devices by parts and reloads the pool under the writer, no I/O error, data exact; the grown pool reassembled from scratch exactly, and read through a clone of its snapshot in base form (sized from the pool's superblock); with the cluster full, writes past the pool are held (pool_exhausted event, pool out_of_data_space), not failed, and finish exactly once chunks are freed.",
+        run: Run::Cluster(scenario::thin_grow::run_scenario),
+    },
+    Scenario {
         name: "cluster-scrub",
         default: true,
         proves: "the manager's scrub patrol has the head check an attached volume's mirror (dm-raid check): clean legs reported clean; one leg overwritten behind the mirror's back: the mismatch is reported (event and metric); a repair needing the mirror's disks interrupts the check.",

@@ -41,6 +41,11 @@ struct ServerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    volume: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     method: String,
     route: String,
@@ -59,6 +64,10 @@ pub struct Metrics {
     /// the manager's start for one not heard from since). Rebuilt at every
     /// scrape, so removed servers disappear.
     heartbeat_age: Family<ServerLabels, Gauge<f64, AtomicU64>>,
+    /// Per thin volume written by a head: its pool's mapped and total data
+    /// (rebuilt at every scrape from the heads' latest reports).
+    pool_mapped: Family<PoolLabels, Gauge>,
+    pool_data: Family<PoolLabels, Gauge>,
     /// Encoding needs exclusive access to nothing but the output buffer;
     /// the mutex only serialises concurrent scrapes.
     scrape: Mutex<()>,
@@ -76,6 +85,8 @@ struct Gauges {
     disks: Gauge,
     disks_failed: Gauge,
     volumes: Gauge,
+    provisioned: Gauge,
+    thin_allocated: Gauge,
     mirrored_disks: Gauge,
     degraded: Gauge,
     rebuilding: Gauge,
@@ -111,7 +122,7 @@ impl Metrics {
             latency.clone(),
         );
         let g = Gauges::default();
-        let gauges: [(&str, &str, &Gauge); 22] = [
+        let gauges: [(&str, &str, &Gauge); 24] = [
             (
                 "moves",
                 "Leg moves (drain, rebalance) queued or running; also counted in rebuilds_*",
@@ -174,7 +185,17 @@ impl Metrics {
             ("servers_failed", "Servers marked failed", &g.servers_failed),
             ("disks", "Registered disks", &g.disks),
             ("disks_failed", "Disks marked failed", &g.disks_failed),
-            ("volumes", "Volumes", &g.volumes),
+            ("volumes", "Volumes and snapshots", &g.volumes),
+            (
+                "provisioned_bytes",
+                "Sizes of the writable volumes, thick and thin (over-commit when above the usable capacity)",
+                &g.provisioned,
+            ),
+            (
+                "thin_allocated_bytes",
+                "Usable bytes held by the pools of thin volumes, snapshots and clones",
+                &g.thin_allocated,
+            ),
             (
                 "mirrored_disks",
                 "Mirrored disks of all volumes",
@@ -217,6 +238,18 @@ impl Metrics {
             "Seconds since the server's agent last sent a heartbeat to this manager (counted from the manager's start if not since); above --head-grace its volumes may be taken over, above --server-grace its legs are replaced",
             heartbeat_age.clone(),
         );
+        let pool_mapped = Family::<PoolLabels, Gauge>::default();
+        let pool_data = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "thin_pool_mapped_bytes",
+            "Data a thin volume's writable pool has mapped, as its head last reported",
+            pool_mapped.clone(),
+        );
+        registry.register(
+            "thin_pool_data_bytes",
+            "Data a thin volume's writable pool holds now (it grows as it fills)",
+            pool_data.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -225,6 +258,8 @@ impl Metrics {
             rebuild_left,
             rebuild_rate,
             heartbeat_age,
+            pool_mapped,
+            pool_data,
             scrape: Mutex::new(()),
         }
     }
@@ -246,7 +281,8 @@ impl Metrics {
     }
 
     pub fn render(&self, manager: &Manager, recovery: &Recovery) -> Result<String, ManagerError> {
-        let (s, jobs, draining, spread, scrubs_running, servers) = manager.read(|c| {
+        let usages = recovery.pool_usages();
+        let (s, jobs, draining, spread, scrubs_running, servers, pools) = manager.read(|c| {
             let jobs: Vec<(ResyncJob, String)> = c
                 .jobs()
                 .filter(|j| j.is_active())
@@ -266,6 +302,18 @@ impl Metrics {
                 c.servers()
                     .map(|s| (s.id, s.name.clone()))
                     .collect::<Vec<_>>(),
+                usages
+                    .iter()
+                    .filter_map(|u| Some((c.pool_writer(&u.layer)?, u)))
+                    .map(|((volume, block), u)| {
+                        let bytes = |blocks: u64| blocks.saturating_mul(block);
+                        (
+                            volume,
+                            bytes(u.used_data_blocks),
+                            bytes(u.total_data_blocks),
+                        )
+                    })
+                    .collect::<Vec<_>>(),
             )
         })?;
         let _guard = self.scrape.lock_unpoisoned();
@@ -281,6 +329,8 @@ impl Metrics {
         set(&g.disks, s.disks as u64);
         set(&g.disks_failed, s.disks_failed as u64);
         set(&g.volumes, s.volumes as u64);
+        set(&g.provisioned, s.provisioned_bytes);
+        set(&g.thin_allocated, s.thin_allocated_bytes);
         set(&g.mirrored_disks, s.mirrored_disks as u64);
         set(&g.degraded, s.mirrored_disks_degraded as u64);
         set(&g.rebuilding, s.mirrored_disks_rebuilding as u64);
@@ -324,6 +374,13 @@ impl Metrics {
             self.heartbeat_age
                 .get_or_create(&ServerLabels { server })
                 .set(recovery.heartbeat_age(manager, id).as_secs_f64());
+        }
+        self.pool_mapped.clear();
+        self.pool_data.clear();
+        for (volume, mapped, data) in pools {
+            let labels = PoolLabels { volume };
+            set(&self.pool_mapped.get_or_create(&labels), mapped);
+            set(&self.pool_data.get_or_create(&labels), data);
         }
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");

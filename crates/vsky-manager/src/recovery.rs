@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use vsky_model::{
-    AutoRebalance, ChunkRef, Cluster, Drained, JobId, JobState, LegAddr, PassConfig, ScrubClock,
-    ScrubMethod, ServerId, ServerState,
+    AutoRebalance, ChunkRef, Cluster, Drained, JobId, JobState, LegAddr, PassConfig, PoolUsage,
+    ScrubClock, ScrubMethod, ServerId, ServerState,
 };
 use vsky_sync::LockExt;
 
@@ -97,6 +97,12 @@ pub struct Recovery {
     started: Instant,
     /// First and latest progress sample per running job.
     samples: Mutex<HashMap<JobId, Samples>>,
+    /// Layers whose pool could not grow, already told in an event (until
+    /// one grows again).
+    exhausted_pools: Mutex<BTreeSet<String>>,
+    /// The latest report about each pool a head writes, and when it came:
+    /// for metrics and `volume show` (the model keeps no usage).
+    pools: Mutex<HashMap<String, (Instant, PoolUsage)>>,
     /// Servers already reported silent (cleared when they speak again).
     silent: Mutex<HashMap<String, Instant>>,
     /// Servers a head reported a failed leg on, since when, until they show
@@ -125,6 +131,10 @@ struct Samples {
 /// grace period, if shorter).
 const SILENT_AFTER: Duration = Duration::from_secs(15);
 
+/// How long a pool report stands for the pool: a few heartbeats. Older
+/// ones are of pools no head writes any more (detached, frozen).
+const POOL_REPORT_FRESH: Duration = Duration::from_secs(30);
+
 impl Recovery {
     pub fn new(config: RecoveryConfig) -> Self {
         Recovery {
@@ -132,6 +142,8 @@ impl Recovery {
             events: EventLog::default(),
             started: Instant::now(),
             samples: Mutex::new(HashMap::new()),
+            exhausted_pools: Mutex::new(BTreeSet::new()),
+            pools: Mutex::new(HashMap::new()),
             silent: Mutex::new(HashMap::new()),
             suspects: Mutex::new(HashMap::new()),
             revived: Mutex::new(HashSet::new()),
@@ -211,6 +223,47 @@ impl Recovery {
     }
 
     /// Forgets the samples of a job that ended.
+    /// Notes that `layer`'s pool could not grow; true the first time
+    /// since it last grew (the time to tell the admin).
+    pub fn pool_exhausted(&self, layer: &str) -> bool {
+        self.exhausted_pools
+            .lock_unpoisoned()
+            .insert(layer.to_owned())
+    }
+
+    /// Keeps the pool reports of a heartbeat, and forgets reports older
+    /// than [`POOL_REPORT_FRESH`] (pools no head writes any more).
+    pub fn record_pools(&self, reports: &[PoolUsage]) {
+        let now = Instant::now();
+        let mut pools = self.pools.lock_unpoisoned();
+        pools.retain(|_, (at, _)| now.duration_since(*at) < POOL_REPORT_FRESH);
+        for r in reports {
+            pools.insert(r.layer.clone(), (now, r.clone()));
+        }
+    }
+
+    /// The latest fresh report about `layer`'s pool.
+    pub fn pool_usage(&self, layer: &str) -> Option<PoolUsage> {
+        let pools = self.pools.lock_unpoisoned();
+        let (at, usage) = pools.get(layer)?;
+        (at.elapsed() < POOL_REPORT_FRESH).then(|| usage.clone())
+    }
+
+    /// Every fresh pool report.
+    pub fn pool_usages(&self) -> Vec<PoolUsage> {
+        let pools = self.pools.lock_unpoisoned();
+        pools
+            .values()
+            .filter(|(at, _)| at.elapsed() < POOL_REPORT_FRESH)
+            .map(|(_, u)| u.clone())
+            .collect()
+    }
+
+    /// Notes that `layer`'s pool grew: a later exhaustion is news again.
+    pub fn pool_grown(&self, layer: &str) {
+        self.exhausted_pools.lock_unpoisoned().remove(layer);
+    }
+
     pub fn forget(&self, job: JobId) {
         self.samples.lock_unpoisoned().remove(&job);
     }

@@ -133,8 +133,12 @@ pub struct LayerSpec {
     /// Every slot, as for a thick volume: a leg this head must not open
     /// has no export name (in `Base` form, every leg that is not active).
     pub mirrored_disks: Vec<Vec<LegSpec>>,
-    /// Bytes of pool metadata at the front of the layer's space.
+    /// Bytes of pool metadata at the front of the layer's first mirrored
+    /// disk.
     pub meta_bytes: u64,
+    /// Bytes of pool metadata at the front of each later mirrored disk
+    /// (`cluster/pools.rs`).
+    pub added_meta_bytes: u64,
     /// dm-thin block size, in 512-byte sectors.
     pub block_sectors: u32,
     /// The size of the layer's thin device.
@@ -366,6 +370,10 @@ impl Cluster {
                     form,
                     mirrored_disks,
                     meta_bytes: info.meta_bytes,
+                    added_meta_bytes: crate::cluster::pools::later_meta_bytes(
+                        info,
+                        self.settings().data_bytes_per_chunk(),
+                    ),
                     block_sectors: info.block_sectors,
                     thin_size_bytes: info.thin_size_bytes,
                     parent: chain.get(i + 1).map(|p| self.volume_label(*p)),

@@ -23,7 +23,7 @@
 //!   index and partner counts current (the rules themselves are in
 //!   `alloc.rs`);
 //! - `chains.rs`: thin volumes, snapshots and clones as chains of hidden
-//!   layers;
+//!   layers; `pools.rs`: their pools' layout and growth;
 //! - `access.rs` (who may reach a volume), `identity.rs` (whose disk it
 //!   is), `executor.rs` (who copies a resync), `recovery.rs` (replacement
 //!   legs and resyncs), `schedule.rs` (which resyncs start), `moves.rs`
@@ -47,6 +47,7 @@ mod load;
 pub mod moves;
 pub mod pass;
 mod placement;
+pub mod pools;
 pub mod recovery;
 mod schedule;
 pub mod scrub;
@@ -54,10 +55,11 @@ mod servers;
 mod summary;
 mod volumes;
 
-pub use chains::{layer_name, thin_capacity_bytes, thin_meta_bytes};
+pub use chains::{layer_name, thin_meta_bytes};
 pub use disks::{DiskUsage, NewDisk, WipedChunk};
 pub use groups::{GroupUpdate, VolumeMetaUpdate};
 pub use load::Records;
+pub use pools::{PoolGrowth, PoolUsage, pool_data_blocks, pool_extents, thin_added_meta_bytes};
 pub use servers::NewServer;
 pub use summary::Summary;
 pub use volumes::NewVolume;

@@ -379,9 +379,12 @@ impl VolumeRole {
     }
 }
 
-/// A layer: one dm-thin pool whose metadata is the first `meta_bytes` of
-/// the layer's space (its mirrored disks concatenated) and whose data is
-/// the rest, with one thin device of `thin_size_bytes`.
+/// A layer: one dm-thin pool on the layer's mirrored disks, with one thin
+/// device of `thin_size_bytes`. Each mirrored disk gives the front of its
+/// data area to the pool's metadata (`meta_bytes` on the first,
+/// `added_meta_bytes` on each later one) and the rest to its data, so a
+/// pool that grows appends to both and no used sector moves
+/// (`cluster/pools.rs`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerInfo {
     /// The layer below (the thin device's external origin), frozen.
@@ -389,7 +392,13 @@ pub struct LayerInfo {
     pub state: LayerState,
     /// dm-thin's block size, in 512-byte sectors.
     pub block_sectors: u32,
+    /// Metadata at the front of the first mirrored disk.
     pub meta_bytes: u64,
+    /// Metadata at the front of every later mirrored disk; 0 in records
+    /// from before pools grew, which have one mirrored disk (the first
+    /// growth sets it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub added_meta_bytes: u64,
     pub thin_size_bytes: u64,
     /// When it was frozen (the snapshot's moment), Unix seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -455,4 +464,8 @@ impl Volume {
             .filter(|m| m.is_rebuilding())
             .count()
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

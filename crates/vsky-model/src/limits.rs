@@ -107,6 +107,27 @@ pub const THIN_BLOCK_SECTORS: u32 = 128;
 /// pools that grow past that get more metadata as they grow).
 pub const THIN_META_BYTES_MIN: u64 = 2 << 20;
 pub const THIN_META_BYTES_INITIAL: u64 = 16 << 20;
+/// Metadata a pool gets for each data block on the mirrored disks it grows
+/// by: dm-thin's sizing guide gives 48 bytes per block; twice that, as on
+/// the first mirrored disk, because metadata exhaustion needs an offline
+/// repair while data exhaustion only holds writes. About 0.15 % of the
+/// data at 64 KiB blocks.
+pub const THIN_META_BYTES_PER_BLOCK: u64 = 96;
+/// A writable pool grows when its free data falls below this share of its
+/// data (or below half a chunk's data, whichever is more): at 1 GiB chunks
+/// a writer at 200 MB/s has 2.5 s or more before it would fill the pool,
+/// against a heartbeat and about half a second for a head to assemble a
+/// new mirrored disk (`docs/benchmarks.md`, activation). Half a chunk, not
+/// a whole one, so a thin volume written less than half a chunk keeps one
+/// mirrored disk.
+pub const POOL_FREE_LOW_PERCENT: u64 = 10;
+/// A pool grows when its metadata is more than this share used, whatever
+/// its data: the metadata the sizing rule gives should never get there.
+pub const POOL_META_HIGH_PERCENT: u64 = 50;
+/// Mirrored disks one heartbeat's report can add to one pool: a writer
+/// faster than that for a heartbeat or two is held by the kernel
+/// (`queue_if_no_space`), not failed, while the next reports add more.
+pub const POOL_GROWTH_DISKS_MAX: u64 = 8;
 /// The data area of a chunk must hold a pool's smallest metadata and as
 /// much data for a thin volume to be created.
 pub const THIN_CHUNK_DATA_BYTES_MIN: u64 = 2 * THIN_META_BYTES_MIN;

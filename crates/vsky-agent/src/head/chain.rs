@@ -24,8 +24,9 @@
 
 use vsky_api::types::{LayerForm, LayerSpec, LegState, VolumeSpec};
 use vsky_kernel::dm::{
-    Device, LegLayout, MappedDevice, Raid1BaseTable, Sectors, TableMode, Target, TargetLine,
-    ThinPoolTable, ThinTable, VolumeLayout, VolumeName,
+    DevName, Device, Growth, LegLayout, MappedDevice, Raid1BaseTable, Sectors,
+    THIN_METADATA_BLOCK_BYTES, TableMode, Target, TargetLine, ThinPoolTable, ThinSuperblock,
+    ThinTable, VolumeLayout, VolumeName,
 };
 
 use super::naming::leg_tag;
@@ -88,6 +89,12 @@ pub fn mirror_sets(spec: &VolumeSpec) -> Vec<VolumeSpec> {
 /// start with a letter or a digit.
 pub fn is_layer(name: &str) -> bool {
     name.starts_with('_')
+}
+
+/// The length of each mirrored disk of a layer's space: a chunk's data
+/// area.
+pub(super) fn disk_len(spec: &VolumeSpec) -> Sectors {
+    sectors(spec.chunk_size_bytes.saturating_sub(spec.leg_meta_bytes))
 }
 
 /// A layer as a thick volume whose device is the layer's space.
@@ -175,7 +182,7 @@ impl Head {
                     .top_layer(spec, layer, below, StackForm::Freezing, &mut assembly)
                     .map(Some),
                 LayerForm::Base if self.assembled_writable(&layer.name)? => {
-                    self.frozen_in_place(layer, below).map(Some)
+                    self.frozen_in_place(spec, layer, below).map(Some)
                 }
                 LayerForm::Base => self.base_layer(spec, layer, below, &mut assembly),
             };
@@ -239,6 +246,7 @@ impl Head {
             layer,
             space_device,
             sectors(space.size_bytes),
+            disk_len(spec),
             below,
             form,
         )?
@@ -300,7 +308,15 @@ impl Head {
         let space =
             self.dp
                 .ensure_device_mode(&vol.top(), &linear_lines(&parts), TableMode::ReadOnly)?;
-        self.thin_stack(&vol, layer, space.device, space_len, below, StackForm::Base)
+        self.thin_stack(
+            &vol,
+            layer,
+            space.device,
+            space_len,
+            data_len,
+            below,
+            StackForm::Base,
+        )
     }
 
     /// One leg of a base: its import (or local chunk) and a read-only
@@ -365,81 +381,104 @@ impl Head {
             .ensure_device_mode(&name, &lines, TableMode::ReadOnly)?)
     }
 
-    /// The pool and thin device of a layer over its space: metadata at the
-    /// front, data behind, thin device 0 reading unwritten blocks from
-    /// `below`, in `form`; `None` for a base that was never written, which
-    /// needs no pool.
+    /// The pool and thin device of a layer over its space of mirrored
+    /// disks of `disk_len` each: the pool's metadata and data devices from
+    /// their parts of each disk ([`pool_parts`]), thin device 0 reading
+    /// unwritten blocks from `below`, in `form`; `None` for a base that was
+    /// never written, which needs no pool.
+    ///
+    /// How big the pool is: in the writable form, every disk of the space
+    /// (a pool the manager grew gets longer devices in place, and dm-thin
+    /// takes them in on the pool's reload); in any other form, the pool as
+    /// it runs, or, when it does not run yet, as its superblock records it
+    /// (a read-only pool must not be resized, and its layer may have grown
+    /// while its head was switching off it).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn thin_stack(
         &mut self,
         vol: &VolumeName,
         layer: &LayerSpec,
         space: Device,
         space_len: Sectors,
+        disk_len: Sectors,
         below: Option<(Device, Sectors)>,
         form: StackForm,
     ) -> Result<Option<Device>, HeadError> {
         let mode = form.table_mode();
-        let meta = sectors(layer.meta_bytes);
         let block = Sectors(u64::from(layer.block_sectors));
-        if *meta == 0 || *block == 0 || *space_len <= *meta + *block {
-            return Err(HeadError::Layout {
-                volume: layer.name.clone(),
-                reason: format!(
-                    "{} sectors of space hold no pool with {} sectors of metadata",
-                    *space_len, *meta
-                ),
-            });
-        }
-        let data_len = Sectors(*space_len - *meta);
-        let tmeta =
-            self.dp
-                .ensure_device_mode(&vol.thin_meta(), &linear_lines(&[(space, meta)]), mode)?;
-        // A running pool has formatted its metadata: read the superblock
-        // only while there is none, not on every reconcile.
-        if form == StackForm::Base
-            && self.dp.lookup(&vol.pool())?.is_none()
-            && metadata_is_blank(&tmeta.path)?
-        {
-            // A frozen layer no head ever wrote (a snapshot of a thin
-            // volume never attached): no pool can be loaded `read_only`
-            // over unformatted metadata, and it holds nothing, so the
-            // layer above reads from the one below instead (and zeros
-            // past its end, as over any shorter origin).
-            tracing::debug!(layer = %layer.name, "a frozen layer never written; reading through it");
-            return Ok(None);
-        }
-        let tdata = self.dp.ensure_device_mode(
-            &vol.thin_data(),
-            &[TargetLine {
-                start: Sectors(0),
-                len: data_len,
-                target: Target::Linear {
-                    dev: space,
-                    offset: meta,
-                },
-            }],
+        let layout_error = |reason: String| HeadError::Layout {
+            volume: layer.name.clone(),
+            reason,
+        };
+        let (meta_parts, data_parts) =
+            pool_parts(layer, *space_len / (*disk_len).max(1), disk_len).map_err(layout_error)?;
+        let running_len = self.running_pool_len(&vol.pool())?;
+        let (meta_parts, data_parts, pool_len, growth) = match (form, running_len) {
+            (StackForm::Writable, _) => {
+                let len = whole_blocks(&data_parts, block);
+                (meta_parts, data_parts, len, Growth::Reload)
+            }
+            (_, Some(len)) => (meta_parts, data_parts, len, Growth::KeepRunning),
+            (_, None) => {
+                let first = self.dp.node_path(&vol.top());
+                match read_superblock(&first)? {
+                    // A frozen layer no head ever wrote (a snapshot of a
+                    // thin volume never attached): no pool can be loaded
+                    // `read_only` over unformatted metadata, and it holds
+                    // nothing, so the layer above reads from the one below
+                    // instead (and zeros past its end, as over any shorter
+                    // origin).
+                    None if form == StackForm::Base => {
+                        tracing::debug!(layer = %layer.name, "a frozen layer never written; reading through it");
+                        return Ok(None);
+                    }
+                    None => {
+                        let len = whole_blocks(&data_parts, block);
+                        (meta_parts, data_parts, len, Growth::KeepRunning)
+                    }
+                    Some(sb) => {
+                        let (meta, data, len) = recorded_parts(&sb, meta_parts, data_parts, block)
+                            .map_err(layout_error)?;
+                        (meta, data, len, Growth::KeepRunning)
+                    }
+                }
+            }
+        };
+        let tmeta = self.dp.ensure_device_growing(
+            &vol.thin_meta(),
+            &parts_lines(space, &meta_parts),
             mode,
+            growth,
+        )?;
+        let tdata = self.dp.ensure_device_growing(
+            &vol.thin_data(),
+            &parts_lines(space, &data_parts),
+            mode,
+            growth,
         )?;
         let mut pool = ThinPoolTable::new(tmeta.device, tdata.device, block, 0);
         let running = self.running_pool(&vol.pool())?;
         pool.read_only = form.pool_read_only(running.as_ref().map(|p| p.read_only));
-        // dm-thin counts data blocks from the pool's length.
-        let pool_len = Sectors(*data_len - *data_len % *block);
         let pool_lines = [TargetLine {
             start: Sectors(0),
             len: pool_len,
             target: Target::ThinPool(pool.clone()),
         }];
         if let Some(running) = running
-            && running.read_only != pool.read_only
             && (ThinPoolTable {
                 read_only: pool.read_only,
-                ..running
+                ..running.clone()
             }) == pool
+            && (running.read_only != pool.read_only
+                || running_len.is_some_and(|len| *len < *pool_len))
         {
-            // Frozen since it was loaded: the same pool, read-only now,
-            // reloaded live (its thin device may be another's origin).
-            tracing::info!(layer = %layer.name, read_only = pool.read_only, "reloading a pool's mode");
+            // Frozen since it was loaded (the same pool, read-only now), or
+            // grown (its devices are longer now): reloaded live, with its
+            // thin device open (dm-thin suspends and resumes the pool's
+            // active thin devices around it). The reload of a grown pool
+            // resizes its data and metadata in the kernel.
+            tracing::info!(layer = %layer.name, read_only = pool.read_only,
+                from_sectors = running_len.map(|l| *l), to_sectors = *pool_len, "reloading a pool");
             self.dp.reload(&vol.pool(), &pool_lines)?;
         }
         // A thin-pool is always loaded read-write; `read_only` is its own.
@@ -474,6 +513,17 @@ impl Head {
         ))
     }
 
+    /// The length of the running pool `name`, if it runs.
+    fn running_pool_len(&self, name: &DevName) -> Result<Option<Sectors>, HeadError> {
+        if self.dp.lookup(name)?.is_none() {
+            return Ok(None);
+        }
+        Ok(match self.dp.table(name)?.as_slice() {
+            [(0, len, kind, _)] if kind == "thin-pool" => Some(Sectors(*len)),
+            _ => None,
+        })
+    }
+
     /// Whether the running thin device `name` is `wanted` with fewer than
     /// `len` sectors.
     fn thin_is_shorter(
@@ -494,20 +544,122 @@ impl Head {
     }
 }
 
-/// Whether a pool's metadata device was never formatted: dm-thin reads an
-/// all-zero first block as empty metadata and writes its superblock there
-/// when the pool is first loaded read-write (4.19
-/// `thin-provisioning.txt` l.67–71).
-fn metadata_is_blank(tmeta: &std::path::Path) -> Result<bool, HeadError> {
+/// The pool's metadata and data parts of a layer of `disks` mirrored
+/// disks of `disk_len` each, as (offset in the space, length): the first
+/// `meta_bytes` of the first disk and the first `added_meta_bytes` of every
+/// later one are metadata, the rest of each is data (the wire contract of
+/// `LayerSpec`; the manager's `cluster/pools.rs` holds the rule).
+type Parts = Vec<(Sectors, Sectors)>;
+
+fn pool_parts(layer: &LayerSpec, disks: u64, disk_len: Sectors) -> Result<(Parts, Parts), String> {
+    let block = u64::from(layer.block_sectors);
+    let first = *sectors(layer.meta_bytes);
+    // Older managers send no rule for later disks; their layers have one.
+    let later = *sectors(layer.added_meta_bytes);
+    if first == 0
+        || block == 0
+        || *disk_len <= first + block
+        || (disks > 1 && (later == 0 || *disk_len <= later))
+    {
+        return Err(format!(
+            "mirrored disks of {} sectors hold no pool with {first} and {later} sectors of metadata",
+            *disk_len
+        ));
+    }
+    let mut meta = Vec::new();
+    let mut data = Vec::new();
+    for k in 0..disks {
+        let start = k * *disk_len;
+        let m = if k == 0 { first } else { later };
+        meta.push((Sectors(start), Sectors(m)));
+        data.push((Sectors(start + m), Sectors(*disk_len - m)));
+    }
+    Ok((meta, data))
+}
+
+/// The whole pool blocks of `parts`, in sectors.
+fn whole_blocks(parts: &[(Sectors, Sectors)], block: Sectors) -> Sectors {
+    let total: u64 = parts.iter().map(|(_, l)| **l).sum();
+    Sectors(total - total % (*block).max(1))
+}
+
+/// The parts and pool length a pool's superblock records: the metadata
+/// parts that make exactly its metadata size, the data parts its data
+/// blocks lie in.
+fn recorded_parts(
+    sb: &ThinSuperblock,
+    meta: Parts,
+    data: Parts,
+    block: Sectors,
+) -> Result<(Parts, Parts, Sectors), String> {
+    if u64::from(sb.data_block_sectors) != *block {
+        return Err(format!(
+            "its pool's metadata has blocks of {} sectors, the layer {}",
+            sb.data_block_sectors, *block
+        ));
+    }
+    let meta_len = sb.metadata_blocks * (THIN_METADATA_BLOCK_BYTES / SECTOR);
+    let mut sum = 0;
+    let Some(m) = meta.iter().position(|(_, l)| {
+        sum += **l;
+        sum >= meta_len
+    }) else {
+        return Err(format!(
+            "its pool's metadata records {meta_len} sectors of metadata, more than the layer's {sum}"
+        ));
+    };
+    if sum != meta_len {
+        return Err(format!(
+            "its pool's metadata records {meta_len} sectors of metadata, which are no whole mirrored disks' parts"
+        ));
+    }
+    let pool_len = sb.data_blocks * *block;
+    let mut sum = 0;
+    let Some(d) = data.iter().position(|(_, l)| {
+        sum += **l;
+        sum >= pool_len
+    }) else {
+        return Err(format!(
+            "its pool's metadata records {pool_len} sectors of data, more than the layer's {sum}"
+        ));
+    };
+    let mut meta = meta;
+    let mut data = data;
+    meta.truncate(m + 1);
+    data.truncate(d + 1);
+    Ok((meta, data, Sectors(pool_len)))
+}
+
+/// The superblock at the front of a layer's space (its pool's metadata
+/// starts there).
+fn read_superblock(space: &std::path::Path) -> Result<Option<ThinSuperblock>, HeadError> {
     use std::io::Read;
-    let mut block = vec![0u8; 4096];
-    std::fs::File::open(tmeta)
+    let error = |reason: String| HeadError::Layout {
+        volume: space.display().to_string(),
+        reason,
+    };
+    let mut block = vec![0u8; THIN_METADATA_BLOCK_BYTES as usize];
+    std::fs::File::open(space)
         .and_then(|mut f| f.read_exact(&mut block))
-        .map_err(|e| HeadError::Layout {
-            volume: tmeta.display().to_string(),
-            reason: format!("cannot read the pool's metadata superblock: {e}"),
-        })?;
-    Ok(block.iter().all(|b| *b == 0))
+        .map_err(|e| error(format!("cannot read the pool's metadata superblock: {e}")))?;
+    ThinSuperblock::parse(&block).map_err(error)
+}
+
+/// `parts` of `space` as a concatenation.
+fn parts_lines(space: Device, parts: &[(Sectors, Sectors)]) -> Vec<TargetLine> {
+    let mut at = 0;
+    parts
+        .iter()
+        .map(|&(offset, len)| {
+            let line = TargetLine {
+                start: Sectors(at),
+                len,
+                target: Target::Linear { dev: space, offset },
+            };
+            at += *len;
+            line
+        })
+        .collect()
 }
 
 /// A concatenation of `parts` as table lines.
@@ -565,10 +717,79 @@ mod tests {
             form,
             mirrored_disks: vec![vec![leg(1), leg(2)]],
             meta_bytes: 2 << 20,
+            added_meta_bytes: 64 << 10,
             block_sectors: 128,
             thin_size_bytes: 4 << 20,
             parent: parent.map(String::from),
         }
+    }
+
+    #[test]
+    fn a_pool_takes_the_front_of_each_disk_for_metadata_and_grows_by_appending() {
+        let l = layer("_L1", LayerForm::Top, None);
+        let disk = Sectors(14336);
+        let (meta, data) = pool_parts(&l, 3, disk).unwrap();
+        assert_eq!(
+            meta,
+            [
+                (Sectors(0), Sectors(4096)),
+                (Sectors(14336), Sectors(128)),
+                (Sectors(28672), Sectors(128)),
+            ]
+        );
+        assert_eq!(
+            data,
+            [
+                (Sectors(4096), Sectors(10240)),
+                (Sectors(14464), Sectors(14208)),
+                (Sectors(28800), Sectors(14208)),
+            ]
+        );
+        let (meta1, data1) = pool_parts(&l, 1, disk).unwrap();
+        assert_eq!((&meta[..1], &data[..1]), (&meta1[..], &data1[..]));
+        assert_eq!(*whole_blocks(&data, Sectors(128)), 38656);
+        // Without a rule for later disks (an older manager), only one.
+        let old = LayerSpec {
+            added_meta_bytes: 0,
+            ..l.clone()
+        };
+        assert!(pool_parts(&old, 1, disk).is_ok());
+        assert!(pool_parts(&old, 2, disk).is_err());
+        assert!(pool_parts(&l, 1, Sectors(4096)).is_err());
+    }
+
+    #[test]
+    fn a_read_only_pool_gets_exactly_the_parts_its_superblock_records() {
+        let l = layer("_L1", LayerForm::Base, None);
+        let (meta, data) = pool_parts(&l, 3, Sectors(14336)).unwrap();
+        let sb = |metadata_blocks: u64, data_blocks: u64| ThinSuperblock {
+            data_blocks,
+            metadata_blocks,
+            data_block_sectors: 128,
+        };
+        // Grown once: two disks' metadata (4096 + 128 sectors = 528 blocks
+        // of 4 KiB) and their data.
+        let (m, d, len) = recorded_parts(
+            &sb(528, (10240 + 14208) / 128),
+            meta.clone(),
+            data.clone(),
+            Sectors(128),
+        )
+        .unwrap();
+        assert_eq!((m.len(), d.len(), *len), (2, 2, 24448));
+        // Never grown.
+        let (m, d, len) =
+            recorded_parts(&sb(512, 80), meta.clone(), data.clone(), Sectors(128)).unwrap();
+        assert_eq!((m.len(), d.len(), *len), (1, 1, 10240));
+        // What no prefix of the layer's parts makes is refused.
+        for bad in [sb(520, 80), sb(10_000, 80), sb(512, 1_000_000)] {
+            assert!(recorded_parts(&bad, meta.clone(), data.clone(), Sectors(128)).is_err());
+        }
+        let other_block = ThinSuperblock {
+            data_block_sectors: 256,
+            ..sb(512, 40)
+        };
+        assert!(recorded_parts(&other_block, meta, data, Sectors(128)).is_err());
     }
 
     fn thin(chain: Vec<LayerSpec>) -> VolumeSpec {

@@ -29,7 +29,7 @@
 
 use std::time::Instant;
 
-use vsky_api::types::LayerSpec;
+use vsky_api::types::{LayerSpec, VolumeSpec};
 use vsky_kernel::dm::{
     DevName, Device, Raid1BaseTable, Sectors, TableMode, Target, TargetLine, ThinPoolTable,
     VolumeName,
@@ -225,6 +225,7 @@ impl Head {
     /// data, and the next assembly (after a detach) is the base form.
     pub(super) fn frozen_in_place(
         &mut self,
+        spec: &VolumeSpec,
         layer: &LayerSpec,
         below: Option<(Device, Sectors)>,
     ) -> Result<Device, HeadError> {
@@ -239,6 +240,7 @@ impl Head {
             layer,
             space,
             space_len,
+            super::chain::disk_len(spec),
             below,
             StackForm::FrozenInPlace,
         )?

@@ -1,11 +1,14 @@
 //! What the head reports about its volumes: legs the kernel marks dead,
 //! resync progress, scrub (dm-raid `check`) state and results, mirror
-//! health, and whether a volume's device is held open.
+//! health, the pools of the thin layers it writes, and whether a volume's
+//! device is held open.
 
 use std::collections::{BTreeMap, HashMap};
 
-use vsky_api::types::{ChunkId, ResyncReport, VolumeSpec};
-use vsky_kernel::dm::{Datapath, DevName, Device, LegHealth, SyncAction, VolumeName};
+use vsky_api::types::{ChunkId, LayerForm, PoolReport, ResyncReport, VolumeSpec};
+use vsky_kernel::dm::{
+    Datapath, DevName, Device, LegHealth, PoolMode, SyncAction, ThinPoolStatus, VolumeName,
+};
 
 use super::naming::parse_tag;
 use super::{Head, HeadError};
@@ -162,5 +165,35 @@ impl Head {
             out.insert(k, self.dp.raid1_status(&vol.raid(k))?.health_string());
         }
         Ok(out)
+    }
+
+    /// The pool of the top a thin volume writes, as the kernel counts it:
+    /// `None` for a thick volume, a top not assembled (yet), or a pool
+    /// that failed (its I/O errors tell).
+    pub fn pool_report(&self, spec: &VolumeSpec) -> Option<PoolReport> {
+        let top = spec.chain.first().filter(|l| l.form == LayerForm::Top)?;
+        let pool = VolumeName::new(&top.name).ok()?.pool();
+        let status = match self.dp.thin_pool_status(&pool) {
+            Ok(status) => status,
+            Err(e) => {
+                tracing::debug!(%pool, error = %e, "cannot read a pool's usage");
+                return None;
+            }
+        };
+        let usage = match status {
+            ThinPoolStatus::Active(usage) => usage,
+            other => {
+                tracing::warn!(%pool, status = %other, "a thin pool failed");
+                return None;
+            }
+        };
+        Some(PoolReport {
+            layer: top.name.clone(),
+            used_data_blocks: usage.used_data_blocks,
+            total_data_blocks: usage.total_data_blocks,
+            used_meta_blocks: usage.used_metadata_blocks,
+            total_meta_blocks: usage.total_metadata_blocks,
+            out_of_data_space: usage.mode == PoolMode::OutOfDataSpace,
+        })
     }
 }

@@ -37,6 +37,24 @@ pub struct Layer {
     /// The volumes and snapshots whose data it holds.
     pub shared_by: Vec<String>,
     pub layout: Vec<MirroredDisk>,
+    /// The pool as its head last reported it: only for the top of an
+    /// attached thin volume (`vsky volume show`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolUse>,
+}
+
+/// How full a writable layer's pool is, as its head's kernel counts it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PoolUse {
+    /// Data the thin device has written (mapped blocks).
+    pub mapped_bytes: u64,
+    /// Data the pool holds now; it grows as it fills.
+    pub data_bytes: u64,
+    /// Share of the pool's metadata in use, in percent.
+    pub metadata_used_percent: u8,
+    /// The pool is full and the head holds writes to new blocks (the
+    /// cluster has no chunk to grow it).
+    pub full: bool,
 }
 
 /// A layer is written by one thin volume's head, then frozen for good.
@@ -73,8 +91,16 @@ pub struct LayerSpec {
     pub name: String,
     pub form: LayerForm,
     pub mirrored_disks: Vec<Vec<LegSpec>>,
-    /// Bytes of pool metadata at the front of the layer's space.
+    /// Bytes of pool metadata at the front of the layer's first mirrored
+    /// disk's data area.
     pub meta_bytes: u64,
+    /// Bytes of pool metadata at the front of the data area of each later
+    /// mirrored disk. The pool's metadata device is the concatenation of
+    /// the metadata parts in order, its data device that of the rest, so a
+    /// pool that grows (more mirrored disks) appends to both. 0 from
+    /// managers from before growth, whose layers have one mirrored disk.
+    #[serde(default)]
+    pub added_meta_bytes: u64,
     /// dm-thin block size, in 512-byte sectors.
     pub block_sectors: u32,
     pub thin_size_bytes: u64,

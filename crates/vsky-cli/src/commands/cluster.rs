@@ -46,10 +46,29 @@ pub fn render_summary(s: &ClusterSummary, manager: &str) -> String {
         "Volumes",
         format!("{} ({} attached)", s.volumes, s.volumes_attached),
     )
-    .add("Mirrored disks", s.mirrored_disks.to_string())
-    .add("Degraded", s.mirrored_disks_degraded.to_string())
-    .add("Rebuilding", s.mirrored_disks_rebuilding.to_string());
+    .add("Provisioned", provisioned(s));
+    if s.thin_allocated_bytes > 0 {
+        kv.add("Thin pools", render::size(s.thin_allocated_bytes));
+    }
+    kv.add("Mirrored disks", s.mirrored_disks.to_string())
+        .add("Degraded", s.mirrored_disks_degraded.to_string())
+        .add("Rebuilding", s.mirrored_disks_rebuilding.to_string());
     kv.render()
+}
+
+/// `3 TiB (1.50× the usable capacity)`: the volumes' sizes against what
+/// the pool holds at the default replicas, so over-commit shows.
+fn provisioned(s: &ClusterSummary) -> String {
+    let usable = s.capacity_bytes / u64::from(s.default_replicas.max(1));
+    if usable == 0 {
+        return render::size(s.provisioned_bytes);
+    }
+    format!(
+        "{} ({:.2}× the usable capacity at {} replicas)",
+        render::size(s.provisioned_bytes),
+        s.provisioned_bytes as f64 / usable as f64,
+        s.default_replicas
+    )
 }
 
 /// `1.5 TiB (37.5%)`: the share of capacity, so a nearly full pool shows.
@@ -82,6 +101,8 @@ mod tests {
             unavailable_bytes: 1 << 40,
             volumes: 7,
             volumes_attached: 3,
+            provisioned_bytes: 3 << 40,
+            thin_allocated_bytes: 1 << 38,
             mirrored_disks: 40,
             mirrored_disks_degraded: 5,
             mirrored_disks_rebuilding: 2,
@@ -99,6 +120,8 @@ mod tests {
              Releasing:       512 GiB (12.5%)\n\
              Unavailable:     1 TiB\n\
              Volumes:         7 (3 attached)\n\
+             Provisioned:     3 TiB (1.50× the usable capacity at 2 replicas)\n\
+             Thin pools:      256 GiB\n\
              Mirrored disks:  40\n\
              Degraded:        5\n\
              Rebuilding:      2\n"
@@ -122,6 +145,8 @@ mod tests {
             unavailable_bytes: 0,
             volumes: 0,
             volumes_attached: 0,
+            provisioned_bytes: 0,
+            thin_allocated_bytes: 0,
             mirrored_disks: 0,
             mirrored_disks_degraded: 0,
             mirrored_disks_rebuilding: 0,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use vsky_api::Client;
 use vsky_api::types::{
-    AttachmentState, CreateVolume, ServerState, Stripe, UpdateVolume, Volume, VolumeDetail,
+    AttachmentState, CreateVolume, PoolUse, ServerState, Stripe, UpdateVolume, Volume, VolumeDetail,
 };
 
 use crate::args::VolumeCommand;
@@ -347,6 +347,7 @@ pub fn render_volume_detail(d: &VolumeDetail) -> String {
             ("STATE", Align::Left),
             ("SIZE", Align::Right),
             ("MDISKS", Align::Right),
+            ("POOL USED", Align::Left),
             ("FROZEN", Align::Left),
             ("DATA OF", Align::Left),
         ]);
@@ -356,6 +357,7 @@ pub fn render_volume_detail(d: &VolumeDetail) -> String {
                 render::state(&l.state),
                 render::size(l.thin_size_bytes),
                 l.layout.len().to_string(),
+                l.pool.as_ref().map_or_else(|| "-".into(), pool_used),
                 l.frozen_at_unix_s
                     .map_or_else(|| "-".into(), |s| render::utc(s.saturating_mul(1000))),
                 render::clean(&l.shared_by.join(", ")),
@@ -375,6 +377,18 @@ pub fn render_volume_detail(d: &VolumeDetail) -> String {
     }
     out.push_str(&legs_table(&d.layout));
     out
+}
+
+/// `16 MiB of 27 MiB`: what a writable pool has mapped of what it holds
+/// (it grows as it fills), as its head last reported; `FULL` when the head
+/// holds writes for want of space.
+fn pool_used(p: &PoolUse) -> String {
+    let used = format!(
+        "{} of {}",
+        render::size(p.mapped_bytes),
+        render::size(p.data_bytes)
+    );
+    if p.full { format!("{used} FULL") } else { used }
 }
 
 /// Every leg of `layout`, one row each.
@@ -409,7 +423,7 @@ fn legs_table(layout: &[vsky_api::types::MirroredDisk]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vsky_api::types::{Layer, LayerState, Leg, LegState, MirroredDisk, VolumeHealth};
+    use vsky_api::types::{Layer, LayerState, Leg, LegState, MirroredDisk, PoolUse, VolumeHealth};
 
     fn volume(name: &str, stripe: Option<Stripe>, attached_to: Option<&str>) -> Volume {
         Volume {
@@ -481,6 +495,12 @@ mod tests {
             thin_size_bytes: 24 << 20,
             frozen_at_unix_s: frozen,
             shared_by: shared.iter().map(|s| s.to_string()).collect(),
+            pool: (state == LayerState::Writable).then_some(PoolUse {
+                mapped_bytes: 16 << 20,
+                data_bytes: 27 << 20,
+                metadata_used_percent: 1,
+                full: false,
+            }),
             layout: vec![MirroredDisk {
                 last_scrub_unix_s: None,
                 index: 0,
@@ -508,9 +528,9 @@ mod tests {
         let text = render_volume_detail(&detail);
         assert!(text.contains("Provisioning:            thin\n"), "{text}");
         let expected = "\
-LAYER  STATE       SIZE  MDISKS  FROZEN                DATA OF
-_L9    writable  24 MiB       1  -                     vm1
-_L6    frozen    24 MiB       1  1970-01-02 00:00:00Z  snap, tmpl, vm1
+LAYER  STATE       SIZE  MDISKS  POOL USED         FROZEN                DATA OF
+_L9    writable  24 MiB       1  16 MiB of 27 MiB  -                     vm1
+_L6    frozen    24 MiB       1  -                 1970-01-02 00:00:00Z  snap, tmpl, vm1
 
 Layer _L9:
 ";

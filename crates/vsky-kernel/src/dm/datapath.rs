@@ -48,6 +48,19 @@ impl Leg {
     }
 }
 
+/// What [`Datapath::ensure_device_growing`] does with a running device
+/// whose wanted table only appends to the one it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Growth {
+    /// A mismatch, like any other difference.
+    Refuse,
+    /// Load the longer table in place (suspend, swap, resume).
+    Reload,
+    /// Keep the device as it runs: what uses it must not see it grow (a
+    /// read-only thin pool's metadata and data devices).
+    KeepRunning,
+}
+
 /// The device-mapper context of the head's datapath.
 ///
 /// Every method is a blocking ioctl (and `wait_raid1_in_sync` sleeps): from
@@ -190,7 +203,8 @@ impl Datapath {
         })
     }
 
-    fn node_path(&self, name: &DevName) -> PathBuf {
+    /// The block node of device `name` (`/dev/mapper/<name>`).
+    pub fn node_path(&self, name: &DevName) -> PathBuf {
         self.mapper_dir.join(name.as_str())
     }
 
@@ -250,7 +264,7 @@ impl Datapath {
     /// otherwise leave every I/O to the volume hanging). On failure a device
     /// created here is removed again.
     pub fn ensure_device(&self, name: &DevName, lines: &[TargetLine]) -> Result<MappedDevice> {
-        self.ensure_device_or_grow(name, lines, TableMode::ReadWrite, false)
+        self.ensure_device_or_grow(name, lines, TableMode::ReadWrite, Growth::Refuse)
     }
 
     /// [`ensure_device`](Self::ensure_device) with the table loaded
@@ -262,7 +276,20 @@ impl Datapath {
         lines: &[TargetLine],
         mode: TableMode,
     ) -> Result<MappedDevice> {
-        self.ensure_device_or_grow(name, lines, mode, false)
+        self.ensure_device_or_grow(name, lines, mode, Growth::Refuse)
+    }
+
+    /// [`ensure_device_mode`](Self::ensure_device_mode), except that a
+    /// running device whose table `lines` only grows (see [`grows`]) is
+    /// handled as `growth` says: reloaded with `lines`, or kept as it runs.
+    pub fn ensure_device_growing(
+        &self,
+        name: &DevName,
+        lines: &[TargetLine],
+        mode: TableMode,
+        growth: Growth,
+    ) -> Result<MappedDevice> {
+        self.ensure_device_or_grow(name, lines, mode, growth)
     }
 
     /// [`ensure_device`](Self::ensure_device), except that a running device
@@ -274,7 +301,7 @@ impl Datapath {
         name: &DevName,
         lines: &[TargetLine],
         mode: TableMode,
-        may_grow: bool,
+        growth: Growth,
     ) -> Result<MappedDevice> {
         validate_table(name, lines)?;
         let id = DevId::Name(name.dm_name());
@@ -310,12 +337,16 @@ impl Datapath {
                 });
             }
             let begins_with = |new, old, len| self.begins_with(new, old, len);
-            if !table_matches(lines, &found) && may_grow && grows(&found, lines, &begins_with) {
+            let shorter = || growth != Growth::Refuse && grows(&found, lines, &begins_with);
+            if table_matches(lines, &found) {
+            } else if growth == Growth::Reload && shorter() {
                 let from: u64 = found.iter().map(|l| l.1).sum();
                 let to: u64 = lines.iter().map(|l| *l.len).sum();
                 self.reload(name, lines)?;
                 tracing::info!(%name, from_sectors = from, to_sectors = to, "grew device");
-            } else if !table_matches(lines, &found) {
+            } else if growth == Growth::KeepRunning && shorter() {
+                tracing::debug!(%name, "kept a device shorter than its layout, as it runs");
+            } else {
                 return Err(DmError::TableMismatch {
                     name: name.to_string(),
                     found: format_raw_table(&found),
@@ -501,7 +532,7 @@ impl Datapath {
     /// volume grew: more mirrored disks, or longer stripe columns) is
     /// reloaded in place, under I/O; see [`grows`].
     pub fn ensure_volume(&self, name: &DevName, layout: &VolumeLayout) -> Result<MappedDevice> {
-        self.ensure_device_or_grow(name, &layout.lines(), TableMode::ReadWrite, true)
+        self.ensure_device_or_grow(name, &layout.lines(), TableMode::ReadWrite, Growth::Reload)
     }
 
     /// Whether device `new` maps its first `len` sectors straight onto

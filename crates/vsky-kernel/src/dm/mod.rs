@@ -39,7 +39,8 @@
 //! and validation), `thin` (the thin-pool and thin lines and their status),
 //! `layout` (how legs and volumes map onto table lines),
 //! `status` (parsing dm-raid's status), `superblock` (recognising a
-//! dm-raid superblock) and `floor` (which DM interface and dm-raid versions
+//! dm-raid superblock), `thin_superblock` (the sizes a thin pool's
+//! metadata records) and `floor` (which DM interface and dm-raid versions
 //! the head accepts, checked at start-up). `datapath` holds the ioctls: the `ensure_*`
 //! operations, reloads (also the suspend / load / resume steps a multi-device
 //! change is made of), target messages, status queries and removal; the VM lab
@@ -59,8 +60,9 @@ mod status;
 mod superblock;
 mod table;
 mod thin;
+mod thin_superblock;
 
-pub use datapath::{Datapath, Leg, MappedDevice, TableMode};
+pub use datapath::{Datapath, Growth, Leg, MappedDevice, TableMode};
 pub use floor::{
     DM_INTERFACE_MAJOR, DmSupport, RAID_EXACT_TABLE, RAID_MIN, TargetVersion, decide_dm_support,
 };
@@ -73,6 +75,7 @@ pub use thin::{
     PoolDiscard, PoolMode, THIN_BLOCK_MAX, THIN_BLOCK_MIN, THIN_DEV_ID_MAX, ThinPoolStatus,
     ThinPoolTable, ThinPoolUsage, ThinStatus, ThinTable,
 };
+pub use thin_superblock::{THIN_METADATA_BLOCK_BYTES, ThinSuperblock};
 
 /// Errors of the device-mapper layer. Messages name the device and say what
 /// to do next.

@@ -18,4 +18,5 @@ pub mod rebuild;
 pub mod return_in_time;
 pub mod scrub;
 pub mod thin;
+pub mod thin_grow;
 pub mod xapi;

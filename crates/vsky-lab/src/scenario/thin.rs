@@ -239,7 +239,7 @@ fn dm_node(dev: &std::path::Path) -> Result<String> {
 }
 
 /// The thin device the volume device maps (`vsky-_L<id>+thin`).
-fn thin_device_of(volume: &str) -> Result<String> {
+pub(crate) fn thin_device_of(volume: &str) -> Result<String> {
     let layers = layers_under(volume)?;
     layers
         .first()
@@ -271,7 +271,7 @@ fn pause_logged(log: &str) -> Result<u64> {
 
 /// The layers assembled for `volume` (the only volume assembled), top
 /// first: the one the volume device maps, then each external origin.
-fn layers_under(volume: &str) -> Result<Vec<String>> {
+pub(crate) fn layers_under(volume: &str) -> Result<Vec<String>> {
     let names = kernel::mapper()?;
     let thin_of = |n: &String| n.strip_suffix("+thin").map(String::from);
     let thins: Vec<String> = names.iter().filter_map(thin_of).collect();

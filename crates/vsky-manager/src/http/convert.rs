@@ -56,6 +56,8 @@ pub fn summary(cluster_id: &str, s: m::Summary) -> api::ClusterSummary {
         unavailable_bytes: s.unavailable_bytes,
         volumes: s.volumes,
         volumes_attached: s.volumes_attached,
+        provisioned_bytes: s.provisioned_bytes,
+        thin_allocated_bytes: s.thin_allocated_bytes,
         mirrored_disks: s.mirrored_disks,
         mirrored_disks_degraded: s.mirrored_disks_degraded,
         mirrored_disks_rebuilding: s.mirrored_disks_rebuilding,
@@ -211,6 +213,18 @@ pub fn group(c: &Cluster, g: &m::Group) -> api::Group {
     out
 }
 
+/// A pool report of the model as the API shows it, in bytes of
+/// `block_bytes` blocks.
+pub fn pool_use(u: &m::PoolUsage, block_bytes: u64) -> api::PoolUse {
+    let percent = u.used_meta_blocks.saturating_mul(100) / u.total_meta_blocks.max(1);
+    api::PoolUse {
+        mapped_bytes: u.used_data_blocks.saturating_mul(block_bytes),
+        data_bytes: u.total_data_blocks.saturating_mul(block_bytes),
+        metadata_used_percent: u8::try_from(percent.min(100)).unwrap_or(100),
+        full: u.out_of_data_space,
+    }
+}
+
 /// A volume with its layout. Export secrets are deliberately left out: only
 /// the head's and the storage servers' agents receive them.
 pub fn volume_detail(c: &Cluster, v: &m::Volume) -> api::VolumeDetail {
@@ -241,6 +255,7 @@ pub fn volume_detail(c: &Cluster, v: &m::Volume) -> api::VolumeDetail {
                         .map(|h| h.name.clone())
                         .collect(),
                     layout: layout(c, l),
+                    pool: None,
                 })
             })
             .collect()
@@ -397,6 +412,7 @@ fn layer_spec(
             .map(|legs| legs.into_iter().map(leg_spec).collect())
             .collect(),
         meta_bytes: l.meta_bytes,
+        added_meta_bytes: l.added_meta_bytes,
         block_sectors: l.block_sectors,
         thin_size_bytes: l.thin_size_bytes,
         parent: l.parent,

@@ -70,18 +70,6 @@ pub fn thin_meta_bytes(data_bytes_per_chunk: u64) -> Option<u64> {
     Some(meta - meta % block)
 }
 
-/// How much a layer of one mirrored disk can hold: the chunk's data area
-/// less the pool's metadata, in whole thin blocks. Pools do not grow yet
-/// (docs/design/snapshots.md §9 step 11), so a thin volume is at most this
-/// large: every block of its thin device then fits its top's pool, and
-/// writers never find the pool full.
-pub fn thin_capacity_bytes(data_bytes_per_chunk: u64) -> Option<u64> {
-    let meta = thin_meta_bytes(data_bytes_per_chunk)?;
-    let block = u64::from(limits::THIN_BLOCK_SECTORS) * 512;
-    let data = data_bytes_per_chunk - meta;
-    Some(data - data % block)
-}
-
 /// What a handle's chain needs from the source a new layer goes over.
 enum Base {
     /// A new thin volume: no parent.
@@ -322,6 +310,7 @@ impl Cluster {
                 state: LayerState::Writable,
                 block_sectors: limits::THIN_BLOCK_SECTORS,
                 meta_bytes,
+                added_meta_bytes: super::pools::thin_added_meta_bytes(per_chunk),
                 thin_size_bytes,
                 frozen_at_unix_s: None,
                 writer,
@@ -608,27 +597,45 @@ impl Cluster {
         }
     }
 
-    /// Refuses a thin size one layer's pool cannot hold (see
-    /// [`thin_capacity_bytes`]).
+    /// Refuses a thin size no pool of this cluster's chunks can hold: a
+    /// pool grows as it fills (`cluster/pools.rs`), up to
+    /// [`limits::MIRRORED_DISKS_PER_VOLUME_MAX`] mirrored disks.
     pub(super) fn check_thin_size(&self, size_bytes: u64) -> Result<(), ModelError> {
         let per_chunk = self.settings.data_bytes_per_chunk();
-        match thin_capacity_bytes(per_chunk) {
-            Some(capacity) if size_bytes <= capacity => Ok(()),
-            Some(capacity) => Err(ModelError::invalid(
-                "size",
-                format!(
-                    "{size_bytes} bytes is more than a thin volume can hold on this pool's chunks ({capacity} bytes: one chunk's data less its pool metadata, until pools grow as they fill); make it thick, or smaller"
-                ),
-            )),
-            None => Err(ModelError::invalid(
+        let Some(meta_bytes) = thin_meta_bytes(per_chunk) else {
+            return Err(ModelError::invalid(
                 "thin volume",
                 format!(
                     "chunks of {} bytes are too small for a thin volume's pool, which needs {} bytes of data per chunk; create it thick",
                     self.settings.chunk_size_bytes,
                     limits::THIN_CHUNK_DATA_BYTES_MIN
                 ),
-            )),
+            ));
+        };
+        let largest = LayerInfo {
+            parent: None,
+            state: LayerState::Writable,
+            block_sectors: limits::THIN_BLOCK_SECTORS,
+            meta_bytes,
+            added_meta_bytes: super::pools::thin_added_meta_bytes(per_chunk),
+            thin_size_bytes: 0,
+            frozen_at_unix_s: None,
+            writer: None,
+        };
+        let disks = usize::try_from(limits::MIRRORED_DISKS_PER_VOLUME_MAX).unwrap_or(usize::MAX);
+        let capacity = super::pools::pool_data_blocks(&largest, disks, per_chunk)
+            * u64::from(limits::THIN_BLOCK_SECTORS)
+            * 512;
+        if size_bytes > capacity {
+            return Err(ModelError::invalid(
+                "size",
+                format!(
+                    "{size_bytes} bytes is more than a thin volume's pool can grow to on this cluster's chunks ({capacity} bytes on {} mirrored disks); use a bigger chunk size",
+                    limits::MIRRORED_DISKS_PER_VOLUME_MAX
+                ),
+            ));
         }
+        Ok(())
     }
 
     /// Grows thin volume `id` to `size_bytes` (checked by the caller): its
@@ -886,11 +893,14 @@ impl Cluster {
                             v.id
                         ));
                     }
-                    let space =
-                        v.mirrored_disks.len() as u64 * self.settings.data_bytes_per_chunk();
+                    let per_chunk = self.settings.data_bytes_per_chunk();
+                    let space = v.mirrored_disks.len() as u64 * per_chunk;
+                    let grown = v.mirrored_disks.len() > 1;
                     if v.size_bytes != space
                         || info.meta_bytes == 0
-                        || info.meta_bytes >= space
+                        || info.meta_bytes >= per_chunk
+                        || info.added_meta_bytes >= per_chunk
+                        || (grown && info.added_meta_bytes == 0)
                         || info.block_sectors != limits::THIN_BLOCK_SECTORS
                         || info.thin_size_bytes == 0
                     {

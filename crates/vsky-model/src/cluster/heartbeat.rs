@@ -21,12 +21,16 @@
 //!   longer assembled there;
 //! - the size a head serves counts only for volumes attached to it (not
 //!   releasing), and is recorded on the attachment (a grow is applied
-//!   once it reaches the volume's size).
+//!   once it reaches the volume's size);
+//! - a pool report counts only from the head of the thin volume whose
+//!   writable top it is, and grows the layer by the rules of
+//!   `cluster/pools.rs`.
 //!
 //! The manager's handler (`vsky-manager/src/http/handlers/agent.rs`)
 //! only translates: the REST body into an [`AgentReport`], and the
 //! [`HeartbeatOutcome`] into events, metrics and the answer.
 
+use super::pools::PoolUsage;
 use super::recovery::JobKind;
 use super::{Changes, Cluster};
 use crate::SecretSource;
@@ -58,6 +62,8 @@ pub struct AgentReport {
     /// off: it no longer writes them ([`Cluster::finish_freeze`]). Named by
     /// layer, not volume, so a late report can never freeze a newer top.
     pub switched: Vec<String>,
+    /// The pools of the layers this head writes (`cluster/pools.rs`).
+    pub pools: Vec<PoolUsage>,
 }
 
 /// A head saw one leg's I/O fail.
@@ -196,6 +202,21 @@ pub enum HeartbeatEvent {
     /// The head switched a thin volume onto the new top its snapshot gave
     /// it: the snapshot is ready.
     Switched { volume: String },
+    /// Thin volume `volume`'s top `layer` filled past its mark and got
+    /// more mirrored disks (`mirrored_disks` now).
+    PoolGrown {
+        volume: String,
+        layer: String,
+        mirrored_disks: usize,
+    },
+    /// A pool that needs to grow could not (`error`: no free chunk, …);
+    /// `full` when its head already holds writes for want of space.
+    PoolExhausted {
+        volume: String,
+        layer: String,
+        full: bool,
+        error: String,
+    },
 }
 
 impl HeartbeatEvent {
@@ -249,6 +270,7 @@ impl Cluster {
         !releases
             && !switches
             && !self.served_sizes_change(server, &report.served)
+            && !self.pools_want_growth(server, &report.pools)
             && report.wiped.is_empty()
             && report.failed_legs.is_empty()
             && report.resyncs.is_empty()
@@ -320,6 +342,22 @@ impl Cluster {
                 out.events.push(HeartbeatEvent::Switched { volume });
             }
         }
+        if report.pools.len() > HEARTBEAT_ASSEMBLED_MAX {
+            return Err(ModelError::invalid(
+                "pools",
+                format!(
+                    "{} pools; a heartbeat lists at most {HEARTBEAT_ASSEMBLED_MAX}",
+                    report.pools.len()
+                ),
+            ));
+        }
+        self.grow_pools(
+            server,
+            &report.pools,
+            secrets,
+            &mut out.events,
+            &mut changes,
+        );
         let grown = self.head_serves(server, &report.served, &mut changes)?;
         out.events.extend(
             grown

@@ -6,7 +6,7 @@
 //! as `unavailable_bytes`, whatever they hold.
 
 use super::Cluster;
-use crate::entities::{DiskState, ServerState};
+use crate::entities::{DiskState, ServerState, VolumeRole};
 
 /// Cluster-wide totals.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -29,8 +29,16 @@ pub struct Summary {
     /// Chunk bytes on disks that cannot serve (a failed disk, or any disk
     /// of a failed server), whatever they hold: not part of the capacity.
     pub unavailable_bytes: u64,
+    /// Volumes and snapshots (not the hidden layers of thin volumes).
     pub volumes: usize,
     pub volumes_attached: usize,
+    /// The sizes of the writable volumes, thick and thin: what users were
+    /// promised. Thin volumes take chunks only as they are written, so
+    /// this may exceed what the pool holds (over-commit).
+    pub provisioned_bytes: u64,
+    /// Usable bytes of the mirrored disks of thin volumes' layers (their
+    /// own data, their snapshots' and clones' shared data).
+    pub thin_allocated_bytes: u64,
     pub mirrored_disks: usize,
     pub mirrored_disks_degraded: usize,
     pub mirrored_disks_rebuilding: usize,
@@ -69,8 +77,18 @@ impl Cluster {
                 s.unavailable_bytes += u64::from(disk.chunk_count) * chunk;
             }
         }
+        let per_chunk = self.settings.data_bytes_per_chunk();
         for volume in self.volumes.values() {
-            s.volumes += 1;
+            match &volume.role {
+                VolumeRole::Layer(_) => {
+                    s.thin_allocated_bytes += volume.mirrored_disks.len() as u64 * per_chunk;
+                }
+                VolumeRole::Thick | VolumeRole::Thin { .. } => {
+                    s.volumes += 1;
+                    s.provisioned_bytes += volume.size_bytes;
+                }
+                VolumeRole::Snapshot { .. } => s.volumes += 1,
+            }
             s.volumes_attached += usize::from(volume.attachment.is_some());
             s.mirrored_disks += volume.mirrored_disks.len();
             s.mirrored_disks_degraded += volume.degraded_mirrored_disks();

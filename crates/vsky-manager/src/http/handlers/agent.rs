@@ -26,8 +26,8 @@ use vsky_api::types::{
 use vsky_model::{
     AgentReport, ChunkRef, DiskId, DiskLabel, DiskVerdict, DroppedReport, FoundLabel,
     HeartbeatEvent, HeartbeatOutcome, JobId, JobKind, LegFailure, MoveReason, NewDisk, NewServer,
-    ReportedDisk, ResyncStatus, ResyncUpdate, ScrubResult, ScrubVerdict, ServerId, ServerState,
-    WipedChunk,
+    PoolUsage, ReportedDisk, ResyncStatus, ResyncUpdate, ScrubResult, ScrubVerdict, ServerId,
+    ServerState, WipedChunk,
 };
 
 use crate::auth::Principal;
@@ -221,6 +221,7 @@ pub async fn heartbeat(
     // `Cluster::apply_heartbeat`'s; this converts the report and turns the
     // outcome into events and metrics.
     let report = agent_report(&req);
+    app.recovery.record_pools(&report.pools);
     if app
         .manager
         .read(|c| c.heartbeat_is_quiet(server_id, &report))?
@@ -250,6 +251,14 @@ pub async fn heartbeat(
     for e in &outcome.events {
         if let Some(job) = e.job() {
             app.recovery.forget(job);
+        }
+        match e {
+            HeartbeatEvent::PoolGrown { layer, .. } => app.recovery.pool_grown(layer),
+            // Said on every report until there is room: told once.
+            HeartbeatEvent::PoolExhausted { layer, .. } if !app.recovery.pool_exhausted(layer) => {
+                continue;
+            }
+            _ => {}
         }
         app.event(heartbeat_event(server, req.assembled.is_some(), e));
     }
@@ -339,6 +348,18 @@ fn agent_report(req: &Heartbeat) -> AgentReport {
             .map(|s| (s.volume.clone(), s.size_bytes))
             .collect(),
         switched: req.switched.clone(),
+        pools: req
+            .pools
+            .iter()
+            .map(|p| PoolUsage {
+                layer: p.layer.clone(),
+                used_data_blocks: p.used_data_blocks,
+                total_data_blocks: p.total_data_blocks,
+                used_meta_blocks: p.used_meta_blocks,
+                total_meta_blocks: p.total_meta_blocks,
+                out_of_data_space: p.out_of_data_space,
+            })
+            .collect(),
     }
 }
 
@@ -519,6 +540,42 @@ fn heartbeat_event(server: &str, assembled_known: bool, e: &HeartbeatEvent) -> N
             Severity::Info,
             "volume_grown_online",
             format!("volume {volume} grown online: its head {server} serves {size_bytes} bytes"),
+        )
+        .server(server)
+        .volume(volume),
+        HeartbeatEvent::PoolGrown {
+            volume,
+            layer,
+            mirrored_disks,
+        } => NewEvent::new(
+            Severity::Info,
+            "pool_grown",
+            format!(
+                "thin volume {volume}: its head {server} reported its pool ({layer}) filling; it now has {mirrored_disks} mirrored disks"
+            ),
+        )
+        .server(server)
+        .volume(volume),
+        HeartbeatEvent::PoolExhausted {
+            volume,
+            layer,
+            full,
+            error,
+        } => NewEvent::new(
+            if *full {
+                Severity::Error
+            } else {
+                Severity::Warning
+            },
+            "pool_exhausted",
+            format!(
+                "thin volume {volume}: its pool ({layer}) on {server} needs to grow and cannot: {error}. {} Add disks or servers, or free space (delete volumes or snapshots); the pool grows as soon as chunks are free",
+                if *full {
+                    "It is full: the head holds writes to new blocks and fails them after the kernel's no_space_timeout (60 s by default); written data stays intact."
+                } else {
+                    "Writes go on until the pool is full, then wait."
+                }
+            ),
         )
         .server(server)
         .volume(volume),

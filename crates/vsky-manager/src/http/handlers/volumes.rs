@@ -125,10 +125,20 @@ pub async fn show(
     State(app): State<AppState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<VolumeDetail>, ApiError> {
-    Ok(Json(app.manager.read(|c| {
-        c.volume_by_name(&name)
-            .map(|v| convert::volume_detail(c, v))
-    })??))
+    let detail = app.manager.read(|c| {
+        c.volume_by_name(&name).map(|v| {
+            let mut d = convert::volume_detail(c, v);
+            // The pools its head reports (the model keeps no usage).
+            for l in &mut d.layers {
+                l.pool = c.pool_writer(&l.name).and_then(|(_, block)| {
+                    let usage = app.recovery.pool_usage(&l.name)?;
+                    Some(convert::pool_use(&usage, block))
+                });
+            }
+            d
+        })
+    })??;
+    Ok(Json(detail))
 }
 
 /// Deletes a detached volume; its chunks are wiped, then reused.
