@@ -5,16 +5,16 @@
 //! JSON in the exact shapes of the xapi-storage IDL (control.ml, plugin.ml).
 
 use std::collections::BTreeMap;
-use std::io::Read;
 
 use serde_json::{Value, json};
 use smapi::error::codes;
 use smapi::http::HttpError;
 use smapi::runner::Handler;
 use smapi::{Args, SmapiError, SmapiResult};
-use vsky_api::types::{CreateGroup, CreateVolume, Group, UpdateGroup, UpdateVolume, Volume};
+use vsky_api::types::{CreateGroup, CreateVolume, Group, UpdateGroup, UpdateVolume};
 
-use crate::config::{self, SrConfig, is_uuid, is_valid_name};
+use crate::config::{self, SrConfig, is_uuid};
+use crate::context::{attached, new_uuid, volume_in_sr, volume_json};
 use crate::manager::{Manager, Missing};
 use crate::state::{self, SrState};
 
@@ -41,13 +41,20 @@ pub const CALLS: &[(&str, Handler)] = &[
     ("Volume.set", volume_set),
     ("Volume.unset", volume_unset),
     ("Volume.resize", volume_resize),
+    ("Volume.snapshot", crate::chains::volume_snapshot),
+    ("Volume.clone", crate::chains::volume_clone),
+    ("Volume.revert", crate::chains::volume_revert),
 ];
 
 /// Features we declare. VDI_RESIZE_ONLINE: a grow of an attached volume is
 /// applied by its head under I/O, and the manager answers once the head
 /// serves the new size (xen-blkback then sees its backing device grow).
-/// Clone, snapshot, copy, CBT and SR_METADATA are absent because the
-/// manager cannot do them.
+/// VDI_SNAPSHOT, VDI_CLONE (xapi-storage-script also derives them from
+/// the executables, and adds VDI_RESET_ON_BOOT/2 for clone) and
+/// VDI_REVERT (xapi's VM revert then keeps the VDIs, instead of cloning
+/// the snapshot's); THIN_PROVISIONING, the default provisioning. Copy,
+/// CBT, read-only activation and SR_METADATA are absent: the manager
+/// cannot do them yet.
 pub const FEATURES: &[&str] = &[
     "SR_ATTACH",
     "SR_DETACH",
@@ -61,14 +68,15 @@ pub const FEATURES: &[&str] = &[
     "VDI_UPDATE",
     "VDI_RESIZE",
     "VDI_RESIZE_ONLINE",
+    "VDI_SNAPSHOT",
+    "VDI_CLONE",
+    "VDI_REVERT",
+    "THIN_PROVISIONING",
     "VDI_ATTACH",
     "VDI_DETACH",
     "VDI_ACTIVATE",
     "VDI_DEACTIVATE",
 ];
-
-/// The URI scheme of our datapath plugin (its folder name).
-pub const URI_SCHEME: &str = "vsky";
 
 fn plugin_query(args: &Args) -> SmapiResult<Value> {
     args.str("dbg")?;
@@ -348,15 +356,6 @@ fn sr_destroy(args: &Args) -> SmapiResult<Value> {
     Ok(Value::Null)
 }
 
-/// The attached SR's state, its manager and its group record.
-fn attached(args: &Args) -> SmapiResult<(SrState, SrConfig, Manager)> {
-    let sr = args.str("sr")?;
-    let s = state::load(sr)?;
-    let cfg = s.config()?;
-    let m = Manager::connect(&cfg)?;
-    Ok((s, cfg, m))
-}
-
 fn sr_stat(args: &Args) -> SmapiResult<Value> {
     args.str("dbg")?;
     let (s, cfg, m) = attached(args)?;
@@ -403,70 +402,6 @@ fn sr_set_description(args: &Args) -> SmapiResult<Value> {
 
 // ---- Volume calls ------------------------------------------------------------
 
-/// The volume record. Volumes are thick: all of virtual_size is allocated
-/// at create, so physical_utilisation (in the same usable bytes as the
-/// SR's sizes) equals it.
-pub fn volume_json(group: &str, v: &Volume) -> Value {
-    json!({
-        "key": v.name,
-        "uuid": v.name,
-        "name": v.display_name,
-        "description": v.description,
-        "read_write": true,
-        "sharable": v.sharable,
-        "virtual_size": v.size_bytes,
-        "physical_utilisation": v.size_bytes,
-        "uri": [format!("{URI_SCHEME}://{group}/{}", v.name)],
-        "keys": v.keys,
-    })
-}
-
-/// A fresh random (version 4) UUID, used as a new volume's key and name.
-fn new_uuid() -> SmapiResult<String> {
-    let mut b = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .map_err(|e| {
-            SmapiError::new(
-                codes::BACKEND_ERROR,
-                format!("cannot read /dev/urandom: {e}"),
-            )
-        })?;
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    Ok(format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    ))
-}
-
-/// The volume `key` of this SR: it must exist and belong to the SR's group
-/// (a key of another SR is "does not exist" here, so no call can touch a
-/// volume through the wrong SR).
-fn volume_in_sr(args: &Args) -> SmapiResult<(SrState, SrConfig, Manager, Volume)> {
-    let key = args.str("key")?;
-    let (s, cfg, m) = attached(args)?;
-    if !is_valid_name(key) {
-        return Err(SmapiError::new(
-            codes::VOLUME_DOES_NOT_EXIST,
-            format!("'{key}' is not a VastSky volume key"),
-        ));
-    }
-    let v = m.volume(key)?;
-    if v.group.as_deref() != Some(s.group.as_str()) {
-        return Err(SmapiError::new(
-            codes::VOLUME_DOES_NOT_EXIST,
-            format!("volume '{key}' is not in SR '{}'", s.group),
-        ));
-    }
-    Ok((s, cfg, m, v))
-}
-
 fn volume_create(args: &Args) -> SmapiResult<Value> {
     args.str("dbg")?;
     let name = args.str("name")?;
@@ -489,6 +424,7 @@ fn volume_create(args: &Args) -> SmapiResult<Value> {
         description: description.to_string(),
         keys: BTreeMap::new(),
         sharable: false,
+        thin: cfg.thin,
         ..Default::default()
     })?;
     Ok(volume_json(&s.group, &v))
@@ -586,16 +522,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn uuids_are_random_version_4() {
-        let a = new_uuid().unwrap();
-        let b = new_uuid().unwrap();
-        assert_ne!(a, b);
-        assert!(is_uuid(&a) && is_valid_name(&a));
-        assert_eq!(&a[14..15], "4");
-        assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"));
-    }
-
-    #[test]
     fn query_declares_only_what_is_implemented() {
         let q = plugin_query(&Args::parse(r#"{"dbg":"t"}"#).unwrap()).unwrap();
         assert_eq!(q["plugin"], "vastsky");
@@ -606,10 +532,17 @@ mod tests {
             .iter()
             .map(|v| v.as_str().unwrap())
             .collect();
-        for absent in ["VDI_CLONE", "VDI_SNAPSHOT", "VDI_COPY"] {
+        for absent in ["VDI_COPY", "VDI_ACTIVATE_READONLY", "VDI_CONFIG_CBT"] {
             assert!(!f.contains(&absent));
         }
-        assert!(f.contains(&"VDI_RESIZE_ONLINE"));
+        for present in [
+            "VDI_RESIZE_ONLINE",
+            "VDI_SNAPSHOT",
+            "VDI_CLONE",
+            "VDI_REVERT",
+        ] {
+            assert!(f.contains(&present), "{present}");
+        }
         assert!(
             q["configuration"]["manager"]
                 .as_str()
@@ -617,8 +550,11 @@ mod tests {
                 .contains("Required")
         );
         let names: Vec<&str> = CALLS.iter().map(|(n, _)| *n).collect();
-        for absent in ["Volume.clone", "Volume.snapshot", "Volume.copy"] {
+        for absent in ["Volume.copy", "Volume.compose", "Volume.enable_cbt"] {
             assert!(!names.contains(&absent));
+        }
+        for present in ["Volume.clone", "Volume.snapshot", "Volume.revert"] {
+            assert!(names.contains(&present), "{present}");
         }
     }
 

@@ -22,6 +22,7 @@ pub const KEY_TOKEN: &str = "token";
 pub const KEY_CA_FILE: &str = "ca_file";
 pub const KEY_REPLICAS: &str = "replicas";
 pub const KEY_CLASS: &str = "class";
+pub const KEY_PROVISIONING: &str = "provisioning";
 pub const KEY_GROUP: &str = "group";
 pub const KEY_SR_UUID: &str = "sr_uuid";
 
@@ -53,6 +54,10 @@ pub const CONFIGURATION_KEYS: &[(&str, &str)] = &[
         "Place new VDIs only on disks of this class (e.g. ssd, nvme)",
     ),
     (
+        KEY_PROVISIONING,
+        "How new VDIs take space: 'thin' (the default: chunks as data is written, over-commit visible in vsky cluster status; needed for VM snapshots, fast clones and reverts) or 'thick' (all chunks at create; such VDIs cannot be snapshotted)",
+    ),
+    (
         KEY_GROUP,
         "Name of the manager group that holds the SR's VDIs; default sr-<SR uuid>. Set by SR.create; SR.attach refuses a group that does not carry this SR's uuid",
     ),
@@ -79,6 +84,8 @@ pub struct SrConfig {
     pub managers: Vec<String>,
     pub replicas: Option<u8>,
     pub class: Option<String>,
+    /// New VDIs are thin volumes (`provisioning`, default thin).
+    pub thin: bool,
 }
 
 fn invalid(message: impl Into<String>) -> SmapiError {
@@ -156,6 +163,15 @@ impl SrConfig {
             .get(KEY_CLASS)
             .map(|c| c.trim().to_string())
             .filter(|c| !c.is_empty());
+        let thin = match raw.get(KEY_PROVISIONING).map(|p| p.trim()) {
+            None | Some("") | Some("thin") => true,
+            Some("thick") => false,
+            Some(p) => {
+                return Err(invalid(format!(
+                    "device-config:provisioning '{p}' must be 'thin' or 'thick'"
+                )));
+            }
+        };
         if let Some(g) = raw.get(KEY_GROUP)
             && !is_valid_name(g)
         {
@@ -175,6 +191,7 @@ impl SrConfig {
             managers,
             replicas,
             class,
+            thin,
         })
     }
 
@@ -268,6 +285,14 @@ mod tests {
             "sr-0f1c2d3e-0000-4000-8000-00000000000a"
         );
         assert_eq!(c.raw["SRmaster"], "true", "unknown keys kept verbatim");
+        assert!(c.thin, "thin unless told otherwise");
+        let thick = SrConfig::parse(map(&[
+            ("manager", "http://m"),
+            ("token", "t"),
+            ("provisioning", "thick"),
+        ]))
+        .unwrap();
+        assert!(!thick.thin);
     }
 
     #[test]
@@ -287,6 +312,14 @@ mod tests {
             (
                 &[("manager", "http://m"), ("token", "t"), ("sr_uuid", "nope")],
                 "UUID",
+            ),
+            (
+                &[
+                    ("manager", "http://m"),
+                    ("token", "t"),
+                    ("provisioning", "lazy"),
+                ],
+                "'thin' or 'thick'",
             ),
         ];
         for (pairs, want) in cases {

@@ -9,17 +9,25 @@
 //! files ([`state`]), which let later calls turn the opaque `sr` string
 //! back into a manager address and credentials.
 //!
+//! VDIs are thin volumes unless the SR's `provisioning` is `thick`:
+//! they take chunks as they are written, and have snapshots, clones and
+//! reverts ([`chains`]).
+//!
 //! Modules: [`config`] (device-config keys, validation), [`state`] (SR
 //! state files), [`manager`] (REST calls and error mapping), [`calls`]
-//! (one function per SMAPIv3 call).
+//! (one function per SMAPIv3 call, and the call table), [`chains`]
+//! (snapshot, clone, revert), [`context`] (the SR and volume a call
+//! names, the volume record).
 //!
-//! Not implemented, because the manager cannot do them: Volume.clone,
-//! snapshot, copy, revert, compose, CBT and sharable volumes. Their
-//! executables are not installed, Query does not declare them, and a
-//! direct invocation answers `Unimplemented`.
+//! Not implemented, because the manager cannot do them: Volume.copy,
+//! compose, CBT, read-only activation (backups of snapshots) and sharable
+//! volumes. Their executables are not installed, Query does not declare
+//! them, and a direct invocation answers `Unimplemented`.
 
 pub mod calls;
+pub mod chains;
 pub mod config;
+pub mod context;
 pub mod manager;
 pub mod state;
 

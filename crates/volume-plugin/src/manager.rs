@@ -10,8 +10,8 @@ use smapi::error::codes;
 use smapi::http::{HttpClient, HttpConfig, HttpError, segment};
 use smapi::{SmapiError, SmapiResult};
 use vsky_api::types::{
-    ClusterSummary, CreateGroup, CreateVolume, Group, ResizeVolume, UpdateGroup, UpdateVolume,
-    Volume, VolumeDetail,
+    ClusterSummary, CreateGroup, CreateVolume, Group, NewVolumeName, ResizeVolume, RevertVolume,
+    UpdateGroup, UpdateVolume, Volume, VolumeDetail,
 };
 
 use crate::config::SrConfig;
@@ -169,6 +169,55 @@ impl Manager {
                 &ResizeVolume {
                     size_bytes,
                     wait_seconds: None,
+                },
+            )
+            .map(|d| d.volume)
+            .map_err(self.err(Missing::Volume))
+    }
+
+    /// Snapshot `snapshot` of thin volume `name`, without its keys. Of an
+    /// attached volume the manager answers once the head has switched it
+    /// onto its new top, so this waits longer than other calls.
+    pub fn snapshot_volume(&self, name: &str, snapshot: &str) -> SmapiResult<Volume> {
+        let patient = HttpConfig {
+            timeout: self.http_config.timeout + vsky_api::SNAPSHOT_EXTRA_WAIT,
+            ..self.http_config.clone()
+        };
+        HttpClient::new(&patient)
+            .map_err(|e| SmapiError::new(codes::INVALID_CONFIGURATION, e.to_string()))?
+            .post::<_, VolumeDetail>(
+                &format!("{API}/volumes/{}/snapshot", segment(name)),
+                &NewVolumeName {
+                    name: snapshot.to_string(),
+                    keys: Some(Default::default()),
+                },
+            )
+            .map(|d| d.volume)
+            .map_err(self.err(Missing::Volume))
+    }
+
+    /// Clone `clone` of snapshot or detached thin volume `source`, without
+    /// its keys.
+    pub fn clone_volume(&self, source: &str, clone: &str) -> SmapiResult<Volume> {
+        self.http
+            .post::<_, VolumeDetail>(
+                &format!("{API}/volumes/{}/clone", segment(source)),
+                &NewVolumeName {
+                    name: clone.to_string(),
+                    keys: Some(Default::default()),
+                },
+            )
+            .map(|d| d.volume)
+            .map_err(self.err(Missing::Volume))
+    }
+
+    /// Takes detached thin volume `name` back to its snapshot `snapshot`.
+    pub fn revert_volume(&self, name: &str, snapshot: &str) -> SmapiResult<Volume> {
+        self.http
+            .post::<_, VolumeDetail>(
+                &format!("{API}/volumes/{}/revert", segment(name)),
+                &RevertVolume {
+                    snapshot: snapshot.to_string(),
                 },
             )
             .map(|d| d.volume)

@@ -546,7 +546,8 @@ impl Client {
         .await
     }
 
-    /// Takes snapshot `snapshot` of the detached thin volume `name`.
+    /// Takes snapshot `snapshot` of thin volume `name`; of an attached one,
+    /// answered once its head has switched (see [`crate::SNAPSHOT_EXTRA_WAIT`]).
     pub async fn snapshot_volume(
         &self,
         name: &str,
@@ -554,10 +555,13 @@ impl Client {
     ) -> Result<VolumeDetail, ClientError> {
         let body = NewVolumeName {
             name: snapshot.to_string(),
+            keys: None,
         };
-        self.post(
+        self.call(
+            Method::POST,
             &format!("{API_PREFIX}/volumes/{}/snapshot", segment(name)),
-            &body,
+            Some(&body),
+            crate::SNAPSHOT_EXTRA_WAIT,
         )
         .await
     }
@@ -570,6 +574,7 @@ impl Client {
     ) -> Result<VolumeDetail, ClientError> {
         let body = NewVolumeName {
             name: clone.to_string(),
+            keys: None,
         };
         self.post(
             &format!("{API_PREFIX}/volumes/{}/clone", segment(source)),

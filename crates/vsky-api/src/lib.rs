@@ -23,3 +23,9 @@ pub const API_PREFIX: &str = "/api/v1";
 /// `vsky_model::limits::GROW_APPLY_WAIT_SECONDS` for that (a manager test
 /// keeps this above it).
 pub const RESIZE_EXTRA_WAIT: std::time::Duration = std::time::Duration::from_secs(75);
+
+/// How much longer than other requests a client gives `POST
+/// …/volumes/{name}/snapshot`: the snapshot of an attached volume is
+/// answered once its head has switched the volume onto its new top, after
+/// up to `vsky_model::limits::SNAPSHOT_SWITCH_WAIT_SECONDS`.
+pub const SNAPSHOT_EXTRA_WAIT: std::time::Duration = std::time::Duration::from_secs(75);

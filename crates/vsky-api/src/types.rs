@@ -347,6 +347,12 @@ pub struct Volume {
     pub mirrored_disks: usize,
     pub mirrored_disks_degraded: usize,
     pub mirrored_disks_rebuilding: usize,
+    /// Usable bytes held for this volume's own data: a thick volume's size
+    /// (all of it, from create on); for a thin volume or a snapshot, the
+    /// pool of its own layer, which grows as it is written (layers it
+    /// shares with others are not counted here).
+    #[serde(default)]
+    pub allocated_bytes: u64,
     pub group: Option<String>,
     /// The display name, or the name when none was set.
     pub display_name: String,

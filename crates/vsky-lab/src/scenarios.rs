@@ -149,7 +149,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "cluster-xapi",
         default: true,
-        proves: "the SMAPIv3 plugins as xapi drives them (xapi-tests datapath): SR/VDI create, VM start (open/attach/activate), data on /dev/mapper/vsky-<vdi>, VM shutdown (device gone), exclusivity against another host, restart with the data intact, Volume.resize of the running VM's disk (online: the device grows before the call returns).",
+        proves: "the SMAPIv3 plugins as xapi drives them (xapi-tests datapath): SR/VDI create, VM start (open/attach/activate), data on /dev/mapper/vsky-<vdi>, VM shutdown (device gone), exclusivity against another host, restart with the data intact, Volume.resize of the running VM's disk (online: the device grows before the call returns); VDIs are thin (the SR's default): VM snapshot of the running VM's disk (Volume.snapshot + xapi's keys) holds what was written before and nothing after, its clone started as another VM reads it, Volume.revert with the VM halted takes the disk back to it.",
         run: Run::Cluster(scenario::xapi::run_scenario),
     },
     Scenario {

@@ -13,6 +13,8 @@
 //! - [`scenarios`]: xapi's call sequences (sr-create, vdi-create, VM start
 //!   and shutdown, …) as functions, shared by the `xapi-tests` binary (for
 //!   the lab VM and real pools) and the integration tests.
+//! - [`snapshots`]: xapi's sequences of VM snapshot, fast clone, VM
+//!   revert and clone-on-boot.
 //! - [`bench`]: per-call latency of the plugin executables next to a
 //!   minimal Python client (`xapi-tests bench`).
 
@@ -20,3 +22,4 @@ pub mod bench;
 pub mod check;
 pub mod runner;
 pub mod scenarios;
+pub mod snapshots;

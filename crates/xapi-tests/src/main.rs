@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use xapi_tests::runner::{Kind, discover};
 use xapi_tests::scenarios::{self, ManagerAdmin, Rig};
+use xapi_tests::snapshots;
 
 #[derive(Parser)]
 #[command(
@@ -180,6 +181,9 @@ fn run(cli: Cli) -> Result<(), String> {
             step("vdi lifecycle", || {
                 scenarios::vdi_lifecycle(&r).map(|_| String::new())
             })?;
+            step("snapshots, clones, reverts", || {
+                snapshots::chains_on_the_control_plane(&r, &a).map(|_| String::new())
+            })?;
             step("bad input changes nothing", || {
                 scenarios::bad_input_changes_nothing(&r, &a, "xapi-tests-wrong-token-000000")
                     .map(|n| format!("[{n} cases] "))
@@ -223,6 +227,9 @@ fn run(cli: Cli) -> Result<(), String> {
             step("vm start/stop", || {
                 scenarios::vm_start_stop(&r, &a, size, other_server.as_deref())
                     .map(|_| String::new())
+            })?;
+            step("vm snapshot, clone, revert", || {
+                snapshots::vm_snapshot(&r, &a, size).map(|_| String::new())
             })
         }
     }

@@ -10,8 +10,10 @@
 //! returns a human-readable error on the first deviation.
 //!
 //! Size: over 1000 lines, one concern: each function plays one xapi call
-//! sequence against the installed plugins. Splitting it by SR, volume and
-//! datapath sequences is left to issue #15's test-kit work.
+//! sequence against the installed plugins. The sequences of snapshots,
+//! clones and reverts are in `crate::snapshots`, which uses the helpers
+//! here; splitting the rest by SR, volume and datapath sequences is left
+//! to issue #15's test-kit work.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -26,8 +28,8 @@ use crate::runner::{CallError, PluginDir, choose_datapath};
 
 pub type Step<T = ()> = Result<T, String>;
 
-const DBG: &str = "xapi-tests";
-const MIB: u64 = 1 << 20;
+pub(crate) const DBG: &str = "xapi-tests";
+pub(crate) const MIB: u64 = 1 << 20;
 
 /// The plugins under test and the SR device-config to create SRs with.
 pub struct Rig {
@@ -86,7 +88,12 @@ impl ManagerAdmin {
     /// admin (or the agent's failure report) would; answers its id.
     pub fn fail_disk_of(&self, volume: &str) -> Step<u64> {
         let detail = self.volume(volume)?;
-        let disk = detail["layout"][0]["legs"][0]["disk_id"]
+        // A thin volume's legs are its layers'; its own comes first.
+        let layout = match detail["layers"][0]["layout"].as_array() {
+            Some(_) => &detail["layers"][0]["layout"],
+            None => &detail["layout"],
+        };
+        let disk = layout[0]["legs"][0]["disk_id"]
             .as_u64()
             .ok_or_else(|| format!("volume {volume} has no leg: {detail}"))?;
         self.http
@@ -180,7 +187,7 @@ pub fn fails_with(p: &PluginDir, call: &str, args: &Value, code: &str) -> Step<C
     Ok(e)
 }
 
-fn str_field(v: &Value, k: &str) -> String {
+pub(crate) fn str_field(v: &Value, k: &str) -> String {
     v[k].as_str().unwrap_or_default().to_string()
 }
 
@@ -250,11 +257,24 @@ pub fn query(rig: &Rig) -> Step {
 /// sr-create as xapi does it: SR.create, SR.attach with the returned
 /// configuration, SR.stat. Returns (sr string, uuid, configuration).
 pub fn create_sr(rig: &Rig, name: &str) -> Step<(String, String, Value)> {
+    create_sr_with(rig, name, &[])
+}
+
+/// [`create_sr`] with `extra` device-config keys (e.g. `provisioning`).
+pub fn create_sr_with(
+    rig: &Rig,
+    name: &str,
+    extra: &[(&str, &str)],
+) -> Step<(String, String, Value)> {
     let uuid = new_uuid();
+    let mut device_config = rig.device_config.clone();
+    for (k, v) in extra {
+        device_config.insert(k.to_string(), v.to_string());
+    }
     let cfg = ok(
         &rig.volume,
         "SR.create",
-        json!({"dbg": DBG, "uuid": uuid, "configuration": rig.device_config,
+        json!({"dbg": DBG, "uuid": uuid, "configuration": device_config,
                "name": name, "description": "made by xapi-tests"}),
     )?;
     let sr = ok(
@@ -421,7 +441,7 @@ pub fn create_vdi(rig: &Rig, sr: &str, name: &str, size: u64) -> Step<Value> {
     Ok(v)
 }
 
-fn stat_vdi(rig: &Rig, sr: &str, key: &str) -> Step<Value> {
+pub(crate) fn stat_vdi(rig: &Rig, sr: &str, key: &str) -> Step<Value> {
     ok(
         &rig.volume,
         "Volume.stat",
@@ -623,8 +643,10 @@ pub fn bad_input_changes_nothing(
     admin: &ManagerAdmin,
     wrong_token: &str,
 ) -> Step<usize> {
+    // A is thin (the default), B thick: only thick volumes can run out of
+    // space at create, and only thin ones have snapshots.
     let (sr_a, _, cfg_a) = create_sr(rig, "bad-input A")?;
-    let (sr_b, _, cfg_b) = create_sr(rig, "bad-input B")?;
+    let (sr_b, _, cfg_b) = create_sr_with(rig, "bad-input B", &[("provisioning", "thick")])?;
     let va = create_vdi(rig, &sr_a, "a", 4 * MIB)?;
     let vb = create_vdi(rig, &sr_b, "b", 4 * MIB)?;
     let (ka, kb) = (str_field(&va, "key"), str_field(&vb, "key"));
@@ -833,7 +855,7 @@ pub fn bad_input_changes_nothing(
         (
             "Volume.create",
             d(
-                json!({"sr": sr_a, "name": "n", "description": "", "size": 64u64 << 30, "sharable": false}),
+                json!({"sr": sr_b, "name": "n", "description": "", "size": 64u64 << 30, "sharable": false}),
             ),
             "Not_enough_space",
         ),
@@ -918,8 +940,43 @@ pub fn bad_input_changes_nothing(
         ),
         (
             "Volume.resize",
-            d(json!({"sr": sr_a, "key": ka, "new_size": 64u64 << 30})),
+            d(json!({"sr": sr_b, "key": kb, "new_size": 64u64 << 30})),
             "Not_enough_space",
+        ),
+        (
+            "Volume.snapshot",
+            d(json!({"sr": sr_a, "key": kb})),
+            "Volume_does_not_exist",
+        ),
+        (
+            "Volume.snapshot",
+            d(json!({"sr": sr_b, "key": kb})),
+            "Invalid_argument",
+        ),
+        (
+            "Volume.clone",
+            d(json!({"sr": sr_a, "key": "no/such"})),
+            "Volume_does_not_exist",
+        ),
+        (
+            "Volume.clone",
+            d(json!({"sr": sr_b, "key": kb})),
+            "Invalid_argument",
+        ),
+        (
+            "Volume.revert",
+            d(json!({"sr": sr_a, "key": ka, "snapshot": ka})),
+            "Invalid_argument",
+        ),
+        (
+            "Volume.revert",
+            d(json!({"sr": sr_a, "key": ka, "snapshot": kb})),
+            "Volume_does_not_exist",
+        ),
+        (
+            "Volume.revert",
+            d(json!({"sr": sr_a, "key": ka})),
+            "Invalid_argument",
         ),
         (
             "Volume.resize",
@@ -990,7 +1047,7 @@ pub fn bad_input_changes_nothing(
         ));
     }
     // The unimplemented calls have no executable (xapi: SCRIPT_MISSING).
-    for call in ["Volume.clone", "Volume.snapshot", "Volume.copy"] {
+    for call in ["Volume.copy", "Volume.compose", "Volume.enable_cbt"] {
         if rig
             .volume
             .calls()
@@ -1016,7 +1073,7 @@ pub fn bad_input_changes_nothing(
 // ---- Datapath ------------------------------------------------------------------
 
 /// The datapath plugin serving a volume, chosen as xapi chooses it.
-fn datapath_for<'a>(rig: &'a Rig, vol: &Value) -> Step<(&'a PluginDir, String)> {
+pub(crate) fn datapath_for<'a>(rig: &'a Rig, vol: &Value) -> Step<(&'a PluginDir, String)> {
     let uris: Vec<String> = vol["uri"]
         .as_array()
         .into_iter()
@@ -1106,12 +1163,12 @@ pub fn datapath_without_head(rig: &Rig, admin: &ManagerAdmin, other_server: Opti
     Ok(())
 }
 
-fn is_block_device(path: &str) -> bool {
+pub(crate) fn is_block_device(path: &str) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
 }
 
 /// A recognisable pattern for one MiB at `offset`.
-fn pattern(seed: u64, offset: u64) -> Vec<u8> {
+pub(crate) fn pattern(seed: u64, offset: u64) -> Vec<u8> {
     let mut x = seed ^ offset.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (0..MIB)
         .map(|_| {
@@ -1123,7 +1180,7 @@ fn pattern(seed: u64, offset: u64) -> Vec<u8> {
         .collect()
 }
 
-fn write_at(dev: &str, offset: u64, data: &[u8]) -> Step {
+pub(crate) fn write_at(dev: &str, offset: u64, data: &[u8]) -> Step {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .open(dev)
@@ -1135,7 +1192,7 @@ fn write_at(dev: &str, offset: u64, data: &[u8]) -> Step {
 
 /// Reads with O_DIRECT, so the bytes come from the volume's mirrors and not
 /// from the page cache the writes just went through.
-fn read_at(dev: &str, offset: u64, len: usize) -> Step<Vec<u8>> {
+pub(crate) fn read_at(dev: &str, offset: u64, len: usize) -> Step<Vec<u8>> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     /// O_DIRECT needs the buffer, offset and length aligned to the logical
     /// block size; 4 KiB covers every device.
@@ -1158,7 +1215,7 @@ fn read_at(dev: &str, offset: u64, len: usize) -> Step<Vec<u8>> {
     Ok(buf.to_vec())
 }
 
-fn start(dp: &PluginDir, uri: &str, domain: &str) -> Step<String> {
+pub(crate) fn start(dp: &PluginDir, uri: &str, domain: &str) -> Step<String> {
     ok(
         dp,
         "Datapath.open",
@@ -1199,7 +1256,7 @@ fn shutdown_calls(dp: &PluginDir, uri: &str, domain: &str, deactivations: usize)
     Ok(())
 }
 
-fn stop(dp: &PluginDir, uri: &str, domain: &str, dev: &str) -> Step {
+pub(crate) fn stop(dp: &PluginDir, uri: &str, domain: &str, dev: &str) -> Step {
     // VBD unplug, then DP.destroy's deactivate + detach, then epoch_end.
     shutdown_calls(dp, uri, domain, 2)?;
     if Path::new(dev).exists() {

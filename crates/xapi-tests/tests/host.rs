@@ -17,7 +17,7 @@ use vsky_sync::LockExt;
 use vsky_testkit::agents::{AgentHandle, disk_image, storage_agent_config};
 use vsky_testkit::free_port;
 use vsky_testkit::in_process::InProcessManager;
-use vsky_testkit::pool::CHUNK;
+use vsky_testkit::pool::MIB;
 use vsky_testkit::tokens::ADMIN_TOKEN;
 use xapi_tests::runner::{Kind, PluginDir, discover};
 use xapi_tests::scenarios::{self, ManagerAdmin, Rig};
@@ -34,6 +34,10 @@ struct Cluster {
     _runtime: tokio::runtime::Runtime,
     dir: tempfile::TempDir,
 }
+
+/// 8 MiB chunks: 7 MiB of data each, enough for a thin volume's pool (the
+/// SR's default provisioning).
+const CHUNK: u64 = 8 * MIB;
 
 /// Builds the plugin binaries of the profile this test was built with and
 /// answers the folder holding them. `cargo test -p xapi-tests` alone does
@@ -248,8 +252,8 @@ fn the_installer_lays_out_folders_xapi_discovers() {
     );
     let volume = &found[0];
     let calls = volume.calls().unwrap();
-    assert_eq!(calls.len(), 20, "{calls:?}");
-    for absent in ["Volume.clone", "Volume.snapshot", "Volume.copy"] {
+    assert_eq!(calls.len(), 23, "{calls:?}");
+    for absent in ["Volume.copy", "Volume.compose"] {
         assert!(!calls.iter().any(|c| c == absent));
     }
     for call in &calls {
@@ -258,7 +262,7 @@ fn the_installer_lays_out_folders_xapi_discovers() {
     }
     assert_eq!(found[1].calls().unwrap().len(), 7);
     // Installing again is idempotent and removes stale call links.
-    std::os::unix::fs::symlink("vsky-volume-plugin", volume.path.join("Volume.clone")).unwrap();
+    std::os::unix::fs::symlink("vsky-volume-plugin", volume.path.join("Volume.copy")).unwrap();
     let prefix = c
         .plugins
         .parent()
@@ -275,6 +279,12 @@ fn the_installer_lays_out_folders_xapi_discovers() {
 fn query_answers_register_both_plugins() {
     let (c, _serial) = cluster();
     scenarios::query(&rig(c)).unwrap();
+}
+
+#[test]
+fn vm_snapshot_fast_clone_revert_and_clone_on_boot_calls() {
+    let (c, _serial) = cluster();
+    xapi_tests::snapshots::chains_on_the_control_plane(&rig(c), &admin(c)).unwrap();
 }
 
 #[test]

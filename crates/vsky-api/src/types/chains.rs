@@ -13,6 +13,12 @@ use super::{LegSpec, MirroredDisk};
 #[serde(deny_unknown_fields)]
 pub struct NewVolumeName {
     pub name: String,
+    /// The new volume's keys. Left out, it gets the source's (with its
+    /// display name, description and group, which it always gets); the
+    /// SMAPIv3 plugin sends `{}`, since xapi sets its own keys on
+    /// snapshots and clones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// `POST /volumes/{name}/revert`: the snapshot of the volume to go back to.

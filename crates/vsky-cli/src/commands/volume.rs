@@ -449,6 +449,7 @@ mod tests {
             description: String::new(),
             keys: Default::default(),
             sharable: false,
+            allocated_bytes: 0,
         }
     }
 

@@ -114,8 +114,8 @@ pub fn run_scenario() -> Result<String> {
     }
     let ok = text.lines().filter(|l| l.contains(": ok ")).count();
     ensure!(
-        ok == 2,
-        "xapi-tests datapath exited 0 but reported {ok} of 2 steps ok"
+        ok == 3,
+        "xapi-tests datapath exited 0 but reported {ok} of 3 steps ok"
     );
     let took = secs(start);
     ensure!(

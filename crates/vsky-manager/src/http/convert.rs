@@ -171,6 +171,12 @@ pub fn volume(c: &Cluster, v: &m::Volume) -> api::Volume {
         mirrored_disks: records.iter().map(|r| r.mirrored_disks.len()).sum(),
         mirrored_disks_degraded: degraded,
         mirrored_disks_rebuilding: rebuilding,
+        allocated_bytes: match records.first() {
+            Some(own) if !v.role.is_thick() => {
+                own.mirrored_disks.len() as u64 * c.settings().data_bytes_per_chunk()
+            }
+            _ => v.size_bytes,
+        },
         group: v.meta.group.clone(),
         display_name: v
             .meta

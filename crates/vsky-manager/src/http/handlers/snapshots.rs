@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use std::time::Duration;
 use vsky_api::types::{ErrorBody, NewVolumeName, RevertVolume, VolumeDetail};
 
-use vsky_model::limits;
+use vsky_model::{Changes, Cluster, ModelError, VolumeMetaUpdate, limits};
 
 use crate::events::{NewEvent, Severity};
 use crate::http::convert;
@@ -35,7 +35,8 @@ pub async fn snapshot(
     let (id, detail) = app
         .manager
         .mutate(move |c, secrets| {
-            let (id, changes) = c.snapshot_volume(&n, &req.name, unix_now(), secrets)?;
+            let (id, mut changes) = c.snapshot_volume(&n, &req.name, unix_now(), secrets)?;
+            changes.merge(replace_keys(c, &req)?);
             let snap = c.volume(id).expect("just created");
             Ok(((id, convert::volume_detail(c, snap)), changes))
         })
@@ -55,6 +56,30 @@ pub async fn snapshot(
             .map(|v| convert::volume_detail(c, v))
     })??;
     Ok((StatusCode::CREATED, Json(detail)))
+}
+
+/// Gives the new volume of `req` the keys it asks for instead of its
+/// source's, in the mutation that made it (all or nothing).
+fn replace_keys(c: &mut Cluster, req: &NewVolumeName) -> Result<Changes, ModelError> {
+    let Some(keys) = &req.keys else {
+        return Ok(Changes::default());
+    };
+    let unset_keys = c
+        .volume_by_name(&req.name)?
+        .meta
+        .keys
+        .keys()
+        .filter(|k| !keys.contains_key(*k))
+        .cloned()
+        .collect();
+    c.update_volume_meta(
+        &req.name,
+        VolumeMetaUpdate {
+            set_keys: keys.clone(),
+            unset_keys,
+            ..VolumeMetaUpdate::default()
+        },
+    )
 }
 
 /// Waits until snapshot `id` of `volume` is ready (its head switched);
@@ -133,7 +158,8 @@ pub async fn clone(
     let detail = app
         .manager
         .mutate(move |c, secrets| {
-            let (id, changes) = c.clone_volume(&n, &req.name, unix_now(), secrets)?;
+            let (id, mut changes) = c.clone_volume(&n, &req.name, unix_now(), secrets)?;
+            changes.merge(replace_keys(c, &req)?);
             let clone = c.volume(id).expect("just created");
             Ok((convert::volume_detail(c, clone), changes))
         })
