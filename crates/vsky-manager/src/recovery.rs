@@ -97,9 +97,9 @@ pub struct Recovery {
     started: Instant,
     /// First and latest progress sample per running job.
     samples: Mutex<HashMap<JobId, Samples>>,
-    /// Layers whose pool could not grow, already told in an event (until
-    /// one grows again).
-    exhausted_pools: Mutex<BTreeSet<String>>,
+    /// Layers whose pool could not grow, already told in an event, and
+    /// whether it was full then (until it grows again).
+    exhausted_pools: Mutex<BTreeSet<(String, bool)>>,
     /// The latest report about each pool a head writes, and when it came:
     /// for metrics and `volume show` (the model keeps no usage).
     pools: Mutex<HashMap<String, (Instant, PoolUsage)>>,
@@ -222,13 +222,13 @@ impl Recovery {
         s.last = (now, bytes_done);
     }
 
-    /// Forgets the samples of a job that ended.
-    /// Notes that `layer`'s pool could not grow; true the first time
-    /// since it last grew (the time to tell the admin).
-    pub fn pool_exhausted(&self, layer: &str) -> bool {
+    /// Notes that `layer`'s pool could not grow (`full`: and holds writes);
+    /// true the first time of each since it last grew (the times to tell
+    /// the admin: when it needs room, and when it is full).
+    pub fn pool_exhausted(&self, layer: &str, full: bool) -> bool {
         self.exhausted_pools
             .lock_unpoisoned()
-            .insert(layer.to_owned())
+            .insert((layer.to_owned(), full))
     }
 
     /// Keeps the pool reports of a heartbeat, and forgets reports older
@@ -261,9 +261,12 @@ impl Recovery {
 
     /// Notes that `layer`'s pool grew: a later exhaustion is news again.
     pub fn pool_grown(&self, layer: &str) {
-        self.exhausted_pools.lock_unpoisoned().remove(layer);
+        self.exhausted_pools
+            .lock_unpoisoned()
+            .retain(|(l, _)| l != layer);
     }
 
+    /// Forgets the samples of a job that ended.
     pub fn forget(&self, job: JobId) {
         self.samples.lock_unpoisoned().remove(&job);
     }

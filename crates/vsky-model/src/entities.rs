@@ -409,6 +409,12 @@ pub struct LayerInfo {
     /// layer's resyncs and scrubs, as it does an attached thick volume's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writer: Option<VolumeId>,
+    /// No head has had it writable yet (its volume was not attached since
+    /// it was made): it holds nothing of its own, so a clone of its volume
+    /// may read its parent instead of freezing it. False in records from
+    /// before the flag, which may hold data.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub unwritten: bool,
 }
 
 /// The life of a layer: writable → freezing → frozen, never back.
@@ -468,4 +474,8 @@ impl Volume {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }

@@ -113,6 +113,11 @@ pub const THIN_META_BYTES_INITIAL: u64 = 16 << 20;
 /// repair while data exhaustion only holds writes. About 0.15 % of the
 /// data at 64 KiB blocks.
 pub const THIN_META_BYTES_PER_BLOCK: u64 = 96;
+/// The most metadata dm-thin uses (`THIN_METADATA_MAX_SECTORS`: 255 × 2^14
+/// blocks of 4 KiB, about 15.9 GiB); a longer metadata device is ignored
+/// past it. At [`THIN_META_BYTES_PER_BLOCK`] that maps about 10.6 TiB of
+/// 64 KiB blocks, the largest thin volume.
+pub const THIN_META_BYTES_MAX: u64 = 255 * (1 << 14) * 4096;
 /// A writable pool grows when its free data falls below this share of its
 /// data (or below half a chunk's data, whichever is more): at 1 GiB chunks
 /// a writer at 200 MB/s has 2.5 s or more before it would fill the pool,

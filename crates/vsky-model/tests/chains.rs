@@ -613,6 +613,44 @@ fn revert_needs_a_detached_volume_and_releases_its_old_top() {
     );
     assert!(c.revert_volume("v", "v", &mut s).is_err());
     assert!(c.revert_volume("snap", "snap", &mut s).is_err());
+    // Only to its own snapshots: another volume's would give it other data.
+    thin(&mut c, "w", 64 * MIB, &mut s);
+    c.snapshot_volume("w", "w-snap", 2, &mut s).unwrap();
+    let chain = c.chain(v);
+    let err = c.revert_volume("v", "w-snap", &mut s).unwrap_err();
+    assert!(err.to_string().contains("not of 'v'"), "{err}");
+    assert_eq!(c.chain(v), chain, "nothing changed");
+    c.check_invariants().unwrap();
+}
+
+#[test]
+fn clones_of_a_volume_nothing_wrote_since_read_its_frozen_layer() {
+    // xapi's clone-on-boot: at every start of a VM whose disk resets on
+    // boot, the detached disk is cloned and the clone destroyed at
+    // shutdown; a template's disk is cloned at every fast clone.
+    let mut c = pool();
+    let mut s = CountingSecrets::default();
+    let v = thin(&mut c, "disk", 64 * MIB, &mut s);
+    c.attach_volume("disk", "s0").unwrap();
+    c.force_detach_volume("disk", &mut s).unwrap();
+    c.clone_volume("disk", "boot0", 1, &mut s).unwrap();
+    let depth = c.chain(v).len();
+    assert_eq!(depth, 2, "the first clone froze the written top");
+    let used = used_chunks(&c);
+    for i in 1..40 {
+        let name = format!("boot{i}");
+        c.clone_volume("disk", &name, 1 + i, &mut s).unwrap();
+        c.delete_volume(&format!("boot{}", i - 1)).unwrap();
+        assert_eq!(c.chain(v).len(), depth, "boot {i}: the chain grew");
+        assert_eq!(used_chunks(&c), used, "boot {i}: chunks taken");
+        c.check_invariants().unwrap();
+    }
+    // Written again (attached), the next clone freezes its top once more.
+    c.attach_volume("disk", "s0").unwrap();
+    assert!(!layer(&c, top_of(&c, "disk")).unwritten);
+    c.force_detach_volume("disk", &mut s).unwrap();
+    c.clone_volume("disk", "after", 99, &mut s).unwrap();
+    assert_eq!(c.chain(v).len(), depth + 1);
     c.check_invariants().unwrap();
 }
 
@@ -631,12 +669,15 @@ fn chains_are_bounded() {
         refusal.to_string().contains("delete older snapshots"),
         "{refusal}"
     );
+    assert_eq!(c.next_id(), next);
+    // Written since, its clone would freeze its top once more: refused.
+    c.attach_volume("v", "s0").unwrap();
+    c.force_detach_volume("v", &mut s).unwrap();
     let refusal = c.clone_volume("v", "one-more", 99, &mut s).unwrap_err();
     assert!(
         refusal.to_string().contains("delete older snapshots"),
         "{refusal}"
     );
-    assert_eq!(c.next_id(), next);
     // The deepest snapshot's clone is as deep as the volume's top: allowed.
     let deepest = format!("s{}", limits::CHAIN_DEPTH_MAX - 1);
     c.clone_volume(&deepest, "c", 100, &mut s).unwrap();
@@ -879,9 +920,15 @@ impl World {
             }
             Op::Write(h, block) => {
                 let Some(name) = self.pick(h) else { return };
-                let VolumeRole::Thin { top } = self.c.volume_by_name(&name).unwrap().role else {
+                let v = self.c.volume_by_name(&name).unwrap();
+                let VolumeRole::Thin { top } = v.role else {
                     return;
                 };
+                // Only a head writes: a detached volume is attached first
+                // (and stays attached), as a VM's start would.
+                if v.attachment.is_none() && self.c.attach_volume(&name, "s0").is_err() {
+                    return;
+                }
                 self.version += 1;
                 self.layers
                     .entry(top)

@@ -344,6 +344,7 @@ proptest! {
             thin_size_bytes: 1,
             frozen_at_unix_s: None,
             writer: None,
+            unwritten: true,
         };
         let (m1, d1) = pool_extents(&info, n, per_chunk);
         let (m2, d2) = pool_extents(&info, n + k, per_chunk);

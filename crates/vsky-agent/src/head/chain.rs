@@ -479,6 +479,9 @@ impl Head {
             // resizes its data and metadata in the kernel.
             tracing::info!(layer = %layer.name, read_only = pool.read_only,
                 from_sectors = running_len.map(|l| *l), to_sectors = *pool_len, "reloading a pool");
+            if pool.read_only {
+                self.finish_metadata_growth(vol)?;
+            }
             self.dp.reload(&vol.pool(), &pool_lines)?;
         }
         // A thin-pool is always loaded read-write; `read_only` is its own.
@@ -598,7 +601,12 @@ fn recorded_parts(
             sb.data_block_sectors, *block
         ));
     }
-    let meta_len = sb.metadata_blocks * (THIN_METADATA_BLOCK_BYTES / SECTOR);
+    // A corrupt superblock may say anything: no overflow, a refusal.
+    let too_big = || format!("its pool's superblock records impossible sizes: {sb:?}");
+    let meta_len = sb
+        .metadata_blocks
+        .checked_mul(THIN_METADATA_BLOCK_BYTES / SECTOR)
+        .ok_or_else(too_big)?;
     let mut sum = 0;
     let Some(m) = meta.iter().position(|(_, l)| {
         sum += **l;
@@ -613,7 +621,7 @@ fn recorded_parts(
             "its pool's metadata records {meta_len} sectors of metadata, which are no whole mirrored disks' parts"
         ));
     }
-    let pool_len = sb.data_blocks * *block;
+    let pool_len = sb.data_blocks.checked_mul(*block).ok_or_else(too_big)?;
     let mut sum = 0;
     let Some(d) = data.iter().position(|(_, l)| {
         sum += **l;

@@ -31,8 +31,8 @@ use std::time::Instant;
 
 use vsky_api::types::{LayerSpec, VolumeSpec};
 use vsky_kernel::dm::{
-    DevName, Device, Raid1BaseTable, Sectors, TableMode, Target, TargetLine, ThinPoolTable,
-    VolumeName,
+    DevName, Device, PoolMode, Raid1BaseTable, Sectors, TableMode, Target, TargetLine,
+    ThinPoolTable, VolumeName,
 };
 
 use super::chain::StackForm;
@@ -52,7 +52,7 @@ impl Head {
     ) -> Result<(), HeadError> {
         let device = handle.top();
         let maps = self.linear_target(&device)?;
-        let frozen_pool = self.read_only_pool_lines(&old.pool())?;
+        let frozen_pool = self.read_only_pool_lines(old)?;
         if maps == Some(new_thin) || maps.is_none() {
             // Switched already, or nothing to switch: only the pool.
             if let Some(lines) = frozen_pool {
@@ -185,7 +185,8 @@ impl Head {
 
     /// The running pool's table with `read_only` on, or `None` if it is
     /// read-only already.
-    fn read_only_pool_lines(&self, pool: &DevName) -> Result<Option<Vec<TargetLine>>, HeadError> {
+    fn read_only_pool_lines(&self, old: &VolumeName) -> Result<Option<Vec<TargetLine>>, HeadError> {
+        let pool = &old.pool();
         let Some(running) = self.running_pool(pool)? else {
             return Err(HeadError::Layout {
                 volume: pool.to_string(),
@@ -195,6 +196,7 @@ impl Head {
         if running.read_only {
             return Ok(None);
         }
+        self.finish_metadata_growth(old)?;
         let len = self.dp.size(pool)?;
         Ok(Some(vec![TargetLine {
             start: Sectors(0),
@@ -204,6 +206,41 @@ impl Head {
                 ..running
             }),
         }]))
+    }
+
+    /// Finishes a pool growth cut short between the reload of the pool's
+    /// metadata device and the pool's own (an error, or a crash of the
+    /// agent): a read-write pool whose metadata device is longer than its
+    /// metadata is reloaded as it runs, so dm-thin takes the space in on
+    /// resume. Called before a pool is made read-only: a read-only pool
+    /// cannot resize its metadata, and its resume would fail.
+    pub(super) fn finish_metadata_growth(&self, vol: &VolumeName) -> Result<(), HeadError> {
+        let pool = &vol.pool();
+        let Some(usage) = self.dp.thin_pool_status(pool)?.usage().cloned() else {
+            return Ok(());
+        };
+        let tmeta = vol.thin_meta();
+        let meta_sectors = usage
+            .total_metadata_blocks
+            .saturating_mul(vsky_kernel::dm::THIN_METADATA_BLOCK_BYTES / super::SECTOR);
+        if usage.mode == PoolMode::ReadOnly || *self.dp.size(&tmeta)? <= meta_sectors {
+            return Ok(());
+        }
+        let lines = self.dp.table(pool)?;
+        let Some(running) = self.running_pool(pool)? else {
+            return Ok(());
+        };
+        let len = Sectors(lines.first().map_or(0, |l| l.1));
+        tracing::warn!(%pool, "finishing a pool growth cut short before the pool goes read-only");
+        self.dp.reload(
+            pool,
+            &[TargetLine {
+                start: Sectors(0),
+                len,
+                target: Target::ThinPool(running),
+            }],
+        )?;
+        Ok(())
     }
 
     /// Whether layer `name` runs here in top form (it was this head's

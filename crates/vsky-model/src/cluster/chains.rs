@@ -215,6 +215,29 @@ impl Cluster {
         }
     }
 
+    /// The frozen parent of writable top `top`, if nothing was written to
+    /// `top` since it was made (its volume was not attached since).
+    fn unwritten_top_over(&self, top: VolumeId) -> Option<VolumeId> {
+        let info = self.layer_info(top)?;
+        let parent = info.parent?;
+        (info.unwritten
+            && self
+                .layer_info(parent)
+                .is_some_and(|p| p.state == LayerState::Frozen))
+        .then_some(parent)
+    }
+
+    /// Notes that thin volume `id`'s top may be written from now on: its
+    /// volume is being attached.
+    pub(super) fn top_written(&mut self, id: VolumeId, changes: &mut Changes) {
+        if let Some(VolumeRole::Thin { top }) = self.volumes.get(&id).map(|v| v.role.clone())
+            && self.layer_info(top).is_some_and(|l| l.unwritten)
+        {
+            self.layer_info_mut(top).unwritten = false;
+            changes.volumes.insert(top);
+        }
+    }
+
     /// Whether `head` assembles volume `v`: a volume attached to it, or a
     /// layer in the chain of a thin volume attached to it.
     pub(super) fn assembles(&self, head: crate::ids::ServerId, v: &Volume) -> bool {
@@ -314,6 +337,9 @@ impl Cluster {
                 thin_size_bytes,
                 frozen_at_unix_s: None,
                 writer,
+                // The new top of an attached volume's snapshot is written
+                // by its head at once.
+                unwritten: handle.attachment.is_none(),
             }),
         };
         layer.mirrored_disks = self.allocate(&layer, 1, 0, secrets)?;
@@ -423,16 +449,27 @@ impl Cluster {
                         self.servers[&a.head].name
                     )));
                 }
-                (self.writable_top(&handle, "clone")?, true)
+                let top = self.writable_top(&handle, "clone")?;
+                match self.unwritten_top_over(top) {
+                    // Nothing written since the last freeze: the clone reads
+                    // the frozen parent, and the chain does not grow (xapi
+                    // clones a reset-on-boot VM's disk at every start, and
+                    // a template's at every fast clone).
+                    Some(parent) => (parent, false),
+                    None => (top, true),
+                }
             }
             VolumeRole::Thick => return Err(thick_refused(source, "clone")),
             VolumeRole::Layer(_) => unreachable!("volume_by_name hides layers"),
         };
         self.check_depth(base, source)?;
+        // The source's size: a volume grown since its parent froze reads
+        // zeros past the parent's end, and so does its clone.
         let size = self
             .layer_info(base)
             .expect("a base is a layer")
-            .thin_size_bytes;
+            .thin_size_bytes
+            .max(handle.size_bytes);
         let shell = Volume {
             attachment: None,
             ..handle.clone()
@@ -493,12 +530,27 @@ impl Cluster {
             )));
         }
         let snap = self.volume_by_name(snapshot)?;
-        let VolumeRole::Snapshot { layer, .. } = snap.role else {
+        let VolumeRole::Snapshot {
+            layer,
+            ref snapshot_of,
+            ..
+        } = snap.role
+        else {
             return Err(ModelError::invalid(
                 "snapshot",
                 format!("'{snapshot}' is not a snapshot; list snapshots with `vsky volume list`"),
             ));
         };
+        // Only to its own snapshots, as xapi's revert (`snapshot_of`): one
+        // of another volume would silently give this one other data.
+        if snapshot_of != name {
+            return Err(ModelError::invalid(
+                "snapshot",
+                format!(
+                    "'{snapshot}' is a snapshot of '{snapshot_of}', not of '{name}'; revert '{name}' to one of its own snapshots, or clone '{snapshot}'"
+                ),
+            ));
+        }
         let size = snap.size_bytes;
         self.check_frozen(snapshot, layer)?;
         self.check_depth(layer, snapshot)?;
@@ -621,17 +673,28 @@ impl Cluster {
             thin_size_bytes: 0,
             frozen_at_unix_s: None,
             writer: None,
+            unwritten: true,
         };
         let disks = usize::try_from(limits::MIRRORED_DISKS_PER_VOLUME_MAX).unwrap_or(usize::MAX);
-        let capacity = super::pools::pool_data_blocks(&largest, disks, per_chunk)
-            * u64::from(limits::THIN_BLOCK_SECTORS)
-            * 512;
+        let block = u64::from(limits::THIN_BLOCK_SECTORS) * 512;
+        let capacity = super::pools::pool_data_blocks(&largest, disks, per_chunk) * block;
         if size_bytes > capacity {
             return Err(ModelError::invalid(
                 "size",
                 format!(
                     "{size_bytes} bytes is more than a thin volume's pool can grow to on this cluster's chunks ({capacity} bytes on {} mirrored disks); use a bigger chunk size",
                     limits::MIRRORED_DISKS_PER_VOLUME_MAX
+                ),
+            ));
+        }
+        // dm-thin's metadata has a ceiling, and pools take metadata in
+        // proportion to their data.
+        let mappable = limits::THIN_META_BYTES_MAX / limits::THIN_META_BYTES_PER_BLOCK * block;
+        if size_bytes > mappable {
+            return Err(ModelError::invalid(
+                "size",
+                format!(
+                    "{size_bytes} bytes is more than a thin volume can map ({mappable} bytes: dm-thin's metadata ceiling); make it thick, or smaller"
                 ),
             ));
         }
@@ -915,6 +978,16 @@ impl Cluster {
                     }
                     if info.state != LayerState::Writable && info.frozen_at_unix_s.is_none() {
                         return Err(format!("layer {} was frozen at no time", v.id));
+                    }
+                    let attached_writer = info
+                        .writer
+                        .and_then(|w| self.volumes.get(&w))
+                        .is_some_and(|w| w.attachment.is_some());
+                    if info.unwritten && attached_writer {
+                        return Err(format!(
+                            "layer {} is marked unwritten while its volume is attached",
+                            v.id
+                        ));
                     }
                     if self.chain_from(v.id).len() > limits::CHAIN_DEPTH_MAX + 1 {
                         return Err(format!(

@@ -26,8 +26,9 @@
 //!
 //! It grows by enough mirrored disks to be above the mark again, at most
 //! [`limits::POOL_GROWTH_DISKS_MAX`] per report and never beyond what its
-//! thin device can map. A report about a smaller pool than the record's
-//! (the head has not applied the last growth yet) asks for nothing. Only
+//! thin device can map. A report about a pool of another size than the
+//! record's (the head has not applied the last growth yet) asks for
+//! nothing. Only
 //! writable layers grow: a frozen pool is never written again, and the
 //! dm-thin metadata of a read-only pool must not be resized.
 //!
@@ -153,7 +154,10 @@ impl Cluster {
         let per_chunk = self.settings.data_bytes_per_chunk();
         let disks = layer.mirrored_disks.len();
         let have = pool_data_blocks(info, disks, per_chunk);
-        if usage.total_data_blocks < have {
+        // A smaller pool: the head has not applied the last growth yet. A
+        // larger one cannot come from a healthy head; neither counts, so no
+        // report grows a layer twice for one need.
+        if usage.total_data_blocks != have {
             return PoolGrowth::Stale;
         }
         let block = u64::from(info.block_sectors.max(1)) * 512;

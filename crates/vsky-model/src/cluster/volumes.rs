@@ -306,6 +306,7 @@ impl Cluster {
             served_bytes: None,
         });
         changes.volumes.insert(id);
+        self.top_written(id, &mut changes);
         // A storage agent was copying its resyncs; the head takes over.
         self.requeue_writer_jobs(id, &mut changes);
         Ok(self.commit(changes))

@@ -26,8 +26,8 @@ use vsky_api::types::{
 use vsky_model::{
     AgentReport, ChunkRef, DiskId, DiskLabel, DiskVerdict, DroppedReport, FoundLabel,
     HeartbeatEvent, HeartbeatOutcome, JobId, JobKind, LegFailure, MoveReason, NewDisk, NewServer,
-    PoolUsage, ReportedDisk, ResyncStatus, ResyncUpdate, ScrubResult, ScrubVerdict, ServerId,
-    ServerState, WipedChunk,
+    PoolGrowth, PoolUsage, ReportedDisk, ResyncStatus, ResyncUpdate, ScrubResult, ScrubVerdict,
+    ServerId, ServerState, WipedChunk,
 };
 
 use crate::auth::Principal;
@@ -221,7 +221,19 @@ pub async fn heartbeat(
     // `Cluster::apply_heartbeat`'s; this converts the report and turns the
     // outcome into events and metrics.
     let report = agent_report(&req);
-    app.recovery.record_pools(&report.pools);
+    // Usage for metrics and `volume show`, from the head that writes each
+    // pool only (a bounded list: the model refuses longer ones).
+    if report.pools.len() <= vsky_model::limits::HEARTBEAT_ASSEMBLED_MAX {
+        let accepted: Vec<PoolUsage> = app.manager.read(|c| {
+            report
+                .pools
+                .iter()
+                .filter(|u| c.pool_growth(server_id, u) != PoolGrowth::Stale)
+                .cloned()
+                .collect()
+        })?;
+        app.recovery.record_pools(&accepted);
+    }
     if app
         .manager
         .read(|c| c.heartbeat_is_quiet(server_id, &report))?
@@ -255,7 +267,9 @@ pub async fn heartbeat(
         match e {
             HeartbeatEvent::PoolGrown { layer, .. } => app.recovery.pool_grown(layer),
             // Said on every report until there is room: told once.
-            HeartbeatEvent::PoolExhausted { layer, .. } if !app.recovery.pool_exhausted(layer) => {
+            HeartbeatEvent::PoolExhausted { layer, full, .. }
+                if !app.recovery.pool_exhausted(layer, *full) =>
+            {
                 continue;
             }
             _ => {}
