@@ -246,14 +246,24 @@ pub fn is_block(path: &std::path::Path) -> bool {
 
 /// `dmsetup table <name>` as text.
 pub fn dm_table(name: &str) -> Result<String> {
+    dmsetup_text("table", name)
+}
+
+/// `dmsetup status <name>` as text.
+pub fn dm_status(name: &str) -> Result<String> {
+    dmsetup_text("status", name)
+}
+
+/// `dmsetup <verb> <name>` as text, an error if it fails.
+fn dmsetup_text(verb: &str, name: &str) -> Result<String> {
     let out = Command::new("dmsetup")
-        .args(["table", name])
+        .args([verb, name])
         .env("DM_DISABLE_UDEV", "1")
         .output()
-        .context("run dmsetup table")?;
+        .with_context(|| format!("run dmsetup {verb}"))?;
     if !out.status.success() {
         bail!(
-            "dmsetup table {name} failed: {}",
+            "dmsetup {verb} {name} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
@@ -289,22 +299,6 @@ pub fn thin_mapped_sectors(name: &str) -> Result<u64> {
             .with_context(|| format!("thin status of {name}: {text:?}")),
         _ => bail!("{name} is not a thin device: {text:?}"),
     }
-}
-
-/// `dmsetup status <name>` as text.
-pub fn dm_status(name: &str) -> Result<String> {
-    let out = Command::new("dmsetup")
-        .args(["status", name])
-        .env("DM_DISABLE_UDEV", "1")
-        .output()
-        .context("run dmsetup status")?;
-    if !out.status.success() {
-        bail!(
-            "dmsetup status {name} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 #[cfg(test)]

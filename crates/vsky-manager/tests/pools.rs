@@ -81,15 +81,7 @@ async fn a_filling_pool_grows_and_an_exhausted_one_says_so_once() {
         kinds.contains(&"pool_grown".to_string()).then_some(())
     })
     .await;
-    let metrics = reqwest::Client::new()
-        .get(format!("{}/metrics", m.url))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&m).await;
     assert!(
         metrics.contains("vsky_thin_pool_mapped_bytes{volume=\"v\"}"),
         "{metrics}"

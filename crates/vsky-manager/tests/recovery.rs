@@ -25,19 +25,6 @@ fn chunk_of(v: &VolumeDetail, m: usize, l: usize) -> ChunkId {
     }
 }
 
-/// The manager's `/metrics` text.
-async fn metrics(m: &ManagerProcess) -> String {
-    reqwest::Client::new()
-        .get(format!("{}/metrics", m.url))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// Waits for a running rebuild and returns it.
 async fn running_rebuild(admin: &Client, what: &str) -> vsky_api::types::Rebuild {
     eventually(what, async || {

@@ -46,3 +46,16 @@ pub fn volume(name: &str, size: u64) -> vsky_api::types::CreateVolume {
         ..Default::default()
     }
 }
+
+/// The manager's `/metrics` text, read with the admin token.
+pub async fn metrics(m: &ManagerProcess) -> String {
+    reqwest::Client::new()
+        .get(format!("{}/metrics", m.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
