@@ -217,13 +217,33 @@ pub fn mapper() -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Kernel log lines containing `needle`.
-pub fn dmesg_count(needle: &str) -> Result<usize> {
+/// The kernel's uptime in seconds as its log stamps it now: a mark for
+/// [`dmesg_count_since`].
+pub fn dmesg_now() -> Result<f64> {
+    let uptime = std::fs::read_to_string("/proc/uptime").context("read /proc/uptime")?;
+    uptime
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .context("parse /proc/uptime")
+}
+
+/// Kernel log lines containing `needle` stamped after `since` (seconds
+/// of uptime). A count taken before and after is not enough: the ring
+/// buffer drops its oldest lines once full (a long lab run fills it).
+pub fn dmesg_count_since(needle: &str, since: f64) -> Result<usize> {
     let out = Command::new("dmesg").output().context("run dmesg")?;
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.contains(needle))
+        .filter(|l| dmesg_stamp(l).is_none_or(|t| t > since))
         .count())
+}
+
+/// The `[ 1234.567890]` stamp of a kernel log line, in seconds.
+fn dmesg_stamp(line: &str) -> Option<f64> {
+    let rest = line.trim_start().strip_prefix('[')?;
+    rest[..rest.find(']')?].trim().parse().ok()
 }
 
 /// The last `n` kernel log lines.
@@ -304,6 +324,18 @@ pub fn thin_mapped_sectors(name: &str) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_log_stamps_are_read_and_anything_else_is_none() {
+        assert_eq!(
+            dmesg_stamp("[  357.353026] block nbd38: x"),
+            Some(357.353026)
+        );
+        assert_eq!(dmesg_stamp("[12.5] y"), Some(12.5));
+        assert_eq!(dmesg_stamp("no stamp"), None);
+        assert_eq!(dmesg_stamp("[ nope ] z"), None);
+        assert_eq!(dmesg_stamp("["), None);
+    }
 
     #[test]
     fn parses_raid1_status_lines_only() {

@@ -45,7 +45,7 @@ pub fn run_scenario() -> Result<String> {
     )?;
     let pat = data::random(8)?;
     data::write_direct(&dev, 0, &pat, MIB)?;
-    let errors_before = kernel::dmesg_count("super_written gets error")?;
+    let errors_since = kernel::dmesg_now()?;
     // A process holds the device open, as a VM's blkback would.
     let holder = File::open(&dev)?;
     let (status, body) = local(&c, "detach", v)?;
@@ -89,7 +89,7 @@ pub fn run_scenario() -> Result<String> {
         wait::secs(10),
         kernel::nothing_assembled,
     )?;
-    let errors = kernel::dmesg_count("super_written gets error")? - errors_before;
+    let errors = kernel::dmesg_count_since("super_written gets error", errors_since)?;
     ensure!(
         errors == 0,
         "dm-raid's superblock writes failed during the teardown ({errors} errors): the legs were cut before the head let go"
