@@ -662,15 +662,7 @@ async fn metrics_and_openapi() {
     let admin = m.admin();
     register_pool(&admin, &pool(3, 1).chunks(8)).await;
     admin.create_volume(&volume("v", 10 * MIB)).await.unwrap();
-    let text = raw()
-        .get(format!("{}/metrics", m.url))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics(&m).await;
     assert!(
         text.contains(&format!("vsky_capacity_bytes {}", 3 * 8 * CHUNK)),
         "{text}"

@@ -517,7 +517,7 @@ impl Head {
     }
 
     /// The length of the running pool `name`, if it runs.
-    fn running_pool_len(&self, name: &DevName) -> Result<Option<Sectors>, HeadError> {
+    pub(super) fn running_pool_len(&self, name: &DevName) -> Result<Option<Sectors>, HeadError> {
         if self.dp.lookup(name)?.is_none() {
             return Ok(None);
         }

@@ -226,11 +226,10 @@ impl Head {
         if usage.mode == PoolMode::ReadOnly || *self.dp.size(&tmeta)? <= meta_sectors {
             return Ok(());
         }
-        let lines = self.dp.table(pool)?;
-        let Some(running) = self.running_pool(pool)? else {
+        let (Some(running), Some(len)) = (self.running_pool(pool)?, self.running_pool_len(pool)?)
+        else {
             return Ok(());
         };
-        let len = Sectors(lines.first().map_or(0, |l| l.1));
         tracing::warn!(%pool, "finishing a pool growth cut short before the pool goes read-only");
         self.dp.reload(
             pool,
