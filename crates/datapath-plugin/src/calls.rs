@@ -15,6 +15,7 @@ pub const CALLS: &[(&str, Handler)] = &[
     ("Datapath.open", datapath_open),
     ("Datapath.attach", datapath_attach),
     ("Datapath.activate", datapath_activate),
+    ("Datapath.activate_readonly", datapath_activate_readonly),
     ("Datapath.deactivate", datapath_deactivate),
     ("Datapath.detach", datapath_detach),
     ("Datapath.close", datapath_close),
@@ -173,11 +174,13 @@ impl Agent {
     }
 }
 
-/// The agent's attach request: this domain's read-write activation.
-/// (`activate_readonly` is not implemented: xapi calls `activate` for
-/// read-only disks too, since we do not declare VDI_ACTIVATE_READONLY.)
-fn activate_body(domain: &str) -> Value {
-    json!({"domain": domain, "mode": "rw"})
+/// The agent's attach request: this domain's activation, read-write or
+/// read-only. The volume plugin declares VDI_ACTIVATE_READONLY, so xapi
+/// calls `activate_readonly` for a disk attached read-only (a backup's
+/// read of a snapshot, a read-only VBD): a snapshot is then read on this
+/// host alongside any others, any other volume is attached here alone.
+fn activate_body(domain: &str, read_only: bool) -> Value {
+    json!({"domain": domain, "mode": if read_only { "ro" } else { "rw" }})
 }
 
 /// The agent's detach request: end `domain`'s activation (deactivate,
@@ -192,6 +195,14 @@ fn release_body(domain: Option<&str>) -> Value {
 }
 
 fn datapath_activate(args: &Args) -> SmapiResult<Value> {
+    activate(args, false)
+}
+
+fn datapath_activate_readonly(args: &Args) -> SmapiResult<Value> {
+    activate(args, true)
+}
+
+fn activate(args: &Args, read_only: bool) -> SmapiResult<Value> {
     args.str("dbg")?;
     let uri = VolumeUri::parse(args.str("uri")?)?;
     let domain = args.str("domain")?;
@@ -199,7 +210,7 @@ fn datapath_activate(args: &Args) -> SmapiResult<Value> {
     let path = format!("/v1/volumes/{}/attach", segment(&uri.volume));
     let attached: Attached = agent
         .http
-        .post(&path, &activate_body(domain))
+        .post(&path, &activate_body(domain, read_only))
         .map_err(|e| agent.error(e, &uri.volume))?;
     if attached.device != uri.device() {
         return Err(SmapiError::new(
@@ -267,7 +278,14 @@ mod tests {
 
     #[test]
     fn activations_and_releases_name_their_domain() {
-        assert_eq!(activate_body("7"), json!({"domain": "7", "mode": "rw"}));
+        assert_eq!(
+            activate_body("7", false),
+            json!({"domain": "7", "mode": "rw"})
+        );
+        assert_eq!(
+            activate_body("u0-x", true),
+            json!({"domain": "u0-x", "mode": "ro"})
+        );
         assert_eq!(release_body(Some("u0-a_b")), json!({"domain": "u0-a_b"}));
         // close names no domain: it must not end anyone's activation.
         assert_eq!(release_body(None), json!({"if_unused": true}));
@@ -275,7 +293,12 @@ mod tests {
 
     #[test]
     fn deactivate_and_detach_need_their_domain() {
-        for call in [datapath_deactivate, datapath_detach, datapath_activate] {
+        for call in [
+            datapath_deactivate,
+            datapath_detach,
+            datapath_activate,
+            datapath_activate_readonly,
+        ] {
             let a = Args::parse(r#"{"dbg":"t","uri":"vsky://sr-1/v1"}"#).unwrap();
             let e = call(&a).unwrap_err();
             assert!(

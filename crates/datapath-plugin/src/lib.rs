@@ -20,6 +20,11 @@
 //!   on another host fails with `Activated_on_another_host`; a migration
 //!   deactivates on the source before activating here. Several domains of
 //!   this host (a VM and a dom0 reader) share the one device.
+//! - `activate_readonly` (xapi calls it for a disk attached read-only,
+//!   since the volume plugin declares VDI_ACTIVATE_READONLY) does the same
+//!   for a read-only activation: a snapshot is read on any number of hosts
+//!   at once (a backup reads it while the VM runs elsewhere), every layer
+//!   read-only; any other volume is attached here alone, as by `activate`.
 //! - `deactivate` ends its domain's activation; with the last one, the
 //!   agent tears the device down and releases the volume in the manager.
 //!   xapi calls it twice on VM shutdown (VBD unplug, then DP.destroy): the

@@ -75,6 +75,7 @@ pub const FEATURES: &[&str] = &[
     "VDI_ATTACH",
     "VDI_DETACH",
     "VDI_ACTIVATE",
+    "VDI_ACTIVATE_READONLY",
     "VDI_DEACTIVATE",
 ];
 
@@ -532,7 +533,7 @@ mod tests {
             .iter()
             .map(|v| v.as_str().unwrap())
             .collect();
-        for absent in ["VDI_COPY", "VDI_ACTIVATE_READONLY", "VDI_CONFIG_CBT"] {
+        for absent in ["VDI_COPY", "VDI_CONFIG_CBT"] {
             assert!(!f.contains(&absent));
         }
         for present in [

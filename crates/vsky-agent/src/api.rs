@@ -296,7 +296,7 @@ async fn attach(
             new
         })
         .await?;
-    match assemble(ctx, &name).await {
+    match assemble(ctx, &name, mode == Mode::ReadOnly).await {
         Ok(device) => {
             let activations = state.table.count(&name).await;
             Ok(Json(Attached {
@@ -316,10 +316,13 @@ async fn attach(
     }
 }
 
-/// Attaches the volume to this server in the manager and waits until it
-/// is assembled here; its device.
-async fn assemble(ctx: &Context, name: &str) -> Result<String, ApiError> {
-    ctx.client.agent_attach(&ctx.server, name).await?;
+/// Attaches the volume to this server in the manager (`read_only`: a
+/// snapshot as one of its readers) and waits until it is assembled here;
+/// its device.
+async fn assemble(ctx: &Context, name: &str, read_only: bool) -> Result<String, ApiError> {
+    ctx.client
+        .agent_attach(&ctx.server, name, read_only)
+        .await?;
     let assembled = |s: &Shared| s.assembled.lock_unpoisoned().contains_key(name);
     if !settle(&ctx.shared, assembled).await {
         return Err(ApiError(
@@ -514,9 +517,10 @@ async fn held_open(name: &str) -> Result<Option<i32>, ApiError> {
     Ok(None)
 }
 
-/// Whether the manager no longer lists the volume attached to `server`.
+/// Whether the manager no longer lists the volume attached to `server`,
+/// nor read there.
 fn released_from(volume: &vsky_api::types::Volume, server: &str) -> bool {
-    volume.attached_to.as_deref() != Some(server)
+    volume.attached_to.as_deref() != Some(server) && !volume.read_on.iter().any(|s| s == server)
 }
 
 /// The answer to a detach whose device is held open.

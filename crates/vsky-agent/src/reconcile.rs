@@ -718,6 +718,7 @@ mod tests {
             leg_meta_bytes: 1 << 20,
             mirrored_disks: vec![chunks.iter().enumerate().map(|(i, c)| leg(i, *c)).collect()],
             chain: Vec::new(),
+            read_only: false,
         }
     }
 

@@ -59,7 +59,10 @@ async fn a_storage_only_agents_server_cannot_head_a_volume() {
 
     assert_storage_only(admin.attach_volume("v", "s0").await.unwrap_err(), "s0");
     let agent = cluster.client(AGENT_TOKEN);
-    assert_storage_only(agent.agent_attach("s1", "v").await.unwrap_err(), "s1");
+    assert_storage_only(
+        agent.agent_attach("s1", "v", false).await.unwrap_err(),
+        "s1",
+    );
     let v = admin.volume("v").await.unwrap();
     assert_eq!(
         v.volume.attached_to, None,
@@ -132,7 +135,7 @@ async fn attached_and_open(
     }
     one_mirrored_disk(&admin, "v").await;
     let agent = cluster.client(AGENT_TOKEN);
-    agent.agent_attach("head", "v").await.unwrap();
+    agent.agent_attach("head", "v", false).await.unwrap();
     let old = head_legs(&agent, "head").await;
     assert_eq!(old.len(), 2);
     let mut conns = Vec::new();
@@ -197,7 +200,7 @@ async fn a_graceful_detach_cuts_the_old_names_only_once_the_head_reports_its_dev
 
     // The data stays, under names the old head never learnt: the next
     // head reads what was written last.
-    agent.agent_attach("other", "v").await.unwrap();
+    agent.agent_attach("other", "v", false).await.unwrap();
     let new = head_legs(&agent, "other").await;
     for (leg, before) in new.iter().zip(&old) {
         assert_eq!(leg.chunk, before.chunk, "the same chunks");
@@ -232,7 +235,7 @@ async fn a_forced_detach_cuts_the_old_heads_connections_at_once() {
         );
     }
     // Another head takes over and reads what the old one wrote before.
-    agent.agent_attach("other", "v").await.unwrap();
+    agent.agent_attach("other", "v", false).await.unwrap();
     for leg in head_legs(&agent, "other").await {
         let mut c = connect_retrying(&leg.server_address, &leg.export_name).await;
         assert_eq!(c.read(MIB, 4096).await.unwrap(), vec![0xa5; 4096]);

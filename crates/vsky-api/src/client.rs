@@ -664,15 +664,18 @@ impl Client {
             .await
     }
 
-    /// Attaches `volume` to the calling agent's own `server`.
+    /// Attaches `volume` to the calling agent's own `server`; `read_only`:
+    /// as one of a snapshot's readers (see [`AgentAttachment::read_only`]).
     pub async fn agent_attach(
         &self,
         server: &str,
         volume: &str,
+        read_only: bool,
     ) -> Result<VolumeDetail, ClientError> {
         let body = AgentAttachment {
             server: server.into(),
             volume: volume.into(),
+            read_only,
         };
         self.post(&format!("{API_PREFIX}/agent/attach"), &body)
             .await
@@ -687,6 +690,7 @@ impl Client {
         let body = AgentAttachment {
             server: server.into(),
             volume: volume.into(),
+            read_only: false,
         };
         self.post(&format!("{API_PREFIX}/agent/detach"), &body)
             .await

@@ -334,6 +334,10 @@ pub struct Volume {
     /// yet. `None` when detached or not reported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_bytes: Option<u64>,
+    /// The servers that read this snapshot (read-only attachments, e.g. a
+    /// backup's); empty for every other volume.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_on: Vec<String>,
     pub health: VolumeHealth,
     /// Thin (see `CreateVolume::thin`): its mirrored disks are those of
     /// the layers it reads (its own and those it shares with snapshots and

@@ -491,8 +491,20 @@ impl Cluster {
         ADMIN_TOKEN
     }
 
-    pub fn agent_api_token(&self) -> &'static str {
-        AGENT_API_TOKEN
+    /// `POST /v1/volumes/<volume>/<action>` on the head's local API (the
+    /// datapath plugin's), with a JSON `body` (none when empty).
+    pub fn head_local(
+        &self,
+        action: &str,
+        volume: &str,
+        body: &str,
+    ) -> Result<crate::http::Answer> {
+        crate::http::post(
+            HEAD_API,
+            &format!("/v1/volumes/{volume}/{action}"),
+            Some(AGENT_API_TOKEN),
+            body,
+        )
     }
 
     /// Attaches `volume` to the head and waits for the device node and the
@@ -528,6 +540,22 @@ impl Cluster {
     /// device and NBD connection is gone.
     pub fn detach_wait(&self, volume: &str) -> Result<()> {
         let start = Instant::now();
+        self.detach_released(volume)?;
+        wait_for(
+            &format!("every dm device and NBD connection of {volume} to go"),
+            wait::secs(30),
+            kernel::nothing_assembled,
+        )?;
+        say(format!(
+            "detached: device, mirrors and NBD connections gone after {}s",
+            secs(start)
+        ));
+        Ok(())
+    }
+
+    /// Detaches `volume` and waits until the manager released it and its
+    /// device is gone (devices it shares with volumes still assembled stay).
+    pub fn detach_released(&self, volume: &str) -> Result<()> {
         let dev = device(volume);
         self.api.detach(volume)?;
         wait_for(
@@ -539,17 +567,7 @@ impl Cluster {
             &format!("{} to vanish", dev.display()),
             wait::secs(60),
             || Ok(!dev.exists()),
-        )?;
-        wait_for(
-            &format!("every dm device and NBD connection of {volume} to go"),
-            wait::secs(30),
-            kernel::nothing_assembled,
-        )?;
-        say(format!(
-            "detached: device, mirrors and NBD connections gone after {}s",
-            secs(start)
-        ));
-        Ok(())
+        )
     }
 
     /// The scenario passed: tear down without diagnostics (unless the lab

@@ -12,23 +12,36 @@ use anyhow::{Context, Result};
 pub type Answer = (u16, String);
 
 pub fn get(addr: &str, path: &str, token: Option<&str>) -> Result<Answer> {
-    request("GET", addr, path, token)
+    request("GET", addr, path, token, "")
 }
 
-pub fn post(addr: &str, path: &str, token: Option<&str>) -> Result<Answer> {
-    request("POST", addr, path, token)
+/// A POST with a JSON `body` (none when empty).
+pub fn post(addr: &str, path: &str, token: Option<&str>, body: &str) -> Result<Answer> {
+    request("POST", addr, path, token, body)
 }
 
-fn request(method: &str, addr: &str, path: &str, token: Option<&str>) -> Result<Answer> {
+fn request(
+    method: &str,
+    addr: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Result<Answer> {
     let mut s = TcpStream::connect(addr).with_context(|| format!("connect to {addr}"))?;
     // A local detach answers only once the devices are gone.
     s.set_read_timeout(Some(Duration::from_secs(120)))?;
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
+    let kind = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/json\r\n"
+    };
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{kind}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)

@@ -135,6 +135,12 @@ pub const SCENARIOS: &[Scenario] = &[
         run: Run::Cluster(scenario::thin_grow::run_scenario),
     },
     Scenario {
+        name: "cluster-backup",
+        default: true,
+        proves: "a backup's read of a snapshot (docs/design/snapshots.md step 8) through the head agent's local API as Datapath.activate_readonly calls it: a snapshot of a thin volume taken under an O_DIRECT rewriter and read on the same head while the writer and later writes go on reads exactly its moment; its device is read-only, its pools read_only, a write to it fails, the manager lists the reader and refuses to delete it; it keeps reading across its volume's detach and reattach; the read's end removes every device; read again from scratch it is in base form (raid1 nosync without metadata, read-only thin devices); a never-written volume's snapshot reads zeros (dm-zero); every chunk comes back.",
+        run: Run::Cluster(scenario::backup::run_scenario),
+    },
+    Scenario {
         name: "cluster-scrub",
         default: true,
         proves: "the manager's scrub patrol has the head check an attached volume's mirror (dm-raid check): clean legs reported clean; one leg overwritten behind the mirror's back: the mismatch is reported (event and metric); a repair needing the mirror's disks interrupts the check.",
@@ -149,7 +155,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "cluster-xapi",
         default: true,
-        proves: "the SMAPIv3 plugins as xapi drives them (xapi-tests datapath): SR/VDI create, VM start (open/attach/activate), data on /dev/mapper/vsky-<vdi>, VM shutdown (device gone), exclusivity against another host, restart with the data intact, Volume.resize of the running VM's disk (online: the device grows before the call returns); VDIs are thin (the SR's default): VM snapshot of the running VM's disk (Volume.snapshot + xapi's keys) holds what was written before and nothing after, its clone started as another VM reads it, Volume.revert with the VM halted takes the disk back to it.",
+        proves: "the SMAPIv3 plugins as xapi drives them (xapi-tests datapath): SR/VDI create, VM start (open/attach/activate), data on /dev/mapper/vsky-<vdi>, VM shutdown (device gone), exclusivity against another host, restart with the data intact, Volume.resize of the running VM's disk (online: the device grows before the call returns); VDIs are thin (the SR's default): VM snapshot of the running VM's disk (Volume.snapshot + xapi's keys) holds what was written before and nothing after, its clone started as another VM reads it, Volume.revert with the VM halted takes the disk back to it; a backup of the running VM (snapshot, Datapath.attach + activate_readonly in dom0, read while the VM writes, Volume.destroy refused while read, deactivate/detach/close, destroy) reads exactly the snapshot's moment and cannot write it.",
         run: Run::Cluster(scenario::xapi::run_scenario),
     },
     Scenario {

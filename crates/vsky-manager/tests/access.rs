@@ -73,7 +73,10 @@ async fn a_storage_only_server_cannot_head_a_volume_whoever_asks() {
         .unwrap();
     assert!(admin.server("s0").await.unwrap().storage_only);
     assert_storage_only(admin.attach_volume("v", "s0").await.unwrap_err(), "s0");
-    assert_storage_only(agent.agent_attach("s0", "v").await.unwrap_err(), "s0");
+    assert_storage_only(
+        agent.agent_attach("s0", "v", false).await.unwrap_err(),
+        "s0",
+    );
     assert_eq!(attached_to(&admin).await, None, "a refusal changes nothing");
     let desired = agent
         .desired_state("s0", None, std::time::Duration::ZERO)
@@ -87,7 +90,7 @@ async fn a_storage_only_server_cannot_head_a_volume_whoever_asks() {
         .await
         .unwrap();
     assert!(!admin.server("s0").await.unwrap().storage_only);
-    agent.agent_attach("s0", "v").await.unwrap();
+    agent.agent_attach("s0", "v", false).await.unwrap();
     assert_eq!(attached_to(&admin).await.as_deref(), Some("s0"));
     agent.agent_detach("s0", "v").await.unwrap();
     // Its heartbeat says the devices are gone: released.
@@ -108,7 +111,8 @@ async fn a_storage_only_token_cannot_make_its_server_a_head() {
 
     // Before its agent registers, the admin could take s2 for a head; its
     // token still cannot attach.
-    let (status, code, message) = refusal(storage.agent_attach("s2", "v").await.unwrap_err());
+    let (status, code, message) =
+        refusal(storage.agent_attach("s2", "v", false).await.unwrap_err());
     assert_eq!((status, code.as_str()), (403, "forbidden"), "{message}");
     assert!(message.contains("storage-only"), "{message}");
 
@@ -126,7 +130,7 @@ async fn a_storage_only_token_cannot_make_its_server_a_head() {
         .await
         .unwrap();
     assert_storage_only(admin.attach_volume("v", "s2").await.unwrap_err(), "s2");
-    let (status, ..) = refusal(storage.agent_attach("s2", "v").await.unwrap_err());
+    let (status, ..) = refusal(storage.agent_attach("s2", "v", false).await.unwrap_err());
     assert_eq!(status, 403);
     // Still bound to its own server.
     let (status, ..) = refusal(
@@ -225,7 +229,7 @@ async fn a_graceful_detach_replaces_the_secrets_once_the_head_reports_its_device
         message.contains("'s2'") && message.contains("vsky volume detach --force v"),
         "{message}"
     );
-    let (status, code, _) = refusal(agent.agent_attach("s3", "v").await.unwrap_err());
+    let (status, code, _) = refusal(agent.agent_attach("s3", "v", false).await.unwrap_err());
     assert_eq!((status, code.as_str()), (409, "releasing_elsewhere"));
 
     // A heartbeat that still lists the volume, or another server's, ends
@@ -271,12 +275,12 @@ async fn attaching_again_on_the_releasing_head_keeps_the_attachment() {
     let admin = m.admin();
     pool_and_volume(&admin).await;
     let agent = m.client(AGENT_TOKEN);
-    agent.agent_attach("s2", "v").await.unwrap();
+    agent.agent_attach("s2", "v", false).await.unwrap();
     let known = names_told(&agent, "s2").await;
     agent.agent_detach("s2", "v").await.unwrap();
     assert_eq!(state(&admin).await, Some(AttachmentState::Releasing));
     // The deactivate failed (busy) and is retried as an activate here.
-    let detail = agent.agent_attach("s2", "v").await.unwrap();
+    let detail = agent.agent_attach("s2", "v", false).await.unwrap();
     assert_eq!(
         detail.volume.attachment_state,
         Some(AttachmentState::Attached)
@@ -338,7 +342,7 @@ async fn an_agent_that_cannot_report_its_devices_releases_at_its_next_heartbeat(
     let admin = m.admin();
     pool_and_volume(&admin).await;
     let agent = m.client(AGENT_TOKEN);
-    agent.agent_attach("s2", "v").await.unwrap();
+    agent.agent_attach("s2", "v", false).await.unwrap();
     agent.agent_detach("s2", "v").await.unwrap();
     // An agent from before two-phase detach sends no `assembled`.
     agent
@@ -380,7 +384,7 @@ async fn a_silent_head_is_fenced_and_its_volume_taken_over_after_the_grace() {
     // The head speaks: past the grace, its volume stays.
     let alive = common::agents::KeepAlive::start(agent.clone(), vec!["s2".into()]);
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    let (status, code, _) = refusal(agent.agent_attach("s3", "v").await.unwrap_err());
+    let (status, code, _) = refusal(agent.agent_attach("s3", "v", false).await.unwrap_err());
     assert_eq!((status, code.as_str()), (409, "attached_elsewhere"));
     let (_, code, _) = refusal(admin.attach_volume("v", "s3").await.unwrap_err());
     assert_eq!(code, "attached_elsewhere");
@@ -389,7 +393,7 @@ async fn a_silent_head_is_fenced_and_its_volume_taken_over_after_the_grace() {
     // Silent past the grace: the attach fences and moves.
     drop(alive);
     let detail = common::agents::eventually("the takeover", async || {
-        agent.agent_attach("s3", "v").await.ok()
+        agent.agent_attach("s3", "v", false).await.ok()
     })
     .await;
     assert_eq!(detail.volume.attached_to.as_deref(), Some("s3"));

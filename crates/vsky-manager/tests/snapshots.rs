@@ -131,3 +131,68 @@ async fn snapshots_clones_and_reverts_of_thin_volumes() {
     }
     assert_eq!(admin.cluster().await.unwrap().used_bytes, 0);
 }
+
+/// A backup's read of a snapshot, as the datapath plugin asks for it
+/// through each host's agent (`Datapath.activate_readonly`): any number of
+/// hosts read the snapshot while its volume stays attached elsewhere, each
+/// is told every layer read-only, and the snapshot is kept while read.
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshots_are_read_on_several_hosts_through_their_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = ManagerProcess::start(MANAGER, dir.path(), &["--chunk-size", "8MiB"]);
+    let admin = m.admin();
+    register_pool(&admin, &pool(3, 1)).await;
+    admin.create_volume(&thin("v", 4 * MIB)).await.unwrap();
+    admin.snapshot_volume("v", "snap").await.unwrap();
+    let agent = m.client(AGENT_TOKEN);
+    // The volume runs on s0; its snapshot is read on s1 and s2.
+    agent.agent_attach("s0", "v", false).await.unwrap();
+    for reader in ["s1", "s2"] {
+        let d = agent.agent_attach(reader, "snap", true).await.unwrap();
+        assert_eq!(d.volume.attached_to, None, "a reader is not a head");
+    }
+    let d = agent.agent_attach("s1", "snap", true).await.unwrap();
+    assert_eq!(d.volume.read_on, ["s1", "s2"], "again: the same reader");
+    let desired = agent
+        .desired_state("s1", None, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    let [spec] = &desired.volumes[..] else {
+        panic!("s1 is told {:?}", desired.volumes)
+    };
+    assert_eq!(spec.name, "snap");
+    assert!(spec.read_only);
+    assert!(spec.chain.iter().all(|l| l.form == LayerForm::Base));
+    // The snapshot cannot be written, nor deleted while read.
+    let rw = agent.agent_attach("s1", "snap", false).await.unwrap_err();
+    assert_eq!(status(&rw), 400, "{rw}");
+    let busy = admin.delete_volume("snap").await.unwrap_err();
+    assert_eq!(status(&busy), 409, "{busy}");
+    assert!(busy.to_string().contains("s1, s2"), "{busy}");
+    // A read-only attach of a volume that is not a snapshot is its one
+    // attachment: refused while it runs elsewhere.
+    let other = agent.agent_attach("s1", "v", true).await.unwrap_err();
+    assert_eq!(status(&other), 409, "{other}");
+    // Each reader's detach ends its read at once.
+    let d = agent.agent_detach("s1", "snap").await.unwrap();
+    assert_eq!(d.volume.read_on, ["s2"]);
+    let desired = agent
+        .desired_state("s1", None, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(desired.volumes.is_empty());
+    // The admin's forced detach ends every read (a backup host gone).
+    admin.force_detach_volume("snap").await.unwrap();
+    assert!(
+        admin
+            .volume("snap")
+            .await
+            .unwrap()
+            .volume
+            .read_on
+            .is_empty()
+    );
+    admin.delete_volume("snap").await.unwrap();
+    let kinds = common::agents::kinds(&admin).await;
+    assert!(kinds.contains(&"snapshot_read".to_string()), "{kinds:?}");
+}

@@ -9,7 +9,7 @@
 //! exports the chunk, and to another server only while that server must
 //! open the leg (as the head of an attached volume, a copy's source, a
 //! leg a comparing scrub reads over NBD, a layer of an attached thin
-//! volume's chain). A storage-only server is listed no volume to assemble,
+//! volume's chain or of a snapshot it reads). A storage-only server is listed no volume to assemble,
 //! and a head no volume it is releasing.
 
 use crate::cluster::Cluster;
@@ -101,6 +101,9 @@ pub struct VolumeSpec {
     /// A thin volume's layers, its top first, each over the next; empty
     /// for a thick volume (`cluster/chains.rs`).
     pub chain: Vec<LayerSpec>,
+    /// A snapshot this server reads (`cluster/readers.rs`): every layer in
+    /// base form, and the device read-only.
+    pub read_only: bool,
 }
 
 /// How a head assembles one layer of a chain (docs/design/snapshots.md
@@ -207,15 +210,17 @@ impl Cluster {
         // A storage-only server assembles nothing (an attachment from
         // before the role was known waits for an admin's detach). A
         // releasing volume is left out: its head tears it down, and its
-        // heartbeat then ends the attachment (`cluster/access.rs`).
+        // heartbeat then ends the attachment (`cluster/access.rs`). The
+        // snapshots it reads come with them.
         let heads = self.server(server).is_some_and(|s| !s.storage_only);
         let volumes = self
             .volumes()
             .filter(|v| {
                 heads
-                    && v.attachment
-                        .as_ref()
-                        .is_some_and(|a| a.head == server && !a.is_releasing())
+                    && (v.readers.contains(&server)
+                        || v.attachment
+                            .as_ref()
+                            .is_some_and(|a| a.head == server && !a.is_releasing()))
             })
             .map(|v| VolumeSpec {
                 name: v.name.clone(),
@@ -225,6 +230,7 @@ impl Cluster {
                 leg_meta_bytes: s.leg_meta_bytes,
                 mirrored_disks: self.head_legs(server, v),
                 chain: self.chain_specs(server, v),
+                read_only: v.readers.contains(&server),
             })
             .collect();
         AgentView {

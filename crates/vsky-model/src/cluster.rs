@@ -48,6 +48,7 @@ pub mod moves;
 pub mod pass;
 mod placement;
 pub mod pools;
+pub mod readers;
 pub mod recovery;
 mod schedule;
 pub mod scrub;

@@ -7,7 +7,7 @@
 //! on their own. New fields must carry `#[serde(default)]` so that older
 //! stores still load.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -331,6 +331,10 @@ pub struct Volume {
     /// Concatenated in order (or striped in sets of `stripe.width`).
     pub mirrored_disks: Vec<MirroredDisk>,
     pub attachment: Option<Attachment>,
+    /// The servers that read this snapshot (read-only attachments,
+    /// `cluster/readers.rs`); empty for every other kind of volume.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub readers: BTreeSet<ServerId>,
     /// What users and XAPI say about the volume; no effect on placement.
     #[serde(default)]
     pub meta: VolumeMeta,

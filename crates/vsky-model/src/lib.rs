@@ -44,6 +44,7 @@ pub use cluster::heartbeat::{
 pub use cluster::identity::{DiskLabel, DiskVerdict, FoundLabel, ReportedDisk};
 pub use cluster::moves::{AutoRebalance, DrainProgress, PlannedMove};
 pub use cluster::pass::{Drained, PassConfig, PassOutcome, ScrubClock, SilentServer};
+pub use cluster::readers::ReadOnlyAttach;
 pub use cluster::recovery::{JobKind, JobState, MoveReason, ResyncJob};
 pub use cluster::scrub::{ScrubMethod, ScrubRun, StartedScrub};
 pub use cluster::{

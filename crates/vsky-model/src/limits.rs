@@ -141,6 +141,10 @@ pub const THIN_CHUNK_DATA_BYTES_MIN: u64 = 2 * THIN_META_BYTES_MIN;
 /// a snapshot or clone that would go deeper is refused (delete older
 /// snapshots; garbage collection folds them).
 pub const CHAIN_DEPTH_MAX: usize = 16;
+/// Servers reading one snapshot at once (`cluster/readers.rs`): a backup
+/// reads it on one host, a few tools on a few; the bound keeps a bad
+/// caller from growing one volume record without end.
+pub const READERS_PER_VOLUME_MAX: usize = 64;
 
 const _: () = assert!(CHUNK_SIZE_BYTES_MIN > LEG_META_BYTES);
 const _: () = assert!(THIN_META_BYTES_MIN.is_multiple_of(THIN_BLOCK_SECTORS as u64 * 512));

@@ -858,6 +858,8 @@ enum Op {
     Attach(u8, u8),
     ForceDetach(u8),
     HeadSwitched(u8),
+    Read(u8, u8),
+    EndRead(u8, u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -871,6 +873,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..16, 0u8..2).prop_map(|(h, s)| Op::Attach(h, s)),
         1 => (0u8..16).prop_map(Op::ForceDetach),
         2 => (0u8..16).prop_map(Op::HeadSwitched),
+        1 => (0u8..16, 0u8..3).prop_map(|(h, s)| Op::Read(h, s)),
+        1 => (0u8..16, 0u8..3).prop_map(|(h, s)| Op::EndRead(h, s)),
     ]
 }
 
@@ -970,9 +974,19 @@ impl World {
             }
             Op::Delete(h) => {
                 let Some(name) = self.pick(h) else { return };
+                let read = !self.c.volume_by_name(&name).unwrap().readers.is_empty();
                 if self.c.delete_volume(&name).is_ok() {
+                    assert!(!read, "{name} was deleted under its readers");
                     self.expect.remove(&name);
                 }
+            }
+            Op::Read(h, server) => {
+                let Some(name) = self.pick(h) else { return };
+                let _ = self.c.attach_reader(&name, &format!("s{server}"));
+            }
+            Op::EndRead(h, server) => {
+                let Some(name) = self.pick(h) else { return };
+                self.c.end_reader(&name, &format!("s{server}")).unwrap();
             }
             Op::Attach(h, server) => {
                 let Some(name) = self.pick(h) else { return };
@@ -1029,6 +1043,22 @@ impl World {
                 want,
                 "{name} reads what was written to it"
             );
+        }
+        // Every reader is told its snapshot's whole chain, frozen.
+        for v in self.c.volumes().filter(|v| !v.readers.is_empty()) {
+            let chain: Vec<String> = self.c.chain(v.id).into_iter().map(layer_name).collect();
+            for &reader in &v.readers {
+                let view = self.c.agent_view(reader);
+                let spec = view.volumes.iter().find(|s| s.name == v.name).unwrap();
+                assert!(spec.read_only);
+                let told: Vec<&String> = spec.chain.iter().map(|l| &l.name).collect();
+                assert_eq!(told, chain.iter().collect::<Vec<_>>());
+                assert!(
+                    spec.chain
+                        .iter()
+                        .all(|l| l.form == agent_view::LayerForm::Base)
+                );
+            }
         }
     }
 }

@@ -230,6 +230,9 @@ fn run(cli: Cli) -> Result<(), String> {
             })?;
             step("vm snapshot, clone, revert", || {
                 snapshots::vm_snapshot(&r, &a, size).map(|_| String::new())
+            })?;
+            step("backup of a running vm", || {
+                snapshots::backup(&r, &a, size).map(|_| String::new())
             })
         }
     }

@@ -1084,7 +1084,7 @@ pub(crate) fn datapath_for<'a>(rig: &'a Rig, vol: &Value) -> Step<(&'a PluginDir
         .ok_or_else(|| format!("no datapath plugin for {uris:?} (xapi: MISSING_URI)"))
 }
 
-fn device_of(backend: &Value) -> Step<String> {
+pub(crate) fn device_of(backend: &Value) -> Step<String> {
     backend["implementations"]
         .as_array()
         .into_iter()

@@ -9,16 +9,21 @@
 //!   halted), which keeps the VDI's identity;
 //! - clone-on-boot (VDI_RESET_ON_BOOT): Volume.clone of the detached VDI
 //!   at VM start, Volume.set of `clone-on-boot` on the original, and at VM
-//!   shutdown Volume.destroy of the clone and Volume.unset.
+//!   shutdown Volume.destroy of the clone and Volume.unset;
+//! - a backup (Xen Orchestra's, xapi's VDI export): VM snapshot, then the
+//!   snapshot attached read-only in dom0 (Datapath.attach +
+//!   Datapath.activate_readonly, storage_mux.ml `activate3` with
+//!   VDI_ACTIVATE_READONLY declared), read, detached, and destroyed, all
+//!   while the VM runs.
 //!
 //! [`chains_on_the_control_plane`] needs no kernel (CI); [`vm_snapshot`]
-//! runs the data path on a head (the lab).
+//! and [`backup`] run the data path on a head (the lab).
 
 use serde_json::{Value, json};
 
 use crate::scenarios::{
-    DBG, MIB, ManagerAdmin, Rig, Step, create_sr, create_vdi, datapath_for, fails_with, ok,
-    pattern, read_at, start, stat_vdi, stop, str_field, write_at,
+    DBG, MIB, ManagerAdmin, Rig, Step, create_sr, create_vdi, datapath_for, device_of, fails,
+    fails_with, ok, pattern, read_at, start, stat_vdi, stop, str_field, write_at,
 };
 
 /// Volume.snapshot as xapi runs it: the call, then its three keys.
@@ -240,6 +245,87 @@ pub fn vm_snapshot(rig: &Rig, admin: &ManagerAdmin, size: u64) -> Step {
     for k in [&ckey, &skey, &key] {
         destroy(rig, &sr, k)?;
     }
+    ok(&rig.volume, "SR.destroy", json!({"dbg": DBG, "sr": sr}))?;
+    Ok(())
+}
+
+/// A backup of a running VM's disk on a head (the lab VM), as Xen
+/// Orchestra's runs through xapi: VM snapshot; the snapshot attached
+/// read-only in dom0 (Datapath.attach, Datapath.activate_readonly), read
+/// and compared while the VM keeps writing; deactivate, detach, close;
+/// the snapshot destroyed (refused by the manager only while it is read).
+/// The VM's disk is untouched throughout.
+pub fn backup(rig: &Rig, admin: &ManagerAdmin, size: u64) -> Step {
+    let (sr, _, _) = create_sr(rig, "backup lab")?;
+    let v = create_vdi(rig, &sr, "vm disk", size)?;
+    let key = str_field(&v, "key");
+    let vol = stat_vdi(rig, &sr, &key)?;
+    let (dp, uri) = datapath_for(rig, &vol)?;
+    let (vm, reader) = ("11", "u0-backup_dp");
+    let at = MIB;
+    let (before, after) = (pattern(3, at), pattern(4, at));
+    let dev = start(dp, &uri, vm)?;
+    write_at(&dev, at, &before)?;
+    let snap = snapshot(rig, &sr, &key)?;
+    let skey = str_field(&snap, "key");
+    write_at(&dev, at, &after)?;
+
+    let svol = stat_vdi(rig, &sr, &skey)?;
+    let (sdp, suri) = datapath_for(rig, &svol)?;
+    let attached = ok(
+        sdp,
+        "Datapath.attach",
+        json!({"dbg": DBG, "uri": suri, "domain": reader}),
+    )?;
+    let sdev = device_of(&attached)?;
+    ok(
+        sdp,
+        "Datapath.activate_readonly",
+        json!({"dbg": DBG, "uri": suri, "domain": reader}),
+    )?;
+    if read_at(&sdev, at, MIB as usize)? != before {
+        return Err("the backup does not read the snapshot's moment".into());
+    }
+    write_at(&dev, at + MIB, &after)?;
+    if read_at(&sdev, at + MIB, MIB as usize)? != vec![0; MIB as usize] {
+        return Err("a write of the running VM reached the snapshot being read".into());
+    }
+    if write_at(&sdev, 0, &after[..4096]).is_ok() {
+        return Err("the backup could write the snapshot it reads".into());
+    }
+    let read_on = admin.volume(&skey)?["read_on"].clone();
+    if read_on.as_array().is_none_or(Vec::is_empty) {
+        return Err(format!(
+            "the manager lists no reader of the snapshot: {read_on}"
+        ));
+    }
+    let refused = fails(
+        &rig.volume,
+        "Volume.destroy",
+        json!({"dbg": DBG, "sr": sr, "key": skey})
+            .to_string()
+            .as_bytes(),
+    )?;
+    if !refused.params.iter().any(|p| p.contains("being read")) {
+        return Err(format!(
+            "Volume.destroy of a snapshot being read failed without saying why: {:?}",
+            refused.params
+        ));
+    }
+    for call in ["Datapath.deactivate", "Datapath.detach"] {
+        ok(
+            sdp,
+            call,
+            json!({"dbg": DBG, "uri": suri, "domain": reader}),
+        )?;
+    }
+    ok(sdp, "Datapath.close", json!({"dbg": DBG, "uri": suri}))?;
+    destroy(rig, &sr, &skey)?;
+    if read_at(&dev, at, MIB as usize)? != after {
+        return Err("the running VM's disk changed under its backup".into());
+    }
+    stop(dp, &uri, vm, &dev)?;
+    destroy(rig, &sr, &key)?;
     ok(&rig.volume, "SR.destroy", json!({"dbg": DBG, "sr": sr}))?;
     Ok(())
 }

@@ -260,7 +260,7 @@ fn the_installer_lays_out_folders_xapi_discovers() {
         let link = std::fs::read_link(volume.path.join(call)).unwrap();
         assert_eq!(link, Path::new("vsky-volume-plugin"), "relative symlink");
     }
-    assert_eq!(found[1].calls().unwrap().len(), 7);
+    assert_eq!(found[1].calls().unwrap().len(), 8);
     // Installing again is idempotent and removes stale call links.
     std::os::unix::fs::symlink("vsky-volume-plugin", volume.path.join("Volume.copy")).unwrap();
     let prefix = c

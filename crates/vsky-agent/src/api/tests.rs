@@ -323,7 +323,7 @@ async fn the_table_survives_a_restart() {
     activations::save(&file, &before).unwrap();
     cluster
         .client(AGENT_TOKEN)
-        .agent_attach(HEAD, "v")
+        .agent_attach(HEAD, "v", false)
         .await
         .unwrap();
 
@@ -370,7 +370,7 @@ async fn an_unreadable_table_never_tears_down_on_a_guess() {
     std::fs::write(&file, b"{\"format\": 1, \"volumes\": {\"v\": {\"dom").unwrap();
     cluster
         .client(AGENT_TOKEN)
-        .agent_attach(HEAD, "v")
+        .agent_attach(HEAD, "v", false)
         .await
         .unwrap();
 

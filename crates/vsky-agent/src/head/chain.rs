@@ -108,11 +108,13 @@ fn layer_as_volume(spec: &VolumeSpec, layer: &LayerSpec) -> VolumeSpec {
         leg_meta_bytes: spec.leg_meta_bytes,
         mirrored_disks: layer.mirrored_disks.clone(),
         chain: Vec::new(),
+        read_only: false,
     }
 }
 
 /// Refuses a chain this head cannot stack: parents that do not follow the
-/// order, a writable layer anywhere but at the top, an empty pool.
+/// order, a writable layer anywhere but at the top, an empty pool, and a
+/// snapshot read here (`read_only`) with anything but base layers.
 fn check_chain(spec: &VolumeSpec) -> Result<(), String> {
     let chain = &spec.chain;
     for (i, layer) in chain.iter().enumerate() {
@@ -124,6 +126,7 @@ fn check_chain(spec: &VolumeSpec) -> Result<(), String> {
             ));
         }
         let allowed = match layer.form {
+            _ if spec.read_only => layer.form == LayerForm::Base,
             LayerForm::Top => i == 0,
             LayerForm::Freezing => i == 1,
             LayerForm::Base => i > 0,
@@ -162,7 +165,7 @@ impl Head {
         };
         check_chain(spec).map_err(layout_error)?;
         let handle = VolumeName::new(&spec.name)?;
-        if let Some(old) = spec.chain.get(1) {
+        if let Some(old) = spec.chain.get(1).filter(|_| !spec.read_only) {
             // A switch a crash or an error cut short must not hold the VM's
             // I/O while this assembly works (`freeze.rs`).
             self.resume_cut_short_switch(&handle, &VolumeName::new(&old.name)?)?;
@@ -193,9 +196,12 @@ impl Head {
                 below = Some((thin, sectors(layer.thin_size_bytes)));
             }
         }
+        let len = sectors(spec.size_bytes);
+        if spec.read_only {
+            return self.read_only_device(&handle, below, len, assembly);
+        }
         // check_chain: the chain ends in its top, which always has one.
         let (thin, _) = below.expect("a top layer has a thin device");
-        let len = sectors(spec.size_bytes);
         if let Some(old) = spec.chain.get(1) {
             // A snapshot gave the volume a new top: move its device there
             // (`freeze.rs`), then report it while the manager lists the old
@@ -809,6 +815,7 @@ mod tests {
             leg_meta_bytes: 1 << 20,
             mirrored_disks: Vec::new(),
             chain,
+            read_only: false,
         }
     }
 
@@ -860,9 +867,19 @@ mod tests {
                 b
             }),
             ("empty", thin(Vec::new())),
+            ("a writable layer read", {
+                let mut b = good.clone();
+                b.read_only = true;
+                b
+            }),
         ] {
             assert!(check_chain(&bad).is_err(), "{what}");
         }
+        // A snapshot read here: every layer a base, its own at the top.
+        let mut read = good.clone();
+        read.read_only = true;
+        read.chain[0].form = LayerForm::Base;
+        assert_eq!(check_chain(&read), Ok(()));
     }
 
     #[test]

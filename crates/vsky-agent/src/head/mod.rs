@@ -69,6 +69,7 @@ mod freeze;
 mod imports;
 mod naming;
 mod plan;
+mod read_only;
 mod status;
 
 pub use chain::{is_layer, mirror_sets};

@@ -257,6 +257,11 @@ pub struct ScrubReport {
 pub struct AgentAttachment {
     pub server: String,
     pub volume: String,
+    /// A read-only attach: a snapshot gets this server as one of its
+    /// readers, any other volume is attached to it as for a write.
+    /// Ignored on a detach.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -382,6 +387,10 @@ pub struct VolumeSpec {
     /// written from the next; absent for a thick volume.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chain: Vec<LayerSpec>,
+    /// A snapshot this agent reads (a read-only attachment): every layer
+    /// of its chain in base form, and its device read-only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
 }
 
 /// Everything one agent must do: chunks to export, freed chunks to wipe,

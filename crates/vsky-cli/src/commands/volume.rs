@@ -229,8 +229,12 @@ fn detail_output(detail: &VolumeDetail, json: bool, verb: &str) -> String {
 }
 
 /// The head, with `(releasing)` while a graceful detach waits for it, and
-/// the size it serves while a grow is not applied there yet.
+/// the size it serves while a grow is not applied there yet; for a
+/// snapshot, the servers that read it.
 fn attachment(v: &Volume) -> String {
+    if v.attached_to.is_none() && !v.read_on.is_empty() {
+        return format!("read on {}", render::clean(&v.read_on.join(",")));
+    }
     match (v.attached_to.as_deref(), v.attachment_state, v.served_bytes) {
         (Some(head), Some(AttachmentState::Releasing), _) => format!("{head} (releasing)"),
         (Some(head), _, Some(served)) if served < v.size_bytes => {
@@ -437,6 +441,7 @@ mod tests {
             attachment_state: attached_to.map(|_| AttachmentState::Attached),
             attached_to: attached_to.map(String::from),
             served_bytes: attached_to.map(|_| 10 << 30),
+            read_on: Vec::new(),
             health: VolumeHealth::Rebuilding,
             thin: false,
             snapshot_of: None,
@@ -597,6 +602,14 @@ MDISK  LEG  SERVER  DISK  PATH      CHUNK       OFFSET  STATE
         );
         growing.volume.served_bytes = Some(10 << 30);
         assert!(render_volume_detail(&growing).contains("Attached to:             node1\n"));
+        // A snapshot read by backups shows where.
+        let mut read = detail.clone();
+        read.volume.read_on = vec!["node2".into(), "node3".into()];
+        assert!(
+            render_volume_detail(&read).contains("Attached to:             read on node2,node3\n"),
+            "{}",
+            render_volume_detail(&read)
+        );
         assert!(
             text.contains(
                 "Scrubbed:                not yet: 2 of 2 mirrored disks never scrubbed\n"

@@ -352,6 +352,9 @@ pub enum Target {
     ThinPool(ThinPoolTable),
     /// `thin <pool> <dev id> [<external origin>]`.
     Thin(ThinTable),
+    /// `zero`: reads zeros, takes no writes worth keeping (dm-zero). What a
+    /// read-only snapshot of a volume nothing ever wrote maps.
+    Zero,
 }
 
 impl Target {
@@ -362,6 +365,7 @@ impl Target {
             Target::Raid1(_) | Target::Raid1Base(_) => "raid",
             Target::ThinPool(_) => "thin-pool",
             Target::Thin(_) => "thin",
+            Target::Zero => "zero",
         }
     }
     pub fn params(&self) -> String {
@@ -378,6 +382,7 @@ impl Target {
             Target::Raid1Base(r) => r.to_string(),
             Target::ThinPool(p) => p.to_string(),
             Target::Thin(t) => t.to_string(),
+            Target::Zero => String::new(),
         }
     }
     /// Whether the kernel's (type, params) for this line describe the same
@@ -482,7 +487,7 @@ pub(super) fn validate_table(name: &DevName, lines: &[TargetLine]) -> Result<()>
                     ));
                 }
             }
-            Target::Linear { .. } => {}
+            Target::Linear { .. } | Target::Zero => {}
         }
         at = Sectors(*at + *l.len);
     }

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 
 use crate::data::device;
-use crate::fixture::{Cluster, Config, HEAD, HEAD_API, strip_ansi};
+use crate::fixture::{Cluster, Config, HEAD, strip_ansi};
 use crate::kernel;
 use crate::out::say;
 use crate::wait::{self, wait_for};
@@ -343,7 +343,7 @@ fn deactivate(c: &Cluster, v: &str, limit: Duration) -> Result<(f64, f64)> {
 fn local_cycle(c: &Cluster, v: &str, n: usize) -> Result<(f64, f64)> {
     let dev = device(v);
     let start = Instant::now();
-    let (status, body) = local(c, "attach", v)?;
+    let (status, body) = c.head_local("attach", v, "")?;
     let activate = start.elapsed().as_secs_f64();
     ensure!(
         status == 200,
@@ -356,7 +356,7 @@ fn local_cycle(c: &Cluster, v: &str, n: usize) -> Result<(f64, f64)> {
         dev.display()
     );
     let start = Instant::now();
-    let (status, body) = local(c, "detach", v)?;
+    let (status, body) = c.head_local("detach", v, "")?;
     let deactivate = start.elapsed().as_secs_f64();
     ensure!(
         status == 200,
@@ -368,15 +368,6 @@ fn local_cycle(c: &Cluster, v: &str, n: usize) -> Result<(f64, f64)> {
         kernel::nothing_assembled,
     )?;
     Ok((activate, deactivate))
-}
-
-/// `POST /v1/volumes/<volume>/<action>` on the head's local API.
-fn local(c: &Cluster, action: &str, volume: &str) -> Result<crate::http::Answer> {
-    crate::http::post(
-        HEAD_API,
-        &format!("/v1/volumes/{volume}/{action}"),
-        Some(c.agent_api_token()),
-    )
 }
 
 /// Connected NBD devices and dm devices, cheaply enough to poll every

@@ -14,7 +14,7 @@ use vsky_api::types::AttachmentState;
 
 use crate::api::describe;
 use crate::data::{self, MIB, device};
-use crate::fixture::{Cluster, Config, HEAD, HEAD_API};
+use crate::fixture::{Cluster, Config, HEAD};
 use crate::kernel;
 use crate::out::secs;
 use crate::wait::{self, wait_for};
@@ -28,7 +28,7 @@ pub fn run_scenario() -> Result<String> {
     })?;
     c.head_api_up()?;
     c.api.create_volume(v, 24)?;
-    let (status, body) = local(&c, "attach", v)?;
+    let (status, body) = c.head_local("attach", v, "")?;
     ensure!(
         status == 200,
         "local attach of {v} failed: HTTP {status}: {body}"
@@ -48,7 +48,7 @@ pub fn run_scenario() -> Result<String> {
     let errors_since = kernel::dmesg_now()?;
     // A process holds the device open, as a VM's blkback would.
     let holder = File::open(&dev)?;
-    let (status, body) = local(&c, "detach", v)?;
+    let (status, body) = c.head_local("detach", v, "")?;
     if status == 200 {
         bail!("the detach of a device held open succeeded");
     }
@@ -67,7 +67,7 @@ pub fn run_scenario() -> Result<String> {
     );
     drop(holder);
     let start = Instant::now();
-    let (status, body) = local(&c, "detach", v)?;
+    let (status, body) = c.head_local("detach", v, "")?;
     ensure!(
         status == 200,
         "the detach failed once the device was closed: HTTP {status}: {body}"
@@ -113,15 +113,6 @@ pub fn run_scenario() -> Result<String> {
     Ok(format!(
         "local-API detach of a device held open: 409 busy, manager unchanged, device kept; once closed, detach answered in {took}s with devices gone and the volume released in the manager; no dm-raid superblock write error, all legs active, data intact after reattach"
     ))
-}
-
-/// `POST /v1/volumes/<volume>/<action>` on the head's local API.
-fn local(c: &Cluster, action: &str, volume: &str) -> Result<crate::http::Answer> {
-    crate::http::post(
-        HEAD_API,
-        &format!("/v1/volumes/{volume}/{action}"),
-        Some(c.agent_api_token()),
-    )
 }
 
 /// Where the manager says `volume` is attached, and how.

@@ -5,6 +5,7 @@
 pub mod activation;
 pub mod agent_restart;
 pub mod attach;
+pub mod backup;
 pub mod bench;
 pub mod busy_detach;
 pub mod demo;

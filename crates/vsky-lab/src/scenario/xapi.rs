@@ -74,7 +74,7 @@ pub fn run_scenario() -> Result<String> {
     // plugin call may take up to 150 s, a hung datapath must not use up the
     // lab's own timeout.
     let out = Command::new("timeout")
-        .arg("300")
+        .arg("420")
         .arg(c.bin("xapi-tests"))
         .args(["datapath", "--plugins", PLUGINS, "--state-dir"])
         .arg(c.work.join("sr"))
@@ -107,15 +107,15 @@ pub fn run_scenario() -> Result<String> {
             .take(3)
             .collect();
         bail!(
-            "xapi-tests datapath failed ({}; 124 = killed after 300 s): {}",
+            "xapi-tests datapath failed ({}; 124 = killed after 420 s): {}",
             out.status,
             not_ok.join(" ")
         );
     }
     let ok = text.lines().filter(|l| l.contains(": ok ")).count();
     ensure!(
-        ok == 3,
-        "xapi-tests datapath exited 0 but reported {ok} of 3 steps ok"
+        ok == 4,
+        "xapi-tests datapath exited 0 but reported {ok} of 4 steps ok"
     );
     let took = secs(start);
     ensure!(

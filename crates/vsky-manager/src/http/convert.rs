@@ -149,6 +149,7 @@ pub fn volume(c: &Cluster, v: &m::Volume) -> api::Volume {
             m::AttachmentState::Releasing => api::AttachmentState::Releasing,
         }),
         served_bytes: v.attachment.as_ref().and_then(|a| a.served_bytes),
+        read_on: v.readers.iter().filter_map(|&s| name_of(s)).collect(),
         health: if degraded > 0 {
             api::VolumeHealth::Degraded
         } else if rebuilding > 0 {
@@ -396,6 +397,7 @@ pub fn desired_state(
                     .into_iter()
                     .map(|l| layer_spec(l, &leg_spec))
                     .collect(),
+                read_only: v.read_only,
             })
             .collect(),
     }

@@ -119,7 +119,8 @@ impl Cluster {
     /// either state, without the head's confirmation (a dead or
     /// partitioned head). Every leg gets a new secret export name, so the
     /// storage agents cut the old head's connections and refuse its names.
-    /// Returns whether there was an attachment; idempotent.
+    /// A snapshot's read-only attachments all end (`cluster/readers.rs`).
+    /// Returns whether there was an attachment or a reader; idempotent.
     pub fn force_detach_volume(
         &mut self,
         name: &str,
@@ -128,7 +129,8 @@ impl Cluster {
         let id = self.volume_by_name(name)?.id;
         let mut changes = Changes::default();
         let ended = self.end_attachment(id, secrets, &mut changes);
-        Ok((ended, self.commit(changes)))
+        let read = self.end_all_readers(id, &mut changes);
+        Ok((ended || read, self.commit(changes)))
     }
 
     /// Attaches a volume to `server` ([`Cluster::attach_volume`]), first

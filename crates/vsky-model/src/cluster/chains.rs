@@ -239,15 +239,19 @@ impl Cluster {
     }
 
     /// Whether `head` assembles volume `v`: a volume attached to it, or a
-    /// layer in the chain of a thin volume attached to it.
+    /// layer in the chain of a thin volume attached to it or of a snapshot
+    /// it reads.
     pub(super) fn assembles(&self, head: crate::ids::ServerId, v: &Volume) -> bool {
         if v.role.layer().is_none() {
             return v.attachment.as_ref().is_some_and(|a| a.head == head);
         }
         self.volumes.values().any(|h| {
-            matches!(h.role, VolumeRole::Thin { .. })
-                && h.attachment.as_ref().is_some_and(|a| a.head == head)
-                && self.chain(h.id).contains(&v.id)
+            let heads = match h.role {
+                VolumeRole::Thin { .. } => h.attachment.as_ref().is_some_and(|a| a.head == head),
+                VolumeRole::Snapshot { .. } => h.readers.contains(&head),
+                _ => false,
+            };
+            heads && self.chain(h.id).contains(&v.id)
         })
     }
 
@@ -327,6 +331,7 @@ impl Cluster {
                 .or(handle.near_server),
             mirrored_disks: Vec::new(),
             attachment: None,
+            readers: Default::default(),
             meta: VolumeMeta::default(),
             role: VolumeRole::Layer(LayerInfo {
                 parent,
@@ -409,6 +414,7 @@ impl Cluster {
             name: snapshot_name.to_string(),
             mirrored_disks: Vec::new(),
             attachment: None,
+            readers: Default::default(),
             role: VolumeRole::Snapshot {
                 layer: frozen,
                 snapshot_of: handle.name.clone(),
@@ -472,6 +478,7 @@ impl Cluster {
             .max(handle.size_bytes);
         let shell = Volume {
             attachment: None,
+            readers: Default::default(),
             ..handle.clone()
         };
         let top = self.new_layer(&shell, None, Base::Over(base), size, secrets, &mut changes)?;
@@ -492,6 +499,7 @@ impl Cluster {
             size_bytes: size,
             mirrored_disks: Vec::new(),
             attachment: None,
+            readers: Default::default(),
             role: VolumeRole::Thin { top },
             ..handle
         };

@@ -138,6 +138,7 @@ impl Cluster {
             )));
         }
         let mut changes = Changes::default();
+        self.end_readers_on(id, &mut changes);
         for d in disks {
             self.drop_disk(d);
             changes.disks.insert(d);

@@ -96,6 +96,7 @@ impl Cluster {
             near_server: near,
             mirrored_disks: Vec::new(),
             attachment: None,
+            readers: Default::default(),
             meta: new.meta,
             role: VolumeRole::Thick,
         };
@@ -209,6 +210,8 @@ impl Cluster {
         }
         let id = volume.id;
         let mut changes = Changes::default();
+        self.settle_readers_for_delete(id, &mut changes)?;
+        let volume = &self.volumes[&id];
         if volume.role.is_thick() {
             self.release_volume_record(id, &mut changes);
         } else {

@@ -26,8 +26,8 @@ use vsky_api::types::{
 use vsky_model::{
     AgentReport, ChunkRef, DiskId, DiskLabel, DiskVerdict, DroppedReport, FoundLabel,
     HeartbeatEvent, HeartbeatOutcome, JobId, JobKind, LegFailure, MoveReason, NewDisk, NewServer,
-    PoolGrowth, PoolUsage, ReportedDisk, ResyncStatus, ResyncUpdate, ScrubResult, ScrubVerdict,
-    ServerId, ServerState, WipedChunk,
+    PoolGrowth, PoolUsage, ReadOnlyAttach, ReportedDisk, ResyncStatus, ResyncUpdate, ScrubResult,
+    ScrubVerdict, ServerId, ServerState, WipedChunk,
 };
 
 use crate::auth::Principal;
@@ -691,6 +691,9 @@ async fn bring_back_legs(
 /// Attaches a volume to the calling agent's own server (the datapath
 /// plugin's path to an attach, with no admin token on the host). Refused
 /// (409 `storage_only`) when that agent registered with `--storage-only`.
+/// A read-only attach of a snapshot makes the server one of its readers
+/// (any number of servers at once); of any other volume, it is the one
+/// attachment, as for a write.
 #[utoipa::path(post, path = "/api/v1/agent/attach", tag = "agent", request_body = AgentAttachment,
     responses((status = 200, body = VolumeDetail), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn attach(
@@ -706,36 +709,53 @@ pub async fn attach(
     )?;
     let (volume, server) = (req.volume.clone(), req.server.clone());
     let gone = app.recovery.gone_heads(&app.manager)?;
-    let (taken_from, detail) = app
+    let (how, detail) = app
         .manager
         .mutate(move |c, secrets| {
-            let (from, changes) = c.attach_volume_taking_over(
-                &req.volume,
-                &req.server,
-                &|h| gone.contains(&h),
-                secrets,
-            )?;
+            let is_gone = |h| gone.contains(&h);
+            let (how, changes) = if req.read_only {
+                c.attach_read_only(&req.volume, &req.server, &is_gone, secrets)?
+            } else {
+                let (taken_from, changes) =
+                    c.attach_volume_taking_over(&req.volume, &req.server, &is_gone, secrets)?;
+                (ReadOnlyAttach::Head { taken_from }, changes)
+            };
+            let changed = !changes.is_empty();
             Ok((
                 (
-                    from,
+                    (how, changed),
                     convert::volume_detail(c, c.volume_by_name(&req.volume)?),
                 ),
                 changes,
             ))
         })
         .await?;
-    if let Some(from) = &taken_from {
-        app.event(super::taken_over_event(&volume, from, &server));
+    match how {
+        (ReadOnlyAttach::Reader, true) => app.event(
+            NewEvent::new(
+                Severity::Info,
+                "snapshot_read",
+                format!("snapshot {volume} is read on {server} (read-only attach by its agent)"),
+            )
+            .volume(&volume)
+            .server(&server),
+        ),
+        (ReadOnlyAttach::Reader, false) => {}
+        (ReadOnlyAttach::Head { taken_from }, _) => {
+            if let Some(from) = &taken_from {
+                app.event(super::taken_over_event(&volume, from, &server));
+            }
+            app.event(
+                NewEvent::new(
+                    Severity::Info,
+                    "volume_attached",
+                    format!("volume {volume} attached to {server} by its agent"),
+                )
+                .volume(&volume)
+                .server(&server),
+            );
+        }
     }
-    app.event(
-        NewEvent::new(
-            Severity::Info,
-            "volume_attached",
-            format!("volume {volume} attached to {server} by its agent"),
-        )
-        .volume(&volume)
-        .server(&server),
-    );
     Ok(Json(detail))
 }
 
@@ -744,6 +764,8 @@ pub async fn attach(
 /// `releasing`: the agent's desired state no longer lists the volume, and
 /// the attachment ends (the legs get new secret export names, see the
 /// admin detach) once the agent's heartbeat no longer lists it assembled.
+/// A snapshot this server reads stops being read here at once
+/// (`cluster/readers.rs`).
 #[utoipa::path(post, path = "/api/v1/agent/detach", tag = "agent", request_body = AgentAttachment,
     responses((status = 200, body = VolumeDetail), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn detach(
@@ -757,6 +779,16 @@ pub async fn detach(
         .manager
         .mutate(move |c, _| {
             let head = c.server_by_name(&req.server)?.id;
+            if c.is_reader(&req.volume, head) {
+                let (_, changes) = c.end_reader(&req.volume, &req.server)?;
+                return Ok((
+                    (
+                        convert::volume_detail(c, c.volume_by_name(&req.volume)?),
+                        false,
+                    ),
+                    changes,
+                ));
+            }
             let attached = c
                 .volume_by_name(&req.volume)?
                 .attachment

@@ -155,6 +155,6 @@ impl Cluster {
                 _ => {}
             }
         }
-        Ok(())
+        self.check_readers()
     }
 }
