@@ -553,6 +553,14 @@ impl Cluster {
         Ok(())
     }
 
+    /// Waits until the cluster's free bytes are `free` again: every chunk
+    /// deleted volumes held is wiped and back in the free pool.
+    pub fn wait_all_free(&self, free: u64) -> Result<()> {
+        wait_for("every chunk back in the free pool", wait::secs(60), || {
+            Ok(self.api.cluster()?.free_bytes == free)
+        })
+    }
+
     /// Detaches `volume` and waits until the manager released it and its
     /// device is gone (devices it shares with volumes still assembled stay).
     pub fn detach_released(&self, volume: &str) -> Result<()> {

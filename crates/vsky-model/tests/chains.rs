@@ -5,6 +5,8 @@
 //! snapshot reads exactly what was written to it while exactly the layers
 //! nothing reads are released.
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
@@ -716,13 +718,7 @@ fn thin_records_survive_the_store_and_older_records_load_thick() {
     c.attach_volume("v", "s0").unwrap();
     c.snapshot_volume("v", "snap", 1, &mut s).unwrap();
     let records = c.records();
-    // Through the store's encoding (JSON) and back.
-    let volumes: Vec<Volume> = records
-        .volumes
-        .iter()
-        .map(|v| serde_json::from_str(&serde_json::to_string(v).unwrap()).unwrap())
-        .collect();
-    assert_eq!(volumes, records.volumes);
+    let volumes = common::volumes_through_the_store(&records);
     let loaded = Cluster::load(Records {
         volumes,
         ..records.clone()

@@ -3,6 +3,8 @@
 //! reader is told, what a read-only attach of another volume is, and what
 //! keeps a snapshot in use.
 
+mod common;
+
 use vsky_model::agent_view::LayerForm;
 use vsky_model::*;
 use vsky_testkit::pool::{MIB, PoolSpec};
@@ -227,12 +229,7 @@ fn readers_survive_the_store_and_bad_ones_are_refused() {
     let (mut c, _) = volume_with_snapshot();
     c.attach_reader("snap", "s1").unwrap();
     let records = c.records();
-    let volumes: Vec<Volume> = records
-        .volumes
-        .iter()
-        .map(|v| serde_json::from_str(&serde_json::to_string(v).unwrap()).unwrap())
-        .collect();
-    assert_eq!(volumes, records.volumes);
+    common::volumes_through_the_store(&records);
     let loaded = Cluster::load(records.clone()).unwrap();
     assert!(loaded.is_reader("snap", server(&c, "s1")));
     // A volume that is not a snapshot, or an unknown server, is corrupt.

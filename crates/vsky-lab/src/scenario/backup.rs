@@ -174,9 +174,7 @@ pub fn run_scenario() -> Result<String> {
     for name in [bk, v, "fresh-bk", "fresh"] {
         c.api.delete_volume(name)?;
     }
-    wait_for("every chunk back in the free pool", wait::secs(60), || {
-        Ok(c.api.cluster()?.free_bytes == free)
-    })?;
+    c.wait_all_free(free)?;
     c.finish();
     Ok(format!(
         "snapshot of a running thin volume read through Datapath.activate_readonly's agent call under an O_DIRECT rewriter ({rounds} rounds, no error): exact at its moment while the volume changed, read-only (device, thin devices, pools), writes refused, delete refused while read; kept across its volume's detach and reattach; read again from scratch in base form; a never-written volume's snapshot reads zeros; every chunk back"

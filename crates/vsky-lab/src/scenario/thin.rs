@@ -20,7 +20,6 @@ use crate::data::{self, MIB, device};
 use crate::fixture::{Cluster, Config, strip_ansi};
 use crate::kernel;
 use crate::out::say;
-use crate::wait::{self, wait_for};
 
 /// 32 MiB chunks: 31 MiB of data, 3.9 MiB of it pool metadata, so a thin
 /// volume holds up to 27 MiB.
@@ -206,9 +205,7 @@ pub fn run_scenario() -> Result<String> {
     for name in [snap, "live", v, "vm3", clone, "vm2", "fresh-snap", "fresh"] {
         c.api.delete_volume(name)?;
     }
-    wait_for("every chunk back in the free pool", wait::secs(60), || {
-        Ok(c.api.cluster()?.free_bytes == free)
-    })?;
+    c.wait_all_free(free)?;
     c.finish();
     Ok(format!(
         "thin {SIZE_MIB} MiB volume: write/detach/reattach exact, {} MiB mapped for 16 MiB written; live snapshot under a rewriter: head pause {pause} ms, no I/O error, its clone exact; snapshot + clone: the clone reads it through a read-only base-form layer and writes its own (base mapping unchanged); the volume over the same base unaffected; revert exact; a clone of a never-written volume's snapshot reads zeros and writes; deleting all returns every chunk",

@@ -102,9 +102,7 @@ pub fn run_scenario() -> Result<String> {
     for name in ["reader", "grown-snap", v] {
         c.api.delete_volume(name)?;
     }
-    wait_for("every chunk back in the free pool", wait::secs(60), || {
-        Ok(c.api.cluster()?.free_bytes == free)
-    })?;
+    c.wait_all_free(free)?;
 
     // The cluster full: writes past the pool wait, an event says why, and
     // they go through once chunks are free.

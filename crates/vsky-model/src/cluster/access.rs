@@ -84,6 +84,20 @@ impl Cluster {
         Ok(self.commit(changes))
     }
 
+    /// The server an attach names, if it may assemble volumes now: not
+    /// failed, not storage-only.
+    pub(super) fn healthy_head(&self, server: &str) -> Result<ServerId, ModelError> {
+        let head = self.server_by_name(server)?;
+        if head.state == ServerState::Failed {
+            return Err(ModelError::Conflict(format!(
+                "server '{server}' is failed; attach on a healthy server"
+            )));
+        }
+        let id = head.id;
+        self.check_may_head(id)?;
+        Ok(id)
+    }
+
     /// Refuses a server that cannot head volumes.
     pub(super) fn check_may_head(&self, id: ServerId) -> Result<(), ModelError> {
         let server = &self.servers[&id];

@@ -71,14 +71,7 @@ impl Cluster {
     /// not a snapshot, a snapshot still being taken, and past
     /// [`READERS_PER_VOLUME_MAX`] readers.
     pub fn attach_reader(&mut self, name: &str, server: &str) -> Result<Changes, ModelError> {
-        let head = self.server_by_name(server)?;
-        let head_id = head.id;
-        if head.state == ServerState::Failed {
-            return Err(ModelError::Conflict(format!(
-                "server '{server}' is failed; read the snapshot on a healthy server"
-            )));
-        }
-        self.check_may_head(head_id)?;
+        let head_id = self.healthy_head(server)?;
         let volume = self.volume_by_name(name)?;
         let id = volume.id;
         if !matches!(volume.role, VolumeRole::Snapshot { .. }) {

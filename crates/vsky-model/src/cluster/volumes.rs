@@ -12,9 +12,7 @@ use std::time::Duration;
 
 use super::{Changes, Cluster, not_found};
 use crate::SecretSource;
-use crate::entities::{
-    Attachment, AttachmentState, ServerState, Stripe, Volume, VolumeMeta, VolumeRole,
-};
+use crate::entities::{Attachment, AttachmentState, Stripe, Volume, VolumeMeta, VolumeRole};
 use crate::error::ModelError;
 use crate::ids::{self, ChunkRef, ServerId, VolumeId};
 use crate::limits;
@@ -263,14 +261,7 @@ impl Cluster {
     /// `ReleasingElsewhere` until the head has confirmed its teardown); to
     /// a server whose agent runs with `--storage-only` is refused.
     pub fn attach_volume(&mut self, name: &str, server: &str) -> Result<Changes, ModelError> {
-        let head = self.server_by_name(server)?;
-        let head_id = head.id;
-        if head.state == ServerState::Failed {
-            return Err(ModelError::Conflict(format!(
-                "server '{server}' is failed; attach on a healthy server"
-            )));
-        }
-        self.check_may_head(head_id)?;
+        let head_id = self.healthy_head(server)?;
         let volume = self.volume_by_name(name)?;
         self.check_chain_attachable(volume)?;
         let mut changes = Changes::default();

@@ -30,3 +30,15 @@ pub fn running_jobs(c: &Cluster) -> Vec<JobId> {
         .map(|j| j.id)
         .collect()
 }
+
+/// The volume records through the store's encoding (JSON) and back,
+/// checked unchanged.
+pub fn volumes_through_the_store(records: &Records) -> Vec<Volume> {
+    let volumes: Vec<Volume> = records
+        .volumes
+        .iter()
+        .map(|v| serde_json::from_str(&serde_json::to_string(v).unwrap()).unwrap())
+        .collect();
+    assert_eq!(volumes, records.volumes);
+    volumes
+}
