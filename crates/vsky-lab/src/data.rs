@@ -90,6 +90,39 @@ pub fn read_direct(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// `ops` O_DIRECT requests of `block` bytes at pseudo-random aligned
+/// offsets in `[0, region)` of `path` (a fixed sequence per `seed`), reads
+/// or writes of a fixed pattern, on one open file; their rate per second.
+pub fn random_io(
+    path: &Path,
+    region: u64,
+    block: usize,
+    ops: usize,
+    write: bool,
+    seed: u64,
+) -> Result<f64> {
+    let f = open_direct(path, write)?;
+    let mut buf = Aligned::new(block);
+    buf.bytes().fill(0x5a);
+    let slots = (region / block as u64).max(1);
+    let mut x = seed | 1;
+    let start = std::time::Instant::now();
+    for _ in 0..ops {
+        // xorshift: cheap, deterministic, spread over the region.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let at = (x % slots) * block as u64;
+        if write {
+            f.write_all_at(buf.bytes(), at)
+        } else {
+            f.read_exact_at(buf.bytes(), at)
+        }
+        .with_context(|| format!("O_DIRECT I/O of {} at byte {at}", path.display()))?;
+    }
+    Ok(ops as f64 / start.elapsed().as_secs_f64().max(1e-3))
+}
+
 /// Fails unless `path` holds `want` at byte `offset` (read with O_DIRECT);
 /// `what` names the check in the error.
 pub fn expect_same(path: &Path, offset: u64, want: &[u8], what: &str) -> Result<()> {

@@ -171,6 +171,12 @@ pub const SCENARIOS: &[Scenario] = &[
         run: Run::Cluster(scenario::bench::run_scenario),
     },
     Scenario {
+        name: "cluster-bench-thin",
+        default: false,
+        proves: "(a benchmark) what snapshots and chains cost (docs/design/snapshots.md §7): snapshot and clone time of thin volumes of 1, 10 and 100 chunks (detached, attached, and the head's pause), and O_DIRECT throughput through chains of depth 0, 1 and 4 against a thick volume (sequential and random 4 KiB, reads of the deepest layer's data, first writes, rewrites, copy-up writes), as ratios in one run.",
+        run: Run::Cluster(scenario::bench_thin::run_scenario),
+    },
+    Scenario {
         name: "cluster-activation",
         default: false,
         proves: "(a benchmark) a volume's handover cost against its size (1, 16, 64, 256 mirrored disks): activate (attach to device of the right size) and deactivate (detach until no dm device or NBD connection is left) times, median of a few cycles and ratios to 1 mirrored disk, where the activation's time goes (NBD imports, dm devices), and the NBD devices, dm devices and TCP connections each volume holds.",

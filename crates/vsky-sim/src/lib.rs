@@ -52,6 +52,7 @@
 
 mod bounds;
 mod checks;
+mod clones;
 mod config;
 mod fluid;
 mod foreground;
@@ -65,6 +66,7 @@ mod tests;
 
 pub use bounds::Bounds;
 pub use checks::{check, shared_domains};
+pub use clones::{ClonePattern, ClonesConfig, ClonesReport, run_clones};
 pub use config::{Rng, Scenario, SimConfig};
 pub use fluid::Outcome;
 pub use foreground::{ForegroundReport, ForegroundRun, run_foreground};

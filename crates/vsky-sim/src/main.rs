@@ -3,8 +3,8 @@
 
 use clap::{Parser, Subcommand};
 use vsky_sim::{
-    ForegroundReport, MoveReport, Report, ReturnReport, Scenario, SimConfig, run, run_foreground,
-    run_moves, run_return,
+    ClonePattern, ClonesConfig, ForegroundReport, MoveReport, Report, ReturnReport, Scenario,
+    SimConfig, run, run_clones, run_foreground, run_moves, run_return,
 };
 
 /// Simulates VastSky's pool-wide rebuild with the real allocator and
@@ -79,6 +79,22 @@ enum Command {
         /// serve 200 MB/s).
         #[arg(long, default_value_t = 100e6)]
         rate: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Space taken by clones of a thin template (docs/benchmarks.md): the
+    /// template written whole, each clone writing a share of it, the pools
+    /// growing by the manager's rule; against thick copies. Sequential and
+    /// scattered 4 KiB writes.
+    Clones {
+        /// The template's size in GiB (1 GiB chunks).
+        #[arg(long, default_value_t = 10)]
+        template_gib: u64,
+        #[arg(long, default_value_t = 10)]
+        clones: usize,
+        /// Share of the template each clone writes, in percent.
+        #[arg(long, default_value_t = 1.0)]
+        written_percent: f64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
@@ -249,6 +265,66 @@ const RETURN_HEADER: &str = "| pool | outage | writes per mirrored disk | legs b
 
 const HEADER: &str = "| pool | scenario | legs rebuilt | scheduled (k=1) | unscheduled | dedicated spare | ideal (fluid) | bound (whole chunks) | vs spare | of ideal | of bound | busiest source | peak/disk (k=1) | peak/disk (unscheduled) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
 
+/// `vsky-sim clones`: one row per write pattern.
+fn clones(template_gib: u64, count: usize, written_percent: f64, seed: u64, json: bool) {
+    const GIB: f64 = (1u64 << 30) as f64;
+    let valid = (1..=1024).contains(&template_gib)
+        && (1..=1000).contains(&count)
+        && written_percent > 0.0
+        && written_percent <= 100.0;
+    if !valid {
+        eprintln!(
+            "vsky-sim: need 1 ≤ --template-gib ≤ 1024, 1 ≤ --clones ≤ 1000 and 0 < --written-percent ≤ 100"
+        );
+        std::process::exit(2);
+    }
+    let mut reports = Vec::new();
+    for pattern in [ClonePattern::Sequential, ClonePattern::Scattered] {
+        let cfg = ClonesConfig {
+            servers: 10,
+            disks_per_server: 10,
+            chunk_bytes: 1 << 30,
+            template_bytes: template_gib << 30,
+            clones: count,
+            written_percent,
+            pattern,
+            seed,
+        };
+        match run_clones(&cfg) {
+            Ok(r) => reports.push(r),
+            Err(e) => {
+                eprintln!("vsky-sim: clones, {pattern:?}: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&reports).expect("reports serialise")
+        );
+        return;
+    }
+    println!(
+        "| template | clones × written | writes | template holds | clones hold | of thick copies | mapped by the clones | mirrored disks per clone |\n|---|---|---|---:|---:|---:|---:|---:|"
+    );
+    for r in &reports {
+        println!(
+            "| {template_gib} GiB | {} × {} % | {:?} | {:.0} GiB | {:.0} GiB | {:.2} ({:.0} GiB) | {:.2} GiB | {}–{} |",
+            r.clones,
+            r.written_percent,
+            r.pattern,
+            r.template_bytes_held as f64 / GIB,
+            r.clones_bytes_held as f64 / GIB,
+            r.clones_bytes_held as f64 / r.thick_copies_bytes as f64,
+            r.thick_copies_bytes as f64 / GIB,
+            r.clones_bytes_mapped as f64 / GIB,
+            r.clone_disks_min,
+            r.clone_disks_max,
+        );
+    }
+}
+
 /// `vsky-sim foreground`: one report of its own.
 fn foreground(servers: usize, scenario: Scenario, rate: f64, seed: u64, json: bool) {
     if servers < 3 || !(rate > 0.0 && rate < 200e6) {
@@ -362,6 +438,15 @@ fn main() {
             seed,
         } => {
             foreground(servers, scenario, rate, seed, args.json);
+            return;
+        }
+        Command::Clones {
+            template_gib,
+            clones: count,
+            written_percent,
+            seed,
+        } => {
+            clones(template_gib, count, written_percent, seed, args.json);
             return;
         }
     };

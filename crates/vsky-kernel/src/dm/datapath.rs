@@ -933,7 +933,7 @@ impl Datapath {
 }
 
 /// Loads a kernel module with modprobe, as the agent's service unit does
-/// before start (`ExecStartPre=-/sbin/modprobe -a nbd dm-mod dm-raid`).
+/// before start (`ExecStartPre=-/sbin/modprobe -a nbd dm-mod dm-raid …`).
 /// Best effort: what is still missing afterwards is reported by the caller,
 /// with what to do.
 fn load_module(name: &str) {

@@ -7,6 +7,7 @@ pub mod agent_restart;
 pub mod attach;
 pub mod backup;
 pub mod bench;
+pub mod bench_thin;
 pub mod busy_detach;
 pub mod demo;
 pub mod disk_rebuild;

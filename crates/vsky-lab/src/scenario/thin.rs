@@ -253,7 +253,7 @@ fn bases_of(volume: &str) -> Result<Vec<String>> {
 
 /// The pause of the head's last switch onto a new top, in ms, from its
 /// log (`pause_ms=…`).
-fn pause_logged(log: &str) -> Result<u64> {
+pub(crate) fn pause_logged(log: &str) -> Result<u64> {
     log.lines()
         .rev()
         .map(strip_ansi)
