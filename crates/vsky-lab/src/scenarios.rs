@@ -141,6 +141,12 @@ pub const SCENARIOS: &[Scenario] = &[
         run: Run::Cluster(scenario::backup::run_scenario),
     },
     Scenario {
+        name: "cluster-backup-rebuild",
+        default: true,
+        proves: "a snapshot's frozen layer rebuilt under a reader (docs/design/snapshots.md §5.5.3, §5.8): the snapshot read in base form on the head, one leg's storage server killed, reads exact from the other leg; after the grace period the leg is replaced from the pool and copied by a storage agent (no head writes a frozen layer), and the reader's running mirror takes the new leg in (AA); the other original leg's server killed too: the snapshot reads back exactly from the rebuilt copy alone.",
+        run: Run::Cluster(scenario::backup_rebuild::run_scenario),
+    },
+    Scenario {
         name: "cluster-scrub",
         default: true,
         proves: "the manager's scrub patrol has the head check an attached volume's mirror (dm-raid check): clean legs reported clean; one leg overwritten behind the mirror's back: the mismatch is reported (event and metric); a repair needing the mirror's disks interrupts the check.",
