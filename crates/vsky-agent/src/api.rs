@@ -429,7 +429,11 @@ async fn release_here(ctx: &Context, name: &str) -> Result<(), ApiError> {
     if ctx.head
         && let Some(n) = held_open(name).await?
     {
-        return Err(busy(name, &format!("held open {n} time(s)"), false));
+        return Err(busy(
+            name,
+            &format!("held open {n} time(s)"),
+            Held::Unchanged,
+        ));
     }
     ctx.shared.teardown_errors.lock_unpoisoned().remove(name);
     let detail = ctx.client.agent_detach(&ctx.server, name).await?;
@@ -454,7 +458,14 @@ async fn release_here(ctx: &Context, name: &str) -> Result<(), ApiError> {
             .get(name)
             .cloned()
     {
-        return Err(busy(name, &why, true));
+        // A snapshot's read ended in the manager at once (readers are
+        // not released in two phases); any other volume stays releasing.
+        let held = if detail.volume.snapshot_of.is_some() {
+            Held::ReadEnded
+        } else {
+            Held::Releasing
+        };
+        return Err(busy(name, &why, held));
     }
     // The heartbeat saying the devices are gone went out at once; wait for
     // the manager to end the attachment.
@@ -524,11 +535,27 @@ fn released_from(volume: &vsky_api::types::Volume, server: &str) -> bool {
 }
 
 /// The answer to a detach whose device is held open.
-fn busy(name: &str, why: &str, releasing: bool) -> ApiError {
-    let state = if releasing {
-        "The volume stays releasing (no other host can attach it) until its devices are gone: close whatever holds the device (the agent retries the teardown on its own), or activate it on this host again to keep using it"
-    } else {
-        "Nothing changed (the manager was not asked). Close whatever holds the device (a VM's disk, a mount, a process: see `fuser -vm` or `lsof` on it) and detach again"
+/// Where a detach refused as busy left the volume.
+enum Held {
+    /// The manager was not asked.
+    Unchanged,
+    /// The volume's attachment is releasing.
+    Releasing,
+    /// The snapshot's read here ended in the manager.
+    ReadEnded,
+}
+
+fn busy(name: &str, why: &str, held: Held) -> ApiError {
+    let state = match held {
+        Held::Releasing => {
+            "The volume stays releasing (no other host can attach it) until its devices are gone: close whatever holds the device (the agent retries the teardown on its own), or activate it on this host again to keep using it"
+        }
+        Held::ReadEnded => {
+            "The snapshot is no longer read here in the manager (so it may be deleted, and then its reads here fail), but its device stays until it is closed: close whatever holds it (the agent retries the teardown on its own), or activate it read-only again to keep reading"
+        }
+        Held::Unchanged => {
+            "Nothing changed (the manager was not asked). Close whatever holds the device (a VM's disk, a mount, a process: see `fuser -vm` or `lsof` on it) and detach again"
+        }
     };
     ApiError(
         StatusCode::CONFLICT,

@@ -495,8 +495,20 @@ impl Client {
         name: &str,
         server: &str,
     ) -> Result<VolumeDetail, ClientError> {
+        self.attach_volume_as(name, server, false).await
+    }
+
+    /// Attaches a volume, or with `read_only` reads a snapshot on `server`
+    /// (see [`AttachVolume::read_only`]).
+    pub async fn attach_volume_as(
+        &self,
+        name: &str,
+        server: &str,
+        read_only: bool,
+    ) -> Result<VolumeDetail, ClientError> {
         let body = AttachVolume {
             server: server.to_string(),
+            read_only,
         };
         self.post(
             &format!("{API_PREFIX}/volumes/{}/attach", segment(name)),
@@ -510,7 +522,21 @@ impl Client {
     pub async fn detach_volume(&self, name: &str) -> Result<VolumeDetail, ClientError> {
         self.post(
             &format!("{API_PREFIX}/volumes/{}/detach", segment(name)),
-            &DetachVolume { force: false },
+            &DetachVolume::default(),
+        )
+        .await
+    }
+
+    /// A graceful detach from `server`: its read of snapshot `name` ends
+    /// at once, or, if it is the volume's head, the volume starts
+    /// releasing (as [`Self::detach_volume`]).
+    pub async fn detach_from(&self, name: &str, server: &str) -> Result<VolumeDetail, ClientError> {
+        self.post(
+            &format!("{API_PREFIX}/volumes/{}/detach", segment(name)),
+            &DetachVolume {
+                server: Some(server.to_string()),
+                ..DetachVolume::default()
+            },
         )
         .await
     }
@@ -520,7 +546,10 @@ impl Client {
     pub async fn force_detach_volume(&self, name: &str) -> Result<VolumeDetail, ClientError> {
         self.post(
             &format!("{API_PREFIX}/volumes/{}/detach", segment(name)),
-            &DetachVolume { force: true },
+            &DetachVolume {
+                force: true,
+                ..DetachVolume::default()
+            },
         )
         .await
     }

@@ -428,6 +428,11 @@ pub struct VolumeDetail {
 pub struct AttachVolume {
     /// Name of the head server.
     pub server: String,
+    /// Read-only: a snapshot is read on this server, alongside any others
+    /// (`Volume::read_on`); any other volume is attached to it as for a
+    /// write.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
 }
 
 /// The optional body of a detach.
@@ -443,6 +448,11 @@ pub struct DetachVolume {
     /// gone.
     #[serde(default)]
     pub force: bool,
+    /// End this server's read of a snapshot (`Volume::read_on`) instead.
+    /// A snapshot read on several servers needs it (or `force`, which ends
+    /// every read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

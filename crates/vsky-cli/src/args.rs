@@ -548,9 +548,16 @@ pub enum VolumeCommand {
         long_about = "Attach a volume to a head server: that server's agent assembles \
             /dev/mapper/vsky-<name>. The server may be given as a second positional \
             argument or with --server. A server whose agent runs with --storage-only \
-            cannot head volumes and is refused.",
+            cannot head volumes and is refused.\n\n\
+            --read-only reads a snapshot on the server, alongside any other servers \
+            reading it and while the volume it was taken of runs elsewhere (what a \
+            backup does): the device is read-only. End the read with `vsky volume \
+            detach <snapshot> --server <server>`. A snapshot being read cannot be \
+            deleted. Any other volume attached --read-only is attached as for a \
+            write (it has one head).",
         after_help = "Examples:\n  vsky volume attach vm-101-disk-0 --server node1\n  \
-            vsky volume attach vm-101-disk-0 node1"
+            vsky volume attach vm-101-disk-0 node1\n  \
+            vsky volume attach vm-101-disk-0-nightly --server node2 --read-only"
     )]
     Attach {
         /// Volume name.
@@ -565,6 +572,9 @@ pub enum VolumeCommand {
         /// Head server name.
         #[arg(long, value_name = "SERVER")]
         server: Option<String>,
+        /// Read a snapshot on the server, alongside other readers.
+        #[arg(long)]
+        read_only: bool,
     },
     /// Detach a volume from its head server (--force: fence a dead head).
     #[command(
@@ -584,12 +594,18 @@ pub enum VolumeCommand {
             old head opened and refuse its names, so its pending and later writes \
             fail with I/O errors. Another server may then attach the volume. Use it \
             only when the head cannot detach by itself: a live head that is fenced \
-            sees its volume fail under its users.",
-        after_help = "Examples:\n  vsky volume detach vm-101-disk-0\n  vsky volume detach --force vm-101-disk-0   # the head is dead: fence it"
+            sees its volume fail under its users.\n\n\
+            --server ends that server's read of a snapshot (see `vsky volume attach \
+            --read-only`) at once; a snapshot read on servers needs it, and --force \
+            ends every read.",
+        after_help = "Examples:\n  vsky volume detach vm-101-disk-0\n  vsky volume detach --force vm-101-disk-0   # the head is dead: fence it\n  vsky volume detach vm-101-disk-0-nightly --server node2   # end node2's read"
     )]
     Detach {
         /// Volume name.
         name: String,
+        /// End this server's read of a snapshot.
+        #[arg(long, value_name = "SERVER", conflicts_with = "force")]
+        server: Option<String>,
         /// Fence the head: end the attachment at once, without waiting for the
         /// head to tear its devices down (for a dead or cut-off head).
         #[arg(long)]

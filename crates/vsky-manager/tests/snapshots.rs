@@ -181,6 +181,14 @@ async fn snapshots_are_read_on_several_hosts_through_their_agents() {
         .await
         .unwrap();
     assert!(desired.volumes.is_empty());
+    // The admin reads it too (`vsky volume attach --read-only`), and ends
+    // a read by naming the server; unnamed, a read snapshot is refused.
+    let d = admin.attach_volume_as("snap", "s0", true).await.unwrap();
+    assert_eq!(d.volume.read_on, ["s0", "s2"]);
+    let unnamed = admin.detach_volume("snap").await.unwrap_err();
+    assert_eq!(status(&unnamed), 409, "{unnamed}");
+    let d = admin.detach_from("snap", "s0").await.unwrap();
+    assert_eq!(d.volume.read_on, ["s2"]);
     // The admin's forced detach ends every read (a backup host gone).
     admin.force_detach_volume("snap").await.unwrap();
     assert!(

@@ -338,7 +338,8 @@ impl Cluster {
 
     /// A thin volume's chain as its head `server` assembles it: the layers
     /// its head writes in top form, the frozen ones in base form (their
-    /// active legs only).
+    /// active legs only). Every leg of a layer is imported over NBD, none
+    /// mapped from the head's own disk as a thick volume's may be.
     fn chain_specs(&self, server: ServerId, v: &Volume) -> Vec<LayerSpec> {
         let chain = self.chain(v.id);
         chain
@@ -353,7 +354,16 @@ impl Cluster {
                     LayerState::Frozen => LayerForm::Base,
                 };
                 let mirrored_disks = match form {
-                    LayerForm::Top | LayerForm::Freezing => self.head_legs(server, layer),
+                    // Over NBD too (see below): this top is frozen in
+                    // place one day, and then kept by readers of its
+                    // snapshot after its volume left this head.
+                    LayerForm::Top | LayerForm::Freezing => {
+                        let mut legs = self.head_legs(server, layer);
+                        for leg in legs.iter_mut().flatten() {
+                            leg.local_disk_path = None;
+                        }
+                        legs
+                    }
                     LayerForm::Base => layer
                         .mirrored_disks
                         .iter()
@@ -365,6 +375,18 @@ impl Cluster {
                                     if leg.state != LegState::Active {
                                         spec.export_name.clear();
                                     }
+                                    // Always over NBD, even from this
+                                    // server's own disk: a frozen layer's
+                                    // legs move and its snapshots go
+                                    // without this head's part, and only
+                                    // an import is cut when the storage
+                                    // agent drops the export before it
+                                    // wipes the chunk (a local mapping
+                                    // would read the wipe, then the next
+                                    // owner's data, and a top-form mirror
+                                    // frozen in place would write its
+                                    // superblocks there).
+                                    spec.local_disk_path = None;
                                     spec
                                 })
                                 .collect()

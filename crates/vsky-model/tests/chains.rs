@@ -443,6 +443,17 @@ fn chain_of(c: &Cluster, head: &str, volume: &str) -> Vec<(String, agent_view::L
         assert_eq!(pair[0].parent.as_ref(), Some(&pair[1].name));
     }
     assert_eq!(spec.chain.last().unwrap().parent, None);
+    // A layer's legs are imported over NBD, also from the head's own disk.
+    for leg in spec
+        .chain
+        .iter()
+        .flat_map(|l| l.mirrored_disks.iter().flatten())
+    {
+        assert!(
+            leg.local_disk_path.is_none(),
+            "{head} maps {leg:?} in place"
+        );
+    }
     spec.chain
         .iter()
         .map(|l| (l.name.clone(), l.form))

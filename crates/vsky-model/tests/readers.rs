@@ -40,23 +40,17 @@ fn volume_with_snapshot() -> (Cluster, CountingSecrets) {
     (c, s)
 }
 
-fn never_gone(_: ServerId) -> bool {
-    false
-}
-
-fn read(c: &mut Cluster, name: &str, on: &str, s: &mut CountingSecrets) -> ReadOnlyAttach {
-    c.attach_read_only(name, on, &never_gone, s).unwrap().0
+fn read(c: &mut Cluster, name: &str, on: &str) -> ReadOnlyAttach {
+    c.attach_read_only(name, on).unwrap().0
 }
 
 #[test]
 fn a_snapshot_is_read_on_several_hosts_while_its_volume_runs_elsewhere() {
-    let (mut c, mut s) = volume_with_snapshot();
-    assert_eq!(read(&mut c, "snap", "s1", &mut s), ReadOnlyAttach::Reader);
-    assert_eq!(read(&mut c, "snap", "s2", &mut s), ReadOnlyAttach::Reader);
+    let (mut c, _) = volume_with_snapshot();
+    assert_eq!(read(&mut c, "snap", "s1"), ReadOnlyAttach::Reader);
+    assert_eq!(read(&mut c, "snap", "s2"), ReadOnlyAttach::Reader);
     // Again: the same reader.
-    let (again, changes) = c
-        .attach_read_only("snap", "s1", &never_gone, &mut s)
-        .unwrap();
+    let (again, changes) = c.attach_read_only("snap", "s1").unwrap();
     assert_eq!(again, ReadOnlyAttach::Reader);
     assert!(changes.is_empty());
     let snap = c.volume_by_name("snap").unwrap();
@@ -82,6 +76,14 @@ fn a_snapshot_is_read_on_several_hosts_while_its_volume_runs_elsewhere() {
         assert!(spec.chain.iter().all(|l| l.form == LayerForm::Base));
         assert_eq!(spec.chain[0].name, layer_name(layer));
         assert_eq!(spec.chain[0].thin_size_bytes, spec.size_bytes);
+        // Every leg over NBD, also one on the reader's own disk: only an
+        // import is cut when the layer's export goes.
+        assert!(
+            spec.chain
+                .iter()
+                .flat_map(|l| l.mirrored_disks.iter().flatten())
+                .all(|l| l.local_disk_path.is_none())
+        );
         let told: Vec<&str> = spec.chain[0].mirrored_disks[0]
             .iter()
             .map(|l| l.export_name.as_str())
@@ -130,13 +132,19 @@ fn a_read_only_attach_of_another_volume_is_its_one_attachment() {
     let (mut c, mut s) = volume_with_snapshot();
     // Attached to s0: another head reading it is refused, as a write is.
     assert!(matches!(
-        c.attach_read_only("v", "s1", &never_gone, &mut s),
+        c.attach_read_only("v", "s1"),
+        Err(ModelError::AttachedElsewhere { .. })
+    ));
+    // Not even from a failed head: a read never fences a head.
+    c.fail_server("s0").unwrap();
+    assert!(matches!(
+        c.attach_read_only("v", "s1"),
         Err(ModelError::AttachedElsewhere { .. })
     ));
     // A detached one becomes attached to the reader.
     thin(&mut c, "w", &mut s);
     assert_eq!(
-        read(&mut c, "w", "s1", &mut s),
+        read(&mut c, "w", "s1"),
         ReadOnlyAttach::Head { taken_from: None }
     );
     let w = c.volume_by_name("w").unwrap();
@@ -247,4 +255,58 @@ fn readers_survive_the_store_and_bad_ones_are_refused() {
             "{broken}"
         );
     }
+}
+
+#[test]
+fn an_admin_detach_names_the_reader_whose_read_ends() {
+    let (mut c, mut s) = volume_with_snapshot();
+    // Read everywhere: the servers holding the layer's legs import them
+    // over NBD too.
+    let mut holders = 0;
+    for on in ["s0", "s1", "s2", "s3"] {
+        c.attach_reader("snap", on).unwrap();
+        let view = c.agent_view(server(&c, on));
+        let spec = view.volumes.iter().find(|v| v.name == "snap").unwrap();
+        for leg in spec
+            .chain
+            .iter()
+            .flat_map(|l| l.mirrored_disks.iter().flatten())
+        {
+            assert!(leg.local_disk_path.is_none(), "{on} maps {leg:?} in place");
+            holders += usize::from(leg.server == server(&c, on));
+        }
+    }
+    assert!(holders >= 2, "no reader held a leg of its own");
+    for on in ["s0", "s3"] {
+        c.end_reader("snap", on).unwrap();
+    }
+    // Unnamed, a read snapshot is refused: ending every read is --force.
+    let err = c.release_or_end_read("snap", None).unwrap_err();
+    assert!(
+        matches!(err, ModelError::Conflict(ref m) if m.contains("s1, s2")),
+        "{err}"
+    );
+    // A server that neither reads nor heads it.
+    assert!(matches!(
+        c.release_or_end_read("snap", Some("s3")),
+        Err(ModelError::Conflict(_))
+    ));
+    c.release_or_end_read("snap", Some("s1")).unwrap();
+    assert_eq!(
+        c.volume_by_name("snap").unwrap().readers.len(),
+        1,
+        "only s1's read ended"
+    );
+    // Naming the head of a volume releases it, as without a name.
+    c.release_or_end_read("v", Some("s0")).unwrap();
+    assert!(
+        c.volume_by_name("v")
+            .unwrap()
+            .attachment
+            .as_ref()
+            .unwrap()
+            .is_releasing()
+    );
+    c.force_detach_volume("v", &mut s).unwrap();
+    c.check_invariants().unwrap();
 }

@@ -79,17 +79,24 @@ pub async fn run(cmd: &VolumeCommand, client: &Client, json: bool) -> Result<Str
             name,
             server_pos,
             server,
+            read_only,
         } => {
             // clap's required group guarantees exactly one of the two.
             let head = server_pos
                 .as_deref()
                 .or(server.as_deref())
                 .unwrap_or_default();
-            let detail = client.attach_volume(name, head).await?;
-            Ok(detail_output(&detail, json, "Attached"))
+            let detail = client.attach_volume_as(name, head, *read_only).await?;
+            let verb = if detail.volume.read_on.iter().any(|s| s == head) {
+                "Reading"
+            } else {
+                "Attached"
+            };
+            Ok(detail_output(&detail, json, verb))
         }
         VolumeCommand::Detach {
             name,
+            server,
             force,
             no_wait,
             wait_timeout,
@@ -98,7 +105,23 @@ pub async fn run(cmd: &VolumeCommand, client: &Client, json: bool) -> Result<Str
                 let detail = client.force_detach_volume(name).await?;
                 return Ok(detail_output(&detail, json, "Force-detached (fenced)"));
             }
-            let detail = client.detach_volume(name).await?;
+            let detail = match server {
+                Some(server) => {
+                    let read = client
+                        .volume(name)
+                        .await?
+                        .volume
+                        .read_on
+                        .iter()
+                        .any(|s| s == server);
+                    let detail = client.detach_from(name, server).await?;
+                    if read {
+                        return Ok(detail_output(&detail, json, "Read ended on"));
+                    }
+                    detail
+                }
+                None => client.detach_volume(name).await?,
+            };
             if *no_wait {
                 let verb = if detail.volume.attachment_state.is_some() {
                     "Releasing"

@@ -9,8 +9,9 @@
 //! manager lists the head among its readers and refuses to delete it. The
 //! volume is detached and attached again under the reader (the frozen
 //! layer they share stays), the read ends (every device of it goes), and
-//! the snapshot is read again from scratch with the volume detached: its
-//! layers then in base form. The snapshot of a volume nobody wrote reads
+//! the snapshot is read again from scratch with the volume detached, this
+//! time through the CLI (`vsky volume attach --read-only`, `vsky volume
+//! detach --server`): its layers then in base form. The snapshot of a volume nobody wrote reads
 //! zeros (dm-zero). Everything is deleted and every chunk comes back.
 
 use std::sync::Arc;
@@ -133,12 +134,14 @@ pub fn run_scenario() -> Result<String> {
         "the manager still lists a reader"
     );
 
-    // Read again from scratch, nothing else assembled: base form.
-    let (status, body) = c.head_local("attach", bk, READ)?;
-    ensure!(
-        status == 200,
-        "second read-only activation: {status} {body}"
-    );
+    // Read again from scratch, nothing else assembled: base form; this
+    // time by the admin's CLI.
+    c.vsky_text(&["volume", "attach", bk, "--server", HEAD, "--read-only"])?;
+    wait_for(
+        "the snapshot's device from the CLI's read",
+        wait::secs(60),
+        || Ok(kernel::is_block(&bdev)),
+    )?;
     data::expect_same(&bdev, 0, &r, "the snapshot's rewritten blocks, again")?;
     data::expect_same(&bdev, at_a, &a, "the snapshot's A, again")?;
     for layer in layers_under(bk)? {
@@ -152,8 +155,12 @@ pub fn run_scenario() -> Result<String> {
             "{layer}'s thin device is writable under a reader"
         );
     }
-    let (status, body) = c.head_local("detach", bk, END_READ)?;
-    ensure!(status == 200, "second end of the read: {status} {body}");
+    c.vsky_text(&["volume", "detach", bk, "--server", HEAD])?;
+    wait_for(
+        "the snapshot's devices to go after the CLI's detach",
+        wait::secs(30),
+        kernel::nothing_assembled,
+    )?;
 
     // The snapshot of a volume nobody wrote: zeros.
     c.api.create_thin_volume("fresh", 8)?;

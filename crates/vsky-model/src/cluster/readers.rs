@@ -21,7 +21,9 @@
 //!   assembled once (`head/chain.rs`). Ending a reader therefore draws no
 //!   new names: one-phase, at once. Its head then tears the devices down;
 //!   if the snapshot is deleted first, the legs' exports go and its reads
-//!   fail — never anybody's data.
+//!   fail — never anybody's data, because a frozen layer in base form
+//!   imports every leg over NBD, also one on the head's own disk
+//!   (`agent_view.rs`): only an import is cut when the export goes.
 //! - A snapshot with a reader cannot be deleted, unless the reader's server
 //!   is declared failed (that host reads nothing any more): a backup in
 //!   flight keeps its snapshot. `vsky volume detach --force` ends every
@@ -31,7 +33,6 @@
 use std::collections::BTreeSet;
 
 use super::{Changes, Cluster};
-use crate::SecretSource;
 use crate::entities::{ServerState, Volume, VolumeRole};
 use crate::error::ModelError;
 use crate::ids::{ServerId, VolumeId};
@@ -43,27 +44,27 @@ pub enum ReadOnlyAttach {
     /// The server reads the snapshot, with any number of others.
     Reader,
     /// The volume is not a snapshot: the server is its one head, as for a
-    /// read-write attach; `taken_from` names a gone head it was taken from.
+    /// read-write attach; `taken_from` names a gone head it was taken from
+    /// (only a read-write attach takes a volume over).
     Head { taken_from: Option<String> },
 }
 
 impl Cluster {
     /// Attaches `name` read-only to `server`: a snapshot gets the server as
     /// one more reader ([`Self::attach_reader`]); any other volume is
-    /// attached to it as by [`Self::attach_volume_taking_over`].
+    /// attached to it as by [`Self::attach_volume`]. A read never takes a
+    /// volume over from another head, gone or not: fencing a head for a
+    /// read would hand a writable device to a reader.
     pub fn attach_read_only(
         &mut self,
         name: &str,
         server: &str,
-        head_is_gone: &dyn Fn(ServerId) -> bool,
-        secrets: &mut dyn SecretSource,
     ) -> Result<(ReadOnlyAttach, Changes), ModelError> {
         if matches!(self.volume_by_name(name)?.role, VolumeRole::Snapshot { .. }) {
             return Ok((ReadOnlyAttach::Reader, self.attach_reader(name, server)?));
         }
-        let (taken_from, changes) =
-            self.attach_volume_taking_over(name, server, head_is_gone, secrets)?;
-        Ok((ReadOnlyAttach::Head { taken_from }, changes))
+        let changes = self.attach_volume(name, server)?;
+        Ok((ReadOnlyAttach::Head { taken_from: None }, changes))
     }
 
     /// Adds `server` to the readers of snapshot `name`. Idempotent. Refused
@@ -122,6 +123,43 @@ impl Cluster {
             changes.volumes.insert(id);
         }
         Ok((ended, self.commit(changes)))
+    }
+
+    /// An admin's graceful detach: of `server` when named (its read of a
+    /// snapshot ends, or, as its head, the volume starts releasing), else
+    /// of the volume's head ([`Self::release_volume`]). A snapshot read on
+    /// servers is refused without one named: ending every read at once is
+    /// the forced detach.
+    pub fn release_or_end_read(
+        &mut self,
+        name: &str,
+        server: Option<&str>,
+    ) -> Result<Changes, ModelError> {
+        let volume = self.volume_by_name(name)?;
+        let Some(server) = server else {
+            if volume.attachment.is_none() && !volume.readers.is_empty() {
+                let on: Vec<&str> = volume
+                    .readers
+                    .iter()
+                    .map(|s| self.servers[s].name.as_str())
+                    .collect();
+                return Err(ModelError::Conflict(format!(
+                    "snapshot '{name}' is read on {}; name the server whose read ends (`--server`), or end every read with `--force`",
+                    on.join(", ")
+                )));
+            }
+            return self.release_volume(name);
+        };
+        let id = self.server_by_name(server)?.id;
+        if volume.readers.contains(&id) {
+            return Ok(self.end_reader(name, server)?.1);
+        }
+        match volume.attachment.as_ref() {
+            Some(a) if a.head == id => self.release_volume(name),
+            _ => Err(ModelError::Conflict(format!(
+                "volume '{name}' is neither attached to nor read on server '{server}'"
+            ))),
+        }
     }
 
     /// Whether `server` reads volume `name` (a known volume).

@@ -26,8 +26,8 @@ use vsky_api::types::{
 use vsky_model::{
     AgentReport, ChunkRef, DiskId, DiskLabel, DiskVerdict, DroppedReport, FoundLabel,
     HeartbeatEvent, HeartbeatOutcome, JobId, JobKind, LegFailure, MoveReason, NewDisk, NewServer,
-    PoolGrowth, PoolUsage, ReadOnlyAttach, ReportedDisk, ResyncStatus, ResyncUpdate, ScrubResult,
-    ScrubVerdict, ServerId, ServerState, WipedChunk,
+    PoolGrowth, PoolUsage, ReportedDisk, ResyncStatus, ResyncUpdate, ScrubResult, ScrubVerdict,
+    ServerId, ServerState, WipedChunk,
 };
 
 use crate::auth::Principal;
@@ -707,55 +707,8 @@ pub async fn attach(
         &req.server,
         "attach the volume on a head, or give this server a token without `storage-only` if it should head volumes",
     )?;
-    let (volume, server) = (req.volume.clone(), req.server.clone());
-    let gone = app.recovery.gone_heads(&app.manager)?;
-    let (how, detail) = app
-        .manager
-        .mutate(move |c, secrets| {
-            let is_gone = |h| gone.contains(&h);
-            let (how, changes) = if req.read_only {
-                c.attach_read_only(&req.volume, &req.server, &is_gone, secrets)?
-            } else {
-                let (taken_from, changes) =
-                    c.attach_volume_taking_over(&req.volume, &req.server, &is_gone, secrets)?;
-                (ReadOnlyAttach::Head { taken_from }, changes)
-            };
-            let changed = !changes.is_empty();
-            Ok((
-                (
-                    (how, changed),
-                    convert::volume_detail(c, c.volume_by_name(&req.volume)?),
-                ),
-                changes,
-            ))
-        })
-        .await?;
-    match how {
-        (ReadOnlyAttach::Reader, true) => app.event(
-            NewEvent::new(
-                Severity::Info,
-                "snapshot_read",
-                format!("snapshot {volume} is read on {server} (read-only attach by its agent)"),
-            )
-            .volume(&volume)
-            .server(&server),
-        ),
-        (ReadOnlyAttach::Reader, false) => {}
-        (ReadOnlyAttach::Head { taken_from }, _) => {
-            if let Some(from) = &taken_from {
-                app.event(super::taken_over_event(&volume, from, &server));
-            }
-            app.event(
-                NewEvent::new(
-                    Severity::Info,
-                    "volume_attached",
-                    format!("volume {volume} attached to {server} by its agent"),
-                )
-                .volume(&volume)
-                .server(&server),
-            );
-        }
-    }
+    let detail =
+        super::attach_volume_as(&app, &req.volume, &req.server, req.read_only, true).await?;
     Ok(Json(detail))
 }
 

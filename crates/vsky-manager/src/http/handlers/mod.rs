@@ -16,8 +16,11 @@ pub mod volumes;
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use vsky_api::types::VolumeDetail;
+use vsky_model::ReadOnlyAttach;
 
 use crate::events::{NewEvent, Severity};
+use crate::http::convert;
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
 
@@ -64,4 +67,68 @@ pub(crate) fn taken_over_event(volume: &str, from: &str, to: &str) -> NewEvent {
     )
     .volume(volume)
     .server(from)
+}
+
+/// An attach, the admin's or a head agent's (`by_agent`): read-write, taking
+/// the volume over from a gone head; or read-only, a snapshot read on
+/// `server` (`cluster/readers.rs`), any other volume attached as for a
+/// write. Logs what happened.
+pub(crate) async fn attach_volume_as(
+    app: &AppState,
+    volume: &str,
+    server: &str,
+    read_only: bool,
+    by_agent: bool,
+) -> Result<VolumeDetail, ApiError> {
+    let gone = app.recovery.gone_heads(&app.manager)?;
+    let (v, s) = (volume.to_string(), server.to_string());
+    let ((how, changed), detail) = app
+        .manager
+        .mutate(move |c, secrets| {
+            let is_gone = |h| gone.contains(&h);
+            let (how, changes) = if read_only {
+                c.attach_read_only(&v, &s)?
+            } else {
+                let (taken_from, changes) =
+                    c.attach_volume_taking_over(&v, &s, &is_gone, secrets)?;
+                (ReadOnlyAttach::Head { taken_from }, changes)
+            };
+            let changed = !changes.is_empty();
+            Ok((
+                (
+                    (how, changed),
+                    convert::volume_detail(c, c.volume_by_name(&v)?),
+                ),
+                changes,
+            ))
+        })
+        .await?;
+    let by = if by_agent { " by its agent" } else { "" };
+    match how {
+        ReadOnlyAttach::Reader if changed => app.event(
+            NewEvent::new(
+                Severity::Info,
+                "snapshot_read",
+                format!("snapshot {volume} is read on {server} (read-only attach{by})"),
+            )
+            .volume(volume)
+            .server(server),
+        ),
+        ReadOnlyAttach::Reader => {}
+        ReadOnlyAttach::Head { taken_from } => {
+            if let Some(from) = &taken_from {
+                app.event(taken_over_event(volume, from, server));
+            }
+            app.event(
+                NewEvent::new(
+                    Severity::Info,
+                    "volume_attached",
+                    format!("volume {volume} attached to {server}{by}"),
+                )
+                .volume(volume)
+                .server(server),
+            );
+        }
+    }
+    Ok(detail)
 }

@@ -165,6 +165,9 @@ pub async fn delete(
 }
 
 /// Attaches a volume to a head server (idempotent for the same server).
+/// With `read_only`, a snapshot is read on the server alongside any others
+/// (its read ends with a detach naming the server); any other volume is
+/// attached as for a write.
 /// Refused (409 `storage_only`) on a server whose agent runs with
 /// `--storage-only`: nothing there could assemble it. Refused (409
 /// `attached_elsewhere` / `releasing_elsewhere`) while another head holds
@@ -179,31 +182,7 @@ pub async fn attach(
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<AttachVolume>,
 ) -> Result<Json<VolumeDetail>, ApiError> {
-    let (n, server) = (name.clone(), req.server.clone());
-    let gone = app.recovery.gone_heads(&app.manager)?;
-    let (taken_from, detail) = app
-        .manager
-        .mutate(move |c, secrets| {
-            let (from, changes) =
-                c.attach_volume_taking_over(&n, &req.server, &|h| gone.contains(&h), secrets)?;
-            Ok((
-                (from, convert::volume_detail(c, c.volume_by_name(&n)?)),
-                changes,
-            ))
-        })
-        .await?;
-    if let Some(from) = &taken_from {
-        app.event(super::taken_over_event(&name, from, &server));
-    }
-    app.event(
-        NewEvent::new(
-            Severity::Info,
-            "volume_attached",
-            format!("volume {name} attached to {server}"),
-        )
-        .volume(&name)
-        .server(&server),
-    );
+    let detail = super::attach_volume_as(&app, &name, &req.server, req.read_only, false).await?;
     Ok(Json(detail))
 }
 
@@ -219,8 +198,11 @@ pub async fn attach(
 /// With `{"force": true}` it is the fencing operation, for a head that is
 /// dead or cut off: the attachment ends at once, whatever its state, and
 /// the storage agents cut the old head's NBD connections and refuse its
-/// names (event `volume_force_detached`).
-#[utoipa::path(post, path = "/api/v1/volumes/{name}/detach", tag = "volumes", request_body(content = Option<DetachVolume>, description = "optional; `{\"force\": true}` fences the head"),
+/// names (event `volume_force_detached`); it also ends every read of a
+/// snapshot. `{"server": "…"}` ends that server's read of a snapshot (or
+/// releases the volume if that server is its head); a snapshot read on
+/// servers needs it.
+#[utoipa::path(post, path = "/api/v1/volumes/{name}/detach", tag = "volumes", request_body(content = Option<DetachVolume>, description = "optional; `{\"force\": true}` fences the head and ends every read, `{\"server\": \"…\"}` ends that server's read of a snapshot"),
     params(("name" = String, Path, description = "volume name")),
     responses((status = 200, body = VolumeDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn detach(
@@ -228,7 +210,7 @@ pub async fn detach(
     ApiPath(name): ApiPath<String>,
     ApiOptionalJson(req): ApiOptionalJson<DetachVolume>,
 ) -> Result<Json<VolumeDetail>, ApiError> {
-    let (n, force) = (name.clone(), req.force);
+    let (n, force, reader) = (name.clone(), req.force, req.server.clone());
     let (detail, head, changed) = app
         .manager
         .mutate(move |c, secrets| {
@@ -241,7 +223,7 @@ pub async fn detach(
             let changes = if force {
                 c.force_detach_volume(&n, secrets)?.1
             } else {
-                c.release_volume(&n)?
+                c.release_or_end_read(&n, reader.as_deref())?
             };
             let changed = !changes.is_empty();
             Ok((
