@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use vsky_model::{
-    AutoRebalance, ChunkRef, Cluster, Drained, JobId, JobState, LegAddr, PassConfig, PoolUsage,
-    ScrubClock, ScrubMethod, ServerId, ServerState,
+    AutoRebalance, CapacityLevel, ChunkRef, Cluster, Drained, JobId, JobState, LegAddr, PassConfig,
+    PoolUsage, ScrubClock, ScrubMethod, ServerId, ServerState,
 };
 use vsky_sync::LockExt;
 
@@ -119,6 +119,8 @@ pub struct Recovery {
     /// Draining disks and servers already reported empty (forgotten when
     /// they stop draining), so `disk_drained` is said once.
     drained: Mutex<BTreeSet<String>>,
+    /// The pool's capacity level last told in an event.
+    capacity: Mutex<CapacityLevel>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -147,6 +149,7 @@ impl Recovery {
             silent: Mutex::new(HashMap::new()),
             suspects: Mutex::new(HashMap::new()),
             revived: Mutex::new(HashSet::new()),
+            capacity: Mutex::new(CapacityLevel::Ok),
             scrubs: AtomicU64::new(0),
             scrub_mismatches: AtomicU64::new(0),
             drained: Mutex::new(BTreeSet::new()),
@@ -467,7 +470,57 @@ pub async fn step(
             );
         }
     }
+    tell_capacity(manager, recovery)?;
     schedule(manager, recovery).await
+}
+
+/// Tells the admin when the pool's free chunk space crosses a mark
+/// (`Summary::capacity_level`): `capacity_low`, `capacity_critical`, and
+/// `capacity_ok` once it is back. Thin volumes' pools grow into that
+/// space and rebuilds need it, so this comes before any pool is full.
+fn tell_capacity(
+    manager: &Arc<Manager>,
+    recovery: &Arc<Recovery>,
+) -> Result<(), crate::manager::ManagerError> {
+    let summary = manager.read(|c| c.summary())?;
+    let mut told = recovery.capacity.lock_unpoisoned();
+    let level = summary.capacity_level(*told);
+    if level == *told {
+        return Ok(());
+    }
+    *told = level;
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let free = format!(
+        "{:.1} GiB of {:.1} GiB ({:.1} %) of the pool's chunk space is free",
+        gib(summary.free_bytes),
+        gib(summary.capacity_bytes),
+        summary.free_bytes as f64 * 100.0 / summary.capacity_bytes.max(1) as f64
+    );
+    let event = match level {
+        CapacityLevel::Ok => NewEvent::new(
+            Severity::Info,
+            "capacity_ok",
+            format!("{free}: back above the low-water mark"),
+        ),
+        CapacityLevel::Low => NewEvent::new(
+            Severity::Warning,
+            "capacity_low",
+            format!(
+                "{free}, below {} %: thin volumes' pools grow into it and rebuilds need it; add disks or servers (`vsky disk add`), or delete unused volumes and snapshots",
+                vsky_model::limits::CAPACITY_LOW_PERCENT
+            ),
+        ),
+        CapacityLevel::Critical => NewEvent::new(
+            Severity::Error,
+            "capacity_critical",
+            format!(
+                "{free}, below {} %: thin volumes' writes will be held when their pools cannot grow, new volumes and rebuilds may fail; add capacity now",
+                vsky_model::limits::CAPACITY_CRITICAL_PERCENT
+            ),
+        ),
+    };
+    recovery.events.record(event);
+    Ok(())
 }
 
 /// Makes one planning pass (`Cluster::recovery_pass`: replacements for

@@ -114,3 +114,44 @@ async fn a_filling_pool_grows_and_an_exhausted_one_says_so_once() {
     assert_eq!(shown.layers[0].layout.len(), 2, "nothing changed");
     assert!(shown.layers[0].pool.as_ref().unwrap().full);
 }
+
+/// The admin hears of the pool's free space running low before any thin
+/// pool is full: `capacity_low` under 15 % free, `capacity_critical` under
+/// 5 %.
+#[tokio::test(flavor = "multi_thread")]
+async fn low_capacity_is_told_before_it_runs_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = ManagerProcess::start(MANAGER, dir.path(), &["--chunk-size", "8MiB"]);
+    let admin = m.admin();
+    // 48 chunks of 8 MiB (7 MiB of data each).
+    register_pool(&admin, &pool(3, 1)).await;
+    let seen = async |kind: &str| {
+        let kind = kind.to_string();
+        common::agents::eventually(&format!("a {kind} event"), async || {
+            common::agents::kinds(&admin)
+                .await
+                .contains(&kind)
+                .then_some(())
+        })
+        .await
+    };
+    // 20 mirrored disks: 40 of 48 chunks, 16.7 % free.
+    admin
+        .create_volume(&volume("a", 20 * 7 * MIB))
+        .await
+        .unwrap();
+    // 21: 12.5 % free.
+    admin.create_volume(&volume("b", 7 * MIB)).await.unwrap();
+    seen("capacity_low").await;
+    let kinds = common::agents::kinds(&admin).await;
+    assert!(
+        !kinds.contains(&"capacity_critical".to_string()),
+        "{kinds:?}"
+    );
+    // 23: 4.2 % free.
+    admin
+        .create_volume(&volume("c", 2 * 7 * MIB))
+        .await
+        .unwrap();
+    seen("capacity_critical").await;
+}

@@ -62,7 +62,7 @@ pub use groups::{GroupUpdate, VolumeMetaUpdate};
 pub use load::Records;
 pub use pools::{PoolGrowth, PoolUsage, pool_data_blocks, pool_extents, thin_added_meta_bytes};
 pub use servers::NewServer;
-pub use summary::Summary;
+pub use summary::{CapacityLevel, Summary};
 pub use volumes::NewVolume;
 
 use crate::alloc::{AllocIndex, Partners};

@@ -48,9 +48,9 @@ pub use cluster::readers::ReadOnlyAttach;
 pub use cluster::recovery::{JobKind, JobState, MoveReason, ResyncJob};
 pub use cluster::scrub::{ScrubMethod, ScrubRun, StartedScrub};
 pub use cluster::{
-    Changes, Cluster, GroupUpdate, LegAddr, NewDisk, NewServer, NewVolume, PoolGrowth, PoolUsage,
-    Records, Summary, VolumeMetaUpdate, WipedChunk, layer_name, pool_data_blocks, pool_extents,
-    thin_added_meta_bytes, thin_meta_bytes,
+    CapacityLevel, Changes, Cluster, GroupUpdate, LegAddr, NewDisk, NewServer, NewVolume,
+    PoolGrowth, PoolUsage, Records, Summary, VolumeMetaUpdate, WipedChunk, layer_name,
+    pool_data_blocks, pool_extents, thin_added_meta_bytes, thin_meta_bytes,
 };
 pub use entities::*;
 pub use error::{ErrorKind, ModelError};

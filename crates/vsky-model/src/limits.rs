@@ -141,6 +141,16 @@ pub const THIN_CHUNK_DATA_BYTES_MIN: u64 = 2 * THIN_META_BYTES_MIN;
 /// a snapshot or clone that would go deeper is refused (delete older
 /// snapshots; garbage collection folds them).
 pub const CHAIN_DEPTH_MAX: usize = 16;
+/// Free chunk space, in percent of the capacity, below which the manager
+/// warns (event `capacity_low`) and, below the second, says it is critical
+/// (`capacity_critical`): thin volumes' pools grow into it, rebuilds need
+/// it. The same marks as the shipped alert rules (`VastskyPoolLowSpace`,
+/// `VastskyPoolCriticalSpace`). Back above the first mark plus the margin,
+/// it says so (`capacity_ok`); the margin keeps a pool hovering at a mark
+/// from flooding the event log.
+pub const CAPACITY_LOW_PERCENT: u64 = 15;
+pub const CAPACITY_CRITICAL_PERCENT: u64 = 5;
+pub const CAPACITY_MARGIN_PERCENT: u64 = 2;
 /// Servers reading one snapshot at once (`cluster/readers.rs`): a backup
 /// reads it on one host, a few tools on a few; the bound keeps a bad
 /// caller from growing one volume record without end.

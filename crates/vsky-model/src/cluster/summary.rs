@@ -7,6 +7,7 @@
 
 use super::Cluster;
 use crate::entities::{DiskState, ServerState, VolumeRole};
+use crate::limits;
 
 /// Cluster-wide totals.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -42,6 +43,49 @@ pub struct Summary {
     pub mirrored_disks: usize,
     pub mirrored_disks_degraded: usize,
     pub mirrored_disks_rebuilding: usize,
+}
+
+/// How much of the pool's chunk space is free, against the marks of
+/// [`limits::CAPACITY_LOW_PERCENT`] and
+/// [`limits::CAPACITY_CRITICAL_PERCENT`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CapacityLevel {
+    #[default]
+    Ok,
+    Low,
+    Critical,
+}
+
+impl Summary {
+    /// The capacity level now, given the level last told (`before`): a
+    /// level is left upwards only past its mark plus
+    /// [`limits::CAPACITY_MARGIN_PERCENT`]. A pool with no capacity (no
+    /// disk yet) is `Ok`: there is nothing to run out of.
+    pub fn capacity_level(&self, before: CapacityLevel) -> CapacityLevel {
+        if self.capacity_bytes == 0 {
+            return CapacityLevel::Ok;
+        }
+        // In u128: byte counts times 100 do not fit u64 on big pools.
+        let free = u128::from(self.free_bytes) * 100;
+        let below = |percent: u64| free < u128::from(self.capacity_bytes) * u128::from(percent);
+        let margin = |level: CapacityLevel, mark: u64| {
+            if before >= level {
+                mark + limits::CAPACITY_MARGIN_PERCENT
+            } else {
+                mark
+            }
+        };
+        if below(margin(
+            CapacityLevel::Critical,
+            limits::CAPACITY_CRITICAL_PERCENT,
+        )) {
+            CapacityLevel::Critical
+        } else if below(margin(CapacityLevel::Low, limits::CAPACITY_LOW_PERCENT)) {
+            CapacityLevel::Low
+        } else {
+            CapacityLevel::Ok
+        }
+    }
 }
 
 impl Cluster {
@@ -95,5 +139,43 @@ impl Cluster {
             s.mirrored_disks_rebuilding += volume.rebuilding_mirrored_disks();
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use CapacityLevel::{Critical, Low, Ok};
+
+    fn with_free(percent: u64) -> Summary {
+        Summary {
+            capacity_bytes: 1000,
+            free_bytes: percent * 10,
+            ..Summary::default()
+        }
+    }
+
+    #[test]
+    fn capacity_levels_fall_at_their_marks_and_rise_past_the_margin() {
+        assert_eq!(with_free(50).capacity_level(Ok), Ok);
+        assert_eq!(with_free(15).capacity_level(Ok), Ok);
+        assert_eq!(with_free(14).capacity_level(Ok), Low);
+        assert_eq!(with_free(4).capacity_level(Ok), Critical);
+        // Back up: only past the mark and the margin.
+        assert_eq!(with_free(15).capacity_level(Low), Low);
+        assert_eq!(with_free(16).capacity_level(Low), Low);
+        assert_eq!(with_free(17).capacity_level(Low), Ok);
+        assert_eq!(with_free(6).capacity_level(Critical), Critical);
+        assert_eq!(with_free(7).capacity_level(Critical), Low);
+        assert_eq!(with_free(17).capacity_level(Critical), Ok);
+        // Nothing to run out of.
+        assert_eq!(Summary::default().capacity_level(Critical), Ok);
+        // Big pools do not overflow.
+        let big = Summary {
+            capacity_bytes: u64::MAX,
+            free_bytes: u64::MAX / 2,
+            ..Summary::default()
+        };
+        assert_eq!(big.capacity_level(Ok), Ok);
     }
 }
