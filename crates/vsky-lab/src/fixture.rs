@@ -84,6 +84,20 @@ pub struct Config {
     pub nbd_backend_file: bool,
 }
 
+impl Config {
+    /// A cluster for thin volumes: `chunk`-sized chunks on 320 MiB disks,
+    /// room for a few layers. The disks are sparse files on the one small
+    /// filesystem all storage servers share: what a scenario writes, both
+    /// replicas and the mirrors' initial syncs, must fit that.
+    pub fn thin(chunk: &'static str) -> Config {
+        Config {
+            chunk,
+            disk_mib: 320,
+            ..Config::default()
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Config {
         Config {

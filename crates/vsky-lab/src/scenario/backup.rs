@@ -33,10 +33,8 @@ const END_READ: &str = r#"{"domain": "u0-backup"}"#;
 
 pub fn run_scenario() -> Result<String> {
     let c = Cluster::up(Config {
-        chunk: CHUNK,
-        disk_mib: 320,
         head_api: true,
-        ..Config::default()
+        ..Config::thin(CHUNK)
     })?;
     c.head_api_up()?;
     let free = c.api.cluster()?.free_bytes;

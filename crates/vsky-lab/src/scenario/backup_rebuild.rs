@@ -25,10 +25,8 @@ const READ: &str = r#"{"domain": "u0-backup", "mode": "ro"}"#;
 pub fn run_scenario() -> Result<String> {
     let mut c = Cluster::up(Config {
         servers: 3,
-        chunk: "32MiB",
-        disk_mib: 320,
         head_api: true,
-        ..Config::default()
+        ..Config::thin("32MiB")
     })?;
     c.head_api_up()?;
     let (v, bk) = ("vm-disk", "vm-disk-backup");

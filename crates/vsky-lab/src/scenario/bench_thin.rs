@@ -68,11 +68,7 @@ struct Times {
 }
 
 pub fn run_scenario() -> Result<String> {
-    let c = Cluster::up(Config {
-        chunk: CHUNK,
-        disk_mib: 320,
-        ..Config::default()
-    })?;
+    let c = Cluster::up(Config::thin(CHUNK))?;
     let free = c.api.cluster()?.free_bytes;
 
     let mut times = Vec::new();

@@ -27,11 +27,7 @@ const CHUNK: &str = "32MiB";
 const SIZE_MIB: u64 = 24;
 
 pub fn run_scenario() -> Result<String> {
-    let c = Cluster::up(Config {
-        chunk: CHUNK,
-        disk_mib: 320,
-        ..Config::default()
-    })?;
+    let c = Cluster::up(Config::thin(CHUNK))?;
     let free = c.api.cluster()?.free_bytes;
     let (v, snap, clone) = ("tmpl", "tmpl-snap", "vm1");
     let created = c.api.create_thin_volume(v, SIZE_MIB)?;
