@@ -867,6 +867,8 @@ enum Op {
     HeadSwitched(u8),
     Read(u8, u8),
     EndRead(u8, u8),
+    /// s2 is declared failed (its reads no longer keep a snapshot).
+    FailServer,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -882,6 +884,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u8..16).prop_map(Op::HeadSwitched),
         1 => (0u8..16, 0u8..3).prop_map(|(h, s)| Op::Read(h, s)),
         1 => (0u8..16, 0u8..3).prop_map(|(h, s)| Op::EndRead(h, s)),
+        1 => Just(Op::FailServer),
     ]
 }
 
@@ -981,9 +984,15 @@ impl World {
             }
             Op::Delete(h) => {
                 let Some(name) = self.pick(h) else { return };
-                let read = !self.c.volume_by_name(&name).unwrap().readers.is_empty();
+                let read_live = self
+                    .c
+                    .volume_by_name(&name)
+                    .unwrap()
+                    .readers
+                    .iter()
+                    .any(|s| self.c.server(*s).unwrap().state != ServerState::Failed);
                 if self.c.delete_volume(&name).is_ok() {
-                    assert!(!read, "{name} was deleted under its readers");
+                    assert!(!read_live, "{name} was deleted under its live readers");
                     self.expect.remove(&name);
                 }
             }
@@ -994,6 +1003,9 @@ impl World {
             Op::EndRead(h, server) => {
                 let Some(name) = self.pick(h) else { return };
                 self.c.end_reader(&name, &format!("s{server}")).unwrap();
+            }
+            Op::FailServer => {
+                self.c.fail_server("s2").unwrap();
             }
             Op::Attach(h, server) => {
                 let Some(name) = self.pick(h) else { return };

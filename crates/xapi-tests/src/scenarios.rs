@@ -1097,7 +1097,8 @@ pub(crate) fn device_of(backend: &Value) -> Step<String> {
 /// VM start on a host whose agent cannot assemble volumes (storage-only,
 /// as on the CI host without device-mapper): open and attach succeed (they
 /// claim nothing), activate fails with the error object and leaves the
-/// volume unattached, and the shutdown calls all succeed. With
+/// volume unattached, and the shutdown calls all succeed; so does a
+/// backup's read-only activate of its snapshot. With
 /// `other_server`, the volume is then attached there and this host's
 /// deactivate/detach/close must succeed without releasing it.
 pub fn datapath_without_head(rig: &Rig, admin: &ManagerAdmin, other_server: Option<&str>) -> Step {
@@ -1144,6 +1145,41 @@ pub fn datapath_without_head(rig: &Rig, admin: &ManagerAdmin, other_server: Opti
         return Err("a refused activate changed the manager".into());
     }
     shutdown_calls(dp, &uri, "7", 2)?;
+    // A backup's read of its snapshot is refused the same way.
+    let snap = ok(
+        &rig.volume,
+        "Volume.snapshot",
+        json!({"dbg": DBG, "sr": sr, "key": key}),
+    )?;
+    let skey = str_field(&snap, "key");
+    let (sdp, suri) = datapath_for(rig, &stat_vdi(rig, &sr, &skey)?)?;
+    let before = admin.snapshot()?;
+    let e = fails(
+        sdp,
+        "Datapath.activate_readonly",
+        json!({"dbg": DBG, "uri": suri, "domain": "u0-backup"})
+            .to_string()
+            .as_bytes(),
+    )?;
+    if !e.params.join(" ").contains("storage-only") {
+        return Err(format!(
+            "activate_readonly on a storage-only host: {} {:?}",
+            e.code, e.params
+        ));
+    }
+    if admin.snapshot()? != before
+        || admin.volume(&skey)?["read_on"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+    {
+        return Err("a refused read-only activate changed the manager".into());
+    }
+    shutdown_calls(sdp, &suri, "u0-backup", 2)?;
+    ok(
+        &rig.volume,
+        "Volume.destroy",
+        json!({"dbg": DBG, "sr": sr, "key": skey}),
+    )?;
     // A migration's source or a failed destination: the volume is held by
     // another host, and this host's shutdown calls must leave it alone.
     if let Some(other) = other_server {
