@@ -18,8 +18,10 @@
 //! - [`bench`]: per-call latency of the plugin executables next to a
 //!   minimal Python client (`xapi-tests bench`).
 
+pub mod bad_input;
 pub mod bench;
 pub mod check;
+pub mod datapath;
 pub mod runner;
 pub mod scenarios;
 pub mod snapshots;

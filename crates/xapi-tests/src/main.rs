@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use xapi_tests::runner::{Kind, discover};
 use xapi_tests::scenarios::{self, ManagerAdmin, Rig};
-use xapi_tests::snapshots;
+use xapi_tests::{bad_input, datapath, snapshots};
 
 #[derive(Parser)]
 #[command(
@@ -185,7 +185,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 snapshots::chains_on_the_control_plane(&r, &a).map(|_| String::new())
             })?;
             step("bad input changes nothing", || {
-                scenarios::bad_input_changes_nothing(&r, &a, "xapi-tests-wrong-token-000000")
+                bad_input::bad_input_changes_nothing(&r, &a, "xapi-tests-wrong-token-000000")
                     .map(|n| format!("[{n} cases] "))
             })
         }
@@ -225,7 +225,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let a = admin(&manager)?;
             step("query", || scenarios::query(&r).map(|_| String::new()))?;
             step("vm start/stop", || {
-                scenarios::vm_start_stop(&r, &a, size, other_server.as_deref())
+                datapath::vm_start_stop(&r, &a, size, other_server.as_deref())
                     .map(|_| String::new())
             })?;
             step("vm snapshot, clone, revert", || {

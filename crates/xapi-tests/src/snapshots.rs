@@ -21,9 +21,10 @@
 
 use serde_json::{Value, json};
 
+use crate::datapath::{datapath_for, device_of, pattern, read_at, start, stop, write_at};
 use crate::scenarios::{
-    DBG, MIB, ManagerAdmin, Rig, Step, create_sr, create_vdi, datapath_for, device_of, fails,
-    fails_with, ok, pattern, read_at, start, stat_vdi, stop, str_field, write_at,
+    DBG, MIB, ManagerAdmin, Rig, Step, create_sr, create_vdi, fails, fails_with, ok, stat_vdi,
+    str_field,
 };
 
 /// Volume.snapshot as xapi runs it: the call, then its three keys.

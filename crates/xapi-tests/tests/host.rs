@@ -21,6 +21,7 @@ use vsky_testkit::pool::MIB;
 use vsky_testkit::tokens::ADMIN_TOKEN;
 use xapi_tests::runner::{Kind, PluginDir, discover};
 use xapi_tests::scenarios::{self, ManagerAdmin, Rig};
+use xapi_tests::{bad_input, datapath};
 
 const LOCAL_API: &str = "xapi-tests-local-api-token-0123";
 
@@ -303,7 +304,7 @@ fn vdi_create_stat_set_unset_resize_destroy() {
 fn bad_input_of_every_kind_is_refused_and_changes_nothing() {
     let (c, _serial) = cluster();
     let n =
-        scenarios::bad_input_changes_nothing(&rig(c), &admin(c), "wrong-token-wrong-token-0000")
+        bad_input::bad_input_changes_nothing(&rig(c), &admin(c), "wrong-token-wrong-token-0000")
             .unwrap();
     assert!(n > 150, "{n} cases");
 }
@@ -311,7 +312,7 @@ fn bad_input_of_every_kind_is_refused_and_changes_nothing() {
 #[test]
 fn vm_start_on_a_storage_only_host_fails_cleanly_at_activate() {
     let (c, _serial) = cluster();
-    scenarios::datapath_without_head(&rig(c), &admin(c), Some("other-head")).unwrap();
+    datapath::datapath_without_head(&rig(c), &admin(c), Some("other-head")).unwrap();
 }
 
 #[test]

@@ -42,3 +42,22 @@ pub fn volumes_through_the_store(records: &Records) -> Vec<Volume> {
     assert_eq!(volumes, records.volumes);
     volumes
 }
+
+/// Creates a thin volume of `size` bytes.
+pub fn thin(c: &mut Cluster, name: &str, size: u64, s: &mut CountingSecrets) -> VolumeId {
+    let new = NewVolume {
+        name: name.into(),
+        size_bytes: size,
+        thin: true,
+        ..Default::default()
+    };
+    c.create_volume(new, s).unwrap().0
+}
+
+/// Chunks the volumes' legs hold.
+pub fn used_chunks(c: &Cluster) -> u64 {
+    c.volumes()
+        .flat_map(|v| &v.mirrored_disks)
+        .map(|m| m.legs.len() as u64)
+        .sum()
+}
