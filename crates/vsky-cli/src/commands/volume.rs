@@ -107,15 +107,10 @@ pub async fn run(cmd: &VolumeCommand, client: &Client, json: bool) -> Result<Str
             }
             let detail = match server {
                 Some(server) => {
-                    let read = client
-                        .volume(name)
-                        .await?
-                        .volume
-                        .read_on
-                        .iter()
-                        .any(|s| s == server);
                     let detail = client.detach_from(name, server).await?;
-                    if read {
+                    // Not its head (which releases): the server's read
+                    // ended.
+                    if detail.volume.attached_to.as_deref() != Some(server.as_str()) {
                         return Ok(detail_output(&detail, json, "Read ended on"));
                     }
                     detail

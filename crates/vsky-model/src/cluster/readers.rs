@@ -33,7 +33,7 @@
 use std::collections::BTreeSet;
 
 use super::{Changes, Cluster};
-use crate::entities::{ServerState, Volume, VolumeRole};
+use crate::entities::{ServerState, VolumeRole};
 use crate::error::ModelError;
 use crate::ids::{ServerId, VolumeId};
 use crate::limits::READERS_PER_VOLUME_MAX;
@@ -166,13 +166,6 @@ impl Cluster {
     pub fn is_reader(&self, name: &str, server: ServerId) -> bool {
         self.volume_by_name(name)
             .is_ok_and(|v| v.readers.contains(&server))
-    }
-
-    /// The snapshots `server` reads.
-    pub fn read_on(&self, server: ServerId) -> impl Iterator<Item = &Volume> + '_ {
-        self.volumes
-            .values()
-            .filter(move |v| v.readers.contains(&server))
     }
 
     /// Ends every reader of volume `id` (the admin's forced detach).
