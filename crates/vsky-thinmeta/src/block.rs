@@ -1,0 +1,185 @@
+//! Where the metadata blocks come from.
+//!
+//! dm-thin reads and writes its metadata device in blocks of 4 KiB
+//! (`THIN_METADATA_BLOCK_SIZE`, 8 sectors), and every structure this crate
+//! reads fills exactly one block. A [`BlockSource`] is anything that can
+//! hand over block *N*: the metadata device opened as a file
+//! ([`ReadSeekSource`] over `std::fs::File`), or an image in memory (`&[u8]`,
+//! `Vec<u8>`).
+//!
+//! A source is asked only for blocks below its [`BlockSource::nr_blocks`];
+//! the reader checks every block number it follows against that (and
+//! against the size the superblock records) before it asks.
+
+use std::io::{self, Read, Seek, SeekFrom};
+
+/// The size of a metadata block, in bytes.
+pub const BLOCK_SIZE: usize = 4096;
+
+/// One metadata block.
+pub type Block = [u8; BLOCK_SIZE];
+
+/// Something that reads metadata blocks by index.
+pub trait BlockSource {
+    /// How many whole blocks the source holds (a partial block at the end
+    /// does not count).
+    fn nr_blocks(&self) -> u64;
+
+    /// Reads block `index`, which is below [`Self::nr_blocks`], into `buf`.
+    fn read_block(&mut self, index: u64, buf: &mut Block) -> io::Result<()>;
+}
+
+impl<T: BlockSource + ?Sized> BlockSource for &mut T {
+    fn nr_blocks(&self) -> u64 {
+        (**self).nr_blocks()
+    }
+
+    fn read_block(&mut self, index: u64, buf: &mut Block) -> io::Result<()> {
+        (**self).read_block(index, buf)
+    }
+}
+
+impl BlockSource for &[u8] {
+    fn nr_blocks(&self) -> u64 {
+        (self.len() / BLOCK_SIZE) as u64
+    }
+
+    fn read_block(&mut self, index: u64, buf: &mut Block) -> io::Result<()> {
+        let bytes = usize::try_from(index)
+            .ok()
+            .and_then(|i| i.checked_mul(BLOCK_SIZE))
+            .and_then(|start| self.get(start..start.checked_add(BLOCK_SIZE)?))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("block {index} is past the end of the image"),
+                )
+            })?;
+        buf.copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
+impl BlockSource for Vec<u8> {
+    fn nr_blocks(&self) -> u64 {
+        self.as_slice().nr_blocks()
+    }
+
+    fn read_block(&mut self, index: u64, buf: &mut Block) -> io::Result<()> {
+        self.as_slice().read_block(index, buf)
+    }
+}
+
+/// A [`BlockSource`] over anything that reads and seeks: a metadata device
+/// or an image file opened with `std::fs::File::open`, a `Cursor`.
+#[derive(Debug)]
+pub struct ReadSeekSource<R> {
+    inner: R,
+    nr_blocks: u64,
+}
+
+impl<R: Read + Seek> ReadSeekSource<R> {
+    /// Wraps `inner`, whose size is read once, now (seeking to its end).
+    pub fn new(mut inner: R) -> io::Result<Self> {
+        let len = inner.seek(SeekFrom::End(0))?;
+        Ok(ReadSeekSource {
+            inner,
+            nr_blocks: len / BLOCK_SIZE as u64,
+        })
+    }
+
+    /// Gives the wrapped reader back.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
+impl<R: Read + Seek> BlockSource for ReadSeekSource<R> {
+    fn nr_blocks(&self) -> u64 {
+        self.nr_blocks
+    }
+
+    fn read_block(&mut self, index: u64, buf: &mut Block) -> io::Result<()> {
+        let offset = index.checked_mul(BLOCK_SIZE as u64).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("block {index} has no byte offset"),
+            )
+        })?;
+        self.inner.seek(SeekFrom::Start(offset))?;
+        self.inner.read_exact(buf)
+    }
+}
+
+/// The little-endian `u32` at byte `at` of `bytes`. Callers pass offsets
+/// they have checked; an offset past the end reads as 0 rather than panic.
+pub(crate) fn le32(bytes: &[u8], at: usize) -> u32 {
+    let mut word = [0u8; 4];
+    match at.checked_add(4).and_then(|end| bytes.get(at..end)) {
+        Some(slice) => word.copy_from_slice(slice),
+        None => debug_assert!(false, "le32 at {at} past {} bytes", bytes.len()),
+    }
+    u32::from_le_bytes(word)
+}
+
+/// The little-endian `u64` at byte `at` of `bytes` (see [`le32`]).
+pub(crate) fn le64(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0u8; 8];
+    match at.checked_add(8).and_then(|end| bytes.get(at..end)) {
+        Some(slice) => word.copy_from_slice(slice),
+        None => debug_assert!(false, "le64 at {at} past {} bytes", bytes.len()),
+    }
+    u64::from_le_bytes(word)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(blocks: usize, tail: usize) -> Vec<u8> {
+        let mut bytes = vec![0u8; blocks * BLOCK_SIZE + tail];
+        for (i, chunk) in bytes.chunks_mut(BLOCK_SIZE).enumerate() {
+            chunk.fill(i as u8 + 1);
+        }
+        bytes
+    }
+
+    #[test]
+    fn a_slice_holds_its_whole_blocks_only() {
+        let bytes = image(3, 100);
+        let mut source: &[u8] = &bytes;
+        assert_eq!(source.nr_blocks(), 3);
+        let mut buf = [0u8; BLOCK_SIZE];
+        source.read_block(2, &mut buf).unwrap();
+        assert!(buf.iter().all(|b| *b == 3));
+        let err = source.read_block(3, &mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(source.read_block(u64::MAX, &mut buf).is_err());
+    }
+
+    #[test]
+    fn a_reader_is_sized_once_and_read_by_offset() {
+        let bytes = image(4, 7);
+        let mut source = ReadSeekSource::new(io::Cursor::new(bytes.clone())).unwrap();
+        assert_eq!(source.nr_blocks(), 4);
+        let mut buf = [0u8; BLOCK_SIZE];
+        source.read_block(1, &mut buf).unwrap();
+        assert!(buf.iter().all(|b| *b == 2));
+        assert!(source.read_block(4, &mut buf).is_err());
+        assert!(source.read_block(u64::MAX, &mut buf).is_err());
+        let mut vec = bytes;
+        fn count<S: BlockSource>(source: S) -> u64 {
+            source.nr_blocks()
+        }
+        assert_eq!(count(&mut vec), 4);
+        vec.read_block(3, &mut buf).unwrap();
+        assert!(buf.iter().all(|b| *b == 4));
+    }
+
+    #[test]
+    fn little_endian_words() {
+        let bytes = [1u8, 2, 3, 4, 5, 6, 7, 8, 9];
+        assert_eq!(le32(&bytes, 1), 0x0504_0302);
+        assert_eq!(le64(&bytes, 1), 0x0908_0706_0504_0302);
+    }
+}
