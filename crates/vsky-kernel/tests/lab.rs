@@ -482,7 +482,7 @@ fn kernel_mirror() {
     verify_file(&c.disk, CHUNK_OFFSET + 4 * MIB, 64)
         .expect("rebuilt chunk holds the data on server c's disk");
 
-    let removed = dp.teardown_volume(&vol).expect("teardown");
+    let removed = dp.teardown_volume(&vol, 4).expect("teardown");
     step(t0, &format!("removed {} dm devices", removed.len()));
     for i in [ia, ic] {
         nl.disconnect(i).expect("disconnect");
@@ -591,7 +591,7 @@ fn kernel_reshape() {
     });
     verify(&v.path, 0, DATA_BYTES / MIB).expect("data served by leg c alone");
     step(t0, &format!("b killed: 64 MiB verified from c alone; {s}"));
-    dp.teardown_volume(&vol).expect("teardown");
+    dp.teardown_volume(&vol, 4).expect("teardown");
     for i in [ib, ic] {
         nl.disconnect(i).expect("disconnect");
     }
@@ -734,12 +734,16 @@ fn kernel_adopt() {
     verify(&m1.path, 0, 8).expect("data intact after adoption");
     step(t0, "differing tables refused (TableMismatch); data intact");
 
-    dp.teardown_volume(&vol).expect("teardown");
+    dp.teardown_volume(&vol, 4).expect("teardown");
     for i in &idx1 {
         nl.disconnect(*i).expect("disconnect");
     }
     // Teardown is idempotent too.
-    assert!(dp.teardown_volume(&vol).expect("teardown again").is_empty());
+    assert!(
+        dp.teardown_volume(&vol, 4)
+            .expect("teardown again")
+            .is_empty()
+    );
     assert_clean(&dp, &mut nl, &idx1);
     println!(
         "LAB-DETAIL ensure_* twice and after dropping all state adopted 2 NBD + 6 dm devices (0 created, 0 duplicates); \
@@ -922,7 +926,7 @@ fn kernel_stripe() {
         t0,
         "16 MiB striped over 2 mirrors, stripe order verified on the servers' disks",
     );
-    let removed = dp.teardown_volume(&vol).expect("teardown");
+    let removed = dp.teardown_volume(&vol, 4).expect("teardown");
     assert_eq!(
         removed.len(),
         11,

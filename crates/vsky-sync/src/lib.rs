@@ -19,12 +19,18 @@
 //! (and `read_unpoisoned()` / `write_unpoisoned()` on an `RwLock`,
 //! `wait_unpoisoned()` on a `Condvar`).
 //!
+//! It also holds the workspace's other thread helpers: [`map_bounded`]
+//! (blocking work over a bounded number of threads, for the head's kernel
+//! calls) and, with the `tasks` feature, supervised tokio tasks.
+//!
 //! The crate has no dependencies, so every crate of the workspace, even the
 //! leaves (`vsky-nbd`, `vsky-api`), can use it without new edges between the
 //! others.
 
+pub mod bounded;
 #[cfg(feature = "tasks")]
 pub mod supervise;
+pub use bounded::map_bounded;
 #[cfg(feature = "tasks")]
 pub use supervise::{blocking, restarts, supervise};
 

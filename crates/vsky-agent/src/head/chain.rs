@@ -22,14 +22,13 @@
 //! per head, however many of its chains name it, and torn down (as a
 //! volume name the head reports assembled) when none does.
 
-use vsky_api::types::{LayerForm, LayerSpec, LegState, VolumeSpec};
+use vsky_api::types::{LayerForm, LayerSpec, LegSpec, LegState, VolumeSpec};
 use vsky_kernel::dm::{
     DevName, Device, Growth, LegLayout, MappedDevice, Raid1BaseTable, Sectors,
     THIN_METADATA_BLOCK_BYTES, TableMode, Target, TargetLine, ThinPoolTable, ThinSuperblock,
     ThinTable, VolumeLayout, VolumeName,
 };
 
-use super::naming::leg_tag;
 use super::{Assembly, Head, HeadError, REGION_SECTORS, SECTOR, sectors};
 
 /// How a layer's pool and thin device are loaded.
@@ -278,20 +277,24 @@ impl Head {
         let layout =
             LegLayout::with_meta(sectors(spec.chunk_size_bytes), sectors(spec.leg_meta_bytes))?;
         let data_len = layout.data_size;
-        let mut parts = Vec::with_capacity(layer.mirrored_disks.len());
+        // The manager lists only in-sync legs with an export name: without
+        // a bitmap nothing could tell which regions of a catching-up leg
+        // are stale. Their devices, then the mirrors, are made a few at
+        // once, as a volume's are (`Head::assemble`).
+        let active = |leg: &LegSpec| {
+            (leg.state == LegState::Active && !leg.export_name.is_empty()).then_some(())
+        };
+        let mut made = self.legs_at_once(&as_volume, active, |maker, nl, k, leg, (), known| {
+            maker.base_leg(nl, &vol, &as_volume, k, leg, layout, known)
+        });
+        let mut planned = Vec::with_capacity(layer.mirrored_disks.len());
         for (k, legs) in layer.mirrored_disks.iter().enumerate() {
             let mut slots = Vec::with_capacity(legs.len());
             for (l, leg) in legs.iter().enumerate() {
-                // The manager lists only in-sync legs with an export name:
-                // without a bitmap nothing could tell which regions of a
-                // catching-up leg are stale.
-                if leg.state != LegState::Active || leg.export_name.is_empty() {
-                    slots.push(None);
-                    continue;
-                }
-                match self.base_leg(&vol, &as_volume, k, leg, layout) {
-                    Ok(data) => slots.push(Some(data.device)),
-                    Err(e) => {
+                match made.remove(&(k, l)) {
+                    None => slots.push(None),
+                    Some(Ok(data)) => slots.push(Some(data.device)),
+                    Some(Err(e)) => {
                         tracing::warn!(volume = %spec.name, layer = %layer.name, mirrored_disk = k, leg = l,
                             server = %leg.server, error = %e, "leg of a base unreachable; reading from the others");
                         assembly
@@ -307,9 +310,20 @@ impl Head {
                     mirrored_disk: k,
                 });
             }
-            let mirror = self.base_mirror(&vol, k as u32, data_len, slots)?;
-            parts.push((mirror.device, data_len));
+            planned.push((k, slots));
         }
+        let head = &*self;
+        let parts = vsky_sync::map_bounded(
+            planned,
+            super::ASSEMBLY_WORKERS,
+            || (),
+            |_, (k, slots)| {
+                head.base_mirror(&vol, k as u32, data_len, slots)
+                    .map(|mirror| (mirror.device, data_len))
+            },
+        )
+        .into_iter()
+        .collect::<Result<Vec<_>, HeadError>>()?;
         let space_len = Sectors(parts.iter().map(|(_, l)| **l).sum());
         let space =
             self.dp
@@ -323,31 +337,6 @@ impl Head {
             below,
             StackForm::Base,
         )
-    }
-
-    /// One leg of a base: its import (or local chunk) and a read-only
-    /// linear over its data area; its metadata area is never mapped.
-    fn base_leg(
-        &mut self,
-        vol: &VolumeName,
-        as_volume: &VolumeSpec,
-        k: usize,
-        leg: &vsky_api::types::LegSpec,
-        layout: LegLayout,
-    ) -> Result<MappedDevice, HeadError> {
-        let names = vol.leg(k as u32, &leg_tag(leg.chunk))?;
-        let (parent, layout) = self.leg_source(as_volume, k, leg, layout)?;
-        let line = TargetLine {
-            start: Sectors(0),
-            len: layout.data_size,
-            target: Target::Linear {
-                dev: parent,
-                offset: Sectors(*layout.start + *layout.meta_size),
-            },
-        };
-        Ok(self
-            .dp
-            .ensure_device_mode(&names.data, &[line], TableMode::ReadOnly)?)
     }
 
     /// Creates a base's mirror, or reloads a running one whose legs the

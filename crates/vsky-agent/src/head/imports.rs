@@ -3,18 +3,21 @@
 //! import the kernel already has, giving a dead import a fresh connection,
 //! and bringing back legs the manager lists active again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use vsky_api::types::{ChunkId, LegSpec, LegState, VolumeSpec};
-use vsky_kernel::dm::{Device, LegDevices, LegLayout, VolumeName};
-use vsky_kernel::nbd::{self, ConnectRequest, NbdIndex};
+use vsky_kernel::dm::{
+    Datapath, Device, LegDevices, LegLayout, MappedDevice, Sectors, TableMode, Target, TargetLine,
+    VolumeName,
+};
+use vsky_kernel::nbd::{self, ConnectRequest, NbdIndex, NbdNetlink};
 
 use super::naming::{BACKEND_PREFIX, backend_id, leg_tag, parse_backend_rest};
-use super::{Head, HeadError, REVIVE_BACKOFF, sectors};
+use super::{Head, HeadError, NbdTimeouts, REVIVE_BACKOFF, sectors};
 
 /// Where the head keeps which NBD device imports which leg when the
 /// kernel does not (before Linux 5.14; `nbd::BackendFile`).
@@ -78,7 +81,7 @@ impl Head {
     /// backend identifier it was connected with (either form): from the
     /// assembly's index while `ensure` runs, else from the kernel, or from
     /// the head's own file on kernels without identifiers.
-    fn find_import(
+    pub(super) fn find_import(
         &mut self,
         volume: &str,
         k: usize,
@@ -90,108 +93,19 @@ impl Head {
         Ok(ImportIndex::of(volume, self.nl.list_backends()?).get(k, chunk))
     }
 
-    /// Imports one leg and carves its meta and data devices. A new member
-    /// (a replacement leg) gets its metadata area zeroed when its devices
-    /// are first created, so dm-raid rebuilds it rather than trusting
-    /// whatever an earlier user of the chunk left there.
-    pub(super) fn leg(
-        &mut self,
-        vol: &VolumeName,
-        spec: &VolumeSpec,
-        k: usize,
-        leg: &LegSpec,
-        layout: LegLayout,
-        new_member: bool,
-    ) -> Result<LegDevices, HeadError> {
-        let names = vol.leg(k as u32, &leg_tag(leg.chunk))?;
-        let (parent, layout) = self.leg_source(spec, k, leg, layout)?;
-        Ok(self
-            .dp
-            .ensure_leg(&names, parent, layout, new_member)?
-            .devices())
-    }
-
-    /// The device a leg's chunk is on, and where on it: a chunk of one of
-    /// this server's block devices in place, anything else imported.
-    pub(super) fn leg_source(
-        &mut self,
-        spec: &VolumeSpec,
-        k: usize,
-        leg: &LegSpec,
-        layout: LegLayout,
-    ) -> Result<(Device, LegLayout), HeadError> {
-        Ok(match leg.local_disk_path.as_ref().map(PathBuf::from) {
-            Some(path) if self.local_block_disks.contains(&path) => {
-                // A chunk on our own block device: map it in place, no
-                // network hop.
-                let meta = std::fs::metadata(&path).map_err(|e| HeadError::Layout {
-                    volume: spec.name.clone(),
-                    reason: format!("cannot stat local disk {}: {e}", path.display()),
-                })?;
-                if !meta.file_type().is_block_device() {
-                    return Err(HeadError::Layout {
-                        volume: spec.name.clone(),
-                        reason: format!("{} is no block device", path.display()),
-                    });
-                }
-                let rdev = meta.rdev();
-                let device = Device {
-                    major: libc::major(rdev),
-                    minor: libc::minor(rdev),
-                };
-                (device, layout.at(sectors(leg.offset_bytes)))
-            }
-            // A remote chunk, or one on a local *file* (labs only: a file is
-            // not a block device, so it goes through our own NBD export).
-            _ => (
-                self.import(&spec.name, k, spec.chunk_size_bytes, leg)?,
-                layout,
-            ),
-        })
-    }
-
-    /// Imports a chunk of mirrored disk `k` through the kernel NBD client,
-    /// or adopts the device already connected for it (whichever slot it
-    /// was imported for).
-    pub(super) fn import(
+    /// Adds an import just connected to the assembly's index, so the rest
+    /// of `ensure` adopts it instead of connecting it again.
+    pub(super) fn note_import(
         &mut self,
         volume: &str,
         k: usize,
-        chunk_size_bytes: u64,
-        leg: &LegSpec,
-    ) -> Result<Device, HeadError> {
-        if let Some((index, _)) = self.find_import(volume, k, leg.chunk)? {
-            return Ok(index.device()?);
-        }
-        let backend = &backend_id(volume, k, leg.chunk);
-        let (socket, info) =
-            handshake(&leg.server_address, &leg.export_name, self.timeouts.connect).map_err(
-                |e| HeadError::Layout {
-                    volume: backend.to_string(),
-                    reason: format!("cannot reach {} ({}): {e}", leg.server, leg.server_address),
-                },
-            )?;
-        if info.size_bytes != chunk_size_bytes {
-            return Err(HeadError::Layout {
-                volume: backend.to_string(),
-                reason: format!(
-                    "server {} exports {} bytes, expected a {chunk_size_bytes}-byte chunk",
-                    leg.server, info.size_bytes
-                ),
-            });
-        }
-        let mut req = ConnectRequest::new(info.size_bytes, info.transmission_flags, backend);
-        req.timeout = self.timeouts.request;
-        req.dead_conn_timeout = self.timeouts.dead_connection;
-        let index = self.nl.connect(&req, &[socket.as_fd()])?;
-        // The kernel holds its own reference to the socket.
-        drop(socket);
+        chunk: ChunkId,
+        new: Option<(NbdIndex, String)>,
+    ) {
+        let Some(new) = new else { return };
         if let Some(imports) = self.imports.as_mut().filter(|i| i.volume == volume) {
-            imports
-                .by_leg
-                .insert((k as u32, leg.chunk), (index, backend.to_string()));
+            imports.by_leg.insert((k as u32, chunk), new);
         }
-        Ok(index.device()?)
     }
 
     /// Brings back legs of mirror `k` that the kernel failed but the manager
@@ -304,6 +218,219 @@ impl Head {
         self.nl.reconfigure(index, &backend, &[socket.as_fd()])?;
         Ok(())
     }
+}
+
+/// The netlink socket of one of the threads that import a volume's legs at
+/// once (a netlink socket carries one request at a time), opened when the
+/// thread first connects or disconnects.
+pub(super) struct Netlink<'a> {
+    socket: Option<NbdNetlink>,
+    backends: &'a NbdBackendFile,
+}
+
+impl<'a> Netlink<'a> {
+    pub(super) fn new(backends: &'a NbdBackendFile) -> Self {
+        Netlink {
+            socket: None,
+            backends,
+        }
+    }
+
+    /// Disconnects an import.
+    pub(super) fn disconnect(&mut self, index: NbdIndex) -> Result<(), HeadError> {
+        Ok(self.socket()?.disconnect(index)?)
+    }
+
+    fn socket(&mut self) -> Result<&mut NbdNetlink, HeadError> {
+        let nl = match self.socket.take() {
+            Some(nl) => nl,
+            None => NbdNetlink::open_with_backend_file(
+                nbd::BackendFile::new(&self.backends.path),
+                self.backends.always,
+            )?,
+        };
+        Ok(self.socket.insert(nl))
+    }
+}
+
+/// What making one leg's devices gave: the devices, and the import it
+/// connected, if any (whether or not the devices could be made, so the
+/// assembly's index never misses a connected import).
+pub(super) type Made<R> = (Result<R, HeadError>, Option<(NbdIndex, String)>);
+
+/// What making a leg's devices needs from the head, shared by the threads
+/// that make a volume's legs at once (`Head::assemble`): the dm interface
+/// (its ioctls are independent of each other), the NBD timeouts, and this
+/// server's own block devices.
+#[derive(Clone, Copy)]
+pub(super) struct LegMaker<'a> {
+    pub(super) dp: &'a Datapath,
+    pub(super) timeouts: NbdTimeouts,
+    pub(super) local_block_disks: &'a BTreeSet<PathBuf>,
+}
+
+impl LegMaker<'_> {
+    /// Imports one leg (or adopts `known`, its import already connected)
+    /// and carves its meta and data devices. A new member (a replacement
+    /// leg) gets its metadata area zeroed when its devices are first
+    /// created, so dm-raid rebuilds it rather than trusting whatever an
+    /// earlier user of the chunk left there. Also returns the import it
+    /// connected, if any, whether or not the devices could be made.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn leg(
+        &self,
+        nl: &mut Netlink<'_>,
+        vol: &VolumeName,
+        spec: &VolumeSpec,
+        k: usize,
+        leg: &LegSpec,
+        layout: LegLayout,
+        new_member: bool,
+        known: Option<NbdIndex>,
+    ) -> Made<LegDevices> {
+        let (source, new) = self.source(nl, spec, k, leg, layout, known);
+        let devices = source.and_then(|(parent, layout)| {
+            let names = vol.leg(k as u32, &leg_tag(leg.chunk))?;
+            Ok(self
+                .dp
+                .ensure_leg(&names, parent, layout, new_member)?
+                .devices())
+        });
+        (devices, new)
+    }
+
+    /// One leg of a base (a frozen layer, `chain.rs`): its import (or
+    /// local chunk) and a read-only linear over its data area; its metadata
+    /// area is never mapped.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn base_leg(
+        &self,
+        nl: &mut Netlink<'_>,
+        vol: &VolumeName,
+        as_volume: &VolumeSpec,
+        k: usize,
+        leg: &LegSpec,
+        layout: LegLayout,
+        known: Option<NbdIndex>,
+    ) -> Made<MappedDevice> {
+        let (source, new) = self.source(nl, as_volume, k, leg, layout, known);
+        let device = source.and_then(|(parent, layout)| {
+            let names = vol.leg(k as u32, &leg_tag(leg.chunk))?;
+            let line = TargetLine {
+                start: Sectors(0),
+                len: layout.data_size,
+                target: Target::Linear {
+                    dev: parent,
+                    offset: Sectors(*layout.start + *layout.meta_size),
+                },
+            };
+            Ok(self
+                .dp
+                .ensure_device_mode(&names.data, &[line], TableMode::ReadOnly)?)
+        });
+        (device, new)
+    }
+
+    /// The device a leg's chunk is on, and where on it: a chunk of one of
+    /// this server's block devices in place, anything else imported (or
+    /// `known`, its import already connected); with the import it
+    /// connected, if any.
+    pub(super) fn source(
+        &self,
+        nl: &mut Netlink<'_>,
+        spec: &VolumeSpec,
+        k: usize,
+        leg: &LegSpec,
+        layout: LegLayout,
+        known: Option<NbdIndex>,
+    ) -> Made<(Device, LegLayout)> {
+        match leg.local_disk_path.as_ref().map(PathBuf::from) {
+            Some(path) if self.local_block_disks.contains(&path) => {
+                // A chunk on our own block device: map it in place, no
+                // network hop.
+                (local_device(spec, &path, leg, layout), None)
+            }
+            // A remote chunk, or one on a local *file* (labs only: a file is
+            // not a block device, so it goes through our own NBD export).
+            _ => {
+                if let Some(index) = known {
+                    return (
+                        index.device().map(|d| (d, layout)).map_err(Into::into),
+                        None,
+                    );
+                }
+                match self.connect(nl, &spec.name, k, spec.chunk_size_bytes, leg) {
+                    Ok((index, backend)) => (
+                        index.device().map(|d| (d, layout)).map_err(Into::into),
+                        Some((index, backend)),
+                    ),
+                    Err(e) => (Err(e), None),
+                }
+            }
+        }
+    }
+
+    /// Connects a new import of a chunk of mirrored disk `k` through the
+    /// kernel NBD client: our handshake, then the socket handed to the
+    /// kernel.
+    fn connect(
+        &self,
+        nl: &mut Netlink<'_>,
+        volume: &str,
+        k: usize,
+        chunk_size_bytes: u64,
+        leg: &LegSpec,
+    ) -> Result<(NbdIndex, String), HeadError> {
+        let backend = backend_id(volume, k, leg.chunk);
+        let (socket, info) =
+            handshake(&leg.server_address, &leg.export_name, self.timeouts.connect).map_err(
+                |e| HeadError::Layout {
+                    volume: backend.to_string(),
+                    reason: format!("cannot reach {} ({}): {e}", leg.server, leg.server_address),
+                },
+            )?;
+        if info.size_bytes != chunk_size_bytes {
+            return Err(HeadError::Layout {
+                volume: backend.to_string(),
+                reason: format!(
+                    "server {} exports {} bytes, expected a {chunk_size_bytes}-byte chunk",
+                    leg.server, info.size_bytes
+                ),
+            });
+        }
+        let mut req = ConnectRequest::new(info.size_bytes, info.transmission_flags, &backend);
+        req.timeout = self.timeouts.request;
+        req.dead_conn_timeout = self.timeouts.dead_connection;
+        let index = nl.socket()?.connect(&req, &[socket.as_fd()])?;
+        // The kernel holds its own reference to the socket.
+        drop(socket);
+        Ok((index, backend.to_string()))
+    }
+}
+
+/// A chunk on one of this server's block devices (`path`), mapped in place.
+fn local_device(
+    spec: &VolumeSpec,
+    path: &std::path::Path,
+    leg: &LegSpec,
+    layout: LegLayout,
+) -> Result<(Device, LegLayout), HeadError> {
+    let meta = std::fs::metadata(path).map_err(|e| HeadError::Layout {
+        volume: spec.name.clone(),
+        reason: format!("cannot stat local disk {}: {e}", path.display()),
+    })?;
+    if !meta.file_type().is_block_device() {
+        return Err(HeadError::Layout {
+            volume: spec.name.clone(),
+            reason: format!("{} is no block device", path.display()),
+        });
+    }
+    let rdev = meta.rdev();
+    let device = Device {
+        major: libc::major(rdev),
+        minor: libc::minor(rdev),
+    };
+    Ok((device, layout.at(sectors(leg.offset_bytes))))
 }
 
 /// Connects and negotiates a socket the kernel can take over.

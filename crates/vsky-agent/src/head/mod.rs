@@ -45,7 +45,12 @@
 //! by chunk.
 //!
 //! All calls here block (ioctls, netlink, socket handshakes): the agent runs
-//! them on the blocking pool, one at a time (the [`Head`] is behind a mutex).
+//! them on the blocking pool, one reconcile at a time (the [`Head`] is
+//! behind a mutex). Inside one assembly the legs' imports and devices, then
+//! the mirrors, are made [`ASSEMBLY_WORKERS`] at once, and a teardown
+//! removes each rank of devices and then the imports the same way: they
+//! are independent of each other, and each mostly waits (round trips,
+//! superblock I/O over NBD).
 //!
 //! Files: this one holds the [`Head`] and the assembly (`ensure`, the
 //! mirror and volume devices, teardown); `imports` the NBD legs (import,
@@ -74,6 +79,7 @@ mod status;
 
 pub use chain::{is_layer, mirror_sets};
 pub use imports::NbdBackendFile;
+use imports::{LegMaker, Made, Netlink};
 use naming::{BACKEND_PREFIX, describe_chunks, leg_device_of, leg_tag, parse_backend_rest};
 use plan::{MirrorChange, holds_wanted, plan_mirror_change};
 
@@ -143,7 +149,17 @@ pub struct Head {
     /// The NBD imports of the volume `ensure` is assembling, read once per
     /// call (`imports.rs`); `None` outside it.
     imports: Option<imports::ImportIndex>,
+    /// Where imports are recorded on kernels without backend identifiers,
+    /// for the netlink sockets of the threads that import legs.
+    nbd_backends: NbdBackendFile,
 }
+
+/// How many legs are imported, mirrors created, or devices removed at once
+/// while a volume is assembled or torn down. Most of each step is waiting
+/// (a handshake's round trips, a dm-raid reading or writing its superblocks
+/// over NBD), so a few threads hide it; bounded, because each holds kernel
+/// work and a connection in flight (docs/design/activation.md, step 2).
+const ASSEMBLY_WORKERS: usize = 16;
 
 /// How long a new member may stay unreachable before it is reported as a
 /// failed leg (its job then fails and the manager picks another target).
@@ -154,6 +170,26 @@ const REVIVE_BACKOFF: Duration = Duration::from_secs(10);
 
 fn sectors(bytes: u64) -> Sectors {
     Sectors(bytes / SECTOR)
+}
+
+/// Whether a leg joins its mirror, and if so whether as a new member: an
+/// active leg does; a syncing one only as the new member of a resync this
+/// head runs; a failed one, or a replacement waiting for its turn, not.
+fn joins(leg: &LegSpec) -> Option<bool> {
+    match (leg.state, leg.resync_job) {
+        (LegState::Failed, _) | (LegState::Syncing, None) => None,
+        (LegState::Syncing, Some(_)) => Some(true),
+        (LegState::Active, _) => Some(false),
+    }
+}
+
+/// A mirror ready to be created or adopted: its slots' devices, the slots
+/// that rebuild, and whether it runs already.
+struct PlannedMirror {
+    k: usize,
+    slots: Vec<Option<LegDevices>>,
+    rebuild: Vec<usize>,
+    running: bool,
 }
 
 impl Head {
@@ -192,6 +228,7 @@ impl Head {
             recovery_rate_kib: None,
             new_member_failures: HashMap::new(),
             imports: None,
+            nbd_backends: nbd_backends.clone(),
         })
     }
 
@@ -257,7 +294,12 @@ impl Head {
         let mut assembly = Assembly::default();
         // The volume device exists: mirrors it lacks were added by a grow.
         let serving = self.dp.lookup(&vol.top())?.is_some();
-        let mut mirrors: Vec<MappedDevice> = Vec::with_capacity(spec.mirrored_disks.len());
+        // Every leg that joins its mirror, imported and carved on a few
+        // threads at once; then each mirror's slots, in order.
+        let mut made = self.legs_at_once(spec, joins, |maker, nl, k, leg, new_member, known| {
+            maker.leg(nl, &vol, spec, k, leg, layout, new_member, known)
+        });
+        let mut planned: Vec<PlannedMirror> = Vec::with_capacity(spec.mirrored_disks.len());
         for (k, legs) in spec.mirrored_disks.iter().enumerate() {
             let mut slots: Vec<Option<LegDevices>> = Vec::with_capacity(legs.len());
             let mut rebuild = Vec::new();
@@ -268,17 +310,19 @@ impl Head {
             let grown = serving && !running;
             let mut waiting = false;
             for (l, leg) in legs.iter().enumerate() {
-                let new_member = match (leg.state, leg.resync_job) {
+                let Some(new_member) = joins(leg) else {
                     // Failed, or a replacement waiting for its turn: the
                     // mirror runs without it.
-                    (LegState::Failed, _) | (LegState::Syncing, None) => {
-                        slots.push(None);
-                        continue;
-                    }
-                    (LegState::Syncing, Some(_)) => true,
-                    (LegState::Active, _) => false,
+                    slots.push(None);
+                    continue;
                 };
-                match self.leg(&vol, spec, k, leg, layout, new_member) {
+                let devices = made.remove(&(k, l)).unwrap_or_else(|| {
+                    Err(HeadError::Layout {
+                        volume: spec.name.clone(),
+                        reason: format!("mirrored disk {k}: leg {l} was not imported"),
+                    })
+                });
+                match devices {
                     Ok(devices) => {
                         if new_member {
                             rebuild.push(l);
@@ -326,11 +370,15 @@ impl Head {
                     mirrored_disk: k,
                 });
             }
-            if !running {
-                rebuild.extend(self.copied_legs(&vol, k, legs, &slots, &rebuild)?);
-                rebuild.sort_unstable();
-            }
-            mirrors.push(self.mirror(&vol, k as u32, data_len, slots, &rebuild, legs)?);
+            planned.push(PlannedMirror {
+                k,
+                slots,
+                rebuild,
+                running,
+            });
+        }
+        let mirrors = self.mirrors_at_once(&vol, spec, data_len, planned)?;
+        for k in 0..spec.mirrored_disks.len() {
             self.revive_returned_legs(&vol, spec, k);
         }
         let (top, len) = self.top(&vol, spec, data_len, &mirrors)?;
@@ -340,6 +388,95 @@ impl Head {
         self.imports = None;
         self.collect_garbage(&vol, spec.mirrored_disks.len());
         Ok(assembly)
+    }
+
+    /// The devices of the legs of `spec` that `wanted` picks (with what it
+    /// tells `make` about each), by (mirrored disk, slot): each leg's import
+    /// adopted from the assembly's index or connected, then its devices
+    /// made by `make`, [`ASSEMBLY_WORKERS`] legs at once. Each leg's result
+    /// is its own: one unreachable server fails only its legs.
+    fn legs_at_once<W, R>(
+        &mut self,
+        spec: &VolumeSpec,
+        wanted: impl Fn(&LegSpec) -> Option<W>,
+        make: impl Fn(
+            &LegMaker<'_>,
+            &mut Netlink<'_>,
+            usize,
+            &LegSpec,
+            W,
+            Option<nbd::NbdIndex>,
+        ) -> Made<R>
+        + Sync,
+    ) -> HashMap<(usize, usize), Result<R, HeadError>>
+    where
+        W: Send,
+        R: Send,
+    {
+        let mut out = HashMap::new();
+        let mut work = Vec::new();
+        for (k, legs) in spec.mirrored_disks.iter().enumerate() {
+            for (l, leg) in legs.iter().enumerate() {
+                let Some(w) = wanted(leg) else {
+                    continue;
+                };
+                match self.find_import(&spec.name, k, leg.chunk) {
+                    Ok(known) => work.push((k, l, w, known.map(|(i, _)| i))),
+                    Err(e) => {
+                        out.insert((k, l), Err(e));
+                    }
+                }
+            }
+        }
+        let maker = LegMaker {
+            dp: &self.dp,
+            timeouts: self.timeouts,
+            local_block_disks: &self.local_block_disks,
+        };
+        let backends = &self.nbd_backends;
+        let made = vsky_sync::map_bounded(
+            work,
+            ASSEMBLY_WORKERS,
+            || Netlink::new(backends),
+            |nl, (k, l, w, known)| {
+                let (devices, new) = make(&maker, nl, k, &spec.mirrored_disks[k][l], w, known);
+                (k, l, devices, new)
+            },
+        );
+        for (k, l, devices, new) in made {
+            self.note_import(&spec.name, k, spec.mirrored_disks[k][l].chunk, new);
+            out.insert((k, l), devices);
+        }
+        out
+    }
+
+    /// Creates (or adopts and brings to the manager's layout) the mirrors
+    /// of `planned`, [`ASSEMBLY_WORKERS`] at once; in order. Mirrors of one
+    /// volume share no device, and the volume device that joins them is
+    /// made after all of them.
+    fn mirrors_at_once(
+        &self,
+        vol: &VolumeName,
+        spec: &VolumeSpec,
+        len: Sectors,
+        planned: Vec<PlannedMirror>,
+    ) -> Result<Vec<MappedDevice>, HeadError> {
+        vsky_sync::map_bounded(
+            planned,
+            ASSEMBLY_WORKERS,
+            || (),
+            |_, p| {
+                let legs = &spec.mirrored_disks[p.k];
+                let mut rebuild = p.rebuild;
+                if !p.running {
+                    rebuild.extend(self.copied_legs(vol, p.k, legs, &p.slots, &rebuild)?);
+                    rebuild.sort_unstable();
+                }
+                self.mirror(vol, p.k as u32, len, p.slots, &rebuild, legs)
+            },
+        )
+        .into_iter()
+        .collect()
     }
 
     /// Before a mirror is created: the active legs without a dm-raid
@@ -562,14 +699,24 @@ impl Head {
     /// Removes every device of a volume and disconnects its legs.
     pub fn teardown(&mut self, volume: &str) -> Result<(), HeadError> {
         let vol = VolumeName::new(volume)?;
-        self.dp.teardown_volume(&vol)?;
+        self.dp.teardown_volume(&vol, ASSEMBLY_WORKERS)?;
         let prefix = format!("{BACKEND_PREFIX}{volume}:");
-        for (index, backend) in self.nl.list_backends()? {
-            if backend.starts_with(&prefix) {
-                self.nl.disconnect(index)?;
-            }
-        }
-        Ok(())
+        let legs: Vec<nbd::NbdIndex> = self
+            .nl
+            .list_backends()?
+            .into_iter()
+            .filter(|(_, backend)| backend.starts_with(&prefix))
+            .map(|(index, _)| index)
+            .collect();
+        let backends = &self.nbd_backends;
+        vsky_sync::map_bounded(
+            legs,
+            ASSEMBLY_WORKERS,
+            || Netlink::new(backends),
+            |nl, index| nl.disconnect(index),
+        )
+        .into_iter()
+        .collect()
     }
 
     /// Removes the leg devices of `vol` that no mirror uses any more (the

@@ -894,7 +894,13 @@ impl Datapath {
     /// linears, then the volume (or layer space) device, stripe columns,
     /// mirrors and legs. Returns the removed names. The NBD devices
     /// underneath are the caller's (disconnect them afterwards).
-    pub fn teardown_volume(&self, volume: &VolumeName) -> Result<Vec<DevName>> {
+    ///
+    /// Devices of one rank map none of each other, so up to `workers` of
+    /// them are removed at once (a dm-raid's removal writes its superblock
+    /// and bitmap over NBD, and waits for it): a rank is finished before
+    /// the next one starts, and the first error stops the teardown there,
+    /// leaving every device below in place for the next attempt.
+    pub fn teardown_volume(&self, volume: &VolumeName, workers: usize) -> Result<Vec<DevName>> {
         let top = volume.top();
         let prefix = format!("{}+", top.as_str());
         let mine: Vec<DevName> = self
@@ -925,8 +931,18 @@ impl Datapath {
         };
         let mut ordered = mine;
         ordered.sort_by_key(|n| (rank(n), n.clone()));
-        for n in &ordered {
-            self.remove(n)?;
+        let mut start = 0;
+        while start < ordered.len() {
+            let r = rank(&ordered[start]);
+            let end = start + ordered[start..].partition_point(|n| rank(n) == r);
+            let removed = vsky_sync::map_bounded(
+                ordered[start..end].iter().collect(),
+                workers,
+                || (),
+                |_, n| self.remove(n),
+            );
+            removed.into_iter().collect::<Result<Vec<()>>>()?;
+            start = end;
         }
         Ok(ordered)
     }

@@ -14,6 +14,9 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use vsky_sync::LockExt;
 
 use super::{NbdError, NbdIndex, Result, validate_backend_identifier};
 
@@ -32,8 +35,9 @@ pub struct BackendEntry {
 /// The agent's own index ↔ backend map: one line per device,
 /// `<index> <size_bytes> <backend>` (backend identifiers hold no spaces).
 /// Replaced atomically (a temporary file renamed over it), so a crash
-/// leaves the old or the new map, never a torn one. One writer: the head
-/// serialises its NBD calls.
+/// leaves the old or the new map, never a torn one. Every read-modify-write
+/// holds [`BackendFile::lock`], so the head's threads that import legs at
+/// the same time each add their entry (one process writes the file).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendFile {
     path: PathBuf,
@@ -46,6 +50,14 @@ impl BackendFile {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Held across every load-change-store of the file in this process:
+    /// two connects recording at once would otherwise each store the map
+    /// without the other's entry.
+    pub(super) fn lock() -> MutexGuard<'static, ()> {
+        static FILE: Mutex<()> = Mutex::new(());
+        FILE.lock_unpoisoned()
     }
 
     fn error(&self, reason: String) -> NbdError {
@@ -101,6 +113,7 @@ impl BackendFile {
     /// backend (an import that is gone) is replaced.
     pub fn record(&self, entry: BackendEntry) -> Result<()> {
         validate_backend_identifier(&entry.backend)?;
+        let _file = Self::lock();
         let mut entries = self.load()?;
         entries.retain(|e| e.index != entry.index && e.backend != entry.backend);
         entries.push(entry);
@@ -110,6 +123,7 @@ impl BackendFile {
 
     /// Drops the entry of a device just disconnected.
     pub fn forget(&self, index: NbdIndex) -> Result<()> {
+        let _file = Self::lock();
         let entries = self.load()?;
         let kept: Vec<BackendEntry> = entries
             .iter()
@@ -242,6 +256,33 @@ mod tests {
         std::fs::write(f.path(), "1 4096 vsky:ok\n\n").unwrap();
         assert_eq!(f.load().unwrap(), vec![entry(1, 4096, "vsky:ok")]);
         assert!(f.record(entry(2, 1, "has space")).is_err());
+        std::fs::remove_dir_all(f.path().parent().unwrap().parent().unwrap()).unwrap();
+    }
+
+    /// The head's threads import a volume's legs at once: every connect's
+    /// entry is kept, and every disconnect's dropped, however they
+    /// interleave.
+    #[test]
+    fn threads_recording_at_once_keep_every_entry() {
+        let f = temp_file("threads");
+        std::thread::scope(|scope| {
+            for t in 0..8u32 {
+                let f = &f;
+                scope.spawn(move || {
+                    for i in 0..25u32 {
+                        let index = t * 100 + i;
+                        f.record(entry(index, 4096, &format!("vsky:v:{t}:{i}")))
+                            .unwrap();
+                        if i % 5 == 0 {
+                            f.forget(NbdIndex(index)).unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        let kept = f.load().unwrap();
+        assert_eq!(kept.len(), 8 * 20, "an entry was lost or kept");
+        assert!(kept.iter().all(|e| e.index.0 % 100 % 5 != 0));
         std::fs::remove_dir_all(f.path().parent().unwrap().parent().unwrap()).unwrap();
     }
 

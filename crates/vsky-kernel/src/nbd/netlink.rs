@@ -97,6 +97,7 @@ impl NbdNetlink {
             BackendLookup::Kernel => return sysfs::list_backends(),
             BackendLookup::File(file) => file.clone(),
         };
+        let _file = BackendFile::lock();
         let entries = file.load()?;
         if entries.is_empty() {
             return Ok(Vec::new());
