@@ -147,6 +147,12 @@ pub const SCENARIOS: &[Scenario] = &[
         run: Run::Cluster(scenario::backup_rebuild::run_scenario),
     },
     Scenario {
+        name: "cluster-backup-drain",
+        default: true,
+        proves: "a snapshot's frozen layer scrubbed and drained under a reader (docs/design/snapshots.md §5.8, step 12): the snapshot read in base form on the head; the scrub patrol has a storage agent compare the frozen layer's legs (equal); the server of one of its legs is drained: a storage agent copies the leg, and the reader's running mirror is reloaded onto the moved leg (AA); the drained server is removed and the other original leg's server killed: the snapshot reads back exactly from the moved copy alone.",
+        run: Run::Cluster(scenario::backup_drain::run_scenario),
+    },
+    Scenario {
         name: "cluster-scrub",
         default: true,
         proves: "the manager's scrub patrol has the head check an attached volume's mirror (dm-raid check): clean legs reported clean; one leg overwritten behind the mirror's back: the mismatch is reported (event and metric); a repair needing the mirror's disks interrupts the check.",

@@ -317,6 +317,61 @@ fn only_the_runs_executor_ends_a_scrub() {
     check(&c, LIMIT);
 }
 
+/// Storage agents report their comparison of a frozen layer's legs under
+/// the layer's own name (a layer is no volume a user names): the verdict
+/// ends the run, as a volume's does.
+#[test]
+fn a_frozen_layers_scrub_ends_with_its_executors_verdict() {
+    let mut c = PoolSpec::new(3, 1)
+        .chunk_bytes(256 << 20)
+        .chunks(16)
+        .build();
+    let mut secrets = CountingSecrets::default();
+    common::thin(&mut c, "v", 64 << 20, &mut secrets);
+    c.snapshot_volume("v", "snap", 1, &mut secrets).unwrap();
+    let layer = match &c.volume_by_name("snap").unwrap().role {
+        VolumeRole::Snapshot { layer, .. } => *layer,
+        other => panic!("a snapshot's role is {other:?}"),
+    };
+    let (pass, _) = c.recovery_pass(&pass_config(LIMIT, 1000), &mut secrets);
+    let started = *pass
+        .scrubs
+        .iter()
+        .find(|s| s.volume == layer)
+        .expect("the frozen layer's mirrored disk is scrubbed");
+    assert_eq!(started.run.method, ScrubMethod::CompareLegs);
+    let name = c.volume(layer).unwrap().name.clone();
+    let verdict = AgentReport {
+        scrubs: vec![ScrubVerdict {
+            scrub: started.run.id,
+            volume: name.clone(),
+            mirrored_disk: 0,
+            result: ScrubResult::Read {
+                mismatched_sectors: 0,
+                unreadable_legs: vec![],
+            },
+        }],
+        assembled: Some(Vec::new()),
+        ..AgentReport::default()
+    };
+    let (out, _) = apply(&mut c, started.run.executor, &verdict, &mut secrets);
+    assert!(out.dropped.is_empty(), "{:?}", out.dropped);
+    assert_eq!(
+        out.scrubs_finished,
+        [FinishedScrub {
+            volume: name,
+            mirrored_disk: 0,
+            mismatched_sectors: 0,
+        }]
+    );
+    assert_eq!(c.scrub(layer, 0), None);
+    assert_eq!(
+        c.volume(layer).unwrap().mirrored_disks[0].last_scrub_unix_s,
+        Some(1000)
+    );
+    check(&c, LIMIT);
+}
+
 #[test]
 fn a_release_ends_once_the_head_no_longer_lists_the_volume() {
     let mut c = PoolSpec::new(3, 1).build();

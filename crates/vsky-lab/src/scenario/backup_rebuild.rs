@@ -108,7 +108,7 @@ pub fn run_scenario() -> Result<String> {
 }
 
 /// The legs of the first mirrored disk of snapshot `name`'s own layer.
-fn frozen_legs(c: &Cluster, name: &str) -> Result<Vec<Leg>> {
+pub(super) fn frozen_legs(c: &Cluster, name: &str) -> Result<Vec<Leg>> {
     let detail = c.api.volume(name)?;
     let layer = detail.layers.first().context("the snapshot has no layer")?;
     let md = layer

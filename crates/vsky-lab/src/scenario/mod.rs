@@ -6,6 +6,7 @@ pub mod activation;
 pub mod agent_restart;
 pub mod attach;
 pub mod backup;
+pub mod backup_drain;
 pub mod backup_rebuild;
 pub mod bench;
 pub mod bench_thin;

@@ -368,14 +368,18 @@ impl Cluster {
         Ok((out, changes))
     }
 
+    /// The set of mirrors an agent names in a report: a volume, or a thin
+    /// volume's layer (heads report a chain's legs, and storage agents
+    /// their comparisons, under the layer's own name, which
+    /// `volume_by_name` does not find).
+    fn reported_mirrors(&self, name: &str) -> Option<&crate::entities::Volume> {
+        self.layer_by_name(name)
+            .or_else(|| self.volume_by_name(name).ok())
+    }
+
     /// The chunk a slot holds now, if the slot exists.
     fn chunk_in_slot(&self, volume: &str, mirrored_disk: u32, leg: u8) -> Option<ChunkRef> {
-        // Heads report the legs of thin volumes' layers under the layers'
-        // names.
-        let v = match self.layer_by_name(volume) {
-            Some(layer) => layer,
-            None => self.volume_by_name(volume).ok()?,
-        };
+        let v = self.reported_mirrors(volume)?;
         let leg = v
             .mirrored_disks
             .get(mirrored_disk as usize)?
@@ -485,7 +489,7 @@ impl Cluster {
         out: &mut HeartbeatOutcome,
         changes: &mut Changes,
     ) {
-        let Ok(volume) = self.volume_by_name(&v.volume).map(|vol| vol.id) else {
+        let Some(volume) = self.reported_mirrors(&v.volume).map(|vol| vol.id) else {
             out.dropped.push(DroppedReport::ScrubOfMissingVolume {
                 volume: v.volume.clone(),
             });
