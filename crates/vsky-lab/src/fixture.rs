@@ -492,6 +492,14 @@ impl Cluster {
         Ok(tail)
     }
 
+    /// A CLI command that follows its work (`--wait`, up to 300 s), whose
+    /// exit status is under test: its last five lines of output.
+    pub fn vsky_waited(&self, args: &[&str]) -> Result<String> {
+        let mut all = args.to_vec();
+        all.extend(["--wait", "--wait-timeout", "300s"]);
+        self.vsky_tail(&all, 5)
+    }
+
     pub fn head_log(&self) -> String {
         std::fs::read_to_string(self.work.join("head.log")).unwrap_or_default()
     }

@@ -22,9 +22,7 @@ use crate::kernel;
 use crate::out::{say, secs, show};
 use crate::wait::{self, wait_for};
 
-use super::backup_rebuild::frozen_legs;
-
-const READ: &str = r#"{"domain": "u0-backup", "mode": "ro"}"#;
+use super::backup_rebuild::{base_mirror_whole, frozen_legs, snapshot_read_on_head};
 
 pub fn run_scenario() -> Result<String> {
     let mut c = Cluster::up(Config {
@@ -34,18 +32,9 @@ pub fn run_scenario() -> Result<String> {
         ..Config::thin("32MiB")
     })?;
     c.head_api_up()?;
-    let (v, bk) = ("vm-disk", "vm-disk-backup");
-    c.api.create_thin_volume(v, 24)?;
-    c.attach_wait(v)?;
-    let a = data::random(8)?;
-    data::write_direct(&device(v), 0, &a, MIB)?;
-    c.api.snapshot(v, bk)?;
-    c.detach_wait(v)?;
-
-    let (status, body) = c.head_local("attach", bk, READ)?;
-    ensure!(status == 200, "read-only activation: {status} {body}");
+    let bk = "vm-disk-backup";
+    let a = snapshot_read_on_head(&c, "vm-disk", bk)?;
     let bdev = device(bk);
-    data::expect_same(&bdev, 0, &a, "the snapshot, read in base form")?;
     let layer = c.api.volume(bk)?.layers[0].name.clone();
     let runs = written_blocks(&layer)?;
     ensure!(
@@ -96,17 +85,7 @@ pub fn run_scenario() -> Result<String> {
     ensure!(legs.len() == 2, "the frozen layer has legs {legs:?}");
     let (survivor, victim) = (legs[0].server.clone(), legs[1].server.clone());
     let start = std::time::Instant::now();
-    let tail = c.vsky_tail(
-        &[
-            "server",
-            "drain",
-            &victim,
-            "--wait",
-            "--wait-timeout",
-            "300s",
-        ],
-        5,
-    )?;
+    let tail = c.vsky_waited(&["server", "drain", &victim])?;
     let took = secs(start);
     show(&tail);
     let moved = frozen_legs(&c, bk)?;
@@ -125,18 +104,9 @@ pub fn run_scenario() -> Result<String> {
         .clone();
     data::expect_same(&bdev, 0, &a, "the snapshot during the drain's end")?;
     // The reader's head reloads its running mirror onto the moved leg.
-    let mirror = format!("vsky-{layer}+r0");
-    wait_for(
-        &format!("{mirror} to run on the moved leg and the survivor"),
-        wait::secs(60),
-        || {
-            let status = kernel::dm_status(&mirror)?;
-            Ok(status.split_whitespace().any(|w| w == "AA"))
-        },
-    )?;
+    let status = base_mirror_whole(&layer, "the moved leg and the survivor")?;
     say(format!(
-        "drained {victim} in {took}s under the reader: the frozen layer's leg moved to {target} by a storage agent; the reader's mirror runs on both legs ({})",
-        kernel::dm_status(&mirror)?
+        "drained {victim} in {took}s under the reader: the frozen layer's leg moved to {target} by a storage agent; the reader's mirror runs on both legs ({status})"
     ));
     c.kill_agent(&victim)?;
     c.api

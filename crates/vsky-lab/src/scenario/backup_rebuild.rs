@@ -29,18 +29,9 @@ pub fn run_scenario() -> Result<String> {
         ..Config::thin("32MiB")
     })?;
     c.head_api_up()?;
-    let (v, bk) = ("vm-disk", "vm-disk-backup");
-    c.api.create_thin_volume(v, 24)?;
-    c.attach_wait(v)?;
-    let a = data::random(8)?;
-    data::write_direct(&device(v), 0, &a, MIB)?;
-    c.api.snapshot(v, bk)?;
-    c.detach_wait(v)?;
-
-    let (status, body) = c.head_local("attach", bk, READ)?;
-    ensure!(status == 200, "read-only activation: {status} {body}");
+    let bk = "vm-disk-backup";
+    let a = snapshot_read_on_head(&c, "vm-disk", bk)?;
     let bdev = device(bk);
-    data::expect_same(&bdev, 0, &a, "the snapshot, read in base form")?;
     let legs = frozen_legs(&c, bk)?;
     ensure!(legs.len() == 2, "the frozen layer has legs {legs:?}");
     let (survivor, victim) = (legs[0].server.clone(), legs[1].server.clone());
@@ -75,18 +66,9 @@ pub fn run_scenario() -> Result<String> {
         .server;
     // The reader's head takes the new leg into its running mirror.
     let layer = c.api.volume(bk)?.layers[0].name.clone();
-    let mirror = format!("vsky-{layer}+r0");
-    wait_for(
-        &format!("{mirror} to run on both legs again"),
-        wait::secs(60),
-        || {
-            let status = kernel::dm_status(&mirror)?;
-            Ok(status.split_whitespace().any(|w| w == "AA"))
-        },
-    )?;
+    let status = base_mirror_whole(&layer, "both legs again")?;
     say(format!(
-        "the leg on {victim} rebuilt on {rebuilt} by a storage agent {took}s after the kill; the reader's mirror runs on both legs ({})",
-        kernel::dm_status(&mirror)?
+        "the leg on {victim} rebuilt on {rebuilt} by a storage agent {took}s after the kill; the reader's mirror runs on both legs ({status})"
     ));
 
     c.kill_agent(&survivor)?;
@@ -116,4 +98,37 @@ pub(super) fn frozen_legs(c: &Cluster, name: &str) -> Result<Vec<Leg>> {
         .first()
         .context("the layer has no mirrored disk")?;
     Ok(md.legs.clone())
+}
+
+/// A thin volume `v` with 8 MiB written, snapshotted as `bk` and detached;
+/// `bk` then read on the head through its local API, as a backup's
+/// `Datapath.activate_readonly` does (base form: nothing there writes the
+/// layer). Returns what was written.
+pub(super) fn snapshot_read_on_head(c: &Cluster, v: &str, bk: &str) -> Result<Vec<u8>> {
+    c.api.create_thin_volume(v, 24)?;
+    c.attach_wait(v)?;
+    let a = data::random(8)?;
+    data::write_direct(&device(v), 0, &a, MIB)?;
+    c.api.snapshot(v, bk)?;
+    c.detach_wait(v)?;
+    let (status, body) = c.head_local("attach", bk, READ)?;
+    ensure!(status == 200, "read-only activation: {status} {body}");
+    data::expect_same(&device(bk), 0, &a, "the snapshot, read in base form")?;
+    Ok(a)
+}
+
+/// Waits until the reader's head runs `layer`'s first mirror on both legs
+/// (`AA`) and returns its status: a base mirror is reloaded when the
+/// manager changes the layer's active legs.
+pub(super) fn base_mirror_whole(layer: &str, what: &str) -> Result<String> {
+    let mirror = format!("vsky-{layer}+r0");
+    wait_for(
+        &format!("{mirror} to run on {what}"),
+        wait::secs(60),
+        || {
+            let status = kernel::dm_status(&mirror)?;
+            Ok(status.split_whitespace().any(|w| w == "AA"))
+        },
+    )?;
+    kernel::dm_status(&mirror)
 }

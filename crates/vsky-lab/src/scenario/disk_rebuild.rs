@@ -50,17 +50,7 @@ pub fn run_scenario() -> Result<String> {
     let start = Instant::now();
     // The CLI itself is under test here: `--wait` follows the rebuilds.
     let victim_arg = victim.to_string();
-    let tail = c.vsky_tail(
-        &[
-            "disk",
-            "fail",
-            &victim_arg,
-            "--wait",
-            "--wait-timeout",
-            "300s",
-        ],
-        5,
-    )?;
+    let tail = c.vsky_waited(&["disk", "fail", &victim_arg])?;
     let took = secs(start);
     show(&tail);
     wait_for(

@@ -59,17 +59,7 @@ pub fn run_scenario() -> Result<String> {
     let start = Instant::now();
     // The CLI itself is under test here: `--wait` follows the moves.
     let victim_arg = victim.to_string();
-    let tail = c.vsky_tail(
-        &[
-            "server",
-            "drain",
-            &victim_arg,
-            "--wait",
-            "--wait-timeout",
-            "300s",
-        ],
-        5,
-    )?;
+    let tail = c.vsky_waited(&["server", "drain", &victim_arg])?;
     let took = secs(start);
     show(&tail);
     let still_running = writer.running();
