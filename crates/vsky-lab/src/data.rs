@@ -52,7 +52,7 @@ impl Aligned {
     }
 }
 
-fn open_direct(path: &Path, write: bool) -> Result<File> {
+pub fn open_direct(path: &Path, write: bool) -> Result<File> {
     OpenOptions::new()
         .read(true)
         .write(write)

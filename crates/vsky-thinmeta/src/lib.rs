@@ -15,9 +15,10 @@
 //! one more format to parse; this crate reads the on-disk format directly,
 //! with no dependency beyond `thiserror`.
 //!
-//! **Use.** Open a [`ThinMetadata`] over a [`BlockSource`] (the metadata
-//! device or an image, as a [`ReadSeekSource`] over a `File`, or bytes in
-//! memory), then ask for [`ThinMetadata::devices`],
+//! **Use.** Open a [`ThinMetadata`] over a [`BlockSource`] (a pool's
+//! metadata device opened with `O_DIRECT`, as a [`DirectFileSource`]: a
+//! buffered read may return blocks cached before the pool's last commit;
+//! an image file as a [`ReadSeekSource`]; or bytes in memory), then ask for [`ThinMetadata::devices`],
 //! [`ThinMetadata::mappings`] (runs of virtual → data blocks) or
 //! [`ThinMetadata::mapped_runs`] (runs of mapped virtual blocks: all a
 //! fold needs).
@@ -60,7 +61,7 @@ mod node;
 mod reader;
 mod superblock;
 
-pub use block::{BLOCK_SIZE, Block, BlockSource, ReadSeekSource};
+pub use block::{BLOCK_SIZE, Block, BlockSource, DirectFileSource, ReadSeekSource};
 pub use btree::MAX_DEPTH;
 pub use checksum::{BlockKind, crc32c};
 pub use device::ThinDevice;

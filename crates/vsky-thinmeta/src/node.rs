@@ -90,8 +90,12 @@ impl<'a> Node<'a> {
         let nr_entries = le32(block, 16);
         let max_entries = le32(block, 20);
         let value_size = le32(block, 24);
-        let needed = (KEY_SIZE as u64 + u64::from(value_size)) * u64::from(max_entries);
-        if HEADER_SIZE as u64 + needed > BLOCK_SIZE as u64 {
+        // Both fields are the block's, up to u32::MAX: the product may not
+        // fit a u64, and then it certainly does not fit the block.
+        let needed = (KEY_SIZE as u64 + u64::from(value_size))
+            .checked_mul(u64::from(max_entries))
+            .and_then(|n| n.checked_add(HEADER_SIZE as u64));
+        if needed.is_none_or(|n| n > BLOCK_SIZE as u64) {
             return Err(bad(NodeProblem::DoesNotFit {
                 max_entries,
                 value_size,
@@ -228,6 +232,24 @@ mod tests {
         // The largest node that fits.
         let b = node(LEAF, 254, 8, &[]);
         assert_eq!(Node::parse(5, &b, TREE, 8).unwrap().nr_entries(), 0);
+    }
+
+    /// Header fields at their largest overflow any size computed from them
+    /// (a debug build would panic): the node just does not fit.
+    #[test]
+    fn the_largest_header_fields_do_not_fit() {
+        let mut b = [0u8; BLOCK_SIZE];
+        b[4..8].copy_from_slice(&LEAF.to_le_bytes());
+        b[8..16].copy_from_slice(&5u64.to_le_bytes());
+        b[20..28].fill(0xff);
+        seal(&mut b);
+        assert_eq!(
+            problem(Node::parse(5, &b, TREE, 8)),
+            NodeProblem::DoesNotFit {
+                max_entries: u32::MAX,
+                value_size: u32::MAX,
+            }
+        );
     }
 
     #[test]

@@ -293,6 +293,8 @@ impl Head {
             for (l, leg) in legs.iter().enumerate() {
                 match made.remove(&(k, l)) {
                     None => slots.push(None),
+                    // This host's trouble, not the leg's.
+                    Some(Err(e @ HeadError::Netlink(_))) => return Err(e),
                     Some(Ok(data)) => slots.push(Some(data.device)),
                     Some(Err(e)) => {
                         tracing::warn!(volume = %spec.name, layer = %layer.name, mirrored_disk = k, leg = l,

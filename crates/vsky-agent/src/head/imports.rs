@@ -14,7 +14,7 @@ use vsky_kernel::dm::{
     Datapath, Device, LegDevices, LegLayout, MappedDevice, Sectors, TableMode, Target, TargetLine,
     VolumeName,
 };
-use vsky_kernel::nbd::{self, ConnectRequest, NbdIndex, NbdNetlink};
+use vsky_kernel::nbd::{self, BackendLookup, ConnectRequest, NbdIndex, NbdNetlink};
 
 use super::naming::{BACKEND_PREFIX, backend_id, leg_tag, parse_backend_rest};
 use super::{Head, HeadError, NbdTimeouts, REVIVE_BACKOFF, sectors};
@@ -222,17 +222,18 @@ impl Head {
 
 /// The netlink socket of one of the threads that import a volume's legs at
 /// once (a netlink socket carries one request at a time), opened when the
-/// thread first connects or disconnects.
-pub(super) struct Netlink<'a> {
+/// thread first connects or disconnects, looking imports up where the
+/// head's own socket does.
+pub(super) struct LazyNetlink<'a> {
     socket: Option<NbdNetlink>,
-    backends: &'a NbdBackendFile,
+    lookup: &'a BackendLookup,
 }
 
-impl<'a> Netlink<'a> {
-    pub(super) fn new(backends: &'a NbdBackendFile) -> Self {
-        Netlink {
+impl<'a> LazyNetlink<'a> {
+    pub(super) fn new(lookup: &'a BackendLookup) -> Self {
+        LazyNetlink {
             socket: None,
-            backends,
+            lookup,
         }
     }
 
@@ -244,10 +245,11 @@ impl<'a> Netlink<'a> {
     fn socket(&mut self) -> Result<&mut NbdNetlink, HeadError> {
         let nl = match self.socket.take() {
             Some(nl) => nl,
-            None => NbdNetlink::open_with_backend_file(
-                nbd::BackendFile::new(&self.backends.path),
-                self.backends.always,
-            )?,
+            None => match self.lookup {
+                BackendLookup::Kernel => NbdNetlink::open(),
+                BackendLookup::File(file) => NbdNetlink::open_with_backend_file(file.clone(), true),
+            }
+            .map_err(HeadError::Netlink)?,
         };
         Ok(self.socket.insert(nl))
     }
@@ -256,7 +258,7 @@ impl<'a> Netlink<'a> {
 /// What making one leg's devices gave: the devices, and the import it
 /// connected, if any (whether or not the devices could be made, so the
 /// assembly's index never misses a connected import).
-pub(super) type Made<R> = (Result<R, HeadError>, Option<(NbdIndex, String)>);
+pub(super) type LegOutcome<R> = (Result<R, HeadError>, Option<(NbdIndex, String)>);
 
 /// What making a leg's devices needs from the head, shared by the threads
 /// that make a volume's legs at once (`Head::assemble`): the dm interface
@@ -279,7 +281,7 @@ impl LegMaker<'_> {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn leg(
         &self,
-        nl: &mut Netlink<'_>,
+        nl: &mut LazyNetlink<'_>,
         vol: &VolumeName,
         spec: &VolumeSpec,
         k: usize,
@@ -287,7 +289,7 @@ impl LegMaker<'_> {
         layout: LegLayout,
         new_member: bool,
         known: Option<NbdIndex>,
-    ) -> Made<LegDevices> {
+    ) -> LegOutcome<LegDevices> {
         let (source, new) = self.source(nl, spec, k, leg, layout, known);
         let devices = source.and_then(|(parent, layout)| {
             let names = vol.leg(k as u32, &leg_tag(leg.chunk))?;
@@ -305,14 +307,14 @@ impl LegMaker<'_> {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn base_leg(
         &self,
-        nl: &mut Netlink<'_>,
+        nl: &mut LazyNetlink<'_>,
         vol: &VolumeName,
         as_volume: &VolumeSpec,
         k: usize,
         leg: &LegSpec,
         layout: LegLayout,
         known: Option<NbdIndex>,
-    ) -> Made<MappedDevice> {
+    ) -> LegOutcome<MappedDevice> {
         let (source, new) = self.source(nl, as_volume, k, leg, layout, known);
         let device = source.and_then(|(parent, layout)| {
             let names = vol.leg(k as u32, &leg_tag(leg.chunk))?;
@@ -337,13 +339,13 @@ impl LegMaker<'_> {
     /// connected, if any.
     pub(super) fn source(
         &self,
-        nl: &mut Netlink<'_>,
+        nl: &mut LazyNetlink<'_>,
         spec: &VolumeSpec,
         k: usize,
         leg: &LegSpec,
         layout: LegLayout,
         known: Option<NbdIndex>,
-    ) -> Made<(Device, LegLayout)> {
+    ) -> LegOutcome<(Device, LegLayout)> {
         match leg.local_disk_path.as_ref().map(PathBuf::from) {
             Some(path) if self.local_block_disks.contains(&path) => {
                 // A chunk on our own block device: map it in place, no
@@ -375,7 +377,7 @@ impl LegMaker<'_> {
     /// kernel.
     fn connect(
         &self,
-        nl: &mut Netlink<'_>,
+        nl: &mut LazyNetlink<'_>,
         volume: &str,
         k: usize,
         chunk_size_bytes: u64,

@@ -53,8 +53,9 @@
 //! superblock I/O over NBD).
 //!
 //! Files: this one holds the [`Head`] and the assembly (`ensure`, the
-//! mirror and volume devices, teardown); `imports` the NBD legs (import,
-//! adopt, reconnect, revive); `plan` the pure planner of mirror changes
+//! mirror and volume devices, teardown); `imports` the legs (import or
+//! adopt, the leg devices made on the assembly's threads, reconnect,
+//! revive); `plan` the pure planner of mirror changes
 //! ([`plan_mirror_change`]); `naming` the backend identifiers and leg tags;
 //! `status` what the head reports (dead legs, resyncs, scrubs, health).
 
@@ -79,7 +80,7 @@ mod status;
 
 pub use chain::{is_layer, mirror_sets};
 pub use imports::NbdBackendFile;
-use imports::{LegMaker, Made, Netlink};
+use imports::{LazyNetlink, LegMaker, LegOutcome};
 use naming::{BACKEND_PREFIX, describe_chunks, leg_device_of, leg_tag, parse_backend_rest};
 use plan::{MirrorChange, holds_wanted, plan_mirror_change};
 
@@ -102,6 +103,12 @@ pub enum HeadError {
     },
     #[error("volume {volume}: {reason}")]
     Layout { volume: String, reason: String },
+    /// This host's own trouble, not a leg's: the assembly stops instead of
+    /// reporting legs failed.
+    #[error(
+        "cannot open a netlink socket to the kernel's nbd driver ({0}); no leg can be imported: check the agent's open files limit and that the nbd module is loaded"
+    )]
+    Netlink(vsky_kernel::nbd::NbdError),
 }
 
 /// Timeouts for imported legs: finite, so a dead server turns into an I/O
@@ -149,9 +156,6 @@ pub struct Head {
     /// The NBD imports of the volume `ensure` is assembling, read once per
     /// call (`imports.rs`); `None` outside it.
     imports: Option<imports::ImportIndex>,
-    /// Where imports are recorded on kernels without backend identifiers,
-    /// for the netlink sockets of the threads that import legs.
-    nbd_backends: NbdBackendFile,
 }
 
 /// How many legs are imported, mirrors created, or devices removed at once
@@ -181,6 +185,13 @@ fn joins(leg: &LegSpec) -> Option<bool> {
         (LegState::Syncing, Some(_)) => Some(true),
         (LegState::Active, _) => Some(false),
     }
+}
+
+/// Why an assembly stops before the volume device: a mirror a grow added
+/// waits for a leg, or a mirror has no reachable leg.
+enum Stop {
+    GrowWaits,
+    NoLeg(usize),
 }
 
 /// A mirror ready to be created or adopted: its slots' devices, the slots
@@ -228,7 +239,6 @@ impl Head {
             recovery_rate_kib: None,
             new_member_failures: HashMap::new(),
             imports: None,
-            nbd_backends: nbd_backends.clone(),
         })
     }
 
@@ -300,6 +310,7 @@ impl Head {
             maker.leg(nl, &vol, spec, k, leg, layout, new_member, known)
         });
         let mut planned: Vec<PlannedMirror> = Vec::with_capacity(spec.mirrored_disks.len());
+        let mut stop = None;
         for (k, legs) in spec.mirrored_disks.iter().enumerate() {
             let mut slots: Vec<Option<LegDevices>> = Vec::with_capacity(legs.len());
             let mut rebuild = Vec::new();
@@ -316,13 +327,19 @@ impl Head {
                     slots.push(None);
                     continue;
                 };
-                let devices = made.remove(&(k, l)).unwrap_or_else(|| {
-                    Err(HeadError::Layout {
+                let Some(devices) = made.remove(&(k, l)) else {
+                    // `legs_at_once` made every leg `joins` picks: a bug
+                    // here must not pass for a failed leg.
+                    return Err(HeadError::Layout {
                         volume: spec.name.clone(),
-                        reason: format!("mirrored disk {k}: leg {l} was not imported"),
-                    })
-                });
+                        reason: format!(
+                            "mirrored disk {k}: leg {l} was never made (a bug in the head); nothing reported"
+                        ),
+                    });
+                };
                 match devices {
+                    // This host's trouble, not the leg's.
+                    Err(e @ HeadError::Netlink(_)) => return Err(e),
                     Ok(devices) => {
                         if new_member {
                             rebuild.push(l);
@@ -359,16 +376,12 @@ impl Head {
             if grown && waiting {
                 // Grow once every leg of the new mirrors is there; until
                 // then the volume keeps serving its old size.
-                let top = vol.top();
-                assembly.device = top.node_path();
-                assembly.size_bytes = self.dp.size(&top)?.0 * SECTOR;
-                return Ok(assembly);
+                stop = Some(Stop::GrowWaits);
+                break;
             }
             if slots.iter().all(Option::is_none) {
-                return Err(HeadError::NoLeg {
-                    volume: spec.name.clone(),
-                    mirrored_disk: k,
-                });
+                stop = Some(Stop::NoLeg(k));
+                break;
             }
             planned.push(PlannedMirror {
                 k,
@@ -377,9 +390,28 @@ impl Head {
                 running,
             });
         }
+        // The mirrors before a stop are reconciled all the same (new
+        // members join, returned legs come back), as they were when the
+        // mirrors were assembled one by one.
+        let reconciled = planned.len();
         let mirrors = self.mirrors_at_once(&vol, spec, data_len, planned)?;
-        for k in 0..spec.mirrored_disks.len() {
+        for k in 0..reconciled {
             self.revive_returned_legs(&vol, spec, k);
+        }
+        match stop {
+            None => {}
+            Some(Stop::GrowWaits) => {
+                let top = vol.top();
+                assembly.device = top.node_path();
+                assembly.size_bytes = self.dp.size(&top)?.0 * SECTOR;
+                return Ok(assembly);
+            }
+            Some(Stop::NoLeg(k)) => {
+                return Err(HeadError::NoLeg {
+                    volume: spec.name.clone(),
+                    mirrored_disk: k,
+                });
+            }
         }
         let (top, len) = self.top(&vol, spec, data_len, &mirrors)?;
         assembly.device = top.path;
@@ -401,12 +433,12 @@ impl Head {
         wanted: impl Fn(&LegSpec) -> Option<W>,
         make: impl Fn(
             &LegMaker<'_>,
-            &mut Netlink<'_>,
+            &mut LazyNetlink<'_>,
             usize,
             &LegSpec,
             W,
             Option<nbd::NbdIndex>,
-        ) -> Made<R>
+        ) -> LegOutcome<R>
         + Sync,
     ) -> HashMap<(usize, usize), Result<R, HeadError>>
     where
@@ -414,38 +446,51 @@ impl Head {
         R: Send,
     {
         let mut out = HashMap::new();
-        let mut work = Vec::new();
+        let mut pending = Vec::new();
         for (k, legs) in spec.mirrored_disks.iter().enumerate() {
             for (l, leg) in legs.iter().enumerate() {
-                let Some(w) = wanted(leg) else {
-                    continue;
-                };
-                match self.find_import(&spec.name, k, leg.chunk) {
+                if let Some(w) = wanted(leg) {
+                    pending.push((k, l, w));
+                }
+            }
+        }
+        // Rounds, in case a mirror lists one chunk twice: no two threads
+        // import the same leg; a repeat is made in the next round, which
+        // adopts the import the first one connected.
+        while !pending.is_empty() {
+            let mut seen = HashSet::new();
+            let (round, later): (Vec<_>, Vec<_>) = pending
+                .into_iter()
+                .partition(|(k, l, _)| seen.insert((*k, spec.mirrored_disks[*k][*l].chunk)));
+            pending = later;
+            let mut work = Vec::with_capacity(round.len());
+            for (k, l, w) in round {
+                match self.find_import(&spec.name, k, spec.mirrored_disks[k][l].chunk) {
                     Ok(known) => work.push((k, l, w, known.map(|(i, _)| i))),
                     Err(e) => {
                         out.insert((k, l), Err(e));
                     }
                 }
             }
-        }
-        let maker = LegMaker {
-            dp: &self.dp,
-            timeouts: self.timeouts,
-            local_block_disks: &self.local_block_disks,
-        };
-        let backends = &self.nbd_backends;
-        let made = vsky_sync::map_bounded(
-            work,
-            ASSEMBLY_WORKERS,
-            || Netlink::new(backends),
-            |nl, (k, l, w, known)| {
-                let (devices, new) = make(&maker, nl, k, &spec.mirrored_disks[k][l], w, known);
-                (k, l, devices, new)
-            },
-        );
-        for (k, l, devices, new) in made {
-            self.note_import(&spec.name, k, spec.mirrored_disks[k][l].chunk, new);
-            out.insert((k, l), devices);
+            let maker = LegMaker {
+                dp: &self.dp,
+                timeouts: self.timeouts,
+                local_block_disks: &self.local_block_disks,
+            };
+            let lookup = self.nl.backend_lookup();
+            let made = vsky_sync::map_bounded(
+                work,
+                ASSEMBLY_WORKERS,
+                || LazyNetlink::new(lookup),
+                |nl, (k, l, w, known)| {
+                    let (devices, new) = make(&maker, nl, k, &spec.mirrored_disks[k][l], w, known);
+                    (k, l, devices, new)
+                },
+            );
+            for (k, l, devices, new) in made {
+                self.note_import(&spec.name, k, spec.mirrored_disks[k][l].chunk, new);
+                out.insert((k, l), devices);
+            }
         }
         out
     }
@@ -708,15 +753,23 @@ impl Head {
             .filter(|(_, backend)| backend.starts_with(&prefix))
             .map(|(index, _)| index)
             .collect();
-        let backends = &self.nbd_backends;
-        vsky_sync::map_bounded(
+        let lookup = self.nl.backend_lookup();
+        let disconnected = vsky_sync::map_bounded(
             legs,
             ASSEMBLY_WORKERS,
-            || Netlink::new(backends),
-            |nl, index| nl.disconnect(index),
-        )
-        .into_iter()
-        .collect()
+            || LazyNetlink::new(lookup),
+            |nl, index| (index, nl.disconnect(index)),
+        );
+        // Every disconnect was tried; each failure is logged, the first
+        // returned (the next teardown tries those again).
+        let mut first = None;
+        for (index, r) in disconnected {
+            if let Err(e) = r {
+                tracing::warn!(volume, device = %index, error = %e, "cannot disconnect a leg's import");
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 
     /// Removes the leg devices of `vol` that no mirror uses any more (the

@@ -898,7 +898,8 @@ impl Datapath {
     /// Devices of one rank map none of each other, so up to `workers` of
     /// them are removed at once (a dm-raid's removal writes its superblock
     /// and bitmap over NBD, and waits for it): a rank is finished before
-    /// the next one starts, and the first error stops the teardown there,
+    /// the next one starts. A rank where a removal fails is still finished
+    /// (each failure logged), then the teardown stops with the first error,
     /// leaving every device below in place for the next attempt.
     pub fn teardown_volume(&self, volume: &VolumeName, workers: usize) -> Result<Vec<DevName>> {
         let top = volume.top();
@@ -939,9 +940,18 @@ impl Datapath {
                 ordered[start..end].iter().collect(),
                 workers,
                 || (),
-                |_, n| self.remove(n),
+                |_, n| (n, self.remove(n)),
             );
-            removed.into_iter().collect::<Result<Vec<()>>>()?;
+            let mut first = None;
+            for (n, r) in removed {
+                if let Err(e) = r {
+                    tracing::warn!(device = %n, error = %e, "cannot remove a device of the volume");
+                    first.get_or_insert(e);
+                }
+            }
+            if let Some(e) = first {
+                return Err(e);
+            }
             start = end;
         }
         Ok(ordered)

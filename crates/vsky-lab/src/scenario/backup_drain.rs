@@ -133,14 +133,15 @@ pub fn run_scenario() -> Result<String> {
 
 /// What a layer's thin device maps, as (offset, length) byte ranges, read
 /// from the metadata device of its running `read_only` pool by the fold's
-/// parser: the lab's kernel wrote it, so this checks the parser on the real
-/// format (docs/design/snapshots.md step 9).
+/// parser, with O_DIRECT as the fold must (dm-thin writes metadata past the
+/// page cache): the lab's kernel wrote it, so this checks the parser on the
+/// real format (docs/design/snapshots.md step 9).
 fn written_blocks(layer: &str) -> Result<Vec<(u64, u64)>> {
     let path = format!("/dev/mapper/vsky-{layer}+tmeta");
-    let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
-    let mut meta = vsky_thinmeta::ThinMetadata::open(vsky_thinmeta::ReadSeekSource::new(file)?)
+    let file = data::open_direct(std::path::Path::new(&path), false)?;
+    let mut meta = vsky_thinmeta::ThinMetadata::open(vsky_thinmeta::DirectFileSource::new(file)?)
         .with_context(|| format!("parse {path}"))?;
-    let block = u64::from(meta.superblock().data_block_sectors) * 512;
+    let block = meta.superblock().data_block_bytes();
     let devices = meta.devices()?;
     ensure!(
         devices.len() == 1 && devices[0].id == 0,

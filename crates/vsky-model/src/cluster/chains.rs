@@ -179,6 +179,15 @@ impl Cluster {
             .filter(|v| v.role.layer().is_some())
     }
 
+    /// The set of mirrors an agent names in a report: a volume, or a thin
+    /// volume's layer (heads report a chain's legs, and storage agents
+    /// their comparisons, under the layer's own name, which
+    /// `volume_by_name` does not find).
+    pub(crate) fn reported_mirrors(&self, name: &str) -> Option<&Volume> {
+        self.layer_by_name(name)
+            .or_else(|| self.volume_by_name(name).ok())
+    }
+
     /// The thin volume whose head `head` still has to report having
     /// switched off the freezing layer `layer` (its top's parent), if any.
     pub(super) fn freezing_writer(

@@ -368,15 +368,6 @@ impl Cluster {
         Ok((out, changes))
     }
 
-    /// The set of mirrors an agent names in a report: a volume, or a thin
-    /// volume's layer (heads report a chain's legs, and storage agents
-    /// their comparisons, under the layer's own name, which
-    /// `volume_by_name` does not find).
-    fn reported_mirrors(&self, name: &str) -> Option<&crate::entities::Volume> {
-        self.layer_by_name(name)
-            .or_else(|| self.volume_by_name(name).ok())
-    }
-
     /// The chunk a slot holds now, if the slot exists.
     fn chunk_in_slot(&self, volume: &str, mirrored_disk: u32, leg: u8) -> Option<ChunkRef> {
         let v = self.reported_mirrors(volume)?;

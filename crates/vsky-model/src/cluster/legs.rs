@@ -25,10 +25,9 @@ impl Cluster {
         mirrored_disk: u32,
         leg: u8,
     ) -> Result<Changes, ModelError> {
-        let v = match self.layer_by_name(volume) {
-            Some(layer) => layer,
-            None => self.volume_by_name(volume)?,
-        };
+        let v = self
+            .reported_mirrors(volume)
+            .ok_or_else(|| super::not_found("volume", "volume", volume))?;
         if !self.assembles(head, v) {
             return Err(ModelError::Conflict(format!(
                 "volume '{volume}' is not attached to this server; only its head reports leg failures"
