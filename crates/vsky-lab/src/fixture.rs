@@ -69,6 +69,9 @@ pub struct Config {
     pub head_grace: &'static str,
     /// The per-resync rate limit, if any.
     pub resync_rate: Option<&'static str>,
+    /// Resyncs one disk takes part in at once (the manager's
+    /// `--resyncs-per-disk`, k; production default 1).
+    pub resyncs_per_disk: u32,
     /// The manager's scrub patrol: off (`0`) unless a scenario tests it, so
     /// scrubs do not disturb the others' timings.
     pub scrub_interval: &'static str,
@@ -108,6 +111,7 @@ impl Default for Config {
             grace: "10s",
             head_grace: "30s",
             resync_rate: None,
+            resyncs_per_disk: 1,
             scrub_interval: "0",
             ha: false,
             head_api: false,
@@ -247,7 +251,8 @@ impl Cluster {
             .args(["--chunk-size", self.cfg.chunk])
             .args(["--server-grace", self.cfg.grace])
             .args(["--head-grace", self.cfg.head_grace])
-            .args(["--scrub-interval", self.cfg.scrub_interval]);
+            .args(["--scrub-interval", self.cfg.scrub_interval])
+            .args(["--resyncs-per-disk", &self.cfg.resyncs_per_disk.to_string()]);
         if let Some(rate) = self.cfg.resync_rate {
             cmd.args(["--resync-rate", rate]);
         }

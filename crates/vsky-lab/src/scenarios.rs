@@ -189,6 +189,12 @@ pub const SCENARIOS: &[Scenario] = &[
         run: Run::Cluster(scenario::bench_thin::run_scenario),
     },
     Scenario {
+        name: "cluster-bench-impact",
+        default: false,
+        proves: "a benchmark (issue #17 item 3): an O_DIRECT writer's throughput on a volume untouched by a server loss, before and during the rebuild of another volume's legs onto the same disks, with the per-disk limit k = 1 and unscheduled (k = 64), rounds alternating in one run; figures in docs/benchmarks.md.",
+        run: Run::Cluster(scenario::bench_impact::run_scenario),
+    },
+    Scenario {
         name: "cluster-activation",
         default: false,
         proves: "(a benchmark) a volume's handover cost against its size (1, 16, 64, 256 mirrored disks): activate (attach to device of the right size) and deactivate (detach until no dm device or NBD connection is left) times, median of a few cycles and ratios to 1 mirrored disk, where the activation's time goes (NBD imports, dm devices), and the NBD devices, dm devices and TCP connections each volume holds.",

@@ -41,7 +41,7 @@ use anyhow::{Context, Result, bail, ensure};
 use crate::data::device;
 use crate::fixture::{Cluster, Config, HEAD, strip_ansi};
 use crate::kernel;
-use crate::out::say;
+use crate::out::{median, say};
 use crate::wait::{self, wait_for};
 
 /// Mirrored disks per volume, smallest first: the first is the baseline
@@ -403,16 +403,6 @@ fn device_bytes(dev: &Path) -> Result<u64> {
         .with_context(|| format!("size of {}", dev.display()))
 }
 
-fn median(values: impl Iterator<Item = f64>) -> f64 {
-    let mut v: Vec<f64> = values.collect();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        l if l % 2 == 1 => v[l / 2],
-        l => (v[l / 2 - 1] + v[l / 2]) / 2.0,
-    }
-}
-
 /// The results as two Markdown tables (also the LAB-DETAIL, joined): the
 /// costs, then where the activation's time goes by the head's log.
 fn table(rows: &[Row]) -> String {
@@ -525,14 +515,7 @@ fn day_seconds_now() -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{LogSplit, day_seconds, median, split_log};
-
-    #[test]
-    fn median_of_odd_and_even_counts() {
-        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
-        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), 2.5);
-        assert!(median(std::iter::empty()).is_nan());
-    }
+    use super::{LogSplit, day_seconds, split_log};
 
     #[test]
     fn splits_an_activation_by_the_devices_the_head_created() {

@@ -23,7 +23,7 @@ use anyhow::Result;
 
 use crate::data::{self, MIB, device};
 use crate::fixture::{Cluster, Config};
-use crate::out::say;
+use crate::out::{median, say};
 use crate::scenario::thin::pause_logged;
 
 const CHUNK: &str = "16MiB";
@@ -229,11 +229,6 @@ fn throughput(c: &Cluster) -> Result<Vec<Row>> {
         c.api.delete_volume(name)?;
     }
     Ok(rows)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn timed(f: impl FnOnce() -> Result<()>) -> Result<f64> {

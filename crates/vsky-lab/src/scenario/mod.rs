@@ -9,6 +9,7 @@ pub mod backup;
 pub mod backup_drain;
 pub mod backup_rebuild;
 pub mod bench;
+pub mod bench_impact;
 pub mod bench_thin;
 pub mod busy_detach;
 pub mod demo;

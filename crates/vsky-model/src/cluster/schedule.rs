@@ -49,7 +49,13 @@
 //!    per queued job. At 100 servers × 10 disks after a server loss the
 //!    greedy start left 54-117 disks idle per round and the disks with the
 //!    most to go fell behind from the fourth round; with the search none
-//!    falls behind until the ninth of eleven rounds.
+//!    falls behind until the ninth of eleven rounds. What then leaves a
+//!    twelfth round is the links, not odd cycles of disks: with targets
+//!    chosen so that the resyncs form a bipartite graph (no odd cycle),
+//!    and a search that finds a round covering every disk with the most to
+//!    go whenever one exists, the twelfth round stayed; ordering by the
+//!    links' slack kept the links on time but left disks idle instead
+//!    (tried and dropped, issue #17, docs/benchmarks.md).
 //!
 //! The source of a resync is a healthy leg off draining disks first (a
 //! disk is often drained because it is ageing, and its reads are better
