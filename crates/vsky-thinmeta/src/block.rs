@@ -100,12 +100,7 @@ impl<R: Read + Seek> BlockSource for ReadSeekSource<R> {
     }
 
     fn read_block(&mut self, index: u64, buf: &mut Block) -> io::Result<()> {
-        let offset = index.checked_mul(BLOCK_SIZE as u64).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("block {index} has no byte offset"),
-            )
-        })?;
+        let offset = byte_offset(index)?;
         self.inner.seek(SeekFrom::Start(offset))?;
         self.inner.read_exact(buf)
     }
@@ -151,12 +146,7 @@ impl BlockSource for DirectFileSource {
 
     fn read_block(&mut self, index: u64, buf: &mut Block) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
-        let offset = index.checked_mul(BLOCK_SIZE as u64).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("block {index} has no byte offset"),
-            )
-        })?;
+        let offset = byte_offset(index)?;
         let skew = self.buf.as_ptr() as usize % BLOCK_SIZE;
         let start = (BLOCK_SIZE - skew) % BLOCK_SIZE;
         let aligned = &mut self.buf[start..start + BLOCK_SIZE];
@@ -164,6 +154,16 @@ impl BlockSource for DirectFileSource {
         buf.copy_from_slice(aligned);
         Ok(())
     }
+}
+
+/// Where block `index` starts on a device, or an error past any device.
+fn byte_offset(index: u64) -> io::Result<u64> {
+    index.checked_mul(BLOCK_SIZE as u64).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("block {index} has no byte offset"),
+        )
+    })
 }
 
 /// The little-endian `u32` at byte `at` of `bytes`. Callers pass offsets

@@ -69,19 +69,7 @@ pub fn datapath_without_head(rig: &Rig, admin: &ManagerAdmin, other_server: Opti
         ));
     }
     let before = admin.snapshot()?;
-    let e = fails(
-        dp,
-        "Datapath.activate",
-        json!({"dbg": DBG, "uri": uri, "domain": "7"})
-            .to_string()
-            .as_bytes(),
-    )?;
-    if !e.params.join(" ").contains("storage-only") {
-        return Err(format!(
-            "activate on a storage-only host: {} {:?}",
-            e.code, e.params
-        ));
-    }
+    refused_as_storage_only(dp, "Datapath.activate", &uri, "7")?;
     if admin.snapshot()? != before || !admin.volume(&key)?["attached_to"].is_null() {
         return Err("a refused activate changed the manager".into());
     }
@@ -95,19 +83,7 @@ pub fn datapath_without_head(rig: &Rig, admin: &ManagerAdmin, other_server: Opti
     let skey = str_field(&snap, "key");
     let (sdp, suri) = datapath_for(rig, &stat_vdi(rig, &sr, &skey)?)?;
     let before = admin.snapshot()?;
-    let e = fails(
-        sdp,
-        "Datapath.activate_readonly",
-        json!({"dbg": DBG, "uri": suri, "domain": "u0-backup"})
-            .to_string()
-            .as_bytes(),
-    )?;
-    if !e.params.join(" ").contains("storage-only") {
-        return Err(format!(
-            "activate_readonly on a storage-only host: {} {:?}",
-            e.code, e.params
-        ));
-    }
+    refused_as_storage_only(sdp, "Datapath.activate_readonly", &suri, "u0-backup")?;
     if admin.snapshot()? != before
         || admin.volume(&skey)?["read_on"]
             .as_array()
@@ -137,6 +113,25 @@ pub fn datapath_without_head(rig: &Rig, admin: &ManagerAdmin, other_server: Opti
         json!({"dbg": DBG, "sr": sr, "key": key}),
     )?;
     ok(&rig.volume, "SR.destroy", json!({"dbg": DBG, "sr": sr}))?;
+    Ok(())
+}
+
+/// `call` (an activation) fails on a host without the head role, and says
+/// why.
+fn refused_as_storage_only(dp: &PluginDir, call: &str, uri: &str, domain: &str) -> Step {
+    let e = fails(
+        dp,
+        call,
+        json!({"dbg": DBG, "uri": uri, "domain": domain})
+            .to_string()
+            .as_bytes(),
+    )?;
+    if !e.params.join(" ").contains("storage-only") {
+        return Err(format!(
+            "{call} on a storage-only host: {} {:?}",
+            e.code, e.params
+        ));
+    }
     Ok(())
 }
 
