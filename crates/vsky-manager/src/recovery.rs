@@ -533,17 +533,21 @@ pub async fn schedule(
     recovery: &Arc<Recovery>,
 ) -> Result<(), crate::manager::ManagerError> {
     let auto = recovery.config.auto_rebalance;
-    let config = PassConfig {
+    let mut config = PassConfig {
         per_disk_limit: recovery.config.per_disk_limit,
-        held: recovery.held(),
+        held: BTreeSet::new(),
         auto_rebalance: auto,
         scrubs: recovery.config.scrub_interval.map(|i| ScrubClock {
             now_unix_s: unix_now(),
             interval_s: i.as_secs(),
         }),
     };
+    let holds = Arc::clone(recovery);
     let (planned, started, drained, rebalanced, scrubs) = manager
         .mutate(move |c, secrets| {
+            // Read under the cluster's lock: a heartbeat that failed legs
+            // and held their server committed before this, or comes after.
+            config.held = holds.held();
             let (pass, changes) = c.recovery_pass(&config, secrets);
             let rebalanced = auto
                 .filter(|_| pass.rebalance_moves > 0)

@@ -14,6 +14,7 @@
 //! state (suspected servers, legs brought back once, rate samples) is fed
 //! from here.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -241,10 +242,20 @@ pub async fn heartbeat(
         let generation = app.manager.read(|c| c.generation())?;
         return Ok(Json(HeartbeatAck { generation }));
     }
+    let recovery = Arc::clone(&app.recovery);
     let outcome = app
         .manager
         .mutate(move |c, secrets| {
-            c.apply_heartbeat(server_id, &report, crate::recovery::unix_now(), secrets)
+            let (outcome, changes) =
+                c.apply_heartbeat(server_id, &report, crate::recovery::unix_now(), secrets)?;
+            // Held inside the mutation that fails the legs: the recovery
+            // pass runs under the same lock, so none can see the failed legs
+            // without the hold and replace the legs of a server that merely
+            // went away (its silence is noticed only seconds later).
+            for s in &outcome.suspects {
+                recovery.suspect(*s);
+            }
+            Ok((outcome, changes))
         })
         .await?;
     let server = req.server.as_str();
@@ -252,9 +263,6 @@ pub async fn heartbeat(
     // Rate samples only from the executor's accepted reports.
     for (job, bytes_done) in outcome.progress {
         app.recovery.progress(job, bytes_done);
-    }
-    for s in outcome.suspects {
-        app.recovery.suspect(s);
     }
     for s in &outcome.scrubs_finished {
         app.recovery
