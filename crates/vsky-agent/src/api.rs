@@ -436,7 +436,19 @@ async fn release_here(ctx: &Context, name: &str) -> Result<(), ApiError> {
         ));
     }
     ctx.shared.teardown_errors.lock_unpoisoned().remove(name);
-    let detail = ctx.client.agent_detach(&ctx.server, name).await?;
+    let detail = match ctx.client.agent_detach(&ctx.server, name).await {
+        Ok(detail) => detail,
+        // Released here already and attached to another host since: the
+        // source of a live migration, whose cleanup repeats deactivate and
+        // detach after the destination activated. Nothing of it is here
+        // to release, and the new host's attachment is not ours to touch.
+        Err(vsky_api::ClientError::Api { code, .. })
+            if code == "attached_elsewhere" && ctx.shared.gone(name) =>
+        {
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
     // Devices gone, or a teardown failed since the request.
     let settled =
         |s: &Shared| s.gone(name) || s.teardown_errors.lock_unpoisoned().contains_key(name);

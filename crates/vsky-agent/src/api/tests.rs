@@ -268,6 +268,43 @@ async fn the_device_goes_with_the_last_domain() {
         );
     }
 
+    // A live migration's source: once the volume is active on another
+    // host, the cleanup's repeated deactivate and detach answer and leave
+    // that host's attachment alone.
+    let admin = cluster.admin();
+    admin
+        .create_server(&CreateServer {
+            name: "dest".into(),
+            address: "127.0.0.1:10".into(),
+            labels: Default::default(),
+        })
+        .await
+        .unwrap();
+    admin.attach_volume("v", "dest").await.unwrap();
+    for body in [json!({"domain": "7"}), json!({"if_unused": true})] {
+        let (status, answer) = api.post("v", "detach", Some(body.clone())).await;
+        assert_eq!(
+            (status, answer["released"].clone()),
+            (200, json!(true)),
+            "{body}: {answer}"
+        );
+    }
+    assert_eq!(
+        attachment(&cluster, "v").await,
+        (Some("dest".into()), Some(AttachmentState::Attached))
+    );
+    admin.detach_volume("v").await.unwrap();
+    // (dest plays no head: end its release as a heartbeat would.)
+    cluster
+        .client(AGENT_TOKEN)
+        .heartbeat(&Heartbeat {
+            server: "dest".into(),
+            assembled: Some(vec![]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
     // An old caller (no body) is domain "" and read-write; a detach
     // without a body ends every activation.
     let (status, body) = api.post("w", "attach", None).await;
