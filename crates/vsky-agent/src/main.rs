@@ -83,6 +83,14 @@ struct Args {
     /// a newer one, where the kernel can check it.
     #[arg(long, env = "VSKY_NBD_BACKEND_FILE_ALWAYS")]
     nbd_backend_file_always: bool,
+    /// Prefix of this agent's kernel object names: device-mapper devices
+    /// `<prefix>-<volume>…`, NBD backend identifiers `<prefix>:…`. Keep
+    /// the default: the datapath plugin only knows `vsky`. Another prefix
+    /// lets a second head agent share one kernel without seeing or touching
+    /// the first one's devices (the VM lab's two heads); 1-8 lowercase
+    /// letters and digits.
+    #[arg(long, default_value = vsky_kernel::dm::DEFAULT_NAME_PREFIX)]
+    kernel_name_prefix: String,
     /// Address of the local API for the datapath plugin (attach, detach,
     /// status). Enabled only together with --api-token-file.
     #[arg(long, default_value = "127.0.0.1:10810")]
@@ -201,6 +209,9 @@ async fn main() -> anyhow::Result<()> {
     else {
         bail!("--manager, --token-file and --server-name are required");
     };
+    // Before any device name is made.
+    vsky_kernel::dm::set_name_prefix(&args.kernel_name_prefix)
+        .context("invalid --kernel-name-prefix")?;
     let filter =
         tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?;
     let builder = tracing_subscriber::fmt()

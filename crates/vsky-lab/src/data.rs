@@ -227,3 +227,57 @@ impl Rewriter {
         }
     }
 }
+
+/// The first `len` bytes of a leg's data read from its disk image, behind
+/// the mirror: a chunk of `chunk_bytes` is the leg's metadata area, then
+/// `data_bytes` of data (`VolumeDetail::data_bytes_per_mirrored_disk`).
+pub fn leg_data(
+    leg: &crate::api::LegAt,
+    chunk_bytes: u64,
+    data_bytes: u64,
+    len: usize,
+) -> Result<Vec<u8>> {
+    let at = leg.at.offset_bytes + chunk_bytes.saturating_sub(data_bytes);
+    read_direct(Path::new(&leg.at.disk_path), at, len).with_context(|| {
+        format!(
+            "read leg {}/{} from {}",
+            leg.mirrored_disk, leg.leg, leg.at.disk_path
+        )
+    })
+}
+
+/// Every leg of each mirrored disk named in `want` holds exactly its bytes
+/// at the start of its data (chunks of `chunk_bytes`); an error names the
+/// first leg that does not.
+pub fn legs_hold(
+    legs: &[crate::api::LegAt],
+    chunk_bytes: u64,
+    data_bytes: u64,
+    want: &[(usize, &[u8])],
+) -> Result<()> {
+    for (mirrored_disk, bytes) in want {
+        let of_disk: Vec<_> = legs
+            .iter()
+            .filter(|l| l.mirrored_disk == *mirrored_disk)
+            .collect();
+        anyhow::ensure!(
+            of_disk.len() >= 2,
+            "mirrored disk {mirrored_disk} has {} legs: {}",
+            of_disk.len(),
+            crate::api::describe(legs)
+        );
+        for leg in of_disk {
+            if leg_data(leg, chunk_bytes, data_bytes, bytes.len())? != *bytes {
+                anyhow::bail!(
+                    "leg {}/{} on {} ({}) does not hold what was acknowledged (legs: {})",
+                    leg.mirrored_disk,
+                    leg.leg,
+                    leg.at.server,
+                    leg.at.disk_path,
+                    crate::api::describe(legs)
+                );
+            }
+        }
+    }
+    Ok(())
+}

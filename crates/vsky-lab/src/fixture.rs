@@ -10,7 +10,11 @@
 //!   storage daemon looks like;
 //! - the head: an agent (not storage-only, no disks) in the root
 //!   namespace, which assembles attached volumes as
-//!   `/dev/mapper/vsky-<volume>`.
+//!   `/dev/mapper/vsky-<volume>`;
+//! - with `second_head`, a second head `hp` in a network namespace of its
+//!   own (so its link can be cut, as a partitioned host's), whose agent
+//!   names its kernel objects `vskyp-…` (`--kernel-name-prefix`): two heads
+//!   share the VM's one kernel without seeing each other's devices.
 //!
 //! Every scenario builds a fresh cluster (new store, new blank disks) and
 //! the fixture tears it down when dropped: volumes detached, every process
@@ -52,6 +56,12 @@ pub const HEAD: &str = "head";
 pub const NBD_BACKEND_FILE: &str = "/tmp/cluster/head-nbd-backends";
 /// Where the head agent serves its local API (`head_api`).
 pub const HEAD_API: &str = "127.0.0.1:10810";
+/// The second head's name in the manager (`second_head`).
+pub const HEAD_P: &str = "hp";
+/// The second head's kernel name prefix: its devices are `vskyp-…`.
+pub const HEAD_P_PREFIX: &str = "vskyp";
+/// The second head's network namespace index (storage servers use 1..N).
+const HEAD_P_NS: usize = 60;
 
 /// What a scenario's cluster looks like.
 #[derive(Clone, Debug)]
@@ -85,6 +95,8 @@ pub struct Config {
     /// 4.19), although the lab's kernel keeps backend identifiers: so the
     /// real kernel checks that path.
     pub nbd_backend_file: bool,
+    /// A second head, [`HEAD_P`], in its own network namespace.
+    pub second_head: bool,
 }
 
 impl Config {
@@ -116,6 +128,7 @@ impl Default for Config {
             ha: false,
             head_api: false,
             nbd_backend_file: false,
+            second_head: false,
         }
     }
 }
@@ -204,11 +217,21 @@ impl Cluster {
             c.agent_start(&format!("s{i}"))?;
         }
         c.head_start()?;
+        let heads = if c.cfg.second_head {
+            let holder = netns::spawn_holder()?;
+            let pid = holder.id();
+            c.namespaces.insert(HEAD_P_NS, holder);
+            netns::link_up(HEAD_P_NS, pid)?;
+            c.second_head_start()?;
+            2
+        } else {
+            1
+        };
         let n = c.cfg.servers;
         wait_for(
-            &format!("manager and {} agents online", n + 1),
+            &format!("manager and {} agents online", n + heads),
             wait::secs(60),
-            || Ok(c.api.servers_online()? > n),
+            || Ok(c.api.servers_online()? >= n + heads),
         )?;
         say(format!(
             "cluster up in {}s: manager, {n} storage servers (s1..s{n}, one netns + veth + {} × {} MiB disk each), head",
@@ -322,14 +345,21 @@ impl Cluster {
             .with_context(|| format!("'{server}' is not a storage server (s1, s2, …)"))
     }
 
-    /// Waits until the head agent's local API answers (it starts after the
+    /// Waits until the head agents' local APIs answer (they start after the
     /// agent registered).
     pub fn head_api_up(&self) -> Result<()> {
-        wait_for(
-            &format!("the head agent's local API on {HEAD_API}"),
-            wait::secs(30),
-            || Ok(crate::http::get(HEAD_API, "/v1/health", None)?.0 == 200),
-        )
+        let mut apis = vec![HEAD_API.to_string()];
+        if self.cfg.second_head {
+            apis.push(second_head_api());
+        }
+        for api in apis {
+            wait_for(
+                &format!("the head agent's local API on {api}"),
+                wait::secs(30),
+                || Ok(crate::http::get(&api, "/v1/health", None)?.0 == 200),
+            )?;
+        }
+        Ok(())
     }
 
     /// (Re)starts the storage agent of `server` inside its namespace.
@@ -393,6 +423,60 @@ impl Cluster {
             .context("start the head agent")?;
         self.agents.insert(HEAD.to_string(), child);
         Ok(())
+    }
+
+    /// The second head ([`HEAD_P`]) in its namespace: the same flags as the
+    /// head's, its own kernel name prefix and NBD backend file.
+    fn second_head_start(&mut self) -> Result<()> {
+        let pid = self
+            .namespaces
+            .get(&HEAD_P_NS)
+            .context("no namespace for the second head")?
+            .id();
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &pid.to_string(), "-n"])
+            .arg(self.bin("vsky-agent"))
+            .args(["--manager", &self.manager_urls_from(HEAD_P_NS)])
+            .arg("--token-file")
+            .arg(self.work.join("agent.token"))
+            .args(["--server-name", HEAD_P])
+            .args([
+                "--listen",
+                &format!("{}:10809", netns::server_side(HEAD_P_NS)),
+            ])
+            .args(["--kernel-name-prefix", HEAD_P_PREFIX])
+            .arg("--nbd-backend-file")
+            .arg(self.work.join("hp-nbd-backends"))
+            .arg("--activations-file")
+            .arg(self.work.join("hp-activations"))
+            .args(["--api-listen", &second_head_api()])
+            .args(["--heartbeat-interval", "1", "--nbd-timeout", "5"])
+            .args([
+                "--dead-connection-timeout",
+                "2",
+                "--log",
+                "info,vsky_agent=debug",
+            ]);
+        if self.cfg.head_api {
+            cmd.arg("--api-token-file")
+                .arg(self.work.join("agent-api.token"));
+        }
+        let (out, err) = self.log_file(HEAD_P)?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .context("start the second head agent")?;
+        self.agents.insert(HEAD_P.to_string(), child);
+        Ok(())
+    }
+
+    /// Cuts the second head's link (it goes silent: nothing reaches the
+    /// manager or the storage servers, as a partitioned host) or brings it
+    /// back.
+    pub fn set_second_head_link(&self, up: bool) -> Result<()> {
+        netns::set_link(HEAD_P_NS, up)
     }
 
     fn api_urls(&self) -> &'static str {
@@ -526,8 +610,24 @@ impl Cluster {
         volume: &str,
         body: &str,
     ) -> Result<crate::http::Answer> {
+        self.local_api(HEAD, action, volume, body)
+    }
+
+    /// [`Self::head_local`] on either head ([`HEAD`] or [`HEAD_P`]).
+    pub fn local_api(
+        &self,
+        head: &str,
+        action: &str,
+        volume: &str,
+        body: &str,
+    ) -> Result<crate::http::Answer> {
+        let addr = if head == HEAD_P {
+            second_head_api()
+        } else {
+            HEAD_API.to_string()
+        };
         crate::http::post(
-            HEAD_API,
+            &addr,
             &format!("/v1/volumes/{volume}/{action}"),
             Some(AGENT_API_TOKEN),
             body,
@@ -655,9 +755,17 @@ impl Cluster {
     /// process this cluster started.
     fn teardown(&mut self) {
         let _ = Command::new("umount").arg(MOUNT).output();
+        if self.cfg.second_head {
+            // Cut off, it could not tell the manager its devices are gone.
+            let _ = self.set_second_head_link(true);
+        }
         if self.agents.contains_key(HEAD) && !self.managers.is_empty() {
+            let second = format!("{HEAD_P_PREFIX}-");
             for top in kernel::top_devices().unwrap_or_default() {
-                if let Some(v) = top.strip_prefix("vsky-") {
+                if let Some(v) = top
+                    .strip_prefix("vsky-")
+                    .or_else(|| top.strip_prefix(&second))
+                {
                     let _ = self.api.detach(v);
                 }
             }
@@ -701,6 +809,12 @@ impl Drop for Cluster {
         }
         self.teardown();
     }
+}
+
+/// Where the second head serves its local API (with `head_api`): in its
+/// namespace, reached over its link.
+fn second_head_api() -> String {
+    format!("{}:10810", netns::server_side(HEAD_P_NS))
 }
 
 /// The manager URLs in the root namespace (the CLI's, the head's and the

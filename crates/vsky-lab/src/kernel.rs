@@ -83,6 +83,36 @@ pub fn mirrors_in_sync() -> Result<bool> {
     Ok(!m.is_empty() && m.iter().all(Mirror::in_sync))
 }
 
+/// Every mirror of the head whose devices are named `<prefix>-…` is in
+/// sync, and there is one (two heads share the lab's kernel: `vsky` and
+/// `vskyp`).
+pub fn mirrors_in_sync_of(prefix: &str) -> Result<bool> {
+    let ours = format!("{prefix}-");
+    let m: Vec<Mirror> = mirrors()?
+        .into_iter()
+        .filter(|m| m.name.starts_with(&ours))
+        .collect();
+    Ok(!m.is_empty() && m.iter().all(Mirror::in_sync))
+}
+
+/// The dm devices and NBD imports of the head whose kernel objects are
+/// named with `prefix` (`<prefix>-…`, `<prefix>:…`) still in the kernel.
+pub fn objects_of(prefix: &str) -> Result<Vec<String>> {
+    let dm = format!("{prefix}-");
+    let nbd = format!("{prefix}:");
+    let mut left: Vec<String> = mapper()?
+        .into_iter()
+        .filter(|n| n.starts_with(&dm))
+        .collect();
+    left.extend(
+        nbd_backends()?
+            .into_iter()
+            .filter(|(_, b)| b.starts_with(&nbd))
+            .map(|(d, b)| format!("{d} ({b})")),
+    );
+    Ok(left)
+}
+
 /// In sync, and every mirror has exactly `legs` legs.
 pub fn mirrors_in_sync_with(legs: usize) -> Result<bool> {
     let m = mirrors()?;
@@ -204,12 +234,13 @@ pub fn top_devices() -> Result<Vec<String>> {
     Ok(mapper()?.into_iter().filter(|n| !n.contains('+')).collect())
 }
 
-/// Every `vsky-*` node in `/dev/mapper`, sorted.
+/// Every node of ours in `/dev/mapper` (`vsky-*`, and `vskyp-*` of a
+/// second head), sorted.
 pub fn mapper() -> Result<Vec<String>> {
     let mut names = Vec::new();
     for e in std::fs::read_dir("/dev/mapper").context("read /dev/mapper")? {
         let n = e?.file_name().to_string_lossy().into_owned();
-        if n.starts_with("vsky-") {
+        if n.starts_with("vsky-") || n.starts_with("vskyp-") {
             names.push(n);
         }
     }

@@ -147,6 +147,12 @@ pub const SCENARIOS: &[Scenario] = &[
         run: Run::Cluster(scenario::backup_rebuild::run_scenario),
     },
     Scenario {
+        name: "cluster-backup-remote",
+        default: true,
+        proves: "a running thin volume's snapshot read on another head than the writer's (#13): base form over read-only imports, exact at its moment under the writer's O_DIRECT rewriter, read-only; a clone of it written on that head while the volume is written on the first: each exact, the shared layer unchanged; every chunk back.",
+        run: Run::Cluster(scenario::backup_remote::run_scenario),
+    },
+    Scenario {
         name: "cluster-backup-drain",
         default: true,
         proves: "a snapshot's frozen layer scrubbed and drained under a reader (docs/design/snapshots.md §5.8, step 12): the snapshot read in base form on the head; the scrub patrol has a storage agent compare the frozen layer's legs (equal); the server of one of its legs is drained: a storage agent copies the leg, and the reader's running mirror is reloaded onto the moved leg (AA); the drained server is removed and the other original leg's server killed: the snapshot reads back exactly from the moved copy alone.",
@@ -175,6 +181,18 @@ pub const SCENARIOS: &[Scenario] = &[
         default: true,
         proves: "the head agent's local detach (the datapath plugin's deactivate) in two phases: a device held open is refused (409 busy, manager unchanged); once closed, the answer comes after the devices are gone and the manager released the volume; no dm-raid superblock error.",
         run: Run::Cluster(scenario::busy_detach::run_scenario),
+    },
+    Scenario {
+        name: "cluster-partition",
+        default: true,
+        proves: "never two writers (#14): a head cut off mid-write keeps its volume within the head grace; after it another head takes the volume over (fenced); when the link comes back the old head's pending and later writes fail with I/O errors, it tears the volume down, and both legs of every mirrored disk hold exactly the writes acknowledged before the cut and after the takeover (read from the disks). Two heads in one kernel (the second names its devices vskyp-).",
+        run: Run::Cluster(scenario::partition::run_scenario),
+    },
+    Scenario {
+        name: "cluster-migration",
+        default: true,
+        proves: "a live migration's storage handover between two heads in xenopsd's order through the local APIs (#14): writes on the source, deactivate there, activate on the destination (the downtime reported), writes there; nothing acknowledged lost, nothing written by the source after; its repeated deactivate and detach leave the destination alone; both legs exact (read from the disks).",
+        run: Run::Cluster(scenario::migration::run_scenario),
     },
     Scenario {
         name: "cluster-bench",

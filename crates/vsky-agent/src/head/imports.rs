@@ -16,7 +16,7 @@ use vsky_kernel::dm::{
 };
 use vsky_kernel::nbd::{self, BackendLookup, ConnectRequest, NbdIndex, NbdNetlink};
 
-use super::naming::{BACKEND_PREFIX, backend_id, leg_tag, parse_backend_rest};
+use super::naming::{backend_id, backend_prefix, leg_tag, parse_backend_rest};
 use super::{Head, HeadError, NbdTimeouts, REVIVE_BACKOFF, sectors};
 
 /// Where the head keeps which NBD device imports which leg when the
@@ -56,8 +56,7 @@ impl ImportIndex {
     /// identifier), in either identifier form; of two imports of one leg,
     /// the first listed.
     pub(super) fn of(volume: &str, backends: Vec<(NbdIndex, String)>) -> Self {
-        // Volume names hold no ':', so the prefix ends exactly at the volume.
-        let prefix = format!("{BACKEND_PREFIX}{volume}:");
+        let prefix = backend_prefix(volume);
         let mut by_leg = HashMap::new();
         for (index, backend) in backends {
             let Some(leg) = backend.strip_prefix(&prefix).and_then(parse_backend_rest) else {

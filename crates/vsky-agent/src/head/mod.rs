@@ -81,7 +81,7 @@ mod status;
 pub use chain::{is_layer, mirror_sets};
 pub use imports::NbdBackendFile;
 use imports::{LazyNetlink, LegMaker, LegOutcome};
-use naming::{BACKEND_PREFIX, describe_chunks, leg_device_of, leg_tag, parse_backend_rest};
+use naming::{backend_prefix, describe_chunks, leg_device_of, leg_tag, parse_backend_rest};
 use plan::{MirrorChange, holds_wanted, plan_mirror_change};
 
 const SECTOR: u64 = 512;
@@ -268,7 +268,7 @@ impl Head {
     /// short) is still here, so it is torn down again and the manager does
     /// not end its release meanwhile.
     pub fn assembled_volumes(&self) -> Result<BTreeSet<String>, HeadError> {
-        let prefix = vsky_kernel::dm::NAME_PREFIX;
+        let prefix = vsky_kernel::dm::name_prefix();
         Ok(self
             .dp
             .list()?
@@ -745,7 +745,7 @@ impl Head {
     pub fn teardown(&mut self, volume: &str) -> Result<(), HeadError> {
         let vol = VolumeName::new(volume)?;
         self.dp.teardown_volume(&vol, ASSEMBLY_WORKERS)?;
-        let prefix = format!("{BACKEND_PREFIX}{volume}:");
+        let prefix = backend_prefix(volume);
         let legs: Vec<nbd::NbdIndex> = self
             .nl
             .list_backends()?
@@ -804,7 +804,7 @@ impl Head {
                 }
             }
         }
-        let prefix = format!("{BACKEND_PREFIX}{}:", vol.as_str());
+        let prefix = backend_prefix(vol.as_str());
         let Ok(backends) = self.nl.list_backends() else {
             return;
         };

@@ -5,8 +5,13 @@
 use vsky_api::types::ChunkId;
 use vsky_kernel::dm::VolumeName;
 
-/// Backend identifiers start with this, so we only ever touch our devices.
-pub(super) const BACKEND_PREFIX: &str = "vsky:";
+/// The start of every backend identifier of `volume`'s imports,
+/// `vsky:<vol>:` (`vsky` is the agent's name prefix,
+/// `vsky_kernel::dm::name_prefix_word`): we only ever touch our imports.
+/// Volume names hold no ':', so the prefix ends exactly at the volume.
+pub(super) fn backend_prefix(volume: &str) -> String {
+    format!("{}:{volume}:", vsky_kernel::dm::name_prefix_word())
+}
 
 /// The identifier the kernel keeps for an imported leg (visible in sysfs,
 /// so it holds no secret): volume, mirrored disk and chunk,
@@ -16,8 +21,10 @@ pub(super) const BACKEND_PREFIX: &str = "vsky:";
 /// adopts both.
 pub(super) fn backend_id(volume: &str, k: usize, chunk: ChunkId) -> String {
     format!(
-        "{BACKEND_PREFIX}{volume}:{k}:{}:{}",
-        chunk.disk_id, chunk.index
+        "{}{k}:{}:{}",
+        backend_prefix(volume),
+        chunk.disk_id,
+        chunk.index
     )
 }
 
@@ -46,7 +53,7 @@ pub(super) fn parse_tag(tag: &str) -> Option<ChunkId> {
 /// (mirror, chunk) of one of `vol`'s leg devices, `vsky-<vol>+r<k>+<tag>+meta|data`.
 pub(super) fn leg_device_of(vol: &VolumeName, name: &str) -> Option<(u32, ChunkId)> {
     let rest = name
-        .strip_prefix(vsky_kernel::dm::NAME_PREFIX)?
+        .strip_prefix(vsky_kernel::dm::name_prefix())?
         .strip_prefix(vol.as_str())?
         .strip_prefix("+r")?;
     let (k, rest) = rest.split_once('+')?;

@@ -67,7 +67,10 @@ pub use floor::{
     DM_INTERFACE_MAJOR, DmSupport, RAID_EXACT_TABLE, RAID_MIN, TargetVersion, decide_dm_support,
 };
 pub use layout::{LegLayout, VolumeLayout};
-pub use names::{DevName, LegNames, NAME_PREFIX, VolumeName};
+pub use names::{
+    DEFAULT_NAME_PREFIX, DevName, LegNames, VolumeName, check_name_prefix, name_prefix,
+    name_prefix_word, set_name_prefix,
+};
 pub use status::{LegHealth, RaidStatus, SyncAction};
 pub use superblock::has_raid_superblock;
 pub use table::{LegDevices, Raid1BaseTable, Raid1Table, RaidTableReadback, Target, TargetLine};

@@ -55,8 +55,7 @@ impl NbdNetlink {
     /// Opens a netlink socket and resolves the "nbd" family id. Devices
     /// are looked up through the kernel's backend identifiers.
     pub fn open() -> Result<Self> {
-        let mut sock = NlSocket::open()?;
-        let family = sock.resolve_family()?;
+        let (sock, family) = NlSocket::open_nbd()?;
         Ok(NbdNetlink {
             sock,
             family_id: family.id,
@@ -286,6 +285,58 @@ impl NlSocket {
         Ok(NlSocket { fd, seq: 0 })
     }
 
+    /// A socket on which the "nbd" family resolves, and the family. Kernels
+    /// register that family in the initial network namespace only (it is
+    /// not `netnsok`, checked on 6.1), so an agent running in a network
+    /// namespace of its own (a container's; the VM lab's second head) opens
+    /// the socket there instead, on a thread that enters it only for that
+    /// (CAP_SYS_ADMIN, which the head role needs anyway). The NBD sockets
+    /// it hands the kernel stay in the agent's own namespace.
+    fn open_nbd() -> Result<(Self, FamilyInfo)> {
+        let mut sock = NlSocket::open()?;
+        match sock.resolve_family() {
+            Err(NbdError::FamilyNotFound) => {}
+            other => return other.map(|family| (sock, family)),
+        }
+        let Some(mut sock) = NlSocket::open_in_initial_netns()? else {
+            return Err(NbdError::FamilyNotFound);
+        };
+        let family = sock.resolve_family()?;
+        Ok((sock, family))
+    }
+
+    /// A socket in PID 1's network namespace, or `None` when that is ours
+    /// already (or cannot be looked at).
+    fn open_in_initial_netns() -> Result<Option<Self>> {
+        let ns_of = |path: &str| std::fs::read_link(path).ok();
+        let initial = ns_of("/proc/1/ns/net");
+        if initial.is_none() || initial == ns_of("/proc/thread-self/ns/net") {
+            return Ok(None);
+        }
+        let ns = std::fs::File::open("/proc/1/ns/net").map_err(|source| NbdError::Socket {
+            op: "open /proc/1/ns/net",
+            source,
+        })?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: setns(2) on a namespace descriptor we hold open;
+                // it moves this short-lived thread only, which opens the
+                // socket and ends.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+                    return Err(sock_err("setns into the initial network namespace"));
+                }
+                NlSocket::open().map(Some)
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(NbdError::Socket {
+                    op: "open in the initial network namespace",
+                    source: std::io::Error::other("the opening thread panicked"),
+                })
+            })
+        })
+    }
+
     fn resolve_family(&mut self) -> Result<FamilyInfo> {
         let mut attrs = AttrWriter::default();
         attrs.string(CTRL_ATTR_FAMILY_NAME, NBD_FAMILY_NAME);
@@ -438,8 +489,7 @@ impl NbdEvents {
     /// Joins the "nbd_mc_group" multicast group on a socket of its own (so
     /// command replies and events never mix).
     pub fn subscribe() -> Result<Self> {
-        let mut sock = NlSocket::open()?;
-        let family = sock.resolve_family()?;
+        let (sock, family) = NlSocket::open_nbd()?;
         let group = family
             .groups
             .iter()
