@@ -396,8 +396,9 @@ async fn detach(
                 StatusCode::CONFLICT,
                 "activations_unknown".into(),
                 format!(
-                    "volume '{name}' stays assembled: the activations file {} could not be read when the agent started (see its log), so the agent cannot tell whether another domain on this host still uses /dev/mapper/vsky-{name}. Check which VMs use it (xe vbd-list vdi-uuid=…; fuser -vm /dev/mapper/vsky-{name}), then release it with a detach without a body (POST /v1/volumes/{name}/detach), which still refuses a device held open",
-                    state.table.path.display()
+                    "volume '{name}' stays assembled: the activations file {} could not be read when the agent started (see its log), so the agent cannot tell whether another domain on this host still uses {device}. Check which VMs use it (xe vbd-list vdi-uuid=…; fuser -vm {device}), then release it with a detach without a body (POST /v1/volumes/{name}/detach), which still refuses a device held open",
+                    state.table.path.display(),
+                    device = device_path(&name)
                 ),
             ))
         }
@@ -573,9 +574,15 @@ fn busy(name: &str, why: &str, held: Held) -> ApiError {
         StatusCode::CONFLICT,
         "busy".into(),
         format!(
-            "volume '{name}' cannot be detached: /dev/mapper/vsky-{name} is in use on this host ({why}). {state}."
+            "volume '{name}' cannot be detached: {} is in use on this host ({why}). {state}.",
+            device_path(name)
         ),
     )
+}
+
+/// The volume's device node as this agent names it (for messages).
+fn device_path(name: &str) -> String {
+    format!("/dev/mapper/{}{name}", vsky_kernel::dm::name_prefix())
 }
 
 fn internal(message: String) -> ApiError {

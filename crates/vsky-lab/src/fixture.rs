@@ -97,6 +97,8 @@ pub struct Config {
     pub nbd_backend_file: bool,
     /// A second head, [`HEAD_P`], in its own network namespace.
     pub second_head: bool,
+    /// The second head's `--nbd-timeout` (the head's is 5 s).
+    pub second_head_nbd_timeout_s: u64,
 }
 
 impl Config {
@@ -129,6 +131,7 @@ impl Default for Config {
             head_api: false,
             nbd_backend_file: false,
             second_head: false,
+            second_head_nbd_timeout_s: 5,
         }
     }
 }
@@ -362,43 +365,62 @@ impl Cluster {
         Ok(())
     }
 
-    /// (Re)starts the storage agent of `server` inside its namespace.
-    pub fn agent_start(&mut self, server: &str) -> Result<()> {
-        let i = Cluster::index(server)?;
-        let pid = self.namespaces.get(&i).context("no namespace")?.id();
-        let mut cmd = Command::new("nsenter");
-        cmd.args(["-t", &pid.to_string(), "-n"])
-            .arg(self.bin("vsky-agent"))
-            .args(["--manager", &self.manager_urls_from(i)])
+    /// `vsky-agent` as `name` with its manager URLs and token, inside
+    /// namespace `ns` (by server index) or, without one, in the root
+    /// namespace (`nsenter` execs the agent: the child is the agent itself).
+    fn agent_command(&self, name: &str, ns: Option<usize>) -> Result<Command> {
+        let mut cmd = match ns {
+            Some(i) => {
+                let pid = self.namespaces.get(&i).context("no namespace")?.id();
+                let mut cmd = Command::new("nsenter");
+                cmd.args(["-t", &pid.to_string(), "-n"])
+                    .arg(self.bin("vsky-agent"));
+                cmd
+            }
+            None => Command::new(self.bin("vsky-agent")),
+        };
+        let manager = match ns {
+            Some(i) => self.manager_urls_from(i),
+            None => self.api_urls().to_string(),
+        };
+        cmd.args(["--manager", &manager])
             .arg("--token-file")
             .arg(self.work.join("agent.token"))
-            .args(["--server-name", server])
-            .args(["--listen", &format!("{}:10809", netns::server_side(i))]);
-        for f in self.disk_files(i) {
-            cmd.arg("--disk").arg(f);
-        }
-        let (out, err) = self.log_file(server)?;
-        // nsenter execs the agent: this child is the agent itself.
+            .args(["--server-name", name]);
+        Ok(cmd)
+    }
+
+    /// Starts `cmd` as agent `name`, logging to `<name>.log`.
+    fn spawn_agent(&mut self, name: &str, mut cmd: Command) -> Result<()> {
+        let (out, err) = self.log_file(name)?;
         let child = cmd
-            .args(["--storage-only", "--heartbeat-interval", "1"])
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
-            .context("start a storage agent")?;
-        self.agents.insert(server.to_string(), child);
+            .with_context(|| format!("start the agent {name}"))?;
+        self.agents.insert(name.to_string(), child);
         Ok(())
     }
 
-    /// The head agent. Short NBD timeouts bound how long a write waits on a
-    /// dead server before md fails the leg.
-    pub fn head_start(&mut self) -> Result<()> {
-        let mut cmd = Command::new(self.bin("vsky-agent"));
-        cmd.args(["--manager", self.api_urls()])
-            .arg("--token-file")
-            .arg(self.work.join("agent.token"))
-            .args(["--server-name", HEAD, "--listen", "127.0.0.1:10809"])
-            .args(["--heartbeat-interval", "1", "--nbd-timeout", "5"])
+    /// (Re)starts the storage agent of `server` inside its namespace.
+    pub fn agent_start(&mut self, server: &str) -> Result<()> {
+        let i = Cluster::index(server)?;
+        let mut cmd = self.agent_command(server, Some(i))?;
+        cmd.args(["--listen", &format!("{}:10809", netns::server_side(i))]);
+        for f in self.disk_files(i) {
+            cmd.arg("--disk").arg(f);
+        }
+        cmd.args(["--storage-only", "--heartbeat-interval", "1"]);
+        self.spawn_agent(server, cmd)
+    }
+
+    /// What both heads run with: short NBD timeouts bound how long a write
+    /// waits on a dead server before md fails the leg; debug logs mark
+    /// each reconcile; the local API with `head_api`.
+    fn head_flags(&self, cmd: &mut Command, nbd_timeout_s: u64) {
+        cmd.args(["--heartbeat-interval", "1"])
+            .args(["--nbd-timeout", &nbd_timeout_s.to_string()])
             .args([
                 "--dead-connection-timeout",
                 "2",
@@ -409,67 +431,37 @@ impl Cluster {
             cmd.arg("--api-token-file")
                 .arg(self.work.join("agent-api.token"));
         }
+    }
+
+    /// The head agent, in the root namespace.
+    pub fn head_start(&mut self) -> Result<()> {
+        let mut cmd = self.agent_command(HEAD, None)?;
+        cmd.args(["--listen", "127.0.0.1:10809"]);
+        self.head_flags(&mut cmd, 5);
         if self.cfg.nbd_backend_file {
             cmd.arg("--nbd-backend-file")
                 .arg(NBD_BACKEND_FILE)
                 .arg("--nbd-backend-file-always");
         }
-        let (out, err) = self.log_file(HEAD)?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .context("start the head agent")?;
-        self.agents.insert(HEAD.to_string(), child);
-        Ok(())
+        self.spawn_agent(HEAD, cmd)
     }
 
-    /// The second head ([`HEAD_P`]) in its namespace: the same flags as the
-    /// head's, its own kernel name prefix and NBD backend file.
+    /// The second head ([`HEAD_P`]) in its namespace: the head's flags, its
+    /// own kernel name prefix, NBD backend and activations files.
     fn second_head_start(&mut self) -> Result<()> {
-        let pid = self
-            .namespaces
-            .get(&HEAD_P_NS)
-            .context("no namespace for the second head")?
-            .id();
-        let mut cmd = Command::new("nsenter");
-        cmd.args(["-t", &pid.to_string(), "-n"])
-            .arg(self.bin("vsky-agent"))
-            .args(["--manager", &self.manager_urls_from(HEAD_P_NS)])
-            .arg("--token-file")
-            .arg(self.work.join("agent.token"))
-            .args(["--server-name", HEAD_P])
-            .args([
-                "--listen",
-                &format!("{}:10809", netns::server_side(HEAD_P_NS)),
-            ])
-            .args(["--kernel-name-prefix", HEAD_P_PREFIX])
-            .arg("--nbd-backend-file")
-            .arg(self.work.join("hp-nbd-backends"))
-            .arg("--activations-file")
-            .arg(self.work.join("hp-activations"))
-            .args(["--api-listen", &second_head_api()])
-            .args(["--heartbeat-interval", "1", "--nbd-timeout", "5"])
-            .args([
-                "--dead-connection-timeout",
-                "2",
-                "--log",
-                "info,vsky_agent=debug",
-            ]);
-        if self.cfg.head_api {
-            cmd.arg("--api-token-file")
-                .arg(self.work.join("agent-api.token"));
-        }
-        let (out, err) = self.log_file(HEAD_P)?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .context("start the second head agent")?;
-        self.agents.insert(HEAD_P.to_string(), child);
-        Ok(())
+        let mut cmd = self.agent_command(HEAD_P, Some(HEAD_P_NS))?;
+        cmd.args([
+            "--listen",
+            &format!("{}:10809", netns::server_side(HEAD_P_NS)),
+        ])
+        .args(["--kernel-name-prefix", HEAD_P_PREFIX])
+        .arg("--nbd-backend-file")
+        .arg(self.work.join("hp-nbd-backends"))
+        .arg("--activations-file")
+        .arg(self.work.join("hp-activations"))
+        .args(["--api-listen", &second_head_api()]);
+        self.head_flags(&mut cmd, self.cfg.second_head_nbd_timeout_s);
+        self.spawn_agent(HEAD_P, cmd)
     }
 
     /// Cuts the second head's link (it goes silent: nothing reaches the

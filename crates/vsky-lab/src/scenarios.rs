@@ -185,7 +185,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "cluster-partition",
         default: true,
-        proves: "never two writers (#14): a head cut off mid-write keeps its volume within the head grace; after it another head takes the volume over (fenced); when the link comes back the old head's pending and later writes fail with I/O errors, it tears the volume down, and both legs of every mirrored disk hold exactly the writes acknowledged before the cut and after the takeover (read from the disks). Two heads in one kernel (the second names its devices vskyp-).",
+        proves: "never two writers (#14): a head cut off with a write queued keeps its volume within the head grace; after it another head takes the volume over (fenced) and writes there; when the link comes back the queued write fails with EIO instead of landing, later writes too, the old head tears the volume down, and both legs of every mirrored disk hold exactly the writes acknowledged before the cut and after the takeover (read from the disks). Two heads in one kernel (the second names its devices vskyp-).",
         run: Run::Cluster(scenario::partition::run_scenario),
     },
     Scenario {

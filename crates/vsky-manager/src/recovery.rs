@@ -170,10 +170,15 @@ impl Recovery {
         self.suspects.lock_unpoisoned().keys().copied().collect()
     }
 
-    /// A heartbeat from `server`: if it was suspected, it is back (or was
-    /// alive all along). Returns whether it was.
-    pub fn returned(&self, server: ServerId) -> bool {
-        self.suspects.lock_unpoisoned().remove(&server).is_some()
+    /// Whether `server`'s failed legs are held (see [`Self::suspect`]).
+    pub fn is_held(&self, server: ServerId) -> bool {
+        self.suspects.lock_unpoisoned().contains_key(&server)
+    }
+
+    /// A heartbeat from a held `server`, whose failed legs were brought
+    /// back: it is back (or was alive all along) and holds nothing more.
+    pub fn returned(&self, server: ServerId) {
+        self.suspects.lock_unpoisoned().remove(&server);
     }
 
     /// Of a returned server's failed legs, those not brought back before

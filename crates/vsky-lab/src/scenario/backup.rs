@@ -25,11 +25,46 @@ use crate::out::say;
 use crate::scenario::thin::layers_under;
 use crate::wait::{self, wait_for};
 
-const CHUNK: &str = "32MiB";
+/// The thin cluster's chunk size (`Config::thin`).
+pub(crate) const CHUNK: &str = "32MiB";
 const SIZE_MIB: u64 = 24;
 /// The read-only activation the datapath plugin asks for.
-const READ: &str = r#"{"domain": "u0-backup", "mode": "ro"}"#;
-const END_READ: &str = r#"{"domain": "u0-backup"}"#;
+pub(crate) const READ: &str = r#"{"domain": "u0-backup", "mode": "ro"}"#;
+pub(crate) const END_READ: &str = r#"{"domain": "u0-backup"}"#;
+
+/// A thin volume attached on the head, written, and snapshotted under an
+/// O_DIRECT rewriter of its first 2 MiB that keeps running.
+pub(crate) struct Running {
+    pub dev: std::path::PathBuf,
+    /// 8 MiB written at `at_a` before the snapshot.
+    pub a: Vec<u8>,
+    pub at_a: u64,
+    /// What the rewriter writes (also there before the snapshot).
+    pub r: Vec<u8>,
+    pub rewriter: data::Rewriter,
+}
+
+/// Creates thin volume `v` (`SIZE_MIB`), attaches it to the head, writes
+/// it, starts the rewriter and takes snapshot `bk`.
+pub(crate) fn snapshot_under_rewriter(c: &Cluster, v: &str, bk: &str) -> Result<Running> {
+    c.api.create_thin_volume(v, SIZE_MIB)?;
+    c.attach_wait(v)?;
+    let dev = device(v);
+    let a = data::random(8)?;
+    let at_a = 4 * MIB as u64;
+    data::write_direct(&dev, at_a, &a, MIB)?;
+    let r = data::random(2)?;
+    data::write_direct(&dev, 0, &r, MIB)?;
+    let rewriter = data::Rewriter::start(dev.clone(), Arc::new(r.clone()));
+    c.api.snapshot(v, bk)?;
+    Ok(Running {
+        dev,
+        a,
+        at_a,
+        r,
+        rewriter,
+    })
+}
 
 pub fn run_scenario() -> Result<String> {
     let c = Cluster::up(Config {
@@ -39,18 +74,14 @@ pub fn run_scenario() -> Result<String> {
     c.head_api_up()?;
     let free = c.api.cluster()?.free_bytes;
     let (v, bk) = ("vm-disk", "vm-disk-backup");
-    c.api.create_thin_volume(v, SIZE_MIB)?;
-    c.attach_wait(v)?;
-    let dev = device(v);
-    let a = data::random(8)?;
-    let at_a = 4 * MIB as u64;
-    data::write_direct(&dev, at_a, &a, MIB)?;
-
-    // The snapshot under a rewriter, then read while the writer goes on.
-    let r = data::random(2)?;
-    data::write_direct(&dev, 0, &r, MIB)?;
-    let rewriter = data::Rewriter::start(dev.clone(), Arc::new(r.clone()));
-    c.api.snapshot(v, bk)?;
+    let Running {
+        dev,
+        a,
+        at_a,
+        r,
+        rewriter,
+    } = snapshot_under_rewriter(&c, v, bk)?;
+    // Read while the writer goes on.
     let (status, body) = c.head_local("attach", bk, READ)?;
     ensure!(status == 200, "read-only activation: {status} {body}");
     let bdev = device(bk);

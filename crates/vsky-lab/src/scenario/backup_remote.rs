@@ -17,20 +17,16 @@
 //! changes. Everything is released and deleted, and every chunk comes back.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Result, ensure};
 
-use crate::data::{self, MIB, device};
+use crate::data::{self, MIB};
 use crate::fixture::{Cluster, Config, HEAD_P, HEAD_P_PREFIX};
 use crate::kernel;
 use crate::out::say;
+use crate::scenario::backup::{CHUNK, END_READ, READ, Running, snapshot_under_rewriter};
 use crate::wait::{self, wait_for};
 
-const CHUNK: &str = "32MiB";
-const SIZE_MIB: u64 = 24;
-const READ: &str = r#"{"domain": "u0-backup", "mode": "ro"}"#;
-const END_READ: &str = r#"{"domain": "u0-backup"}"#;
 const RUN: &str = r#"{"domain": "9", "mode": "rw"}"#;
 const STOP: &str = r#"{"domain": "9"}"#;
 
@@ -42,19 +38,15 @@ pub fn run_scenario() -> Result<String> {
     })?;
     c.head_api_up()?;
     let free = c.api.cluster()?.free_bytes;
-    let (v, bk, cl) = ("vm-disk", "vm-disk-backup", "vm-clone");
-    c.api.create_thin_volume(v, SIZE_MIB)?;
-    c.attach_wait(v)?;
-    let dev = device(v);
-    let a = data::random(8)?;
-    let at_a = 4 * MIB as u64;
-    data::write_direct(&dev, at_a, &a, MIB)?;
-    let r = data::random(2)?;
-    data::write_direct(&dev, 0, &r, MIB)?;
-
+    let (v, bk, cl) = ("vrem", "vrem-backup", "vrem-clone");
     // The snapshot under a rewriter on head, read on hp.
-    let rewriter = data::Rewriter::start(dev.clone(), Arc::new(r.clone()));
-    c.api.snapshot(v, bk)?;
+    let Running {
+        dev,
+        a,
+        at_a,
+        r,
+        rewriter,
+    } = snapshot_under_rewriter(&c, v, bk)?;
     let (status, body) = c.local_api(HEAD_P, "attach", bk, READ)?;
     ensure!(
         status == 200,

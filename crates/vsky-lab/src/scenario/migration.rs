@@ -28,7 +28,7 @@ const ACTIVATE_RW: &str = r#"{"domain":"7","mode":"rw"}"#;
 const RELEASE: &str = r#"{"domain":"7"}"#;
 
 pub fn run_scenario() -> Result<String> {
-    let v = "vm";
+    let v = "vmig";
     let c = Cluster::up(Config {
         servers: 2,
         head_api: true,

@@ -204,8 +204,15 @@ pub async fn heartbeat(
     if failed_for_silence {
         return_to_service(&app, server_id, &req.server).await?;
     }
-    if app.recovery.returned(server_id) || failed_for_silence {
+    // A held server that speaks again gets its failed legs back first and
+    // loses its hold only then: a recovery pass in between would replace
+    // the legs it is about to bring back.
+    let held = app.recovery.is_held(server_id);
+    if held || failed_for_silence {
         bring_back_legs(&app, server_id, &req.server).await?;
+    }
+    if held {
+        app.recovery.returned(server_id);
     }
     // Agents that checked their mirrors on their own timer (before the
     // manager scheduled every scrub) send no scrub id: an event only. The
