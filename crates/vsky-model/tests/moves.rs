@@ -506,3 +506,83 @@ fn repairs_take_the_room_of_queued_moves() {
         "no move while repairs lack room"
     );
 }
+
+/// The targets of a drain avoid every disk another of its moves must
+/// read, not only the partners of the moves planned before. Two servers
+/// hold a filler volume; then three empty ones take a volume of two
+/// mirrored disks, so one of them (the one drained) holds a leg of each
+/// and the other two one partner each, emptier than the filler's servers.
+/// The first move's target must not be the second move's partner (idle
+/// until that move is planned, and the least loaded disk): then every
+/// disk takes part in one move, and the drain ends in one round instead
+/// of two.
+#[test]
+fn drain_targets_avoid_every_moves_partner() {
+    let spec = PoolSpec::new(5, 1)
+        .disks_of(0, 0)
+        .disks_of(1, 0)
+        .disks_of(2, 0);
+    let mut c = spec.build();
+    let mut secrets = CountingSecrets::default();
+    volume(&mut c, "filler", 4, &mut secrets);
+    for s in 0..3 {
+        c.add_disk(spec.disk(s, 0)).unwrap();
+    }
+    volume(&mut c, "v", 2, &mut secrets);
+    let filler = c.volume_by_name("filler").unwrap();
+    let on_filler = |d: DiskId| {
+        filler
+            .mirrored_disks
+            .iter()
+            .any(|md| md.legs.iter().any(|l| l.chunk.disk == d))
+    };
+    let (drained, server) = c
+        .disks()
+        .find(|d| c.disk_usage(d.id).legs == 2 && !on_filler(d.id))
+        .map(|d| (d.id, d.server))
+        .unwrap();
+    let name = c.server(server).unwrap().name.clone();
+    c.drain_server(&name).unwrap();
+    let (moves, _) = c.plan_drains(&mut secrets);
+    assert_eq!(moves.len(), 2);
+    let load = c.resyncs_bound_per_disk();
+    assert_eq!(load.values().max(), Some(&1), "{load:?}");
+    assert_eq!(run_jobs(&mut c, 2), 1);
+    assert_eq!(c.drain_progress(drained).legs_left, 0);
+}
+
+/// Both legs of a mirrored disk drain: it gets one move at a time (the
+/// other leg moves after it), never two extra slots.
+#[test]
+fn a_mirrored_disk_with_two_draining_legs_moves_one_at_a_time() {
+    let mut c = PoolSpec::new(4, 1).build();
+    let mut secrets = CountingSecrets::default();
+    volume(&mut c, "v", 6, &mut secrets);
+    c.drain_server("s0").unwrap();
+    c.drain_server("s1").unwrap();
+    let (moves, _) = c.plan_drains(&mut secrets);
+    assert!(!moves.is_empty());
+    check(&c);
+    let v = c.volume_by_name("v").unwrap();
+    assert!(v.mirrored_disks.iter().all(|md| md.legs.len() <= 3));
+    let mut ids: Vec<_> = moves
+        .iter()
+        .map(|id| c.job(*id).unwrap().mirrored_disk)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), moves.len(), "one move per mirrored disk");
+    run_jobs(&mut c, 2);
+    // The legs left on the other draining server move next.
+    while !c.plan_drains(&mut secrets).0.is_empty() {
+        run_jobs(&mut c, 2);
+    }
+    for s in ["s0", "s1"] {
+        let id = c.server_by_name(s).unwrap().id;
+        assert!(
+            c.disks_of(id)
+                .all(|d| c.drain_progress(d.id).legs_left == 0)
+        );
+    }
+    check(&c);
+}

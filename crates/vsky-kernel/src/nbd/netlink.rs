@@ -293,15 +293,23 @@ impl NlSocket {
     /// (CAP_SYS_ADMIN, which the head role needs anyway). The NBD sockets
     /// it hands the kernel stay in the agent's own namespace.
     fn open_nbd() -> Result<(Self, FamilyInfo)> {
-        let mut sock = NlSocket::open()?;
-        match sock.resolve_family() {
-            Err(NbdError::FamilyNotFound) => {}
-            other => return other.map(|family| (sock, family)),
+        // Once found there, every later socket goes straight to the
+        // initial namespace (a head opens one per assembly worker).
+        static IN_INITIAL_NETNS: std::sync::atomic::AtomicBool =
+            std::sync::atomic::AtomicBool::new(false);
+        use std::sync::atomic::Ordering::Relaxed;
+        if !IN_INITIAL_NETNS.load(Relaxed) {
+            let mut sock = NlSocket::open()?;
+            match sock.resolve_family() {
+                Err(NbdError::FamilyNotFound) => {}
+                other => return other.map(|family| (sock, family)),
+            }
         }
         let Some(mut sock) = NlSocket::open_in_initial_netns()? else {
             return Err(NbdError::FamilyNotFound);
         };
         let family = sock.resolve_family()?;
+        IN_INITIAL_NETNS.store(true, Relaxed);
         Ok((sock, family))
     }
 

@@ -179,61 +179,82 @@ impl Cluster {
         if draining.is_empty() {
             return (planned, changes);
         }
+        // The legs that move now (one per mirrored disk: two of its legs
+        // may be draining), each with the partner it will read off
+        // draining disks when there is one (`forced_source`).
+        let mut legs: Vec<(DiskId, LegAddr, Option<DiskId>)> = Vec::new();
+        let mut seen = HashSet::new();
+        for &disk in &draining {
+            for (_, a) in self.legs_on_disk(disk) {
+                if self.movable(a) && seen.insert((a.volume, a.mirrored_disk)) {
+                    legs.push((disk, a, self.forced_source(a.volume, a.mirrored_disk)));
+                }
+            }
+        }
+        // Every move's source is counted before any target is chosen (as
+        // `plan_repairs` does), so that no target lands on a disk another
+        // move of this pass must read. The partner, not the draining disk,
+        // takes part in a move: counting the draining disk put half of the
+        // targets at 1000 servers on disks that were also another move's
+        // source (at 100 servers × 10 disks, 70 s instead of 64 s).
+        // Counting each partner only once its own move's target was chosen
+        // still let earlier moves' targets land on later moves' partners
+        // (idle until then): some disks took part in three moves, and the
+        // drain at 1000 servers × 10 disks took three rounds where the
+        // bound counts two (16 s against 10.7 s, docs/benchmarks.md).
         let mut load = self.resyncs_bound_per_disk();
+        for (_, _, forced) in &legs {
+            if let Some(p) = forced {
+                *load.entry(*p).or_insert(0) += 1;
+            }
+        }
         let mut receiving: HashMap<ServerId, u32> = HashMap::new();
         for id in self.repairs.values() {
             let server = self.disks[&self.jobs[id].target.disk].server;
             *receiving.entry(server).or_insert(0) += 1;
         }
-        for disk in draining {
-            let legs: Vec<LegAddr> = self.legs_on_disk(disk).map(|(_, a)| a).collect();
-            for a in legs {
-                if !self.movable(a) {
-                    continue;
+        for (disk, a, forced) in legs {
+            let md = &self.volumes[&a.volume].mirrored_disks[a.mirrored_disk as usize];
+            let label = &self.settings.failure_domain_label;
+            let taken: Vec<(ServerId, String, DiskId)> = md
+                .legs
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != usize::from(a.leg))
+                .map(|(_, leg)| {
+                    let d = &self.disks[&leg.chunk.disk];
+                    (
+                        d.server,
+                        self.servers[&d.server].failure_domain(label),
+                        d.id,
+                    )
+                })
+                .collect();
+            let class = self.volumes[&a.volume].class.clone();
+            let resyncs = |d: DiskId| load.get(&d).copied().unwrap_or(0);
+            let receives = |s: ServerId| receiving.get(&s).copied().unwrap_or(0);
+            let Some(target) = self.index.pick_replacement(
+                &taken,
+                class.as_deref(),
+                &self.partners,
+                &resyncs,
+                &receives,
+            ) else {
+                // No room: the leg waits for a later call, and its partner
+                // reads nothing for it meanwhile.
+                if let Some(n) = forced.and_then(|p| load.get_mut(&p)) {
+                    *n = n.saturating_sub(1);
                 }
-                let md = &self.volumes[&a.volume].mirrored_disks[a.mirrored_disk as usize];
-                let label = &self.settings.failure_domain_label;
-                let taken: Vec<(ServerId, String, DiskId)> = md
-                    .legs
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| *i != usize::from(a.leg))
-                    .map(|(_, leg)| {
-                        let d = &self.disks[&leg.chunk.disk];
-                        (
-                            d.server,
-                            self.servers[&d.server].failure_domain(label),
-                            d.id,
-                        )
-                    })
-                    .collect();
-                let class = self.volumes[&a.volume].class.clone();
-                let resyncs = |d: DiskId| load.get(&d).copied().unwrap_or(0);
-                let receives = |s: ServerId| receiving.get(&s).copied().unwrap_or(0);
-                let Some(target) = self.index.pick_replacement(
-                    &taken,
-                    class.as_deref(),
-                    &self.partners,
-                    &resyncs,
-                    &receives,
-                ) else {
-                    continue;
-                };
-                *load.entry(target).or_insert(0) += 1;
-                // The move will read the partner off draining disks when
-                // there is one (`forced_source`): that disk, not the
-                // draining one, takes part in it. Counting the draining
-                // disk put half of the targets at 1000 servers on disks
-                // that were also another move's source, which made a
-                // third round; at 100 servers × 10 disks the drain took
-                // 70 s that way and 64 s this way (docs/benchmarks.md).
-                let source = self
-                    .forced_source(a.volume, a.mirrored_disk)
-                    .unwrap_or(disk);
-                *load.entry(source).or_insert(0) += 1;
-                *receiving.entry(self.disks[&target].server).or_insert(0) += 1;
-                planned.push(self.plan_move(a, target, MoveReason::Drain, secrets, &mut changes));
+                continue;
+            };
+            *load.entry(target).or_insert(0) += 1;
+            // With no partner forced (the scheduler has a choice), the
+            // draining disk stands for the source.
+            if forced.is_none() {
+                *load.entry(disk).or_insert(0) += 1;
             }
+            *receiving.entry(self.disks[&target].server).or_insert(0) += 1;
+            planned.push(self.plan_move(a, target, MoveReason::Drain, secrets, &mut changes));
         }
         (planned, self.commit(changes))
     }
