@@ -14,35 +14,39 @@ use vsky_api::types::{
 pub struct Api {
     rt: tokio::runtime::Runtime,
     client: Client,
+    /// What `client` was made from, for [`Api::another`].
+    config: ClientConfig,
 }
 
 impl Api {
     /// A client of the manager(s) at `urls` (comma-separated for HA).
     pub fn new(urls: &str, token: &str) -> Result<Api> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("start a tokio runtime")?;
-        let client = Client::new(ClientConfig {
+        Api::with(ClientConfig {
             manager_url: urls.to_string(),
             token: Some(token.to_string()),
             timeout: Some(Duration::from_secs(30)),
             ..ClientConfig::default()
-        })?;
-        Ok(Api { rt, client })
+        })
     }
 
-    /// A second handle on the same managers, for a sampling thread (a
-    /// runtime serves one thread).
-    pub fn another(&self) -> Result<Api> {
+    fn with(config: ClientConfig) -> Result<Api> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("start a tokio runtime")?;
-        Ok(Api {
-            rt,
-            client: self.client.clone(),
-        })
+        let client = Client::new(config.clone())?;
+        Ok(Api { rt, client, config })
+    }
+
+    /// A second handle on the same managers, for a sampling thread: its
+    /// own runtime (a runtime serves one thread) and its own client. A
+    /// clone of this one would share its pooled connections, whose tasks
+    /// run on this runtime, which is only driven while this thread calls
+    /// the manager: a sample taken while this thread writes a device
+    /// hung until the write ended (cluster-rebuild sampled no running
+    /// rebuild when every rebuild ran during the writer).
+    pub fn another(&self) -> Result<Api> {
+        Api::with(self.config.clone())
     }
 
     fn run<T>(&self, what: &str, f: impl Future<Output = Result<T, ClientError>>) -> Result<T> {
