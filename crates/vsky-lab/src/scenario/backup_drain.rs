@@ -90,12 +90,23 @@ pub fn run_scenario() -> Result<String> {
     show(&tail);
     let moved = frozen_legs(&c, bk)?;
     ensure!(
-        moved.len() == 2
-            && moved
-                .iter()
-                .all(|l| l.state == LegState::Active && l.server != victim),
+        moved.len() == 2 && moved.iter().all(|l| l.server != victim),
         "after the drain the frozen layer has legs {moved:?}"
     );
+    // The reader's head may reconcile before the target's storage agent
+    // exports the moved leg under its name, and report it failed; the
+    // target's next heartbeat brings it back (it is alive). Not yet fixed
+    // at the head (issue #13 note): waited for here, bounded.
+    wait_for(
+        "both legs of the frozen layer active after the drain",
+        wait::secs(30),
+        || {
+            Ok(frozen_legs(&c, bk)?
+                .iter()
+                .all(|l| l.state == LegState::Active && l.server != victim))
+        },
+    )?;
+    let moved = frozen_legs(&c, bk)?;
     let target = moved
         .iter()
         .find(|l| l.server != survivor)
